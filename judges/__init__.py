@@ -1,0 +1,1 @@
+"""Judge templates (versioned ids), output parsing, and scorers."""

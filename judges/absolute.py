@@ -1,0 +1,74 @@
+"""Absolute LLM judge scored from score-token probabilities (see judges/parsing.py).
+
+One forward pass per (conversation, response), batched and left-padded; only the last position's
+logits are computed (`logits_to_keep=1`), so a batch never materialises a sequence x vocab tensor.
+Inputs longer than `max_input_tokens` are `ok=false`: truncating them would grade another text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from judges.parsing import ParsedScore, expected_score
+from judges.templates import ABSOLUTE, AbsoluteTemplate
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Judgment:
+    score: float | None
+    ok: bool
+    raw: str
+
+
+class ScoreTokenJudge:
+    def __init__(self, model, tokenizer, label: str, *, template_id: str, min_mass: float, max_input_tokens: int, batch_size: int):
+        if template_id not in ABSOLUTE:
+            raise ConfigError(f"judge.template {template_id!r} is unknown; fix: use one of {sorted(ABSOLUTE)}")
+        self.template: AbsoluteTemplate = ABSOLUTE[template_id]
+        self.model, self.tokenizer = model, tokenizer
+        self.id = f"{label}#{self.template.id}"
+        self.min_mass, self.max_input_tokens, self.batch_size = min_mass, max_input_tokens, batch_size
+        self.score_ids = []
+        for tok in self.template.score_tokens:
+            ids = tokenizer.encode(tok, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ConfigError(f"judge model tokenises score token {tok!r} as {ids}; it must be one token")
+            self.score_ids.append(ids[0])
+
+    def score(self, items: Sequence[tuple[list[dict], str]], progress=None) -> list[Judgment]:
+        """`items` are (conversation, response) pairs; one Judgment each, same order."""
+        encoded = [
+            self.tokenizer.apply_chat_template(self.template.messages(conv, resp), add_generation_prompt=True,
+                                               tokenize=True, return_dict=False)
+            for conv, resp in items
+        ]
+        out: list[Judgment | None] = [None] * len(items)
+        todo = []
+        for i, ids in enumerate(encoded):
+            if len(ids) > self.max_input_tokens:
+                out[i] = Judgment(None, False, f'{{"error": "judge input has {len(ids)} tokens > judge.max_input_tokens={self.max_input_tokens}"}}')
+            else:
+                todo.append(i)
+        todo.sort(key=lambda i: len(encoded[i]))
+        for start in range(0, len(todo), self.batch_size):
+            batch = todo[start : start + self.batch_size]
+            for i, parsed in zip(batch, self._forward([encoded[i] for i in batch])):
+                out[i] = Judgment(parsed.score, parsed.ok, parsed.raw)
+            if progress is not None:
+                progress(len(batch))
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _forward(self, rows: list[list[int]]) -> list[ParsedScore]:
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        device = self.model.device
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :].float()
+        logprobs = torch.log_softmax(logits, dim=-1)[:, self.score_ids].tolist()
+        return [expected_score(lp, min_mass=self.min_mass) for lp in logprobs]

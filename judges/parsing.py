@@ -1,0 +1,34 @@
+"""Turning judge model outputs into scores, without ever inventing one.
+
+Score-token expectation (the G-Eval idea): at the answer position, take the model's probability
+of each score token, renormalise over the score alphabet and report E[k] = sum_k k * p(k). Even a
+135M judge thus gives a graded score rather than a coin-flip digit. If the score tokens carry less
+than `min_mass` of the full next-token distribution, the judge was not answering with a score:
+the judgment is `ok=false` with `score=None`, never a default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class ParsedScore:
+    score: float | None
+    ok: bool
+    raw: str  # JSON with the score-token distribution and its mass
+
+
+def expected_score(score_logprobs: Sequence[float], *, min_mass: float) -> ParsedScore:
+    """`score_logprobs[k-1]` is log p(score token k) under the full-vocabulary distribution."""
+    probs = [math.exp(lp) for lp in score_logprobs]
+    mass = sum(probs)
+    raw = {"mass": round(mass, 6), "p": [round(p / mass, 6) if mass > 0 else 0.0 for p in probs]}
+    if not mass > 0 or mass < min_mass:
+        raw["error"] = f"score tokens carry {mass:.3g} of the probability mass < judge.min_score_mass={min_mass}"
+        return ParsedScore(None, False, json.dumps(raw))
+    score = sum((k + 1) * p for k, p in enumerate(probs)) / mass
+    return ParsedScore(score, True, json.dumps(raw))

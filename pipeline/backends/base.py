@@ -1,0 +1,50 @@
+"""The one small interface every generation backend implements (DESIGN: batch in, batch out, same order).
+
+A backend turns chat requests into completions. It applies the model's chat template itself, so
+callers pass messages, never strings. Each sample of a request carries its own seed: a backend
+that can honour per-sample seeds (transformers here, vLLM's per-request seed) makes a candidate
+depend only on (model, messages, sampling, seed), not on how requests were batched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict]
+    seeds: tuple[int, ...]  # one per sample; n = len(seeds)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    n_tokens: int  # generated tokens, counting the end-of-sequence token when emitted
+    finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    reason: str  # why no completion was attempted, e.g. the prompt exceeds the context
+
+
+Result = list[Completion] | Skipped
+
+
+class GeneratorBackend(Protocol):
+    label: str  # model id and revision, written into `candidates.generator`
+
+    def generate(
+        self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int
+    ) -> list[Result]:
+        """One result per request, in request order."""
+        ...

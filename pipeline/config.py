@@ -1,0 +1,222 @@
+"""Run configuration: one typed model per stage, validated at load (DESIGN style rule 3).
+
+A config is YAML. Unknown keys and bad values raise `ConfigError` naming the key, the value and
+the fix. `--set a.b=value` overrides are parsed as YAML scalars and applied before validation, so
+they are checked exactly like file values. Each field is documented once, here; `prefsynth run
+--help` and the README point at this module.
+
+Fingerprints: `RunConfig.stage_fields(stage)` returns only the fields that change that stage's
+output (DESIGN rule 4): batch sizes, progress bars and paths of the run dir are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    path: str = Field(
+        "bundled:prompts/seed.jsonl",
+        description="Prompt source: a .jsonl or .parquet file, a folder saved with datasets' "
+        "save_to_disk, 'hf:NAME' for a Hub dataset, or 'bundled:prompts/seed.jsonl'.",
+    )
+    split: str = Field("train", description="Split to read when the source is a dataset.")
+    limit: int | None = Field(None, ge=1, description="Use at most this many prompts (after shuffling).")
+    shuffle: bool = Field(True, description="Shuffle prompts with `seed` before applying `limit`.")
+    skip_invalid: bool = Field(
+        False, description="Skip and count invalid rows instead of stopping at the first one."
+    )
+
+
+class GenerateConfig(_Section):
+    backend: Literal["auto", "transformers"] = Field(
+        "auto", description="Generation backend; 'auto' is transformers on CPU."
+    )
+    model: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="Generator: 'bundled:smollm2-135m-instruct', a local model folder or a Hub id.",
+    )
+    n: int = Field(4, ge=2, le=64, description="Candidates per prompt (pairs need at least 2).")
+    max_new_tokens: int = Field(64, ge=1, le=8192, description="Token cap per candidate.")
+    temperature: float = Field(0.8, ge=0.0, le=5.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    system_prompt: str | None = Field(None, description="Optional system message prepended to prompts without one.")
+    max_prompt_tokens: int = Field(
+        1536, ge=8, description="Prompts longer than this (after the chat template) are skipped and counted."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; 'auto' is float32 on CPU and bfloat16 on GPU."
+    )
+    batch_size: int = Field(16, ge=1, description="Prompts per generate() call (operational, not fingerprinted).")
+
+
+class JudgeConfig(_Section):
+    model: str | None = Field(None, description="Judge model; null means the generator model.")
+    template: Literal["absolute-1to5-v1"] = Field(
+        "absolute-1to5-v1", description="Versioned judge template id (see judges/templates.py)."
+    )
+    min_score_mass: float = Field(
+        0.01,
+        ge=0.0,
+        le=1.0,
+        description="A judgment is ok only if the score tokens carry at least this probability mass "
+        "at the answer position; below it the judge did not answer with a score and the row is ok=false.",
+    )
+    max_input_tokens: int = Field(2048, ge=64, description="Judge inputs longer than this are ok=false.")
+    batch_size: int = Field(8, ge=1, description="Judge inputs per forward pass (operational).")
+
+
+class PairConfig(_Section):
+    strategy: Literal["best_vs_worst"] = Field("best_vs_worst", description="How pairs are formed per prompt.")
+    min_margin: float = Field(
+        0.05, ge=0.0, description="Drop pairs whose score margin is below this; ties (margin 0) are always dropped."
+    )
+
+
+class RationaleConfig(_Section):
+    enabled: bool = Field(True, description="Write a short judge rationale for each published pair.")
+    max_new_tokens: int = Field(48, ge=1, le=1024, description="Token cap per rationale.")
+    batch_size: int = Field(16, ge=1, description="Pairs per generate() call (operational).")
+
+
+class PublishConfig(_Section):
+    shard_rows: int = Field(5000, ge=1, description="Rows per parquet shard (operational).")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = Field("zstd", description="Parquet codec.")
+    license: str = Field("other", description="License written into the dataset card.")
+    chunk_prompts: int = Field(
+        8, ge=1, description="Prompts per checkpointed chunk of generate/judge work (operational)."
+    )
+
+
+class RunConfig(_Section):
+    seed: int = Field(0, description="Seed for shuffling and sampling; same seed, same candidates.")
+    name: str = Field("prefsynth-run", description="Run name shown in the manifest and card.")
+    input: InputConfig = InputConfig()
+    generate: GenerateConfig = GenerateConfig()
+    judge: JudgeConfig = JudgeConfig()
+    pair: PairConfig = PairConfig()
+    rationale: RationaleConfig = RationaleConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @property
+    def judge_model(self) -> str:
+        return self.judge.model or self.generate.model
+
+    def stage_fields(self, stage: str) -> dict[str, Any]:
+        """The config fields that change `stage`'s output (never batch sizes or chunking)."""
+        g, j = self.generate, self.judge
+        if stage == "prompts":
+            return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid"})}
+        if stage == "generate":
+            return {"seed": self.seed, **g.model_dump(exclude={"batch_size", "backend"})}
+        if stage == "judge":
+            return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model"})}
+        if stage == "pair":
+            return self.pair.model_dump()
+        if stage == "rationale":
+            return {"model": self.judge_model, **self.rationale.model_dump(exclude={"batch_size"})}
+        if stage == "publish":
+            return self.publish.model_dump(exclude={"shard_rows", "chunk_prompts"})
+        raise KeyError(stage)
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable 16-hex-digit hash of JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError, data: dict) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section = _section_of(err["loc"][:-1])
+            known = ", ".join(sorted(section.model_fields)) if section else ""
+            lines.append(f"unknown config key '{key}'; fix: remove it or use one of: {known}")
+        else:
+            value = err.get("input")
+            fix = _field_help(err["loc"])
+            lines.append(f"config key '{key}' has invalid value {value!r}: {err['msg']}" + (f"; fix: {fix}" if fix else ""))
+    return "\n".join(lines)
+
+
+def _section_of(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def _field_help(loc: tuple) -> str | None:
+    section = _section_of(loc[:-1])
+    if section is None:
+        return None
+    field = section.model_fields.get(str(loc[-1]))
+    return field.description if field else None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not key=value; fix: write it like generate.n=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r} has an empty key; fix: write it like generate.n=4")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load YAML (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; fix: pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid config{where}:\n" + _format_error(exc, data)) from None

@@ -1,0 +1,35 @@
+"""The error hierarchy of prefsynth (DESIGN style rule 6).
+
+Every error a user can cause says what is wrong, with which value, and how to fix it.
+Only `TransientBackendError` is retried by flows; everything else fails fast.
+"""
+
+from __future__ import annotations
+
+
+class PrefsynthError(Exception):
+    """Base class: anything prefsynth raises on purpose."""
+
+
+class ConfigError(PrefsynthError):
+    """A config key or value is invalid."""
+
+
+class InputError(PrefsynthError):
+    """The prompt input (file, dataset) is missing, empty or malformed."""
+
+
+class SchemaError(PrefsynthError):
+    """A table does not match its declared pyarrow schema or invariants."""
+
+
+class ModelNotFoundError(PrefsynthError):
+    """A model reference resolves to nothing loadable."""
+
+
+class BackendError(PrefsynthError):
+    """A generation or scoring backend failed in a way a retry will not fix."""
+
+
+class TransientBackendError(BackendError):
+    """A backend failure worth retrying (timeouts, 429/5xx, dropped connections)."""

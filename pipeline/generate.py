@@ -1,0 +1,107 @@
+"""Generate stage: N candidate responses per prompt (prompts -> candidates).
+
+Reads `prompts.prompt_id, prompts.messages`; writes the `candidates` table (long format: every
+candidate kept). Each candidate's seed is a hash of (run seed, prompt_id, sample index), so a
+candidate depends on the model, the prompt and the sampling config only: batch size, chunking or
+a resumed run never change it (see pipeline/backends/hf.py). Prompts over the context budget are
+skipped with a recorded reason and counted in the funnel.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+
+from pipeline import schemas
+from pipeline.backends import make_backend, resolve_backend_name
+from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
+from pipeline.config import GenerateConfig, RunConfig, fingerprint
+from pipeline.models import resolve
+from pipeline.progress import bar
+from pipeline.store import StageStore, run_in_parts
+
+VERSION = "1"
+READS = ("prompts.prompt_id", "prompts.messages")
+WRITES = tuple(schemas.CANDIDATES.names)
+
+
+def candidate_seed(seed: int, prompt_id: str, k: int) -> int:
+    return int(fingerprint("candidate-seed", seed, prompt_id, k), 16) % (2**63)
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: GeneratorBackend, *, seed: int,
+                        progress=None) -> tuple[pa.Table, dict[str, str]]:
+    """Pure core: (candidates table, {prompt_id: skip reason})."""
+    rows = prompts.select(["prompt_id", "messages"]).to_pylist()
+    requests = [
+        Request(with_system(r["messages"], cfg.system_prompt),
+                tuple(candidate_seed(seed, r["prompt_id"], k) for k in range(cfg.n)))
+        for r in rows
+    ]
+    sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.max_new_tokens)
+    results = backend.generate(requests, sampling=sampling, max_prompt_tokens=cfg.max_prompt_tokens, progress=progress)
+    out, skipped = [], {}
+    for row, req, result in zip(rows, requests, results):
+        if isinstance(result, Skipped):
+            skipped[row["prompt_id"]] = result.reason
+            continue
+        for k, (completion, s) in enumerate(zip(result, req.seeds)):
+            out.append({
+                "prompt_id": row["prompt_id"],
+                "candidate_id": f"{row['prompt_id']}-{k:02d}",
+                "generator": backend.label,
+                "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
+                             "max_new_tokens": cfg.max_new_tokens, "seed": s},
+                "text": completion.text,
+                "n_tokens": completion.n_tokens,
+                "finish_reason": completion.finish_reason,
+            })
+    return schemas.from_rows(out, "candidates"), skipped
+
+
+def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
+    model = resolve(cfg.generate.model, field="generate.model")
+    return fingerprint("generate", VERSION, cfg.stage_fields("generate"), prompts_fp, model.revision)
+
+
+def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
+    """Run (or resume, or skip) the stage under `run_dir`; return its meta."""
+    store = StageStore(run_dir, "generate", "candidates", stage_fingerprint(cfg, prompts_fp))
+    if (meta := store.meta()) is not None:
+        log(f"generate: complete output exists for fingerprint {store.fingerprint} ({meta['rows']} candidates), not regenerating")
+        return meta
+    prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
+    started = time.perf_counter()
+    backend = make_backend(cfg.generate.backend, cfg.generate.model, dtype=cfg.generate.dtype,
+                           batch_size=cfg.generate.batch_size)
+    by_id = {pid: i for i, pid in enumerate(prompts.column("prompt_id").to_pylist())}
+    ids = list(by_id)
+    done = store.done_keys()
+    with bar(total=len(ids), initial=len(done & set(ids)), desc="generate", unit="prompt") as pbar:
+        def work(chunk):
+            table, skipped = generate_candidates(prompts.take([by_id[k] for k in chunk]), cfg.generate, backend,
+                                                 seed=cfg.seed, progress=pbar.advance)
+            return table, {"skipped": skipped}
+        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+    table = schemas.concat([t for t, _ in parts], "candidates")
+    skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
+    seconds = time.perf_counter() - started
+    tokens = int(sum(table.column("n_tokens").to_pylist()))
+    meta = {
+        "seconds": round(seconds, 2),
+        "backend": resolve_backend_name(cfg.generate.backend),
+        "model": backend.label,
+        "tokens": tokens,
+        "skipped": skipped,
+        "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": len(ids),
+                    "rows_out": len(ids) - len(skipped), "reason": "prompt longer than generate.max_prompt_tokens"}],
+    }
+    log(f"generate: {table.num_rows} candidates for {len(ids) - len(skipped)} prompts, {tokens} tokens")
+    return store.finish(table, meta)

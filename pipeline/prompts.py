@@ -1,0 +1,217 @@
+"""Prompt input: JSONL, parquet or a `datasets` dataset, into the `prompts` table.
+
+Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, with optional
+`prompt_id`, `category` and `source`. A row is invalid when it has neither field, an empty or
+non-string content, an unknown role, or a conversation that does not end with a user turn; the
+error names the file, the line (or row) and the problem. With `skip_invalid` such rows are
+skipped and counted instead. Exact duplicate prompts keep their first occurrence. `prompt_id` is a
+stable hash of the messages unless the row gives one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import schemas
+from pipeline.config import InputConfig, fingerprint
+from pipeline.errors import InputError
+
+ROLES = {"system", "user", "assistant"}
+COLUMNS_READ: tuple[str, ...] = ("messages | prompt", "prompt_id?", "category?", "source?")
+COLUMNS_WRITTEN = schemas.PROMPTS.names
+
+
+def bundled_data_dir() -> Path:
+    """The repo's data/ folder (editable install) or its copy inside the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "_bundled_data", here.parent / "data"):
+        if candidate.is_dir():
+            return candidate
+    raise InputError("bundled data folder not found; fix: reinstall prefsynth")
+
+
+@dataclass
+class LoadReport:
+    rows_read: int = 0
+    invalid: list[str] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def prompt_id_of(messages: list[dict]) -> str:
+    return fingerprint([[m["role"], m["content"]] for m in messages])
+
+
+def normalise_row(row: Any, where: str) -> dict:
+    """Validate one input row; return a prompts-table row or raise InputError naming `where`."""
+    if not isinstance(row, dict):
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "messages" in row and row["messages"] is not None:
+        messages = row["messages"]
+        if hasattr(messages, "tolist"):
+            messages = messages.tolist()
+        if not isinstance(messages, list) or not messages:
+            raise InputError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+        clean = []
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or set(msg) - {"role", "content"} - {"name"}:
+                raise InputError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
+            role, content = msg.get("role"), msg.get("content")
+            if role not in ROLES:
+                raise InputError(f"{where}: messages[{i}].role is {role!r}; fix: use one of {sorted(ROLES)}")
+            if not isinstance(content, str) or not content.strip():
+                raise InputError(f"{where}: messages[{i}].content must be a non-empty string")
+            clean.append({"role": role, "content": content})
+        if clean[-1]["role"] != "user":
+            raise InputError(f"{where}: the last message must have role 'user' (it is {clean[-1]['role']!r})")
+    elif "prompt" in row:
+        prompt = row["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError(f"{where}: 'prompt' must be a non-empty string")
+        clean = [{"role": "user", "content": prompt}]
+    else:
+        raise InputError(f"{where}: row has neither 'messages' nor 'prompt'; fix: add one of them")
+    pid = row.get("prompt_id")
+    if pid is not None and (not isinstance(pid, str) or not pid):
+        raise InputError(f"{where}: 'prompt_id' must be a non-empty string when given")
+    category = row.get("category")
+    return {
+        "prompt_id": pid or prompt_id_of(clean),
+        "messages": clean,
+        "source": row.get("source"),
+        "category": None if category is None else str(category),
+    }
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _iter_table(table: pa.Table, label: str) -> Iterator[tuple[str, Any]]:
+    for i, row in enumerate(table.to_pylist()):
+        yield f"{label} row {i}", row
+
+
+def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
+    ref = cfg.path
+    if ref.startswith("bundled:"):
+        ref = str(bundled_data_dir() / ref.split(":", 1)[1])
+    if ref.startswith("hf:"):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(ref[3:], split=cfg.split)
+        except Exception as exc:  # datasets raises many types; name the source and move on
+            raise InputError(f"input.path {cfg.path!r}: cannot load dataset: {exc}") from exc
+        return ref, _iter_table(ds.data.table, ref)
+    path = Path(ref).expanduser()
+    if not path.exists():
+        raise InputError(f"input.path {cfg.path!r} does not exist; fix: point it at a .jsonl/.parquet file or a dataset folder")
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as exc:
+            raise InputError(f"input.path {cfg.path!r}: not a dataset saved with save_to_disk: {exc}") from exc
+        if isinstance(ds, datasets.DatasetDict):
+            if cfg.split not in ds:
+                raise InputError(f"input.split {cfg.split!r} not in {sorted(ds)}; fix: set input.split")
+            ds = ds[cfg.split]
+        return path.name, _iter_table(ds.data.table, str(path))
+    if path.suffix == ".parquet":
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise InputError(f"input.path {cfg.path!r}: unreadable parquet: {exc}") from exc
+        return path.name, _iter_table(table, str(path))
+    if path.suffix in {".jsonl", ".json", ".ndjson"}:
+        return path.name, _iter_jsonl(path)
+    raise InputError(f"input.path {cfg.path!r}: unknown format {path.suffix!r}; fix: use .jsonl, .parquet or a dataset folder")
+
+
+def load_prompts(cfg: InputConfig, *, seed: int = 0) -> tuple[pa.Table, LoadReport]:
+    """Read, validate, dedup, shuffle and limit prompts. Pure apart from reading the source."""
+    source, rows = _iter_source(cfg)
+    report = LoadReport()
+    out: list[dict] = []
+    seen: set[str] = set()
+    for where, row in rows:
+        report.rows_read += 1
+        try:
+            if isinstance(row, InputError):
+                raise row
+            clean = normalise_row(row, where)
+        except InputError as exc:
+            if not cfg.skip_invalid:
+                raise InputError(f"{exc}\n(fix the row, or pass --skip-invalid to skip and count invalid rows)") from None
+            report.invalid.append(str(exc))
+            continue
+        if clean["prompt_id"] in seen:
+            report.duplicates += 1
+            continue
+        seen.add(clean["prompt_id"])
+        clean["source"] = clean["source"] or source
+        out.append(clean)
+    if not out:
+        detail = f" ({len(report.invalid)} invalid rows skipped)" if report.invalid else ""
+        raise InputError(f"input.path {cfg.path!r} holds no valid prompts{detail}; fix: give a file with at least one prompt")
+    if cfg.shuffle:
+        random.Random(seed).shuffle(out)
+    if cfg.limit is not None:
+        out = out[: cfg.limit]
+    return schemas.from_rows(out, "prompts"), report
+
+
+def funnel(report: LoadReport, kept: int) -> list[dict]:
+    """The drop-funnel entries of the input stage."""
+    valid = report.rows_read - len(report.invalid)
+    return [
+        {"stage": "prompts", "filter": "invalid_rows", "rows_in": report.rows_read, "rows_out": valid,
+         "reason": "row failed validation (skipped with --skip-invalid)"},
+        {"stage": "prompts", "filter": "duplicate_prompts", "rows_in": valid, "rows_out": valid - report.duplicates,
+         "reason": "exact duplicate of an earlier prompt"},
+        {"stage": "prompts", "filter": "limit", "rows_in": valid - report.duplicates, "rows_out": kept,
+         "reason": "input.limit"},
+    ]
+
+
+STAGE_VERSION = "1"
+
+
+def run(run_dir, cfg, *, log=print) -> dict:
+    """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config)."""
+    import time
+
+    from pipeline.store import StageStore
+
+    source_id = cfg.input.path
+    path = Path(cfg.input.path).expanduser()
+    if path.is_file():  # a changed input file must change the fingerprint
+        source_id = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", STAGE_VERSION, cfg.stage_fields("prompts"), source_id))
+    if (meta := store.meta()) is not None:
+        log(f"prompts: complete output exists for fingerprint {store.fingerprint} ({meta['rows']} prompts), reusing")
+        return meta
+    started = time.perf_counter()
+    table, report = load_prompts(cfg.input, seed=cfg.seed)
+    if report.invalid:
+        log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
+    log(f"prompts: {table.num_rows} prompts from {cfg.input.path}")
+    meta = {"seconds": round(time.perf_counter() - started, 2), "source": cfg.input.path,
+            "invalid_rows": report.invalid[:20], "funnel": funnel(report, table.num_rows)}
+    return store.finish(table, meta)

@@ -1,0 +1,100 @@
+"""Publish stage: parquet preference shards, manifest.json and the dataset card (README.md).
+
+Shards (`pairs/train-00000-of-00001.parquet`, zstd) are written into a fresh folder and swapped
+into place when all are complete, so `RUN/pairs/*.parquet` is only ever a whole set. Each shard
+is itself written atomically. The manifest records the config as given and resolved, the
+fingerprints, models, per-stage row counts, the drop funnel, shards with row counts and sha256,
+and timings. It is rebuilt on every run (cheap), so it always describes the shards beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import yaml
+
+from pipeline import __version__, card, schemas
+from pipeline.config import RunConfig, fingerprint
+from pipeline.pair import check_pairs
+from pipeline.store import write_json
+
+STAGES = ("prompts", "generate", "judge", "pair", "rationale")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_shards(pairs: pa.Table, out_dir: Path, *, shard_rows: int, compression: str) -> list[dict]:
+    """Write `pairs` as whole shards into `out_dir/pairs`, swapping the folder in atomically."""
+    check_pairs(pairs)
+    final = out_dir / "pairs"
+    staging = out_dir / f".pairs.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    n = max(1, -(-pairs.num_rows // shard_rows))
+    shards = []
+    for i in range(n):
+        part = pairs.slice(i * shard_rows, shard_rows)
+        name = f"train-{i:05d}-of-{n:05d}.parquet"
+        path = schemas.write_table(part, staging / name, "pairs", compression=compression)
+        shards.append({"path": f"pairs/{name}", "rows": part.num_rows, "sha256": sha256(path)})
+    old = out_dir / f".pairs.{os.getpid()}.old"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return shards
+
+
+def config_fingerprint(cfg: RunConfig) -> str:
+    return fingerprint({s: cfg.stage_fields(s) for s in (*STAGES, "publish")})
+
+
+def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None = None, started_at: float | None = None,
+        log=print) -> dict:
+    """Write shards, manifest and card from the rationale stage's table; return the manifest."""
+    out = Path(run_dir)
+    t0 = time.perf_counter()
+    pairs = schemas.read_table(out / "tables" / "rationale.parquet", "pairs")
+    compression = None if cfg.publish.compression == "none" else cfg.publish.compression
+    shards = write_shards(pairs, out, shard_rows=cfg.publish.shard_rows, compression=compression)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    timings = {s: metas[s].get("seconds", 0.0) for s in STAGES}
+    timings["publish"] = round(time.perf_counter() - t0, 2)
+    if started_at is not None:
+        timings["total"] = round(time.time() - started_at, 2)
+    manifest = {
+        "name": cfg.name,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "code_version": __version__,
+        "config": {"given": given or {}, "resolved": cfg.model_dump()},
+        "config_fingerprint": config_fingerprint(cfg),
+        "stage_fingerprints": {s: metas[s]["fingerprint"] for s in STAGES},
+        "models": {
+            "generator": metas["generate"].get("model"),
+            "judge": metas["judge"].get("judge"),
+            "rationale": metas["rationale"].get("model"),
+            "rationale_template": metas["rationale"].get("template"),
+        },
+        "rows": {"prompts": metas["prompts"]["rows"], "candidates": metas["generate"]["rows"],
+                 "judgments": metas["judge"]["rows"], "pairs": pairs.num_rows},
+        "funnel": [f for s in STAGES for f in metas[s].get("funnel", [])],
+        "judge_failure_rate": metas["judge"].get("failure_rate"),
+        "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
+        "shards": shards,
+        "timings_s": timings,
+    }
+    write_json(out / "manifest.json", manifest)
+    (out / "README.md").write_text(card.render(manifest))
+    log(f"publish: {pairs.num_rows} pairs in {len(shards)} shard(s) under {out / 'pairs'}")
+    return manifest

@@ -1,0 +1,74 @@
+"""Rationale stage: the judge model explains, in a sentence or two, why chosen beat rejected.
+
+Reads `pairs` (no rationale) and fills its `rationale` column; decoding is greedy so a rerun
+writes the same text. The template id (judges/templates.py) and the judge model are in the
+stage fingerprint and the manifest. With `rationale.enabled: false` the column stays null.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from judges.templates import PAIR_RATIONALE_V1, RationaleTemplate
+from pipeline import schemas
+from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
+from pipeline.backends.hf import TransformersBackend
+from pipeline.config import RunConfig, fingerprint
+from pipeline.models import resolve
+from pipeline.progress import bar
+from pipeline.store import StageStore, run_in_parts
+
+VERSION = "1"
+READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
+WRITES = ("pairs.rationale",)
+TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V1
+
+
+def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens: int, max_prompt_tokens: int,
+                   progress=None) -> pa.Table:
+    """Pure core: the same pairs with `rationale` filled (null where the input was too long)."""
+    requests = [
+        Request(TEMPLATE.messages(p, c[0]["content"], r[0]["content"]), (0,))
+        for p, c, r in zip(pairs.column("prompt").to_pylist(), pairs.column("chosen").to_pylist(),
+                           pairs.column("rejected").to_pylist())
+    ]
+    results = backend.generate(requests, sampling=SamplingParams(0.0, 1.0, max_new_tokens),
+                               max_prompt_tokens=max_prompt_tokens, progress=progress)
+    texts = [None if isinstance(r, Skipped) else (r[0].text or None) for r in results]
+    index = pairs.schema.get_field_index("rationale")
+    return pairs.set_column(index, schemas.PAIRS.field("rationale"), pa.array(texts, pa.string()))
+
+
+def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
+    model = resolve(cfg.judge_model, field="judge.model")
+    return fingerprint("rationale", VERSION, TEMPLATE.id, cfg.stage_fields("rationale"), pairs_fp, model.revision)
+
+
+def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
+    store = StageStore(run_dir, "rationale", "pairs", stage_fingerprint(cfg, pairs_fp))
+    if (meta := store.meta()) is not None:
+        log(f"rationale: complete output exists for fingerprint {store.fingerprint}, reusing")
+        return meta
+    pairs = schemas.read_table(f"{run_dir}/tables/pair.parquet", "pairs")
+    started = time.perf_counter()
+    if not cfg.rationale.enabled or pairs.num_rows == 0:
+        return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
+    backend = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.rationale.batch_size,
+                                  field="judge.model")
+    ids = pairs.column("prompt_id").to_pylist()
+    done = store.done_keys()
+    with bar(total=len(ids), initial=len(done & set(ids)), desc="rationale", unit="pair") as pbar:
+        def work(chunk):
+            subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
+            return add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
+                                  max_prompt_tokens=cfg.judge.max_input_tokens, progress=pbar.advance), {}
+        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+    table = schemas.concat([t for t, _ in parts], "pairs")
+    table = table.take(pc.sort_indices(table, [("prompt_id", "ascending")]))
+    missing = table.column("rationale").null_count
+    log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
+    return store.finish(table, {"seconds": round(time.perf_counter() - started, 2), "template": TEMPLATE.id,
+                                "model": backend.label, "missing": missing, "funnel": []})

@@ -1,0 +1,163 @@
+"""The table contracts of shared/DESIGN.md as pyarrow schemas, and the only parquet IO.
+
+Every stage reads and writes its tables through `read_table` / `write_table`, so a column that
+is missing, renamed or of the wrong type is a `SchemaError` at the boundary, never a silent cast
+three stages later. Writes go to a hidden temporary name in the same folder and are renamed into
+place when complete (atomic on POSIX), so a reader or a `*.parquet` glob never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import SchemaError
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+SAMPLING = pa.struct(
+    [
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
+        ("max_new_tokens", pa.int32()),
+        ("seed", pa.int64()),
+    ]
+)
+
+PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("messages", MESSAGES, nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("category", pa.string()),
+    ]
+)
+
+CANDIDATES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("sampling", SAMPLING),
+        pa.field("text", pa.string(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+    ]
+)
+
+JUDGMENTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("judge", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("aspect", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+        pa.field("rationale", pa.string()),
+        pa.field("raw", pa.string()),
+        pa.field("ok", pa.bool_(), nullable=False),
+        pa.field("position_consistent", pa.bool_()),
+    ]
+)
+
+PAIRS = pa.schema(
+    [
+        pa.field("prompt", MESSAGES, nullable=False),
+        pa.field("chosen", MESSAGES, nullable=False),
+        pa.field("rejected", MESSAGES, nullable=False),
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("chosen_id", pa.string(), nullable=False),
+        pa.field("rejected_id", pa.string(), nullable=False),
+        pa.field("chosen_score", pa.float64(), nullable=False),
+        pa.field("rejected_score", pa.float64(), nullable=False),
+        pa.field("margin", pa.float64(), nullable=False),
+        pa.field("rationale", pa.string()),
+        pa.field("pair_strategy", pa.string(), nullable=False),
+        pa.field("judge_agreement", pa.float64()),
+        pa.field("ches", pa.float64()),
+        pa.field("ln_ches", pa.float64()),
+        pa.field("ref_chosen_logp", pa.float64()),
+        pa.field("ref_rejected_logp", pa.float64()),
+        pa.field("chosen_len", pa.int32(), nullable=False),
+        pa.field("rejected_len", pa.int32(), nullable=False),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "prompts": PROMPTS,
+    "candidates": CANDIDATES,
+    "judgments": JUDGMENTS,
+    "pairs": PAIRS,
+}
+
+
+def check(table: pa.Table, name: str) -> pa.Table:
+    """Return `table` if it matches schema `name` exactly; raise `SchemaError` naming the columns."""
+    schema = SCHEMAS[name]
+    problems = []
+    have = {f.name: f for f in table.schema}
+    for field in schema:
+        got = have.get(field.name)
+        if got is None:
+            problems.append(f"missing column {field.name!r} ({field.type})")
+        elif not got.type.equals(field.type):
+            problems.append(f"column {field.name!r} is {got.type}, expected {field.type}")
+        elif not field.nullable and table.column(field.name).null_count:
+            problems.append(f"column {field.name!r} has {table.column(field.name).null_count} nulls")
+    extra = sorted(set(have) - set(schema.names))
+    if extra:
+        problems.append(f"unexpected columns {extra}")
+    if problems:
+        raise SchemaError(f"{name} table does not match its schema: " + "; ".join(problems))
+    if table.schema.names != schema.names:
+        table = table.select(schema.names)
+    return table
+
+
+def from_rows(rows: list[dict], name: str) -> pa.Table:
+    """Build a table of schema `name` from row dicts (missing optional keys become null)."""
+    schema = SCHEMAS[name]
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise SchemaError(f"cannot build {name} table: {exc}") from exc
+    return check(table, name)
+
+
+def empty(name: str) -> pa.Table:
+    return SCHEMAS[name].empty_table()
+
+
+def write_table(table: pa.Table, path: str | os.PathLike, name: str, *, compression: str = "zstd") -> Path:
+    """Check `table` against schema `name` and write it atomically (temp file, fsync, rename)."""
+    table = check(table, name)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp, compression=compression)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def read_table(path: str | os.PathLike, name: str) -> pa.Table:
+    """Read a parquet file and check it against schema `name`."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"{name} table {path} does not exist")
+    return check(pq.read_table(path), name)
+
+
+def concat(tables: list[pa.Table], name: str) -> pa.Table:
+    if not tables:
+        return empty(name)
+    return check(pa.concat_tables([check(t, name) for t in tables]), name)

@@ -1,0 +1,102 @@
+"""Where a stage's output lives in a run directory, and how it survives a crash.
+
+Layout under RUN/tables/:
+  <stage>.parquet            the stage's complete table
+  <stage>.json               its meta: fingerprint, rows, seconds, funnel, models (written last)
+  <stage>.parts-<fp>/        checkpointed chunks while the stage runs:
+      part-00000.parquet     rows for a set of prompts (written atomically)
+      part-00000.json        the prompt_ids that part covers, plus stage extras (written after it)
+
+A stage is complete when its meta exists with the current fingerprint. A part counts only once
+its JSON exists, so a kill between the two files just redoes that chunk. Parts are keyed by
+prompt_id, not by chunk number, so resuming with another chunk size neither redoes nor
+duplicates work. Parts of another fingerprint sit in their own folder and are never mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline import schemas
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+class StageStore:
+    def __init__(self, run_dir: str | os.PathLike, stage: str, table: str, fingerprint: str):
+        self.dir = Path(run_dir) / "tables"
+        self.stage, self.table_name, self.fingerprint = stage, table, fingerprint
+        self.table_path = self.dir / f"{stage}.parquet"
+        self.meta_path = self.dir / f"{stage}.json"
+        self.parts_dir = self.dir / f"{stage}.parts-{fingerprint}"
+
+    # -- complete output -------------------------------------------------------------------
+    def meta(self) -> dict | None:
+        """The meta of a complete output for this fingerprint, else None."""
+        if not (self.meta_path.exists() and self.table_path.exists()):
+            return None
+        meta = json.loads(self.meta_path.read_text())
+        return meta if meta.get("fingerprint") == self.fingerprint else None
+
+    def read(self) -> pa.Table:
+        return schemas.read_table(self.table_path, self.table_name)
+
+    def finish(self, table: pa.Table, meta: dict) -> dict:
+        """Write the complete table, then its meta (the commit point), then drop the parts."""
+        meta = {**meta, "stage": self.stage, "fingerprint": self.fingerprint, "rows": table.num_rows}
+        if self.meta_path.exists():
+            self.meta_path.unlink()  # an old meta must not vouch for the new table mid-write
+        schemas.write_table(table, self.table_path, self.table_name)
+        write_json(self.meta_path, meta)
+        shutil.rmtree(self.parts_dir, ignore_errors=True)
+        return meta
+
+    # -- checkpointed parts ------------------------------------------------------------------
+    def parts(self) -> list[tuple[pa.Table, dict]]:
+        out = []
+        for info in sorted(self.parts_dir.glob("part-*.json")):
+            data = self.parts_dir / (info.stem + ".parquet")
+            if data.exists():
+                out.append((schemas.read_table(data, self.table_name), json.loads(info.read_text())))
+        return out
+
+    def done_keys(self) -> set[str]:
+        return {k for _, info in self.parts() for k in info["keys"]}
+
+    def write_part(self, table: pa.Table, keys: list[str], extra: dict | None = None) -> None:
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        index = len(list(self.parts_dir.glob("part-*.json")))
+        while (self.parts_dir / f"part-{index:05d}.json").exists():
+            index += 1
+        name = f"part-{index:05d}"
+        schemas.write_table(table, self.parts_dir / f"{name}.parquet", self.table_name)
+        write_json(self.parts_dir / f"{name}.json", {"keys": keys, **(extra or {})})
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_in_parts(store: StageStore, keys: list[str], chunk_size: int, work, log=None) -> list[tuple[pa.Table, dict]]:
+    """Run `work(chunk_keys) -> (table, extra)` over the keys no finished part covers, checkpointing
+    each chunk; return every part (old and new). `log` gets one line saying what is reused."""
+    done = store.done_keys()
+    todo = [k for k in keys if k not in done]
+    if log is not None and done:
+        log(f"{store.stage}: resuming, {len(keys) - len(todo)} of {len(keys)} prompts already done in checkpointed parts")
+    for chunk in chunks(todo, chunk_size):
+        table, extra = work(chunk)
+        store.write_part(table, chunk, extra)
+    return store.parts()
