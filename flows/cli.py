@@ -95,13 +95,15 @@ def cmd_run(args) -> int:
 
     from pipeline.config import apply_overrides, load_config
     from pipeline.models import resolve
+    from pipeline.prompts import load_prompts
 
     overrides = list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
     config_path = Path(args.config) if args.config else _default_config()
     cfg = load_config(config_path, overrides)
-    # resolve models now: a missing model fails before Prefect or any stage starts
+    # preflight: a missing model or a bad input row fails in a second, before Prefect or any model starts
     resolve(cfg.generate.model, field="generate.model")
     resolve(cfg.judge_model, field="judge.model")
+    load_prompts(cfg.input, seed=cfg.seed)
     out_dir = args.out or str(Path("runs") / cfg.name)
     given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, overrides)
     if args.quiet:

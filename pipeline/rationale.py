@@ -12,7 +12,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from judges.templates import PAIR_RATIONALE_V1, RationaleTemplate
+from judges.templates import PAIR_RATIONALE_V2, RationaleTemplate
 from pipeline import schemas
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
 from pipeline.backends.hf import TransformersBackend
@@ -24,7 +24,7 @@ from pipeline.store import StageStore, run_in_parts
 VERSION = "1"
 READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
 WRITES = ("pairs.rationale",)
-TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V1
+TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V2
 
 
 def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens: int, max_prompt_tokens: int,
@@ -37,7 +37,7 @@ def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens
     ]
     results = backend.generate(requests, sampling=SamplingParams(0.0, 1.0, max_new_tokens),
                                max_prompt_tokens=max_prompt_tokens, progress=progress)
-    texts = [None if isinstance(r, Skipped) else (r[0].text or None) for r in results]
+    texts = [None if isinstance(r, Skipped) or not r[0].text else f"{TEMPLATE.prefix} {r[0].text}" for r in results]
     index = pairs.schema.get_field_index("rationale")
     return pairs.set_column(index, schemas.PAIRS.field("rationale"), pa.array(texts, pa.string()))
 

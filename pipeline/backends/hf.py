@@ -92,7 +92,10 @@ class TransformersBackend:
         self.seconds = 0.0
 
     def encode(self, messages: list[dict]) -> list[int]:
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+        """Chat-template ids; a final assistant message is a prefix for the model to continue."""
+        prefix = messages[-1]["role"] == "assistant"
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=not prefix, continue_final_message=prefix,
+                                                  tokenize=True, return_dict=False)
 
     def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)

@@ -1,0 +1,56 @@
+import pytest
+
+from pipeline.config import RunConfig, load_config
+from pipeline.errors import ConfigError
+from tests.conftest import TINY
+
+
+def test_defaults_validate_and_tiny_loads():
+    cfg = load_config(TINY)
+    assert cfg.generate.n == 3 and cfg.input.limit == 4
+
+
+def test_unknown_key_is_named_with_known_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generate:\n  temprature: 0.5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    msg = str(err.value)
+    assert "generate.temprature" in msg and "temperature" in msg and str(bad) in msg
+
+
+def test_bad_value_names_key_value_and_fix():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["generate.n=1"])
+    msg = str(err.value)
+    assert "config key 'generate.n' has invalid value 1" in msg
+    assert "greater than or equal to 2" in msg and "fix: Candidates per prompt" in msg
+
+
+def test_unknown_top_level_section():
+    with pytest.raises(ConfigError, match="unknown config key 'genrate'"):
+        load_config(None, ["genrate.n=4"])
+
+
+def test_overrides_are_yaml_typed():
+    cfg = load_config(None, ["generate.temperature=0", "rationale.enabled=false", "input.limit=7"])
+    assert cfg.generate.temperature == 0.0 and cfg.rationale.enabled is False and cfg.input.limit == 7
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["generate.n"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_fields_skip_operational_knobs():
+    a, b = RunConfig(), load_config(None, ["generate.batch_size=3", "judge.batch_size=2", "publish.chunk_prompts=1"])
+    for stage in ("generate", "judge", "pair", "rationale", "publish"):
+        assert a.stage_fields(stage) == b.stage_fields(stage), stage
+    c = load_config(None, ["generate.n=5"])
+    assert a.stage_fields("generate") != c.stage_fields("generate")
+    assert a.stage_fields("judge") == c.stage_fields("judge")  # judge depends on generate via its fingerprint

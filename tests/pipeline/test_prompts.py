@@ -1,0 +1,116 @@
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import InputConfig
+from pipeline.errors import InputError
+from pipeline.prompts import bundled_data_dir, load_prompts, prompt_id_of
+from tests.conftest import write_jsonl
+
+USER = {"role": "user", "content": "hi"}
+
+
+def cfg(path, **kw):
+    return InputConfig(path=str(path), shuffle=False, **kw)
+
+
+def test_bundled_seed_set_has_200_prompts_over_8_categories():
+    table, report = load_prompts(cfg("bundled:prompts/seed.jsonl"))
+    cats = Counter(table.column("category").to_pylist())
+    assert table.num_rows >= 200 and not report.invalid and report.duplicates == 0
+    required = {"advice", "coding", "math", "reasoning", "writing", "factual_qa", "summarisation", "refusal"}
+    assert required <= set(cats) and len(cats) >= 8
+    assert None not in cats
+
+
+def test_jsonl_messages_and_prompt_rows(tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [
+        {"messages": [{"role": "system", "content": "be brief"}, USER], "category": "x"},
+        "",
+        {"prompt": "what is 2+2?", "prompt_id": "mine"},
+    ])
+    table, _ = load_prompts(cfg(f))
+    rows = table.to_pylist()
+    assert rows[0]["prompt_id"] == prompt_id_of(rows[0]["messages"]) and rows[0]["category"] == "x"
+    assert rows[1] == {"prompt_id": "mine", "messages": [{"role": "user", "content": "what is 2+2?"}],
+                       "source": "p.jsonl", "category": None}
+
+
+@pytest.mark.parametrize("line,problem", [
+    ('{"messages": [{"role": "user", "content": "a"}', "invalid JSON"),
+    ('{"text": "no prompt"}', "neither 'messages' nor 'prompt'"),
+    ('{"messages": [{"role": "robot", "content": "a"}]}', "messages[0].role is 'robot'"),
+    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}', "last message must have role 'user'"),
+    ('{"prompt": "   "}', "'prompt' must be a non-empty string"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_bad_line_names_file_line_and_problem(tmp_path, line, problem):
+    f = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, line])
+    with pytest.raises(InputError) as err:
+        load_prompts(cfg(f))
+    assert f"{f}:2" in str(err.value) and problem in str(err.value) and "--skip-invalid" in str(err.value)
+
+
+def test_skip_invalid_counts_rows(tmp_path):
+    f = write_jsonl(tmp_path / "mixed.jsonl", [{"prompt": "a"}, "{oops", {"prompt": "b"}, {"prompt": "a"}])
+    table, report = load_prompts(cfg(f, skip_invalid=True))
+    assert table.num_rows == 2 and len(report.invalid) == 1 and report.duplicates == 1
+    assert f"{f}:2" in report.invalid[0]
+
+
+def test_empty_input_is_an_error(tmp_path):
+    f = tmp_path / "empty.jsonl"
+    f.write_text("\n\n")
+    with pytest.raises(InputError, match="holds no valid prompts"):
+        load_prompts(cfg(f))
+
+
+def test_all_invalid_with_skip_is_still_an_error(tmp_path):
+    f = write_jsonl(tmp_path / "bad.jsonl", ["{nope"])
+    with pytest.raises(InputError, match=r"no valid prompts \(1 invalid rows skipped\)"):
+        load_prompts(cfg(f, skip_invalid=True))
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_prompts(cfg(tmp_path / "nope.jsonl"))
+    (tmp_path / "p.csv").write_text("prompt\nhi\n")
+    with pytest.raises(InputError, match="unknown format '.csv'"):
+        load_prompts(cfg(tmp_path / "p.csv"))
+
+
+def test_parquet_input_names_row_on_error(tmp_path):
+    f = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["one", "", "three"]}), f)
+    with pytest.raises(InputError, match=r"row 1: 'prompt' must be a non-empty string"):
+        load_prompts(cfg(f))
+    table, report = load_prompts(cfg(f, skip_invalid=True))
+    assert table.column("messages").to_pylist()[1] == [{"role": "user", "content": "three"}]
+
+
+def test_datasets_folder_input(tmp_path):
+    import datasets
+
+    ds = datasets.DatasetDict({"train": datasets.Dataset.from_list([
+        {"messages": [USER], "category": "c"}, {"messages": [{"role": "user", "content": "yo"}], "category": "d"}])})
+    ds.save_to_disk(str(tmp_path / "ds"))
+    table, _ = load_prompts(cfg(tmp_path / "ds"))
+    assert table.column("category").to_pylist() == ["c", "d"]
+    with pytest.raises(InputError, match="input.split 'test'"):
+        load_prompts(cfg(tmp_path / "ds", split="test"))
+
+
+def test_shuffle_and_limit_are_seeded(tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(30)])
+    a, _ = load_prompts(InputConfig(path=str(f), limit=5), seed=3)
+    b, _ = load_prompts(InputConfig(path=str(f), limit=5), seed=3)
+    c, _ = load_prompts(InputConfig(path=str(f), limit=5), seed=4)
+    assert a.equals(b) and not a.equals(c) and a.num_rows == 5
+
+
+def test_bundled_data_dir_has_configs():
+    assert (bundled_data_dir() / "configs" / "default.yaml").exists()
+    assert json.loads((bundled_data_dir() / "prompts" / "seed.jsonl").read_text().splitlines()[0])["category"]

@@ -1,0 +1,42 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import schemas
+from pipeline.errors import SchemaError
+
+PROMPT = {"prompt_id": "p1", "messages": [{"role": "user", "content": "hi"}], "source": "s", "category": None}
+
+
+def test_from_rows_fills_optional_columns_and_checks():
+    t = schemas.from_rows([PROMPT], "prompts")
+    assert t.schema.equals(schemas.PROMPTS) and t.num_rows == 1
+
+
+def test_check_names_missing_wrong_type_and_nulls():
+    t = pa.table({"prompt_id": pa.array([None], pa.string()), "messages": pa.array([1]), "source": ["s"]})
+    with pytest.raises(SchemaError) as err:
+        schemas.check(t, "prompts")
+    msg = str(err.value)
+    assert "missing column 'category'" in msg and "column 'messages' is int64" in msg and "'prompt_id' has 1 nulls" in msg
+
+
+def test_check_rejects_extra_columns():
+    t = schemas.from_rows([PROMPT], "prompts").append_column("oops", pa.array([1]))
+    with pytest.raises(SchemaError, match=r"unexpected columns \['oops'\]"):
+        schemas.check(t, "prompts")
+
+
+def test_write_is_atomic_and_read_checks(tmp_path):
+    path = schemas.write_table(schemas.from_rows([PROMPT], "prompts"), tmp_path / "p.parquet", "prompts")
+    assert [p.name for p in tmp_path.iterdir()] == ["p.parquet"]  # no temp file left behind
+    assert pq.read_metadata(path).row_group(0).column(0).compression == "ZSTD"
+    assert schemas.read_table(path, "prompts").to_pylist() == [PROMPT]
+    with pytest.raises(SchemaError, match="candidates table does not match"):
+        schemas.read_table(path, "candidates")
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    with pytest.raises(SchemaError):
+        schemas.write_table(pa.table({"x": [1]}), tmp_path / "p.parquet", "prompts")
+    assert list(tmp_path.iterdir()) == []

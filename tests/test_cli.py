@@ -1,0 +1,56 @@
+"""The CLI on bad input: one clear message naming the problem, exit status 2, nothing started."""
+
+import pytest
+
+from flows.cli import main
+from tests.conftest import TINY, write_jsonl
+
+
+def run(capsys, *args):
+    code = main(["run", "--config", str(TINY), *args])
+    return code, capsys.readouterr().err
+
+
+def test_bad_config_key(capsys, tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("generate:\n  n: 2\n  max_new_tokns: 9\n")
+    code = main(["run", "--config", str(bad), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown config key 'generate.max_new_tokns'" in err and "max_new_tokens" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_value_via_set(capsys, tmp_path):
+    code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", "generate.temperature=hot")
+    assert code == 2 and "generate.temperature" in err and "'hot'" in err
+
+
+def test_bad_jsonl_line(capsys, tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "ok"}, {"prompt": "ok2"}, '{"messages": "nope"}'])
+    code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", f"input.path={f}")
+    assert code == 2 and f"{f}:3" in err and "'messages' must be a non-empty list" in err
+
+
+def test_empty_prompt_file(capsys, tmp_path):
+    f = tmp_path / "empty.jsonl"
+    f.write_text("")
+    code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", f"input.path={f}")
+    assert code == 2 and "holds no valid prompts" in err
+
+
+def test_missing_model(capsys, tmp_path):
+    code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", f"generate.model={tmp_path}/no-model")
+    assert code == 2 and "generate.model:" in err and "no-model" in err
+
+
+def test_missing_judge_model(capsys, tmp_path):
+    code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", "judge.model=bundled:nope")
+    assert code == 2 and "judge.model: unknown bundled model" in err
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for opt in ("--config", "--out", "--set", "--skip-invalid", "generate.{backend, model, n", "pair.{strategy, min_margin}"):
+        assert opt in out
