@@ -1,4 +1,4 @@
-"""The `build_dataset` flow: prompts -> generate -> judge -> pair -> rationale -> publish.
+"""The `build_dataset` flow: prompts -> generate -> judge -> pair -> ches -> rationale -> publish.
 
 Each stage is a Prefect task that only calls the stage's `run` in pipeline/; the stage itself
 decides to skip (complete output for its fingerprint), resume (checkpointed parts) or run. Tasks
@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import generate, judge, pair, prompts, publish, rationale
+from pipeline import ches, generate, judge, pair, prompts, publish, rationale
 from pipeline.config import RunConfig
 
 log = logging.getLogger("prefsynth")
@@ -30,6 +30,7 @@ prompts_task = _task(prompts.run, "prompts")
 generate_task = _task(generate.run, "generate")
 judge_task = _task(judge.run, "judge")
 pair_task = _task(pair.run, "pair")
+ches_task = _task(ches.run, "ches")
 rationale_task = _task(rationale.run, "rationale")
 publish_task = _task(publish.run, "publish")
 
@@ -45,7 +46,8 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None) -> dict
     metas["generate"] = generate_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
     metas["judge"] = judge_task(out_dir, cfg, metas["generate"]["fingerprint"], log=say)
     metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], log=say)
-    metas["rationale"] = rationale_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)
+    metas["ches"] = ches_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)
+    metas["rationale"] = rationale_task(out_dir, cfg, metas["ches"]["fingerprint"], log=say)
     return publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -86,6 +86,29 @@ class PairConfig(_Section):
     )
 
 
+class CHESConfig(_Section):
+    enabled: bool = Field(True, description="Compute CHES / LN-CHES and reference log-probs for every pair.")
+    model: str | None = Field(
+        None, description="The policy to be trained (CHES is policy-specific); null means the generator model."
+    )
+    filter: Literal["quantile", "threshold", "none"] = Field(
+        "quantile", description="Drop the highest-LN-CHES pairs: above a quantile, above a threshold, or none."
+    )
+    quantile: float = Field(0.9, gt=0.0, le=1.0, description="With filter=quantile, keep pairs with LN-CHES at or below this quantile.")
+    threshold: float | None = Field(None, description="With filter=threshold, keep pairs with LN-CHES at or below this value.")
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass (operational).")
+
+    @model_validator(mode="after")
+    def _threshold_given(self):
+        if self.filter == "threshold" and self.threshold is None:
+            raise ValueError("curate.ches.filter is 'threshold' but curate.ches.threshold is not set; fix: set it or use filter: quantile")
+        return self
+
+
+class CurateConfig(_Section):
+    ches: CHESConfig = CHESConfig()
+
+
 class RationaleConfig(_Section):
     enabled: bool = Field(True, description="Write a short judge rationale for each published pair.")
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Token cap per rationale.")
@@ -108,12 +131,17 @@ class RunConfig(_Section):
     generate: GenerateConfig = GenerateConfig()
     judge: JudgeConfig = JudgeConfig()
     pair: PairConfig = PairConfig()
+    curate: CurateConfig = CurateConfig()
     rationale: RationaleConfig = RationaleConfig()
     publish: PublishConfig = PublishConfig()
 
     @property
     def judge_model(self) -> str:
         return self.judge.model or self.generate.model
+
+    @property
+    def ches_model(self) -> str:
+        return self.curate.ches.model or self.generate.model
 
     def stage_fields(self, stage: str) -> dict[str, Any]:
         """The config fields that change `stage`'s output (never batch sizes or chunking)."""
@@ -126,6 +154,8 @@ class RunConfig(_Section):
             return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model"})}
         if stage == "pair":
             return self.pair.model_dump()
+        if stage == "ches":
+            return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
         if stage == "rationale":
             return {"model": self.judge_model, **self.rationale.model_dump(exclude={"batch_size"})}
         if stage == "publish":

@@ -24,7 +24,7 @@ from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs
 from pipeline.store import write_json
 
-STAGES = ("prompts", "generate", "judge", "pair", "rationale")
+STAGES = ("prompts", "generate", "judge", "pair", "ches", "rationale")
 
 
 def sha256(path: Path) -> str:
@@ -85,6 +85,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
             "judge": metas["judge"].get("judge"),
             "rationale": metas["rationale"].get("model"),
             "rationale_template": metas["rationale"].get("template"),
+            "ches": metas["ches"].get("model"),
         },
         "rows": {"prompts": metas["prompts"]["rows"], "candidates": metas["generate"]["rows"],
                  "judgments": metas["judge"]["rows"], "pairs": pairs.num_rows},

@@ -52,7 +52,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     if (meta := store.meta()) is not None:
         log(f"rationale: complete output exists for fingerprint {store.fingerprint}, reusing")
         return meta
-    pairs = schemas.read_table(f"{run_dir}/tables/pair.parquet", "pairs")
+    pairs = schemas.read_table(f"{run_dir}/tables/ches.parquet", "pairs")
     started = time.perf_counter()
     if not cfg.rationale.enabled or pairs.num_rows == 0:
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})

@@ -73,7 +73,7 @@ def test_rerun_reuses_every_stage(tiny_run):
     before = pq.read_table(tiny_run / "pairs").to_pylist()
     proc = run_cli("run", "--config", str(TINY), "--out", str(tiny_run))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("prompts", "generate", "judge", "pair", "rationale"):
+    for stage in ("prompts", "generate", "judge", "pair", "ches", "rationale"):
         assert f"{stage}: complete output exists" in proc.stderr
     assert pq.read_table(tiny_run / "pairs").to_pylist() == before
 
