@@ -1,4 +1,5 @@
-"""The `build_dataset` flow: prompts -> generate -> judge -> pair -> ches -> rationale -> publish.
+"""The `build_dataset` flow: prompts -> prompt_filter -> generate -> judge -> pair -> ches
+-> rationale -> publish.
 
 Each stage is a Prefect task that only calls the stage's `run` in pipeline/; the stage itself
 decides to skip (complete output for its fingerprint), resume (checkpointed parts) or run. Tasks
@@ -15,7 +16,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import ches, generate, judge, pair, prompts, publish, rationale
+from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale
 from pipeline.config import RunConfig
 
 log = logging.getLogger("prefsynth")
@@ -27,6 +28,7 @@ def _task(stage_run, name: str):
 
 
 prompts_task = _task(prompts.run, "prompts")
+prompt_filter_task = _task(prompt_filter.run, "prompt_filter")
 generate_task = _task(generate.run, "generate")
 judge_task = _task(judge.run, "judge")
 pair_task = _task(pair.run, "pair")
@@ -43,7 +45,8 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None) -> dict
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     say = log.info
     metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
-    metas["generate"] = generate_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+    metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+    metas["generate"] = generate_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
     metas["judge"] = judge_task(out_dir, cfg, metas["generate"]["fingerprint"], log=say)
     metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], log=say)
     metas["ches"] = ches_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)

@@ -80,9 +80,25 @@ class JudgeConfig(_Section):
 
 
 class PairConfig(_Section):
-    strategy: Literal["best_vs_worst"] = Field("best_vs_worst", description="How pairs are formed per prompt.")
+    strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin", "top_k_vs_bottom_k"] = Field(
+        "best_vs_worst",
+        description="How pairs are formed per prompt: best vs worst; best vs a seeded random lower-scored "
+        "candidate; every pair above the margin; or each of the top k vs each of the bottom k.",
+    )
+    k: int = Field(2, ge=1, description="With strategy=top_k_vs_bottom_k, the k.")
     min_margin: float = Field(
-        0.05, ge=0.0, description="Drop pairs whose score margin is below this; ties (margin 0) are always dropped."
+        0.05, ge=0.0, description="Drop pairs whose score margin is below this."
+    )
+    tie_epsilon: float = Field(
+        1e-9, ge=0.0, description="Tie policy: candidates whose scores differ by at most this are a tie and are never paired."
+    )
+    max_similarity: float = Field(
+        0.9, gt=0.0, le=1.0,
+        description="Drop pairs whose chosen and rejected are near-identical: character 5-gram Jaccard above this.",
+    )
+    max_length_ratio: float | None = Field(
+        None, ge=1.0,
+        description="Length-controlled pairing: chosen may be at most this many times longer (tokens) than rejected; null is off.",
     )
 
 
@@ -105,7 +121,25 @@ class CHESConfig(_Section):
         return self
 
 
+class DedupConfig(_Section):
+    near_duplicates: bool = Field(True, description="Drop prompts that are near-duplicates of an earlier prompt (embeddings).")
+    model: str = Field("bundled:minilm-l6", description="Sentence embedder: bundled:minilm-l6, a local folder or a Hub id.")
+    threshold: float = Field(0.9, gt=0.0, le=1.0, description="Cosine similarity at or above which a later prompt is a near-duplicate "
+                             "(MiniLM: paraphrases score 0.9-0.97, same question about another country about 0.66).")
+    batch_size: int = Field(64, ge=1, description="Prompts per embedding batch (operational).")
+
+
+class DecontaminateConfig(_Section):
+    benchmarks: list[str] = Field(
+        [], description="Benchmark prompt files (.jsonl with prompt/messages/question/text, .parquet, or .txt one per line); "
+        "prompts sharing a word n-gram with any of them are dropped."
+    )
+    ngram: int = Field(8, ge=3, description="n of the word n-grams compared (13 in GPT-3's decontamination; shorter suits short prompts).")
+
+
 class CurateConfig(_Section):
+    dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
     ches: CHESConfig = CHESConfig()
 
 
@@ -148,12 +182,15 @@ class RunConfig(_Section):
         g, j = self.generate, self.judge
         if stage == "prompts":
             return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid"})}
+        if stage == "prompt_filter":
+            return {"dedup": self.curate.dedup.model_dump(exclude={"batch_size"}),
+                    "decontaminate": self.curate.decontaminate.model_dump()}
         if stage == "generate":
             return {"seed": self.seed, **g.model_dump(exclude={"batch_size", "backend"})}
         if stage == "judge":
             return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model"})}
         if stage == "pair":
-            return self.pair.model_dump()
+            return {"seed": self.seed, **self.pair.model_dump()}
         if stage == "ches":
             return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
         if stage == "rationale":

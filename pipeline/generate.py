@@ -77,7 +77,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     if (meta := store.meta()) is not None:
         log(f"generate: complete output exists for fingerprint {store.fingerprint} ({meta['rows']} candidates), not regenerating")
         return meta
-    prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
+    prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
     started = time.perf_counter()
     backend = make_backend(cfg.generate.backend, cfg.generate.model, dtype=cfg.generate.dtype,
                            batch_size=cfg.generate.batch_size)

@@ -1,13 +1,21 @@
-"""Pair stage: best-vs-worst preference pairs from judged candidates (-> pairs, no rationale yet).
+"""Pair stage: preference pairs from judged candidates (-> pairs, no CHES or rationale yet).
 
 Reads `prompts.{prompt_id, messages}`, `candidates.{prompt_id, candidate_id, text, n_tokens}`,
 `judgments.{candidate_id, score, ok}`; writes the `pairs` table of shared/DESIGN.md.
-Rules (DESIGN rule 7): a candidate's score is the mean of its ok judgments; a prompt needs two
-scored, non-empty candidates; chosen is the highest score and rejected the lowest (ties broken
-by candidate_id, so reruns agree); a pair is dropped when the two texts are identical, when the
-margin is 0 (a tie: ties are dropped, not guessed), or when it is below `min_margin`. Every drop
-is counted in the funnel with its reason. So every published row has chosen_score > rejected_score
-and chosen != rejected.
+
+Rules (DESIGN rule 7). A candidate's score is the mean of its ok judgments; empty candidates and
+candidates with no ok judgment are never paired. Within a prompt every two scored candidates form
+a candidate pair, oriented so the higher score is chosen. Filters, each counted in the funnel
+(units: candidate pairs): ties (scores within `tie_epsilon`: ties are a policy, never guessed),
+near-identical texts (character 5-gram Jaccard above `max_similarity`; identical texts always),
+`min_margin`, and length control (`max_length_ratio`: chosen at most r times longer than
+rejected). The strategy then selects among the admissible pairs:
+  best_vs_worst      the highest-scored chosen with its lowest-scored admissible rejected
+  best_vs_random     the highest-scored chosen with a seeded random admissible rejected
+  all_above_margin   every admissible pair
+  top_k_vs_bottom_k  chosen among the top k candidates, rejected among the bottom k
+Selecting after filtering means a prompt whose extreme pair is a tie or a near-duplicate still
+yields its best admissible pair. Every published row has chosen_score > rejected_score.
 """
 
 from __future__ import annotations
@@ -20,50 +28,91 @@ import pyarrow as pa
 from pipeline import schemas
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
+from pipeline.length_bias import length_bias
 from pipeline.store import StageStore
 
-VERSION = "1"
+VERSION = "2"
 READS = ("prompts.prompt_id", "prompts.messages", "candidates.text", "candidates.n_tokens",
          "judgments.candidate_id", "judgments.score", "judgments.ok")
 WRITES = tuple(schemas.PAIRS.names)
+
+
+def _shingles(text: str, n: int = 5) -> set[str]:
+    t = " ".join(text.lower().split())
+    return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
+
+
+def similarity(a: str, b: str) -> float:
+    """Character 5-gram Jaccard similarity (1.0 for texts equal up to case and whitespace)."""
+    sa, sb = _shingles(a), _shingles(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def scored_candidates(candidates: pa.Table, judgments: pa.Table) -> pl.DataFrame:
+    """Non-empty candidates with the mean of their ok judgments as `score`."""
+    scores = (pl.from_arrow(judgments.select(["candidate_id", "score", "ok"])).filter(pl.col("ok"))
+              .group_by("candidate_id").agg(pl.col("score").mean()))
+    cands = pl.from_arrow(candidates.select(["prompt_id", "candidate_id", "text", "n_tokens"]))
+    return cands.filter(pl.col("text").str.strip_chars() != "").join(scores, on="candidate_id", how="inner")
 
 
 def _step(funnel: list, name: str, before: int, after: int, reason: str) -> None:
     funnel.append({"stage": "pair", "filter": name, "rows_in": before, "rows_out": after, "reason": reason})
 
 
-def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig) -> tuple[pa.Table, list[dict]]:
-    """Pure core: (pairs table, funnel entries). Counts in the funnel are prompts/pairs."""
-    funnel: list[dict] = []
-    scores = (
-        pl.from_arrow(judgments.select(["candidate_id", "score", "ok"]))
-        .filter(pl.col("ok"))
-        .group_by("candidate_id")
-        .agg(pl.col("score").mean())
+def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: int) -> pl.DataFrame:
+    by_best = ["prompt_id", "score", "candidate_id"]
+    if cfg.strategy == "all_above_margin":
+        return pairs
+    if cfg.strategy == "best_vs_worst":
+        return (pairs.sort(["prompt_id", "score", "score_r", "candidate_id", "candidate_id_r"],
+                           descending=[False, True, False, False, False])
+                .group_by("prompt_id", maintain_order=True).first())
+    if cfg.strategy == "best_vs_random":
+        top = pairs.sort(by_best, descending=[False, True, False]).group_by("prompt_id", maintain_order=True).first()
+        pool = pairs.join(top.select("prompt_id", "candidate_id"), on=["prompt_id", "candidate_id"])
+        draw = pl.concat_str([pl.lit(str(seed)), pl.col("candidate_id_r")]).hash(seed=0)
+        return pool.with_columns(draw.alias("_draw")).sort(["prompt_id", "_draw"]).group_by(
+            "prompt_id", maintain_order=True).first().drop("_draw")
+    ranks = scored.with_columns(
+        pl.col("score").rank("ordinal", descending=True).over("prompt_id").alias("_top"),
+        pl.col("score").rank("ordinal", descending=False).over("prompt_id").alias("_bottom"),
     )
-    cands = pl.from_arrow(candidates.select(["prompt_id", "candidate_id", "text", "n_tokens"]))
-    n_prompts = cands["prompt_id"].n_unique()
-    scored = cands.filter(pl.col("text").str.strip_chars() != "").join(scores, on="candidate_id", how="inner")
-    counts = scored.group_by("prompt_id").len()
-    enough = counts.filter(pl.col("len") >= 2)["prompt_id"]
-    scored = scored.filter(pl.col("prompt_id").is_in(enough.implode()))
-    _step(funnel, "too_few_scored", n_prompts, len(enough), "fewer than 2 non-empty candidates with an ok judgment")
+    top = ranks.filter(pl.col("_top") <= cfg.k).select("candidate_id")
+    bottom = ranks.filter(pl.col("_bottom") <= cfg.k).select(pl.col("candidate_id").alias("candidate_id_r"))
+    return pairs.join(top, on="candidate_id").join(bottom, on="candidate_id_r")
 
-    ranked = scored.sort(["prompt_id", "score", "candidate_id"], descending=[False, True, False])
-    best = ranked.group_by("prompt_id", maintain_order=True).first()
-    worst = ranked.group_by("prompt_id", maintain_order=True).last()
-    pairs = best.join(worst, on="prompt_id", suffix="_r").with_columns(
-        (pl.col("score") - pl.col("score_r")).alias("margin")
-    )
+
+def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig, *,
+               seed: int = 0) -> tuple[pa.Table, list[dict]]:
+    """Pure core: (pairs table, funnel entries)."""
+    funnel: list[dict] = []
+    scored = scored_candidates(candidates, judgments)
+    n_prompts = pl.from_arrow(candidates.select(["prompt_id"]))["prompt_id"].n_unique()
+    enough = scored.group_by("prompt_id").len().filter(pl.col("len") >= 2)["prompt_id"]
+    scored = scored.filter(pl.col("prompt_id").is_in(enough.implode()))
+    _step(funnel, "too_few_scored", n_prompts, len(enough), "prompts with fewer than 2 non-empty candidates with an ok judgment")
+
+    both = scored.join(scored, on="prompt_id", suffix="_r").filter(pl.col("candidate_id") < pl.col("candidate_id_r"))
+    total = both.height
+    pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
+        pl.col("score") - pl.col("score_r") > cfg.tie_epsilon)
+    _step(funnel, "ties", total, pairs.height, f"candidate pairs scored within pair.tie_epsilon={cfg.tie_epsilon} (ties are not paired)")
     before = pairs.height
-    pairs = pairs.filter(pl.col("text").str.strip_chars() != pl.col("text_r").str.strip_chars())
-    _step(funnel, "identical_texts", before, pairs.height, "chosen and rejected texts are identical")
-    before = pairs.height
-    pairs = pairs.filter(pl.col("margin") > 0)
-    _step(funnel, "ties", before, pairs.height, "chosen and rejected scored the same (ties are dropped)")
+    sims = [similarity(a, b) for a, b in zip(pairs["text"].to_list(), pairs["text_r"].to_list())]
+    pairs = pairs.with_columns(pl.Series("_sim", sims, dtype=pl.Float64)).filter(pl.col("_sim") <= cfg.max_similarity).drop("_sim")
+    _step(funnel, "near_identical", before, pairs.height, f"chosen and rejected near-identical (5-gram Jaccard > {cfg.max_similarity})")
+    pairs = pairs.with_columns((pl.col("score") - pl.col("score_r")).alias("margin"))
     before = pairs.height
     pairs = pairs.filter(pl.col("margin") >= cfg.min_margin)
     _step(funnel, "min_margin", before, pairs.height, f"margin below pair.min_margin={cfg.min_margin}")
+    if cfg.max_length_ratio is not None:
+        before = pairs.height
+        pairs = pairs.filter(pl.col("n_tokens") <= cfg.max_length_ratio * pl.col("n_tokens_r"))
+        _step(funnel, "length_ratio", before, pairs.height, f"chosen over pair.max_length_ratio={cfg.max_length_ratio} x rejected length")
+    before = pairs.height
+    pairs = _select(pairs, scored, cfg, seed)
+    _step(funnel, "strategy", before, pairs.height, f"admissible pairs not selected by {cfg.strategy}")
 
     messages = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
     rows = [
@@ -75,7 +124,7 @@ def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg
             "chosen_score": r["score"], "rejected_score": r["score_r"], "margin": r["margin"],
             "pair_strategy": cfg.strategy, "chosen_len": r["n_tokens"], "rejected_len": r["n_tokens_r"],
         }
-        for r in pairs.sort("prompt_id").iter_rows(named=True)
+        for r in pairs.sort(["prompt_id", "candidate_id", "candidate_id_r"]).iter_rows(named=True)
     ]
     table = schemas.from_rows(rows, "pairs")
     check_pairs(table)
@@ -105,11 +154,12 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
         return meta
     started = time.perf_counter()
     tables = f"{run_dir}/tables"
-    pairs, funnel = make_pairs(
-        schemas.read_table(f"{tables}/prompts.parquet", "prompts"),
-        schemas.read_table(f"{tables}/generate.parquet", "candidates"),
-        schemas.read_table(f"{tables}/judge.parquet", "judgments"),
-        cfg.pair,
-    )
-    log(f"pair: {pairs.num_rows} pairs")
-    return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel})
+    candidates = schemas.read_table(f"{tables}/generate.parquet", "candidates")
+    judgments = schemas.read_table(f"{tables}/judge.parquet", "judgments")
+    pairs, funnel = make_pairs(schemas.read_table(f"{tables}/prompts.parquet", "prompts"), candidates, judgments,
+                               cfg.pair, seed=cfg.seed)
+    bias = length_bias(scored_candidates(candidates, judgments), pairs)
+    log(f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
+        f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs")
+    return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,
+                                "strategy": cfg.pair.strategy, "length_bias": bias})

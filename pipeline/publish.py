@@ -24,7 +24,7 @@ from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs
 from pipeline.store import write_json
 
-STAGES = ("prompts", "generate", "judge", "pair", "ches", "rationale")
+STAGES = ("prompts", "prompt_filter", "generate", "judge", "pair", "ches", "rationale")
 
 
 def sha256(path: Path) -> str:
@@ -87,10 +87,13 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
             "rationale_template": metas["rationale"].get("template"),
             "ches": metas["ches"].get("model"),
         },
-        "rows": {"prompts": metas["prompts"]["rows"], "candidates": metas["generate"]["rows"],
+        "rows": {"prompts": metas["prompts"]["rows"], "prompts_kept": metas["prompt_filter"]["rows"], "candidates": metas["generate"]["rows"],
                  "judgments": metas["judge"]["rows"], "pairs": pairs.num_rows},
         "funnel": [f for s in STAGES for f in metas[s].get("funnel", [])],
         "judge_failure_rate": metas["judge"].get("failure_rate"),
+        "length_bias": metas["pair"].get("length_bias"),
+        "prompt_drops": metas["prompt_filter"].get("dropped", []),
+        "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max")},
         "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
         "shards": shards,
         "timings_s": timings,

@@ -17,17 +17,20 @@ from tests.conftest import ROOT, TINY, cli_env, run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_pairs_load_with_datasets_and_trl(tiny_run):
+def test_pairs_load_with_datasets_and_trl(tiny_run, tmp_path):
     import datasets
     from transformers import AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
     from pipeline.models import resolve
 
-    ds = datasets.load_dataset("parquet", data_files=str(tiny_run / "pairs" / "*.parquet"), split="train")
+    cache = str(tmp_path / "hf-cache")  # datasets' cache can hold an older run at a reused path
+    ds = datasets.load_dataset("parquet", data_files=str(tiny_run / "pairs" / "*.parquet"), split="train", cache_dir=cache)
     assert ds.num_rows >= 1
     for col in ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin", "rationale"):
         assert col in ds.column_names
+    for col in ("ches", "ln_ches", "ref_chosen_logp", "ref_rejected_logp"):
+        assert all(isinstance(v, float) for v in ds[col]), col  # filled for every published pair
     for row in ds:
         assert row["chosen_score"] > row["rejected_score"] and row["chosen"] != row["rejected"]
         assert abs(row["margin"] - (row["chosen_score"] - row["rejected_score"])) < 1e-9
@@ -39,7 +42,7 @@ def test_pairs_load_with_datasets_and_trl(tiny_run):
     text = maybe_apply_chat_template({k: row[k] for k in ("prompt", "chosen", "rejected")}, tok)
     assert text["prompt"].endswith("<|im_start|>assistant\n") and row["chosen"][0]["content"] in text["chosen"]
     # the card's configs block lets datasets load the run folder itself
-    assert datasets.load_dataset(str(tiny_run), split="train").num_rows == ds.num_rows
+    assert datasets.load_dataset(str(tiny_run), split="train", cache_dir=cache).num_rows == ds.num_rows
 
 
 def test_manifest_describes_the_shards(tiny_run):
@@ -56,6 +59,10 @@ def test_manifest_describes_the_shards(tiny_run):
     assert set(m["timings_s"]) >= {"generate", "judge", "pair", "rationale", "publish", "total"}
     assert m["config"]["resolved"]["generate"]["n"] == 3 and m["config"]["given"]["name"] == "tiny"
     assert m["models"]["generator"].startswith("bundled:smollm2-135m-instruct@")
+    filters = {f["filter"] for f in m["funnel"]}
+    assert {"near_duplicate", "ties", "near_identical", "min_margin", "strategy", "ches_quantile"} <= filters
+    assert m["ches"]["filter"] == "quantile" and m["ches"]["cut"] is not None
+    assert set(m["length_bias"]) >= {"score_length_spearman", "chosen_minus_rejected_len", "chosen_longer_fraction"}
     assert "pairs:" in (tiny_run / "cli-stdout.txt").read_text()
 
 
@@ -73,7 +80,7 @@ def test_rerun_reuses_every_stage(tiny_run):
     before = pq.read_table(tiny_run / "pairs").to_pylist()
     proc = run_cli("run", "--config", str(TINY), "--out", str(tiny_run))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("prompts", "generate", "judge", "pair", "ches", "rationale"):
+    for stage in ("prompts", "prompt_filter", "generate", "judge", "pair", "ches", "rationale"):
         assert f"{stage}: complete output exists" in proc.stderr
     assert pq.read_table(tiny_run / "pairs").to_pylist() == before
 

@@ -43,8 +43,9 @@ def test_best_vs_worst_with_every_drop_reason():
     assert (r["chosen_id"], r["rejected_id"], r["margin"]) == ("a-01", "a-02", 3.5)
     assert r["prompt"] == [{"role": "user", "content": "q a"}] and r["pair_strategy"] == "best_vs_worst"
     assert (r["chosen_len"], r["rejected_len"]) == (4, 5)
-    assert funnel_of(funnel) == {"too_few_scored": (5, 4), "identical_texts": (4, 3), "ties": (3, 2),
-                                 "min_margin": (2, 1)}
+    # prompts, then candidate pairs: a has 3, b/c/d one each; e has a single scoreable candidate
+    assert funnel_of(funnel) == {"too_few_scored": (5, 4), "ties": (6, 5), "near_identical": (5, 4),
+                                 "min_margin": (4, 3), "strategy": (3, 1)}
 
 
 def test_mean_of_ok_judgments_is_the_score():
@@ -65,3 +66,45 @@ def test_check_pairs_rejects_inverted_scores():
     bad = pairs.set_column(pairs.schema.get_field_index("rejected_score"), "rejected_score", pa.array([9.0]))
     with pytest.raises(SchemaError, match="chosen_score > rejected_score"):
         check_pairs(bad)
+
+
+FIVE = {"p": [("alpha answer one", 5.0), ("bravo reply two", 4.0), ("charlie text three", 3.0),
+              ("delta words four", 2.0), ("echo string five", 1.0)]}
+
+
+def ids(pairs):
+    return sorted((r["chosen_id"], r["rejected_id"]) for r in pairs.to_pylist())
+
+
+def test_all_above_margin_and_top_k_vs_bottom_k():
+    tables = build(FIVE)
+    allp, _ = make_pairs(*tables, PairConfig(strategy="all_above_margin", min_margin=1.5))
+    assert ids(allp) == [("p-00", "p-02"), ("p-00", "p-03"), ("p-00", "p-04"), ("p-01", "p-03"),
+                         ("p-01", "p-04"), ("p-02", "p-04")]
+    topk, funnel = make_pairs(*tables, PairConfig(strategy="top_k_vs_bottom_k", k=2, min_margin=0))
+    assert ids(topk) == [("p-00", "p-03"), ("p-00", "p-04"), ("p-01", "p-03"), ("p-01", "p-04")]
+    assert funnel_of(funnel)["strategy"] == (10, 4)
+
+
+def test_best_vs_random_is_seeded_and_keeps_the_best_chosen():
+    tables = build(FIVE)
+    picks = {ids(make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=s)[0])[0] for s in range(12)}
+    assert {c for c, _ in picks} == {"p-00"} and len({r for _, r in picks}) > 1
+    a = make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=3)[0]
+    b = make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=3)[0]
+    assert a.equals(b)
+
+
+def test_selection_happens_after_filters():
+    """The worst candidate is a near-copy of the best: best_vs_worst falls back to the next admissible."""
+    tables = build({"p": [("The capital of France is Paris.", 5.0), ("Lyon, I think.", 3.0),
+                          ("The capital of France is Paris!", 1.0)]})
+    pairs, _ = make_pairs(*tables, PairConfig(min_margin=0))
+    assert ids(pairs) == [("p-00", "p-01")]
+
+
+def test_length_ratio_control():
+    tables = build({"p": [("a much much longer answer that goes on", 5.0), ("short", 1.0), ("mid length one", 2.0)]})
+    pairs, funnel = make_pairs(*tables, PairConfig(min_margin=0, max_length_ratio=3.0))
+    assert ids(pairs) == [("p-00", "p-02")]  # 38 chars vs 5 fails the ratio, vs 14 passes
+    assert funnel_of(funnel)["length_ratio"] == (3, 2)
