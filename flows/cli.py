@@ -17,22 +17,16 @@ from pathlib import Path
 from pipeline.errors import PrefsynthError
 
 RUN_HELP = """\
-Build a preference dataset: prompts -> generate -> judge -> pair -> rationale -> publish.
+Build a preference dataset:
+  prompts -> prompt_filter -> generate -> judge -> pair -> ches -> rationale -> publish.
 
 Every stage writes its table under OUT/tables/; re-running the same command after a crash skips
 stages whose complete output exists for the same config fingerprint and resumes a half-done stage
 from its checkpointed chunks. Results: OUT/pairs/*.parquet (TRL conversational format),
 OUT/manifest.json, OUT/README.md (dataset card).
 
-Config keys (all documented in pipeline/config.py):
-  seed, name
-  input.{path, split, limit, shuffle, skip_invalid}
-  generate.{backend, model, n, max_new_tokens, temperature, top_p, system_prompt,
-            max_prompt_tokens, dtype, batch_size}
-  judge.{model, template, min_score_mass, max_input_tokens, batch_size}
-  pair.{strategy, min_margin}
-  rationale.{enabled, max_new_tokens, batch_size}
-  publish.{shard_rows, compression, license, chunk_prompts}
+Config keys (YAML sections; the same text lives beside each field in pipeline/config.py):
+{keys}
 
 examples:
   prefsynth run                                  # bundled prompts and model, data/configs/default.yaml
@@ -51,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prefsynth", description="Synthetic preference datasets for LLM alignment.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="build a preference dataset", description=RUN_HELP,
+    from pipeline.config import describe_keys
+
+    run = sub.add_parser("run", help="build a preference dataset",
+                         description=RUN_HELP.format(keys="\n".join(describe_keys())),
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", metavar="FILE", help="YAML config (default: the bundled data/configs/default.yaml)")
     run.add_argument("--out", metavar="DIR", help="run directory (default: runs/<config name>)")
@@ -83,7 +80,7 @@ def summary(manifest: dict, out_dir: str) -> str:
     ]
     for f in manifest["funnel"]:
         removed = f["rows_in"] - f["rows_out"]
-        lines.append(f"    {f['stage']:>9}.{f['filter']:<18} {f['rows_in']:>5} -> {f['rows_out']:<5} (-{removed}) {f['reason']}")
+        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} (-{removed}) {f['reason']}")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
     lines += [f"  timings: {timings}", f"  card:   {Path(out_dir) / 'README.md'}",
               f"  manifest: {Path(out_dir) / 'manifest.json'}"]

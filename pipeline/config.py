@@ -200,6 +200,20 @@ class RunConfig(_Section):
         raise KeyError(stage)
 
 
+def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """One line per config key with its default and description (for --help; never drifts)."""
+    model = model or RunConfig
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines += describe_keys(ann, key + ".")
+        else:
+            lines.append(f"  {key} (default {field.default!r}): {field.description or ''}")
+    return lines
+
+
 def fingerprint(*parts: Any) -> str:
     """A stable 16-hex-digit hash of JSON-serialisable parts."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

@@ -52,5 +52,10 @@ def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["run", "--help"])
     out = capsys.readouterr().out
-    for opt in ("--config", "--out", "--set", "--skip-invalid", "generate.{backend, model, n", "pair.{strategy, min_margin}"):
+    from pipeline.config import describe_keys
+
+    for opt in ("--config", "--out", "--set", "--skip-invalid", "--quiet"):
         assert opt in out
+    keys = describe_keys()
+    assert len(keys) > 40 and all(line.split(" (default")[0].strip() in out for line in keys)
+    assert "curate.ches.quantile (default 0.9): " in out
