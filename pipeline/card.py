@@ -28,7 +28,9 @@ def render(manifest: dict) -> str:
         size_categories=[size_category(pairs)],
         tags=["dpo", "preference", "synthetic", "prefsynth"],
         pretty_name=manifest["name"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "pairs/train-*.parquet"}]}],
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "pairs/train-*.parquet"}]}]
+        + ([{"config_name": "ranked", "data_files": [{"split": "train", "path": "ranked/train-*.parquet"}]}]
+           if manifest.get("ranked_shards") else []),
     )
     funnel = "\n".join(
         f"| {f['stage']} | {f['filter']} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |" for f in manifest["funnel"]

@@ -100,6 +100,9 @@ class PairConfig(_Section):
         None, ge=1.0,
         description="Length-controlled pairing: chosen may be at most this many times longer (tokens) than rejected; null is off.",
     )
+    keep_ranked: bool = Field(
+        False, description="Also publish every scored candidate per prompt, best first (ranked/*.parquet), for listwise use."
+    )
 
 
 class CHESConfig(_Section):

@@ -21,6 +21,7 @@ yields its best admissible pair. Every published row has chosen_score > rejected
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
@@ -131,16 +132,34 @@ def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg
     return table, funnel
 
 
+def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
+    """Listwise view: per prompt, every scored candidate best first (ties by candidate_id)."""
+    messages = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
+    grouped = (scored.sort(["prompt_id", "score", "candidate_id"], descending=[False, True, False])
+               .group_by("prompt_id", maintain_order=True)
+               .agg(pl.struct("candidate_id", "text", "score", "n_tokens").alias("candidates")))
+    rows = [{"prompt_id": r["prompt_id"], "prompt": messages[r["prompt_id"]], "candidates": r["candidates"]}
+            for r in grouped.iter_rows(named=True)]
+    return schemas.from_rows(rows, "ranked")
+
+
 def check_pairs(table: pa.Table) -> None:
     """The invariants every published pairs table holds; raise SchemaError on the first broken one."""
     df = pl.from_arrow(table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score"]))
     bad = df.filter((pl.col("chosen_score") <= pl.col("rejected_score")) | (pl.col("chosen_id") == pl.col("rejected_id")))
     if bad.height:
         raise SchemaError(f"pairs table breaks chosen_score > rejected_score / chosen != rejected for prompt_id {bad['prompt_id'][0]}")
+    dup = df.filter(df.select(["prompt_id", "chosen_id", "rejected_id"]).is_duplicated())
+    if dup.height:
+        raise SchemaError(f"pairs table holds the pair ({dup['chosen_id'][0]}, {dup['rejected_id'][0]}) more than once")
     chosen = [m[0]["content"] for m in table.column("chosen").to_pylist()]
     rejected = [m[0]["content"] for m in table.column("rejected").to_pylist()]
     if any(c.strip() == r.strip() for c, r in zip(chosen, rejected)):
         raise SchemaError("pairs table has a row whose chosen text equals its rejected text")
+
+
+def ranked_path(run_dir) -> Path:
+    return Path(run_dir) / "tables" / "pair.ranked.parquet"
 
 
 def stage_fingerprint(cfg: RunConfig, judgments_fp: str) -> str:
@@ -156,9 +175,12 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
     tables = f"{run_dir}/tables"
     candidates = schemas.read_table(f"{tables}/generate.parquet", "candidates")
     judgments = schemas.read_table(f"{tables}/judge.parquet", "judgments")
-    pairs, funnel = make_pairs(schemas.read_table(f"{tables}/prompts.parquet", "prompts"), candidates, judgments,
-                               cfg.pair, seed=cfg.seed)
-    bias = length_bias(scored_candidates(candidates, judgments), pairs)
+    prompts = schemas.read_table(f"{tables}/prompts.parquet", "prompts")
+    pairs, funnel = make_pairs(prompts, candidates, judgments, cfg.pair, seed=cfg.seed)
+    scored = scored_candidates(candidates, judgments)
+    bias = length_bias(scored, pairs)
+    if cfg.pair.keep_ranked:  # written before the meta, so the stage's commit point covers it
+        schemas.write_table(ranked_candidates(prompts, scored), ranked_path(run_dir), "ranked")
     log(f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
         f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs")
     return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,

@@ -21,7 +21,7 @@ import yaml
 
 from pipeline import __version__, card, schemas
 from pipeline.config import RunConfig, fingerprint
-from pipeline.pair import check_pairs
+from pipeline.pair import check_pairs, ranked_path
 from pipeline.store import write_json
 
 STAGES = ("prompts", "prompt_filter", "generate", "judge", "pair", "ches", "rationale")
@@ -35,20 +35,20 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_shards(pairs: pa.Table, out_dir: Path, *, shard_rows: int, compression: str) -> list[dict]:
-    """Write `pairs` as whole shards into `out_dir/pairs`, swapping the folder in atomically."""
-    check_pairs(pairs)
-    final = out_dir / "pairs"
-    staging = out_dir / f".pairs.{os.getpid()}.tmp"
+def write_shards(table: pa.Table, out_dir: Path, *, folder: str, table_name: str, shard_rows: int,
+                 compression: str | None) -> list[dict]:
+    """Write `table` as whole shards into `out_dir/folder`, swapping the folder in atomically."""
+    final = out_dir / folder
+    staging = out_dir / f".{folder}.{os.getpid()}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    n = max(1, -(-pairs.num_rows // shard_rows))
+    n = max(1, -(-table.num_rows // shard_rows))
     shards = []
     for i in range(n):
-        part = pairs.slice(i * shard_rows, shard_rows)
+        part = table.slice(i * shard_rows, shard_rows)
         name = f"train-{i:05d}-of-{n:05d}.parquet"
-        path = schemas.write_table(part, staging / name, "pairs", compression=compression)
-        shards.append({"path": f"pairs/{name}", "rows": part.num_rows, "sha256": sha256(path)})
-    old = out_dir / f".pairs.{os.getpid()}.old"
+        path = schemas.write_table(part, staging / name, table_name, compression=compression)
+        shards.append({"path": f"{folder}/{name}", "rows": part.num_rows, "sha256": sha256(path)})
+    old = out_dir / f".{folder}.{os.getpid()}.old"
     if final.exists():
         os.replace(final, old)
     os.replace(staging, final)
@@ -67,7 +67,16 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     t0 = time.perf_counter()
     pairs = schemas.read_table(out / "tables" / "rationale.parquet", "pairs")
     compression = None if cfg.publish.compression == "none" else cfg.publish.compression
-    shards = write_shards(pairs, out, shard_rows=cfg.publish.shard_rows, compression=compression)
+    check_pairs(pairs)
+    shards = write_shards(pairs, out, folder="pairs", table_name="pairs", shard_rows=cfg.publish.shard_rows,
+                          compression=compression)
+    ranked_shards = []
+    if cfg.pair.keep_ranked:
+        ranked = schemas.read_table(ranked_path(out), "ranked")
+        ranked_shards = write_shards(ranked, out, folder="ranked", table_name="ranked",
+                                     shard_rows=cfg.publish.shard_rows, compression=compression)
+    else:
+        shutil.rmtree(out / "ranked", ignore_errors=True)  # a listwise view from an earlier config is stale
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     timings = {s: metas[s].get("seconds", 0.0) for s in STAGES}
     timings["publish"] = round(time.perf_counter() - t0, 2)
@@ -96,6 +105,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max")},
         "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
         "shards": shards,
+        "ranked_shards": ranked_shards,
         "timings_s": timings,
     }
     write_json(out / "manifest.json", manifest)

@@ -58,16 +58,17 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
     backend = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.rationale.batch_size,
                                   field="judge.model")
-    ids = pairs.column("prompt_id").to_pylist()
+    ids = list(dict.fromkeys(pairs.column("prompt_id").to_pylist()))  # a prompt may have several pairs
     done = store.done_keys()
-    with bar(total=len(ids), initial=len(done & set(ids)), desc="rationale", unit="pair") as pbar:
+    with bar(total=pairs.num_rows, desc="rationale", unit="pair") as pbar:
         def work(chunk):
             subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
             return add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
                                   max_prompt_tokens=cfg.judge.max_input_tokens, progress=pbar.advance), {}
         parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "pairs")
-    table = table.take(pc.sort_indices(table, [("prompt_id", "ascending")]))
+    table = table.take(pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
+                                               ("rejected_id", "ascending")]))
     missing = table.column("rationale").null_count
     log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
     return store.finish(table, {"seconds": round(time.perf_counter() - started, 2), "template": TEMPLATE.id,

@@ -87,11 +87,25 @@ PAIRS = pa.schema(
     ]
 )
 
+RANKED_CANDIDATE = pa.struct(
+    [("candidate_id", pa.string()), ("text", pa.string()), ("score", pa.float64()), ("n_tokens", pa.int32())]
+)
+
+# listwise view (pair.keep_ranked): every scored candidate of a prompt, best first
+RANKED = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", MESSAGES, nullable=False),
+        pa.field("candidates", pa.list_(RANKED_CANDIDATE), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
     "judgments": JUDGMENTS,
     "pairs": PAIRS,
+    "ranked": RANKED,
 }
 
 

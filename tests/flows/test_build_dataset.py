@@ -112,3 +112,21 @@ def test_sigkill_during_judging_then_rerun(tmp_path):
     assert killed == pq.read_table(tmp_path / "clean" / "pairs").to_pylist() and len(killed) >= 1
     judged = pq.read_table(out / "tables" / "judge.parquet").column("candidate_id").to_pylist()
     assert len(judged) == len(set(judged)) == 18  # nothing lost, nothing twice
+
+
+def test_many_pairs_per_prompt_with_ranked_view(tmp_path):
+    """all_above_margin gives several pairs per prompt: each published once, with its rationale."""
+    out = tmp_path / "run"
+    proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--set", "pair.strategy=all_above_margin",
+                   "--set", "pair.keep_ranked=true", "--set", "curate.ches.filter=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pq.read_table(out / "pairs").to_pylist()
+    keys = [(r["prompt_id"], r["chosen_id"], r["rejected_id"]) for r in rows]
+    assert len(keys) == len(set(keys)) and len(keys) > len({r["prompt_id"] for r in rows})
+    assert all(r["pair_strategy"] == "all_above_margin" and r["rationale"] for r in rows)
+    ranked = pq.read_table(out / "ranked").to_pylist()
+    assert len(ranked) == 4 and all(len(r["candidates"]) == 3 for r in ranked)
+    assert all([c["score"] for c in r["candidates"]] == sorted((c["score"] for c in r["candidates"]), reverse=True)
+               for r in ranked)
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert [c["config_name"] for c in meta["configs"]] == ["default", "ranked"]

@@ -108,3 +108,19 @@ def test_length_ratio_control():
     pairs, funnel = make_pairs(*tables, PairConfig(min_margin=0, max_length_ratio=3.0))
     assert ids(pairs) == [("p-00", "p-02")]  # 38 chars vs 5 fails the ratio, vs 14 passes
     assert funnel_of(funnel)["length_ratio"] == (3, 2)
+
+
+def test_ranked_view_lists_every_scored_candidate_best_first():
+    from pipeline.pair import ranked_candidates, scored_candidates
+
+    p, c, j = build({"a": [("x", 2.0), ("y", 5.0), ("z", None), ("w", 2.0)], "b": [("q", 1.0), ("r", 3.0)]})
+    ranked = ranked_candidates(p, scored_candidates(c, j)).to_pylist()
+    assert [r["prompt_id"] for r in ranked] == ["a", "b"]
+    assert [(x["candidate_id"], x["score"]) for x in ranked[0]["candidates"]] == [("a-01", 5.0), ("a-00", 2.0), ("a-03", 2.0)]
+    assert ranked[1]["prompt"] == [{"role": "user", "content": "q b"}]
+
+
+def test_check_pairs_rejects_duplicate_rows():
+    pairs, _ = make_pairs(*build({"a": [("x", 1.0), ("y", 5.0)]}), PairConfig(min_margin=0))
+    with pytest.raises(SchemaError, match="more than once"):
+        check_pairs(pa.concat_tables([pairs, pairs]))
