@@ -91,12 +91,17 @@ def cmd_run(args) -> int:
     import yaml
 
     from pipeline.config import apply_overrides, load_config
-    from pipeline.models import resolve
+    from pipeline.models import resolve, uses_hub
     from pipeline.prompts import load_prompts
 
     overrides = list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
     config_path = Path(args.config) if args.config else _default_config()
     cfg = load_config(config_path, overrides)
+    # no hub id anywhere: make the HF libraries offline, so nothing at run time touches the network
+    refs = [cfg.generate.model, cfg.judge_model, cfg.ches_model, cfg.curate.dedup.model]
+    if not cfg.input.path.startswith("hf:") and not any(uses_hub(r) for r in refs):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     # preflight: a missing model or a bad input row fails in a second, before Prefect or any model starts
     resolve(cfg.generate.model, field="generate.model")
     resolve(cfg.judge_model, field="judge.model")

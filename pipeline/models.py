@@ -127,6 +127,11 @@ BUNDLED = {
 }
 
 
+def uses_hub(ref: str) -> bool:
+    """True when `ref` would be fetched from a hub (not bundled, not an existing local folder)."""
+    return not ref.startswith("bundled:") and not Path(ref).expanduser().is_dir() and bool(HUB_ID.match(ref))
+
+
 @lru_cache(maxsize=32)
 def resolve(ref: str, *, field: str = "model") -> ResolvedModel:
     """Turn a model reference from config into a loadable path; `field` names the config key in errors."""

@@ -75,3 +75,10 @@ def test_two_processes_convert_once(tmp_path):
     assert sorted(o["converted"] for o in outs) == [0, 1]
     folder = tmp_path / "models"
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp folder left
+
+
+def test_uses_hub_only_for_hub_ids(tmp_path):
+    from pipeline.models import uses_hub
+
+    assert uses_hub("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert not uses_hub("bundled:smollm2-135m-instruct") and not uses_hub(str(tmp_path)) and not uses_hub("/x/y/z")
