@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale
@@ -51,7 +52,11 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None) -> dict
     metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], log=say)
     metas["ches"] = ches_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)
     metas["rationale"] = rationale_task(out_dir, cfg, metas["ches"]["fingerprint"], log=say)
-    return publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
+    manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
+    create_markdown_artifact(key="prefsynth-summary", markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",
+                             description=f"prefsynth run {cfg.name}")
+    create_table_artifact(key="prefsynth-funnel", table=manifest["funnel"], description="drop funnel")
+    return manifest
 
 
 if __name__ == "__main__":

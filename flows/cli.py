@@ -57,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-invalid", action="store_true",
                      help="skip and count invalid input rows instead of stopping (same as --set input.skip_invalid=true)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    card = sub.add_parser("card", help="regenerate RUN_DIR/README.md (and plots) from its tables and manifest")
+    card.add_argument("run_dir", metavar="RUN_DIR")
+
+    insp = sub.add_parser("inspect", help="read a run in the terminal: summary, funnel, scores, pairs side by side")
+    insp.add_argument("run_dir", metavar="RUN_DIR")
+    insp.add_argument("--sample", type=int, default=3, metavar="N", help="show N matching pairs, chosen at random (default 3)")
+    insp.add_argument("--where", metavar="SQL", help='filter pairs, e.g. "margin < 0.5 AND chosen_len > rejected_len"')
+    insp.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+
+    push = sub.add_parser("push", help="publish a run to the Hugging Face Hub (one commit per push, incremental)",
+                          description="Publish shards, card, plots, config and manifest of RUN_DIR to a dataset repo. "
+                          "The token comes from HF_TOKEN or `hf auth login`; HF_ENDPOINT is honoured.")
+    push.add_argument("run_dir", metavar="RUN_DIR")
+    push.add_argument("--repo", required=True, metavar="ORG/NAME", help="dataset repo id (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
     return parser
 
 
@@ -67,24 +84,6 @@ def _setup_logging() -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-
-
-def summary(manifest: dict, out_dir: str) -> str:
-    lines = [
-        "",
-        f"prefsynth run '{manifest['name']}' done (config fingerprint {manifest['config_fingerprint']})",
-        f"  pairs:  {manifest['rows']['pairs']} in {len(manifest['shards'])} shard(s) at {Path(out_dir) / 'pairs'}",
-        f"  rows:   {manifest['rows']['prompts']} prompts -> {manifest['rows']['candidates']} candidates -> "
-        f"{manifest['rows']['judgments']} judgments -> {manifest['rows']['pairs']} pairs",
-        "  funnel:",
-    ]
-    for f in manifest["funnel"]:
-        removed = f["rows_in"] - f["rows_out"]
-        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} (-{removed}) {f['reason']}")
-    timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
-    lines += [f"  timings: {timings}", f"  card:   {Path(out_dir) / 'README.md'}",
-              f"  manifest: {Path(out_dir) / 'manifest.json'}"]
-    return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
@@ -111,15 +110,40 @@ def cmd_run(args) -> int:
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.build_dataset import build_dataset
+    from pipeline.publish import summary
 
     manifest = build_dataset(cfg.model_dump(), out_dir, given=given)
     print(summary(manifest, out_dir))
     return 0
 
 
+def cmd_card(args) -> int:
+    from pipeline.card import write
+
+    print(f"wrote {write(args.run_dir)}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from pipeline.inspect_run import inspect_run
+
+    inspect_run(args.run_dir, sample=args.sample, where=args.where, seed=args.seed)
+    return 0
+
+
+def cmd_push(args) -> int:
+    from pipeline.hub import push
+
+    result = push(args.run_dir, args.repo, private=args.private, revision=args.revision,
+                  log=logging.getLogger("prefsynth").info)
+    print(result["commit_url"] or "nothing new to push")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # no telemetry from the ephemeral Prefect server (these machines have no network anyway)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # huggingface_hub otherwise calls home on first use
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -132,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging()
     try:
-        return {"run": cmd_run}[args.command](args)
+        return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push}[args.command](args)
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
         return 2

@@ -1,15 +1,27 @@
-"""The first dataset card: README.md with Hugging Face card YAML, built from the manifest alone.
+"""The dataset card: the run's README.md, built from manifest.json and the run's tables alone.
 
-The YAML is built with `huggingface_hub.DatasetCardData` and declares a `configs:` block whose
-`data_files` point at the shard layout, so `load_dataset(RUN_DIR)` and the Hub viewer find the
-`train` split. The body says what was built, by which models, what was dropped and why.
+YAML metadata comes from `huggingface_hub.DatasetCardData`, with an explicit `configs:` block
+whose `data_files` point at the shard layout (split `train`), so `load_dataset(RUN_DIR)` and the
+Hub viewer find the data. The body has the sections a preference-data user checks before
+training: provenance (models, revisions, template ids, fingerprints, the config to reproduce the
+run), the drop funnel, score and margin histograms, length bias, judges (agreement and position
+consistency where the run has more than one judge or a pairwise judge), the CHES distribution,
+sample pairs with rationales, and how to train on it. `prefsynth card RUN_DIR` calls `write`.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
+
+from pipeline import plots, schemas
+from pipeline.errors import SchemaError
+from pipeline.rundir import load_manifest, load_pairs
+
+SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
 
 def size_category(n: int) -> str:
@@ -19,50 +31,152 @@ def size_category(n: int) -> str:
     return "1M<n<10M"
 
 
-def render(manifest: dict) -> str:
-    pairs = manifest["rows"]["pairs"]
-    data = DatasetCardData(
+def card_data(manifest: dict) -> DatasetCardData:
+    configs = [{"config_name": "default", "data_files": [{"split": "train", "path": "pairs/train-*.parquet"}]}]
+    if manifest.get("ranked_shards"):
+        configs.append({"config_name": "ranked", "data_files": [{"split": "train", "path": "ranked/train-*.parquet"}]})
+    for c in configs:
+        for f in c["data_files"]:
+            if not SPLIT_NAME.match(f["split"]):
+                raise SchemaError(f"card split name {f['split']!r} does not match {SPLIT_NAME.pattern}")
+    return DatasetCardData(
         license=manifest["config"]["resolved"]["publish"]["license"],
         language=["en"],
         task_categories=["text-generation"],
-        size_categories=[size_category(pairs)],
+        size_categories=[size_category(manifest["rows"]["pairs"])],
         tags=["dpo", "preference", "synthetic", "prefsynth"],
         pretty_name=manifest["name"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "pairs/train-*.parquet"}]}]
-        + ([{"config_name": "ranked", "data_files": [{"split": "train", "path": "ranked/train-*.parquet"}]}]
-           if manifest.get("ranked_shards") else []),
+        configs=configs,
     )
-    funnel = "\n".join(
-        f"| {f['stage']} | {f['filter']} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |" for f in manifest["funnel"]
-    )
-    models = manifest["models"]
-    body = f"""
-# {manifest['name']}
 
-Synthetic preference pairs built by prefsynth {manifest['code_version']} (config fingerprint
-`{manifest['config_fingerprint']}`): {manifest['rows']['prompts']} prompts, {manifest['rows']['candidates']}
-candidates, {pairs} pairs in TRL's conversational format (`prompt`, `chosen`, `rejected`).
+
+def _fence(text: str | None) -> str:
+    text = re.sub(r"`{3,}", "'''", text or "")  # content cannot close the fence
+    return f"```text\n{text}\n```"
+
+
+def _stats(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    values = sorted(values)
+    return f"mean {sum(values) / len(values):.3f}, median {values[len(values) // 2]:.3f}, min {values[0]:.3f}, max {values[-1]:.3f}"
+
+
+def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
+    """Draw the card's PNGs under RUN/plots; return {name: relative path}."""
+    out = run_dir / "plots"
+    cols = pairs.select(["chosen_score", "rejected_score", "margin", "chosen_len", "rejected_len"]).to_pydict()
+    figs = {"scores": plots.score_histogram(cols["chosen_score"], cols["rejected_score"], out / "scores.png"),
+            "margins": plots.histogram(cols["margin"], out / "margins.png", title="Score margins", xlabel="chosen - rejected score"),
+            "lengths": plots.histogram([c - r for c, r in zip(cols["chosen_len"], cols["rejected_len"])], out / "length_diff.png",
+                                       title="Length bias", xlabel="chosen - rejected length (tokens)")}
+    scored = run_dir / "tables" / "ches.scored.parquet"
+    if scored.exists():
+        ln = [v for v in schemas.read_table(scored, "pairs").column("ln_ches").to_pylist() if v is not None]
+        if ln:
+            cut = (manifest.get("ches") or {}).get("cut")
+            figs["ches"] = plots.histogram(ln, out / "ln_ches.png", title="LN-CHES of all scored pairs", xlabel="LN-CHES",
+                                           cut=cut, cut_label=None if cut is None else f"filter cut {cut:.4g}")
+    return {k: str(v.relative_to(run_dir)) for k, v in figs.items()}
+
+
+def render(run_dir: str | Path, manifest: dict | None = None) -> str:
+    """The card text for a finished run (draws its plots as a side effect)."""
+    run_dir = Path(run_dir)
+    m = manifest or load_manifest(run_dir)
+    pairs = load_pairs(run_dir, m)
+    figs = _figures(run_dir, pairs, m)
+    cfg, models, rows = m["config"]["resolved"], m["models"], m["rows"]
+    funnel = "\n".join(f"| {f['stage']} | {f['filter']} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |" for f in m["funnel"])
+    lb = m.get("length_bias") or {}
+    cmr = lb.get("chosen_minus_rejected_len") or {}
+    ches = m.get("ches") or {}
+    judges = models.get("judges") or [models.get("judge")]
+    samples = pairs.slice(0, 3).to_pylist()
+    sample_md = "\n\n".join(
+        f"**Pair {i + 1}** (`{s['prompt_id']}`, chosen {s['chosen_score']:.3f} vs rejected {s['rejected_score']:.3f})\n\n"
+        f"Prompt:\n{_fence(s['prompt'][-1]['content'])}\nChosen:\n{_fence(s['chosen'][0]['content'])}\n"
+        f"Rejected:\n{_fence(s['rejected'][0]['content'])}\nRationale:\n{_fence(s['rationale'] or '(none)')}"
+        for i, s in enumerate(samples))
+    ches_md = (f"Policy `{models.get('ches')}`; filter `{ches.get('filter')}`, cut {ches.get('cut')}; LN-CHES range "
+               f"[{ches.get('ln_ches_min')}, {ches.get('ln_ches_max')}].\n\n![LN-CHES]({figs['ches']})"
+               if "ches" in figs else "CHES was not computed for this run (`curate.ches.enabled: false`).")
+    drops = m.get("prompt_drops") or []
+    drops_md = "\n".join(f"- `{d['prompt_id']}`: {d['filter']} (matches `{d['match']}`)" for d in drops[:20]) or "- none"
+    body = f"""
+# {m['name']}
+
+Synthetic preference pairs built by prefsynth {m['code_version']}: {rows['prompts']} prompts, {rows['candidates']}
+candidates, {rows['pairs']} pairs in TRL's conversational format (`prompt`, `chosen`, `rejected`), plus scores,
+margins, rationales, CHES and reference log-probs per pair.
 
 ## Provenance
-- generator: `{models['generator']}`
-- judge: `{models['judge']}` (score = expectation over the probabilities of the score tokens 1-5)
-- rationales: `{models.get('rationale') or 'disabled'}`
-- pair strategy: `{manifest['config']['resolved']['pair']['strategy']}`, min_margin {manifest['config']['resolved']['pair']['min_margin']}
+- config fingerprint `{m['config_fingerprint']}`, created {m['created_at']}
+- generator: `{models['generator']}` (n={cfg['generate']['n']}, temperature {cfg['generate']['temperature']}, top_p {cfg['generate']['top_p']}, max_new_tokens {cfg['generate']['max_new_tokens']}, seed {cfg['seed']})
+- judges: {', '.join(f'`{j}`' for j in judges)} (model@revision#template; score = expectation over the score-token probabilities)
+- reward models: none
+- rationales: `{models.get('rationale') or 'disabled'}` with template `{models.get('rationale_template')}`
+- pairs: strategy `{cfg['pair']['strategy']}`, min_margin {cfg['pair']['min_margin']}, tie_epsilon {cfg['pair']['tie_epsilon']}
+- stage fingerprints: {', '.join(f'{k} `{v}`' for k, v in m['stage_fingerprints'].items())}
+- reproduce: the resolved config is stored beside this card as [config.yaml](config.yaml):
+  `prefsynth run --config config.yaml --out OUT`
 
 ## Drop funnel
 | stage | filter | rows in | rows out | reason |
 |---|---|---|---|---|
 {funnel}
 
-## Load
+Prompts dropped before generation:
+{drops_md}
+
+## Scores
+Chosen: {_stats(pairs.column('chosen_score').to_pylist())}. Rejected: {_stats(pairs.column('rejected_score').to_pylist())}.
+Margin: {_stats(pairs.column('margin').to_pylist())}.
+
+![scores]({figs['scores']})
+![margins]({figs['margins']})
+
+## Length bias
+Score-length correlation over all scored candidates: Pearson {lb.get('score_length_pearson')}, Spearman {lb.get('score_length_spearman')}.
+Chosen minus rejected length (tokens): mean {cmr.get('mean')}, median {cmr.get('median')}, p10 {cmr.get('p10')}, p90 {cmr.get('p90')};
+chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
+
+![length difference]({figs['lengths']})
+
+## Judges
+Judge failure rate (ok=false): {m.get('judge_failure_rate')}. Judge agreement: {m.get('judge_agreement') or 'n/a (one judge in this run)'}.
+Position consistency: {m.get('position_consistency') or 'n/a (no pairwise judge in this run)'}.
+
+## CHES (likelihood displacement)
+{ches_md}
+
+## Sample pairs
+{sample_md}
+
+## How to train on this
+With TRL:
 ```python
 from datasets import load_dataset
-pairs = load_dataset("parquet", data_files="pairs/*.parquet", split="train")
+from trl import DPOConfig, DPOTrainer
+train = load_dataset("parquet", data_files="pairs/*.parquet", split="train")
+trainer = DPOTrainer(model="{models['generator'].split('@')[0]}", args=DPOConfig(output_dir="dpo"), train_dataset=train)
+trainer.train()
 ```
+Columns beyond prompt/chosen/rejected are ignored by TRL; `ref_chosen_logp` / `ref_rejected_logp` are the
+policy's summed response log-probs (token rule in prefsynth's `pipeline/encoding.py`).
 
-## Shards
+## Files
 ```json
-{json.dumps(manifest['shards'], indent=2)}
+{json.dumps({'pairs': m['shards'], 'ranked': m.get('ranked_shards', [])}, indent=2)}
 ```
 """
-    return DatasetCard(f"---\n{data.to_yaml()}\n---\n{body}").content
+    return DatasetCard(f"---\n{card_data(m).to_yaml()}\n---\n{body}").content
+
+
+def write(run_dir: str | Path, manifest: dict | None = None) -> Path:
+    path = Path(run_dir) / "README.md"
+    text = render(run_dir, manifest)
+    tmp = path.with_name(".README.md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

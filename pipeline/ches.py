@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import polars as pl
@@ -135,6 +136,10 @@ def apply_filter(pairs: pa.Table, cfg: CHESConfig) -> tuple[pa.Table, dict]:
     return kept.to_arrow().cast(schemas.PAIRS), entry
 
 
+def scored_path(run_dir) -> Path:
+    return Path(run_dir) / "tables" / "ches.scored.parquet"
+
+
 def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     model = resolve(cfg.ches_model, field="curate.ches.model")
     return fingerprint("ches", VERSION, cfg.stage_fields("ches"), pairs_fp, model.revision)
@@ -155,6 +160,8 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     with bar(total=2 * pairs.num_rows, desc="ches", unit="seq") as pbar:
         scored = score_pairs(pairs, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance)
     kept, entry = apply_filter(scored, cfg.curate.ches)
+    # every scored pair, before the filter, for the card's CHES distribution (written before the meta commit)
+    schemas.write_table(scored, scored_path(run_dir), "pairs")
     values = [v for v in scored.column("ln_ches").to_pylist() if not math.isnan(v)]
     log(f"ches: scored {scored.num_rows} pairs, kept {kept.num_rows} ({entry['reason']})")
     meta = {"seconds": round(time.perf_counter() - started, 2), "model": label, "filter": cfg.curate.ches.filter,

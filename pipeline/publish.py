@@ -9,7 +9,6 @@ and timings. It is rebuilt on every run (cheap), so it always describes the shar
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -22,17 +21,9 @@ import yaml
 from pipeline import __version__, card, schemas
 from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs, ranked_path
-from pipeline.store import write_json
+from pipeline.store import sha256, write_json
 
 STAGES = ("prompts", "prompt_filter", "generate", "judge", "pair", "ches", "rationale")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_shards(table: pa.Table, out_dir: Path, *, folder: str, table_name: str, shard_rows: int,
@@ -109,6 +100,24 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "timings_s": timings,
     }
     write_json(out / "manifest.json", manifest)
-    (out / "README.md").write_text(card.render(manifest))
+    card.write(out, manifest)
     log(f"publish: {pairs.num_rows} pairs in {len(shards)} shard(s) under {out / 'pairs'}")
     return manifest
+
+
+def summary(manifest: dict, out_dir: str) -> str:
+    lines = [
+        "",
+        f"prefsynth run '{manifest['name']}' done (config fingerprint {manifest['config_fingerprint']})",
+        f"  pairs:  {manifest['rows']['pairs']} in {len(manifest['shards'])} shard(s) at {Path(out_dir) / 'pairs'}",
+        f"  rows:   {manifest['rows']['prompts']} prompts -> {manifest['rows']['candidates']} candidates -> "
+        f"{manifest['rows']['judgments']} judgments -> {manifest['rows']['pairs']} pairs",
+        "  funnel:",
+    ]
+    for f in manifest["funnel"]:
+        removed = f["rows_in"] - f["rows_out"]
+        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} (-{removed}) {f['reason']}")
+    timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
+    lines += [f"  timings: {timings}", f"  card:   {Path(out_dir) / 'README.md'}",
+              f"  manifest: {Path(out_dir) / 'manifest.json'}"]
+    return "\n".join(lines)

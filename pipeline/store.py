@@ -15,6 +15,7 @@ duplicates work. Parts of another fingerprint sit in their own folder and are ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -24,6 +25,14 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import schemas
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -20,6 +20,7 @@ os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
 os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.path.join(_PREFECT_HOME, "results"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFSYNTH_PROGRESS"] = "0"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 
 def cli_env() -> dict:
