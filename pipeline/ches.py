@@ -147,8 +147,7 @@ def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
 
 def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     store = StageStore(run_dir, "ches", "pairs", stage_fingerprint(cfg, pairs_fp))
-    if (meta := store.meta()) is not None:
-        log(f"ches: complete output exists for fingerprint {store.fingerprint}, reusing")
+    if (meta := store.reuse(log)) is not None:
         return meta
     pairs = schemas.read_table(f"{run_dir}/tables/pair.parquet", "pairs")
     started = time.perf_counter()

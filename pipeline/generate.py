@@ -74,8 +74,7 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
 def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     """Run (or resume, or skip) the stage under `run_dir`; return its meta."""
     store = StageStore(run_dir, "generate", "candidates", stage_fingerprint(cfg, prompts_fp))
-    if (meta := store.meta()) is not None:
-        log(f"generate: complete output exists for fingerprint {store.fingerprint} ({meta['rows']} candidates), not regenerating")
+    if (meta := store.reuse(log)) is not None:
         return meta
     prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
     started = time.perf_counter()

@@ -56,8 +56,7 @@ def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
 
 def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
     store = StageStore(run_dir, "judge", "judgments", stage_fingerprint(cfg, candidates_fp))
-    if (meta := store.meta()) is not None:
-        log(f"judge: complete output exists for fingerprint {store.fingerprint} ({meta['rows']} judgments), not rejudging")
+    if (meta := store.reuse(log)) is not None:
         return meta
     prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
     candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")

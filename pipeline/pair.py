@@ -168,8 +168,7 @@ def stage_fingerprint(cfg: RunConfig, judgments_fp: str) -> str:
 
 def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
     store = StageStore(run_dir, "pair", "pairs", stage_fingerprint(cfg, judgments_fp))
-    if (meta := store.meta()) is not None:
-        log(f"pair: complete output exists for fingerprint {store.fingerprint}, reusing")
+    if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
     tables = f"{run_dir}/tables"

@@ -143,8 +143,7 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
 
 def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     store = StageStore(run_dir, "prompt_filter", "prompts", stage_fingerprint(cfg, prompts_fp))
-    if (meta := store.meta()) is not None:
-        log(f"prompt_filter: complete output exists for fingerprint {store.fingerprint}, reusing")
+    if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
     prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")

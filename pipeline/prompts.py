@@ -204,8 +204,7 @@ def run(run_dir, cfg, *, log=print) -> dict:
     if path.is_file():  # a changed input file must change the fingerprint
         source_id = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
     store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", STAGE_VERSION, cfg.stage_fields("prompts"), source_id))
-    if (meta := store.meta()) is not None:
-        log(f"prompts: complete output exists for fingerprint {store.fingerprint} ({meta['rows']} prompts), reusing")
+    if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
     table, report = load_prompts(cfg.input, seed=cfg.seed)

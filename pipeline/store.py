@@ -59,6 +59,13 @@ class StageStore:
         meta = json.loads(self.meta_path.read_text())
         return meta if meta.get("fingerprint") == self.fingerprint else None
 
+    def reuse(self, log) -> dict | None:
+        """The complete output's meta, logged as reused; None when the stage must run."""
+        meta = self.meta()
+        if meta is not None:
+            log(f"{self.stage}: complete output exists for fingerprint {self.fingerprint} ({meta['rows']} rows), not redone")
+        return meta
+
     def read(self) -> pa.Table:
         return schemas.read_table(self.table_path, self.table_name)
 

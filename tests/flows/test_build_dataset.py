@@ -106,7 +106,7 @@ def test_sigkill_during_judging_then_rerun(tmp_path):
 
     again = run_cli("run", *args, "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "generate: complete output exists" in again.stderr and "not regenerating" in again.stderr
+    assert "generate: complete output exists" in again.stderr and "(18 rows), not redone" in again.stderr
     assert "judge: resuming" in again.stderr
     killed = pq.read_table(out / "pairs").to_pylist()
     assert killed == pq.read_table(tmp_path / "clean" / "pairs").to_pylist() and len(killed) >= 1
