@@ -130,3 +130,25 @@ def test_many_pairs_per_prompt_with_ranked_view(tmp_path):
                for r in ranked)
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert [c["config_name"] for c in meta["configs"]] == ["default", "ranked"]
+
+
+def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
+    """Runs the flow in-process on Prefect's ephemeral API, then reads the artifacts back from it."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.build_dataset import build_dataset
+    from pipeline.config import load_config
+
+    manifest = build_dataset(load_config(TINY).model_dump(), str(tmp_path / "run"))
+
+    async def latest(key):
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return found[-1]
+
+    summary, funnel = asyncio.run(latest("prefsynth-summary")), asyncio.run(latest("prefsynth-funnel"))
+    assert summary.type == "markdown" and f"{manifest['rows']['pairs']} in 1 shard(s)" in summary.data
+    assert funnel.type == "table" and "near_duplicate" in str(funnel.data) and "ches_quantile" in str(funnel.data)
