@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -19,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale
 from pipeline.config import RunConfig
+from pipeline.store import run_lock
 
 log = logging.getLogger("prefsynth")
 
@@ -42,9 +42,12 @@ publish_task = _task(publish.run, "publish")
 def build_dataset(config: dict, out_dir: str, given: dict | None = None) -> dict:
     """Build a preference dataset under `out_dir`; return the manifest."""
     cfg = RunConfig.model_validate(config)
+    with run_lock(out_dir):
+        return _build(cfg, out_dir, given, log.info)
+
+
+def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     started = time.time()
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    say = log.info
     metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
     metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
     metas["generate"] = generate_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)

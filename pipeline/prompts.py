@@ -90,15 +90,27 @@ def normalise_row(row: Any, where: str) -> dict:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+    """JSON Lines; a .json file holding one JSON array of rows is accepted too."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason}); fix: re-encode the file as UTF-8") from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        yield from ((f"{path} item {i}", row) for i, row in enumerate(rows))
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
 
 
 def _iter_table(table: pa.Table, label: str) -> Iterator[tuple[str, Any]]:

@@ -30,8 +30,9 @@ def write_shards(table: pa.Table, out_dir: Path, *, folder: str, table_name: str
                  compression: str | None) -> list[dict]:
     """Write `table` as whole shards into `out_dir/folder`, swapping the folder in atomically."""
     final = out_dir / folder
+    for stale in [*out_dir.glob(f".{folder}.*.tmp"), *out_dir.glob(f".{folder}.*.old")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed publish (the run lock excludes live ones)
     staging = out_dir / f".{folder}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
     n = max(1, -(-table.num_rows // shard_rows))
     shards = []
     for i in range(n):

@@ -19,12 +19,14 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from pipeline import schemas
+from pipeline.errors import InputError
 
 
 def sha256(path: Path) -> str:
@@ -99,6 +101,25 @@ class StageStore:
         name = f"part-{index:05d}"
         schemas.write_table(table, self.parts_dir / f"{name}.parquet", self.table_name)
         write_json(self.parts_dir / f"{name}.json", {"keys": keys, **(extra or {})})
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike):
+    """Hold RUN/.prefsynth.lock for the whole run: two runs must not write one directory at once.
+    It is an OS file lock, so a killed run releases it and the re-run can resume."""
+    from filelock import FileLock, Timeout
+
+    path = Path(run_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path / ".prefsynth.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise InputError(f"another prefsynth run is writing {path}; fix: wait for it to finish or pass another --out") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def chunks(items: list, size: int) -> list[list]:

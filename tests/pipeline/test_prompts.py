@@ -114,3 +114,19 @@ def test_shuffle_and_limit_are_seeded(tmp_path):
 def test_bundled_data_dir_has_configs():
     assert (bundled_data_dir() / "configs" / "default.yaml").exists()
     assert json.loads((bundled_data_dir() / "prompts" / "seed.jsonl").read_text().splitlines()[0])["category"]
+
+
+def test_non_utf8_file_names_the_line(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(InputError, match=r"latin1.jsonl:2: not UTF-8 text"):
+        load_prompts(cfg(f))
+
+
+def test_json_array_file(tmp_path):
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps([{"prompt": "a"}, {"messages": [USER]}, {"prompt": ""}]))
+    with pytest.raises(InputError, match=r"p.json item 2: 'prompt' must be a non-empty string"):
+        load_prompts(cfg(f))
+    table, report = load_prompts(cfg(f, skip_invalid=True))
+    assert table.num_rows == 2 and len(report.invalid) == 1

@@ -50,3 +50,24 @@ def test_part_without_its_json_does_not_count(tmp_path):
     assert store.done_keys() == set()
     store.write_part(rows(["a"]), ["a"])
     assert store.done_keys() == {"a"} and len(store.parts()) == 1
+
+
+def test_run_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.errors import InputError
+    from pipeline.store import run_lock
+    from tests.conftest import ROOT
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline.store import run_lock\n"
+                               f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(InputError, match="another prefsynth run is writing"):
+        with run_lock(tmp_path):
+            pass
+    holder.kill()  # SIGKILL: the OS drops the lock, so a re-run can resume
+    holder.wait()
+    with run_lock(tmp_path):
+        pass
