@@ -59,7 +59,8 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
                                   field="judge.model")
     ids = list(dict.fromkeys(pairs.column("prompt_id").to_pylist()))  # a prompt may have several pairs
     done = store.done_keys()
-    with bar(total=pairs.num_rows, desc="rationale", unit="pair") as pbar:
+    initial = sum(p in done for p in pairs.column("prompt_id").to_pylist())
+    with bar(total=pairs.num_rows, initial=initial, desc="rationale", unit="pair") as pbar:
         def work(chunk):
             subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
             return add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
