@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,10 +23,12 @@ import pyarrow.parquet as pq
 from pipeline import schemas
 from pipeline.config import InputConfig, fingerprint
 from pipeline.errors import InputError
+from pipeline.store import StageStore
 
 ROLES = {"system", "user", "assistant"}
-COLUMNS_READ: tuple[str, ...] = ("messages | prompt", "prompt_id?", "category?", "source?")
-COLUMNS_WRITTEN = schemas.PROMPTS.names
+VERSION = "1"
+READS: tuple[str, ...] = ("input.messages | input.prompt", "input.prompt_id?", "input.category?", "input.source?")
+WRITES = tuple(schemas.PROMPTS.names)
 
 
 def bundled_data_dir() -> Path:
@@ -202,20 +205,13 @@ def funnel(report: LoadReport, kept: int) -> list[dict]:
     ]
 
 
-STAGE_VERSION = "1"
-
-
 def run(run_dir, cfg, *, log=print) -> dict:
     """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config)."""
-    import time
-
-    from pipeline.store import StageStore
-
     source_id = cfg.input.path
     path = Path(cfg.input.path).expanduser()
     if path.is_file():  # a changed input file must change the fingerprint
         source_id = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
-    store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", STAGE_VERSION, cfg.stage_fields("prompts"), source_id))
+    store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id))
     if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
