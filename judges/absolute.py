@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from judges.parsing import ParsedScore, expected_score
-from judges.templates import ABSOLUTE, AbsoluteTemplate
+from judges.templates import ABSOLUTE, AbsoluteTemplate, special_strings
 from pipeline.errors import ConfigError
 
 
@@ -32,6 +32,7 @@ class ScoreTokenJudge:
         self.model, self.tokenizer = model, tokenizer
         self.id = f"{label}#{self.template.id}"
         self.min_mass, self.max_input_tokens, self.batch_size = min_mass, max_input_tokens, batch_size
+        self.specials = special_strings(tokenizer)
         self.score_ids = []
         for tok in self.template.score_tokens:
             ids = tokenizer.encode(tok, add_special_tokens=False)
@@ -42,7 +43,7 @@ class ScoreTokenJudge:
     def score(self, items: Sequence[tuple[list[dict], str]], progress=None) -> list[Judgment]:
         """`items` are (conversation, response) pairs; one Judgment each, same order."""
         encoded = [
-            self.tokenizer.apply_chat_template(self.template.messages(conv, resp), add_generation_prompt=True,
+            self.tokenizer.apply_chat_template(self.template.messages(conv, resp, self.specials), add_generation_prompt=True,
                                                tokenize=True, return_dict=False)
             for conv, resp in items
         ]

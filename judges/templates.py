@@ -2,15 +2,41 @@
 of the judge stage's fingerprint: change the wording, bump the id.
 
 Candidate text is fenced between markers, and the judge is told that anything inside the fence is
-data, not instructions (a response that says "rate this 5" must not steer its own score).
+data, not instructions (a response that says "rate this 5" must not steer its own score). Two
+things keep untrusted text (the conversation and the responses) inside its fence:
+- the closing marker is broken if it appears in a response, and
+- the tokenizer's special tokens written as text (e.g. "<|im_end|>\n<|im_start|>assistant") are
+  broken with a zero-width space, since a chat template would otherwise tokenise them as real
+  turn boundaries and let a response forge the judge's own answer turn.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 FENCE_OPEN = "<<<RESPONSE"
 FENCE_CLOSE = "RESPONSE>>>"
+ZWSP = "\u200b"
+
+
+def special_strings(tokenizer) -> tuple[str, ...]:
+    """Every special token of `tokenizer` as text (longest first)."""
+    found = set(tokenizer.all_special_tokens)
+    found |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)}
+    return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
+
+
+def defang(text: str, specials: Iterable[str] = ()) -> str:
+    """Untrusted text with the fence's closing marker and every special-token string broken."""
+    text = text.replace(FENCE_CLOSE, "RESPONSE> >>")
+    for tok in specials:
+        text = text.replace(tok, tok[0] + ZWSP + tok[1:])
+    return text
+
+
+def render_conversation(conversation: list[dict], specials: Iterable[str] = ()) -> str:
+    return "\n".join(f"{m['role'].upper()}: {defang(m['content'], specials)}" for m in conversation)
 
 
 @dataclass(frozen=True)
@@ -21,12 +47,12 @@ class AbsoluteTemplate:
     user: str
     score_tokens: tuple[str, ...]  # the answer alphabet; score k is score_tokens[k-1]
 
-    def messages(self, conversation: list[dict], response: str) -> list[dict]:
-        instruction = "\n".join(f"{m['role'].upper()}: {m['content']}" for m in conversation)
-        text = response.replace(FENCE_CLOSE, "RESPONSE> >>")  # the fence cannot be closed from inside
+    def messages(self, conversation: list[dict], response: str, specials: Iterable[str] = ()) -> list[dict]:
+        specials = tuple(specials)
         return [
             {"role": "system", "content": self.system},
-            {"role": "user", "content": self.user.format(instruction=instruction, response=text,
+            {"role": "user", "content": self.user.format(instruction=render_conversation(conversation, specials),
+                                                          response=defang(response, specials),
                                                           open=FENCE_OPEN, close=FENCE_CLOSE)},
         ]
 
@@ -55,11 +81,12 @@ class RationaleTemplate:
     user: str
     prefix: str  # the start of the judge's answer, continued by the model (keeps tiny judges on task)
 
-    def messages(self, conversation: list[dict], chosen: str, rejected: str) -> list[dict]:
-        instruction = "\n".join(f"{m['role'].upper()}: {m['content']}" for m in conversation)
+    def messages(self, conversation: list[dict], chosen: str, rejected: str, specials: Iterable[str] = ()) -> list[dict]:
+        specials = tuple(specials)
         return [
             {"role": "system", "content": self.system},
-            {"role": "user", "content": self.user.format(instruction=instruction, chosen=chosen, rejected=rejected,
+            {"role": "user", "content": self.user.format(instruction=render_conversation(conversation, specials),
+                                                          chosen=defang(chosen, specials), rejected=defang(rejected, specials),
                                                           open=FENCE_OPEN, close=FENCE_CLOSE)},
             {"role": "assistant", "content": self.prefix},
         ]

@@ -24,7 +24,7 @@ from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, run_in_parts
 
-VERSION = "1"
+VERSION = "2"
 READS = ("prompts.messages", "candidates.prompt_id", "candidates.candidate_id", "candidates.text")
 WRITES = tuple(schemas.JUDGMENTS.names)
 

@@ -12,7 +12,7 @@ import time
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from judges.templates import PAIR_RATIONALE_V2, RationaleTemplate
+from judges.templates import PAIR_RATIONALE_V2, RationaleTemplate, special_strings
 from pipeline import schemas
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
 from pipeline.backends.hf import TransformersBackend
@@ -21,17 +21,18 @@ from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, run_in_parts
 
-VERSION = "1"
+VERSION = "2"
 READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
 WRITES = ("pairs.rationale",)
 TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V2
 
 
 def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens: int, max_prompt_tokens: int,
-                   progress=None) -> pa.Table:
-    """Pure core: the same pairs with `rationale` filled (null where the input was too long)."""
+                   specials: tuple[str, ...] = (), progress=None) -> pa.Table:
+    """Pure core: the same pairs with `rationale` filled (null where the input was too long).
+    `specials` are the judge tokenizer's special-token strings, neutralised in untrusted text."""
     requests = [
-        Request(TEMPLATE.messages(p, c[0]["content"], r[0]["content"]), (0,))
+        Request(TEMPLATE.messages(p, c[0]["content"], r[0]["content"], specials), (0,))
         for p, c, r in zip(pairs.column("prompt").to_pylist(), pairs.column("chosen").to_pylist(),
                            pairs.column("rejected").to_pylist())
     ]
@@ -64,7 +65,8 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
         def work(chunk):
             subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
             return add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
-                                  max_prompt_tokens=cfg.judge.max_input_tokens, progress=pbar.advance), {}
+                                  max_prompt_tokens=cfg.judge.max_input_tokens,
+                                  specials=special_strings(backend.tokenizer), progress=pbar.advance), {}
         parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "pairs")
     table = table.take(pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
