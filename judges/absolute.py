@@ -63,13 +63,19 @@ class ScoreTokenJudge:
                 progress(len(batch))
         return out  # type: ignore[return-value]
 
-    @torch.inference_mode()
     def _forward(self, rows: list[list[int]]) -> list[ParsedScore]:
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r) for r in rows)
-        device = self.model.device
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
-        logits = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :].float()
-        logprobs = torch.log_softmax(logits, dim=-1)[:, self.score_ids].tolist()
+        logprobs = last_position_logprobs(self.model, self.tokenizer, rows, self.score_ids)
         return [expected_score(lp, min_mass=self.min_mass) for lp in logprobs]
+
+
+@torch.inference_mode()
+def last_position_logprobs(model, tokenizer, rows: list[list[int]], token_ids: list[int]) -> list[list[float]]:
+    """log p(token | row) at the answer position for each of `token_ids`, batched and left-padded."""
+    pad = tokenizer.pad_token_id
+    width = max(len(r) for r in rows)
+    device = model.device
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1, :].float()
+    return torch.log_softmax(logits, dim=-1)[:, token_ids].tolist()

@@ -1,0 +1,37 @@
+import pytest
+
+from judges.pairwise import PairwiseJudge, combine, to_candidates
+
+CONV = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_swap_back_mapping_both_ways():
+    # order 1: x in slot A; order 2: y in slot A
+    assert to_candidates(slot_a_wins=True, first_in_slot_a=True) == 1
+    assert to_candidates(slot_a_wins=True, first_in_slot_a=False) == -1
+    assert to_candidates(slot_a_wins=False, first_in_slot_a=False) == 1
+    # x wins in both orders: A in order 1, B in order 2 -> consistent +1
+    assert combine(0.8, 0.2) == (1, pytest.approx(0.8), True)
+    # y wins in both orders -> consistent -1
+    assert combine(0.3, 0.9) == (-1, pytest.approx(0.2), True)
+    # slot A wins both times: pure position bias -> inconsistent, a tie
+    assert combine(0.8, 0.8) == (0, pytest.approx(0.5), False)
+    assert combine(0.1, 0.1) == (0, pytest.approx(0.5), False)
+
+
+@pytest.mark.slow
+def test_both_orders_on_the_real_model(model):
+    m, tok, label = model
+    judge = PairwiseJudge(m, tok, label, template_id="pairwise-ab-v1", min_mass=0.01, max_input_tokens=2048, batch_size=4)
+    x, y = "The capital of France is Paris.", "I think it is Berlin."
+    forward, backward = judge.judge([(CONV, x, y), (CONV, y, x)])
+    assert forward.ok and backward.ok and forward.position_consistent == backward.position_consistent
+    assert forward.outcome == -backward.outcome
+    assert abs(forward.p_first_wins - (1 - backward.p_first_wins)) < 1e-3
+    assert '"p_a_swapped_order"' in forward.raw and judge.id.endswith("#pairwise-ab-v1")
+
+
+def test_unknown_pairwise_template(model):
+    m, tok, label = model
+    with pytest.raises(Exception, match="judge.pairwise_templates: 'nope'"):
+        PairwiseJudge(m, tok, label, template_id="nope", min_mass=0.01, max_input_tokens=64, batch_size=1)
