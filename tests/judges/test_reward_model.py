@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from judges.reward_model import RewardModelJudge, build_seeded_reward_model
+
+pytestmark = pytest.mark.slow
+CONV = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory):
+    return build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path_factory.mktemp("rm")), seed=3)
+
+
+def test_rewards_are_batch_invariant_and_match_a_plain_forward(rm_dir):
+    judge = RewardModelJudge(rm_dir, batch_size=3)
+    items = [(CONV, "Paris."), (CONV, "The capital of France is Paris, a city on the Seine."), (CONV, "no idea")]
+    batched = judge.score(items)
+    assert all(ok for _, ok, _ in batched) and len({round(r, 6) for r, _, _ in batched}) == 3
+    # independent check: the model's own forward on each unpadded sequence (its pooling is exact without padding)
+    model, tok = judge.model, judge.tokenizer
+    for (conv, resp), (r, _, _) in zip(items, batched):
+        ids = tok.apply_chat_template([*conv, {"role": "assistant", "content": resp}], tokenize=True, return_dict=False)
+        with torch.inference_mode():
+            hidden = model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
+            want = float(model.score(hidden))
+        assert abs(r - want) < 1e-4
+
+
+def test_same_seed_same_head(rm_dir, tmp_path):
+    again = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm2"), seed=3)
+    a, b = RewardModelJudge(rm_dir), RewardModelJudge(again)
+    assert torch.equal(a.model.score.weight, b.model.score.weight)
+
+
+def test_overlong_input_is_not_ok(rm_dir):
+    r, ok, raw = RewardModelJudge(rm_dir, max_input_tokens=16).score([(CONV, "word " * 50)])[0]
+    assert r is None and not ok and "judge.max_input_tokens=16" in raw
