@@ -25,12 +25,15 @@ class Judgment:
 
 
 class ScoreTokenJudge:
+    kind = "absolute"
+
     def __init__(self, model, tokenizer, label: str, *, template_id: str, min_mass: float, max_input_tokens: int, batch_size: int):
         if template_id not in ABSOLUTE:
-            raise ConfigError(f"judge.template {template_id!r} is unknown; fix: use one of {sorted(ABSOLUTE)}")
+            raise ConfigError(f"judge.templates: {template_id!r} is unknown; fix: use one of {sorted(ABSOLUTE)}")
         self.template: AbsoluteTemplate = ABSOLUTE[template_id]
         self.model, self.tokenizer = model, tokenizer
         self.id = f"{label}#{self.template.id}"
+        self.aspect = self.template.aspect
         self.min_mass, self.max_input_tokens, self.batch_size = min_mass, max_input_tokens, batch_size
         self.specials = special_strings(tokenizer)
         self.score_ids = []

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from judges.absolute import Judgment
 from pipeline.errors import BackendError
 from pipeline.models import resolve
 
@@ -49,15 +50,15 @@ class RewardModelJudge:
         self.batch_size, self.max_input_tokens = batch_size, max_input_tokens
 
     @torch.inference_mode()
-    def score(self, items: Sequence[tuple[list[dict], str]], progress=None) -> list[tuple[float | None, bool, str]]:
-        """(reward, ok, raw) per (conversation, response), same order."""
+    def score(self, items: Sequence[tuple[list[dict], str]], progress=None) -> list[Judgment]:
+        """One Judgment (score = reward) per (conversation, response), same order."""
         encoded = [self.tokenizer.apply_chat_template([*conv, {"role": "assistant", "content": resp}], tokenize=True,
                                                       return_dict=False) for conv, resp in items]
         out: list = [None] * len(items)
         todo = []
         for i, ids in enumerate(encoded):
             if len(ids) > self.max_input_tokens:
-                out[i] = (None, False, json.dumps({"error": f"{len(ids)} tokens > judge.max_input_tokens={self.max_input_tokens}"}))
+                out[i] = Judgment(None, False, json.dumps({"error": f"{len(ids)} tokens > judge.max_input_tokens={self.max_input_tokens}"}))
             else:
                 todo.append(i)
         todo.sort(key=lambda i: len(encoded[i]))
@@ -72,7 +73,7 @@ class RewardModelJudge:
             last = hidden[torch.arange(len(batch)), mask.sum(-1) - 1]
             rewards = self.model.score(last).float().squeeze(-1).tolist()
             for i, r in zip(batch, rewards):
-                out[i] = (r, True, json.dumps({"reward": r}))
+                out[i] = Judgment(r, True, json.dumps({"reward": r}))
             if progress is not None:
                 progress(len(batch))
         return out

@@ -62,6 +62,22 @@ def _stats(values: list[float]) -> str:
     return f"mean {sum(values) / len(values):.3f}, median {values[len(values) // 2]:.3f}, min {values[0]:.3f}, max {values[-1]:.3f}"
 
 
+def _judges_md(m: dict) -> str:
+    agreement = m.get("judge_agreement") or {}
+    per_judge = agreement.get("judges") or {}
+    rows = "\n".join(f"| `{j}` | {v['kind']} | {v['judgments']} | {v['failure_rate']} | "
+                     f"{'n/a' if v['position_consistency'] is None else v['position_consistency']} |"
+                     for j, v in per_judge.items())
+    taus = "\n".join(f"- Kendall tau-b `{pair}`: {tau}" for pair, tau in (agreement.get("kendall_tau") or {}).items())
+    alpha = agreement.get("krippendorff_alpha")
+    selfpref = m.get("self_preference") or []
+    return (f"| judge | kind | judgments | failure rate | position consistency |\n|---|---|---|---|---|\n{rows}\n\n"
+            f"Agreement between score judges: Krippendorff alpha (interval, z-scored) "
+            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}\n\n"
+            + (f"Self-preference: {', '.join(f'`{j}`' for j in selfpref)} also generated the candidates; "
+               "LLM judges tend to prefer their own outputs." if selfpref else "Self-preference: no judge generated the candidates."))
+
+
 def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
     """Draw the card's PNGs under RUN/plots; return {name: relative path}."""
     out = run_dir / "plots"
@@ -113,8 +129,8 @@ margins, rationales, CHES and reference log-probs per pair.
 ## Provenance
 - config fingerprint `{m['config_fingerprint']}`, created {m['created_at']}
 - generator: `{models['generator']}` (n={cfg['generate']['n']}, temperature {cfg['generate']['temperature']}, top_p {cfg['generate']['top_p']}, max_new_tokens {cfg['generate']['max_new_tokens']}, seed {cfg['seed']})
-- judges: {', '.join(f'`{j}`' for j in judges)} (model@revision#template; score = expectation over the score-token probabilities)
-- reward models: none
+- judges: {', '.join(f'`{j}`' for j in judges)} (model@revision#template; LLM-judge scores are expectations over the score-token probabilities)
+- reward models: {', '.join(f'`{r}`' for r in cfg['judge']['reward_models']) or 'none'}
 - rationales: `{models.get('rationale') or 'disabled'}` with template `{models.get('rationale_template')}`
 - pairs: strategy `{cfg['pair']['strategy']}`, min_margin {cfg['pair']['min_margin']}, tie_epsilon {cfg['pair']['tie_epsilon']}
 - stage fingerprints: {', '.join(f'{k} `{v}`' for k, v in m['stage_fingerprints'].items())}
@@ -144,8 +160,9 @@ chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
 ![length difference]({figs['lengths']})
 
 ## Judges
-Judge failure rate (ok=false): {m.get('judge_failure_rate')}. Judge agreement: {m.get('judge_agreement') or 'n/a (one judge in this run)'}.
-Position consistency: {m.get('position_consistency') or 'n/a (no pairwise judge in this run)'}.
+Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=false) {m.get('judge_failure_rate')}.
+
+{_judges_md(m)}
 
 ## CHES (likelihood displacement)
 {ches_md}

@@ -64,9 +64,23 @@ class GenerateConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    model: str | None = Field(None, description="Judge model; null means the generator model.")
-    template: Literal["absolute-1to5-v1"] = Field(
-        "absolute-1to5-v1", description="Versioned judge template id (see judges/templates.py)."
+    model: str | None = Field(None, description="LLM judge model (absolute and pairwise templates, rationales); null means the generator model.")
+    templates: list[str] = Field(
+        ["absolute-1to5-v1"], description="Absolute LLM-judge templates, each a judge (ids in judges/templates.py)."
+    )
+    pairwise_templates: list[str] = Field(
+        [], description="Pairwise LLM-judge templates, run on every candidate pair in both orders (e.g. pairwise-ab-v1)."
+    )
+    reward_models: list[str] = Field(
+        [], description="Sequence-classification reward models (local folders or Hub ids), each a judge."
+    )
+    aggregate: Literal["mean", "mean_normalised", "median", "majority", "bradley_terry"] = Field(
+        "mean", description="How judges combine into one score per candidate (see pipeline/aggregate.py); "
+        "'mean' averages raw scores and suits judges on one scale."
+    )
+    min_agreement: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="Drop prompts whose score judges agree less than this (Krippendorff alpha); null keeps all.",
     )
     min_score_mass: float = Field(
         0.01,
@@ -77,6 +91,24 @@ class JudgeConfig(_Section):
     )
     max_input_tokens: int = Field(2048, ge=64, description="Judge inputs longer than this are ok=false.")
     batch_size: int = Field(8, ge=1, description="Judge inputs per forward pass (operational).")
+
+    @model_validator(mode="after")
+    def _judges_make_sense(self):
+        from judges.templates import ABSOLUTE, PAIRWISE
+
+        for name, known, ids in (("templates", ABSOLUTE, self.templates), ("pairwise_templates", PAIRWISE, self.pairwise_templates)):
+            unknown = [t for t in ids if t not in known]
+            if unknown:
+                raise ValueError(f"judge.{name} has unknown ids {unknown}; fix: use ids from {sorted(known)}")
+        if not (self.templates or self.pairwise_templates or self.reward_models):
+            raise ValueError("no judge configured; fix: set judge.templates, judge.pairwise_templates or judge.reward_models")
+        if self.aggregate in ("mean", "mean_normalised", "median") and not (self.templates or self.reward_models):
+            raise ValueError(f"judge.aggregate '{self.aggregate}' needs an absolute template or a reward model; "
+                             "fix: use majority or bradley_terry with pairwise judges only")
+        if self.aggregate == "mean" and self.reward_models:
+            raise ValueError("judge.aggregate 'mean' averages raw scores, but reward models have another scale; "
+                             "fix: use mean_normalised, median, majority or bradley_terry")
+        return self
 
 
 class PairConfig(_Section):
@@ -191,9 +223,9 @@ class RunConfig(_Section):
         if stage == "generate":
             return {"seed": self.seed, **g.model_dump(exclude={"batch_size", "backend"})}
         if stage == "judge":
-            return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model"})}
+            return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement"})}
         if stage == "pair":
-            return {"seed": self.seed, **self.pair.model_dump()}
+            return {"seed": self.seed, "aggregate": j.aggregate, "min_agreement": j.min_agreement, **self.pair.model_dump()}
         if stage == "ches":
             return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
         if stage == "rationale":

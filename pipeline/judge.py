@@ -1,22 +1,30 @@
-"""Judge stage: score every candidate with an absolute LLM judge (candidates -> judgments).
+"""Judge stage: every configured judge scores the candidates (candidates -> judgments).
 
-Reads `prompts.messages`, `candidates.{prompt_id, candidate_id, text}`; writes `judgments` with
-kind=absolute, one row per (candidate, judge). The score is the expectation over the judge's
-score-token probabilities (judges/parsing.py); unscoreable outputs are ok=false with the raw
-distribution kept, never a default score. Empty candidates are not sent to the judge: they are
-ok=false with the reason in `raw`.
+Reads `prompts.messages`, `candidates.{prompt_id, candidate_id, text}`; writes `judgments`, one
+row per (candidate or candidate pair, judge):
+- absolute LLM judges (`judge.templates`): score = expectation over the score-token
+  probabilities (judges/absolute.py), kind=absolute, aspect from the template;
+- reward models (`judge.reward_models`): kind=reward_model, score = the reward;
+- pairwise LLM judges (`judge.pairwise_templates`): every pair of non-empty candidates of a prompt
+  judged in both orders (judges/pairwise.py), candidate_id "x|y", score = P(x better),
+  `position_consistent` set, kind=pairwise.
+Unscoreable outputs are ok=false with the raw output kept, never a default score; empty
+candidates are not sent to any judge (ok=false, reason in `raw`). A judge whose model also
+generated the candidates is flagged for self-preference in the meta.
 """
 
 from __future__ import annotations
 
 import json
 import time
-
-import pyarrow.compute as pc
+from itertools import combinations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from judges.absolute import ScoreTokenJudge
+from judges.pairwise import PairwiseJudge
+from judges.reward_model import RewardModelJudge
 from pipeline import schemas
 from pipeline.backends.hf import load_causal_lm
 from pipeline.config import RunConfig, fingerprint
@@ -24,34 +32,57 @@ from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, run_in_parts
 
-VERSION = "2"
+VERSION = "3"
 READS = ("prompts.messages", "candidates.prompt_id", "candidates.candidate_id", "candidates.text")
 WRITES = tuple(schemas.JUDGMENTS.names)
+EMPTY = json.dumps({"error": "empty response, not judged"})
 
 
-def judge_candidates(prompts: pa.Table, candidates: pa.Table, judge: ScoreTokenJudge, progress=None) -> pa.Table:
-    """Pure core over tables: one judgment row per candidate, in candidate order."""
+def _row(pid, cid, judge, score, ok, raw, consistent=None) -> dict:
+    return {"prompt_id": pid, "candidate_id": cid, "judge": judge.id, "kind": judge.kind, "aspect": judge.aspect,
+            "score": score, "rationale": None, "raw": raw, "ok": ok, "position_consistent": consistent}
+
+
+def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, progress=None) -> pa.Table:
+    """Pure core over tables: the judgments of every judge, judge by judge, in candidate order."""
     conversations = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
     cands = candidates.select(["prompt_id", "candidate_id", "text"]).to_pylist()
     scoreable = [c for c in cands if c["text"].strip()]
-    scored = judge.score([(conversations[c["prompt_id"]], c["text"]) for c in scoreable], progress=progress)
-    by_id = {c["candidate_id"]: j for c, j in zip(scoreable, scored)}
     rows = []
-    for c in cands:
-        j = by_id.get(c["candidate_id"])
-        rows.append({
-            "prompt_id": c["prompt_id"], "candidate_id": c["candidate_id"], "judge": judge.id,
-            "kind": "absolute", "aspect": judge.template.aspect,
-            "score": j.score if j else None, "rationale": None,
-            "raw": j.raw if j else json.dumps({"error": "empty response, not judged"}),
-            "ok": bool(j and j.ok), "position_consistent": None,
-        })
+    for judge in judges:
+        if judge.kind == "pairwise":
+            pairs = [(x, y) for pid in dict.fromkeys(c["prompt_id"] for c in scoreable)
+                     for x, y in combinations([c for c in scoreable if c["prompt_id"] == pid], 2)]
+            verdicts = judge.judge([(conversations[x["prompt_id"]], x["text"], y["text"]) for x, y in pairs])
+            rows += [_row(x["prompt_id"], f"{x['candidate_id']}|{y['candidate_id']}", judge, v.p_first_wins, v.ok, v.raw,
+                          v.position_consistent) for (x, y), v in zip(pairs, verdicts)]
+        else:
+            scored = judge.score([(conversations[c["prompt_id"]], c["text"]) for c in scoreable])
+            by_id = {c["candidate_id"]: j for c, j in zip(scoreable, scored)}
+            for c in cands:
+                j = by_id.get(c["candidate_id"])
+                rows.append(_row(c["prompt_id"], c["candidate_id"], judge, j.score if j else None, bool(j and j.ok),
+                                 j.raw if j else EMPTY))
+        if progress is not None:
+            progress(len(cands))
     return schemas.from_rows(rows, "judgments")
 
 
+def build_judges(cfg: RunConfig) -> list:
+    j = cfg.judge
+    judges: list = [RewardModelJudge(ref, batch_size=j.batch_size, max_input_tokens=j.max_input_tokens) for ref in j.reward_models]
+    if j.templates or j.pairwise_templates:
+        model, tokenizer, label = load_causal_lm(cfg.judge_model, cfg.generate.dtype, "judge.model")
+        common = dict(min_mass=j.min_score_mass, max_input_tokens=j.max_input_tokens, batch_size=j.batch_size)
+        judges = [ScoreTokenJudge(model, tokenizer, label, template_id=t, **common) for t in j.templates] + judges
+        judges += [PairwiseJudge(model, tokenizer, label, template_id=t, **common) for t in j.pairwise_templates]
+    return judges
+
+
 def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
-    model = resolve(cfg.judge_model, field="judge.model")
-    return fingerprint("judge", VERSION, cfg.stage_fields("judge"), candidates_fp, model.revision)
+    revisions = [resolve(cfg.judge_model, field="judge.model").revision]
+    revisions += [resolve(r, field="judge.reward_models").revision for r in cfg.judge.reward_models]
+    return fingerprint("judge", VERSION, cfg.stage_fields("judge"), candidates_fp, revisions)
 
 
 def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
@@ -61,23 +92,23 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
     prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
     candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")
     started = time.perf_counter()
-    model, tokenizer, label = load_causal_lm(cfg.judge_model, cfg.generate.dtype, "judge.model")
-    judge = ScoreTokenJudge(model, tokenizer, label, template_id=cfg.judge.template, min_mass=cfg.judge.min_score_mass,
-                            max_input_tokens=cfg.judge.max_input_tokens, batch_size=cfg.judge.batch_size)
+    judges = build_judges(cfg)
     ids = list(dict.fromkeys(candidates.column("prompt_id").to_pylist()))
     pid = candidates.column("prompt_id")
     done = store.done_keys()
-    with bar(total=candidates.num_rows, desc="judge", unit="cand",
-             initial=sum(1 for p in pid.to_pylist() if p in done)) as pbar:
+    with bar(total=candidates.num_rows * len(judges), desc="judge", unit="cand",
+             initial=len(judges) * sum(1 for p in pid.to_pylist() if p in done)) as pbar:
         def work(chunk):
             subset = candidates.filter(pc.is_in(pid, value_set=pa.array(chunk)))
-            return judge_candidates(prompts, subset, judge, progress=pbar.advance), {}
+            return judge_candidates(prompts, subset, judges, progress=pbar.advance), {}
         parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())
-    meta = {"seconds": round(time.perf_counter() - started, 2), "judge": judge.id, "template": judge.template.id,
-            "failure_rate": round(failed / max(table.num_rows, 1), 4),
+    generator = resolve(cfg.generate.model, field="generate.model").path
+    self_pref = [j.id for j in judges if j.kind != "reward_model" and resolve(cfg.judge_model).path == generator]
+    meta = {"seconds": round(time.perf_counter() - started, 2), "judges": [j.id for j in judges],
+            "judge": judges[0].id, "failure_rate": round(failed / max(table.num_rows, 1), 4), "self_preference": self_pref,
             "funnel": [{"stage": "judge", "filter": "judge_failed", "rows_in": table.num_rows,
                         "rows_out": table.num_rows - failed, "reason": "judgment not scoreable (ok=false)"}]}
-    log(f"judge: {table.num_rows} judgments, {failed} not ok")
+    log(f"judge: {table.num_rows} judgments from {len(judges)} judge(s), {failed} not ok")
     return store.finish(table, meta)

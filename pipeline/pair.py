@@ -3,8 +3,10 @@
 Reads `prompts.{prompt_id, messages}`, `candidates.{prompt_id, candidate_id, text, n_tokens}`,
 `judgments.{candidate_id, score, ok}`; writes the `pairs` table of shared/DESIGN.md.
 
-Rules (DESIGN rule 7). A candidate's score is the mean of its ok judgments; empty candidates and
-candidates with no ok judgment are never paired. Within a prompt every two scored candidates form
+Rules (DESIGN rule 7). A candidate's score is its judges' aggregate (`judge.aggregate`, see
+pipeline/aggregate.py; a single judge's score by default); empty candidates and candidates with no
+ok judgment are never paired. Prompts whose judges agree less than `judge.min_agreement`
+(Krippendorff alpha) are dropped first. Within a prompt every two scored candidates form
 a candidate pair, oriented so the higher score is chosen. Filters, each counted in the funnel
 (units: candidate pairs): ties (scores within `tie_epsilon`: ties are a policy, never guessed),
 near-identical texts (character 5-gram Jaccard above `max_similarity`; identical texts always),
@@ -29,10 +31,11 @@ import pyarrow as pa
 from pipeline import schemas
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
+from pipeline.aggregate import agreement, candidate_scores
 from pipeline.length_bias import length_bias
 from pipeline.store import StageStore
 
-VERSION = "2"
+VERSION = "3"
 READS = ("prompts.prompt_id", "prompts.messages", "candidates.text", "candidates.n_tokens",
          "judgments.candidate_id", "judgments.score", "judgments.ok")
 WRITES = tuple(schemas.PAIRS.names)
@@ -49,12 +52,17 @@ def similarity(a: str, b: str) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
-def scored_candidates(candidates: pa.Table, judgments: pa.Table) -> pl.DataFrame:
-    """Non-empty candidates with the mean of their ok judgments as `score`."""
-    scores = (pl.from_arrow(judgments.select(["candidate_id", "score", "ok"])).filter(pl.col("ok"))
-              .group_by("candidate_id").agg(pl.col("score").mean()))
+def scored_candidates(candidates: pa.Table, judgments: pa.Table, method: str = "mean") -> pl.DataFrame:
+    """Non-empty candidates with their aggregated `score` (only candidates some judge scored)."""
     cands = pl.from_arrow(candidates.select(["prompt_id", "candidate_id", "text", "n_tokens"]))
-    return cands.filter(pl.col("text").str.strip_chars() != "").join(scores, on="candidate_id", how="inner")
+    cands = cands.filter(pl.col("text").str.strip_chars() != "")
+    ids: dict[str, list[str]] = {}
+    for pid, cid in zip(cands["prompt_id"].to_list(), cands["candidate_id"].to_list()):
+        ids.setdefault(pid, []).append(cid)
+    scores = candidate_scores(judgments, ids, method)
+    table = pl.DataFrame({"candidate_id": list(scores), "score": list(scores.values())},
+                         schema={"candidate_id": pl.String, "score": pl.Float64})
+    return cands.join(table, on="candidate_id", how="inner")
 
 
 def _step(funnel: list, name: str, before: int, after: int, reason: str) -> None:
@@ -84,12 +92,19 @@ def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: in
     return pairs.join(top, on="candidate_id").join(bottom, on="candidate_id_r")
 
 
-def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig, *,
-               seed: int = 0) -> tuple[pa.Table, list[dict]]:
+def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig, *, seed: int = 0,
+               method: str = "mean", min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
     """Pure core: (pairs table, funnel entries)."""
     funnel: list[dict] = []
-    scored = scored_candidates(candidates, judgments)
+    scored = scored_candidates(candidates, judgments, method)
+    per_prompt, _ = agreement(judgments)
     n_prompts = pl.from_arrow(candidates.select(["prompt_id"]))["prompt_id"].n_unique()
+    if min_agreement is not None:
+        low = [p for p, a in per_prompt.items() if a is not None and a < min_agreement]
+        before = scored["prompt_id"].n_unique()
+        scored = scored.filter(~pl.col("prompt_id").is_in(low))
+        _step(funnel, "low_agreement", before, scored["prompt_id"].n_unique(),
+              f"prompts whose judges agree below judge.min_agreement={min_agreement} (Krippendorff alpha)")
     enough = scored.group_by("prompt_id").len().filter(pl.col("len") >= 2)["prompt_id"]
     scored = scored.filter(pl.col("prompt_id").is_in(enough.implode()))
     _step(funnel, "too_few_scored", n_prompts, len(enough), "prompts with fewer than 2 non-empty candidates with an ok judgment")
@@ -124,6 +139,7 @@ def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg
             "prompt_id": r["prompt_id"], "chosen_id": r["candidate_id"], "rejected_id": r["candidate_id_r"],
             "chosen_score": r["score"], "rejected_score": r["score_r"], "margin": r["margin"],
             "pair_strategy": cfg.strategy, "chosen_len": r["n_tokens"], "rejected_len": r["n_tokens_r"],
+            "judge_agreement": per_prompt.get(r["prompt_id"]),
         }
         for r in pairs.sort(["prompt_id", "candidate_id", "candidate_id_r"]).iter_rows(named=True)
     ]
@@ -158,6 +174,10 @@ def check_pairs(table: pa.Table) -> None:
         raise SchemaError("pairs table has a row whose chosen text equals its rejected text")
 
 
+def scores_path(run_dir) -> Path:
+    return Path(run_dir) / "tables" / "pair.scores.parquet"
+
+
 def ranked_path(run_dir) -> Path:
     return Path(run_dir) / "tables" / "pair.ranked.parquet"
 
@@ -175,12 +195,19 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
     candidates = schemas.read_table(f"{tables}/generate.parquet", "candidates")
     judgments = schemas.read_table(f"{tables}/judge.parquet", "judgments")
     prompts = schemas.read_table(f"{tables}/prompts.parquet", "prompts")
-    pairs, funnel = make_pairs(prompts, candidates, judgments, cfg.pair, seed=cfg.seed)
-    scored = scored_candidates(candidates, judgments)
+    method = cfg.judge.aggregate
+    pairs, funnel = make_pairs(prompts, candidates, judgments, cfg.pair, seed=cfg.seed, method=method,
+                               min_agreement=cfg.judge.min_agreement)
+    scored = scored_candidates(candidates, judgments, method)
+    per_prompt, figures = agreement(judgments)
     bias = length_bias(scored, pairs)
+    schemas.write_table(schemas.from_rows([{"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "score": r["score"],
+                                            "judge_agreement": per_prompt.get(r["prompt_id"])}
+                                           for r in scored.iter_rows(named=True)], "scores"), scores_path(run_dir), "scores")
     if cfg.pair.keep_ranked:  # written before the meta, so the stage's commit point covers it
         schemas.write_table(ranked_candidates(prompts, scored), ranked_path(run_dir), "ranked")
     log(f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
         f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs")
     return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,
-                                "strategy": cfg.pair.strategy, "length_bias": bias})
+                                "strategy": cfg.pair.strategy, "length_bias": bias, "aggregate": method,
+                                "agreement": figures})

@@ -84,6 +84,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "models": {
             "generator": metas["generate"].get("model"),
             "judge": metas["judge"].get("judge"),
+            "judges": metas["judge"].get("judges"),
             "rationale": metas["rationale"].get("model"),
             "rationale_template": metas["rationale"].get("template"),
             "ches": metas["ches"].get("model"),
@@ -92,6 +93,9 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
                  "judgments": metas["judge"]["rows"], "pairs": pairs.num_rows},
         "funnel": [f for s in STAGES for f in metas[s].get("funnel", [])],
         "judge_failure_rate": metas["judge"].get("failure_rate"),
+        "judge_aggregate": metas["pair"].get("aggregate"),
+        "judge_agreement": metas["pair"].get("agreement"),
+        "self_preference": metas["judge"].get("self_preference", []),
         "length_bias": metas["pair"].get("length_bias"),
         "prompt_drops": metas["prompt_filter"].get("dropped", []),
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max")},

@@ -100,12 +100,23 @@ RANKED = pa.schema(
     ]
 )
 
+# one aggregated score per judged candidate (pipeline/aggregate.py), written by the pair stage
+SCORES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("candidate_id", pa.string(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("judge_agreement", pa.float64()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
     "judgments": JUDGMENTS,
     "pairs": PAIRS,
     "ranked": RANKED,
+    "scores": SCORES,
 }
 
 

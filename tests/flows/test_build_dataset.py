@@ -137,17 +137,20 @@ def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
     from flows.build_dataset import build_dataset
     from pipeline.config import load_config
 
-    manifest = build_dataset(load_config(TINY).model_dump(), str(tmp_path / "run"))
+    state = build_dataset(load_config(TINY).model_dump(), str(tmp_path / "run"), return_state=True)
+    manifest, run_id = state.result(), state.state_details.flow_run_id
 
     async def latest(key):
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-            return found[-1]
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+            assert len(found) == 1
+            return found[0]
 
     summary, funnel = asyncio.run(latest("prefsynth-summary")), asyncio.run(latest("prefsynth-funnel"))
     assert summary.type == "markdown" and f"{manifest['rows']['pairs']} in 1 shard(s)" in summary.data

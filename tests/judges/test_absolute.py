@@ -37,5 +37,5 @@ def test_overlong_and_low_mass_inputs_are_not_ok(model):
 
 
 def test_unknown_template_is_a_config_error(model):
-    with pytest.raises(ConfigError, match="judge.template 'nope'"):
+    with pytest.raises(ConfigError, match="judge.templates: 'nope'"):
         judge(model, template_id="nope")

@@ -16,15 +16,15 @@ def test_rewards_are_batch_invariant_and_match_a_plain_forward(rm_dir):
     judge = RewardModelJudge(rm_dir, batch_size=3)
     items = [(CONV, "Paris."), (CONV, "The capital of France is Paris, a city on the Seine."), (CONV, "no idea")]
     batched = judge.score(items)
-    assert all(ok for _, ok, _ in batched) and len({round(r, 6) for r, _, _ in batched}) == 3
+    assert all(j.ok for j in batched) and len({round(j.score, 6) for j in batched}) == 3
     # independent check: the model's own forward on each unpadded sequence (its pooling is exact without padding)
     model, tok = judge.model, judge.tokenizer
-    for (conv, resp), (r, _, _) in zip(items, batched):
+    for (conv, resp), j in zip(items, batched):
         ids = tok.apply_chat_template([*conv, {"role": "assistant", "content": resp}], tokenize=True, return_dict=False)
         with torch.inference_mode():
             hidden = model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
             want = float(model.score(hidden))
-        assert abs(r - want) < 1e-4
+        assert abs(j.score - want) < 1e-4
 
 
 def test_same_seed_same_head(rm_dir, tmp_path):
@@ -34,5 +34,5 @@ def test_same_seed_same_head(rm_dir, tmp_path):
 
 
 def test_overlong_input_is_not_ok(rm_dir):
-    r, ok, raw = RewardModelJudge(rm_dir, max_input_tokens=16).score([(CONV, "word " * 50)])[0]
-    assert r is None and not ok and "judge.max_input_tokens=16" in raw
+    j = RewardModelJudge(rm_dir, max_input_tokens=16).score([(CONV, "word " * 50)])[0]
+    assert j.score is None and not j.ok and "judge.max_input_tokens=16" in j.raw
