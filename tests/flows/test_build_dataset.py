@@ -155,3 +155,35 @@ def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
     summary, funnel = asyncio.run(latest("prefsynth-summary")), asyncio.run(latest("prefsynth-funnel"))
     assert summary.type == "markdown" and f"{manifest['rows']['pairs']} in 1 shard(s)" in summary.data
     assert funnel.type == "table" and "near_duplicate" in str(funnel.data) and "ches_quantile" in str(funnel.data)
+
+
+def test_judge_ensemble_run(tmp_path):
+    """Two LLM-judge templates, a both-order pairwise judge and a reward model in one run."""
+    from judges.reward_model import build_seeded_reward_model
+
+    rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm"), seed=0)
+    out = tmp_path / "run"
+    proc = run_cli("run", "--config", str(TINY), "--out", str(out),
+                   "--set", "judge.templates=[absolute-1to5-v1, ultrafeedback-helpfulness-v1]",
+                   "--set", "judge.pairwise_templates=[pairwise-ab-v1]", "--set", f"judge.reward_models=[{rm}]",
+                   "--set", "judge.aggregate=bradley_terry")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    judgments = pq.read_table(out / "tables" / "judge.parquet").to_pylist()
+    kinds = {}
+    for r in judgments:
+        kinds.setdefault(r["kind"], set()).add(r["judge"])
+    assert len(kinds["absolute"]) == 2 and len(kinds["reward_model"]) == 1 and len(kinds["pairwise"]) == 1
+    pairwise = [r for r in judgments if r["kind"] == "pairwise"]
+    assert len(pairwise) == 4 * 3 and all(r["position_consistent"] is not None for r in pairwise if r["ok"])
+    scores = pq.read_table(out / "tables" / "pair.scores.parquet").to_pylist()
+    assert len(scores) == 12 and all(r["judge_agreement"] is not None for r in scores)
+    m = json.loads((out / "manifest.json").read_text())
+    agreement = m["judge_agreement"]
+    assert m["judge_aggregate"] == "bradley_terry" and agreement["krippendorff_alpha"] is not None
+    assert len(agreement["kendall_tau"]) == 3  # three score judges, three pairs of them
+    pairwise_judge = next(iter(kinds["pairwise"]))
+    assert 0.0 <= agreement["judges"][pairwise_judge]["position_consistency"] <= 1.0
+    assert len(m["self_preference"]) == 3  # the bundled model generated and judged
+    rows = pq.read_table(out / "pairs").to_pylist()
+    assert rows and all(r["judge_agreement"] is not None and r["chosen_score"] > r["rejected_score"] for r in rows)
+    assert "position consistency" in (out / "README.md").read_text()
