@@ -43,12 +43,15 @@ class ScoreTokenJudge:
                 raise ConfigError(f"judge model tokenises score token {tok!r} as {ids}; it must be one token")
             self.score_ids.append(ids[0])
 
-    def score(self, items: Sequence[tuple[list[dict], str]], progress=None) -> list[Judgment]:
-        """`items` are (conversation, response) pairs; one Judgment each, same order."""
+    def score(self, items: Sequence[tuple[list[dict], str]], progress=None,
+              references: Sequence[str | None] | None = None) -> list[Judgment]:
+        """`items` are (conversation, response) pairs; one Judgment each, same order. `references` (one per
+        item) are shown to templates with a reference slot."""
+        refs = references or [None] * len(items)
         encoded = [
-            self.tokenizer.apply_chat_template(self.template.messages(conv, resp, self.specials), add_generation_prompt=True,
-                                               tokenize=True, return_dict=False)
-            for conv, resp in items
+            self.tokenizer.apply_chat_template(self.template.messages(conv, resp, self.specials, ref),
+                                               add_generation_prompt=True, tokenize=True, return_dict=False)
+            for (conv, resp), ref in zip(items, refs)
         ]
         out: list[Judgment | None] = [None] * len(items)
         todo = []
@@ -69,6 +72,25 @@ class ScoreTokenJudge:
     def _forward(self, rows: list[list[int]]) -> list[ParsedScore]:
         logprobs = last_position_logprobs(self.model, self.tokenizer, rows, self.score_ids)
         return [expected_score(lp, min_mass=self.min_mass) for lp in logprobs]
+
+
+def explain(judge: ScoreTokenJudge, items: Sequence[tuple[list[dict], str]], judgments: Sequence[Judgment], backend,
+            *, max_new_tokens: int, references: Sequence[str | None] | None = None) -> list[str | None]:
+    """A short rationale per ok judgment: the judge model continues "Score: k. Reason:" greedily
+    after its own judging prompt (k = the rounded expected score). None where the judgment is not ok."""
+    from pipeline.backends.base import Request, SamplingParams, Skipped
+
+    refs = references or [None] * len(items)
+    todo = [i for i, j in enumerate(judgments) if j.ok]
+    requests = [Request([*judge.template.messages(items[i][0], items[i][1], judge.specials, refs[i]),
+                         {"role": "assistant", "content": f"Score: {round(judgments[i].score)}. Reason:"}], (0,))
+                for i in todo]
+    results = backend.generate(requests, sampling=SamplingParams(0.0, 1.0, max_new_tokens),
+                               max_prompt_tokens=judge.max_input_tokens + 16)
+    out: list[str | None] = [None] * len(items)
+    for i, r in zip(todo, results):
+        out[i] = None if isinstance(r, Skipped) or not r[0].text else r[0].text
+    return out
 
 
 @torch.inference_mode()

@@ -50,8 +50,8 @@ class RewardModelJudge:
         self.batch_size, self.max_input_tokens = batch_size, max_input_tokens
 
     @torch.inference_mode()
-    def score(self, items: Sequence[tuple[list[dict], str]], progress=None) -> list[Judgment]:
-        """One Judgment (score = reward) per (conversation, response), same order."""
+    def score(self, items: Sequence[tuple[list[dict], str]], progress=None, references=None) -> list[Judgment]:
+        """One Judgment (score = reward) per (conversation, response), same order (references are unused)."""
         encoded = [self.tokenizer.apply_chat_template([*conv, {"role": "assistant", "content": resp}], tokenize=True,
                                                       return_dict=False) for conv, resp in items]
         out: list = [None] * len(items)

@@ -47,12 +47,15 @@ class AbsoluteTemplate:
     user: str
     score_tokens: tuple[str, ...]  # the answer alphabet; score k is score_tokens[k-1]
 
-    def messages(self, conversation: list[dict], response: str, specials: Iterable[str] = ()) -> list[dict]:
+    def messages(self, conversation: list[dict], response: str, specials: Iterable[str] = (),
+                 reference: str | None = None) -> list[dict]:
+        """Judge messages; templates with a {reference} slot show the reference answer when one is given."""
         specials = tuple(specials)
+        block = f"Reference answer (would score 5):\n{defang(reference, specials)}\n\n" if reference else ""
         return [
             {"role": "system", "content": self.system},
             {"role": "user", "content": self.user.format(instruction=render_conversation(conversation, specials),
-                                                          response=defang(response, specials),
+                                                          response=defang(response, specials), reference=block,
                                                           open=FENCE_OPEN, close=FENCE_CLOSE)},
         ]
 
@@ -71,13 +74,14 @@ ABSOLUTE_1TO5_V1 = AbsoluteTemplate(
     score_tokens=("1", "2", "3", "4", "5"),
 )
 
-def _aspect(id: str, aspect: str, question: str, rubric: str) -> AbsoluteTemplate:
+def _aspect(id: str, aspect: str, question: str, rubric: str, *, reference: bool = False) -> AbsoluteTemplate:
     """A 1-5 score-token template for one aspect (UltraFeedback-style: one rubric per aspect)."""
     return AbsoluteTemplate(
         id=id,
         aspect=aspect,
         system=ABSOLUTE_1TO5_V1.system,
-        user=("Instruction:\n{instruction}\n\nResponse to grade:\n{open}\n{response}\n{close}\n\n"
+        user=("Instruction:\n{instruction}\n\n" + ("{reference}" if reference else "")
+              + "Response to grade:\n{open}\n{response}\n{close}\n\n"
               f"{question}\n{rubric}\nAnswer with a single digit from 1 to 5 and nothing else."),
         score_tokens=("1", "2", "3", "4", "5"),
     )
@@ -105,6 +109,7 @@ PROMETHEUS_1TO5_V1 = _aspect(
     "Score the response strictly against this rubric: is it correct, helpful and harmless for the user?",
     "Score 1: incorrect, unhelpful or harmful. Score 2: mostly incorrect or off-topic. Score 3: partly correct "
     "but incomplete. Score 4: correct and helpful with minor issues. Score 5: fully correct, helpful and harmless.",
+    reference=True,
 )
 
 ABSOLUTE = {t.id: t for t in (ABSOLUTE_1TO5_V1, *ULTRAFEEDBACK, PROMETHEUS_1TO5_V1)}

@@ -82,6 +82,11 @@ class JudgeConfig(_Section):
         None, ge=-1.0, le=1.0,
         description="Drop prompts whose score judges agree less than this (Krippendorff alpha); null keeps all.",
     )
+    rationales: bool = Field(
+        False, description="Give every absolute LLM judgment a short rationale (one greedy generation per candidate "
+        "and template: slow on CPU). Pair rationales (rationale.*) are written either way."
+    )
+    rationale_tokens: int = Field(32, ge=1, le=512, description="Token cap of a judgment rationale.")
     min_score_mass: float = Field(
         0.01,
         ge=0.0,

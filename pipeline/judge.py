@@ -22,7 +22,7 @@ from itertools import combinations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from judges.absolute import ScoreTokenJudge
+from judges.absolute import ScoreTokenJudge, explain
 from judges.pairwise import PairwiseJudge
 from judges.reward_model import RewardModelJudge
 from pipeline import schemas
@@ -32,20 +32,23 @@ from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, run_in_parts
 
-VERSION = "3"
+VERSION = "4"
 READS = ("prompts.messages", "candidates.prompt_id", "candidates.candidate_id", "candidates.text")
 WRITES = tuple(schemas.JUDGMENTS.names)
 EMPTY = json.dumps({"error": "empty response, not judged"})
 
 
-def _row(pid, cid, judge, score, ok, raw, consistent=None) -> dict:
+def _row(pid, cid, judge, score, ok, raw, consistent=None, rationale=None) -> dict:
     return {"prompt_id": pid, "candidate_id": cid, "judge": judge.id, "kind": judge.kind, "aspect": judge.aspect,
-            "score": score, "rationale": None, "raw": raw, "ok": ok, "position_consistent": consistent}
+            "score": score, "rationale": rationale, "raw": raw, "ok": ok, "position_consistent": consistent}
 
 
-def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, progress=None) -> pa.Table:
-    """Pure core over tables: the judgments of every judge, judge by judge, in candidate order."""
+def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, progress=None, *,
+                     explainer=None, rationale_tokens: int = 32) -> pa.Table:
+    """Pure core over tables: the judgments of every judge, judge by judge, in candidate order.
+    With `explainer` (a generation backend on the judge model) absolute judgments get rationales."""
     conversations = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
+    references = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("reference").to_pylist()))
     cands = candidates.select(["prompt_id", "candidate_id", "text"]).to_pylist()
     scoreable = [c for c in cands if c["text"].strip()]
     rows = []
@@ -57,12 +60,16 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
             rows += [_row(x["prompt_id"], f"{x['candidate_id']}|{y['candidate_id']}", judge, v.p_first_wins, v.ok, v.raw,
                           v.position_consistent) for (x, y), v in zip(pairs, verdicts)]
         else:
-            scored = judge.score([(conversations[c["prompt_id"]], c["text"]) for c in scoreable])
-            by_id = {c["candidate_id"]: j for c, j in zip(scoreable, scored)}
+            items = [(conversations[c["prompt_id"]], c["text"]) for c in scoreable]
+            refs = [references[c["prompt_id"]] for c in scoreable]
+            scored = judge.score(items, references=refs)
+            reasons = (explain(judge, items, scored, explainer, max_new_tokens=rationale_tokens, references=refs)
+                       if explainer is not None and judge.kind == "absolute" else [None] * len(scored))
+            by_id = {c["candidate_id"]: (j, why) for c, j, why in zip(scoreable, scored, reasons)}
             for c in cands:
-                j = by_id.get(c["candidate_id"])
+                j, why = by_id.get(c["candidate_id"], (None, None))
                 rows.append(_row(c["prompt_id"], c["candidate_id"], judge, j.score if j else None, bool(j and j.ok),
-                                 j.raw if j else EMPTY))
+                                 j.raw if j else EMPTY, rationale=why))
         if progress is not None:
             progress(len(cands))
     return schemas.from_rows(rows, "judgments")
@@ -93,6 +100,12 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
     candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")
     started = time.perf_counter()
     judges = build_judges(cfg)
+    explainer = None
+    if cfg.judge.rationales and cfg.judge.templates:
+        from pipeline.backends.hf import TransformersBackend
+
+        explainer = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.judge.batch_size,
+                                        field="judge.model")
     ids = list(dict.fromkeys(candidates.column("prompt_id").to_pylist()))
     pid = candidates.column("prompt_id")
     done = store.done_keys()
@@ -100,7 +113,8 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
              initial=len(judges) * sum(1 for p in pid.to_pylist() if p in done)) as pbar:
         def work(chunk):
             subset = candidates.filter(pc.is_in(pid, value_set=pa.array(chunk)))
-            return judge_candidates(prompts, subset, judges, progress=pbar.advance), {}
+            return judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
+                                    rationale_tokens=cfg.judge.rationale_tokens), {}
         parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())

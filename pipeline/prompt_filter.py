@@ -29,7 +29,7 @@ from pipeline.errors import InputError
 from pipeline.models import resolve
 from pipeline.store import StageStore
 
-VERSION = "1"
+VERSION = "2"
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.PROMPTS.names)
 WORD = re.compile(r"[a-z0-9]+")

@@ -1,7 +1,7 @@
 """Prompt input: JSONL, parquet or a `datasets` dataset, into the `prompts` table.
 
 Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, with optional
-`prompt_id`, `category` and `source`. A row is invalid when it has neither field, an empty or
+`prompt_id`, `category`, `source` and `reference` (a reference answer for rubric judges). A row is invalid when it has neither field, an empty or
 non-string content, an unknown role, or a conversation that does not end with a user turn; the
 error names the file, the line (or row) and the problem. With `skip_invalid` such rows are
 skipped and counted instead. Exact duplicate prompts keep their first occurrence. `prompt_id` is a
@@ -26,8 +26,9 @@ from pipeline.errors import InputError
 from pipeline.store import StageStore
 
 ROLES = {"system", "user", "assistant"}
-VERSION = "1"
-READS: tuple[str, ...] = ("input.messages | input.prompt", "input.prompt_id?", "input.category?", "input.source?")
+VERSION = "2"
+READS: tuple[str, ...] = ("input.messages | input.prompt", "input.prompt_id?", "input.category?", "input.source?",
+                          "input.reference?")
 WRITES = tuple(schemas.PROMPTS.names)
 
 
@@ -83,12 +84,15 @@ def normalise_row(row: Any, where: str) -> dict:
     pid = row.get("prompt_id")
     if pid is not None and (not isinstance(pid, str) or not pid):
         raise InputError(f"{where}: 'prompt_id' must be a non-empty string when given")
-    category = row.get("category")
+    category, reference = row.get("category"), row.get("reference")
+    if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+        raise InputError(f"{where}: 'reference' must be a non-empty string when given")
     return {
         "prompt_id": pid or prompt_id_of(clean),
         "messages": clean,
         "source": row.get("source"),
         "category": None if category is None else str(category),
+        "reference": reference,
     }
 
 

@@ -34,6 +34,7 @@ PROMPTS = pa.schema(
         pa.field("messages", MESSAGES, nullable=False),
         pa.field("source", pa.string()),
         pa.field("category", pa.string()),
+        pa.field("reference", pa.string()),  # optional reference answer, shown to rubric judges that use one
     ]
 )
 

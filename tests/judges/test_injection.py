@@ -50,3 +50,33 @@ def test_rationale_template_and_conversation_are_defanged(model):
 def test_defang_is_visible_text_preserving():
     out = defang("a <|im_end|> b", ("<|im_end|>",))
     assert out.replace("\u200b", "") == "a <|im_end|> b" and "<|im_end|>" not in out
+
+
+def test_reference_answer_only_in_templates_that_use_it():
+    from judges.templates import ABSOLUTE
+
+    with_ref = ABSOLUTE["prometheus-1to5-v1"].messages(CONV, "Paris.", (), "Paris is the capital of France.")
+    assert "Reference answer (would score 5):\nParis is the capital of France." in with_ref[1]["content"]
+    assert "Reference answer" not in ABSOLUTE["prometheus-1to5-v1"].messages(CONV, "Paris.")[1]["content"]
+    assert "Reference answer" not in ABSOLUTE_1TO5_V1.messages(CONV, "Paris.", (), "ref")[1]["content"]
+    assert len(ABSOLUTE) == 6  # absolute-1to5, four UltraFeedback aspects, prometheus
+
+
+@pytest.mark.slow
+def test_judgment_rationales(model):
+    from judges.absolute import ScoreTokenJudge
+    from judges.reward_model import RewardModelJudge  # noqa: F401  (judge kinds share the score() signature)
+    from pipeline import schemas
+    from pipeline.backends.hf import TransformersBackend
+    from pipeline.judge import judge_candidates
+
+    m, tok, label = model
+    judge = ScoreTokenJudge(m, tok, label, template_id="ultrafeedback-honesty-v1", min_mass=0.0,
+                            max_input_tokens=2048, batch_size=4)
+    prompts = schemas.from_rows([{"prompt_id": "p", "messages": CONV, "reference": "Paris."}], "prompts")
+    cands = schemas.from_rows([{"prompt_id": "p", "candidate_id": f"p-{k}", "generator": "g", "text": t, "n_tokens": 3,
+                                "finish_reason": "stop"} for k, t in enumerate(["Paris.", "", "Rome, surely."])], "candidates")
+    backend = TransformersBackend("bundled:smollm2-135m-instruct", batch_size=4)
+    rows = judge_candidates(prompts, cands, [judge], explainer=backend, rationale_tokens=12).to_pylist()
+    assert [r["aspect"] for r in rows] == ["honesty"] * 3
+    assert rows[0]["rationale"] and rows[2]["rationale"] and rows[1]["rationale"] is None and not rows[1]["ok"]

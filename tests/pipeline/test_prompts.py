@@ -36,7 +36,7 @@ def test_jsonl_messages_and_prompt_rows(tmp_path):
     rows = table.to_pylist()
     assert rows[0]["prompt_id"] == prompt_id_of(rows[0]["messages"]) and rows[0]["category"] == "x"
     assert rows[1] == {"prompt_id": "mine", "messages": [{"role": "user", "content": "what is 2+2?"}],
-                       "source": "p.jsonl", "category": None}
+                       "source": "p.jsonl", "category": None, "reference": None}
 
 
 @pytest.mark.parametrize("line,problem", [
@@ -130,3 +130,12 @@ def test_json_array_file(tmp_path):
         load_prompts(cfg(f))
     table, report = load_prompts(cfg(f, skip_invalid=True))
     assert table.num_rows == 2 and len(report.invalid) == 1
+
+
+def test_reference_answers_are_read_and_checked(tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "2+2?", "reference": "4"}, {"prompt": "hi"}])
+    table, _ = load_prompts(cfg(f))
+    assert table.column("reference").to_pylist() == ["4", None]
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "2+2?", "reference": 4}])
+    with pytest.raises(InputError, match=r"bad.jsonl:1: 'reference' must be a non-empty string"):
+        load_prompts(cfg(bad))

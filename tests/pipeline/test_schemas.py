@@ -5,7 +5,8 @@ import pytest
 from pipeline import schemas
 from pipeline.errors import SchemaError
 
-PROMPT = {"prompt_id": "p1", "messages": [{"role": "user", "content": "hi"}], "source": "s", "category": None}
+PROMPT = {"prompt_id": "p1", "messages": [{"role": "user", "content": "hi"}], "source": "s", "category": None,
+          "reference": None}
 
 
 def test_from_rows_fills_optional_columns_and_checks():
@@ -18,7 +19,7 @@ def test_check_names_missing_wrong_type_and_nulls():
     with pytest.raises(SchemaError) as err:
         schemas.check(t, "prompts")
     msg = str(err.value)
-    assert "missing column 'category'" in msg and "column 'messages' is int64" in msg and "'prompt_id' has 1 nulls" in msg
+    assert "missing column 'category'" in msg and "missing column 'reference'" in msg and "column 'messages' is int64" in msg and "'prompt_id' has 1 nulls" in msg
 
 
 def test_check_rejects_extra_columns():
