@@ -124,3 +124,19 @@ def test_check_pairs_rejects_duplicate_rows():
     pairs, _ = make_pairs(*build({"a": [("x", 1.0), ("y", 5.0)]}), PairConfig(min_margin=0))
     with pytest.raises(SchemaError, match="more than once"):
         check_pairs(pa.concat_tables([pairs, pairs]))
+
+
+def test_low_agreement_prompts_are_dropped():
+    """Two judges agree on prompt 'a' and rank prompt 'b' in opposite orders."""
+    p, c, j = build({"a": [("x one", 1.0), ("y two", 3.0), ("z three", 5.0)],
+                     "b": [("u four", 1.0), ("v five", 3.0), ("w six", 5.0)]})
+    second = {"a-00": 1.2, "a-01": 2.9, "a-02": 4.8, "b-00": 4.0, "b-01": 3.5, "b-02": 1.0}  # b: means 2.5, 3.25, 3
+    extra = schemas.from_rows([{"prompt_id": cid[0], "candidate_id": cid, "judge": "j2", "kind": "absolute",
+                                "aspect": "overall", "score": s, "ok": True} for cid, s in second.items()], "judgments")
+    judgments = pa.concat_tables([j, extra])
+    pairs, funnel = make_pairs(p, c, judgments, PairConfig(min_margin=0), min_agreement=0.5)
+    assert [r["prompt_id"] for r in pairs.to_pylist()] == ["a"]
+    assert funnel_of(funnel)["low_agreement"] == (2, 1)
+    assert pairs.to_pylist()[0]["judge_agreement"] > 0.9
+    kept, _ = make_pairs(p, c, judgments, PairConfig(min_margin=0))
+    assert sorted(r["prompt_id"] for r in kept.to_pylist()) == ["a", "b"]
