@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from judges.parsing import ParsedScore, expected_score
+from judges.parsing import ParsedScore, expected_score, single_token_ids
 from judges.templates import ABSOLUTE, AbsoluteTemplate, special_strings
 from pipeline.errors import ConfigError
 
@@ -36,12 +36,7 @@ class ScoreTokenJudge:
         self.aspect = self.template.aspect
         self.min_mass, self.max_input_tokens, self.batch_size = min_mass, max_input_tokens, batch_size
         self.specials = special_strings(tokenizer)
-        self.score_ids = []
-        for tok in self.template.score_tokens:
-            ids = tokenizer.encode(tok, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ConfigError(f"judge model tokenises score token {tok!r} as {ids}; it must be one token")
-            self.score_ids.append(ids[0])
+        self.score_ids = single_token_ids(tokenizer, self.template.score_tokens, "score token")
 
     def score(self, items: Sequence[tuple[list[dict], str]], progress=None,
               references: Sequence[str | None] | None = None) -> list[Judgment]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from judges.absolute import last_position_logprobs
+from judges.parsing import single_token_ids
 from judges.templates import PAIRWISE, PairwiseTemplate, special_strings
 from pipeline.errors import ConfigError
 
@@ -54,12 +55,7 @@ class PairwiseJudge:
         self.aspect = "pairwise"
         self.min_mass, self.max_input_tokens, self.batch_size = min_mass, max_input_tokens, batch_size
         self.specials = special_strings(tokenizer)
-        self.answer_ids = []
-        for tok in self.template.answer_tokens:
-            ids = tokenizer.encode(tok, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ConfigError(f"judge model tokenises answer token {tok!r} as {ids}; it must be one token")
-            self.answer_ids.append(ids[0])
+        self.answer_ids = single_token_ids(tokenizer, self.template.answer_tokens, "answer token")
 
     def _p_slot_a(self, items: list[tuple[list[dict], str, str]]) -> list[tuple[float | None, float]]:
         """(P(A) renormalised over {A, B} or None when too long, mass on {A, B}) per item."""

@@ -15,6 +15,19 @@ from dataclasses import dataclass
 from typing import Sequence
 
 
+def single_token_ids(tokenizer, tokens, what: str) -> list[int]:
+    """The id of each answer token; a token the judge's tokenizer splits cannot be read as one answer."""
+    from pipeline.errors import ConfigError
+
+    out = []
+    for tok in tokens:
+        ids = tokenizer.encode(tok, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ConfigError(f"judge model tokenises {what} {tok!r} as {ids}; it must be one token")
+        out.append(ids[0])
+    return out
+
+
 @dataclass(frozen=True)
 class ParsedScore:
     score: float | None

@@ -39,6 +39,19 @@ def render_conversation(conversation: list[dict], specials: Iterable[str] = ()) 
     return "\n".join(f"{m['role'].upper()}: {defang(m['content'], specials)}" for m in conversation)
 
 
+def judge_messages(system: str, user: str, conversation: list[dict], specials: Iterable[str], *,
+                   trusted: dict[str, str] | None = None, **untrusted: str) -> list[dict]:
+    """[system, user] with `user` formatted: the conversation and every `untrusted` text defanged,
+    `trusted` slots (our own text, e.g. a reference block already defanged) inserted as they are."""
+    specials = tuple(specials)
+    slots = {k: defang(v, specials) for k, v in untrusted.items()}
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": user.format(instruction=render_conversation(conversation, specials),
+                                                open=FENCE_OPEN, close=FENCE_CLOSE, **slots, **(trusted or {}))},
+    ]
+
+
 @dataclass(frozen=True)
 class AbsoluteTemplate:
     id: str
@@ -52,12 +65,8 @@ class AbsoluteTemplate:
         """Judge messages; templates with a {reference} slot show the reference answer when one is given."""
         specials = tuple(specials)
         block = f"Reference answer (would score 5):\n{defang(reference, specials)}\n\n" if reference else ""
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": self.user.format(instruction=render_conversation(conversation, specials),
-                                                          response=defang(response, specials), reference=block,
-                                                          open=FENCE_OPEN, close=FENCE_CLOSE)},
-        ]
+        return judge_messages(self.system, self.user, conversation, specials, trusted={"reference": block},
+                              response=response)
 
 
 ABSOLUTE_1TO5_V1 = AbsoluteTemplate(
@@ -123,13 +132,7 @@ class PairwiseTemplate:
     answer_tokens: tuple[str, str]  # (token meaning "A is better", token meaning "B is better")
 
     def messages(self, conversation: list[dict], a: str, b: str, specials: Iterable[str] = ()) -> list[dict]:
-        specials = tuple(specials)
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": self.user.format(instruction=render_conversation(conversation, specials),
-                                                          a=defang(a, specials), b=defang(b, specials),
-                                                          open=FENCE_OPEN, close=FENCE_CLOSE)},
-        ]
+        return judge_messages(self.system, self.user, conversation, specials, a=a, b=b)
 
 
 PAIRWISE_AB_V1 = PairwiseTemplate(
@@ -156,14 +159,8 @@ class RationaleTemplate:
     prefix: str  # the start of the judge's answer, continued by the model (keeps tiny judges on task)
 
     def messages(self, conversation: list[dict], chosen: str, rejected: str, specials: Iterable[str] = ()) -> list[dict]:
-        specials = tuple(specials)
-        return [
-            {"role": "system", "content": self.system},
-            {"role": "user", "content": self.user.format(instruction=render_conversation(conversation, specials),
-                                                          chosen=defang(chosen, specials), rejected=defang(rejected, specials),
-                                                          open=FENCE_OPEN, close=FENCE_CLOSE)},
-            {"role": "assistant", "content": self.prefix},
-        ]
+        return [*judge_messages(self.system, self.user, conversation, specials, chosen=chosen, rejected=rejected),
+                {"role": "assistant", "content": self.prefix}]
 
 
 PAIR_RATIONALE_V2 = RationaleTemplate(
