@@ -97,13 +97,15 @@ def cmd_run(args) -> int:
     config_path = Path(args.config) if args.config else _default_config()
     cfg = load_config(config_path, overrides)
     # no hub id anywhere: make the HF libraries offline, so nothing at run time touches the network
-    refs = [cfg.generate.model, cfg.judge_model, cfg.ches_model, cfg.curate.dedup.model]
-    if not cfg.input.path.startswith("hf:") and not any(uses_hub(r) for r in refs):
+    refs = {"generate.model": cfg.generate.model, "judge.model": cfg.judge_model, "curate.ches.model": cfg.ches_model,
+            "curate.dedup.model": cfg.curate.dedup.model}
+    refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(cfg.judge.reward_models)})
+    if not cfg.input.path.startswith("hf:") and not any(uses_hub(r) for r in refs.values()):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     # preflight: a missing model or a bad input row fails in a second, before Prefect or any model starts
-    resolve(cfg.generate.model, field="generate.model")
-    resolve(cfg.judge_model, field="judge.model")
+    for key, ref in refs.items():
+        resolve(ref, field=key)
     load_prompts(cfg.input, seed=cfg.seed)
     out_dir = args.out or str(Path("runs") / cfg.name)
     given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, overrides)

@@ -59,3 +59,9 @@ def test_help_explains_every_option(capsys):
     keys = describe_keys()
     assert len(keys) > 40 and all(line.split(" (default")[0].strip() in out for line in keys)
     assert "curate.ches.quantile (default 0.9): " in out
+
+
+def test_missing_reward_model_fails_in_preflight(capsys, tmp_path):
+    code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", "judge.aggregate=median",
+                    "--set", f"judge.reward_models=[{tmp_path}/no-rm]")
+    assert code == 2 and "judge.reward_models[0]:" in err and not (tmp_path / "o").exists()
