@@ -17,6 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from judges.agreement import median
 from pipeline import plots, schemas
 from pipeline.errors import SchemaError
 from pipeline.rundir import load_manifest, load_pairs
@@ -58,8 +59,7 @@ def _fence(text: str | None) -> str:
 def _stats(values: list[float]) -> str:
     if not values:
         return "n/a"
-    values = sorted(values)
-    return f"mean {sum(values) / len(values):.3f}, median {values[len(values) // 2]:.3f}, min {values[0]:.3f}, max {values[-1]:.3f}"
+    return f"mean {sum(values) / len(values):.3f}, median {median(values):.3f}, min {min(values):.3f}, max {max(values):.3f}"
 
 
 def _judges_md(m: dict) -> str:

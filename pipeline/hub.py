@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 from pipeline.card import SPLIT_NAME
 from pipeline.errors import BackendError, ConfigError, InputError
+from pipeline.models import HUB_ID
 from pipeline.rundir import load_manifest, verify_shards
 from pipeline.store import sha256, write_json
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 ALWAYS = ("README.md", "config.yaml", "manifest.json")
 
 
@@ -73,7 +72,7 @@ def push(run_dir, repo_id: str, *, private: bool = False, revision: str | None =
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    if not REPO_ID.match(repo_id):
+    if not HUB_ID.match(repo_id):
         raise ConfigError(f"--repo {repo_id!r} is not ORG/NAME; fix: e.g. --repo my-org/my-preferences")
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
