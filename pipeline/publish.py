@@ -122,6 +122,10 @@ def summary(manifest: dict, out_dir: str) -> str:
     for f in manifest["funnel"]:
         removed = f["rows_in"] - f["rows_out"]
         lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} (-{removed}) {f['reason']}")
+    if manifest["rows"]["pairs"] == 0:
+        last = next((f for f in reversed(manifest["funnel"]) if f["rows_out"] == 0 and f["rows_in"] > 0), None)
+        where = f" (the last rows were dropped at {last['stage']}.{last['filter']}: {last['reason']})" if last else ""
+        lines.append(f"  WARNING: no pairs were produced{where}; read the funnel above")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
     lines += [f"  timings: {timings}", f"  card:   {Path(out_dir) / 'README.md'}",
               f"  manifest: {Path(out_dir) / 'manifest.json'}"]
