@@ -30,6 +30,7 @@ from typing import Sequence
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from pipeline import schemas
@@ -37,9 +38,9 @@ from pipeline.config import CHESConfig, RunConfig, fingerprint
 from pipeline.encoding import encode_pair
 from pipeline.models import resolve
 from pipeline.progress import bar
-from pipeline.store import StageStore
+from pipeline.store import StageStore, run_in_parts
 
-VERSION = "1"
+VERSION = "2"
 READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
 WRITES = ("pairs.ches", "pairs.ln_ches", "pairs.ref_chosen_logp", "pairs.ref_rejected_logp")
 
@@ -156,8 +157,17 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     from pipeline.backends.hf import load_causal_lm
 
     model, tokenizer, label = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
-    with bar(total=2 * pairs.num_rows, desc="ches", unit="seq") as pbar:
-        scored = score_pairs(pairs, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance)
+    ids = list(dict.fromkeys(pairs.column("prompt_id").to_pylist()))  # checkpointed by prompt, as generate/judge
+    done = store.done_keys()
+    initial = 2 * sum(p in done for p in pairs.column("prompt_id").to_pylist())
+    with bar(total=2 * pairs.num_rows, initial=initial, desc="ches", unit="seq") as pbar:
+        def work(chunk):
+            subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
+            return score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance), {}
+        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+    scored = schemas.concat([t for t, _ in parts], "pairs")
+    scored = scored.take(pc.sort_indices(scored, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
+                                                  ("rejected_id", "ascending")]))
     kept, entry = apply_filter(scored, cfg.curate.ches)
     # every scored pair, before the filter, for the card's CHES distribution (written before the meta commit)
     schemas.write_table(scored, scored_path(run_dir), "pairs")
