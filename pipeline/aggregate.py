@@ -16,7 +16,6 @@ tau-b per pair of score judges; position-consistency rate and failure rate per j
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from itertools import combinations
 
@@ -136,4 +135,4 @@ def agreement(judgments: pa.Table) -> tuple[dict[str, float | None], dict]:
         }
     figures = {"krippendorff_alpha": None if overall is None else round(overall, 4), "kendall_tau": taus,
                "judges": per_judge}
-    return per_prompt, json.loads(json.dumps(figures))
+    return per_prompt, figures

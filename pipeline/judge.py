@@ -118,8 +118,8 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
         parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())
-    generator = resolve(cfg.generate.model, field="generate.model").path
-    self_pref = [j.id for j in judges if j.kind != "reward_model" and resolve(cfg.judge_model).path == generator]
+    same_model = resolve(cfg.judge_model).path == resolve(cfg.generate.model).path
+    self_pref = [j.id for j in judges if j.kind != "reward_model"] if same_model else []
     meta = {"seconds": round(time.perf_counter() - started, 2), "judges": [j.id for j in judges],
             "judge": judges[0].id, "failure_rate": round(failed / max(table.num_rows, 1), 4), "self_preference": self_pref,
             "funnel": [{"stage": "judge", "filter": "judge_failed", "rows_in": table.num_rows,
