@@ -38,7 +38,7 @@ from pipeline.config import CHESConfig, RunConfig, fingerprint
 from pipeline.encoding import encode_pair
 from pipeline.models import resolve
 from pipeline.progress import bar
-from pipeline.store import StageStore, run_in_parts
+from pipeline.store import StageStore, done_rows, run_in_parts
 
 VERSION = "2"
 READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
@@ -157,14 +157,10 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     from pipeline.backends.hf import load_causal_lm
 
     model, tokenizer, label = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
-    ids = list(dict.fromkeys(pairs.column("prompt_id").to_pylist()))  # checkpointed by prompt, as generate/judge
-    done = store.done_keys()
-    initial = 2 * sum(p in done for p in pairs.column("prompt_id").to_pylist())
-    with bar(total=2 * pairs.num_rows, initial=initial, desc="ches", unit="seq") as pbar:
-        def work(chunk):
-            subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
+    with bar(total=2 * pairs.num_rows, initial=2 * done_rows(store, pairs), desc="ches", unit="seq") as pbar:
+        def work(subset):  # checkpointed by prompt, as generate/judge
             return score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance), {}
-        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, work, log)
     scored = schemas.concat([t for t, _ in parts], "pairs")
     scored = scored.take(pc.sort_indices(scored, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
                                                   ("rejected_id", "ascending")]))

@@ -19,7 +19,7 @@ from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Sk
 from pipeline.config import GenerateConfig, RunConfig, fingerprint
 from pipeline.models import resolve
 from pipeline.progress import bar
-from pipeline.store import StageStore, run_in_parts
+from pipeline.store import StageStore, done_rows, run_in_parts
 
 VERSION = "1"
 READS = ("prompts.prompt_id", "prompts.messages")
@@ -80,15 +80,11 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     started = time.perf_counter()
     backend = make_backend(cfg.generate.backend, cfg.generate.model, dtype=cfg.generate.dtype,
                            batch_size=cfg.generate.batch_size)
-    by_id = {pid: i for i, pid in enumerate(prompts.column("prompt_id").to_pylist())}
-    ids = list(by_id)
-    done = store.done_keys()
-    with bar(total=len(ids), initial=len(done & set(ids)), desc="generate", unit="prompt") as pbar:
-        def work(chunk):
-            table, skipped = generate_candidates(prompts.take([by_id[k] for k in chunk]), cfg.generate, backend,
-                                                 seed=cfg.seed, progress=pbar.advance)
+    with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
+        def work(subset):
+            table, skipped = generate_candidates(subset, cfg.generate, backend, seed=cfg.seed, progress=pbar.advance)
             return table, {"skipped": skipped}
-        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "candidates")
     skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
     seconds = time.perf_counter() - started
@@ -99,8 +95,8 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
         "model": backend.label,
         "tokens": tokens,
         "skipped": skipped,
-        "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": len(ids),
-                    "rows_out": len(ids) - len(skipped), "reason": "prompt longer than generate.max_prompt_tokens"}],
+        "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": prompts.num_rows,
+                    "rows_out": prompts.num_rows - len(skipped), "reason": "prompt longer than generate.max_prompt_tokens"}],
     }
-    log(f"generate: {table.num_rows} candidates for {len(ids) - len(skipped)} prompts, {tokens} tokens")
+    log(f"generate: {table.num_rows} candidates for {prompts.num_rows - len(skipped)} prompts, {tokens} tokens")
     return store.finish(table, meta)

@@ -20,7 +20,6 @@ import time
 from itertools import combinations
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from judges.absolute import ScoreTokenJudge, explain
 from judges.pairwise import PairwiseJudge
@@ -30,7 +29,7 @@ from pipeline.backends.hf import load_causal_lm
 from pipeline.config import RunConfig, fingerprint
 from pipeline.models import resolve
 from pipeline.progress import bar
-from pipeline.store import StageStore, run_in_parts
+from pipeline.store import StageStore, done_rows, run_in_parts
 
 VERSION = "4"
 READS = ("prompts.messages", "candidates.prompt_id", "candidates.candidate_id", "candidates.text")
@@ -106,16 +105,12 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
 
         explainer = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.judge.batch_size,
                                         field="judge.model")
-    ids = list(dict.fromkeys(candidates.column("prompt_id").to_pylist()))
-    pid = candidates.column("prompt_id")
-    done = store.done_keys()
     with bar(total=candidates.num_rows * len(judges), desc="judge", unit="cand",
-             initial=len(judges) * sum(1 for p in pid.to_pylist() if p in done)) as pbar:
-        def work(chunk):
-            subset = candidates.filter(pc.is_in(pid, value_set=pa.array(chunk)))
+             initial=len(judges) * done_rows(store, candidates)) as pbar:
+        def work(subset):
             return judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
                                     rationale_tokens=cfg.judge.rationale_tokens), {}
-        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+        parts = run_in_parts(store, candidates, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())
     same_model = resolve(cfg.judge_model).path == resolve(cfg.generate.model).path

@@ -19,7 +19,7 @@ from pipeline.backends.hf import TransformersBackend
 from pipeline.config import RunConfig, fingerprint
 from pipeline.models import resolve
 from pipeline.progress import bar
-from pipeline.store import StageStore, run_in_parts
+from pipeline.store import StageStore, done_rows, run_in_parts
 
 VERSION = "2"
 READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
@@ -58,16 +58,12 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
     backend = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.rationale.batch_size,
                                   field="judge.model")
-    ids = list(dict.fromkeys(pairs.column("prompt_id").to_pylist()))  # a prompt may have several pairs
-    done = store.done_keys()
-    initial = sum(p in done for p in pairs.column("prompt_id").to_pylist())
-    with bar(total=pairs.num_rows, initial=initial, desc="rationale", unit="pair") as pbar:
-        def work(chunk):
-            subset = pairs.filter(pc.is_in(pairs.column("prompt_id"), value_set=pa.array(chunk)))
+    with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
+        def work(subset):
             return add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
                                   max_prompt_tokens=cfg.judge.max_input_tokens,
                                   specials=special_strings(backend.tokenizer), progress=pbar.advance), {}
-        parts = run_in_parts(store, ids, cfg.publish.chunk_prompts, work, log)
+        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, work, log)
     table = schemas.concat([t for t, _ in parts], "pairs")
     table = table.take(pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
                                                ("rejected_id", "ascending")]))

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.errors import InputError
@@ -82,16 +83,21 @@ class StageStore:
         return meta
 
     # -- checkpointed parts ------------------------------------------------------------------
-    def parts(self) -> list[tuple[pa.Table, dict]]:
+    def _infos(self) -> list[tuple[Path, dict]]:
+        """(parquet path, JSON info) of every complete part."""
         out = []
         for info in sorted(self.parts_dir.glob("part-*.json")):
             data = self.parts_dir / (info.stem + ".parquet")
             if data.exists():
-                out.append((schemas.read_table(data, self.table_name), json.loads(info.read_text())))
+                out.append((data, json.loads(info.read_text())))
         return out
 
+    def parts(self) -> list[tuple[pa.Table, dict]]:
+        return [(schemas.read_table(data, self.table_name), info) for data, info in self._infos()]
+
     def done_keys(self) -> set[str]:
-        return {k for _, info in self.parts() for k in info["keys"]}
+        """Keys covered by complete parts (reads only the small JSON files)."""
+        return {k for _, info in self._infos() for k in info["keys"]}
 
     def write_part(self, table: pa.Table, keys: list[str], extra: dict | None = None) -> None:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
@@ -126,14 +132,23 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def run_in_parts(store: StageStore, keys: list[str], chunk_size: int, work, log=None) -> list[tuple[pa.Table, dict]]:
-    """Run `work(chunk_keys) -> (table, extra)` over the keys no finished part covers, checkpointing
-    each chunk; return every part (old and new). `log` gets one line saying what is reused."""
+def done_rows(store: StageStore, table: pa.Table) -> int:
+    """Rows of `table` whose prompt_id finished parts already cover (a progress bar's start)."""
+    done = store.done_keys()
+    return sum(p in done for p in table.column("prompt_id").to_pylist())
+
+
+def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, work, log=None) -> list[tuple[pa.Table, dict]]:
+    """Run `work(rows of table for some prompts) -> (output table, extra)` over the prompts (in table
+    order) that no finished part covers, `chunk_size` prompts at a time, checkpointing each chunk;
+    return every part (old and new). `log` gets one line saying what is reused."""
+    pid = table.column("prompt_id")
+    keys = list(dict.fromkeys(pid.to_pylist()))  # a prompt may own several rows (candidates, pairs)
     done = store.done_keys()
     todo = [k for k in keys if k not in done]
     if log is not None and done:
         log(f"{store.stage}: resuming, {len(keys) - len(todo)} of {len(keys)} prompts already done in checkpointed parts")
     for chunk in chunks(todo, chunk_size):
-        table, extra = work(chunk)
-        store.write_part(table, chunk, extra)
+        out, extra = work(table.filter(pc.is_in(pid, value_set=pa.array(chunk))))
+        store.write_part(out, chunk, extra)
     return store.parts()

@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline import schemas
-from pipeline.store import StageStore, run_in_parts
+from pipeline.store import StageStore, done_rows, run_in_parts
 
 
 def rows(keys):
@@ -12,22 +12,27 @@ class Boom(Exception):
     pass
 
 
+def ids(table):
+    return table.column("prompt_id").to_pylist()
+
+
 def test_resume_redoes_only_unfinished_prompts_whatever_the_chunk_size(tmp_path):
     keys = [f"k{i}" for i in range(7)]
     store = StageStore(tmp_path, "s", "prompts", "fp1")
     calls = []
 
-    def crashing(chunk):
+    def crashing(subset):
         if len(calls) == 2:
             raise Boom
-        calls.append(chunk)
-        return rows(chunk), {}
+        calls.append(ids(subset))
+        return subset, {}
 
     with pytest.raises(Boom):
-        run_in_parts(store, keys, 2, crashing)
+        run_in_parts(store, rows(keys), 2, crashing)
     assert store.done_keys() == {"k0", "k1", "k2", "k3"}
+    assert done_rows(store, rows(keys)) == 4
     redone = []
-    parts = run_in_parts(store, keys, 3, lambda c: (redone.append(c), (rows(c), {}))[1])
+    parts = run_in_parts(store, rows(keys), 3, lambda subset: (redone.append(ids(subset)), (subset, {}))[1])
     assert redone == [["k4", "k5", "k6"]]
     table = schemas.concat([t for t, _ in parts], "prompts")
     assert sorted(table.column("prompt_id").to_pylist()) == keys  # nothing lost, nothing twice
@@ -35,7 +40,7 @@ def test_resume_redoes_only_unfinished_prompts_whatever_the_chunk_size(tmp_path)
 
 def test_meta_commits_the_stage_and_other_fingerprints_are_ignored(tmp_path):
     store = StageStore(tmp_path, "s", "prompts", "fp1")
-    run_in_parts(store, ["a"], 1, lambda c: (rows(c), {"extra": 1}))
+    run_in_parts(store, rows(["a"]), 1, lambda subset: (subset, {"extra": 1}))
     assert store.meta() is None
     store.finish(rows(["a"]), {"seconds": 1})
     assert store.meta()["rows"] == 1 and not store.parts_dir.exists()
@@ -71,3 +76,13 @@ def test_run_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
     holder.wait()
     with run_lock(tmp_path):
         pass
+
+
+def test_a_prompt_with_several_rows_is_one_unit(tmp_path):
+    """Rows are grouped by prompt_id: a chunk never splits a prompt's rows, and none is done twice."""
+    store = StageStore(tmp_path, "s", "prompts", "fp")
+    table = schemas.from_rows([{"prompt_id": p, "messages": [{"role": "user", "content": f"{p}{i}"}]}
+                               for p, n in (("a", 2), ("b", 3), ("c", 1)) for i in range(n)], "prompts")
+    seen = []
+    run_in_parts(store, table, 1, lambda subset: (seen.append(ids(subset)), (subset, {}))[1])
+    assert seen == [["a", "a"], ["b", "b", "b"], ["c"]] and done_rows(store, table) == 6
