@@ -27,6 +27,7 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.config import PairConfig, RunConfig, fingerprint
@@ -94,11 +95,20 @@ def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: in
 
 def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig, *, seed: int = 0,
                method: str = "mean", min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
-    """Pure core: (pairs table, funnel entries)."""
+    """(pairs table, funnel entries) straight from the judgments."""
+    return pairs_from_scores(prompts, scored_candidates(candidates, judgments, method), agreement(judgments)[0], cfg,
+                             n_prompts=prompt_count(candidates), seed=seed, min_agreement=min_agreement)
+
+
+def prompt_count(candidates: pa.Table) -> int:
+    """Prompts that have candidates: the first funnel step's rows in."""
+    return len(pc.unique(candidates.column("prompt_id")))
+
+
+def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[str, float | None], cfg: PairConfig, *,
+                      n_prompts: int, seed: int = 0, min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
+    """Pure core: pairs from aggregated candidate scores (`scored_candidates`) and per-prompt agreement."""
     funnel: list[dict] = []
-    scored = scored_candidates(candidates, judgments, method)
-    per_prompt, _ = agreement(judgments)
-    n_prompts = pl.from_arrow(candidates.select(["prompt_id"]))["prompt_id"].n_unique()
     if min_agreement is not None:
         low = [p for p, a in per_prompt.items() if a is not None and a < min_agreement]
         before = scored["prompt_id"].n_unique()
@@ -196,10 +206,10 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
     judgments = schemas.read_table(f"{tables}/judge.parquet", "judgments")
     prompts = schemas.read_table(f"{tables}/prompts.parquet", "prompts")
     method = cfg.judge.aggregate
-    pairs, funnel = make_pairs(prompts, candidates, judgments, cfg.pair, seed=cfg.seed, method=method,
-                               min_agreement=cfg.judge.min_agreement)
     scored = scored_candidates(candidates, judgments, method)
     per_prompt, figures = agreement(judgments)
+    pairs, funnel = pairs_from_scores(prompts, scored, per_prompt, cfg.pair, n_prompts=prompt_count(candidates), seed=cfg.seed,
+                                      min_agreement=cfg.judge.min_agreement)
     bias = length_bias(scored, pairs)
     schemas.write_table(schemas.from_rows([{"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "score": r["score"],
                                             "judge_agreement": per_prompt.get(r["prompt_id"])}
