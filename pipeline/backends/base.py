@@ -44,7 +44,8 @@ class GeneratorBackend(Protocol):
     label: str  # model id and revision, written into `candidates.generator`
 
     def generate(
-        self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int
+        self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None
     ) -> list[Result]:
-        """One result per request, in request order."""
+        """One result per request, in request order. `progress(n_requests, n_tokens)`, when given, is
+        called as batches finish."""
         ...

@@ -10,7 +10,6 @@ Prompts are sorted by length before batching to cut padding; results return in r
 
 from __future__ import annotations
 
-import time
 from functools import lru_cache
 from typing import Sequence
 
@@ -88,8 +87,6 @@ class TransformersBackend:
     def __init__(self, model_ref: str, *, dtype: str = "auto", batch_size: int = 16, field: str = "generate.model"):
         self.model, self.tokenizer, self.label = load_causal_lm(model_ref, dtype, field)
         self.batch_size = batch_size
-        self.tokens_generated = 0
-        self.seconds = 0.0
 
     def encode(self, messages: list[dict]) -> list[int]:
         """Chat-template ids; a final assistant message is a prefix for the model to continue."""
@@ -131,14 +128,12 @@ class TransformersBackend:
             pad_token_id=pad,
             eos_token_id=tok.eos_token_id,
         )
-        started = time.perf_counter()
         out = self.model.generate(
             input_ids=input_ids,
             attention_mask=attention,
             generation_config=config,
             logits_processor=LogitsProcessorList([SeededSampler(flat_seeds, sampling.temperature, sampling.top_p)]),
         )
-        self.seconds += time.perf_counter() - started
         new = out[:, width:].tolist()
         completions = []
         for ids in new:
@@ -147,7 +142,6 @@ class TransformersBackend:
                 reason = "stop"
             else:
                 reason = "length"
-            self.tokens_generated += len(ids)
             completions.append(Completion(tok.decode(ids, skip_special_tokens=True).strip(), len(ids), reason))
         grouped, k = [], 0
         for row_seeds in seeds:
