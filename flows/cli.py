@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from pipeline.config import describe_keys
+    from pipeline.train.config import TrainConfig
 
     run = sub.add_parser("run", help="build a preference dataset",
                          description=RUN_HELP.format(keys="\n".join(describe_keys())),
@@ -74,7 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo", required=True, metavar="ORG/NAME", help="dataset repo id (created if missing)")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
+
+    tr = sub.add_parser("train", help="DPO-train a model directly from a run's pairs shards",
+                        description=TRAIN_HELP.format(keys="\n".join(describe_keys(TrainConfig))),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("--data", required=True, metavar="RUN_DIR_OR_SHARDS",
+                    help="a `prefsynth run` output folder, a folder of pairs shards, or one .parquet file")
+    tr.add_argument("--model", metavar="MODEL", help="policy to train (default: bundled:smollm2-135m-instruct); "
+                    "same as --set model=MODEL")
+    tr.add_argument("--out", required=True, metavar="DIR", help="training folder: checkpoints, metrics, model/")
+    tr.add_argument("--config", metavar="FILE", help="YAML trainer config (keys below)")
+    tr.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one trainer key, e.g. --set steps=20 (repeatable; values are YAML)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+TRAIN_HELP = """\
+Train a policy with DPO (and friends) on prefsynth pairs, streaming the shards.
+
+Reference log-probs come from the shards when the run's CHES stage computed them with the same
+model and dtype, otherwise from one pre-pass cached beside the shards (DATA/ref_logps/). Re-running
+the same command resumes from the last checkpoint in OUT; a finished run is reported, not redone.
+Results: OUT/model/ (safetensors, loads with transformers and vLLM), OUT/metrics.jsonl,
+OUT/tensorboard/, OUT/provenance.json.
+
+Config keys (the same text lives beside each field in pipeline/train/config.py):
+{keys}
+
+examples:
+  prefsynth train --data runs/prefsynth-default --out runs/dpo
+  prefsynth train --data runs/my --model HuggingFaceTB/SmolLM2-360M-Instruct --out runs/dpo \\
+      --set losses='{{sigmoid: 1.0, nll: 0.2}}' --set steps=200
+"""
 
 
 def _setup_logging() -> None:
@@ -142,6 +175,31 @@ def cmd_push(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from pipeline.models import resolve, uses_hub
+    from pipeline.train.config import load_train_config
+    from pipeline.train.data import open_source
+
+    overrides = list(args.overrides) + ([f"model={args.model}"] if args.model else [])
+    cfg = load_train_config(args.config, overrides)
+    if not uses_hub(cfg.model):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    resolve(cfg.model, field="model")  # preflight: fail in a second on a bad model or data path
+    open_source(args.data)
+    if args.quiet:
+        os.environ["PREFSYNTH_PROGRESS"] = "0"
+    from flows.train import train
+
+    prov = train(cfg.model_dump(), str(args.data), str(args.out))
+    ev = prov["final_eval"]
+    print(f"trained {prov['steps']} steps on {args.data}; model: {prov['model']['path']}")
+    if ev:
+        print("eval: " + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in sorted(ev.items())))
+    for w in prov["warnings"]:
+        print(f"warning at step {w['step']}: {w['warning']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # no telemetry from the ephemeral Prefect server (these machines have no network anyway)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -158,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging()
     try:
-        return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push}[args.command](args)
+        return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push,
+                "train": cmd_train}[args.command](args)
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
         return 2

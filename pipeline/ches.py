@@ -170,6 +170,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     values = [v for v in scored.column("ln_ches").to_pylist() if not math.isnan(v)]
     log(f"ches: scored {scored.num_rows} pairs, kept {kept.num_rows} ({entry['reason']})")
     meta = {"seconds": round(time.perf_counter() - started, 2), "model": label, "filter": cfg.curate.ches.filter,
+            "dtype": str(model.dtype).removeprefix("torch."),  # the trainer reuses ref log-probs only at its own dtype
             "cut": entry.pop("cut"), "ln_ches_min": min(values, default=None), "ln_ches_max": max(values, default=None),
             "funnel": [entry]}
     return store.finish(kept, meta)

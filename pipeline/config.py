@@ -250,7 +250,7 @@ def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines += describe_keys(ann, key + ".")
         else:
-            lines.append(f"  {key} (default {field.default!r}): {field.description or ''}")
+            lines.append(f"  {key} (default {field.get_default(call_default_factory=True)!r}): {field.description or ''}")
     return lines
 
 
@@ -260,23 +260,25 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_error(exc: ValidationError, data: dict) -> str:
+def _format_error(exc: ValidationError, root: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            section = _section_of(err["loc"][:-1])
+            section = _section_of(err["loc"][:-1], root)
             known = ", ".join(sorted(section.model_fields)) if section else ""
             lines.append(f"unknown config key '{key}'; fix: remove it or use one of: {known}")
+        elif not err["loc"]:  # a whole-model check names its keys itself
+            lines.append(err["msg"].removeprefix("Value error, "))
         else:
             value = err.get("input")
-            fix = _field_help(err["loc"])
+            fix = _field_help(err["loc"], root)
             lines.append(f"config key '{key}' has invalid value {value!r}: {err['msg']}" + (f"; fix: {fix}" if fix else ""))
     return "\n".join(lines)
 
 
-def _section_of(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = RunConfig
+def _section_of(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model = root
     for part in loc:
         field = model.model_fields.get(str(part))
         if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
@@ -285,8 +287,10 @@ def _section_of(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _field_help(loc: tuple) -> str | None:
-    section = _section_of(loc[:-1])
+def _field_help(loc: tuple, root: type[BaseModel]) -> str | None:
+    if not loc:  # a whole-model check: its message already names the keys and the fix
+        return None
+    section = _section_of(loc[:-1], root)
     if section is None:
         return None
     field = section.model_fields.get(str(loc[-1]))
@@ -323,6 +327,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load YAML (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    return load_model(RunConfig, path, overrides)
+
+
+def load_model(root: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None):
+    """Any typed config (`RunConfig`, the trainer's `TrainConfig`) from YAML plus `--set` overrides."""
     data: dict = {}
     if path is not None:
         path = Path(path)
@@ -337,7 +346,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     data = apply_overrides(data, overrides or [])
     try:
-        return RunConfig.model_validate(data)
+        return root.model_validate(data)
     except ValidationError as exc:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}:\n" + _format_error(exc, data)) from None
+        raise ConfigError(f"invalid config{where}:\n" + _format_error(exc, root)) from None

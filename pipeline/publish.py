@@ -98,7 +98,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "self_preference": metas["judge"].get("self_preference", []),
         "length_bias": metas["pair"].get("length_bias"),
         "prompt_drops": metas["prompt_filter"].get("dropped", []),
-        "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max")},
+        "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max", "dtype")},
         "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
         "shards": shards,
         "ranked_shards": ranked_shards,

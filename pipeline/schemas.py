@@ -111,6 +111,15 @@ SCORES = pa.schema(
     ]
 )
 
+# the trainer's reference log-prob cache beside the shards (pipeline/train/ref.py); key = prompt/chosen/rejected ids
+REF_LOGPS = pa.schema(
+    [
+        pa.field("key", pa.string(), nullable=False),
+        pa.field("ref_chosen_logp", pa.float64(), nullable=False),
+        pa.field("ref_rejected_logp", pa.float64(), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -118,6 +127,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "pairs": PAIRS,
     "ranked": RANKED,
     "scores": SCORES,
+    "ref_logps": REF_LOGPS,
 }
 
 

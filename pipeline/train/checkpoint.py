@@ -1,0 +1,128 @@
+"""Trainer state on disk: checkpoints, exact resume, the final model folder and its provenance.
+
+Layout of a training `--out` folder:
+    train_run.json            the run's key (config fields that change weights + data fingerprint)
+    checkpoints/step-000050/  trainable.safetensors, optimizer.pt (optimiser, scheduler, RNG), state.json
+    metrics.jsonl, tensorboard/
+    model/                    the final model (safetensors; LoRA merged), loadable by transformers and vLLM
+    provenance.json           data manifest fingerprint, shards, losses, steps, final eval metrics
+Every directory and file is written under a temporary name and renamed when complete, so a kill
+never leaves a checkpoint or model folder that looks whole but is not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import InputError
+from pipeline.store import write_json
+
+
+def _ckpt_dirs(out_dir: Path) -> list[Path]:
+    root = out_dir / "checkpoints"
+    return sorted(p for p in root.glob("step-*") if p.is_dir()) if root.is_dir() else []
+
+
+def check_out_dir(out_dir: Path, run_key: str) -> dict | None:
+    """The provenance of a finished identical run, None for a new or resumable one; raise on a
+    folder that holds a different training run."""
+    marker = out_dir / "train_run.json"
+    if not marker.exists():
+        if out_dir.exists() and any(out_dir.iterdir()):
+            raise InputError(f"--out {out_dir} is not empty and holds no prefsynth training run; "
+                             "fix: choose a new or empty --out folder")
+        return None
+    key = json.loads(marker.read_text())["run_key"]
+    if key != run_key:
+        raise InputError(f"--out {out_dir} holds a training run with another config or data (run key {key}, "
+                         f"this one {run_key}); fix: choose a new --out folder, or delete it to start over")
+    prov = out_dir / "provenance.json"
+    return json.loads(prov.read_text()) if prov.exists() and (out_dir / "model").is_dir() else None
+
+
+def begin(out_dir: Path, run_key: str, cfg, label: str, source) -> None:
+    write_json(out_dir / "train_run.json", {"run_key": run_key, "model": label, "data": [str(s) for s in source.shards],
+                                            "config": cfg.model_dump()})
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    # named_parameters() lists tied weights once, which safetensors requires
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(out_dir: Path, model, opt, sched, watch, *, step: int, epoch: int, consumed: int, keep: int) -> Path:
+    final = out_dir / "checkpoints" / f"step-{step:06d}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(_trainable(model), str(tmp / "trainable.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng}, tmp / "optimizer.pt")
+    write_json(tmp / "state.json", {"step": step, "epoch": epoch, "consumed": consumed, "watch": watch.state()})
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _ckpt_dirs(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_latest(out_dir: Path, run_key: str, model, opt, sched, watch) -> dict:
+    dirs = _ckpt_dirs(out_dir)
+    if not dirs:
+        return {"step": 0, "epoch": 0, "consumed": 0}
+    last = dirs[-1]
+    weights = load_file(str(last / "trainable.safetensors"), device=str(model.device))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    blob = torch.load(last / "optimizer.pt", weights_only=False)
+    opt.load_state_dict(blob["optimizer"])
+    sched.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"]["torch"])
+    if "cuda" in blob["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+    state = json.loads((last / "state.json").read_text())
+    watch.load(state["watch"])
+    return state
+
+
+def finish(out_dir: Path, run_key: str, model, tokenizer, *, cfg, label: str, source, steps: int, total_steps: int,
+           final: dict, warnings: list, seconds: float, log=print) -> dict:
+    target = out_dir / "model"
+    tmp = out_dir / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    to_save.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    manifest = source.manifest or {}
+    prov = {
+        "run_key": run_key,
+        "model": {"base": label, "path": str(target)},
+        "data": {"shards": [str(s) for s in source.shards], "fingerprint": source.fingerprint,
+                 "manifest_config_fingerprint": manifest.get("config_fingerprint"), "run_name": manifest.get("name")},
+        "losses": cfg.losses,
+        "beta": cfg.beta,
+        "steps": steps,
+        "planned_steps": total_steps,
+        "stopped_early": steps < total_steps,
+        "final_eval": final,
+        "warnings": warnings,
+        "config": cfg.model_dump(),
+        "seconds": round(seconds, 1),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(out_dir / "provenance.json", prov)
+    log(f"train: {steps} steps done; model in {target}, provenance in {out_dir / 'provenance.json'}")
+    return prov

@@ -1,0 +1,162 @@
+"""Trainer input: pairs shards read streaming, tokenised with the shared rule, split by prompt.
+
+- Sources: a finished run directory (its manifest's shards, each verified by sha256 and rows), a
+  folder of parquet shards, or one parquet file. Shards are read batch by batch with pyarrow
+  (`ParquetFile.iter_batches`), never loaded whole.
+- Tokens: `pipeline.encoding.encode_pair`, the rule CHES used for the reference log-probs.
+- Truncation rule: a prompt longer than `max_prompt_tokens` keeps its last `max_prompt_tokens`
+  tokens (the question usually ends the conversation); a response is then cut at the end so that
+  prompt + response fits `max_length` (a cut response loses its end-of-turn token).
+- Eval split: a prompt_id is held out when a seeded hash of it falls under `eval_fraction`, so all
+  pairs of one prompt land on the same side and the split does not depend on shard order.
+- Order: a seeded shuffle buffer over the stream; epoch e uses seed (seed, e), so the order is
+  reproducible and a resumed run skips exactly the pairs it already trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow.parquet as pq
+
+from pipeline.encoding import encode_pair
+from pipeline.errors import InputError
+from pipeline.store import sha256
+
+REQUIRED = ("prompt", "chosen", "rejected", "prompt_id")
+OPTIONAL = ("chosen_id", "rejected_id", "rationale", "ref_chosen_logp", "ref_rejected_logp")
+RATIONALE_QUESTION = ("Two answers to the conversation above were compared.\n\nPreferred answer:\n{chosen}\n\n"
+                      "Other answer:\n{rejected}\n\nExplain why the preferred answer is better.")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    shards: list[Path]
+    manifest: dict | None  # the run's manifest when the source is a run directory
+    cache_dir: Path  # where the reference log-prob cache goes: beside the shards
+    fingerprint: str  # identifies the data: the shards' sha256s
+
+
+@dataclass(frozen=True)
+class Example:
+    key: str  # prompt_id/chosen_id/rejected_id, the row's identity across shards and caches
+    prompt_id: str
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    truncated: bool  # prompt or a response was cut, so shard reference log-probs do not apply
+    rationale: tuple[list[int], list[int]] | None  # (context ids, rationale ids) for the DCPO term
+    shard_ref: tuple[float, float] | None  # ref log-probs from the shard, when it carries them
+
+
+def open_source(path: str | Path) -> DataSource:
+    from pipeline.rundir import load_manifest, verify_shards
+
+    path = Path(path).expanduser()
+    manifest = None
+    if path.is_dir() and (path / "manifest.json").exists():
+        manifest = load_manifest(path)
+        shards, cache_dir = verify_shards(path, manifest), path
+    elif path.is_dir():
+        shards, cache_dir = sorted(path.rglob("*.parquet")), path
+    elif path.is_file() and path.suffix == ".parquet":
+        shards, cache_dir = [path], path.parent
+    else:
+        raise InputError(f"--data {path}: not a prefsynth run directory, a folder of parquet shards or a .parquet file; "
+                         "fix: pass the --out folder of `prefsynth run` or its pairs/ folder")
+    shards = [s for s in shards if "ref_logps" not in s.parts]
+    if not shards:
+        raise InputError(f"--data {path}: no parquet shards found; fix: point it at a run with published pairs")
+    for shard in shards:
+        names = set(pq.read_schema(shard).names)
+        missing = [c for c in REQUIRED if c not in names]
+        if missing:
+            raise InputError(f"--data: shard {shard} lacks column(s) {missing}; fix: give pairs in TRL's conversational "
+                             "format (prompt, chosen, rejected as message lists) with a prompt_id column")
+    digest = hashlib.sha256("".join(sha256(s) for s in shards).encode()).hexdigest()[:16]
+    return DataSource(shards, manifest, cache_dir, digest)
+
+
+def iter_rows(source: DataSource, *, batch_rows: int = 256) -> Iterator[dict]:
+    for shard in source.shards:
+        f = pq.ParquetFile(shard)
+        cols = [c for c in (*REQUIRED, *OPTIONAL) if c in f.schema_arrow.names]
+        for batch in f.iter_batches(batch_size=batch_rows, columns=cols):
+            yield from batch.to_pylist()
+
+
+def _unit(seed: int, text: str) -> float:
+    return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:12], 16) / 16**12
+
+
+def eval_prompts(source: DataSource, *, seed: int, fraction: float) -> set[str]:
+    """prompt_ids held out for evaluation (reads only the prompt_id column)."""
+    if fraction <= 0:
+        return set()
+    ids = set()
+    for shard in source.shards:
+        for batch in pq.ParquetFile(shard).iter_batches(columns=["prompt_id"]):
+            ids.update(batch.column(0).to_pylist())
+    held = {p for p in ids if _unit(seed, p) < fraction}
+    if not held and len(ids) >= 2:
+        held = {min(ids, key=lambda p: _unit(seed, p))}
+    if held == ids:
+        raise InputError(f"train.eval_fraction={fraction} holds out every prompt of {len(ids)}; fix: lower it")
+    return held
+
+
+def _text(messages, field: str, key: str) -> str:
+    if not messages or messages[-1].get("role") != "assistant":
+        raise InputError(f"pair {key}: column {field!r} must be a list ending in one assistant message, got {messages!r:.120}; "
+                         "fix: write pairs in TRL's conversational format")
+    return messages[-1]["content"]
+
+
+def encode_row(tokenizer, row: dict, *, max_prompt_tokens: int, max_length: int) -> Example:
+    chosen_text, rejected_text = _text(row["chosen"], "chosen", row["prompt_id"]), _text(row["rejected"], "rejected", row["prompt_id"])
+    if row.get("chosen_id") and row.get("rejected_id"):
+        key = f"{row['prompt_id']}/{row['chosen_id']}/{row['rejected_id']}"
+    else:  # shards from elsewhere may lack candidate ids: identify the pair by its texts
+        key = f"{row['prompt_id']}/" + hashlib.sha256(f"{chosen_text}\0{rejected_text}".encode()).hexdigest()[:16]
+    prompt, chosen = encode_pair(tokenizer, row["prompt"], chosen_text)
+    _, rejected = encode_pair(tokenizer, row["prompt"], rejected_text)
+    room = max_length - min(len(prompt), max_prompt_tokens)
+    truncated = len(prompt) > max_prompt_tokens or len(chosen) > room or len(rejected) > room
+    prompt = prompt[-max_prompt_tokens:]
+    chosen, rejected = chosen[:room], rejected[:room]
+    rationale = None
+    if row.get("rationale"):
+        question = RATIONALE_QUESTION.format(chosen=chosen_text, rejected=rejected_text)
+        ctx, ids = encode_pair(tokenizer, [*row["prompt"], {"role": "user", "content": question}], row["rationale"])
+        ctx = ctx[-max_length:]
+        rationale = (ctx, ids[: max(1, max_length - len(ctx))])
+    ref = None
+    if row.get("ref_chosen_logp") is not None and row.get("ref_rejected_logp") is not None:
+        ref = (float(row["ref_chosen_logp"]), float(row["ref_rejected_logp"]))
+    return Example(key, row["prompt_id"], prompt, chosen, rejected, truncated, rationale, ref)
+
+
+def examples(source: DataSource, tokenizer, *, max_prompt_tokens: int, max_length: int,
+             keep=lambda prompt_id: True) -> Iterator[Example]:
+    """Every pair in shard order, encoded; `keep(prompt_id)` selects the split."""
+    for row in iter_rows(source):
+        if keep(row["prompt_id"]):
+            yield encode_row(tokenizer, row, max_prompt_tokens=max_prompt_tokens, max_length=max_length)
+
+
+def shuffled(stream: Iterator[Example], *, seed: int, epoch: int, buffer: int) -> Iterator[Example]:
+    """A seeded shuffle buffer: reproducible order without holding the dataset in memory."""
+    rng = random.Random(f"{seed}:{epoch}")
+    held: list[Example] = []
+    for ex in stream:
+        held.append(ex)
+        if len(held) >= buffer:
+            i = rng.randrange(len(held))
+            held[i], held[-1] = held[-1], held[i]
+            yield held.pop()
+    rng.shuffle(held)
+    yield from held

@@ -1,0 +1,261 @@
+"""The DPO trainer: train the policy directly from prefsynth's pairs shards.
+
+`train(cfg, data, out_dir)` runs, or resumes, one training run under `out_dir`:
+  1. open the shards (pipeline/train/data.py), hold out eval prompts, stream the rest;
+  2. reference log-probs from the shards or one cached pre-pass (pipeline/train/ref.py);
+  3. steps of `batch_size` pairs, as `batch_size / micro_batch_size` accumulated forwards of
+     chosen + rejected (+ rationales) together (pipeline/train/logps.py), losses from
+     pipeline/train/losses.py; AdamW, linear warmup then constant learning rate;
+  4. metrics every step, eval + over-optimisation watch every `eval_every` steps
+     (pipeline/train/metrics.py); checkpoints every `save_every` steps;
+  5. the final model folder (safetensors, LoRA merged) and provenance.json beside it.
+Resume is exact: a checkpoint holds the trainable weights, optimiser and scheduler state, RNG
+state and the data position; the data order is a pure function of (seed, epoch), so the resumed
+run sees the pairs the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.config import fingerprint
+from pipeline.errors import InputError
+from pipeline.progress import bar
+from pipeline.train import checkpoint as ckpt
+from pipeline.train.config import TrainConfig
+from pipeline.train.data import examples, eval_prompts, open_source, shuffled
+from pipeline.train.logps import build_batch, forward_logps
+from pipeline.train.losses import PairLogps, combined_loss, reward_metrics
+from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
+from pipeline.train.ref import cache_path, pair_tokens, reference_logps, shard_refs_usable
+
+VERSION = "1"
+
+
+def precision(cfg: TrainConfig, device: str) -> tuple[torch.dtype, object, str]:
+    """(weights dtype, autocast context factory, compute dtype name) for a config and device."""
+    if cfg.dtype == "bfloat16":
+        return torch.bfloat16, contextlib.nullcontext, "bfloat16"
+    if cfg.dtype == "auto" and device == "cuda":  # float32 master weights, bf16 matmuls
+        return torch.float32, lambda: torch.autocast("cuda", dtype=torch.bfloat16), "bfloat16"
+    return torch.float32, contextlib.nullcontext, "float32"
+
+
+def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.models import resolve
+
+    hf_logging.disable_progress_bar()
+    resolved = resolve(cfg.model, field="train.model")
+    attn = "sdpa"
+    if device == "cuda" and cfg.packing:
+        try:
+            import flash_attn  # noqa: F401  (varlen kernels for packed rows)
+            attn = "flash_attention_2"
+        except ImportError:
+            pass
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
+    if not tokenizer.chat_template:
+        raise InputError(f"train.model {cfg.model!r} has no chat template; fix: train an instruct/chat model")
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=weights_dtype, attn_implementation=attn).to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(cfg.seed)
+        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+    model.train()
+    return model, tokenizer, resolved.label
+
+
+def _pair_forward(model, chunk, refs, cfg: TrainConfig, pad_id: int, *, rationales: bool, top_k: int = 0):
+    seqs, weights = [], []
+    for ex in chunk:
+        s, w = pair_tokens(ex, cfg.ld_alpha)
+        seqs += s
+        weights += w or [None, None]
+    with_rat = [ex for ex in chunk if rationales and ex.rationale is not None]
+    seqs += [ex.rationale for ex in with_rat]
+    weights += [None] * len(with_rat)
+    batch = build_batch(seqs, packed=cfg.packing, pad_id=pad_id, token_weights=weights, device=model.device)
+    out = forward_logps(model, batch, logit_chunk=cfg.logit_chunk, top_k=top_k)
+    n = len(chunk)
+    ref = torch.tensor([refs[ex.key] for ex in chunk], dtype=torch.float32, device=model.device)
+    lp = PairLogps(out["logp"][0 : 2 * n : 2], out["logp"][1 : 2 * n : 2], ref[:, 0], ref[:, 1],
+                   out["tokens"][0 : 2 * n : 2], out["tokens"][1 : 2 * n : 2],
+                   out["logp"][2 * n :] if with_rat else None)
+    return lp, out, batch.n_tokens
+
+
+def accumulate(model, batch, refs, cfg: TrainConfig, pad_id: int, autocast, *, n_rationales: int):
+    """Forward + backward of one step's pairs in micro batches; gradients add up to those of the
+    whole batch (each micro loss is divided by the step's counts). Returns (loss sums, metrics, tokens)."""
+    sums: dict[str, float] = {}
+    vals: dict[str, list] = {}
+    tokens = 0
+    for s in range(0, len(batch), cfg.micro_batch_size):
+        chunk = batch[s : s + cfg.micro_batch_size]
+        with autocast():
+            lp, _, n_tok = _pair_forward(model, chunk, refs, cfg, pad_id, rationales=bool(n_rationales))
+            loss, part = combined_loss(lp, cfg.losses, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                                       ipo_length_average=cfg.ipo_length_average, n_pairs=len(batch),
+                                       n_rationales=n_rationales)
+        loss.backward()
+        tokens += n_tok
+        for k, v in part.items():
+            sums[k] = sums.get(k, 0.0) + v
+        for k, v in reward_metrics(lp, cfg.beta).items():
+            vals.setdefault(k, []).append(v.cpu())
+    return sums, vals, tokens
+
+
+def _mean(values: dict[str, list]) -> dict[str, float]:
+    return {k: float(torch.cat(v).float().mean()) for k, v in values.items() if v}
+
+
+@torch.no_grad()
+def evaluate(model, eval_set, refs, cfg: TrainConfig, pad_id: int, autocast) -> dict[str, float]:
+    if not eval_set:
+        return {}
+    was = model.training
+    model.eval()
+    vals: dict[str, list] = {}
+    ent = mass = toks = 0.0
+    loss = 0.0
+    for s in range(0, len(eval_set), cfg.micro_batch_size):
+        chunk = eval_set[s : s + cfg.micro_batch_size]
+        with autocast():
+            lp, out, _ = _pair_forward(model, chunk, refs, cfg, pad_id, rationales=False, top_k=cfg.top_k)
+        loss += float(combined_loss(lp, {k: w for k, w in cfg.losses.items() if k != "rationale"}, beta=cfg.beta,
+                                    label_smoothing=cfg.label_smoothing, ipo_length_average=cfg.ipo_length_average,
+                                    n_pairs=len(eval_set), n_rationales=0)[0])
+        for k, v in reward_metrics(lp, cfg.beta).items():
+            vals.setdefault(k, []).append(v.cpu())
+        ent += float(out["topk_entropy"][: 2 * len(chunk)].sum())
+        mass += float(out["topk_mass"][: 2 * len(chunk)].sum())
+        toks += float(out["tokens"][: 2 * len(chunk)].sum())
+    model.train(was)
+    return {"loss": loss, **_mean(vals), "topk_entropy": ent / max(toks, 1), "topk_mass": mass / max(toks, 1)}
+
+
+def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print) -> dict:
+    """Train (or resume, or report a finished run); return the provenance record."""
+    out_dir = Path(out_dir)
+    source = open_source(data)
+    run_key = fingerprint("train", VERSION, cfg.weight_fields(), source.fingerprint)
+    done = ckpt.check_out_dir(out_dir, run_key)
+    if done is not None:
+        log(f"train: {out_dir} already holds this finished run ({done['steps']} steps); nothing to do")
+        return done
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    weights_dtype, autocast, compute_dtype = precision(cfg, device)
+    model, tokenizer, label = load_policy(cfg, device, weights_dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_length=cfg.max_length)
+    held = eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction)
+    is_train = lambda p: p not in held  # noqa: E731
+    eval_set = list(examples(source, tokenizer, keep=held.__contains__, **enc))
+
+    path = cache_path(source, model_label=label, template=tokenizer.chat_template, dtype=compute_dtype,
+                      ld_alpha=cfg.ld_alpha, **enc)
+    n_train = 0
+
+    def counted():  # every pair once, counting the training ones on the way
+        nonlocal n_train
+        for ex in examples(source, tokenizer, **enc):
+            n_train += ex.prompt_id not in held
+            yield ex
+
+    with bar(total=None, desc="reference log-probs", unit="pair") as pbar:
+        refs = reference_logps(model, source, counted(), path=path,
+                               use_shards=shard_refs_usable(source, model_label=label, dtype=compute_dtype,
+                                                            ld_alpha=cfg.ld_alpha),
+                               micro_batch=cfg.micro_batch_size, log=log, progress=pbar.advance, ld_alpha=cfg.ld_alpha,
+                               packed=cfg.packing, logit_chunk=cfg.logit_chunk, autocast=autocast, pad_id=pad_id)
+    if n_train == 0:
+        raise InputError(f"--data {data}: no training pairs after holding out {len(held)} eval prompts; "
+                         "fix: lower train.eval_fraction or build more pairs")
+    total_steps = cfg.steps or math.ceil(cfg.epochs * n_train / cfg.batch_size)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=device == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    watch = OverOptimisationWatch()
+    state = ckpt.load_latest(out_dir, run_key, model, opt, sched, watch)
+    step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
+    if step:
+        log(f"train: resuming from step {step} (epoch {epoch}, {consumed} pairs into it)")
+    ckpt.begin(out_dir, run_key, cfg, label, source)
+    mlog = MetricsLog(out_dir, tensorboard=cfg.tensorboard, resume_step=step)
+    if getattr(mlog, "note", None):
+        log(f"train: {mlog.note}")
+
+    def stream_from(ep: int, skip: int):
+        it = shuffled(examples(source, tokenizer, keep=is_train, **enc), seed=cfg.seed, epoch=ep, buffer=cfg.shuffle_buffer)
+        for _ in range(skip):
+            next(it)
+        return it
+
+    it = stream_from(epoch, consumed)
+    warnings, started, record = [], time.time(), {}
+    if step == 0:
+        record = {"step": 0, **{f"eval/{k}": v for k, v in evaluate(model, eval_set, refs, cfg, pad_id, autocast).items()}}
+        if eval_set:
+            watch.update(record["eval/topk_entropy"], record["eval/topk_mass"])
+        mlog.write(record)
+    with bar(total=total_steps, initial=step, desc="train", unit="step") as pbar:
+        while step < total_steps:
+            batch = []
+            while len(batch) < cfg.batch_size:
+                try:
+                    batch.append(next(it))
+                    consumed += 1
+                except StopIteration:
+                    epoch, consumed = epoch + 1, 0
+                    it = stream_from(epoch, 0)
+            t0 = time.perf_counter()
+            n_rat = sum(ex.rationale is not None for ex in batch) if cfg.losses.get("rationale") else 0
+            opt.zero_grad(set_to_none=True)
+            sums, vals, tokens = accumulate(model, batch, refs, cfg, pad_id, autocast, n_rationales=n_rat)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+            opt.step()
+            sched.step()
+            step += 1
+            seconds = time.perf_counter() - t0
+            record = {"step": step, "epoch": epoch, "loss": sum(cfg.losses[k] * v / (n_rat if k == "rationale" else len(batch))
+                                                                for k, v in sums.items()),
+                      **{f"loss/{k}": v / (n_rat if k == "rationale" else len(batch)) for k, v in sums.items()},
+                      **_mean(vals), "grad_norm": float(norm), "learning_rate": sched.get_last_lr()[0],
+                      "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9)}
+            stop = False
+            if eval_set and (step % cfg.eval_every == 0 or step == total_steps):
+                ev = evaluate(model, eval_set, refs, cfg, pad_id, autocast)
+                record.update({f"eval/{k}": v for k, v in ev.items()})
+                msg = watch.update(ev["topk_entropy"], ev["topk_mass"])
+                if msg:
+                    record["warning"] = msg
+                    warnings.append({"step": step, "warning": msg})
+                    log(f"train: WARNING at step {step}: {msg}" + ("; stopping early (train.early_stop)" if cfg.early_stop else ""))
+                    stop = cfg.early_stop
+            mlog.write(record)
+            pbar.advance(1, tokens)
+            if step % cfg.save_every == 0 or step == total_steps or stop:
+                ckpt.save(out_dir, model, opt, sched, watch, step=step, epoch=epoch, consumed=consumed,
+                          keep=cfg.keep_checkpoints)
+            if stop:
+                break
+    mlog.close()
+    final = {k: v for k, v in record.items() if k.startswith("eval/")}
+    if not final and eval_set:  # resumed after the last checkpoint but before the model was written
+        final = {f"eval/{k}": v for k, v in evaluate(model, eval_set, refs, cfg, pad_id, autocast).items()}
+    return ckpt.finish(out_dir, run_key, model, tokenizer, cfg=cfg, label=label, source=source, steps=step,
+                       total_steps=total_steps, final=final, warnings=warnings, seconds=time.time() - started, log=log)
