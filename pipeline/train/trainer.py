@@ -187,7 +187,7 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
     total_steps = cfg.steps or math.ceil(cfg.epochs * n_train / cfg.batch_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=device == "cuda")
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     watch = OverOptimisationWatch()
     state = ckpt.load_latest(out_dir, run_key, model, opt, sched, watch)
@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
                                                                 for k, v in sums.items()),
                       **{f"loss/{k}": v / (n_rat if k == "rationale" else len(batch)) for k, v in sums.items()},
                       **_mean(vals), "grad_norm": float(norm), "learning_rate": sched.get_last_lr()[0],
-                      "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9)}
+                      "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9), "time": time.time()}
             stop = False
             if eval_set and (step % cfg.eval_every == 0 or step == total_steps):
                 ev = evaluate(model, eval_set, refs, cfg, pad_id, autocast)
