@@ -171,6 +171,11 @@ Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=f
 {sample_md}
 
 ## How to train on this
+With prefsynth's trainer (streams the shards; reuses `ref_chosen_logp` / `ref_rejected_logp` when they were
+computed with the same model and dtype):
+```bash
+prefsynth train --data . --model {models['generator'].split('@')[0]} --out dpo
+```
 With TRL:
 ```python
 from datasets import load_dataset

@@ -38,6 +38,7 @@ def test_card_regenerates_every_section_and_real_plots(run, capsys):
     card = DatasetCard(text)
     assert card.data.configs[0]["data_files"][0]["split"] == "train"
     assert "[config.yaml](config.yaml)" in text and (run / "config.yaml").exists()
+    assert "prefsynth train --data . --model bundled:smollm2-135m-instruct --out dpo" in text
 
 
 def test_config_beside_the_card_reproduces_the_run_config(run):
