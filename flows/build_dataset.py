@@ -1,5 +1,6 @@
 """The `build_dataset` flow: prompts -> prompt_filter -> generate -> judge -> pair -> ches
--> rationale -> publish.
+-> rationale -> publish, with the self_critique pair source (prompt_filter -> self_critique -> pair)
+when `sources.self_critique.enabled`.
 
 Each stage is a Prefect task that only calls the stage's `run` in pipeline/; the stage itself
 decides to skip (complete output for its fingerprint), resume (checkpointed parts) or run. Tasks
@@ -16,7 +17,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale
+from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique
 from pipeline.config import RunConfig
 from pipeline.store import run_lock
 
@@ -30,6 +31,7 @@ def _task(stage_run, name: str):
 
 prompts_task = _task(prompts.run, "prompts")
 prompt_filter_task = _task(prompt_filter.run, "prompt_filter")
+self_critique_task = _task(self_critique.run, "self_critique")
 generate_task = _task(generate.run, "generate")
 judge_task = _task(judge.run, "judge")
 pair_task = _task(pair.run, "pair")
@@ -50,9 +52,11 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     started = time.time()
     metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
     metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+    metas["self_critique"] = self_critique_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
     metas["generate"] = generate_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
     metas["judge"] = judge_task(out_dir, cfg, metas["generate"]["fingerprint"], log=say)
-    metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], log=say)
+    sources_fp = metas["self_critique"]["fingerprint"] if cfg.sources.self_critique.enabled else None
+    metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], sources_fp, log=say)
     metas["ches"] = ches_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)
     metas["rationale"] = rationale_task(out_dir, cfg, metas["ches"]["fingerprint"], log=say)
     manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)

@@ -198,6 +198,40 @@ class PublishConfig(_Section):
     )
 
 
+class PrincipleConfig(_Section):
+    name: str = Field(..., min_length=1, description="Short name recorded in pair_strategy and the rationale.")
+    critique: str = Field(..., min_length=1, description="The critique request shown to the teacher after its answer.")
+    revision: str = Field(..., min_length=1, description="The revision request shown after its critique.")
+
+
+class SelfCritiqueConfig(_Section):
+    enabled: bool = Field(False, description="Add self-critique revision pairs (rDPO, Gallego 2024): the teacher answers, "
+                          "critiques its answer against a principle, revises; revision is chosen, original rejected.")
+    model: str | None = Field(None, description="Teacher model; null means the generator model.")
+    principles: list[str | PrincipleConfig] = Field(
+        ["safety"], min_length=1, description="Built-in principles (safety, honesty, roleplay) or {name, critique, "
+        "revision} mappings; prompts cycle through them in order.")
+    reward_model: str | None = Field(None, description="External sequence-classification reward model that scores "
+                                     "original and revision; null means judge.reward_models[0].")
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature of the teacher's first answer.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Token cap of each of answer, critique and revision.")
+    drop_disagreeing: bool = Field(False, description="Drop pairs the reward model prefers the other way "
+                                   "(label_confidence < 0.5); they are always counted in the manifest.")
+    batch_size: int = Field(8, ge=1, description="Requests per generate() call (operational).")
+
+
+class RewardAugmentedConfig(_Section):
+    enabled: bool = Field(False, description="Rewrite each judged pair into reward-conditioned pairs (Zhang et al. "
+                          "2024): the prompt states a target score; at the chosen's score chosen wins, at the "
+                          "rejected's score rejected wins.")
+    keep_original: bool = Field(False, description="Also keep the unconditioned pair (the paper replaces it).")
+
+
+class SourcesConfig(_Section):
+    self_critique: SelfCritiqueConfig = SelfCritiqueConfig()
+    reward_augmented: RewardAugmentedConfig = RewardAugmentedConfig()
+
+
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed for shuffling and sampling; same seed, same candidates.")
     name: str = Field("prefsynth-run", description="Run name shown in the manifest and card.")
@@ -208,6 +242,19 @@ class RunConfig(_Section):
     curate: CurateConfig = CurateConfig()
     rationale: RationaleConfig = RationaleConfig()
     publish: PublishConfig = PublishConfig()
+    sources: SourcesConfig = SourcesConfig()
+
+    @model_validator(mode="after")
+    def _critique_has_a_reward_model(self):
+        sc = self.sources.self_critique
+        if sc.enabled and not (sc.reward_model or self.judge.reward_models):
+            raise ValueError("sources.self_critique needs an external reward model to score original and revision; "
+                             "fix: set sources.self_critique.reward_model (or judge.reward_models)")
+        return self
+
+    @property
+    def critique_reward_model(self) -> str | None:
+        return self.sources.self_critique.reward_model or (self.judge.reward_models or [None])[0]
 
     @property
     def judge_model(self) -> str:
@@ -230,7 +277,12 @@ class RunConfig(_Section):
         if stage == "judge":
             return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement"})}
         if stage == "pair":
-            return {"seed": self.seed, "aggregate": j.aggregate, "min_agreement": j.min_agreement, **self.pair.model_dump()}
+            return {"seed": self.seed, "aggregate": j.aggregate, "min_agreement": j.min_agreement, **self.pair.model_dump(),
+                    "reward_augmented": self.sources.reward_augmented.model_dump()}
+        if stage == "self_critique":
+            sc = self.sources.self_critique
+            return {"seed": self.seed, "model": sc.model or g.model, "reward_model": self.critique_reward_model,
+                    **sc.model_dump(exclude={"batch_size", "model", "reward_model"})}
         if stage == "ches":
             return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
         if stage == "rationale":

@@ -33,10 +33,11 @@ from pipeline import schemas
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
 from pipeline.aggregate import agreement, candidate_scores
+from pipeline.reward_augment import augment
 from pipeline.length_bias import length_bias
 from pipeline.store import StageStore
 
-VERSION = "3"
+VERSION = "4"
 READS = ("prompts.prompt_id", "prompts.messages", "candidates.text", "candidates.n_tokens",
          "judgments.candidate_id", "judgments.score", "judgments.ok")
 WRITES = tuple(schemas.PAIRS.names)
@@ -170,12 +171,19 @@ def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
 
 
 def check_pairs(table: pa.Table) -> None:
-    """The invariants every published pairs table holds; raise SchemaError on the first broken one."""
-    df = pl.from_arrow(table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score"]))
-    bad = df.filter((pl.col("chosen_score") <= pl.col("rejected_score")) | (pl.col("chosen_id") == pl.col("rejected_id")))
+    """The invariants every published pairs table holds; raise SchemaError on the first broken one.
+    Judge-ranked pairs have chosen_score > rejected_score; pairs labelled by construction do not
+    need to: self-critique (revision chosen; the reward model's view is in label_confidence) and
+    the low-goal rows of reward-augmented pairs (chosen matches the stated lower score)."""
+    df = pl.from_arrow(table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
+                                     "pair_strategy"]))
+    by_construction = (pl.col("pair_strategy").str.starts_with("self_critique:")
+                       | pl.col("pair_strategy").str.starts_with("reward_augmented:low:"))
+    bad = df.filter(((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
+                    | (pl.col("chosen_id") == pl.col("rejected_id")))
     if bad.height:
         raise SchemaError(f"pairs table breaks chosen_score > rejected_score / chosen != rejected for prompt_id {bad['prompt_id'][0]}")
-    dup = df.filter(df.select(["prompt_id", "chosen_id", "rejected_id"]).is_duplicated())
+    dup = df.filter(df.select(["prompt_id", "chosen_id", "rejected_id", "pair_strategy"]).is_duplicated())
     if dup.height:
         raise SchemaError(f"pairs table holds the pair ({dup['chosen_id'][0]}, {dup['rejected_id'][0]}) more than once")
     chosen = [m[0]["content"] for m in table.column("chosen").to_pylist()]
@@ -192,12 +200,14 @@ def ranked_path(run_dir) -> Path:
     return Path(run_dir) / "tables" / "pair.ranked.parquet"
 
 
-def stage_fingerprint(cfg: RunConfig, judgments_fp: str) -> str:
-    return fingerprint("pair", VERSION, cfg.stage_fields("pair"), judgments_fp)
+def stage_fingerprint(cfg: RunConfig, judgments_fp: str, sources_fp: str | None = None) -> str:
+    return fingerprint("pair", VERSION, cfg.stage_fields("pair"), judgments_fp, sources_fp)
 
 
-def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
-    store = StageStore(run_dir, "pair", "pairs", stage_fingerprint(cfg, judgments_fp))
+def run(run_dir, cfg: RunConfig, judgments_fp: str, sources_fp: str | None = None, *, log=print) -> dict:
+    """Judged pairs (+ reward-augmented rewrites) plus the self-critique stage's pairs when
+    `sources_fp` (that stage's fingerprint) is given."""
+    store = StageStore(run_dir, "pair", "pairs", stage_fingerprint(cfg, judgments_fp, sources_fp))
     if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
@@ -216,6 +226,12 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, *, log=print) -> dict:
                                            for r in scored.iter_rows(named=True)], "scores"), scores_path(run_dir), "scores")
     if cfg.pair.keep_ranked:  # written before the meta, so the stage's commit point covers it
         schemas.write_table(ranked_candidates(prompts, scored), ranked_path(run_dir), "ranked")
+    if cfg.sources.reward_augmented.enabled:
+        pairs, entry = augment(pairs, aggregate=method, keep_original=cfg.sources.reward_augmented.keep_original)
+        funnel.append(entry)
+    if sources_fp is not None:
+        critiqued = schemas.read_table(f"{tables}/self_critique.parquet", "pairs")
+        pairs = schemas.concat([pairs, critiqued], "pairs")
     log(f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
         f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs")
     return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,

@@ -23,7 +23,7 @@ from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs, ranked_path
 from pipeline.store import sha256, write_json
 
-STAGES = ("prompts", "prompt_filter", "generate", "judge", "pair", "ches", "rationale")
+STAGES = ("prompts", "prompt_filter", "self_critique", "generate", "judge", "pair", "ches", "rationale")
 
 
 def write_shards(table: pa.Table, out_dir: Path, *, folder: str, table_name: str, shard_rows: int,
@@ -100,6 +100,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "prompt_drops": metas["prompt_filter"].get("dropped", []),
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max", "dtype")},
         "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
+        "sources": _sources(metas, pairs),
         "shards": shards,
         "ranked_shards": ranked_shards,
         "timings_s": timings,
@@ -108,6 +109,17 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     card.write(out, manifest)
     log(f"publish: {pairs.num_rows} pairs in {len(shards)} shard(s) under {out / 'pairs'}")
     return manifest
+
+
+def _sources(metas: dict, pairs: pa.Table) -> dict:
+    """Pairs per pair_strategy (every source stays distinguishable) and the self-critique figures."""
+    counts: dict[str, int] = {}
+    for strategy in pairs.column("pair_strategy").to_pylist():
+        counts[strategy] = counts.get(strategy, 0) + 1
+    sc = metas["self_critique"]
+    critique = {k: sc.get(k) for k in ("model", "reward_model", "template", "principles", "reward_model_disagrees")} \
+        if sc.get("enabled") else None
+    return {"pairs_by_strategy": dict(sorted(counts.items())), "self_critique": critique}
 
 
 def summary(manifest: dict, out_dir: str) -> str:
@@ -121,7 +133,7 @@ def summary(manifest: dict, out_dir: str) -> str:
     ]
     for f in manifest["funnel"]:
         removed = f["rows_in"] - f["rows_out"]
-        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} (-{removed}) {f['reason']}")
+        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} ({'+' if removed < 0 else '-'}{abs(removed)}) {f['reason']}")
     if manifest["rows"]["pairs"] == 0:
         last = next((f for f in reversed(manifest["funnel"]) if f["rows_out"] == 0 and f["rows_in"] > 0), None)
         where = f" (the last rows were dropped at {last['stage']}.{last['filter']}: {last['reason']})" if last else ""

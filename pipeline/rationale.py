@@ -21,7 +21,7 @@ from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
 
-VERSION = "2"
+VERSION = "3"
 READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
 WRITES = ("pairs.rationale",)
 TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V2
@@ -29,16 +29,18 @@ TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V2
 
 def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens: int, max_prompt_tokens: int,
                    specials: tuple[str, ...] = (), progress=None) -> pa.Table:
-    """Pure core: the same pairs with `rationale` filled (null where the input was too long).
+    """Pure core: the same pairs with `rationale` filled where it is null (a pair source such as
+    self-critique brings its own); null stays where the input was too long.
     `specials` are the judge tokenizer's special-token strings, neutralised in untrusted text."""
-    requests = [
-        Request(TEMPLATE.messages(p, c[0]["content"], r[0]["content"], specials), (0,))
-        for p, c, r in zip(pairs.column("prompt").to_pylist(), pairs.column("chosen").to_pylist(),
-                           pairs.column("rejected").to_pylist())
-    ]
+    texts = pairs.column("rationale").to_pylist()
+    todo = [i for i, t in enumerate(texts) if t is None]
+    cols = [pairs.column(c).to_pylist() for c in ("prompt", "chosen", "rejected")]
+    requests = [Request(TEMPLATE.messages(cols[0][i], cols[1][i][0]["content"], cols[2][i][0]["content"], specials), (0,))
+                for i in todo]
     results = backend.generate(requests, sampling=SamplingParams(0.0, 1.0, max_new_tokens),
                                max_prompt_tokens=max_prompt_tokens, progress=progress)
-    texts = [None if isinstance(r, Skipped) or not r[0].text else f"{TEMPLATE.prefix} {r[0].text}" for r in results]
+    for i, r in zip(todo, results):
+        texts[i] = None if isinstance(r, Skipped) or not r[0].text else f"{TEMPLATE.prefix} {r[0].text}"
     index = pairs.schema.get_field_index("rationale")
     return pairs.set_column(index, schemas.PAIRS.field("rationale"), pa.array(texts, pa.string()))
 

@@ -85,6 +85,8 @@ PAIRS = pa.schema(
         pa.field("ref_rejected_logp", pa.float64()),
         pa.field("chosen_len", pa.int32(), nullable=False),
         pa.field("rejected_len", pa.int32(), nullable=False),
+        # sigmoid(r(chosen) - r(rejected)) from an external reward model (self-critique pairs; rDPO's soft target)
+        pa.field("label_confidence", pa.float64()),
     ]
 )
 

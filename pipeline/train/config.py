@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from pipeline.config import _Section, load_model
 
-LOSSES = ("sigmoid", "ipo", "robust", "hinge", "nll", "rationale")
+LOSSES = ("sigmoid", "ipo", "robust", "hinge", "rdpo", "nll", "rationale")
 
 
 class LoraConfig(_Section):
@@ -32,7 +32,8 @@ class TrainConfig(_Section):
     losses: dict[str, float] = Field(
         default_factory=lambda: {"sigmoid": 1.0},
         description="Loss terms and their weights, summed: sigmoid (DPO; conservative DPO with label_smoothing), "
-        "ipo, robust, hinge, nll (RPO-style NLL on chosen, per token), rationale (DCPO rationale likelihood).")
+        "ipo, robust, hinge, rdpo (label_confidence as a soft target), nll (RPO-style NLL on chosen, per token), "
+        "rationale (DCPO rationale likelihood).")
     beta: float = Field(0.1, gt=0, description="DPO temperature beta (tau for IPO).")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO (sigmoid) and robust DPO: "
                                    "assumed probability that a label is flipped.")
@@ -73,7 +74,7 @@ class TrainConfig(_Section):
         unknown = sorted(set(self.losses) - set(LOSSES))
         if unknown:
             raise ValueError(f"losses has unknown term(s) {unknown}; fix: use any of {list(LOSSES)}")
-        if not any(self.losses.get(k, 0) for k in ("sigmoid", "ipo", "robust", "hinge")):
+        if not any(self.losses.get(k, 0) for k in ("sigmoid", "ipo", "robust", "hinge", "rdpo")):
             raise ValueError("losses has no preference term with a non-zero weight; fix: add e.g. sigmoid: 1.0")
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pipeline.errors import InputError
 from pipeline.store import sha256
 
 REQUIRED = ("prompt", "chosen", "rejected", "prompt_id")
-OPTIONAL = ("chosen_id", "rejected_id", "rationale", "ref_chosen_logp", "ref_rejected_logp")
+OPTIONAL = ("chosen_id", "rejected_id", "rationale", "ref_chosen_logp", "ref_rejected_logp", "label_confidence")
 RATIONALE_QUESTION = ("Two answers to the conversation above were compared.\n\nPreferred answer:\n{chosen}\n\n"
                       "Other answer:\n{rejected}\n\nExplain why the preferred answer is better.")
 
@@ -51,6 +52,7 @@ class Example:
     truncated: bool  # prompt or a response was cut, so shard reference log-probs do not apply
     rationale: tuple[list[int], list[int]] | None  # (context ids, rationale ids) for the DCPO term
     shard_ref: tuple[float, float] | None  # ref log-probs from the shard, when it carries them
+    confidence: float | None = None  # label_confidence (rdpo's soft target), when the row has one
 
 
 def open_source(path: str | Path) -> DataSource:
@@ -118,10 +120,12 @@ def _text(messages, field: str, key: str) -> str:
 
 def encode_row(tokenizer, row: dict, *, max_prompt_tokens: int, max_length: int) -> Example:
     chosen_text, rejected_text = _text(row["chosen"], "chosen", row["prompt_id"]), _text(row["rejected"], "rejected", row["prompt_id"])
+    # the prompt's hash is part of the key: reward-augmented rows share candidate ids but not prompts
+    prompt_hash = hashlib.sha256(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:12]
     if row.get("chosen_id") and row.get("rejected_id"):
-        key = f"{row['prompt_id']}/{row['chosen_id']}/{row['rejected_id']}"
+        key = f"{row['prompt_id']}/{row['chosen_id']}/{row['rejected_id']}/{prompt_hash}"
     else:  # shards from elsewhere may lack candidate ids: identify the pair by its texts
-        key = f"{row['prompt_id']}/" + hashlib.sha256(f"{chosen_text}\0{rejected_text}".encode()).hexdigest()[:16]
+        key = f"{row['prompt_id']}/{prompt_hash}/" + hashlib.sha256(f"{chosen_text}\0{rejected_text}".encode()).hexdigest()[:16]
     prompt, chosen = encode_pair(tokenizer, row["prompt"], chosen_text)
     _, rejected = encode_pair(tokenizer, row["prompt"], rejected_text)
     room = max_length - min(len(prompt), max_prompt_tokens)
@@ -137,7 +141,10 @@ def encode_row(tokenizer, row: dict, *, max_prompt_tokens: int, max_length: int)
     ref = None
     if row.get("ref_chosen_logp") is not None and row.get("ref_rejected_logp") is not None:
         ref = (float(row["ref_chosen_logp"]), float(row["ref_rejected_logp"]))
-    return Example(key, row["prompt_id"], prompt, chosen, rejected, truncated, rationale, ref)
+    conf = row.get("label_confidence")
+    if conf is not None and not 0.0 <= conf <= 1.0:
+        raise InputError(f"pair {key}: label_confidence {conf!r} is not a probability; fix: write values in [0, 1]")
+    return Example(key, row["prompt_id"], prompt, chosen, rejected, truncated, rationale, ref, conf)
 
 
 def examples(source: DataSource, tokenizer, *, max_prompt_tokens: int, max_length: int,

@@ -7,6 +7,9 @@ With rc = logp(y+) - ref_logp(y+), rr = logp(y-) - ref_logp(y-) and d = rc - rr:
   rc/|y+| - rr/|y-| when `ipo_length_average` (as TRL and the IPO authors' experiments), or d itself.
 - robust (Chowdhury et al. 2024, Eq. 9): (-(1-e) log s(b d) + e log s(-b d)) / (1 - 2e).
 - hinge (SLiC, Zhao et al. 2023): max(0, 1 - b d).
+- rdpo (Gallego 2024, "Refined Direct Preference Optimization with Synthetic Data"): the pair's
+  `label_confidence` c = sigmoid(r(y+) - r(y-)) from an external reward model is a soft target:
+  -c log s(b d) - (1-c) log s(-b d). With c = 1 it is DPO; rows without a confidence use c = 1.
 - nll (RPO, Pang et al. 2024): per-token mean negative log-likelihood of the chosen response.
 - rationale (Just et al. 2024, "Data-Centric Human Preference Optimization with Rationales"):
   -log pi(r | x, y+ > y-), the summed log-likelihood of the pair's rationale, over rows with one.
@@ -32,6 +35,7 @@ class PairLogps:
     chosen_tokens: torch.Tensor  # (n,) response lengths in tokens
     rejected_tokens: torch.Tensor
     rationale: torch.Tensor | None = None  # (m,) summed log-probs of the rationales present
+    confidence: torch.Tensor | None = None  # (n,) label_confidence, the soft target of rdpo
 
 
 def preference_term(name: str, lp: PairLogps, *, beta: float, label_smoothing: float = 0.0,
@@ -50,6 +54,9 @@ def preference_term(name: str, lp: PairLogps, *, beta: float, label_smoothing: f
         return (-(1 - e) * F.logsigmoid(beta * d) + e * F.logsigmoid(-beta * d)) / (1 - 2 * e)
     if name == "hinge":
         return torch.relu(1 - beta * d)
+    if name == "rdpo":
+        c = lp.confidence if lp.confidence is not None else torch.ones_like(d)
+        return -c * F.logsigmoid(beta * d) - (1 - c) * F.logsigmoid(-beta * d)
     raise ValueError(f"unknown preference loss {name!r}")
 
 

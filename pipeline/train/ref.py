@@ -24,7 +24,7 @@ from pipeline import schemas
 from pipeline.train.data import DataSource, Example
 from pipeline.train.logps import build_batch, forward_logps, ld_weights
 
-ENCODING_VERSION = "1"  # bump when pipeline/encoding.py or the truncation rule changes
+ENCODING_VERSION = "2"  # bump when pipeline/encoding.py or the truncation rule changes
 
 
 def cache_path(source: DataSource, *, model_label: str, template: str, dtype: str, max_prompt_tokens: int,

@@ -92,7 +92,8 @@ def _pair_forward(model, chunk, refs, cfg: TrainConfig, pad_id: int, *, rational
     ref = torch.tensor([refs[ex.key] for ex in chunk], dtype=torch.float32, device=model.device)
     lp = PairLogps(out["logp"][0 : 2 * n : 2], out["logp"][1 : 2 * n : 2], ref[:, 0], ref[:, 1],
                    out["tokens"][0 : 2 * n : 2], out["tokens"][1 : 2 * n : 2],
-                   out["logp"][2 * n :] if with_rat else None)
+                   out["logp"][2 * n :] if with_rat else None,
+                   torch.tensor([1.0 if ex.confidence is None else ex.confidence for ex in chunk], device=model.device))
     return lp, out, batch.n_tokens
 
 

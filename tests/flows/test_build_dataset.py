@@ -196,3 +196,42 @@ def test_flow_file_runs_as_an_example(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pairs in runs/example-tiny/pairs" in proc.stdout
     assert list((tmp_path / "runs" / "example-tiny" / "pairs").glob("train-*.parquet"))
+
+
+def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
+    """Best-vs-worst, self-critique revisions and reward-augmented rewrites in one run; the shards
+    load with datasets, every source is counted, and the trainer's rdpo loss runs on them."""
+    import datasets
+
+    from judges.reward_model import build_seeded_reward_model
+    from pipeline.train import TrainConfig, train
+
+    rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm"), seed=0)
+    out = tmp_path / "run"
+    proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--quiet",
+                   "--set", "sources.self_critique.enabled=true", "--set", f"sources.self_critique.reward_model={rm}",
+                   "--set", "sources.self_critique.principles=[safety, honesty, roleplay]",
+                   "--set", "sources.self_critique.max_new_tokens=24", "--set", "sources.reward_augmented.enabled=true",
+                   "--set", "sources.reward_augmented.keep_original=true", "--set", "curate.ches.filter=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    by = m["sources"]["pairs_by_strategy"]
+    assert by["best_vs_worst"] >= 1
+    assert by["reward_augmented:high:best_vs_worst"] == by["reward_augmented:low:best_vs_worst"] == by["best_vs_worst"]
+    assert any(k.startswith("self_critique:") for k in by), by
+    assert sum(by.values()) == m["rows"]["pairs"]
+    assert m["sources"]["self_critique"]["template"] == "self-critique-v1"
+    assert any(f["stage"] == "self_critique" for f in m["funnel"])
+    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    for row in ds:
+        if row["pair_strategy"].startswith("self_critique:"):
+            assert 0 < row["label_confidence"] < 1 and row["rationale"].startswith("Principle: ")
+            assert row["chosen_id"].endswith("-revision")
+        else:
+            assert row["label_confidence"] is None
+        if row["pair_strategy"].startswith("reward_augmented:"):
+            assert row["prompt"][0]["role"] == "system" and "rate" in row["prompt"][0]["content"]
+    prov = train(TrainConfig(steps=1, batch_size=4, losses={"rdpo": 1.0}, eval_fraction=0.0, tensorboard=False),
+                 out, tmp_path / "dpo")
+    assert prov["steps"] == 1 and (tmp_path / "dpo" / "model" / "model.safetensors").exists()

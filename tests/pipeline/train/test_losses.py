@@ -95,3 +95,17 @@ def test_reward_metrics_use_trl_names_and_definitions(rows):
     assert float(m["rewards/margins"][0]) == pytest.approx(0.1 * ((r[0] - r[2]) - (r[1] - r[3])))
     assert m["rewards/accuracies"].tolist() == [float(0.1 * ((a - c) - (b - d)) > 0) for a, b, c, d, *_ in rows]
     assert float(m["rewards/accuracies"][-2]) == 0.0  # a tie is not accurate
+
+
+def test_rdpo_soft_target_matches_hand_computed_values_and_is_dpo_at_confidence_one():
+    # one pair: d = (-10 - -12) - (-20 - -19) = 3, beta = 0.5 -> b d = 1.5
+    lp = PairLogps(*(torch.tensor([v], dtype=torch.float64) for v in (-10.0, -20.0, -12.0, -19.0, 5, 5)))
+    for c, want in ((1.0, 0.2014132779827524), (0.8, 0.5014132779827524), (0.5, 0.9514132779827524),
+                    (0.0, 1.7014132779827524)):
+        # -c log s(1.5) - (1-c) log s(-1.5), with log s(1.5) = -0.20141327798 and log s(-1.5) = -1.70141327798
+        lp.confidence = torch.tensor([c], dtype=torch.float64)
+        assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(want, rel=1e-9)
+    lp.confidence = torch.tensor([1.0], dtype=torch.float64)
+    assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(float(preference_term("sigmoid", lp, beta=0.5)))
+    lp.confidence = None  # rows without a confidence are hard labels
+    assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(0.2014132779827524, rel=1e-9)

@@ -1,0 +1,65 @@
+"""Reward-augmented pairs (Zhang et al. 2024, "Reward-Augmented Data Enhances Direct Preference
+Alignment of LLMs"), built from the judges' scores.
+
+The paper conditions the policy on a target reward and relabels each pair for two goals. For a
+judged pair (x, y+, y-) with aggregated scores s+ > s-:
+    x_goal(s+): "... answer that would be rated s+"  ->  chosen y+, rejected y-
+    x_goal(s-): "... answer that would be rated s-"  ->  chosen y-, rejected y+
+so the model learns what a response of each quality looks like instead of only pushing y- down.
+The goal is a system message (prepended to an existing one). By default the augmented pairs
+replace the originals (the paper's construction); `keep_original` keeps both.
+
+Rows keep the judges' scores of their texts: in the low-goal row chosen_score < rejected_score
+by construction (chosen is the response whose score matches the stated goal), and the rationale
+states the goal and both ratings (a judge's "why chosen is better" would be wrong there). pair_strategy is
+`reward_augmented:high:<strategy>` / `reward_augmented:low:<strategy>`; the goal template id is
+`reward-goal-v1`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from pipeline import schemas
+
+TEMPLATE_ID = "reward-goal-v1"
+GOAL = ("Write the answer that a careful judge would rate {score:.2f} {scale}. Match that quality level: "
+        "no better and no worse.")
+
+
+def scale_of(aggregate: str) -> str:
+    if aggregate in ("mean", "median"):
+        return "on a 1-5 scale (5 is best)"
+    return f"on the judges' {aggregate} scale (higher is better)"
+
+
+def with_goal(prompt: list[dict], score: float, scale: str) -> list[dict]:
+    goal = GOAL.format(score=score, scale=scale)
+    if prompt and prompt[0]["role"] == "system":
+        return [{"role": "system", "content": f"{goal}\n\n{prompt[0]['content']}"}, *prompt[1:]]
+    return [{"role": "system", "content": goal}, *prompt]
+
+
+def augment(pairs: pa.Table, *, aggregate: str, keep_original: bool) -> tuple[pa.Table, dict]:
+    """Reward-conditioned pairs for every row; returns (table, funnel entry)."""
+    scale = scale_of(aggregate)
+    out = []
+    for row in pairs.to_pylist():
+        if keep_original:
+            out.append(row)
+        why = "Goal score {goal:.2f} {scale}: the chosen answer was rated {c:.2f}, the rejected one {r:.2f}."
+        high = {**row, "prompt": with_goal(row["prompt"], row["chosen_score"], scale),
+                "pair_strategy": f"reward_augmented:high:{row['pair_strategy']}",
+                "rationale": why.format(goal=row["chosen_score"], scale=scale, c=row["chosen_score"], r=row["rejected_score"])}
+        low = {**row, "prompt": with_goal(row["prompt"], row["rejected_score"], scale),
+               "chosen": row["rejected"], "rejected": row["chosen"], "chosen_id": row["rejected_id"],
+               "rejected_id": row["chosen_id"], "chosen_score": row["rejected_score"],
+               "rejected_score": row["chosen_score"], "chosen_len": row["rejected_len"],
+               "rejected_len": row["chosen_len"], "pair_strategy": f"reward_augmented:low:{row['pair_strategy']}",
+               "rationale": why.format(goal=row["rejected_score"], scale=scale, c=row["rejected_score"],
+                                       r=row["chosen_score"])}
+        out += [high, low]
+    entry = {"stage": "pair", "filter": "reward_augmented", "rows_in": pairs.num_rows, "rows_out": len(out),
+             "reason": f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
+                       + ("; originals kept" if keep_original else "; originals replaced")}
+    return schemas.from_rows(out, "pairs"), entry
