@@ -62,6 +62,25 @@ def _stats(values: list[float]) -> str:
     return f"mean {sum(values) / len(values):.3f}, median {median(values):.3f}, min {min(values):.3f}, max {max(values):.3f}"
 
 
+def _sources_md(m: dict) -> str:
+    src = m.get("sources") or {}
+    by = src.get("pairs_by_strategy") or {}
+    lines = ["| pair_strategy | pairs |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in by.items())]
+    sc = src.get("self_critique")
+    if sc:
+        lines += ["", f"Self-critique: teacher `{sc['model']}`, principles {', '.join(sc['principles'])}, template "
+                  f"`{sc['template']}`; reward model `{sc['reward_model']}` gives `label_confidence` and prefers the "
+                  f"original in {sc['reward_model_disagrees']} pairs."]
+    div = m.get("diversity") or {}
+    if div:
+        lines += ["", "Candidate diversity per generation mode (mean over prompts; distinct-n over word n-grams, "
+                  "embedding distance = mean pairwise 1 - cosine of MiniLM embeddings):", "",
+                  "| mode | prompts | distinct-1 | distinct-2 | embedding distance |", "|---|---|---|---|---|",
+                  *(f"| {mode} | {v['prompts']} | {v.get('distinct_1')} | {v.get('distinct_2')} | "
+                    f"{v.get('embedding_distance')} |" for mode, v in div.items())]
+    return "\n".join(lines)
+
+
 def _judges_md(m: dict) -> str:
     agreement = m.get("judge_agreement") or {}
     per_judge = agreement.get("judges") or {}
@@ -163,6 +182,9 @@ chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
 Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=false) {m.get('judge_failure_rate')}.
 
 {_judges_md(m)}
+
+## Pair sources and diversity
+{_sources_md(m)}
 
 ## CHES (likelihood displacement)
 {ches_md}

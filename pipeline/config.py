@@ -61,6 +61,10 @@ class GenerateConfig(_Section):
         "auto", description="Weights dtype; 'auto' is float32 on CPU and bfloat16 on GPU."
     )
     batch_size: int = Field(16, ge=1, description="Prompts per generate() call (operational, not fingerprinted).")
+    verbalized_k: int = Field(0, ge=0, le=16, description="Verbalized sampling: also ask once per prompt for this many "
+                              "responses with their probabilities and add them as candidates (sampling.mode "
+                              "'verbalized'); 0 is off.")
+    verbalized_max_new_tokens: int = Field(384, ge=16, le=8192, description="Token cap of each verbalized-sampling reply.")
 
 
 class JudgeConfig(_Section):

@@ -20,8 +20,9 @@ from pipeline.config import GenerateConfig, RunConfig, fingerprint
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.verbalized import verbalized_candidates
 
-VERSION = "1"
+VERSION = "2"
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.CANDIDATES.names)
 
@@ -58,11 +59,13 @@ def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: Generat
                 "candidate_id": f"{row['prompt_id']}-{k:02d}",
                 "generator": backend.label,
                 "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                             "max_new_tokens": cfg.max_new_tokens, "seed": s},
+                             "max_new_tokens": cfg.max_new_tokens, "seed": s, "mode": "sample"},
                 "text": completion.text,
                 "n_tokens": completion.n_tokens,
                 "finish_reason": completion.finish_reason,
             })
+    if cfg.verbalized_k:
+        out += verbalized_candidates(rows, cfg, backend, seed=seed, skipped=skipped, progress=progress)
     return schemas.from_rows(out, "candidates"), skipped
 
 
@@ -98,5 +101,12 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
         "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": prompts.num_rows,
                     "rows_out": prompts.num_rows - len(skipped), "reason": "prompt longer than generate.max_prompt_tokens"}],
     }
+    if cfg.generate.verbalized_k:
+        answered = prompts.num_rows - len(skipped)
+        with_verbalized = len({s["mode"] == "verbalized" and p for p, s in zip(table.column("prompt_id").to_pylist(),
+                                                                              table.column("sampling").to_pylist())} - {False})
+        meta["funnel"].append({"stage": "generate", "filter": "verbalized_unparsed", "rows_in": answered,
+                               "rows_out": with_verbalized, "reason": "verbalized-sampling reply with no parseable "
+                               "response (prompts keep their sampled candidates)"})
     log(f"generate: {table.num_rows} candidates for {prompts.num_rows - len(skipped)} prompts, {tokens} tokens")
     return store.finish(table, meta)

@@ -101,6 +101,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max", "dtype")},
         "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
         "sources": _sources(metas, pairs),
+        "diversity": _diversity(out, cfg),
         "shards": shards,
         "ranked_shards": ranked_shards,
         "timings_s": timings,
@@ -109,6 +110,15 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     card.write(out, manifest)
     log(f"publish: {pairs.num_rows} pairs in {len(shards)} shard(s) under {out / 'pairs'}")
     return manifest
+
+
+def _diversity(out: Path, cfg: RunConfig) -> dict:
+    """Per generation mode: distinct-1/2 and MiniLM embedding distance of each prompt's candidates."""
+    from pipeline.diversity import diversity_by_mode
+    from pipeline.prompt_filter import embed
+
+    candidates = schemas.read_table(out / "tables" / "generate.parquet", "candidates")
+    return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model))
 
 
 def _sources(metas: dict, pairs: pa.Table) -> dict:

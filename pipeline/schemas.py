@@ -25,6 +25,8 @@ SAMPLING = pa.struct(
         ("top_p", pa.float64()),
         ("max_new_tokens", pa.int32()),
         ("seed", pa.int64()),
+        ("mode", pa.string()),  # "sample" (one response per request) or "verbalized" (pipeline/verbalized.py)
+        ("verbalized_probability", pa.float64()),  # the probability a verbalized-sampling reply gave the response
     ]
 )
 

@@ -212,7 +212,9 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
                    "--set", "sources.self_critique.enabled=true", "--set", f"sources.self_critique.reward_model={rm}",
                    "--set", "sources.self_critique.principles=[safety, honesty, roleplay]",
                    "--set", "sources.self_critique.max_new_tokens=24", "--set", "sources.reward_augmented.enabled=true",
-                   "--set", "sources.reward_augmented.keep_original=true", "--set", "curate.ches.filter=none")
+                   "--set", "sources.reward_augmented.keep_original=true", "--set", "curate.ches.filter=none",
+                   "--set", "generate.verbalized_k=3", "--set", "generate.verbalized_max_new_tokens=96",
+                   "--set", "input.limit=8")
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     by = m["sources"]["pairs_by_strategy"]
@@ -222,6 +224,14 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
     assert sum(by.values()) == m["rows"]["pairs"]
     assert m["sources"]["self_critique"]["template"] == "self-critique-v1"
     assert any(f["stage"] == "self_critique" for f in m["funnel"])
+    # verbalized sampling beside plain sampling: candidates tagged by mode, diversity compared in manifest and card
+    modes = {c["sampling"]["mode"] for c in pq.read_table(out / "tables" / "generate.parquet").to_pylist()}
+    assert modes == {"sample", "verbalized"}
+    assert set(m["diversity"]) == {"sample", "verbalized"}
+    for figures in m["diversity"].values():
+        assert figures["prompts"] >= 1 and 0 < figures["distinct_1"] <= 1 and 0 <= figures["embedding_distance"] <= 2
+    card = (out / "README.md").read_text()
+    assert "| verbalized |" in card and "| sample |" in card and "`self_critique:" in card
     ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf-cache"))
     for row in ds:
