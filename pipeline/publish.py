@@ -99,8 +99,9 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "length_bias": metas["pair"].get("length_bias"),
         "prompt_drops": metas["prompt_filter"].get("dropped", []),
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max", "dtype")},
-        "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend")},
-        "sources": _sources(metas, pairs),
+        "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend"),
+                       "verbalized_template": _verbalized_template(cfg)},
+        "sources": _sources(metas, pairs, cfg),
         "diversity": _diversity(out, cfg),
         "shards": shards,
         "ranked_shards": ranked_shards,
@@ -112,6 +113,12 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     return manifest
 
 
+def _verbalized_template(cfg: RunConfig) -> str | None:
+    from pipeline.verbalized import TEMPLATE_ID
+
+    return TEMPLATE_ID if cfg.generate.verbalized_k else None
+
+
 def _diversity(out: Path, cfg: RunConfig) -> dict:
     """Per generation mode: distinct-1/2 and MiniLM embedding distance of each prompt's candidates."""
     from pipeline.diversity import diversity_by_mode
@@ -121,7 +128,7 @@ def _diversity(out: Path, cfg: RunConfig) -> dict:
     return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model))
 
 
-def _sources(metas: dict, pairs: pa.Table) -> dict:
+def _sources(metas: dict, pairs: pa.Table, cfg: RunConfig) -> dict:
     """Pairs per pair_strategy (every source stays distinguishable) and the self-critique figures."""
     counts: dict[str, int] = {}
     for strategy in pairs.column("pair_strategy").to_pylist():
@@ -129,7 +136,11 @@ def _sources(metas: dict, pairs: pa.Table) -> dict:
     sc = metas["self_critique"]
     critique = {k: sc.get(k) for k in ("model", "reward_model", "template", "principles", "reward_model_disagrees")} \
         if sc.get("enabled") else None
-    return {"pairs_by_strategy": dict(sorted(counts.items())), "self_critique": critique}
+    from pipeline.reward_augment import TEMPLATE_ID as GOAL_TEMPLATE
+
+    ra = cfg.sources.reward_augmented
+    return {"pairs_by_strategy": dict(sorted(counts.items())), "self_critique": critique,
+            "reward_augmented": {"template": GOAL_TEMPLATE, "keep_original": ra.keep_original} if ra.enabled else None}
 
 
 def summary(manifest: dict, out_dir: str) -> str:

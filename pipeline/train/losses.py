@@ -10,6 +10,8 @@ With rc = logp(y+) - ref_logp(y+), rr = logp(y-) - ref_logp(y-) and d = rc - rr:
 - rdpo (Gallego 2024, "Refined Direct Preference Optimization with Synthetic Data"): the pair's
   `label_confidence` c = sigmoid(r(y+) - r(y-)) from an external reward model is a soft target:
   -c log s(b d) - (1-c) log s(-b d). With c = 1 it is DPO; rows without a confidence use c = 1.
+  (The paper's own equation could not be retrieved here: the search tool holds its abstract and the
+  authors' scoring notebooks, not the loss. This is the soft-label form the paper describes.)
 - nll (RPO, Pang et al. 2024): per-token mean negative log-likelihood of the chosen response.
 - rationale (Just et al. 2024, "Data-Centric Human Preference Optimization with Rationales"):
   -log pi(r | x, y+ > y-), the summed log-likelihood of the pair's rationale, over rows with one.
