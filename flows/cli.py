@@ -104,7 +104,7 @@ Config keys (the same text lives beside each field in pipeline/train/config.py):
 {keys}
 
 examples:
-  prefsynth train --data runs/prefsynth-default --out runs/dpo
+  prefsynth train --data runs/smollm2-seed-default --out runs/dpo
   prefsynth train --data runs/my --model HuggingFaceTB/SmolLM2-360M-Instruct --out runs/dpo \\
       --set losses='{{sigmoid: 1.0, nll: 0.2}}' --set steps=200
 """

@@ -60,7 +60,8 @@ class TrainConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="'auto': float32 weights with bf16 autocast on GPU, float32 on CPU.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights.")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights: "
+                                    "{r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}; merged into the saved model.")
     logit_chunk: int = Field(1024, ge=16, description="Response positions per LM-head chunk (memory, not results).")
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")
     top_k: int = Field(10, ge=1, description="k of the top-k entropy and mass over-optimisation indicators.")

@@ -48,3 +48,11 @@ def test_a_resumed_log_drops_records_past_the_checkpoint(tmp_path):
     assert steps == [0, 1, 2, 3]
     MetricsLog(tmp_path, tensorboard=False, resume_step=0)  # a fresh start: nothing kept
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_bundled_example_train_config_is_valid():
+    from pipeline.prompts import bundled_data_dir
+    from pipeline.train.config import load_train_config
+
+    cfg = load_train_config(bundled_data_dir() / "configs" / "train.yaml")
+    assert cfg.losses == {"sigmoid": 1.0, "nll": 0.1} and cfg.micro_batch_size == 4
