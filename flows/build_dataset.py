@@ -10,8 +10,10 @@ Run it as an example on the bundled sample: `python -m flows.build_dataset`.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -19,6 +21,8 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique
 from pipeline.config import RunConfig
+from pipeline.incremental import increment_config, merge
+from pipeline.incremental import plan as incremental_plan
 from pipeline.store import run_lock
 
 log = logging.getLogger("prefsynth")
@@ -41,11 +45,23 @@ publish_task = _task(publish.run, "publish")
 
 
 @flow(name="build_dataset", log_prints=False, persist_result=False)
-def build_dataset(config: dict, out_dir: str, given: dict | None = None) -> dict:
-    """Build a preference dataset under `out_dir`; return the manifest."""
+def build_dataset(config: dict, out_dir: str, given: dict | None = None, incremental: bool = False) -> dict:
+    """Build a preference dataset under `out_dir`; return the manifest. `incremental`: grow the
+    dataset with the source's new prompts only (pipeline/incremental.py)."""
     cfg = RunConfig.model_validate(config)
     with run_lock(out_dir):
-        return _build(cfg, out_dir, given, log.info)
+        if not incremental:
+            return _build(cfg, out_dir, given, log.info)
+        out = Path(out_dir)
+        inc_dir, n_new = incremental_plan(out, cfg)
+        if inc_dir is None:
+            m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
+            log.info(f"nothing new: every prompt of {cfg.input.path} is already in {out_dir} "
+                     f"({m.get('rows', {}).get('pairs', 0)} pairs from {len(m.get('increments', []))} increments)")
+            return {**m, "nothing_new": True}
+        log.info(f"increment {inc_dir.name}: {n_new} new prompts")
+        inc_manifest = _build(increment_config(cfg, inc_dir), str(inc_dir), given, log.info)
+        return merge(out, inc_dir, inc_manifest, cfg, given)
 
 
 def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:

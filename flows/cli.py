@@ -58,6 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip-invalid", action="store_true",
                      help="skip and count invalid input rows instead of stopping (same as --set input.skip_invalid=true)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--incremental", action="store_true",
+                     help="grow OUT: process only prompts whose prompt_id is not yet in it, append new shards")
+
+    srv = sub.add_parser("serve", help="run `prefsynth run --incremental` on a schedule (a Prefect deployment)",
+                         description="Serve the build_dataset flow as a Prefect deployment on a cron or interval "
+                         "schedule; each run processes only new prompts (see `run --incremental`). Needs a Prefect "
+                         "API with a scheduler: `prefect server start` and PREFECT_API_URL, or Prefect Cloud.")
+    srv.add_argument("--config", metavar="FILE", help="YAML config (default: the bundled data/configs/default.yaml)")
+    srv.add_argument("--out", metavar="DIR", help="the growing dataset folder (default: runs/<config name>)")
+    srv.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override one config key (repeatable)")
+    when = srv.add_mutually_exclusive_group(required=True)
+    when.add_argument("--cron", metavar="EXPR", help='cron schedule, e.g. "0 * * * *" (hourly)')
+    when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
+    srv.add_argument("--name", default="prefsynth", help="deployment name (default: prefsynth)")
 
     card = sub.add_parser("card", help="regenerate RUN_DIR/README.md (and plots) from its tables and manifest")
     card.add_argument("run_dir", metavar="RUN_DIR")
@@ -122,33 +137,56 @@ def _setup_logging() -> None:
 def cmd_run(args) -> int:
     import yaml
 
-    from pipeline.config import apply_overrides, load_config
-    from pipeline.models import resolve, uses_hub
-    from pipeline.prompts import load_prompts
+    from pipeline.config import apply_overrides
 
-    overrides = list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
-    config_path = Path(args.config) if args.config else _default_config()
-    cfg = load_config(config_path, overrides)
-    # no hub id anywhere: make the HF libraries offline, so nothing at run time touches the network
-    refs = {"generate.model": cfg.generate.model, "judge.model": cfg.judge_model, "curate.ches.model": cfg.ches_model,
-            "curate.dedup.model": cfg.curate.dedup.model}
-    refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(cfg.judge.reward_models)})
-    if not cfg.input.path.startswith("hf:") and not any(uses_hub(r) for r in refs.values()):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    # preflight: a missing model or a bad input row fails in a second, before Prefect or any model starts
-    for key, ref in refs.items():
-        resolve(ref, field=key)
-    load_prompts(cfg.input, seed=cfg.seed)
+    args.overrides = list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
+    cfg, config_path = _checked_config(args)
     out_dir = args.out or str(Path("runs") / cfg.name)
-    given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, overrides)
+    given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, args.overrides)
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.build_dataset import build_dataset
     from pipeline.publish import summary
 
-    manifest = build_dataset(cfg.model_dump(), out_dir, given=given)
+    manifest = build_dataset(cfg.model_dump(), out_dir, given=given, incremental=args.incremental)
+    if manifest.get("nothing_new"):
+        print(f"nothing new in {cfg.input.path}: {out_dir} already holds every prompt "
+              f"({manifest.get('rows', {}).get('pairs', 0)} pairs)")
+        return 0
     print(summary(manifest, out_dir))
+    return 0
+
+
+def _checked_config(args):
+    """Load and validate the config and preflight every model and the input (fails in a second)."""
+    from pipeline.config import load_config
+    from pipeline.models import resolve, uses_hub
+    from pipeline.prompts import load_prompts
+
+    config_path = Path(args.config) if args.config else _default_config()
+    cfg = load_config(config_path, args.overrides)
+    refs = {"generate.model": cfg.generate.model, "judge.model": cfg.judge_model, "curate.ches.model": cfg.ches_model,
+            "curate.dedup.model": cfg.curate.dedup.model}
+    refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(cfg.judge.reward_models)})
+    if cfg.sources.self_critique.enabled:
+        refs["sources.self_critique.reward_model"] = cfg.critique_reward_model
+    if not cfg.input.path.startswith("hf:") and not any(uses_hub(r) for r in refs.values()):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    for key, ref in refs.items():
+        resolve(ref, field=key)
+    load_prompts(cfg.input, seed=cfg.seed)
+    return cfg, config_path
+
+
+def cmd_serve(args) -> int:
+    from flows.serve import serve
+
+    cfg, _ = _checked_config(args)
+    out_dir = str(Path(args.out or Path("runs") / cfg.name).resolve())
+    when = f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
+    print(f"serving deployment build_dataset/{args.name}: {when}, growing {out_dir}")
+    serve(cfg.model_dump(), out_dir, name=args.name, cron=args.cron, interval=args.interval)
     return 0
 
 
@@ -217,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     try:
         return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push,
-                "train": cmd_train}[args.command](args)
+                "train": cmd_train, "serve": cmd_serve}[args.command](args)
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
         return 2

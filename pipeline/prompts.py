@@ -1,4 +1,4 @@
-"""Prompt input: JSONL, parquet or a `datasets` dataset, into the `prompts` table.
+"""Prompt input: JSONL, parquet, a folder of such files, or a `datasets` dataset, into the `prompts` table.
 
 Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, with optional
 `prompt_id`, `category`, `source` and `reference` (a reference answer for rubric judges). A row is invalid when it has neither field, an empty or
@@ -120,6 +120,23 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
 
 
+def source_files(folder: Path) -> list[Path]:
+    """The prompt files of a folder source, in name order (a growing folder for incremental runs)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".jsonl", ".json", ".ndjson", ".parquet"})
+
+
+def _iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
+    for f in files:
+        if f.suffix == ".parquet":
+            try:
+                table = pq.read_table(f)
+            except Exception as exc:
+                raise InputError(f"{f}: unreadable parquet: {exc}") from exc
+            yield from _iter_table(table, str(f))
+        else:
+            yield from _iter_jsonl(f)
+
+
 def _iter_table(table: pa.Table, label: str) -> Iterator[tuple[str, Any]]:
     for i, row in enumerate(table.to_pylist()):
         yield f"{label} row {i}", row
@@ -140,6 +157,12 @@ def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
     path = Path(ref).expanduser()
     if not path.exists():
         raise InputError(f"input.path {cfg.path!r} does not exist; fix: point it at a .jsonl/.parquet file or a dataset folder")
+    if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        files = source_files(path)
+        if not files:
+            raise InputError(f"input.path {cfg.path!r} is a folder with no .jsonl/.json/.parquet files and no saved "
+                             "dataset; fix: put prompt files in it or point at a file")
+        return path.name, _iter_files(files)
     if path.is_dir():
         import datasets
 
@@ -213,8 +236,9 @@ def run(run_dir, cfg, *, log=print) -> dict:
     """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config)."""
     source_id = cfg.input.path
     path = Path(cfg.input.path).expanduser()
-    if path.is_file():  # a changed input file must change the fingerprint
-        source_id = f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    files = [path] if path.is_file() else source_files(path) if path.is_dir() else []
+    if files:  # a changed (or, for a folder, added) input file must change the fingerprint
+        source_id = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
     store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id))
     if (meta := store.reuse(log)) is not None:
         return meta

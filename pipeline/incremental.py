@@ -1,0 +1,131 @@
+"""Incremental runs: one output dataset that grows with its prompt source.
+
+`prefsynth run --incremental` (and `prefsynth serve`) treat OUT as a growing dataset:
+  1. plan: load the source (a file, a folder of .jsonl/.parquet files, a dataset), drop every
+     prompt_id that an earlier increment already processed (whether or not it yielded pairs), and
+     cap the rest at `input.limit`. Nothing new: say so and stop, before any model loads.
+  2. run: the new prompts become OUT/increments/NNNNN/ (its `new_prompts.parquet` is written once,
+     so a killed increment resumes on the same prompts), an ordinary run directory built by the
+     same stages, with its own tables, shards, manifest and card.
+  3. merge: the increment's shards are copied into OUT/pairs/ as `train-incNNNNN-*.parquet`
+     (temp name, then rename; shards are never rewritten) and OUT/manifest.json (the commit point)
+     is rewritten atomically: every shard with its sha256, row counts summed over increments, the
+     funnel summed per filter, `increments` listing each one; then the card is regenerated.
+Shards in OUT/pairs/ that no manifest lists are leftovers of a kill between copy and commit; the
+next merge removes them. Per-increment figures (judges, length bias, CHES) stay in each
+increment's own manifest; the top manifest carries the latest increment's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow.compute as pc
+import yaml
+
+from pipeline import schemas
+from pipeline.config import RunConfig
+from pipeline.prompts import load_prompts
+from pipeline.store import sha256, write_json
+
+INCREMENTS = "increments"
+
+
+def _manifest(out: Path) -> dict | None:
+    path = out / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def committed(out: Path) -> list[dict]:
+    m = _manifest(out)
+    return list(m.get("increments", [])) if m else []
+
+
+def processed_ids(out: Path) -> set[str]:
+    """prompt_ids of every committed increment (each increment's own prompt table)."""
+    ids: set[str] = set()
+    for inc in committed(out):
+        table = schemas.read_table(out / inc["dir"] / "tables" / "prompts.parquet", "prompts")
+        ids.update(table.column("prompt_id").to_pylist())
+    return ids
+
+
+def plan(out: Path, cfg: RunConfig) -> tuple[Path | None, int]:
+    """(increment dir to build, or None when nothing is new; number of new prompts)."""
+    done = committed(out)
+    nxt = out / INCREMENTS / f"{len(done) + 1:05d}"
+    pending = nxt / "new_prompts.parquet"
+    if pending.exists():  # a killed increment: resume it on the prompts it started with
+        return nxt, schemas.read_table(pending, "prompts").num_rows
+    unlimited = cfg.input.model_copy(update={"limit": None})
+    table, _ = load_prompts(unlimited, seed=cfg.seed)
+    known = processed_ids(out)
+    new = table.filter(pc.invert(pc.is_in(table.column("prompt_id"), value_set=schemas.pa.array(sorted(known),
+                                                                                                 schemas.pa.string()))))
+    if cfg.input.limit is not None:
+        new = new.slice(0, cfg.input.limit)
+    if new.num_rows == 0:
+        return None, 0
+    schemas.write_table(new, pending, "prompts")
+    return nxt, new.num_rows
+
+
+def increment_config(cfg: RunConfig, inc_dir: Path) -> RunConfig:
+    """The run config of one increment: the same stages over its new prompts only."""
+    data = cfg.model_dump()
+    data["input"] = {**data["input"], "path": str(inc_dir / "new_prompts.parquet"), "limit": None, "shuffle": False}
+    return RunConfig.model_validate(data)
+
+
+def _sum_funnel(manifests: list[dict]) -> list[dict]:
+    merged: dict[tuple[str, str], dict] = {}
+    for m in manifests:
+        for f in m["funnel"]:
+            key = (f["stage"], f["filter"])
+            if key in merged:
+                merged[key]["rows_in"] += f["rows_in"]
+                merged[key]["rows_out"] += f["rows_out"]
+            else:
+                merged[key] = copy.deepcopy(f)
+    return list(merged.values())
+
+
+def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None) -> dict:
+    """Copy the increment's shards into OUT/pairs and commit the grown manifest; return it."""
+    from pipeline import card
+
+    previous = _manifest(out) or {"shards": [], "increments": []}
+    n = len(previous["increments"]) + 1
+    listed = {s["path"] for s in previous["shards"]}
+    pairs_dir = out / "pairs"
+    pairs_dir.mkdir(parents=True, exist_ok=True)
+    for stray in pairs_dir.iterdir():  # copied by a merge that was killed before its commit
+        if f"pairs/{stray.name}" not in listed:
+            stray.unlink()
+    shards = list(previous["shards"])
+    for shard in inc_manifest["shards"]:
+        name = f"train-inc{n:05d}-{Path(shard['path']).name.removeprefix('train-')}"  # matches the card's pairs/train-*
+        tmp = pairs_dir / f".{name}.tmp"
+        shutil.copyfile(inc_dir / shard["path"], tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, pairs_dir / name)
+        shards.append({"path": f"pairs/{name}", "rows": shard["rows"], "sha256": sha256(pairs_dir / name)})
+    increments = [*previous["increments"], {"id": n, "dir": str(inc_dir.relative_to(out)),
+                                            "prompts": inc_manifest["rows"]["prompts"],
+                                            "pairs": inc_manifest["rows"]["pairs"],
+                                            "config_fingerprint": inc_manifest["config_fingerprint"],
+                                            "created_at": inc_manifest["created_at"]}]
+    all_manifests = [json.loads((out / i["dir"] / "manifest.json").read_text()) for i in increments]
+    rows = {k: sum(m["rows"][k] for m in all_manifests) for k in inc_manifest["rows"]}
+    grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": _sum_funnel(all_manifests),
+             "increments": increments, "incremental": True,
+             "config": {"given": given or {}, "resolved": cfg.model_dump()}}
+    write_json(out / "manifest.json", grown)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    card.write(out, grown)
+    return grown
