@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
+    update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique
 from pipeline.config import RunConfig
+from pipeline.errors import TransientBackendError
 from pipeline.incremental import increment_config, merge
 from pipeline.incremental import plan as incremental_plan
 from pipeline.store import run_lock
@@ -28,9 +30,15 @@ from pipeline.store import run_lock
 log = logging.getLogger("prefsynth")
 
 
+def _transient(task, task_run, state) -> bool:
+    """Retry only transient backend errors (timeouts, 429/5xx, dropped connections); a bug or bad
+    input fails at once. A retried stage resumes from its checkpointed parts."""
+    return isinstance(state.data, TransientBackendError)
+
+
 def _task(stage_run, name: str):
-    # retries stay off: a stage failure here is a bug or bad input, not a transient backend error
-    return task(stage_run, name=name, cache_policy=NO_CACHE, persist_result=False)
+    return task(stage_run, name=name, cache_policy=NO_CACHE, persist_result=False, retries=3,
+                retry_delay_seconds=[5, 20, 60], retry_condition_fn=_transient)
 
 
 prompts_task = _task(prompts.run, "prompts")
@@ -66,16 +74,30 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None, increme
 
 def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     started = time.time()
+    progress = create_progress_artifact(progress=0.0, key="prefsynth-progress",
+                                        description=f"prefsynth {cfg.name}: share of stages done")
+    steps = 9
+
+    def done(n):  # stage progress as a Prefect progress artifact (percent of stages finished)
+        update_progress_artifact(progress, progress=round(100 * n / steps, 1))
+
     metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
     metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+    done(2)
     metas["self_critique"] = self_critique_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
+    done(3)
     metas["generate"] = generate_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
+    done(4)
     metas["judge"] = judge_task(out_dir, cfg, metas["generate"]["fingerprint"], log=say)
+    done(5)
     sources_fp = metas["self_critique"]["fingerprint"] if cfg.sources.self_critique.enabled else None
     metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], sources_fp, log=say)
     metas["ches"] = ches_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)
+    done(7)
     metas["rationale"] = rationale_task(out_dir, cfg, metas["ches"]["fingerprint"], log=say)
+    done(8)
     manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
+    done(9)
     create_markdown_artifact(key="prefsynth-summary", markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",
                              description=f"prefsynth run {cfg.name}")
     create_table_artifact(key="prefsynth-funnel", table=manifest["funnel"], description="drop funnel")

@@ -85,33 +85,55 @@ def test_rerun_reuses_every_stage(tiny_run):
     assert pq.read_table(tiny_run / "pairs").to_pylist() == before
 
 
-def test_sigkill_during_judging_then_rerun(tmp_path):
-    """A real SIGKILL while the judge stage is half done; the rerun must not regenerate, must resume
-    judging, and must end with exactly the rows of an uninterrupted run."""
-    args = ["--config", str(TINY), "--set", "input.limit=6", "--set", "publish.chunk_prompts=1"]
-    clean = run_cli("run", *args, "--out", str(tmp_path / "clean"))
-    assert clean.returncode == 0, clean.stderr[-3000:]
+KILL_ARGS = ["--config", str(TINY), "--set", "publish.chunk_prompts=1", "--quiet"]
 
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """The uninterrupted run the killed ones must reproduce row for row."""
+    out = tmp_path_factory.mktemp("clean")
+    proc = run_cli("run", *KILL_ARGS, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+# (stage killed half-way, its output table and key column, rows it must end with, the stages before it)
+KILL_POINTS = [
+    ("generate", "generate.parquet", "candidate_id", 12, ["prompts", "prompt_filter"]),
+    ("judge", "judge.parquet", "candidate_id", 12, ["prompts", "prompt_filter", "generate"]),
+    ("ches", "ches.scored.parquet", "prompt_id", None, ["generate", "judge", "pair"]),
+]
+
+
+@pytest.mark.parametrize("stage,table,key,rows,before", KILL_POINTS, ids=[k[0] for k in KILL_POINTS])
+def test_sigkill_mid_stage_then_rerun(clean_run, tmp_path, stage, table, key, rows, before):
+    """A real SIGKILL while a stage is half done (one checkpointed chunk written); the rerun must
+    not redo the finished stages, must resume that one, and must end with exactly the rows of an
+    uninterrupted run: nothing lost, nothing twice."""
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *args, "--out", str(out)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *KILL_ARGS, "--out", str(out)], cwd=ROOT,
                             env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not list((out / "tables").glob("judge.parts-*/part-00000.json")):
-        assert proc.poll() is None and time.time() < deadline, "run ended before judging was half done"
+    while not list((out / "tables").glob(f"{stage}.parts-*/part-00000.json")):
+        assert proc.poll() is None and time.time() < deadline, f"run ended before {stage} was half done"
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert (out / "tables" / "generate.json").exists() and not (out / "tables" / "judge.json").exists()
-    assert not (out / "pairs").exists()
+    assert not (out / "tables" / f"{stage}.json").exists() and not (out / "pairs").exists()
 
-    again = run_cli("run", *args, "--out", str(out))
+    again = run_cli("run", *KILL_ARGS, "--out", str(out))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "generate: complete output exists" in again.stderr and "(18 rows), not redone" in again.stderr
-    assert "judge: resuming" in again.stderr
+    for done in before:
+        assert f"{done}: complete output exists" in again.stderr, done
+    assert f"{stage}: resuming" in again.stderr
     killed = pq.read_table(out / "pairs").to_pylist()
-    assert killed == pq.read_table(tmp_path / "clean" / "pairs").to_pylist() and len(killed) >= 1
-    judged = pq.read_table(out / "tables" / "judge.parquet").column("candidate_id").to_pylist()
-    assert len(judged) == len(set(judged)) == 18  # nothing lost, nothing twice
+    assert killed == pq.read_table(clean_run / "pairs").to_pylist() and len(killed) >= 1
+    got = pq.read_table(out / "tables" / table)
+    want = pq.read_table(clean_run / "tables" / table)
+    assert got.to_pylist() == want.to_pylist()
+    if rows is not None:
+        keys = got.column(key).to_pylist()
+        assert len(keys) == len(set(keys)) == rows
 
 
 def test_many_pairs_per_prompt_with_ranked_view(tmp_path):
@@ -155,6 +177,21 @@ def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
     summary, funnel = asyncio.run(latest("prefsynth-summary")), asyncio.run(latest("prefsynth-funnel"))
     assert summary.type == "markdown" and f"{manifest['rows']['pairs']} in 1 shard(s)" in summary.data
     assert funnel.type == "table" and "near_duplicate" in str(funnel.data) and "ches_quantile" in str(funnel.data)
+    progress = asyncio.run(latest("prefsynth-progress"))
+    assert progress.type == "progress" and float(progress.data) == 100.0
+
+
+def test_only_transient_backend_errors_are_retried():
+    """The retry condition itself (a real transient fault cannot be provoked from a local model)."""
+    from prefect.states import Failed
+
+    from flows.build_dataset import _transient, generate_task
+    from pipeline.errors import BackendError, TransientBackendError
+
+    assert generate_task.retries == 3 and generate_task.retry_condition_fn is _transient
+    assert _transient(None, None, Failed(data=TransientBackendError("HTTP 503")))
+    assert not _transient(None, None, Failed(data=BackendError("bad model")))
+    assert not _transient(None, None, Failed(data=ValueError("bug")))
 
 
 def test_judge_ensemble_run(tmp_path):
