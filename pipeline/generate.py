@@ -19,10 +19,11 @@ from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Sk
 from pipeline.config import GenerateConfig, RunConfig, fingerprint
 from pipeline.models import resolve
 from pipeline.progress import bar
+from pipeline.request_log import LoggedBackend, RequestLog
 from pipeline.store import StageStore, done_rows, run_in_parts
 from pipeline.verbalized import verbalized_candidates
 
-VERSION = "2"
+VERSION = "3"  # 3: backend in the fingerprint (vllm/openai sample differently from transformers)
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.CANDIDATES.names)
 
@@ -71,7 +72,8 @@ def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: Generat
 
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     model = resolve(cfg.generate.model, field="generate.model")
-    return fingerprint("generate", VERSION, cfg.stage_fields("generate"), prompts_fp, model.revision)
+    return fingerprint("generate", VERSION, cfg.stage_fields("generate"), resolve_backend_name(cfg.generate.backend),
+                       prompts_fp, model.revision)
 
 
 def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
@@ -81,20 +83,29 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
         return meta
     prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
     started = time.perf_counter()
-    backend = make_backend(cfg.generate.backend, cfg.generate.model, dtype=cfg.generate.dtype,
-                           batch_size=cfg.generate.batch_size)
+    g = cfg.generate
+    backend_name = resolve_backend_name(g.backend)
+    backend = make_backend(backend_name, g.model, dtype=g.dtype, batch_size=g.batch_size,
+                           vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
+    request_log = None
+    if g.request_log:
+        request_log = RequestLog(f"{run_dir}/requests/generate.jsonl")
+        backend = LoggedBackend(backend, request_log, backend_name=backend_name)
     with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
         def work(subset):
             table, skipped = generate_candidates(subset, cfg.generate, backend, seed=cfg.seed, progress=pbar.advance)
             return table, {"skipped": skipped}
         parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, work, log)
+    if request_log is not None:
+        request_log.close()
     table = schemas.concat([t for t, _ in parts], "candidates")
     skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
     seconds = time.perf_counter() - started
     tokens = int(sum(table.column("n_tokens").to_pylist()))
     meta = {
         "seconds": round(seconds, 2),
-        "backend": resolve_backend_name(cfg.generate.backend),
+        "backend": backend_name,
+        "request_log_hits": getattr(backend, "hits", 0),
         "model": backend.label,
         "tokens": tokens,
         "skipped": skipped,
