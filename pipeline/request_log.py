@@ -87,15 +87,8 @@ class LoggedBackend:
             def on_result(j: int, result: Result) -> None:
                 self.log.append(keys[todo[j]], result)
 
-            try:
-                fresh = self.backend.generate(sub, sampling=sampling, max_prompt_tokens=max_prompt_tokens,
-                                              progress=progress, on_result=on_result)
-            except TypeError as exc:  # a backend without on_result: log once the batch returns
-                if "on_result" not in str(exc):
-                    raise
-                fresh = self.backend.generate(sub, sampling=sampling, max_prompt_tokens=max_prompt_tokens, progress=progress)
-                for j, result in enumerate(fresh):
-                    on_result(j, result)
+            fresh = self.backend.generate(sub, sampling=sampling, max_prompt_tokens=max_prompt_tokens,
+                                          progress=progress, on_result=on_result)
             for j, result in zip(todo, fresh):
                 if keys[j] not in self.log.entries:
                     self.log.append(keys[j], result)
