@@ -67,6 +67,24 @@ class OpenAIConfig(_Section):
                         "request per sample; servers without n fall back to separate requests.")
 
 
+class PoolMember(_Section):
+    """One generator of a model pool (UltraFeedback-style: each prompt gets candidates from k of m models)."""
+
+    model: str = Field(..., description="Model reference, as generate.model.")
+    system_prompt: str | None = Field(None, description="This member's principle, a system message for prompts without one.")
+    temperature: tuple[float, float] | None = Field(None, description="[lo, hi]: each request draws its temperature "
+                                                    "uniformly from it (seeded); null uses generate.temperature.")
+    top_p: tuple[float, float] | None = Field(None, description="[lo, hi] for top_p, as temperature; null uses generate.top_p.")
+
+    @model_validator(mode="after")
+    def _ranges(self):
+        for name, lo_max, hi_max in (("temperature", 0.0, 5.0), ("top_p", 1e-6, 1.0)):
+            r = getattr(self, name)
+            if r is not None and not (lo_max <= r[0] <= r[1] <= hi_max):
+                raise ValueError(f"{name} range {list(r)} must satisfy {lo_max} <= lo <= hi <= {hi_max}; fix: e.g. [0.6, 1.0]")
+        return self
+
+
 class GenerateConfig(_Section):
     backend: Literal["auto", "transformers", "vllm", "openai"] = Field(
         "auto", description="Generation backend; 'auto' is vllm where a CUDA GPU and vllm exist, else transformers."
@@ -89,12 +107,21 @@ class GenerateConfig(_Section):
     batch_size: int = Field(16, ge=1, description="Prompts per generate() call (operational, not fingerprinted).")
     vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM engine options (backend 'vllm').")
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="Endpoint options (backend 'openai').")
+    pool: list[PoolMember] = Field([], description="Model pool; when set, each prompt gets `n` candidates, one from "
+                                   "each of n members drawn (seeded) from the pool, instead of n from generate.model.")
     request_log: bool = Field(True, description="Append each completed request to runs/<run>/requests/generate.jsonl "
                               "and answer repeats from it (resume without re-requesting).")
     verbalized_k: int = Field(0, ge=0, le=16, description="Verbalized sampling: also ask once per prompt for this many "
                               "responses with their probabilities and add them as candidates (sampling.mode "
                               "'verbalized'); 0 is off.")
     verbalized_max_new_tokens: int = Field(384, ge=16, le=8192, description="Token cap of each verbalized-sampling reply.")
+
+    @model_validator(mode="after")
+    def _pool_size(self):
+        if self.pool and len(self.pool) < self.n:
+            raise ValueError(f"pool has {len(self.pool)} members but n={self.n} candidates each come from a distinct "
+                             f"member; fix: add members or set generate.n <= {len(self.pool)}")
+        return self
 
 
 class JudgeConfig(_Section):
