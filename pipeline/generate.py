@@ -106,6 +106,9 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     backend = None if g.pool and not g.verbalized_k else backend_of(g.model, "generate.model")
     backend_for = lambda m: backend_of(g.pool[m].model, f"generate.pool.{m}.model")  # noqa: E731
     with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
+        if backend_name == "openai":
+            pbar.in_flight = lambda: sum(getattr(b, "in_flight", 0) for b in backends.values())
+
         def work(subset):
             table, skipped = generate_candidates(subset, cfg.generate, backend, seed=cfg.seed, progress=pbar.advance,
                                                   backend_for=backend_for)

@@ -252,3 +252,28 @@ def test_server_killed_mid_run_and_restarted(server, tmp_path):
     assert not skipped and table.num_rows == 16 and wrapped.backend.retries > 0
     keys = [json.loads(line)["key"] for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert len(keys) == len(set(keys)) == len(PROMPTS)  # each prompt answered (and logged) exactly once
+
+
+def test_generate_stage_on_openai_backend_resumes_from_its_request_log(server, tmp_path):
+    """The stage as `prefsynth run` drives it (config -> make_backend -> request log under the run dir)."""
+    import shutil
+
+    from pipeline import generate
+    from pipeline.config import load_config
+
+    proxy = FaultProxy(server.url, [])
+    try:
+        sets = ["generate.backend=openai", f"generate.openai.base_url={proxy.url}/v1", "generate.n=2",
+                "generate.max_new_tokens=8"]
+        for run_dir, extra in ((tmp_path / "a", "generate.openai.concurrency=4"), (tmp_path / "b", "generate.openai.concurrency=1")):
+            (run_dir / "tables").mkdir(parents=True)
+            schemas.write_table(PROMPTS, run_dir / "tables" / "prompt_filter.parquet", "prompts")
+        meta = generate.run(tmp_path / "a", load_config(None, sets + ["generate.openai.concurrency=4"]), "fp", log=lambda *_: None)
+        assert meta["backend"] == "openai" and proxy.chat_requests == 16
+        shutil.copytree(tmp_path / "a" / "requests", tmp_path / "b" / "requests")  # a run killed after all requests
+        meta = generate.run(tmp_path / "b", load_config(None, sets + ["generate.openai.concurrency=1"]), "fp", log=lambda *_: None)
+        assert proxy.chat_requests == 16 and meta["request_log_hits"] == len(PROMPTS)
+        log_text = (tmp_path / "a" / "requests" / "generate.jsonl").read_text()
+        assert "api_key" not in log_text and "EMPTY" not in log_text
+    finally:
+        proxy.close()
