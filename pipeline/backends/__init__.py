@@ -35,7 +35,9 @@ def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: 
         from pipeline.backends.openai_backend import OpenAIBackend
         from pipeline.models import resolve
 
-        opts = dict(openai or {})
+        from pipeline.config import OpenAIConfig
+
+        opts = dict(openai or OpenAIConfig().model_dump())
         label = resolve(model_ref, field=field).label
         return OpenAIBackend(model_ref, label=label, **opts)
     raise ValueError(f"unknown backend {name!r}")
