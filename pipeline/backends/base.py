@@ -44,8 +44,9 @@ class GeneratorBackend(Protocol):
     label: str  # model id and revision, written into `candidates.generator`
 
     def generate(
-        self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None
+        self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None,
+        on_result=None,
     ) -> list[Result]:
         """One result per request, in request order. `progress(n_requests, n_tokens)`, when given, is
-        called as batches finish."""
+        called as batches finish; `on_result(index, completions)` as each request completes."""
         ...

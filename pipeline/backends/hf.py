@@ -94,7 +94,8 @@ class TransformersBackend:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=not prefix, continue_final_message=prefix,
                                                   tokenize=True, return_dict=False)
 
-    def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None) -> list[Result]:
+    def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None,
+                 on_result=None) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         encoded = []
         for i, req in enumerate(requests):
@@ -109,6 +110,8 @@ class TransformersBackend:
             outputs = self._generate_batch([ids for _, ids in batch], [requests[i].seeds for i, _ in batch], sampling)
             for (i, _), completions in zip(batch, outputs):
                 results[i] = completions
+                if on_result is not None:  # e.g. the request log, durable as each batch lands
+                    on_result(i, completions)
             if progress is not None:
                 progress(len(batch), sum(c.n_tokens for cs in outputs for c in cs))
         return results  # type: ignore[return-value]

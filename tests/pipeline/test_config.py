@@ -54,3 +54,18 @@ def test_fingerprint_fields_skip_operational_knobs():
     c = load_config(None, ["generate.n=5"])
     assert a.stage_fields("generate") != c.stage_fields("generate")
     assert a.stage_fields("judge") == c.stage_fields("judge")  # judge depends on generate via its fingerprint
+
+
+def test_backend_engine_and_endpoint_options_are_operational():
+    from pipeline.generate import stage_fingerprint
+
+    a = RunConfig()
+    b = load_config(None, ["generate.openai.concurrency=64", "generate.openai.timeout_s=5", "generate.vllm.enforce_eager=true",
+                           "generate.vllm.gpu_memory_utilization=0.3", "generate.request_log=false"])
+    assert stage_fingerprint(a, "p") == stage_fingerprint(b, "p")
+    # a different backend samples differently: a different fingerprint
+    assert stage_fingerprint(a, "p") != stage_fingerprint(load_config(None, ["generate.backend=openai"]), "p")
+    with pytest.raises(ConfigError, match="generate.openai.concurrency"):
+        load_config(None, ["generate.openai.concurrency=0"])
+    with pytest.raises(ConfigError, match="generate.backend"):
+        load_config(None, ["generate.backend=sglang"])

@@ -64,3 +64,39 @@ def test_prompt_over_context_budget_is_skipped_with_reason():
     table, skipped = generate_candidates(PROMPTS, cfg, backend(2), seed=0)
     assert skipped == {"longer": "prompt has 42 tokens > generate.max_prompt_tokens=36"}
     assert table.column("prompt_id").to_pylist() == ["short", "short", "sys", "sys"]
+
+
+@pytest.mark.slow
+def test_model_pool_draws_distinct_members_principles_and_sampling_ranges():
+    from pipeline.pools import pool_plan
+
+    m = "bundled:smollm2-135m-instruct"
+    cfg = GenerateConfig(n=2, max_new_tokens=8, pool=[
+        {"model": m, "system_prompt": "Answer in French.", "temperature": [0.5, 0.9]},
+        {"model": m, "system_prompt": "Answer in one word.", "top_p": [0.8, 0.9]},
+        {"model": m, "temperature": [1.0, 1.2], "top_p": [0.5, 0.6]},
+    ])
+    plans = {pid: pool_plan(pid, cfg, 5) for pid in ("short", "longer", "sys", "x", "y")}
+    assert all(len({m for m, _, _ in p}) == 2 for p in plans.values())  # k distinct members of m
+    assert len({tuple(m for m, _, _ in p) for p in plans.values()}) > 1  # members vary by prompt
+    assert plans["short"] == pool_plan("short", cfg, 5) != pool_plan("short", cfg, 6)
+    for p in plans.values():
+        for member, t, top_p in p:
+            lo_t, hi_t = cfg.pool[member].temperature or (cfg.temperature, cfg.temperature)
+            lo_p, hi_p = cfg.pool[member].top_p or (cfg.top_p, cfg.top_p)
+            assert lo_t <= t <= hi_t and lo_p <= top_p <= hi_p
+    b = backend(4)
+    seen = []
+    real = b.generate
+    b.generate = lambda reqs, **kw: seen.extend(reqs) or real(reqs, **kw)
+    table, skipped = generate_candidates(PROMPTS, cfg, None, seed=5, backend_for=lambda i: b)
+    assert not skipped and table.num_rows == 6 and table.schema.equals(schemas.CANDIDATES)
+    rows = table.to_pylist()
+    assert all(r["generator"] == b.label for r in rows)
+    assert [(r["sampling"]["temperature"], r["sampling"]["top_p"]) for r in rows[:2]] == [(t, p) for _, t, p in plans["short"]]
+    systems = {r.messages[0]["content"] for r in seen if r.messages[0]["role"] == "system"}
+    assert "Answer in French." in systems or "Answer in one word." in systems
+    # a prompt with its own system message keeps it: no principle is stacked on top
+    assert all(len(r.messages) == 2 for r in seen if r.messages[-1]["content"] == "Hello?")
+    with pytest.raises(ValueError, match="pool has 3 members but n=4"):
+        GenerateConfig(n=4, pool=cfg.pool)

