@@ -111,13 +111,14 @@ def test_sigkill_mid_stage_then_rerun(clean_run, tmp_path, stage, table, key, ro
     not redo the finished stages, must resume that one, and must end with exactly the rows of an
     uninterrupted run: nothing lost, nothing twice."""
     out = tmp_path / "killed"
+    # its own process group, so the kill also takes the ephemeral Prefect server it started (as `kill -9` of a job)
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *KILL_ARGS, "--out", str(out)], cwd=ROOT,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not list((out / "tables").glob(f"{stage}.parts-*/part-00000.json")):
         assert proc.poll() is None and time.time() < deadline, f"run ended before {stage} was half done"
         time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "tables" / f"{stage}.json").exists() and not (out / "pairs").exists()
 
