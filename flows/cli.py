@@ -223,7 +223,7 @@ def cmd_train(args) -> int:
     if not uses_hub(cfg.model):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     resolve(cfg.model, field="model")  # preflight: fail in a second on a bad model or data path
-    open_source(args.data)
+    open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.train import train

@@ -133,8 +133,8 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     }
     if cfg.generate.verbalized_k:
         answered = prompts.num_rows - len(skipped)
-        with_verbalized = len({s["mode"] == "verbalized" and p for p, s in zip(table.column("prompt_id").to_pylist(),
-                                                                              table.column("sampling").to_pylist())} - {False})
+        with_verbalized = len({p for p, s in zip(table.column("prompt_id").to_pylist(), table.column("sampling").to_pylist())
+                               if s["mode"] == "verbalized"})
         meta["funnel"].append({"stage": "generate", "filter": "verbalized_unparsed", "rows_in": answered,
                                "rows_out": with_verbalized, "reason": "verbalized-sampling reply with no parseable "
                                "response (prompts keep their sampled candidates)"})

@@ -55,14 +55,17 @@ class Example:
     confidence: float | None = None  # label_confidence (rdpo's soft target), when the row has one
 
 
-def open_source(path: str | Path) -> DataSource:
+def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
+    """The shards at `path`, checked for the columns training needs. `verify=False` (the CLI's
+    preflight) skips hashing: no shard is checked against the manifest and no fingerprint is made."""
     from pipeline.rundir import load_manifest, verify_shards
 
     path = Path(path).expanduser()
     manifest = None
     if path.is_dir() and (path / "manifest.json").exists():
         manifest = load_manifest(path)
-        shards, cache_dir = verify_shards(path, manifest), path
+        shards = verify_shards(path, manifest) if verify else [path / s["path"] for s in manifest.get("shards", [])]
+        cache_dir = path
     elif path.is_dir():
         shards, cache_dir = sorted(path.rglob("*.parquet")), path
     elif path.is_file() and path.suffix == ".parquet":
@@ -79,7 +82,11 @@ def open_source(path: str | Path) -> DataSource:
         if missing:
             raise InputError(f"--data: shard {shard} lacks column(s) {missing}; fix: give pairs in TRL's conversational "
                              "format (prompt, chosen, rejected as message lists) with a prompt_id column")
-    digest = hashlib.sha256("".join(sha256(s) for s in shards).encode()).hexdigest()[:16]
+    if not verify:
+        return DataSource(shards, manifest, cache_dir, "")
+    # a run's shards were just hashed against its manifest: reuse those digests rather than read every shard again
+    digests = [s["sha256"] for s in manifest["shards"]] if manifest else [sha256(s) for s in shards]
+    digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
     return DataSource(shards, manifest, cache_dir, digest)
 
 

@@ -43,10 +43,13 @@ def shard_refs_usable(source: DataSource, *, model_label: str, dtype: str, ld_al
             and ches.get("dtype") == dtype)
 
 
-def pair_tokens(ex: Example, ld_alpha: float | None) -> tuple[list, list | None]:
-    """The two sequences of a pair and their LD-DPO token weights (None when LD-DPO is off)."""
-    seqs = [(ex.prompt, ex.chosen), (ex.prompt, ex.rejected)]
-    weights = list(ld_weights(len(ex.chosen), len(ex.rejected), ld_alpha)) if ld_alpha is not None else None
+def pair_sequences(chunk: list[Example], ld_alpha: float | None) -> tuple[list, list]:
+    """Chosen and rejected of each pair in turn, and their LD-DPO token weights (None when LD-DPO
+    is off): the layout both the pre-pass and the training forward use."""
+    seqs, weights = [], []
+    for ex in chunk:
+        seqs += [(ex.prompt, ex.chosen), (ex.prompt, ex.rejected)]
+        weights += ld_weights(len(ex.chosen), len(ex.rejected), ld_alpha) if ld_alpha is not None else [None, None]
     return seqs, weights
 
 
@@ -59,11 +62,7 @@ def compute(model, todo: list[Example], *, ld_alpha: float | None, packed: bool,
     try:
         for start in range(0, len(todo), micro_batch):
             chunk = todo[start : start + micro_batch]
-            seqs, weights = [], []
-            for ex in chunk:
-                s, w = pair_tokens(ex, ld_alpha)
-                seqs += s
-                weights += w or [None, None]
+            seqs, weights = pair_sequences(chunk, ld_alpha)
             batch = build_batch(seqs, packed=packed, pad_id=pad_id, token_weights=weights, device=model.device)
             with autocast():
                 logp = forward_logps(model, batch, logit_chunk=logit_chunk)["logp"].double().cpu()

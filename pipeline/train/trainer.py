@@ -32,7 +32,7 @@ from pipeline.train.data import examples, eval_prompts, open_source, shuffled
 from pipeline.train.logps import build_batch, forward_logps
 from pipeline.train.losses import PairLogps, combined_loss, reward_metrics
 from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
-from pipeline.train.ref import cache_path, pair_tokens, reference_logps, shard_refs_usable
+from pipeline.train.ref import cache_path, pair_sequences, reference_logps, shard_refs_usable
 
 VERSION = "1"
 
@@ -78,11 +78,7 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
 
 
 def _pair_forward(model, chunk, refs, cfg: TrainConfig, pad_id: int, *, rationales: bool, top_k: int = 0):
-    seqs, weights = [], []
-    for ex in chunk:
-        s, w = pair_tokens(ex, cfg.ld_alpha)
-        seqs += s
-        weights += w or [None, None]
+    seqs, weights = pair_sequences(chunk, cfg.ld_alpha)
     with_rat = [ex for ex in chunk if rationales and ex.rationale is not None]
     seqs += [ex.rationale for ex in with_rat]
     weights += [None] * len(with_rat)
@@ -232,9 +228,9 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
             sched.step()
             step += 1
             seconds = time.perf_counter() - t0
-            record = {"step": step, "epoch": epoch, "loss": sum(cfg.losses[k] * v / (n_rat if k == "rationale" else len(batch))
-                                                                for k, v in sums.items()),
-                      **{f"loss/{k}": v / (n_rat if k == "rationale" else len(batch)) for k, v in sums.items()},
+            terms = {k: v / (n_rat if k == "rationale" else len(batch)) for k, v in sums.items()}
+            record = {"step": step, "epoch": epoch, "loss": sum(cfg.losses[k] * v for k, v in terms.items()),
+                      **{f"loss/{k}": v for k, v in terms.items()},
                       **_mean(vals), "grad_norm": float(norm), "learning_rate": sched.get_last_lr()[0],
                       "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9), "time": time.time()}
             stop = False
