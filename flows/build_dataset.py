@@ -1,6 +1,7 @@
 """The `build_dataset` flow: prompts -> prompt_filter -> generate -> judge -> pair -> ches
 -> rationale -> publish, with the self_critique pair source (prompt_filter -> self_critique -> pair)
-when `sources.self_critique.enabled`.
+when `sources.self_critique.enabled`. With `distributed.runner: ray` the heavy stages' prompt
+shards run on a Ray cluster first (flows/distributed.py).
 
 Each stage is a Prefect task that only calls the stage's `run` in pipeline/; the stage itself
 decides to skip (complete output for its fingerprint), resume (checkpointed parts) or run. Tasks
@@ -20,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
     update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.distributed import run_stage, task_runner
 from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique
 from pipeline.config import RunConfig
 from pipeline.errors import TransientBackendError
@@ -81,21 +83,25 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     def done(n):  # stage progress as a Prefect progress artifact (percent of stages finished)
         update_progress_artifact(progress, progress=round(100 * n / steps, 1))
 
-    metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
-    metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
-    done(2)
-    metas["self_critique"] = self_critique_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
-    done(3)
-    metas["generate"] = generate_task(out_dir, cfg, metas["prompt_filter"]["fingerprint"], log=say)
-    done(4)
-    metas["judge"] = judge_task(out_dir, cfg, metas["generate"]["fingerprint"], log=say)
-    done(5)
-    sources_fp = metas["self_critique"]["fingerprint"] if cfg.sources.self_critique.enabled else None
-    metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], sources_fp, log=say)
-    metas["ches"] = ches_task(out_dir, cfg, metas["pair"]["fingerprint"], log=say)
-    done(7)
-    metas["rationale"] = rationale_task(out_dir, cfg, metas["ches"]["fingerprint"], log=say)
-    done(8)
+    with task_runner(cfg.distributed) as runner:  # None: local; else the heavy stages' shards go to Ray
+        def heavy(stage_task, *inputs):
+            return run_stage(stage_task, runner, out_dir, cfg, *inputs, log=say)
+
+        metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
+        metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+        done(2)
+        metas["self_critique"] = heavy(self_critique_task, metas["prompt_filter"]["fingerprint"])
+        done(3)
+        metas["generate"] = heavy(generate_task, metas["prompt_filter"]["fingerprint"])
+        done(4)
+        metas["judge"] = heavy(judge_task, metas["generate"]["fingerprint"])
+        done(5)
+        sources_fp = metas["self_critique"]["fingerprint"] if cfg.sources.self_critique.enabled else None
+        metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], sources_fp, log=say)
+        metas["ches"] = heavy(ches_task, metas["pair"]["fingerprint"])
+        done(7)
+        metas["rationale"] = heavy(rationale_task, metas["ches"]["fingerprint"])
+        done(8)
     manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
     done(9)
     create_markdown_artifact(key="prefsynth-summary", markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--incremental", action="store_true",
                      help="grow OUT: process only prompts whose prompt_id is not yet in it, append new shards")
+    _distributed_args(run)
 
     srv = sub.add_parser("serve", help="run `prefsynth run --incremental` on a schedule (a Prefect deployment)",
                          description="Serve the build_dataset flow as a Prefect deployment on a cron or interval "
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--cron", metavar="EXPR", help='cron schedule, e.g. "0 * * * *" (hourly)')
     when.add_argument("--interval", type=float, metavar="SECONDS", help="run every SECONDS")
     srv.add_argument("--name", default="prefsynth", help="deployment name (default: prefsynth)")
+    _distributed_args(srv)
 
     card = sub.add_parser("card", help="regenerate RUN_DIR/README.md (and plots) from its tables and manifest")
     card.add_argument("run_dir", metavar="RUN_DIR")
@@ -104,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override one trainer key, e.g. --set steps=20 (repeatable; values are YAML)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _distributed_args(parser) -> None:
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="run generate/judge/CHES/rationale shards as Prefect tasks on Ray: a local instance, or "
+                        "the cluster at ADDRESS ('auto', 'ray://HEAD:10001'); same as --set distributed.runner=ray")
+    parser.add_argument("--shards", type=int, metavar="N", help="prompt shards per stage with --ray "
+                        "(same as --set distributed.shards=N)")
+
+
+def _distributed_overrides(args) -> list[str]:
+    out = []
+    if args.ray is not None:
+        out.append("distributed.runner=ray")
+        if args.ray != "local":
+            out.append(f"distributed.address={args.ray}")
+    if args.shards is not None:
+        out.append(f"distributed.shards={args.shards}")
+    return out
 
 
 TRAIN_HELP = """\
@@ -139,7 +160,8 @@ def cmd_run(args) -> int:
 
     from pipeline.config import apply_overrides
 
-    args.overrides = list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
+    args.overrides = (list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
+                      + _distributed_overrides(args))
     cfg, config_path = _checked_config(args)
     out_dir = args.out or str(Path("runs") / cfg.name)
     given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, args.overrides)
@@ -176,12 +198,17 @@ def _checked_config(args):
     for key, ref in refs.items():
         resolve(ref, field=key)
     load_prompts(cfg.input, seed=cfg.seed)
+    if cfg.distributed.runner == "ray":
+        from flows.distributed import task_runner
+
+        task_runner(cfg.distributed)  # prefect-ray missing fails here, before Prefect and Ray start
     return cfg, config_path
 
 
 def cmd_serve(args) -> int:
     from flows.serve import serve
 
+    args.overrides = list(args.overrides) + _distributed_overrides(args)
     cfg, _ = _checked_config(args)
     out_dir = str(Path(args.out or Path("runs") / cfg.name).resolve())
     when = f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"

@@ -36,6 +36,11 @@ def _load(path: str):
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
 
 
+def reward_judge_id(ref: str) -> str:
+    """A reward-model judge's id, known without loading the model."""
+    return f"{resolve(ref, field='judge.reward_models').label}#reward"
+
+
 class RewardModelJudge:
     kind = "reward_model"
     aspect = "reward"
@@ -46,7 +51,7 @@ class RewardModelJudge:
             self.model, self.tokenizer = _load(resolved.path)
         except OSError as exc:
             raise BackendError(f"judge.reward_models: cannot load {ref!r}: {exc}") from exc
-        self.id = f"{resolved.label}#reward"
+        self.id = reward_judge_id(ref)
         self.batch_size, self.max_input_tokens = batch_size, max_input_tokens
 
     @torch.inference_mode()

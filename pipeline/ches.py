@@ -36,6 +36,7 @@ import torch
 from pipeline import schemas
 from pipeline.config import CHESConfig, RunConfig, fingerprint
 from pipeline.encoding import encode_pair
+from pipeline.errors import BackendError
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
@@ -146,21 +147,32 @@ def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     return fingerprint("ches", VERSION, cfg.stage_fields("ches"), pairs_fp, model.revision)
 
 
-def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
+def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
     store = StageStore(run_dir, "ches", "pairs", stage_fingerprint(cfg, pairs_fp))
     if (meta := store.reuse(log)) is not None:
         return meta
     pairs = schemas.read_table(f"{run_dir}/tables/pair.parquet", "pairs")
     started = time.perf_counter()
     if not cfg.curate.ches.enabled:
+        if shard is not None:
+            return {"stage": "ches", "shard": list(shard)}
         return store.finish(pairs, {"seconds": 0.0, "model": None, "funnel": []})
-    from pipeline.backends.hf import load_causal_lm
-
-    model, tokenizer, label = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
     with bar(total=2 * pairs.num_rows, initial=2 * done_rows(store, pairs), desc="ches", unit="seq") as pbar:
-        def work(subset):  # checkpointed by prompt, as generate/judge
-            return score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance), {}
-        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, work, log)
+        def make_work():  # checkpointed by prompt, as generate/judge; the policy loads only if work is left
+            from pipeline.backends.hf import load_causal_lm
+
+            model, tokenizer, _ = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
+            dtype = str(model.dtype).removeprefix("torch.")  # the trainer reuses ref log-probs only at its own dtype
+            return lambda subset: (score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size,
+                                               progress=pbar.advance), {"dtype": dtype})
+        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+    if shard is not None:
+        return {"stage": "ches", "shard": list(shard)}
+    dtypes = {info["dtype"] for _, info in parts if "dtype" in info}
+    if len(dtypes) > 1:  # shards on unlike devices: the reference log-probs would not be comparable
+        raise BackendError(f"curate.ches: parts were scored in several dtypes {sorted(dtypes)}; fix: set "
+                           "generate.dtype explicitly (float32 or bfloat16) and rerun with a fresh --out")
     scored = schemas.concat([t for t, _ in parts], "pairs")
     scored = scored.take(pc.sort_indices(scored, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
                                                   ("rejected_id", "ascending")]))
@@ -169,8 +181,8 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
     schemas.write_table(scored, scored_path(run_dir), "pairs")
     values = [v for v in scored.column("ln_ches").to_pylist() if not math.isnan(v)]
     log(f"ches: scored {scored.num_rows} pairs, kept {kept.num_rows} ({entry['reason']})")
-    meta = {"seconds": round(time.perf_counter() - started, 2), "model": label, "filter": cfg.curate.ches.filter,
-            "dtype": str(model.dtype).removeprefix("torch."),  # the trainer reuses ref log-probs only at its own dtype
+    meta = {"seconds": round(time.perf_counter() - started, 2), "model": resolve(cfg.ches_model).label,
+            "filter": cfg.curate.ches.filter, "dtype": next(iter(dtypes), None),
             "cut": entry.pop("cut"), "ln_ches_min": min(values, default=None), "ln_ches_max": max(values, default=None),
             "funnel": [entry]}
     return store.finish(kept, meta)

@@ -293,6 +293,29 @@ class SourcesConfig(_Section):
     reward_augmented: RewardAugmentedConfig = RewardAugmentedConfig()
 
 
+class DistributedConfig(_Section):
+    """Where stage work runs; operational, never fingerprinted (a Ray run writes the rows a local one does)."""
+
+    runner: Literal["local", "ray"] = Field(
+        "local", description="'local': every stage runs in this process; 'ray': generate, judge, self-critique, CHES "
+        "and rationale run as `shards` Prefect tasks each on a Ray cluster (prefect-ray's RayTaskRunner).")
+    shards: int = Field(2, ge=1, le=4096, description="With runner 'ray': prompt shards (tasks) per stage; shard i "
+                        "does chunks i, i+shards, ... of publish.chunk_prompts prompts; each task loads its own models.")
+    address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://HEAD:10001'); null starts a "
+                                "local Ray instance for the run. OUT and the model cache must be on storage every node sees.")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (null: all of them); with "
+                                 "cpus_per_task it bounds how many shard tasks run at once.")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs each shard task reserves (torch in it uses that many threads).")
+    gpus_per_task: float = Field(0.0, ge=0, description="GPUs each shard task reserves (1 for vLLM or CHES on a GPU node).")
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self):
+        if self.runner == "local" and self.address is not None:
+            raise ValueError(f"distributed.address is {self.address!r} but distributed.runner is 'local'; "
+                             "fix: set distributed.runner=ray (or drop the address)")
+        return self
+
+
 class RunConfig(_Section):
     seed: int = Field(0, description="Seed for shuffling and sampling; same seed, same candidates.")
     name: str = Field("prefsynth-run", description="Run name shown in the manifest and card.")
@@ -304,6 +327,7 @@ class RunConfig(_Section):
     rationale: RationaleConfig = RationaleConfig()
     publish: PublishConfig = PublishConfig()
     sources: SourcesConfig = SourcesConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
     @model_validator(mode="after")
     def _critique_has_a_reward_model(self):

@@ -84,8 +84,9 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
                        prompts_fp, model.revision, *pool)
 
 
-def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
-    """Run (or resume, or skip) the stage under `run_dir`; return its meta."""
+def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+    """Run (or resume, or skip) the stage under `run_dir`; return its meta. With `shard=(i, k)` only do
+    that shard's chunks (a distributed task) and return without committing the table."""
     store = StageStore(run_dir, "generate", "candidates", stage_fingerprint(cfg, prompts_fp))
     if (meta := store.reuse(log)) is not None:
         return meta
@@ -93,7 +94,8 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
     started = time.perf_counter()
     g = cfg.generate
     backend_name = resolve_backend_name(g.backend)
-    request_log = RequestLog(f"{run_dir}/requests/generate.jsonl") if g.request_log else None
+    writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"  # concurrent shards: one log file each
+    request_log = RequestLog(f"{run_dir}/requests/generate.jsonl", writer=writer) if g.request_log else None
     backends: dict[str, GeneratorBackend] = {}
 
     def backend_of(model: str, field: str) -> GeneratorBackend:
@@ -103,29 +105,36 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
             backends[model] = LoggedBackend(b, request_log, backend_name=backend_name) if request_log else b
         return backends[model]
 
-    backend = None if g.pool and not g.verbalized_k else backend_of(g.model, "generate.model")
-    backend_for = lambda m: backend_of(g.pool[m].model, f"generate.pool.{m}.model")  # noqa: E731
     with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
         if backend_name == "openai":
             pbar.in_flight = lambda: sum(getattr(b, "in_flight", 0) for b in backends.values())
 
-        def work(subset):
-            table, skipped = generate_candidates(subset, cfg.generate, backend, seed=cfg.seed, progress=pbar.advance,
-                                                  backend_for=backend_for)
-            return table, {"skipped": skipped}
-        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, work, log)
+        def make_work():  # backends (models, engines) load only when a chunk is left to do
+            backend = None if g.pool and not g.verbalized_k else backend_of(g.model, "generate.model")
+            backend_for = lambda m: backend_of(g.pool[m].model, f"generate.pool.{m}.model")  # noqa: E731
+
+            def work(subset):
+                hits = _log_hits(backends)
+                table, skipped = generate_candidates(subset, g, backend, seed=cfg.seed, progress=pbar.advance,
+                                                      backend_for=backend_for)
+                return table, {"skipped": skipped, "request_log_hits": _log_hits(backends) - hits}
+            return work
+        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if request_log is not None:
         request_log.close()
+    if shard is not None:
+        return {"stage": "generate", "shard": list(shard)}
     table = schemas.concat([t for t, _ in parts], "candidates")
     skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
     seconds = time.perf_counter() - started
     tokens = int(sum(table.column("n_tokens").to_pylist()))
+    labels = generator_labels(cfg)
     meta = {
         "seconds": round(seconds, 2),
         "backend": backend_name,
-        "request_log_hits": sum(getattr(b, "hits", 0) for b in backends.values()),
-        "model": backend.label if backend is not None else ", ".join(sorted(b.label for b in backends.values())),
-        "models": sorted(b.label for b in backends.values()),
+        "request_log_hits": sum(info.get("request_log_hits", 0) for _, info in parts),
+        "model": ", ".join(labels),
+        "models": labels,
         "tokens": tokens,
         "skipped": skipped,
         "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": prompts.num_rows,
@@ -140,3 +149,17 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
                                "response (prompts keep their sampled candidates)"})
     log(f"generate: {table.num_rows} candidates for {prompts.num_rows - len(skipped)} prompts, {tokens} tokens")
     return store.finish(table, meta)
+
+
+def _log_hits(backends: dict) -> int:
+    return sum(getattr(b, "hits", 0) for b in backends.values())
+
+
+def generator_labels(cfg: RunConfig) -> list[str]:
+    """Labels (model@revision) of every generator the run uses: the model, or the pool (plus the model
+    when verbalized sampling asks it), sorted; known without loading anything."""
+    g = cfg.generate
+    refs = {(m.model, f"generate.pool.{i}.model") for i, m in enumerate(g.pool)}
+    if not g.pool or g.verbalized_k:
+        refs.add((g.model, "generate.model"))
+    return sorted({resolve(ref, field=field).label for ref, field in refs})

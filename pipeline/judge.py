@@ -91,33 +91,40 @@ def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
     return fingerprint("judge", VERSION, cfg.stage_fields("judge"), candidates_fp, revisions)
 
 
-def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print) -> dict:
+def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
     store = StageStore(run_dir, "judge", "judgments", stage_fingerprint(cfg, candidates_fp))
     if (meta := store.reuse(log)) is not None:
         return meta
     prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
     candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")
     started = time.perf_counter()
-    judges = build_judges(cfg)
-    explainer = None
-    if cfg.judge.rationales and cfg.judge.templates:
-        from pipeline.backends.hf import TransformersBackend
+    n_judges = len(cfg.judge.templates) + len(cfg.judge.pairwise_templates) + len(cfg.judge.reward_models)
+    with bar(total=candidates.num_rows * n_judges, desc="judge", unit="cand",
+             initial=n_judges * done_rows(store, candidates)) as pbar:
+        def make_work():  # judge models load only when a chunk is left to do
+            judges = build_judges(cfg)
+            explainer = None
+            if cfg.judge.rationales and cfg.judge.templates:
+                from pipeline.backends.hf import TransformersBackend
 
-        explainer = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.judge.batch_size,
-                                        field="judge.model")
-    with bar(total=candidates.num_rows * len(judges), desc="judge", unit="cand",
-             initial=len(judges) * done_rows(store, candidates)) as pbar:
-        def work(subset):
-            return judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
-                                    rationale_tokens=cfg.judge.rationale_tokens), {}
-        parts = run_in_parts(store, candidates, cfg.publish.chunk_prompts, work, log)
+                explainer = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype,
+                                                batch_size=cfg.judge.batch_size, field="judge.model")
+            return lambda subset: (judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
+                                                    rationale_tokens=cfg.judge.rationale_tokens), {})
+        parts = run_in_parts(store, candidates, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+    if shard is not None:
+        return {"stage": "judge", "shard": list(shard)}
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())
+    kinds = dict(zip(table.column("judge").to_pylist(), table.column("kind").to_pylist()))  # in judge order
+    judge_ids = list(kinds)  # read off the table: a gathering call loads no judge
     same_model = resolve(cfg.judge_model).path == resolve(cfg.generate.model).path
-    self_pref = [j.id for j in judges if j.kind != "reward_model"] if same_model else []
-    meta = {"seconds": round(time.perf_counter() - started, 2), "judges": [j.id for j in judges],
-            "judge": judges[0].id, "failure_rate": round(failed / max(table.num_rows, 1), 4), "self_preference": self_pref,
+    self_pref = [j for j, kind in kinds.items() if kind != "reward_model"] if same_model else []
+    meta = {"seconds": round(time.perf_counter() - started, 2), "judges": judge_ids,
+            "judge": judge_ids[0] if judge_ids else None, "failure_rate": round(failed / max(table.num_rows, 1), 4),
+            "self_preference": self_pref,
             "funnel": [{"stage": "judge", "filter": "judge_failed", "rows_in": table.num_rows,
                         "rows_out": table.num_rows - failed, "reason": "judgment not scoreable (ok=false)"}]}
-    log(f"judge: {table.num_rows} judgments from {len(judges)} judge(s), {failed} not ok")
+    log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
     return store.finish(table, meta)

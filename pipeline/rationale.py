@@ -50,26 +50,31 @@ def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     return fingerprint("rationale", VERSION, TEMPLATE.id, cfg.stage_fields("rationale"), pairs_fp, model.revision)
 
 
-def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print) -> dict:
+def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
     store = StageStore(run_dir, "rationale", "pairs", stage_fingerprint(cfg, pairs_fp))
     if (meta := store.reuse(log)) is not None:
         return meta
     pairs = schemas.read_table(f"{run_dir}/tables/ches.parquet", "pairs")
     started = time.perf_counter()
     if not cfg.rationale.enabled or pairs.num_rows == 0:
+        if shard is not None:
+            return {"stage": "rationale", "shard": list(shard)}
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
-    backend = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.rationale.batch_size,
-                                  field="judge.model")
     with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
-        def work(subset):
-            return add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
-                                  max_prompt_tokens=cfg.judge.max_input_tokens,
-                                  specials=special_strings(backend.tokenizer), progress=pbar.advance), {}
-        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, work, log)
+        def make_work():  # the judge model loads only when a chunk is left to do
+            backend = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.rationale.batch_size,
+                                          field="judge.model")
+            return lambda subset: (add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
+                                                  max_prompt_tokens=cfg.judge.max_input_tokens,
+                                                  specials=special_strings(backend.tokenizer), progress=pbar.advance), {})
+        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+    if shard is not None:
+        return {"stage": "rationale", "shard": list(shard)}
     table = schemas.concat([t for t, _ in parts], "pairs")
     table = table.take(pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
                                                ("rejected_id", "ascending")]))
     missing = table.column("rationale").null_count
     log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
     return store.finish(table, {"seconds": round(time.perf_counter() - started, 2), "template": TEMPLATE.id,
-                                "model": backend.label, "missing": missing, "funnel": []})
+                                "model": resolve(cfg.judge_model).label, "missing": missing, "funnel": []})

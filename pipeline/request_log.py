@@ -4,7 +4,9 @@ Keyed by a hash of (backend, generator label, messages, sampling, seeds), never 
 or endpoint URL, so a killed run resumes without re-requesting what completed, and a config
 change that alters outputs misses the log while an operational one does not. One JSON line per
 request, flushed and fsynced before the next is written; a torn last line (a kill mid-write) is
-ignored on load. API keys never enter a key or a record.
+ignored on load. API keys never enter a key or a record. Distributed shards write at once, so
+each appends to its own file beside the main one (`generate.<writer>.jsonl`); every reader loads
+them all, so a resume with another shard count still finds every completed request.
 """
 
 from __future__ import annotations
@@ -25,13 +27,17 @@ def request_key(label: str, req: Request, sampling: SamplingParams) -> str:
 
 
 class RequestLog:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path, *, writer: str | None = None):
+        """Loads `path` and its writers' files; appends to `path`, or to its `writer` file."""
+        base = Path(path)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        self.path = base if writer is None else base.with_name(f"{base.stem}.{writer}{base.suffix}")
         self.entries: dict[str, Result] = {}
         self._lock = threading.Lock()
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
+        for file in [base, *sorted(base.parent.glob(f"{base.stem}.*{base.suffix}"))]:
+            if not file.exists():
+                continue
+            for line in file.read_text().splitlines():
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:

@@ -144,30 +144,39 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
                        teacher.revision, rm.revision)
 
 
-def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
+def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
     store = StageStore(run_dir, "self_critique", "pairs", stage_fingerprint(cfg, prompts_fp))
     if (meta := store.reuse(log)) is not None:
         return meta
     sc = cfg.sources.self_critique
     if not sc.enabled:
+        if shard is not None:
+            return {"stage": "self_critique", "shard": list(shard)}
         return store.finish(schemas.empty("pairs"), {"seconds": 0.0, "enabled": False, "funnel": []})
-    from judges.reward_model import RewardModelJudge
+    from judges.reward_model import RewardModelJudge, reward_judge_id
 
     prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
     started = time.perf_counter()
     rules = principles(sc.principles)
-    backend = make_backend(cfg.generate.backend, sc.model or cfg.generate.model, dtype=cfg.generate.dtype,
-                           batch_size=sc.batch_size, field="sources.self_critique.model",
-                           vllm=cfg.generate.vllm.model_dump(), openai=cfg.generate.openai.model_dump())
-    scorer = RewardModelJudge(cfg.critique_reward_model)
     position = {pid: i for i, pid in enumerate(prompts.column("prompt_id").to_pylist())}
     with bar(total=3 * prompts.num_rows, initial=3 * done_rows(store, prompts), desc="self-critique", unit="req") as pbar:
-        def work(subset):
-            table, drops = critique_pairs(subset, backend, scorer, rules=rules, seed=cfg.seed, temperature=sc.temperature,
-                                          max_new_tokens=sc.max_new_tokens, position=position,
-                                          max_prompt_tokens=cfg.generate.max_prompt_tokens, progress=pbar.advance)
-            return table, {"drops": drops}
-        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, work, log)
+        def make_work():  # teacher and reward model load only when a chunk is left to do
+            backend = make_backend(cfg.generate.backend, sc.model or cfg.generate.model, dtype=cfg.generate.dtype,
+                                   batch_size=sc.batch_size, field="sources.self_critique.model",
+                                   vllm=cfg.generate.vllm.model_dump(), openai=cfg.generate.openai.model_dump())
+            scorer = RewardModelJudge(cfg.critique_reward_model)
+
+            def work(subset):
+                table, drops = critique_pairs(subset, backend, scorer, rules=rules, seed=cfg.seed,
+                                              temperature=sc.temperature, max_new_tokens=sc.max_new_tokens,
+                                              position=position, max_prompt_tokens=cfg.generate.max_prompt_tokens,
+                                              progress=pbar.advance)
+                return table, {"drops": drops}
+            return work
+        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+    if shard is not None:
+        return {"stage": "self_critique", "shard": list(shard)}
     pairs = schemas.concat([t for t, _ in parts], "pairs")
     drops: dict[str, int] = {}
     for _, extra in parts:
@@ -187,6 +196,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
         pairs = kept
     log(f"self_critique: {pairs.num_rows} revision pairs; the reward model disagrees with {disagree}")
     meta = {"seconds": round(time.perf_counter() - started, 2), "enabled": True, "template": TEMPLATE_ID,
-            "model": backend.label, "reward_model": scorer.id, "principles": [r.name for r in rules],
+            "model": resolve(sc.model or cfg.generate.model).label,
+            "reward_model": reward_judge_id(cfg.critique_reward_model), "principles": [r.name for r in rules],
             "reward_model_disagrees": disagree, "funnel": funnel}
     return store.finish(pairs, meta)

@@ -4,13 +4,19 @@ Layout under RUN/tables/:
   <stage>.parquet            the stage's complete table
   <stage>.json               its meta: fingerprint, rows, seconds, funnel, models (written last)
   <stage>.parts-<fp>/        checkpointed chunks while the stage runs:
-      part-00000.parquet     rows for a set of prompts (written atomically)
-      part-00000.json        the prompt_ids that part covers, plus stage extras (written after it)
+      part-000000016.parquet rows for a set of prompts (written atomically); the number is the
+                             input position of the part's first prompt, so names sort in input order
+      part-000000016.json    the prompt_ids that part covers, plus stage extras (written after it)
 
 A stage is complete when its meta exists with the current fingerprint. A part counts only once
 its JSON exists, so a kill between the two files just redoes that chunk. Parts are keyed by
 prompt_id, not by chunk number, so resuming with another chunk size neither redoes nor
 duplicates work. Parts of another fingerprint sit in their own folder and are never mixed in.
+
+Distributed stages (flows/distributed.py): shard i of k does chunks i, i+k, ... of a plan cut
+from *all* prompts, so shards that start at different times never overlap; several processes
+can write one parts folder at once because no two chunks share a first prompt. The stage's
+ordinary (unsharded) call then finds every part done, loads no model and commits the table.
 """
 
 from __future__ import annotations
@@ -99,12 +105,10 @@ class StageStore:
         """Keys covered by complete parts (reads only the small JSON files)."""
         return {k for _, info in self._infos() for k in info["keys"]}
 
-    def write_part(self, table: pa.Table, keys: list[str], extra: dict | None = None) -> None:
+    def write_part(self, table: pa.Table, keys: list[str], extra: dict | None = None, *, position: int) -> None:
+        """`position`: the input position of keys[0]; unique among unfinished chunks, so it names the part."""
         self.parts_dir.mkdir(parents=True, exist_ok=True)
-        index = len(list(self.parts_dir.glob("part-*.json")))
-        while (self.parts_dir / f"part-{index:05d}.json").exists():
-            index += 1
-        name = f"part-{index:05d}"
+        name = f"part-{position:09d}"
         schemas.write_table(table, self.parts_dir / f"{name}.parquet", self.table_name)
         write_json(self.parts_dir / f"{name}.json", {"keys": keys, **(extra or {})})
 
@@ -138,17 +142,29 @@ def done_rows(store: StageStore, table: pa.Table) -> int:
     return sum(p in done for p in table.column("prompt_id").to_pylist())
 
 
-def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, work, log=None) -> list[tuple[pa.Table, dict]]:
+def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work, log=None, *,
+                 shard: tuple[int, int] | None = None) -> list[tuple[pa.Table, dict]]:
     """Run `work(rows of table for some prompts) -> (output table, extra)` over the prompts (in table
     order) that no finished part covers, `chunk_size` prompts at a time, checkpointing each chunk;
-    return every part (old and new). `log` gets one line saying what is reused."""
+    return every part (old and new). `make_work()` builds `work` (loads models) once, and only if a
+    chunk is left to do. `shard=(i, k)`: only this shard's chunks of the all-prompts plan; returns
+    [] (the unsharded call that follows gathers). `log` gets one line saying what is reused."""
     pid = table.column("prompt_id")
     keys = list(dict.fromkeys(pid.to_pylist()))  # a prompt may own several rows (candidates, pairs)
+    position = {k: i for i, k in enumerate(keys)}
     done = store.done_keys()
-    todo = [k for k in keys if k not in done]
+    if shard is None:
+        plan = chunks([k for k in keys if k not in done], chunk_size)
+    else:
+        index, count = shard
+        plan = [[k for k in c if k not in done] for c in chunks(keys, chunk_size)[index::count]]
+    plan = [c for c in plan if c]
     if log is not None and done:
-        log(f"{store.stage}: resuming, {len(keys) - len(todo)} of {len(keys)} prompts already done in checkpointed parts")
-    for chunk in chunks(todo, chunk_size):
+        n_done = len(done & position.keys())
+        log(f"{store.stage}: resuming, {n_done} of {len(keys)} prompts already done in checkpointed parts" if plan else
+            f"{store.stage}: {n_done} of {len(keys)} prompts done in checkpointed parts{' of this shard' if shard else ''}")
+    work = make_work() if plan else None
+    for chunk in plan:
         out, extra = work(table.filter(pc.is_in(pid, value_set=pa.array(chunk))))
-        store.write_part(out, chunk, extra)
-    return store.parts()
+        store.write_part(out, chunk, extra, position=position[chunk[0]])
+    return [] if shard is not None else store.parts()

@@ -21,6 +21,18 @@ def test_log_survives_reopen_and_ignores_a_torn_line(tmp_path):
     again.close()
 
 
+def test_shard_writers_append_to_their_own_files_and_every_reader_sees_all(tmp_path):
+    a = RequestLog(tmp_path / "generate.jsonl", writer="shard-0-of-2")
+    b = RequestLog(tmp_path / "generate.jsonl", writer="shard-1-of-2")
+    a.append("x", [Completion("red", 2, "stop")])
+    b.append("y", Skipped("too long"))
+    a.close(), b.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generate.shard-0-of-2.jsonl", "generate.shard-1-of-2.jsonl"]
+    main = RequestLog(tmp_path / "generate.jsonl")  # a later unsharded resume, or another shard count
+    assert main.entries == {"x": [Completion("red", 2, "stop")], "y": Skipped("too long")}
+    main.close()
+
+
 def test_key_changes_with_outputs_not_with_operational_knobs():
     base = request_key("vllm:m@r", REQ, S)
     assert base == request_key("vllm:m@r", Request(list(REQ.messages), (1, 2)), SamplingParams(0.8, 0.95, 8))

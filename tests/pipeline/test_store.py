@@ -28,11 +28,11 @@ def test_resume_redoes_only_unfinished_prompts_whatever_the_chunk_size(tmp_path)
         return subset, {}
 
     with pytest.raises(Boom):
-        run_in_parts(store, rows(keys), 2, crashing)
+        run_in_parts(store, rows(keys), 2, lambda: crashing)
     assert store.done_keys() == {"k0", "k1", "k2", "k3"}
     assert done_rows(store, rows(keys)) == 4
     redone = []
-    parts = run_in_parts(store, rows(keys), 3, lambda subset: (redone.append(ids(subset)), (subset, {}))[1])
+    parts = run_in_parts(store, rows(keys), 3, lambda: lambda subset: (redone.append(ids(subset)), (subset, {}))[1])
     assert redone == [["k4", "k5", "k6"]]
     table = schemas.concat([t for t, _ in parts], "prompts")
     assert sorted(table.column("prompt_id").to_pylist()) == keys  # nothing lost, nothing twice
@@ -40,7 +40,7 @@ def test_resume_redoes_only_unfinished_prompts_whatever_the_chunk_size(tmp_path)
 
 def test_meta_commits_the_stage_and_other_fingerprints_are_ignored(tmp_path):
     store = StageStore(tmp_path, "s", "prompts", "fp1")
-    run_in_parts(store, rows(["a"]), 1, lambda subset: (subset, {"extra": 1}))
+    run_in_parts(store, rows(["a"]), 1, lambda: lambda subset: (subset, {"extra": 1}))
     assert store.meta() is None
     store.finish(rows(["a"]), {"seconds": 1})
     assert store.meta()["rows"] == 1 and not store.parts_dir.exists()
@@ -50,10 +50,10 @@ def test_meta_commits_the_stage_and_other_fingerprints_are_ignored(tmp_path):
 
 def test_part_without_its_json_does_not_count(tmp_path):
     store = StageStore(tmp_path, "s", "prompts", "fp")
-    store.write_part(rows(["a"]), ["a"])
-    (store.parts_dir / "part-00000.json").unlink()  # as if killed between the two writes
+    store.write_part(rows(["a"]), ["a"], position=0)
+    (store.parts_dir / "part-000000000.json").unlink()  # as if killed between the two writes
     assert store.done_keys() == set()
-    store.write_part(rows(["a"]), ["a"])
+    store.write_part(rows(["a"]), ["a"], position=0)
     assert store.done_keys() == {"a"} and len(store.parts()) == 1
 
 
@@ -84,5 +84,41 @@ def test_a_prompt_with_several_rows_is_one_unit(tmp_path):
     table = schemas.from_rows([{"prompt_id": p, "messages": [{"role": "user", "content": f"{p}{i}"}]}
                                for p, n in (("a", 2), ("b", 3), ("c", 1)) for i in range(n)], "prompts")
     seen = []
-    run_in_parts(store, table, 1, lambda subset: (seen.append(ids(subset)), (subset, {}))[1])
+    run_in_parts(store, table, 1, lambda: lambda subset: (seen.append(ids(subset)), (subset, {}))[1])
     assert seen == [["a", "a"], ["b", "b", "b"], ["c"]] and done_rows(store, table) == 6
+
+
+def recorder(seen):
+    """make_work for run_in_parts that records each chunk it is given and counts its own calls."""
+    def make():
+        seen.setdefault("made", 0)
+        seen["made"] += 1
+        return lambda subset: (seen.setdefault("chunks", []).append(ids(subset)), (subset, {}))[1]
+    return make
+
+
+def test_shards_split_the_all_prompts_plan_and_the_gathering_call_loads_nothing(tmp_path):
+    keys = [f"k{i}" for i in range(7)]
+    store = StageStore(tmp_path, "s", "prompts", "fp")
+    one, two, gather = {}, {}, {}
+    assert run_in_parts(store, rows(keys), 2, recorder(two), shard=(1, 2)) == []  # shard 1 first: no overlap anyway
+    assert run_in_parts(store, rows(keys), 2, recorder(one), shard=(0, 2)) == []
+    assert one["chunks"] == [["k0", "k1"], ["k4", "k5"]] and two["chunks"] == [["k2", "k3"], ["k6"]]
+    parts = run_in_parts(store, rows(keys), 2, recorder(gather))
+    assert gather == {}  # every chunk done: make_work (the model load) never ran
+    # part names sort in input order, whatever order the shards finished in
+    assert schemas.concat([t for t, _ in parts], "prompts").column("prompt_id").to_pylist() == keys
+
+
+def test_a_late_shard_skips_what_is_done_and_never_duplicates(tmp_path):
+    keys = [f"k{i}" for i in range(6)]
+    store = StageStore(tmp_path, "s", "prompts", "fp")
+    run_in_parts(store, rows(keys[:2]), 2, recorder({}))  # an earlier unsharded run did k0, k1
+    late = {}
+    run_in_parts(store, rows(keys), 2, recorder(late), shard=(0, 2))
+    assert late["chunks"] == [["k4", "k5"]]  # chunk 0 (k0, k1) is done; chunk 2 is its other share
+    rest = {}
+    parts = run_in_parts(store, rows(keys), 2, recorder(rest))
+    assert rest["chunks"] == [["k2", "k3"]]  # the gathering call does what no shard did
+    table = schemas.concat([t for t, _ in parts], "prompts")
+    assert table.column("prompt_id").to_pylist() == keys
