@@ -65,6 +65,13 @@ class OpenAIConfig(_Section):
     max_backoff_s: float = Field(30.0, gt=0, description="Backoff ceiling.")
     use_n: bool = Field(False, description="One request with n samples (seeded with the first seed) instead of one "
                         "request per sample; servers without n fall back to separate requests.")
+    prefect_concurrency_limit: str | None = Field(
+        None, description="Name of a Prefect global concurrency limit: each request holds one of its slots while in "
+        "flight, shared by every process, Ray worker and run on that Prefect API (`prefect gcl create NAME --limit 8`); "
+        "a missing limit is an error.")
+    prefect_rate_limit: str | None = Field(
+        None, description="Name of a Prefect global concurrency limit with slot decay, used as a rate limit: each "
+        "request first takes one slot (`prefect gcl create NAME --limit 10 --slot-decay-per-second 5` for 5 req/s).")
 
 
 class PoolMember(_Section):

@@ -8,11 +8,18 @@ seed only, as with the local backends. With `use_n` one request asks for all sam
 seeded with the first seed); a server that rejects `n` gets separate requests instead. A prompt
 the server rejects for its context length is skipped with the server's reason. The API key is
 read from the environment variable named in config and never logged or stored.
+
+The semaphore bounds one process. Limits across processes (Ray workers, several runs, a schedule)
+come from Prefect's global concurrency limits: with `prefect_concurrency_limit` every request
+holds a slot of that limit while in flight, with `prefect_rate_limit` it first takes a slot of a
+decaying limit (a rate). Both are strict: a limit that does not exist is a ConfigError, never a
+silently unlimited run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -28,7 +35,8 @@ CONTEXT_ERROR = re.compile(r"context length|maximum context|too long|max_model_l
 class OpenAIBackend:
     def __init__(self, model: str, *, base_url: str, served_model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, use_n: bool = False, label: str | None = None):
+                 max_backoff_s: float = 30.0, use_n: bool = False, label: str | None = None,
+                 prefect_concurrency_limit: str | None = None, prefect_rate_limit: str | None = None):
         try:
             import openai
         except ImportError as exc:
@@ -42,6 +50,7 @@ class OpenAIBackend:
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self.use_n = use_n
+        self.prefect_concurrency_limit, self.prefect_rate_limit = prefect_concurrency_limit, prefect_rate_limit
         self.in_flight = 0
         self.retries = 0
 
@@ -95,7 +104,7 @@ class OpenAIBackend:
         o = self.openai
         for attempt in range(self.max_retries + 1):
             try:
-                async with sem:
+                async with sem, self._prefect_slot():
                     self.in_flight += 1
                     try:
                         resp = await client.chat.completions.create(
@@ -120,6 +129,30 @@ class OpenAIBackend:
             except o.APIStatusError as exc:
                 raise BackendError(f"generate: {self.base_url} answered {exc.status_code}: {_message(exc)[:300]}") from exc
         raise AssertionError("unreachable")
+
+
+    @contextlib.asynccontextmanager
+    async def _prefect_slot(self):
+        """A slot of the configured Prefect limits (rate first, then concurrency), or nothing."""
+        if not (self.prefect_rate_limit or self.prefect_concurrency_limit):
+            yield
+            return
+        from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
+
+        field = "generate.openai.prefect_rate_limit"
+        try:
+            if self.prefect_rate_limit:
+                await rate_limit(self.prefect_rate_limit, occupy=1, strict=True)
+            field = "generate.openai.prefect_concurrency_limit"
+            slot = (concurrency(self.prefect_concurrency_limit, occupy=1, strict=True)
+                    if self.prefect_concurrency_limit else contextlib.nullcontext())
+            async with slot:
+                yield
+        except ConcurrencySlotAcquisitionError as exc:
+            name = getattr(self, field.rsplit(".", 1)[1])
+            raise ConfigError(f"{field}: Prefect has no usable global concurrency limit {name!r} ({exc}); fix: "
+                              f"`prefect gcl create {name} --limit N` (a rate limit also needs "
+                              "--slot-decay-per-second), or unset the key") from exc
 
 
 class _NRejected(Exception):

@@ -103,6 +103,8 @@ class FaultProxy:
 
     def __init__(self, target: str, faults: list[int]):
         self.faults, self.chat_requests, self.lock = list(faults), 0, threading.Lock()
+        self.in_flight = self.max_in_flight = 0  # requests forwarded to the server and not yet answered
+        self.starts: list[float] = []  # when each forwarded request arrived (monotonic seconds)
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -123,11 +125,18 @@ class FaultProxy:
                     self.wfile.write(payload)
                     return
                 req = urllib.request.Request(target + self.path, data=body, headers={"Content-Type": "application/json"})
+                with proxy.lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                    proxy.starts.append(time.monotonic())
                 try:
                     with urllib.request.urlopen(req, timeout=120) as r:
                         status, data = r.status, r.read()
                 except urllib.error.HTTPError as exc:
                     status, data = exc.code, exc.read()
+                finally:
+                    with proxy.lock:
+                        proxy.in_flight -= 1
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -203,6 +212,39 @@ def test_429_and_500_are_retried_through_a_fault_proxy(server):
         table, skipped = generate_candidates(PROMPTS, CFG, backend, seed=5)
         assert not skipped and table.num_rows == 16 and backend.retries == 4
         assert proxy.chat_requests == 16 + 4
+    finally:
+        proxy.close()
+
+
+def test_prefect_global_limits_bound_requests_across_processes(server):
+    """Prefect's global limits (on the ephemeral API) hold an 8-way backend to 2 requests in flight at
+    the real server, space request starts by a decaying rate limit, and a missing limit is an error."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from pipeline.errors import ConfigError
+
+    async def create_limits():
+        async with get_client() as client:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="prefsynth-test-conc", limit=2))
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
+                name="prefsynth-test-rate", limit=1, slot_decay_per_second=2.0))
+    asyncio.run(create_limits())
+    proxy = FaultProxy(server.url, [])
+    try:
+        table, skipped = generate_candidates(PROMPTS, CFG, openai_backend(
+            proxy.url, concurrency=8, prefect_concurrency_limit="prefsynth-test-conc"), seed=5)
+        assert not skipped and table.num_rows == 16 and proxy.max_in_flight == 2
+        proxy.starts.clear()
+        generate_candidates(PROMPTS.slice(0, 3), CFG, openai_backend(
+            proxy.url, concurrency=8, prefect_rate_limit="prefsynth-test-rate"), seed=6)
+        starts = sorted(proxy.starts)
+        assert len(starts) == 6 and min(b - a for a, b in zip(starts, starts[1:])) > 0.3  # 2 slots/s: ~0.5 s apart
+        with pytest.raises(ConfigError, match="prefect_concurrency_limit.*prefect gcl create prefsynth-nope"):
+            openai_backend(proxy.url, prefect_concurrency_limit="prefsynth-nope").generate(
+                backend_requests(1), sampling=SamplingParams(0.9, 0.95, 4), max_prompt_tokens=400)
     finally:
         proxy.close()
 
