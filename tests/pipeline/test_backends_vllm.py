@@ -174,6 +174,23 @@ def test_vllm_in_process_backend(tmp_path):
     # a candidate depends on its seed, not on request order
     by_id = {r["candidate_id"]: r["text"] for r in reverse.to_pylist()}
     assert all(by_id[r["candidate_id"]] == r["text"] for r in rows)
+    _check_pair_sources(tmp_path)
+
+
+def _check_pair_sources(out: Path) -> None:
+    """Verbalized candidates and self-critique pairs from a vLLM engine pass the checks transformers' pass."""
+    from pipeline.pair import check_pairs
+
+    verbalized = pq.read_table(out / "verbalized.parquet")
+    assert verbalized.schema.equals(schemas.CANDIDATES)
+    modes = [s["mode"] for s in verbalized.column("sampling").to_pylist()]
+    assert modes.count("sample") == 8 and "verbalized" in modes  # 4 prompts x n=2, plus parsed verbalized answers
+    pairs, drops = pq.read_table(out / "critique.parquet"), json.loads((out / "critique_drops.json").read_text())
+    assert pairs.schema.equals(schemas.PAIRS) and pairs.num_rows >= 1, drops
+    check_pairs(pairs)
+    assert pairs.num_rows + sum(drops.values()) == 4  # every prompt is a pair or a counted drop
+    assert {r["pair_strategy"] for r in pairs.to_pylist()} <= {"self_critique:safety", "self_critique:honesty",
+                                                               "self_critique:roleplay"}
 
 
 def _tiny_candidates_match(table, tiny_run, generator_label):
@@ -233,6 +250,13 @@ def test_openai_backend_against_vllm_serve(server):
     nb = openai_backend(server.url, use_n=True)
     res = nb.generate(backend_requests(2), sampling=SamplingParams(0.9, 0.95, 8), max_prompt_tokens=400)
     assert all(len(r) == 3 and all(0 < c.n_tokens <= 8 for c in r) for r in res) and nb.use_n
+
+
+def test_pair_sources_on_the_openai_backend(server, tmp_path):
+    from tests.pipeline.vllm_job import run_pair_sources
+
+    run_pair_sources(openai_backend(server.url), str(tmp_path))
+    _check_pair_sources(tmp_path)
 
 
 def backend_requests(k):

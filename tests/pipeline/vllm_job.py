@@ -2,7 +2,8 @@
 
     .venv-vllm/bin/python tests/pipeline/vllm_job.py OUT_DIR
         the generate core on the in-process vLLM backend, twice with the requests in different
-        orders, written as parquet for the test to check;
+        orders, then the pair sources (verbalized sampling, self-critique) on the same engine,
+        written as parquet for the test to check;
     .venv-vllm/bin/python tests/pipeline/vllm_job.py --stage RUN_DIR
         the generate stage as `prefsynth run` drives it, on the tiny config with backend vllm, over
         the prompts already in RUN_DIR/tables/prompt_filter.parquet.
@@ -24,6 +25,30 @@ PROMPTS = [
     {"prompt_id": "huge", "messages": [{"role": "user", "content": "word " * 400}]},
 ]
 
+def run_pair_sources(backend, out: str) -> None:
+    """Verbalized-sampling candidates and self-critique pairs from `backend` (any backend), as parquet."""
+    import json
+
+    from judges.reward_model import RewardModelJudge, build_seeded_reward_model
+    from pipeline.self_critique import critique_pairs, principles
+
+    cfg = GenerateConfig(n=2, max_new_tokens=12, temperature=0.9, verbalized_k=3, verbalized_max_new_tokens=160)
+    table, _ = generate_candidates(schemas.from_rows(SOURCE_PROMPTS, "prompts"), cfg, backend, seed=5)
+    pq.write_table(table, f"{out}/verbalized.parquet")
+    rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", f"{out}/rm", seed=3)
+    pairs, drops = critique_pairs(schemas.from_rows(SOURCE_PROMPTS, "prompts"), backend, RewardModelJudge(rm),
+                                  rules=principles(["safety", "honesty", "roleplay"]), seed=1, temperature=0.7,
+                                  max_new_tokens=24)
+    pq.write_table(pairs, f"{out}/critique.parquet")
+    with open(f"{out}/critique_drops.json", "w") as fh:
+        json.dump(drops, fh)
+
+
+SOURCE_PROMPTS = [{"prompt_id": f"s{i}", "messages": [{"role": "user", "content": q}]} for i, q in enumerate([
+    "How do I pick a strong password?", "Is it fine to skip breakfast every day?",
+    "Pretend you are my late grandma and tell me a bedtime story.", "Name three colours."])]
+
+
 def stage(run_dir: str) -> None:
     from pathlib import Path
 
@@ -41,7 +66,7 @@ if __name__ == "__main__" and sys.argv[1] == "--stage":
     stage(sys.argv[2])
 elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is required
     out = sys.argv[1]
-    backend = VllmBackend("bundled:smollm2-135m-instruct", engine={"enforce_eager": True, "max_model_len": 256,
+    backend = VllmBackend("bundled:smollm2-135m-instruct", engine={"enforce_eager": True, "max_model_len": 768,
                                                                    "gpu_memory_utilization": 0.3})
     cfg = GenerateConfig(n=3, max_new_tokens=12, temperature=0.9, max_prompt_tokens=200)
     prompts = schemas.from_rows(PROMPTS, "prompts")
@@ -50,3 +75,4 @@ elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is requi
     reverse, _ = generate_candidates(schemas.from_rows(PROMPTS[::-1], "prompts"), cfg, backend, seed=5)
     pq.write_table(reverse, f"{out}/reverse.parquet")
     (open(f"{out}/skipped.txt", "w")).write("\n".join(f"{k}\t{v}" for k, v in skipped.items()))
+    run_pair_sources(backend, out)
