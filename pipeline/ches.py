@@ -105,12 +105,23 @@ def ches_from_stats(chosen: SequenceStats, rejected: SequenceStats) -> tuple[flo
 def score_pairs(pairs: pa.Table, model, tokenizer, *, batch_size: int, padding_side: str = "right", progress=None) -> pa.Table:
     """Pure core: the pairs table with ches, ln_ches, ref_chosen_logp, ref_rejected_logp filled."""
     rows = pairs.select(["prompt", "chosen", "rejected"]).to_pylist()
-    seqs = []
+    # a candidate in several pairs (all_above_margin, top_k_vs_bottom_k) is one sequence: S and log p
+    # depend on (prompt, response) only, so each distinct sequence goes through the model once
+    index: dict[tuple, int] = {}
+    seqs, slots = [], []
     for r in rows:
-        seqs.append(encode_pair(tokenizer, r["prompt"], r["chosen"][0]["content"]))
-        seqs.append(encode_pair(tokenizer, r["prompt"], r["rejected"][0]["content"]))
-    stats = sequence_stats(model, seqs, batch_size=batch_size, padding_side=padding_side,
-                           pad_id=tokenizer.pad_token_id or 0, progress=progress)
+        for side in ("chosen", "rejected"):
+            seq = encode_pair(tokenizer, r["prompt"], r[side][0]["content"])
+            key = (tuple(seq[0]), tuple(seq[1]))
+            if key not in index:
+                index[key] = len(seqs)
+                seqs.append(seq)
+            slots.append(index[key])
+    unique = sequence_stats(model, seqs, batch_size=batch_size, padding_side=padding_side,
+                            pad_id=tokenizer.pad_token_id or 0, progress=progress)
+    stats = [unique[i] for i in slots]
+    if progress is not None and len(slots) > len(seqs):
+        progress(len(slots) - len(seqs), 0)  # the shared sequences count as done for the stage's bar
     cols: dict[str, list] = {"ches": [], "ln_ches": [], "ref_chosen_logp": [], "ref_rejected_logp": []}
     for k in range(len(rows)):
         c, r = stats[2 * k], stats[2 * k + 1]

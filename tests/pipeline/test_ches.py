@@ -59,6 +59,23 @@ def test_batched_matches_one_at_a_time(model, padding_side, batch_size):
 
 
 @pytest.mark.slow
+def test_a_candidate_in_several_pairs_is_scored_once_with_the_same_result(model):
+    """all_above_margin-style pairs (a, b), (a, c), (b, c) of one prompt: three distinct sequences go
+    through the model, and every pair's scores equal those of the pair scored on its own."""
+    m, tok, _ = model
+    prompt, (a, b, c) = "Name a colour.", ("Blue is calm.", "Red.", "Green is the colour of grass.")
+    shared = pairs_table([(prompt, a, b), (prompt, a, c), (prompt, b, c)])
+    shared = shared.set_column(shared.schema.get_field_index("prompt_id"), "prompt_id", pa.array(["p"] * 3))
+    seen = []
+    got = score_pairs(shared, m, tok, batch_size=8, progress=lambda n, tokens: seen.append((n, tokens))).to_pylist()
+    assert sum(n for n, t in seen if t) == 3 and sum(n for n, _ in seen) == 6  # 3 forwards; the bar still counts 6
+    for row, (x, y) in zip(got, ((a, b), (a, c), (b, c))):
+        alone = score_pairs(pairs_table([(prompt, x, y)]), m, tok, batch_size=1).to_pylist()[0]
+        for name in ("ches", "ln_ches", "ref_chosen_logp", "ref_rejected_logp"):
+            assert row[name] == pytest.approx(alone[name], rel=1e-5), name
+
+
+@pytest.mark.slow
 def test_more_similar_responses_have_higher_ches(model):
     """Razin et al.: likelihood displacement is driven by similar chosen/rejected representations."""
     m, tok, _ = model
