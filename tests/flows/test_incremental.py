@@ -125,11 +125,14 @@ def test_served_deployment_runs_twice_on_schedule_with_only_new_prompts(tmp_path
         assert [i["prompts"] for i in incs] == [2, 2]
         new = pq.read_table(out / incs[1]["dir"] / "tables" / "prompts.parquet").column("prompt_id").to_pylist()
         assert set(new) == _ids(_lines(12, 14))
-        # the Prefect API saw the runs: at least two completed runs of the deployment
-        req = urllib.request.Request(f"{api}/flow_runs/filter", data=json.dumps(
-            {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode(), headers={"Content-Type": "application/json"})
-        runs = json.loads(urllib.request.urlopen(req, timeout=10).read())
-        assert len([r for r in runs if r.get("deployment_id")]) >= 2
+        # the Prefect API saw the runs: at least two completed runs of the deployment (the manifest is
+        # written inside the run, so the second run may still be finishing when it appears)
+        def completed_runs():
+            req = urllib.request.Request(f"{api}/flow_runs/filter", data=json.dumps(
+                {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode(),
+                headers={"Content-Type": "application/json"})
+            return [r for r in json.loads(urllib.request.urlopen(req, timeout=10).read()) if r.get("deployment_id")]
+        _wait(lambda: len(completed_runs()) >= 2, 120, "two completed deployment runs in the Prefect API", [serve])
     finally:
         for p in (serve, server):
             if p is not None and p.poll() is None:
