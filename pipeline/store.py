@@ -161,8 +161,9 @@ def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work,
     plan = [c for c in plan if c]
     if log is not None and done:
         n_done = len(done & position.keys())
-        log(f"{store.stage}: resuming, {n_done} of {len(keys)} prompts already done in checkpointed parts" if plan else
-            f"{store.stage}: {n_done} of {len(keys)} prompts done in checkpointed parts{' of this shard' if shard else ''}")
+        where = f" (shard {shard[0]} of {shard[1]})" if shard else ""
+        log(f"{store.stage}: resuming{where}, {n_done} of {len(keys)} prompts already done in checkpointed parts" if plan
+            else f"{store.stage}{where}: nothing left to do, {n_done} of {len(keys)} prompts done in checkpointed parts")
     work = make_work() if plan else None
     for chunk in plan:
         out, extra = work(table.filter(pc.is_in(pid, value_set=pa.array(chunk))))
