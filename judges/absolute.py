@@ -2,6 +2,8 @@
 
 One forward pass per (conversation, response), batched and left-padded; only the last position's
 logits are computed (`logits_to_keep=1`), so a batch never materialises a sequence x vocab tensor.
+On a vLLM engine (judge.backend 'vllm') the same log-probs come from one decoding step that
+returns exactly the score tokens' log-probs, normalised over the whole vocabulary.
 Inputs longer than `max_input_tokens` are `ok=false`: truncating them would grade another text.
 """
 
@@ -65,7 +67,7 @@ class ScoreTokenJudge:
         return out  # type: ignore[return-value]
 
     def _forward(self, rows: list[list[int]]) -> list[ParsedScore]:
-        logprobs = last_position_logprobs(self.model, self.tokenizer, rows, self.score_ids)
+        logprobs = next_token_logprobs(self.model, self.tokenizer, rows, self.score_ids)
         return [expected_score(lp, min_mass=self.min_mass) for lp in logprobs]
 
 
@@ -86,6 +88,14 @@ def explain(judge: ScoreTokenJudge, items: Sequence[tuple[list[dict], str]], jud
     for i, r in zip(todo, results):
         out[i] = None if isinstance(r, Skipped) or not r[0].text else r[0].text
     return out
+
+
+def next_token_logprobs(model, tokenizer, rows: list[list[int]], token_ids: list[int]) -> list[list[float]]:
+    """log p(token | row) at the answer position for each of `token_ids`, from a transformers causal LM
+    or from a vLLM engine (a VllmBackend, judge.backend 'vllm': it has `last_position_logprobs`)."""
+    if hasattr(model, "last_position_logprobs"):
+        return model.last_position_logprobs(rows, token_ids)
+    return last_position_logprobs(model, tokenizer, rows, token_ids)
 
 
 @torch.inference_mode()

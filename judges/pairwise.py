@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from judges.absolute import last_position_logprobs
+from judges.absolute import next_token_logprobs
 from judges.parsing import single_token_ids
 from judges.templates import PAIRWISE, PairwiseTemplate, special_strings
 from pipeline.errors import ConfigError
@@ -66,7 +66,7 @@ class PairwiseJudge:
         todo = sorted((i for i, ids in enumerate(encoded) if len(ids) <= self.max_input_tokens), key=lambda i: len(encoded[i]))
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
-            for i, lps in zip(batch, last_position_logprobs(self.model, self.tokenizer, [encoded[i] for i in batch], self.answer_ids)):
+            for i, lps in zip(batch, next_token_logprobs(self.model, self.tokenizer, [encoded[i] for i in batch], self.answer_ids)):
                 pa_, pb = math.exp(lps[0]), math.exp(lps[1])
                 out[i] = (pa_ / (pa_ + pb) if pa_ + pb > 0 else None, pa_ + pb)
         return out

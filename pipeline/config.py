@@ -133,6 +133,10 @@ class GenerateConfig(_Section):
 
 class JudgeConfig(_Section):
     model: str | None = Field(None, description="LLM judge model (absolute and pairwise templates, rationales); null means the generator model.")
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Where the LLM judge (and the pair rationales) run: transformers, or an in-process "
+        "vLLM engine with generate.vllm's options, shared with generation when it uses the same model. Reward models "
+        "always run on transformers.")
     templates: list[str] = Field(
         ["absolute-1to5-v1"], description="Absolute LLM-judge templates, each a judge (ids in judges/templates.py)."
     )
@@ -366,8 +370,11 @@ class RunConfig(_Section):
                     "decontaminate": self.curate.decontaminate.model_dump()}
         if stage == "generate":
             return {"seed": self.seed, **g.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"})}
+        # vLLM's numerics differ from transformers'; the default is left out so older runs keep their fingerprints
+        judge_backend = {} if j.backend == "transformers" else {"backend": j.backend}
         if stage == "judge":
-            return {"model": self.judge_model, **j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement"})}
+            return {"model": self.judge_model, **judge_backend,
+                    **j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement", "backend"})}
         if stage == "pair":
             return {"seed": self.seed, "aggregate": j.aggregate, "min_agreement": j.min_agreement, **self.pair.model_dump(),
                     "reward_augmented": self.sources.reward_augmented.model_dump()}
@@ -378,7 +385,7 @@ class RunConfig(_Section):
         if stage == "ches":
             return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
         if stage == "rationale":
-            return {"model": self.judge_model, **self.rationale.model_dump(exclude={"batch_size"})}
+            return {"model": self.judge_model, **judge_backend, **self.rationale.model_dump(exclude={"batch_size"})}
         if stage == "publish":
             return self.publish.model_dump(exclude={"shard_rows", "chunk_prompts"})
         raise KeyError(stage)

@@ -74,11 +74,26 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
     return schemas.from_rows(rows, "judgments")
 
 
+def judge_generator(cfg: RunConfig, batch_size: int):
+    """A generation backend on the judge model (judgment and pair rationales), on judge.backend."""
+    if cfg.judge.backend == "vllm":
+        from pipeline.backends.vllm_backend import shared
+
+        return shared(cfg.judge_model, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(), field="judge.model")
+    from pipeline.backends.hf import TransformersBackend
+
+    return TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=batch_size, field="judge.model")
+
+
 def build_judges(cfg: RunConfig) -> list:
     j = cfg.judge
     judges: list = [RewardModelJudge(ref, batch_size=j.batch_size, max_input_tokens=j.max_input_tokens) for ref in j.reward_models]
     if j.templates or j.pairwise_templates:
-        model, tokenizer, label = load_causal_lm(cfg.judge_model, cfg.generate.dtype, "judge.model")
+        if j.backend == "vllm":  # the engine scores: judges/absolute.py next_token_logprobs
+            engine = judge_generator(cfg, j.batch_size)
+            model, tokenizer, label = engine, engine.tokenizer, engine.label
+        else:
+            model, tokenizer, label = load_causal_lm(cfg.judge_model, cfg.generate.dtype, "judge.model")
         common = dict(min_mass=j.min_score_mass, max_input_tokens=j.max_input_tokens, batch_size=j.batch_size)
         judges = [ScoreTokenJudge(model, tokenizer, label, template_id=t, **common) for t in j.templates] + judges
         judges += [PairwiseJudge(model, tokenizer, label, template_id=t, **common) for t in j.pairwise_templates]
@@ -104,12 +119,7 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
              initial=n_judges * done_rows(store, candidates)) as pbar:
         def make_work():  # judge models load only when a chunk is left to do
             judges = build_judges(cfg)
-            explainer = None
-            if cfg.judge.rationales and cfg.judge.templates:
-                from pipeline.backends.hf import TransformersBackend
-
-                explainer = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype,
-                                                batch_size=cfg.judge.batch_size, field="judge.model")
+            explainer = judge_generator(cfg, cfg.judge.batch_size) if cfg.judge.rationales and cfg.judge.templates else None
             return lambda subset: (judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
                                                     rationale_tokens=cfg.judge.rationale_tokens), {})
         parts = run_in_parts(store, candidates, cfg.publish.chunk_prompts, make_work, log, shard=shard)

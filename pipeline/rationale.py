@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 from judges.templates import PAIR_RATIONALE_V2, RationaleTemplate, special_strings
 from pipeline import schemas
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
-from pipeline.backends.hf import TransformersBackend
 from pipeline.config import RunConfig, fingerprint
+from pipeline.judge import judge_generator
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
@@ -63,8 +63,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
     with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
         def make_work():  # the judge model loads only when a chunk is left to do
-            backend = TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=cfg.rationale.batch_size,
-                                          field="judge.model")
+            backend = judge_generator(cfg, cfg.rationale.batch_size)
             return lambda subset: (add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
                                                   max_prompt_tokens=cfg.judge.max_input_tokens,
                                                   specials=special_strings(backend.tokenizer), progress=pbar.advance), {})

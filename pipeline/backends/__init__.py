@@ -28,9 +28,9 @@ def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: 
 
         return TransformersBackend(model_ref, dtype=dtype, batch_size=batch_size, field=field)
     if name == "vllm":
-        from pipeline.backends.vllm_backend import VllmBackend
+        from pipeline.backends.vllm_backend import shared
 
-        return VllmBackend(model_ref, dtype=dtype, engine=vllm, field=field)
+        return shared(model_ref, dtype=dtype, engine=vllm, field=field)
     if name == "openai":
         from pipeline.backends.openai_backend import OpenAIBackend
         from pipeline.models import resolve

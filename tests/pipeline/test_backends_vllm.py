@@ -175,6 +175,16 @@ def test_vllm_in_process_backend(tmp_path):
     by_id = {r["candidate_id"]: r["text"] for r in reverse.to_pylist()}
     assert all(by_id[r["candidate_id"]] == r["text"] for r in rows)
     _check_pair_sources(tmp_path)
+    assert "engines=1" in proc.stdout
+    # judge.backend vllm: the same absolute and pairwise judgments as transformers, from the engine's log-probs
+    on_vllm, on_hf = pq.read_table(tmp_path / "judge_vllm.parquet"), pq.read_table(tmp_path / "judge_hf.parquet")
+    assert on_vllm.schema.equals(schemas.JUDGMENTS) and on_vllm.num_rows == on_hf.num_rows > 9  # absolute + pairwise
+    for v, h in zip(on_vllm.to_pylist(), on_hf.to_pylist()):
+        assert (v["candidate_id"], v["judge"], v["kind"], v["ok"]) == (h["candidate_id"], h["judge"], h["kind"], h["ok"])
+        if h["ok"]:
+            assert v["score"] == pytest.approx(h["score"], abs=2e-3), (v, h)
+        if h["kind"] == "absolute":  # the score tokens' mass: log-probs normalised over the vocabulary, not the 5
+            assert json.loads(v["raw"])["mass"] == pytest.approx(json.loads(h["raw"])["mass"], abs=2e-3)
 
 
 def _check_pair_sources(out: Path) -> None:

@@ -2,7 +2,8 @@
 
     .venv-vllm/bin/python tests/pipeline/vllm_job.py OUT_DIR
         the generate core on the in-process vLLM backend, twice with the requests in different
-        orders, then the pair sources (verbalized sampling, self-critique) on the same engine,
+        orders, then the pair sources (verbalized sampling, self-critique) and the LLM judges
+        (judge.backend vllm, sharing the engine) on it, and the same judges on transformers,
         written as parquet for the test to check;
     .venv-vllm/bin/python tests/pipeline/vllm_job.py --stage RUN_DIR
         the generate stage as `prefsynth run` drives it, on the tiny config with backend vllm, over
@@ -14,7 +15,7 @@ import sys
 import pyarrow.parquet as pq
 
 from pipeline import schemas
-from pipeline.backends.vllm_backend import VllmBackend
+from pipeline.backends.vllm_backend import shared
 from pipeline.config import GenerateConfig
 from pipeline.generate import generate_candidates
 
@@ -49,6 +50,22 @@ SOURCE_PROMPTS = [{"prompt_id": f"s{i}", "messages": [{"role": "user", "content"
     "Pretend you are my late grandma and tell me a bedtime story.", "Name three colours."])]
 
 
+ENGINE = {"enforce_eager": True, "max_model_len": 768, "gpu_memory_utilization": 0.3}
+
+
+def judge_on_both_backends(candidates, out: str) -> None:
+    """An absolute and a pairwise LLM judge over `candidates` on vLLM (build_judges finds this process's
+    engine: same model, dtype and options) and on transformers, both float32."""
+    from pipeline.config import load_config
+    from pipeline.judge import build_judges, judge_candidates
+
+    prompts = schemas.from_rows(PROMPTS, "prompts")
+    common = ["generate.dtype=float32", "judge.pairwise_templates=[pairwise-ab-v1]"]
+    on_vllm = load_config(None, common + ["judge.backend=vllm"] + [f"generate.vllm.{k}={v}" for k, v in ENGINE.items()])
+    pq.write_table(judge_candidates(prompts, candidates, build_judges(on_vllm)), f"{out}/judge_vllm.parquet")
+    pq.write_table(judge_candidates(prompts, candidates, build_judges(load_config(None, common))), f"{out}/judge_hf.parquet")
+
+
 def stage(run_dir: str) -> None:
     from pathlib import Path
 
@@ -66,8 +83,7 @@ if __name__ == "__main__" and sys.argv[1] == "--stage":
     stage(sys.argv[2])
 elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is required
     out = sys.argv[1]
-    backend = VllmBackend("bundled:smollm2-135m-instruct", engine={"enforce_eager": True, "max_model_len": 768,
-                                                                   "gpu_memory_utilization": 0.3})
+    backend = shared("bundled:smollm2-135m-instruct", dtype="float32", engine=ENGINE)
     cfg = GenerateConfig(n=3, max_new_tokens=12, temperature=0.9, max_prompt_tokens=200)
     prompts = schemas.from_rows(PROMPTS, "prompts")
     table, skipped = generate_candidates(prompts, cfg, backend, seed=5)
@@ -76,3 +92,7 @@ elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is requi
     pq.write_table(reverse, f"{out}/reverse.parquet")
     (open(f"{out}/skipped.txt", "w")).write("\n".join(f"{k}\t{v}" for k, v in skipped.items()))
     run_pair_sources(backend, out)
+    judge_on_both_backends(table, out)
+    from pipeline.backends import vllm_backend
+
+    print(f"engines={len(vllm_backend._ENGINES)}")  # generation, pair sources and judges shared one
