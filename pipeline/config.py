@@ -316,7 +316,8 @@ class DistributedConfig(_Section):
                                 "local Ray instance for the run. OUT and the model cache must be on storage every node sees.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (null: all of them); with "
                                  "cpus_per_task it bounds how many shard tasks run at once.")
-    cpus_per_task: float = Field(1.0, gt=0, description="CPUs each shard task reserves (torch in it uses that many threads).")
+    cpus_per_task: float = Field(1.0, gt=0, description="CPUs each shard task reserves; Ray sets the task's "
+                                 "OMP_NUM_THREADS (torch's thread count) to it unless the environment sets one.")
     gpus_per_task: float = Field(0.0, ge=0, description="GPUs each shard task reserves (1 for vLLM or CHES on a GPU node).")
 
     @model_validator(mode="after")
