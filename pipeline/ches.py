@@ -167,7 +167,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
     started = time.perf_counter()
     if not cfg.curate.ches.enabled:
         if shard is not None:
-            return {"stage": "ches", "shard": list(shard)}
+            return store.shard_meta(shard)
         return store.finish(pairs, {"seconds": 0.0, "model": None, "funnel": []})
     with bar(total=2 * pairs.num_rows, initial=2 * done_rows(store, pairs), desc="ches", unit="seq") as pbar:
         def make_work():  # checkpointed by prompt, as generate/judge; the policy loads only if work is left
@@ -179,7 +179,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
                                                progress=pbar.advance), {"dtype": dtype})
         parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if shard is not None:
-        return {"stage": "ches", "shard": list(shard)}
+        return store.shard_meta(shard)
     dtypes = {info["dtype"] for _, info in parts if "dtype" in info}
     if len(dtypes) > 1:  # shards on unlike devices: the reference log-probs would not be comparable
         raise BackendError(f"curate.ches: parts were scored in several dtypes {sorted(dtypes)}; fix: set "

@@ -123,7 +123,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     if request_log is not None:
         request_log.close()
     if shard is not None:
-        return {"stage": "generate", "shard": list(shard)}
+        return store.shard_meta(shard)
     table = schemas.concat([t for t, _ in parts], "candidates")
     skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
     seconds = time.perf_counter() - started

@@ -124,7 +124,7 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
                                                     rationale_tokens=cfg.judge.rationale_tokens), {})
         parts = run_in_parts(store, candidates, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if shard is not None:
-        return {"stage": "judge", "shard": list(shard)}
+        return store.shard_meta(shard)
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())
     kinds = dict(zip(table.column("judge").to_pylist(), table.column("kind").to_pylist()))  # in judge order

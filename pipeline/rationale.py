@@ -59,7 +59,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
     started = time.perf_counter()
     if not cfg.rationale.enabled or pairs.num_rows == 0:
         if shard is not None:
-            return {"stage": "rationale", "shard": list(shard)}
+            return store.shard_meta(shard)
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
     with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
         def make_work():  # the judge model loads only when a chunk is left to do
@@ -69,7 +69,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
                                                   specials=special_strings(backend.tokenizer), progress=pbar.advance), {})
         parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if shard is not None:
-        return {"stage": "rationale", "shard": list(shard)}
+        return store.shard_meta(shard)
     table = schemas.concat([t for t, _ in parts], "pairs")
     table = table.take(pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
                                                ("rejected_id", "ascending")]))

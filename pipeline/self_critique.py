@@ -152,7 +152,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     sc = cfg.sources.self_critique
     if not sc.enabled:
         if shard is not None:
-            return {"stage": "self_critique", "shard": list(shard)}
+            return store.shard_meta(shard)
         return store.finish(schemas.empty("pairs"), {"seconds": 0.0, "enabled": False, "funnel": []})
     from judges.reward_model import RewardModelJudge, reward_judge_id
 
@@ -176,7 +176,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
             return work
         parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if shard is not None:
-        return {"stage": "self_critique", "shard": list(shard)}
+        return store.shard_meta(shard)
     pairs = schemas.concat([t for t, _ in parts], "pairs")
     drops: dict[str, int] = {}
     for _, extra in parts:

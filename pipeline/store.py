@@ -75,6 +75,10 @@ class StageStore:
             log(f"{self.stage}: complete output exists for fingerprint {self.fingerprint} ({meta['rows']} rows), not redone")
         return meta
 
+    def shard_meta(self, shard: tuple[int, int]) -> dict:
+        """What a shard task returns: its parts are on disk, the stage is committed by the gathering call."""
+        return {"stage": self.stage, "shard": list(shard)}
+
     def read(self) -> pa.Table:
         return schemas.read_table(self.table_path, self.table_name)
 
