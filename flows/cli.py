@@ -14,7 +14,11 @@ import os
 import sys
 from pathlib import Path
 
+from flows.runtime import Terminated, signals
 from pipeline.errors import PrefsynthError
+
+_RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
+           "checkpoint", "push": "; rerun the same command to push"}
 
 RUN_HELP = """\
 Build a preference dataset:
@@ -81,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     insp = sub.add_parser("inspect", help="read a run in the terminal: summary, funnel, scores, pairs side by side")
     insp.add_argument("run_dir", metavar="RUN_DIR")
-    insp.add_argument("--sample", type=int, default=3, metavar="N", help="show N matching pairs, chosen at random (default 3)")
+    insp.add_argument("--sample", type=_count, default=3, metavar="N", help="show N matching pairs, chosen at random (default 3)")
     insp.add_argument("--where", metavar="SQL", help='filter pairs, e.g. "margin < 0.5 AND chosen_len > rejected_len"')
     insp.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
 
@@ -106,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override one trainer key, e.g. --set steps=20 (repeatable; values are YAML)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0 (the error names the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; fix: e.g. --sample 5") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; fix: give 0 or more, e.g. --sample 5")
+    return value
 
 
 def _distributed_args(parser) -> None:
@@ -162,55 +177,52 @@ def cmd_run(args) -> int:
 
     args.overrides = (list(args.overrides) + (["input.skip_invalid=true"] if args.skip_invalid else [])
                       + _distributed_overrides(args))
-    cfg, config_path = _checked_config(args)
-    out_dir = args.out or str(Path("runs") / cfg.name)
+    cfg, config_path, out_dir = _checked_config(args, incremental=args.incremental)
     given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, args.overrides)
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
-    from flows.build_dataset import build_dataset
-    from pipeline.publish import summary
+    from flows.runtime import flow_session
 
-    manifest = build_dataset(cfg.model_dump(), out_dir, given=given, incremental=args.incremental)
+    with flow_session():
+        from flows.build_dataset import build_dataset
+        from pipeline.publish import summary
+
+        manifest = build_dataset(cfg.model_dump(), out_dir, given=given, incremental=args.incremental)
     if manifest.get("nothing_new"):
         print(f"nothing new in {cfg.input.path}: {out_dir} already holds every prompt "
               f"({manifest.get('rows', {}).get('pairs', 0)} pairs)")
+        edited = manifest.get("edited_prompts_skipped", {}).get("count", 0)
+        if edited:
+            print(f"  {edited} prompt(s) have new text under an already processed prompt_id and were not re-processed; "
+                  "give an edited prompt a new prompt_id to process it")
         return 0
     print(summary(manifest, out_dir))
     return 0
 
 
-def _checked_config(args):
-    """Load and validate the config and preflight every model and the input (fails in a second)."""
+def _checked_config(args, *, incremental: bool):
+    """Load and validate the config, then preflight the output folder, every model and the input
+    (pipeline/preflight.py): a bad value fails in a second, before Prefect or a model starts."""
     from pipeline.config import load_config
-    from pipeline.models import resolve, uses_hub
-    from pipeline.prompts import load_prompts
+    from pipeline.preflight import check_run
 
     config_path = Path(args.config) if args.config else _default_config()
     cfg = load_config(config_path, args.overrides)
-    refs = {"generate.model": cfg.generate.model, "judge.model": cfg.judge_model, "curate.ches.model": cfg.ches_model,
-            "curate.dedup.model": cfg.curate.dedup.model}
-    refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(cfg.judge.reward_models)})
-    if cfg.sources.self_critique.enabled:
-        refs["sources.self_critique.reward_model"] = cfg.critique_reward_model
-    if not cfg.input.path.startswith("hf:") and not any(uses_hub(r) for r in refs.values()):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    for key, ref in refs.items():
-        resolve(ref, field=key)
-    load_prompts(cfg.input, seed=cfg.seed)
+    out_dir = args.out or str(Path("runs") / cfg.name)
+    check_run(cfg, out_dir, incremental=incremental)
     if cfg.distributed.runner == "ray":
         from flows.distributed import task_runner
 
         task_runner(cfg.distributed)  # prefect-ray missing fails here, before Prefect and Ray start
-    return cfg, config_path
+    return cfg, config_path, out_dir
 
 
 def cmd_serve(args) -> int:
     from flows.serve import serve
 
     args.overrides = list(args.overrides) + _distributed_overrides(args)
-    cfg, _ = _checked_config(args)
-    out_dir = str(Path(args.out or Path("runs") / cfg.name).resolve())
+    cfg, _, out_dir = _checked_config(args, incremental=True)
+    out_dir = str(Path(out_dir).resolve())
     when = f"cron {args.cron!r}" if args.cron else f"every {args.interval:g} s"
     print(f"serving deployment build_dataset/{args.name}: {when}, growing {out_dir}")
     serve(cfg.model_dump(), out_dir, name=args.name, cron=args.cron, interval=args.interval)
@@ -241,21 +253,26 @@ def cmd_push(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pipeline.models import resolve, uses_hub
+    from pipeline.preflight import check_model, offline_unless_hub
+    from pipeline.rundir import check_out_dir
     from pipeline.train.config import load_train_config
-    from pipeline.train.data import open_source
+    from pipeline.train.data import check_degenerate, open_source
 
     overrides = list(args.overrides) + ([f"model={args.model}"] if args.model else [])
     cfg = load_train_config(args.config, overrides)
-    if not uses_hub(cfg.model):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    resolve(cfg.model, field="model")  # preflight: fail in a second on a bad model or data path
-    open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
+    offline_unless_hub([cfg.model])
+    check_model(cfg.model, field="--model" if args.model else "model")  # preflight: fail in a second
+    check_out_dir(args.out)
+    source = open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
+    check_degenerate(source, lambda msg: None)  # a dataset of only chosen == rejected fails here; the flow warns
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
-    from flows.train import train
+    from flows.runtime import flow_session
 
-    prov = train(cfg.model_dump(), str(args.data), str(args.out))
+    with flow_session():
+        from flows.train import train
+
+        prov = train(cfg.model_dump(), str(args.data), str(args.out))
     ev = prov["final_eval"]
     print(f"trained {prov['steps']} steps on {args.data}; model: {prov['model']['path']}")
     if ev:
@@ -281,11 +298,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _setup_logging()
     try:
-        return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push,
-                "train": cmd_train, "serve": cmd_serve}[args.command](args)
+        with signals():
+            return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push,
+                    "train": cmd_train, "serve": cmd_serve}[args.command](args)
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"prefsynth: interrupted; finished work is kept{_RESUME.get(args.command, '')}", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"prefsynth: terminated (SIGTERM); finished work is kept{_RESUME.get(args.command, '')}", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ class OpenAIBackend:
             except BaseException as exc:  # re-raised in the caller's thread
                 box["err"] = exc
 
-        t = threading.Thread(target=target, name="prefsynth-openai")
+        # daemon: a Ctrl-C in the caller must not wait at exit for requests still in flight
+        t = threading.Thread(target=target, name="prefsynth-openai", daemon=True)
         t.start()
         t.join()
         if "err" in box:

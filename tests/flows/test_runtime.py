@@ -1,0 +1,42 @@
+"""The CLI's flow runtime: user errors reach Prefect's console without a traceback, bugs keep theirs."""
+
+import io
+import logging
+
+from flows.runtime import _QuietUserErrors
+from pipeline.errors import InputError
+
+
+def _render(exc: BaseException) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(_QuietUserErrors())
+    logger = logging.getLogger(f"test-runtime-{id(exc)}")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise exc
+    except BaseException:
+        logger.error("Task run failed with exception", exc_info=True)
+    return stream.getvalue()
+
+
+def test_user_errors_and_interrupts_lose_their_traceback_on_the_console():
+    for exc in (InputError("input.path 'x' does not exist; fix: ..."), KeyboardInterrupt()):
+        out = _render(exc)
+        assert "Task run failed with exception" in out and "Traceback" not in out
+
+
+def test_a_user_error_wrapped_by_another_exception_is_recognised():
+    try:
+        try:
+            raise InputError("bad row; fix: ...")
+        except InputError as inner:
+            raise RuntimeError("task failed") from inner
+    except RuntimeError as outer:
+        assert "Traceback" not in _render(outer)
+
+
+def test_bugs_keep_their_traceback():
+    out = _render(ZeroDivisionError("division by zero"))
+    assert "Traceback (most recent call last)" in out and "ZeroDivisionError" in out
