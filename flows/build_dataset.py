@@ -27,6 +27,7 @@ from pipeline.config import RunConfig
 from pipeline.errors import TransientBackendError
 from pipeline.incremental import increment_config, merge
 from pipeline.incremental import plan as incremental_plan
+from pipeline.rundir import check_kind
 from pipeline.store import run_lock
 
 log = logging.getLogger("prefsynth")
@@ -60,18 +61,23 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None, increme
     dataset with the source's new prompts only (pipeline/incremental.py)."""
     cfg = RunConfig.model_validate(config)
     with run_lock(out_dir):
+        check_kind(out_dir, incremental=incremental)  # a plain run must not replace a grown dataset, nor the reverse
         if not incremental:
             return _build(cfg, out_dir, given, log.info)
         out = Path(out_dir)
-        inc_dir, n_new = incremental_plan(out, cfg)
-        if inc_dir is None:
+        todo = incremental_plan(out, cfg)
+        if todo.edited:
+            log.info(f"{len(todo.edited)} prompt(s) already processed have new text under the same prompt_id and are "
+                     f"not re-processed (first: {todo.edited[0]}); give an edited prompt a new prompt_id to process it")
+        if todo.inc_dir is None:
             m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
             log.info(f"nothing new: every prompt of {cfg.input.path} is already in {out_dir} "
                      f"({m.get('rows', {}).get('pairs', 0)} pairs from {len(m.get('increments', []))} increments)")
-            return {**m, "nothing_new": True}
-        log.info(f"increment {inc_dir.name}: {n_new} new prompts")
-        inc_manifest = _build(increment_config(cfg, inc_dir), str(inc_dir), given, log.info)
-        return merge(out, inc_dir, inc_manifest, cfg, given)
+            return {**m, "nothing_new": True, "edited_prompts_skipped": {"count": len(todo.edited),
+                                                                         "prompt_ids": todo.edited[:50]}}
+        log.info(f"increment {todo.inc_dir.name}: {todo.new} new prompts")
+        inc_manifest = _build(increment_config(cfg, todo.inc_dir), str(todo.inc_dir), given, log.info)
+        return merge(out, todo.inc_dir, inc_manifest, cfg, given, edited=todo.edited)
 
 
 def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:

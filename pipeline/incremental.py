@@ -3,7 +3,11 @@
 `prefsynth run --incremental` (and `prefsynth serve`) treat OUT as a growing dataset:
   1. plan: load the source (a file, a folder of .jsonl/.parquet files, a dataset), drop every
      prompt_id that an earlier increment already processed (whether or not it yielded pairs), and
-     cap the rest at `input.limit`. Nothing new: say so and stop, before any model loads.
+     cap the rest at `input.limit`. Nothing new: say so and stop, before any model loads. A prompt
+     whose id was processed but whose text has changed since is not re-processed (its pairs are
+     published already); it is counted and listed as `edited_prompts_skipped` in the summary and
+     the manifest. To process an edited prompt, give it a new prompt_id (or drop the field: the id
+     is then a hash of the messages, so an edit is a new prompt).
   2. run: the new prompts become OUT/increments/NNNNN/ (its `new_prompts.parquet` is written once,
      so a killed increment resumes on the same prompts), an ordinary run directory built by the
      same stages, with its own tables, shards, manifest and card.
@@ -22,6 +26,7 @@ import copy
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -29,7 +34,7 @@ import yaml
 
 from pipeline import schemas
 from pipeline.config import RunConfig
-from pipeline.prompts import load_prompts
+from pipeline.prompts import load_prompts, messages_hash
 from pipeline.store import sha256, write_json
 
 INCREMENTS = "increments"
@@ -45,33 +50,45 @@ def committed(out: Path) -> list[dict]:
     return list(m.get("increments", [])) if m else []
 
 
-def processed_ids(out: Path) -> set[str]:
-    """prompt_ids of every committed increment (each increment's own prompt table)."""
-    ids: set[str] = set()
+def processed(out: Path) -> dict[str, str]:
+    """{prompt_id: messages hash} of every committed increment (each increment's own prompt table)."""
+    ids: dict[str, str] = {}
     for inc in committed(out):
         table = schemas.read_table(out / inc["dir"] / "tables" / "prompts.parquet", "prompts")
-        ids.update(table.column("prompt_id").to_pylist())
+        ids.update(zip(table.column("prompt_id").to_pylist(), map(messages_hash, table.column("messages").to_pylist())))
     return ids
 
 
-def plan(out: Path, cfg: RunConfig) -> tuple[Path | None, int]:
-    """(increment dir to build, or None when nothing is new; number of new prompts)."""
+@dataclass
+class Plan:
+    inc_dir: Path | None  # the increment to build, or None when nothing is new
+    new: int  # prompts it processes
+    edited: list[str] = field(default_factory=list)  # processed ids whose text changed since: skipped
+
+
+def plan(out: Path, cfg: RunConfig) -> Plan:
+    """What the next increment processes (see the module docstring)."""
     done = committed(out)
     nxt = out / INCREMENTS / f"{len(done) + 1:05d}"
     pending = nxt / "new_prompts.parquet"
+    edited_path = nxt / "edited_prompts.json"
     if pending.exists():  # a killed increment: resume it on the prompts it started with
-        return nxt, schemas.read_table(pending, "prompts").num_rows
+        edited = json.loads(edited_path.read_text()) if edited_path.exists() else []
+        return Plan(nxt, schemas.read_table(pending, "prompts").num_rows, edited)
     unlimited = cfg.input.model_copy(update={"limit": None})
     table, _ = load_prompts(unlimited, seed=cfg.seed)
-    known = processed_ids(out)
+    known = processed(out)
+    ids, messages = table.column("prompt_id").to_pylist(), table.column("messages").to_pylist()
+    edited = [p for p, m in zip(ids, messages) if p in known and known[p] != messages_hash(m)]
     new = table.filter(pc.invert(pc.is_in(table.column("prompt_id"), value_set=schemas.pa.array(sorted(known),
                                                                                                  schemas.pa.string()))))
     if cfg.input.limit is not None:
         new = new.slice(0, cfg.input.limit)
     if new.num_rows == 0:
-        return None, 0
+        return Plan(None, 0, edited)
+    write_json(edited_path, edited)
     schemas.write_table(new, pending, "prompts")
-    return nxt, new.num_rows
+    return Plan(nxt, new.num_rows, edited)
 
 
 def increment_config(cfg: RunConfig, inc_dir: Path) -> RunConfig:
@@ -94,7 +111,8 @@ def _sum_funnel(manifests: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
-def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None) -> dict:
+def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None,
+          edited: list[str] | None = None) -> dict:
     """Copy the increment's shards into OUT/pairs and commit the grown manifest; return it."""
     from pipeline import card
 
@@ -118,12 +136,14 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
     increments = [*previous["increments"], {"id": n, "dir": str(inc_dir.relative_to(out)),
                                             "prompts": inc_manifest["rows"]["prompts"],
                                             "pairs": inc_manifest["rows"]["pairs"],
+                                            "edited_prompts_skipped": len(edited or []),
                                             "config_fingerprint": inc_manifest["config_fingerprint"],
                                             "created_at": inc_manifest["created_at"]}]
     all_manifests = [json.loads((out / i["dir"] / "manifest.json").read_text()) for i in increments]
     rows = {k: sum(m["rows"][k] for m in all_manifests) for k in inc_manifest["rows"]}
     grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": _sum_funnel(all_manifests),
              "increments": increments, "incremental": True,
+             "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
              "config": {"given": given or {}, "resolved": cfg.model_dump()}}
     write_json(out / "manifest.json", grown)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))

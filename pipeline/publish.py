@@ -155,6 +155,10 @@ def summary(manifest: dict, out_dir: str) -> str:
     for f in manifest["funnel"]:
         removed = f["rows_in"] - f["rows_out"]
         lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} ({'+' if removed < 0 else '-'}{abs(removed)}) {f['reason']}")
+    edited = (manifest.get("edited_prompts_skipped") or {}).get("count", 0)
+    if edited:
+        lines.append(f"  note:   {edited} prompt(s) have new text under an already processed prompt_id and were not "
+                     "re-processed (manifest: edited_prompts_skipped); give an edited prompt a new prompt_id")
     if manifest["rows"]["pairs"] == 0:
         last = next((f for f in reversed(manifest["funnel"]) if f["rows_out"] == 0 and f["rows_in"] > 0), None)
         where = f" (the last rows were dropped at {last['stage']}.{last['filter']}: {last['reason']})" if last else ""
