@@ -349,6 +349,17 @@ class RunConfig(_Section):
                              "fix: set sources.self_critique.reward_model (or judge.reward_models)")
         return self
 
+    def model_refs(self) -> dict[str, str]:
+        """{config key: model reference} of every model the run will load (for preflight checks)."""
+        refs = {"generate.model": self.generate.model, "judge.model": self.judge_model,
+                "curate.ches.model": self.ches_model, "curate.dedup.model": self.curate.dedup.model}
+        refs.update({f"generate.pool[{i}].model": m.model for i, m in enumerate(self.generate.pool)})
+        refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(self.judge.reward_models)})
+        if self.sources.self_critique.enabled:
+            refs["sources.self_critique.reward_model"] = self.critique_reward_model
+            refs["sources.self_critique.model"] = self.sources.self_critique.model or self.generate.model
+        return refs
+
     @property
     def critique_reward_model(self) -> str | None:
         return self.sources.self_critique.reward_model or (self.judge.reward_models or [None])[0]
@@ -412,20 +423,26 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_error(exc: ValidationError, root: type[BaseModel]) -> str:
+def _format_error(exc: ValidationError, root: type[BaseModel], where: dict[str, str] | None = None) -> str:
+    """One line per error; `where` maps a key set by `--set` to that override, so the line names it."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
+        source = next((o for k, o in (where or {}).items()
+                       if key == k or key.startswith(k + ".") or (key and k.startswith(key + "."))), None)
+        via = f" (from --set {source})" if source else ""
         if err["type"] == "extra_forbidden":
             section = _section_of(err["loc"][:-1], root)
             known = ", ".join(sorted(section.model_fields)) if section else ""
-            lines.append(f"unknown config key '{key}'; fix: remove it or use one of: {known}")
-        elif not err["loc"]:  # a whole-model check names its keys itself
-            lines.append(err["msg"].removeprefix("Value error, "))
+            lines.append(f"unknown config key '{key}'{via}; fix: remove it or use one of: {known}")
+        elif not err["loc"] or (err["type"] == "value_error" and isinstance(err.get("input"), dict)):
+            # a whole-model or whole-section check names its keys itself
+            lines.append(err["msg"].removeprefix("Value error, ") + (f" (from --set {source})" if source else ""))
         else:
             value = err.get("input")
             fix = _field_help(err["loc"], root)
-            lines.append(f"config key '{key}' has invalid value {value!r}: {err['msg']}" + (f"; fix: {fix}" if fix else ""))
+            lines.append((f"--set {source}: " if source else "") + f"config key '{key}' has invalid value {value!r}: "
+                         f"{err['msg']}" + (f"; fix: {fix}" if fix else ""))
     return "\n".join(lines)
 
 
@@ -459,7 +476,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from exc
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({' '.join(str(exc).split())}); fix: quote it "
+                          "as YAML, e.g. --set 'key=\"text\"'") from None
     return key.split("."), value
 
 
@@ -471,7 +489,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section; fix: set a key inside a section, e.g. generate.n=4")
             node = child
         node[path[-1]] = value
     return data
@@ -487,18 +505,30 @@ def load_model(root: type[BaseModel], path: str | Path | None = None, overrides:
     data: dict = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a folder, not a YAML file; fix: pass the config file itself")
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; fix: pass an existing YAML file to --config")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(f"config file {path} is not valid YAML ({' '.join(str(exc).split())}); fix: correct the "
+                              "YAML at that line") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}")
+            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}; fix: "
+                              "write sections as keys, e.g. 'generate:' then '  n: 4'")
         data = loaded or {}
     data = apply_overrides(data, overrides or [])
+    set_keys = {".".join(parse_override(o)[0]): o for o in overrides or []}
     try:
         return root.model_validate(data)
     except ValidationError as exc:
-        where = f" in {path}" if path else ""
-        raise ConfigError(f"invalid config{where}:\n" + _format_error(exc, root)) from None
+        keys = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
+        from_set = all(any(k == s or k.startswith(s + ".") or s.startswith(k + ".") for s in set_keys)
+                       for k in keys if k)
+        where = "" if from_set and set_keys else f" in {path}" if path else ""
+        lines = _format_error(exc, root, set_keys).splitlines()
+        sep = " " if len(lines) == 1 else "\n"
+        raise ConfigError(f"invalid config{where}:{sep}" + "\n".join(lines)) from None

@@ -4,8 +4,11 @@ Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, w
 `prompt_id`, `category`, `source` and `reference` (a reference answer for rubric judges). A row is invalid when it has neither field, an empty or
 non-string content, an unknown role, or a conversation that does not end with a user turn; the
 error names the file, the line (or row) and the problem. With `skip_invalid` such rows are
-skipped and counted instead. Exact duplicate prompts keep their first occurrence. `prompt_id` is a
-stable hash of the messages unless the row gives one.
+skipped and counted instead (a line that is not UTF-8 is one invalid row, not a bad file).
+Exact duplicates (same prompt_id, same messages) keep their first occurrence. A prompt_id reused
+for different messages is an input error naming both rows (with `skip_invalid`, the later row is
+skipped and counted as `prompt_id_conflicts`). `prompt_id` is a stable hash of the messages unless
+the row gives one.
 """
 
 from __future__ import annotations
@@ -46,47 +49,57 @@ class LoadReport:
     rows_read: int = 0
     invalid: list[str] = field(default_factory=list)
     duplicates: int = 0
+    conflicts: list[str] = field(default_factory=list)  # a reused prompt_id with other messages (skipped)
 
 
 def prompt_id_of(messages: list[dict]) -> str:
     return fingerprint([[m["role"], m["content"]] for m in messages])
 
 
+def messages_hash(messages: list[dict]) -> str:
+    """Identity of a prompt's text, whatever its prompt_id (the default prompt_id is this hash)."""
+    return prompt_id_of(messages)
+
+
 def normalise_row(row: Any, where: str) -> dict:
     """Validate one input row; return a prompts-table row or raise InputError naming `where`."""
     if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}; fix: write each row as "
+                         '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
     if "messages" in row and row["messages"] is not None:
         messages = row["messages"]
         if hasattr(messages, "tolist"):
             messages = messages.tolist()
         if not isinstance(messages, list) or not messages:
-            raise InputError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+            raise InputError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects; fix: "
+                             "e.g. [{\"role\": \"user\", \"content\": \"...\"}]")
         clean = []
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict) or set(msg) - {"role", "content"} - {"name"}:
-                raise InputError(f"{where}: messages[{i}] must be an object with 'role' and 'content'")
+                raise InputError(f"{where}: messages[{i}] must be an object with 'role' and 'content' only; fix: "
+                                 "drop other keys")
             role, content = msg.get("role"), msg.get("content")
             if role not in ROLES:
                 raise InputError(f"{where}: messages[{i}].role is {role!r}; fix: use one of {sorted(ROLES)}")
             if not isinstance(content, str) or not content.strip():
-                raise InputError(f"{where}: messages[{i}].content must be a non-empty string")
+                raise InputError(f"{where}: messages[{i}].content must be a non-empty string; fix: give it text")
             clean.append({"role": role, "content": content})
         if clean[-1]["role"] != "user":
-            raise InputError(f"{where}: the last message must have role 'user' (it is {clean[-1]['role']!r})")
+            raise InputError(f"{where}: the last message must have role 'user' (it is {clean[-1]['role']!r}); fix: end "
+                             "the conversation with the user turn to answer")
     elif "prompt" in row:
         prompt = row["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{where}: 'prompt' must be a non-empty string")
+            raise InputError(f"{where}: 'prompt' must be a non-empty string; fix: give it text")
         clean = [{"role": "user", "content": prompt}]
     else:
         raise InputError(f"{where}: row has neither 'messages' nor 'prompt'; fix: add one of them")
     pid = row.get("prompt_id")
     if pid is not None and (not isinstance(pid, str) or not pid):
-        raise InputError(f"{where}: 'prompt_id' must be a non-empty string when given")
+        raise InputError(f"{where}: 'prompt_id' must be a non-empty string when given; fix: give a string or drop it")
     category, reference = row.get("category"), row.get("reference")
     if reference is not None and (not isinstance(reference, str) or not reference.strip()):
-        raise InputError(f"{where}: 'reference' must be a non-empty string when given")
+        raise InputError(f"{where}: 'reference' must be a non-empty string when given; fix: give text or drop it")
     return {
         "prompt_id": pid or prompt_id_of(clean),
         "messages": clean,
@@ -97,27 +110,34 @@ def normalise_row(row: Any, where: str) -> dict:
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    """JSON Lines; a .json file holding one JSON array of rows is accepted too."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason}); fix: re-encode the file as UTF-8") from None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
+    """JSON Lines, decoded line by line (a non-UTF-8 line is one bad row); a .json file holding one
+    JSON array of rows is accepted too."""
+    data = path.read_bytes()
+    if path.suffix == ".json" and data.lstrip()[:1] == b"[":
         try:
-            rows = json.loads(text)
+            rows = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason}); fix: re-encode the file as UTF-8") from None
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: correct that "
+                             "line") from None
         yield from ((f"{path} item {i}", row) for i, row in enumerate(rows))
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield where, InputError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix: re-encode the "
+                                    "file as UTF-8")
+            continue
         if not line.strip():
             continue
-        where = f"{path}:{lineno}"
         try:
             yield where, json.loads(line)
         except json.JSONDecodeError as exc:
-            yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})")
+            yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); fix: correct that line")
 
 
 def source_files(folder: Path) -> list[Path]:
@@ -131,7 +151,7 @@ def _iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
             try:
                 table = pq.read_table(f)
             except Exception as exc:
-                raise InputError(f"{f}: unreadable parquet: {exc}") from exc
+                raise InputError(f"{f}: unreadable parquet ({' '.join(str(exc).split())}); fix: rewrite the file") from None
             yield from _iter_table(table, str(f))
         else:
             yield from _iter_jsonl(f)
@@ -152,7 +172,8 @@ def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
         try:
             ds = datasets.load_dataset(ref[3:], split=cfg.split)
         except Exception as exc:  # datasets raises many types; name the source and move on
-            raise InputError(f"input.path {cfg.path!r}: cannot load dataset: {exc}") from exc
+            raise InputError(f"input.path {cfg.path!r}: cannot load dataset ({' '.join(str(exc).split())[:300]}); fix: "
+                             "check the name and split, or save it locally") from None
         return ref, _iter_table(ds.data.table, ref)
     path = Path(ref).expanduser()
     if not path.exists():
@@ -169,7 +190,8 @@ def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
         try:
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:
-            raise InputError(f"input.path {cfg.path!r}: not a dataset saved with save_to_disk: {exc}") from exc
+            raise InputError(f"input.path {cfg.path!r}: not a dataset saved with save_to_disk "
+                             f"({' '.join(str(exc).split())[:300]}); fix: point at a prompt file or a saved dataset") from None
         if isinstance(ds, datasets.DatasetDict):
             if cfg.split not in ds:
                 raise InputError(f"input.split {cfg.split!r} not in {sorted(ds)}; fix: set input.split")
@@ -179,7 +201,8 @@ def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
         try:
             table = pq.read_table(path)
         except Exception as exc:
-            raise InputError(f"input.path {cfg.path!r}: unreadable parquet: {exc}") from exc
+            raise InputError(f"input.path {cfg.path!r}: unreadable parquet ({' '.join(str(exc).split())}); fix: "
+                             "rewrite the file") from None
         return path.name, _iter_table(table, str(path))
     if path.suffix in {".jsonl", ".json", ".ndjson"}:
         return path.name, _iter_jsonl(path)
@@ -191,7 +214,7 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0) -> tuple[pa.Table, LoadRepo
     source, rows = _iter_source(cfg)
     report = LoadReport()
     out: list[dict] = []
-    seen: set[str] = set()
+    seen: dict[str, tuple[str, str]] = {}  # prompt_id -> (messages hash, where it was first seen)
     for where, row in rows:
         report.rows_read += 1
         try:
@@ -200,13 +223,22 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0) -> tuple[pa.Table, LoadRepo
             clean = normalise_row(row, where)
         except InputError as exc:
             if not cfg.skip_invalid:
-                raise InputError(f"{exc}\n(fix the row, or pass --skip-invalid to skip and count invalid rows)") from None
+                raise InputError(f"{exc}; or pass --skip-invalid to skip and count invalid rows") from None
             report.invalid.append(str(exc))
             continue
-        if clean["prompt_id"] in seen:
-            report.duplicates += 1
+        pid, text_id = clean["prompt_id"], messages_hash(clean["messages"])
+        if pid in seen:
+            first_text, first_where = seen[pid]
+            if first_text == text_id:
+                report.duplicates += 1
+                continue
+            msg = (f"{where}: prompt_id {pid!r} was already used by {first_where} for a different prompt; fix: give "
+                   "each prompt its own prompt_id (or drop the field: the id is then a hash of the messages)")
+            if not cfg.skip_invalid:
+                raise InputError(f"{msg}; or pass --skip-invalid to skip and count such rows")
+            report.conflicts.append(msg)
             continue
-        seen.add(clean["prompt_id"])
+        seen[pid] = (text_id, where)
         clean["source"] = clean["source"] or source
         out.append(clean)
     if not out:
@@ -222,12 +254,16 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0) -> tuple[pa.Table, LoadRepo
 def funnel(report: LoadReport, kept: int) -> list[dict]:
     """The drop-funnel entries of the input stage."""
     valid = report.rows_read - len(report.invalid)
+    unique = valid - report.duplicates
+    distinct = unique - len(report.conflicts)
     return [
         {"stage": "prompts", "filter": "invalid_rows", "rows_in": report.rows_read, "rows_out": valid,
          "reason": "row failed validation (skipped with --skip-invalid)"},
-        {"stage": "prompts", "filter": "duplicate_prompts", "rows_in": valid, "rows_out": valid - report.duplicates,
-         "reason": "exact duplicate of an earlier prompt"},
-        {"stage": "prompts", "filter": "limit", "rows_in": valid - report.duplicates, "rows_out": kept,
+        {"stage": "prompts", "filter": "duplicate_prompts", "rows_in": valid, "rows_out": unique,
+         "reason": "exact duplicate of an earlier prompt (same prompt_id and messages)"},
+        {"stage": "prompts", "filter": "prompt_id_conflicts", "rows_in": unique, "rows_out": distinct,
+         "reason": "prompt_id reused for different messages (skipped with --skip-invalid)"},
+        {"stage": "prompts", "filter": "limit", "rows_in": distinct, "rows_out": kept,
          "reason": "input.limit"},
     ]
 
@@ -246,7 +282,11 @@ def run(run_dir, cfg, *, log=print) -> dict:
     table, report = load_prompts(cfg.input, seed=cfg.seed)
     if report.invalid:
         log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
+    if report.conflicts:
+        log(f"prompts: skipped {len(report.conflicts)} rows reusing a prompt_id for another prompt, first: "
+            f"{report.conflicts[0]}")
     log(f"prompts: {table.num_rows} prompts from {cfg.input.path}")
     meta = {"seconds": round(time.perf_counter() - started, 2), "source": cfg.input.path,
-            "invalid_rows": report.invalid[:20], "funnel": funnel(report, table.num_rows)}
+            "invalid_rows": report.invalid[:20], "prompt_id_conflicts": report.conflicts[:20],
+            "funnel": funnel(report, table.num_rows)}
     return store.finish(table, meta)

@@ -139,3 +139,27 @@ def test_reference_answers_are_read_and_checked(tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "2+2?", "reference": 4}])
     with pytest.raises(InputError, match=r"bad.jsonl:1: 'reference' must be a non-empty string"):
         load_prompts(cfg(bad))
+
+
+def test_reused_prompt_id_with_other_text_is_an_error_not_a_duplicate(tmp_path):
+    f = write_jsonl(tmp_path / "ids.jsonl", [{"prompt": "a?", "prompt_id": "x"}, {"prompt": "a?", "prompt_id": "x"},
+                                             {"prompt": "b?", "prompt_id": "x"}])
+    with pytest.raises(InputError, match=rf"{f}:3: prompt_id 'x' was already used by {f}:1 for a different prompt"):
+        load_prompts(cfg(f))
+    table, report = load_prompts(cfg(f, skip_invalid=True))
+    assert table.column("prompt_id").to_pylist() == ["x"] and table.to_pylist()[0]["messages"][0]["content"] == "a?"
+    assert report.duplicates == 1 and len(report.conflicts) == 1 and not report.invalid
+    from pipeline.prompts import funnel
+
+    steps = {s["filter"]: (s["rows_in"], s["rows_out"]) for s in funnel(report, table.num_rows)}
+    assert steps["duplicate_prompts"] == (3, 2) and steps["prompt_id_conflicts"] == (2, 1) and steps["limit"] == (1, 1)
+
+
+def test_a_non_utf8_line_is_one_invalid_row(tmp_path):
+    f = tmp_path / "enc.jsonl"
+    f.write_bytes(b'{"prompt": "a"}\n{"prompt": "caf\xe9"}\n{"prompt": "b"}\n')
+    with pytest.raises(InputError, match=rf"{f}:2: not UTF-8"):
+        load_prompts(cfg(f))
+    table, report = load_prompts(cfg(f, skip_invalid=True))
+    assert [m[0]["content"] for m in table.column("messages").to_pylist()] == ["a", "b"]
+    assert len(report.invalid) == 1 and ":2: not UTF-8" in report.invalid[0]
