@@ -8,8 +8,11 @@ Layout under RUN/tables/:
                              input position of the part's first prompt, so names sort in input order
       part-000000016.json    the prompt_ids that part covers, plus stage extras (written after it)
 
-A stage is complete when its meta exists with the current fingerprint. A part counts only once
-its JSON exists, so a kill between the two files just redoes that chunk. Parts are keyed by
+A stage is complete when its meta exists with the current fingerprint and the sha256 of the table
+it records (since prefsynth 0.1 metas carry one) matches the file: a table altered or damaged on
+disk, or a meta that no longer parses, makes the stage run again (the log says why) instead of
+feeding bad rows to the next stage. A part counts only once its JSON exists, so a kill between the
+two files just redoes that chunk. Parts are keyed by
 prompt_id, not by chunk number, so resuming with another chunk size neither redoes nor
 duplicates work. Parts of another fingerprint sit in their own folder and are never mixed in.
 
@@ -31,6 +34,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from pipeline import schemas
 from pipeline.errors import InputError
@@ -61,18 +65,40 @@ class StageStore:
         self.parts_dir = self.dir / f"{stage}.parts-{fingerprint}"
 
     # -- complete output -------------------------------------------------------------------
-    def meta(self) -> dict | None:
-        """The meta of a complete output for this fingerprint, else None."""
+    def _checked_meta(self) -> tuple[dict | None, str | None]:
+        """(meta of a complete, intact output for this fingerprint, else None; why it is not usable)."""
         if not (self.meta_path.exists() and self.table_path.exists()):
-            return None
-        meta = json.loads(self.meta_path.read_text())
-        return meta if meta.get("fingerprint") == self.fingerprint else None
+            return None, None
+        try:
+            meta = json.loads(self.meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            return None, f"its meta {self.meta_path.name} is unreadable ({exc})"
+        if not isinstance(meta, dict) or meta.get("fingerprint") != self.fingerprint:
+            return None, None
+        if "sha256" in meta:
+            if sha256(self.table_path) != meta["sha256"]:
+                return None, f"{self.table_path.name} differs from the table its meta recorded (sha256 mismatch)"
+        else:  # a meta from before hashes were recorded: at least the parquet footer and row count
+            try:
+                rows = pq.read_metadata(self.table_path).num_rows
+            except Exception as exc:  # pyarrow raises several types for a broken footer
+                return None, f"{self.table_path.name} is not readable parquet ({exc})"
+            if rows != meta.get("rows"):
+                return None, f"{self.table_path.name} has {rows} rows, its meta says {meta.get('rows')}"
+        return meta, None
+
+    def meta(self) -> dict | None:
+        """The meta of a complete, intact output for this fingerprint, else None."""
+        return self._checked_meta()[0]
 
     def reuse(self, log) -> dict | None:
-        """The complete output's meta, logged as reused; None when the stage must run."""
-        meta = self.meta()
+        """The complete output's meta, logged as reused; None when the stage must run (logged with the reason
+        when an output exists but is damaged)."""
+        meta, problem = self._checked_meta()
         if meta is not None:
             log(f"{self.stage}: complete output exists for fingerprint {self.fingerprint} ({meta['rows']} rows), not redone")
+        elif problem is not None:
+            log(f"{self.stage}: {problem}; rebuilding the stage")
         return meta
 
     def shard_meta(self, shard: tuple[int, int]) -> dict:
@@ -88,6 +114,7 @@ class StageStore:
         if self.meta_path.exists():
             self.meta_path.unlink()  # an old meta must not vouch for the new table mid-write
         schemas.write_table(table, self.table_path, self.table_name)
+        meta["sha256"] = sha256(self.table_path)
         write_json(self.meta_path, meta)
         shutil.rmtree(self.parts_dir, ignore_errors=True)
         return meta
@@ -99,7 +126,10 @@ class StageStore:
         for info in sorted(self.parts_dir.glob("part-*.json")):
             data = self.parts_dir / (info.stem + ".parquet")
             if data.exists():
-                out.append((data, json.loads(info.read_text())))
+                try:
+                    out.append((data, json.loads(info.read_text())))
+                except ValueError:  # written atomically, so only outside damage: redo that chunk
+                    continue
         return out
 
     def parts(self) -> list[tuple[pa.Table, dict]]:

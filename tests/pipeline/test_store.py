@@ -122,3 +122,32 @@ def test_a_late_shard_skips_what_is_done_and_never_duplicates(tmp_path):
     assert rest["chunks"] == [["k2", "k3"]]  # the gathering call does what no shard did
     table = schemas.concat([t for t, _ in parts], "prompts")
     assert table.column("prompt_id").to_pylist() == keys
+
+
+def test_a_damaged_table_or_meta_is_rebuilt_not_reused(tmp_path):
+    store = StageStore(tmp_path, "s", "prompts", "fp1")
+    store.finish(rows(["a", "b"]), {})
+    said = []
+    assert store.reuse(said.append)["rows"] == 2 and "not redone" in said[-1]
+    data = bytearray(store.table_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte: still a parquet file, other rows
+    store.table_path.write_bytes(bytes(data))
+    assert store.reuse(said.append) is None and "sha256 mismatch" in said[-1] and "rebuilding" in said[-1]
+    store.finish(rows(["a", "b"]), {})
+    store.meta_path.write_text(store.meta_path.read_text()[:10])  # a truncated meta
+    assert store.reuse(said.append) is None and "unreadable" in said[-1]
+    store.finish(rows(["a", "b"]), {})
+    assert store.reuse(said.append) is not None
+
+
+def test_a_meta_without_a_hash_still_checks_the_table(tmp_path):
+    import json
+
+    store = StageStore(tmp_path, "s", "prompts", "fp1")
+    meta = store.finish(rows(["a", "b"]), {})
+    meta.pop("sha256")
+    store.meta_path.write_text(json.dumps(meta))  # as written before hashes were recorded
+    assert store.reuse(lambda _: None) is not None
+    store.table_path.write_bytes(b"not parquet at all")
+    said = []
+    assert store.reuse(said.append) is None and "not readable parquet" in said[-1]
