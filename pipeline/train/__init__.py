@@ -7,6 +7,14 @@ watch), checkpoint.py (checkpoints, resume, final model, provenance), trainer.py
 """
 
 from pipeline.train.config import TrainConfig, load_train_config
-from pipeline.train.trainer import train
 
 __all__ = ["TrainConfig", "load_train_config", "train"]
+
+
+def __getattr__(name: str):
+    # `train` loads torch: imported on first use, so `prefsynth --help` and the CLI's config checks stay fast
+    if name == "train":
+        from pipeline.train.trainer import train
+
+        return train
+    raise AttributeError(f"module 'pipeline.train' has no attribute {name!r}")

@@ -11,6 +11,9 @@
   pairs of one prompt land on the same side and the split does not depend on shard order.
 - Order: a seeded shuffle buffer over the stream; epoch e uses seed (seed, e), so the order is
   reproducible and a resumed run skips exactly the pairs it already trained on.
+- Degenerate pairs: a pair whose chosen and rejected texts are equal carries no preference (its
+  DPO loss is log 2 whatever the policy does); such pairs are counted before training, skipped
+  with a warning, and a dataset made only of them is refused.
 """
 
 from __future__ import annotations
@@ -58,13 +61,13 @@ class Example:
 def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
     """The shards at `path`, checked for the columns training needs. `verify=False` (the CLI's
     preflight) skips hashing: no shard is checked against the manifest and no fingerprint is made."""
-    from pipeline.rundir import load_manifest, verify_shards
+    from pipeline.rundir import load_manifest, shard_path, verify_shards
 
     path = Path(path).expanduser()
     manifest = None
     if path.is_dir() and (path / "manifest.json").exists():
         manifest = load_manifest(path)
-        shards = verify_shards(path, manifest) if verify else [path / s["path"] for s in manifest.get("shards", [])]
+        shards = verify_shards(path, manifest) if verify else [shard_path(path, s["path"]) for s in manifest["shards"]]
         cache_dir = path
     elif path.is_dir():
         shards, cache_dir = sorted(path.rglob("*.parquet")), path
@@ -76,18 +79,66 @@ def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
     shards = [s for s in shards if "ref_logps" not in s.parts]
     if not shards:
         raise InputError(f"--data {path}: no parquet shards found; fix: point it at a run with published pairs")
+    fix = "fix: re-run the `prefsynth run` that wrote them, or pass other shards to --data"
+    total = 0
     for shard in shards:
-        names = set(pq.read_schema(shard).names)
+        if not shard.is_file():
+            raise InputError(f"--data: shard {shard} is missing; {fix}")
+        try:
+            meta = pq.read_metadata(shard)
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise InputError(f"--data: shard {shard} is not readable parquet ({' '.join(str(exc).split())}); {fix}") from None
+        names = set(meta.schema.to_arrow_schema().names)
         missing = [c for c in REQUIRED if c not in names]
         if missing:
             raise InputError(f"--data: shard {shard} lacks column(s) {missing}; fix: give pairs in TRL's conversational "
                              "format (prompt, chosen, rejected as message lists) with a prompt_id column")
+        total += meta.num_rows
+    if total == 0:
+        raise InputError(f"--data {path}: the shards hold 0 pairs; fix: build pairs first (read the run's funnel with "
+                         "`prefsynth inspect`) or pass shards that have rows")
     if not verify:
         return DataSource(shards, manifest, cache_dir, "")
     # a run's shards were just hashed against its manifest: reuse those digests rather than read every shard again
     digests = [s["sha256"] for s in manifest["shards"]] if manifest else [sha256(s) for s in shards]
     digest = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
     return DataSource(shards, manifest, cache_dir, digest)
+
+
+def _last_text(messages) -> str | None:
+    return messages[-1].get("content") if messages else None
+
+
+def is_degenerate(row: dict) -> bool:
+    """chosen and rejected say the same thing: no preference to learn."""
+    return _last_text(row["chosen"]) == _last_text(row["rejected"])
+
+
+def count_degenerate(source: DataSource, *, batch_rows: int = 4096) -> tuple[int, int]:
+    """(pairs whose chosen and rejected texts are equal, all pairs), reading only those two columns."""
+    same = total = 0
+    for shard in source.shards:
+        try:
+            for batch in pq.ParquetFile(shard).iter_batches(batch_size=batch_rows, columns=["chosen", "rejected"]):
+                for chosen, rejected in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                    same += _last_text(chosen) == _last_text(rejected)
+                total += batch.num_rows
+        except (OSError, ValueError, TypeError, AttributeError) as exc:  # damaged pages, or not message lists
+            raise InputError(f"--data: shard {shard} cannot be read as pairs ({' '.join(str(exc).split())[:200]}); "
+                             "fix: re-run the `prefsynth run` that wrote it, or give TRL conversational pairs") from None
+    return same, total
+
+
+def check_degenerate(source: DataSource, log=print) -> int:
+    """Refuse a dataset of only degenerate pairs; warn with the count when some are; return that count."""
+    same, total = count_degenerate(source)
+    if same == total:
+        raise InputError(f"--data: all {total} pairs have chosen == rejected (identical texts), so there is no "
+                         "preference to learn; fix: rebuild the pairs (pair.min_margin, pair.max_similarity) or check "
+                         "how the shards were made")
+    if same:
+        log(f"train: warning: {same} of {total} pairs have chosen == rejected (identical texts); they are skipped")
+    return same
 
 
 def iter_rows(source: DataSource, *, batch_rows: int = 256) -> Iterator[dict]:
@@ -158,7 +209,7 @@ def examples(source: DataSource, tokenizer, *, max_prompt_tokens: int, max_lengt
              keep=lambda prompt_id: True) -> Iterator[Example]:
     """Every pair in shard order, encoded; `keep(prompt_id)` selects the split."""
     for row in iter_rows(source):
-        if keep(row["prompt_id"]):
+        if keep(row["prompt_id"]) and not is_degenerate(row):
             yield encode_row(tokenizer, row, max_prompt_tokens=max_prompt_tokens, max_length=max_length)
 
 

@@ -28,7 +28,7 @@ from pipeline.errors import InputError
 from pipeline.progress import bar
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import examples, eval_prompts, open_source, shuffled
+from pipeline.train.data import check_degenerate, examples, eval_prompts, open_source, shuffled
 from pipeline.train.logps import build_batch, forward_logps
 from pipeline.train.losses import PairLogps, combined_loss, reward_metrics
 from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
@@ -148,6 +148,7 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
     """Train (or resume, or report a finished run); return the provenance record."""
     out_dir = Path(out_dir)
     source = open_source(data)
+    check_degenerate(source, log)
     run_key = fingerprint("train", VERSION, cfg.weight_fields(), source.fingerprint)
     done = ckpt.check_out_dir(out_dir, run_key)
     if done is not None:

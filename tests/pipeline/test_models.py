@@ -75,6 +75,46 @@ def test_two_processes_convert_once(tmp_path):
     assert sorted(o["converted"] for o in outs) == [0, 1]
     folder = tmp_path / "models"
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp folder left
+    # a damaged conversion in the cache (a disk filled mid-write, a partial copy) is detected and rebuilt
+    weights = next(p for p in (folder / os.path.basename(outs[0]["path"])).iterdir() if p.suffix == ".safetensors")
+    size = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[: size // 3])
+    again = subprocess.run([sys.executable, "-c", CONVERT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["converted"] == 1
+    assert weights.stat().st_size == size
+
+
+def test_damaged_weights_are_named_before_loading(tmp_path):
+    from pipeline.models import weights_problem
+
+    src = resolve("bundled:smollm2-135m-instruct").path
+    (tmp_path / "config.json").write_text(open(os.path.join(src, "config.json")).read())
+    data = open(os.path.join(src, "model.safetensors"), "rb").read()
+    (tmp_path / "model.safetensors").write_bytes(data)
+    assert weights_problem(tmp_path) is None
+    (tmp_path / "model.safetensors").write_bytes(data[:-1])
+    with pytest.raises(ModelNotFoundError, match="generate.model: model folder .* is damaged: model.safetensors is truncated"):
+        resolve(str(tmp_path), field="generate.model")
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 4)
+    assert "not a safetensors file" in weights_problem(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    assert "no weight files" in weights_problem(tmp_path)
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(data)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    assert "model-00002-of-00002.safetensors" in weights_problem(tmp_path)
+
+
+def test_torch_bin_without_its_zip_directory_is_truncated(tmp_path):
+    import torch
+
+    from pipeline.models import weights_problem
+
+    torch.save({"w": torch.zeros(64)}, tmp_path / "pytorch_model.bin")
+    assert weights_problem(tmp_path) is None
+    data = (tmp_path / "pytorch_model.bin").read_bytes()
+    (tmp_path / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    assert "zip directory is missing" in weights_problem(tmp_path)
 
 
 def test_uses_hub_only_for_hub_ids(tmp_path):

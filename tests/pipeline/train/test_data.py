@@ -74,3 +74,18 @@ def test_bad_inputs_name_the_problem(tmp_path, tok):
     row["chosen"] = [{"role": "user", "content": "not an answer"}]
     with pytest.raises(InputError, match="'chosen' must be a list ending in one assistant message"):
         encode_row(tok, row, max_prompt_tokens=32, max_length=64)
+
+
+def test_pairs_with_chosen_equal_to_rejected_are_counted_skipped_and_refused_when_all(tmp_path, tok):
+    from pipeline.train.data import check_degenerate, count_degenerate
+
+    rows = [_row(0), _row(1, chosen="Same.", rejected="Same."), _row(2)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "mixed.parquet")
+    source = open_source(tmp_path / "mixed.parquet")
+    said = []
+    assert count_degenerate(source) == (1, 3) and check_degenerate(source, said.append) == 1
+    assert "1 of 3 pairs have chosen == rejected" in said[0]
+    assert [ex.prompt_id for ex in examples(source, tok, max_prompt_tokens=64, max_length=128)] == ["p0", "p2"]
+    pq.write_table(pa.Table.from_pylist([rows[1]]), tmp_path / "mixed.parquet")
+    with pytest.raises(InputError, match="all 1 pairs have chosen == rejected"):
+        check_degenerate(open_source(tmp_path / "mixed.parquet"))
