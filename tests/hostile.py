@@ -1,0 +1,380 @@
+"""Hostile inputs: bad configs, inputs, run directories, shards and endpoints against the real CLI.
+
+Each case builds its bad input in a scratch folder, runs `python -m flows.cli ...` in a subprocess
+and counts as handled when the command exits with the expected non-zero status, prints no Python
+traceback (Prefect's logged ones included), ends with one `prefsynth...: error: ...` line naming
+the fix (argparse's own usage errors name the argument instead), and leaves what was there intact.
+No case loads a model: every one must fail in the preflight, in seconds.
+
+    python tests/hostile.py            # prints one line per case, then "N/N handled"
+tests/test_hostile.py runs the same cases in the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "data" / "configs" / "tiny.yaml"
+PROMPT = {"prompt": "Name a prime number."}
+
+
+@dataclass
+class Case:
+    name: str
+    argv: Callable[[Path], list[str]]  # scratch dir -> CLI arguments (builds the bad input first)
+    expect: str  # a piece of the error line that shows the right problem was named
+    rc: int = 2
+    env: dict = field(default_factory=dict)
+    intact: Callable[[Path], bool] | None = None  # what must survive the failed command
+    possible: Callable[[], bool] = lambda: True  # whether this machine can build the case at all
+
+
+# -- builders -----------------------------------------------------------------------------------------------
+def jsonl(d: Path, rows, name="p.jsonl") -> str:
+    path = d / name
+    path.write_bytes(b"".join((r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode())
+                              + b"\n" for r in rows))
+    return str(path)
+
+
+def config(d: Path, text: str | bytes, name="c.yaml") -> str:
+    path = d / name
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return str(path)
+
+
+def run_args(d: Path, *extra: str, out: str | None = None) -> list[str]:
+    return ["run", "--config", str(TINY), "--out", out or str(d / "out"), *extra]
+
+
+def pairs_rows(n: int = 3, same: bool = False) -> list[dict]:
+    rows = []
+    for i in range(n):
+        chosen = f"answer {i}"
+        rows.append({"prompt": [{"role": "user", "content": f"question {i}"}],
+                     "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": chosen if same else f"worse {i}"}],
+                     "prompt_id": f"p{i}", "chosen_id": f"c{i}", "rejected_id": f"r{i}", "chosen_score": 4.0,
+                     "rejected_score": 2.0, "margin": 2.0, "rationale": None, "pair_strategy": "best_vs_worst",
+                     "judge_agreement": None, "ches": None, "ln_ches": None, "ref_chosen_logp": None,
+                     "ref_rejected_logp": None, "chosen_len": 2, "rejected_len": 2, "label_confidence": None})
+    return rows
+
+
+def fake_run(d: Path, *, n: int = 3, same: bool = False) -> Path:
+    """A finished run directory written without a model: shards, manifest, card, config."""
+    from pipeline import schemas
+    from pipeline.store import sha256
+
+    run = d / "run"
+    (run / "pairs").mkdir(parents=True)
+    shard = schemas.write_table(schemas.from_rows(pairs_rows(n, same), "pairs"),
+                                run / "pairs" / "train-00000-of-00001.parquet", "pairs")
+    manifest = {"name": "fake", "created_at": "2026-12-01T00:00:00+00:00", "code_version": "0.1.0",
+                "config": {"given": {}, "resolved": {"publish": {"license": "other"}}}, "config_fingerprint": "0" * 16,
+                "stage_fingerprints": {}, "models": {"generator": "g", "judge": "j"},
+                "rows": {"prompts": n, "candidates": 2 * n, "judgments": 2 * n, "pairs": n},
+                "funnel": [{"stage": "pair", "filter": "strategy", "rows_in": n, "rows_out": n, "reason": "x"}],
+                "shards": [{"path": "pairs/train-00000-of-00001.parquet", "rows": n, "sha256": sha256(shard)}],
+                "ranked_shards": []}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    (run / "README.md").write_text("---\nlicense: other\nconfigs:\n- config_name: default\n  data_files:\n  - split: "
+                                   "train\n    path: pairs/train-*\n---\n# fake\n")
+    (run / "config.yaml").write_text("name: fake\n")
+    return run
+
+
+def edit_manifest(run: Path, change) -> Path:
+    m = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps(change(m)))
+    return run
+
+
+def shard_of(run: Path) -> Path:
+    return run / "pairs" / "train-00000-of-00001.parquet"
+
+
+def truncated_model(d: Path) -> str:
+    from pipeline.models import resolve
+
+    src = Path(resolve("bundled:smollm2-135m-instruct").path)
+    dst = d / "model"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.suffix == ".safetensors":
+            (dst / f.name).write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+        elif f.is_file():
+            shutil.copy(f, dst / f.name)
+    return str(dst)
+
+
+def incremental_dir(d: Path) -> Path:
+    out = d / "grown"
+    (out / "increments" / "00001").mkdir(parents=True)
+    (out / "pairs").mkdir()
+    (out / "pairs" / "train-inc00001-00000-of-00001.parquet").write_bytes(b"kept")
+    (out / "manifest.json").write_text(json.dumps({"incremental": True, "increments": [{"id": 1}], "shards": []}))
+    return out
+
+
+def plain_dir(d: Path) -> Path:
+    out = d / "plain"
+    (out / "tables").mkdir(parents=True)
+    (out / "tables" / "prompts.json").write_text("{}")
+    return out
+
+
+@contextlib.contextmanager
+def read_only(path: Path):
+    """A folder nobody may write, root included (root ignores mode bits: the immutable flag stops it)."""
+    path.mkdir()
+    path.chmod(0o555)
+    immutable = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    try:
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+        path.chmod(0o755)
+
+
+def can_make_read_only() -> bool:
+    """False only for root on a filesystem without the immutable flag (the read-only case cannot be built)."""
+    probe = Path(tempfile.mkdtemp(prefix="prefsynth-ro-"))
+    try:
+        with read_only(probe / "d") as d:
+            try:
+                (d / "x").write_bytes(b"")
+                return False
+            except OSError:
+                return True
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+# -- the cases -----------------------------------------------------------------------------------------------
+def cases() -> list[Case]:
+    c: list[Case] = []
+    add = c.append
+    # configs
+    add(Case("config file missing", lambda d: ["run", "--config", str(d / "nope.yaml")], "does not exist"))
+    add(Case("config is a folder", lambda d: ["run", "--config", str(d)], "is a folder"))
+    add(Case("config not YAML", lambda d: ["run", "--config", config(d, "a: [b\n")], "not valid YAML"))
+    add(Case("config a YAML list", lambda d: ["run", "--config", config(d, "- a\n- b\n")], "mapping"))
+    add(Case("config not UTF-8", lambda d: ["run", "--config", config(d, b"name: \xff\xfe\n")], "UTF-8"))
+    add(Case("config unknown key", lambda d: ["run", "--config", config(d, "generate:\n  nn: 3\n")], "unknown config key"))
+    add(Case("--set value out of range", lambda d: run_args(d, "--set", "generate.n=1"), "--set generate.n=1"))
+    add(Case("--set unknown key", lambda d: run_args(d, "--set", "judge.bogus=1"), "--set judge.bogus=1"))
+    add(Case("--set without =", lambda d: run_args(d, "--set", "generate.n"), "not key=value"))
+    add(Case("--set unknown template", lambda d: run_args(d, "--set", "judge.templates=[nope]"), "unknown ids"))
+    add(Case("--set wrong type", lambda d: run_args(d, "--set", "generate.temperature=hot"), "generate.temperature"))
+    add(Case("threshold filter without threshold", lambda d: run_args(d, "--set", "curate.ches.filter=threshold"),
+             "curate.ches.threshold"))
+    add(Case("pool smaller than n", lambda d: run_args(d, "--set", "generate.pool=[{model: bundled:smollm2-135m-"
+                                                       "instruct}]"), "pool has 1 members"))
+    # models
+    add(Case("model folder missing", lambda d: run_args(d, "--set", f"generate.model={d}/no/such/model"),
+             "neither a folder nor a Hub id"))
+    add(Case("model folder without config.json", lambda d: run_args(d, "--set", f"judge.model={d}"), "no config.json"))
+    add(Case("model weights truncated", lambda d: run_args(d, "--set", f"generate.model={truncated_model(d)}"),
+             "is truncated"))
+    add(Case("unknown bundled model", lambda d: run_args(d, "--set", "generate.model=bundled:nope"),
+             "unknown bundled model"))
+    add(Case("Hub id that does not exist, offline", lambda d: run_args(d, "--set", "generate.model=nobody-xyz/no-model"),
+             "nobody-xyz/no-model", env={"HF_ENDPOINT": "http://127.0.0.1:9"}))
+    add(Case("train: unknown Hub model", lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"),
+                                                    "--model", "nobody-xyz/no-model"], "nobody-xyz/no-model",
+             env={"HF_ENDPOINT": "http://127.0.0.1:9"}))
+    add(Case("openai backend: nothing at base_url", lambda d: run_args(
+        d, "--set", "generate.backend=openai", "--set", "generate.openai.base_url=http://127.0.0.1:9/v1"),
+        "does not answer"))
+    # decontamination benchmarks
+    add(Case("benchmark file missing", lambda d: run_args(d, "--set", f"curate.decontaminate.benchmarks=[{d}/b.jsonl]"),
+             "benchmarks[0]"))
+    add(Case("benchmark of unknown format", lambda d: run_args(
+        d, "--set", f"curate.decontaminate.benchmarks=[{config(d, 'x', 'b.csv')}]"), "benchmarks[0]"))
+    # prompt inputs
+    add(Case("input missing", lambda d: run_args(d, "--set", f"input.path={d}/none.jsonl"), "does not exist"))
+    add(Case("input empty", lambda d: run_args(d, "--set", f"input.path={jsonl(d, [])}"), "no valid prompts"))
+    add(Case("input bad JSON line", lambda d: run_args(d, "--set", f"input.path={jsonl(d, [PROMPT, '{oops'])}"),
+             "p.jsonl:2"))
+    add(Case("input row without prompt", lambda d: run_args(d, "--set", f"input.path={jsonl(d, [{'q': 1}])}"),
+             "neither 'messages' nor 'prompt'"))
+    add(Case("input ends with assistant", lambda d: run_args(d, "--set", "input.path=" + jsonl(
+        d, [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])), "last message"))
+    add(Case("input unknown role", lambda d: run_args(d, "--set", "input.path=" + jsonl(
+        d, [{"messages": [{"role": "robot", "content": "a"}]}])), "role is 'robot'"))
+    add(Case("input non-UTF-8 line", lambda d: run_args(d, "--set", "input.path=" + jsonl(
+        d, [PROMPT, b'{"prompt": "caf\xe9"}'])), "p.jsonl:2: not UTF-8"))
+    add(Case("input reused prompt_id", lambda d: run_args(d, "--set", "input.path=" + jsonl(
+        d, [{"prompt": "a?", "prompt_id": "x"}, {"prompt": "b?", "prompt_id": "x"}])), "already used by"))
+    add(Case("input unknown format", lambda d: run_args(d, "--set", f"input.path={config(d, 'a,b', 'p.csv')}"),
+             "unknown format"))
+    add(Case("input parquet garbage", lambda d: run_args(d, "--set", f"input.path={config(d, 'junk', 'p.parquet')}"),
+             "unreadable parquet"))
+    add(Case("input folder without prompt files", lambda d: run_args(d, "--set", f"input.path={d}"),
+             "no .jsonl/.json/.parquet"))
+    add(Case("input JSON array of non-objects", lambda d: run_args(d, "--set", f"input.path={config(d, '[1]', 'p.json')}"),
+             "expected a JSON object"))
+    # output folders
+    add(Case("--out is a file", lambda d: run_args(d, out=config(d, "x", "file.txt")), "is a file, not a folder"))
+    add(Case("--out under a file", lambda d: run_args(d, out=str(Path(config(d, "x", "f")) / "sub")), "is a file"))
+    add(Case("--out read-only", lambda d: run_args(d, out=str(d / "ro" / "out")), "not writable",
+             possible=can_make_read_only))
+    add(Case("plain run on a grown dataset", lambda d: run_args(d, out=str(incremental_dir(d))), "add --incremental",
+             intact=lambda d: (d / "grown" / "pairs" / "train-inc00001-00000-of-00001.parquet").exists()
+             and "increments" in json.loads((d / "grown" / "manifest.json").read_text())))
+    add(Case("--incremental on a plain run", lambda d: run_args(d, "--incremental", out=str(plain_dir(d))),
+             "drop --incremental", intact=lambda d: (d / "plain" / "tables" / "prompts.json").exists()))
+    add(Case("serve on a plain run", lambda d: ["serve", "--config", str(TINY), "--out", str(plain_dir(d)),
+                                                "--interval", "60"], "drop --incremental"))
+    # run directories read by inspect / card / push
+    add(Case("inspect: no such folder", lambda d: ["inspect", str(d / "none")], "not a folder"))
+    add(Case("inspect: no manifest", lambda d: ["inspect", str(d)], "not a finished prefsynth run"))
+    add(Case("inspect: manifest not JSON", lambda d: ["inspect", str(_broken_json(d))], "not valid JSON"))
+    add(Case("inspect: manifest is {}", lambda d: ["inspect", str(edit_manifest(fake_run(d), lambda m: {}))],
+             "not a prefsynth manifest"))
+    add(Case("card: manifest is a list", lambda d: ["card", str(edit_manifest(fake_run(d), lambda m: [1, 2]))],
+             "JSON list"))
+    add(Case("push: manifest is {}", lambda d: ["push", str(edit_manifest(fake_run(d), lambda m: {})), "--repo",
+                                                "a/b"], "not a prefsynth manifest"))
+    add(Case("inspect: shard path leaves the run", lambda d: ["inspect", str(edit_manifest(
+        fake_run(d), lambda m: {**m, "shards": [{**m["shards"][0], "path": "../../etc/passwd"}]}))], "outside"))
+    add(Case("inspect: shard deleted", lambda d: ["inspect", str(_without_shard(fake_run(d)))], "is missing"))
+    add(Case("inspect: shard altered", lambda d: ["inspect", str(_altered_shard(fake_run(d)))], "corrupted"))
+    add(Case("inspect: --sample -5", lambda d: ["inspect", str(fake_run(d)), "--sample", "-5"], "negative"))
+    add(Case("inspect: bad --where", lambda d: ["inspect", str(fake_run(d)), "--where", "margin <<< ("],
+             "not a valid filter"))
+    add(Case("push: bad repo id", lambda d: ["push", str(fake_run(d)), "--repo", "not a repo"], "ORG/NAME"))
+    add(Case("push: endpoint refuses connections", lambda d: ["push", str(fake_run(d)), "--repo", "me/data"],
+             "cannot reach", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"}))
+    # training data
+    add(Case("train: data missing", lambda d: ["train", "--data", str(d / "none"), "--out", str(d / "t")],
+             "not a prefsynth run directory"))
+    add(Case("train: shard deleted", lambda d: ["train", "--data", str(_without_shard(fake_run(d))), "--out",
+                                                str(d / "t")], "is missing"))
+    add(Case("train: random bytes parquet", lambda d: ["train", "--data", config(d, os.urandom(4096), "x.parquet"),
+                                                       "--out", str(d / "t")], "not readable parquet"))
+    add(Case("train: truncated parquet", lambda d: ["train", "--data", str(_truncated_copy(fake_run(d), d)), "--out",
+                                                    str(d / "t")], "not readable parquet"))
+    add(Case("train: 0-row shard", lambda d: ["train", "--data", str(fake_run(d, n=0)), "--out", str(d / "t")],
+             "0 pairs"))
+    add(Case("train: chosen == rejected everywhere", lambda d: ["train", "--data", str(fake_run(d, same=True)), "--out",
+                                                                str(d / "t")], "chosen == rejected"))
+    add(Case("train: shard lacks columns", lambda d: ["train", "--data", _parquet_without_columns(d), "--out",
+                                                      str(d / "t")], "lacks column"))
+    add(Case("train: --out is a file", lambda d: ["train", "--data", str(fake_run(d)), "--out", config(d, "x", "o")],
+             "is a file"))
+    add(Case("train: bad --set", lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"), "--set",
+                                            "learning_rate=-1"], "--set learning_rate=-1"))
+    return c
+
+
+def _broken_json(d: Path) -> Path:
+    run = fake_run(d)
+    (run / "manifest.json").write_text('{"name": "fake", "shards": [')
+    return run
+
+
+def _without_shard(run: Path) -> Path:
+    shard_of(run).unlink()
+    return run
+
+
+def _altered_shard(run: Path) -> Path:
+    data = bytearray(shard_of(run).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard_of(run).write_bytes(bytes(data))
+    return run
+
+
+def _truncated_copy(run: Path, d: Path) -> Path:
+    dst = d / "cut.parquet"
+    dst.write_bytes(shard_of(run).read_bytes()[:-20])
+    return dst
+
+
+def _parquet_without_columns(d: Path) -> str:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["a", "b"]}), d / "cols.parquet")
+    return str(d / "cols.parquet")
+
+
+# -- running them --------------------------------------------------------------------------------------------
+def _env(extra: dict) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_ENDPOINT", "HF_TOKEN", "PREFECT_API_URL"))}
+    return {**env, "PYTHONUNBUFFERED": "1", "PREFSYNTH_PROGRESS": "0", **extra}
+
+
+def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
+    """(handled, one line saying why not / the error line)."""
+    d = scratch / case.name.replace(" ", "_").replace("/", "_")
+    d.mkdir(parents=True)
+    with read_only(d / "ro"):
+        try:
+            argv = case.argv(d)
+        except Exception as exc:  # a broken case is a failure of the script, reported as such
+            return False, f"case setup failed: {exc!r}"
+        proc = subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=_env(case.env),
+                              capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    last = lines[-1] if lines else ""
+    problems = []
+    if proc.returncode != case.rc:
+        problems.append(f"exit {proc.returncode}, expected {case.rc}")
+    if "Traceback (most recent call last)" in out:
+        problems.append("a Python traceback was printed")
+    if not last.startswith("prefsynth") or ": error:" not in last:
+        problems.append(f"last line is not an error line: {last[:160]!r}")
+    error_text = "\n".join(lines[next((i for i, line in enumerate(lines) if ": error:" in line), len(lines)):])
+    if case.expect not in error_text:
+        problems.append(f"error does not name {case.expect!r}: {error_text[:200]!r}")
+    if "fix" not in error_text and "usage:" not in proc.stderr:
+        problems.append("error names no fix")
+    if "hf_hostile_secret" in out:
+        problems.append("the token was printed")
+    if case.intact is not None and not case.intact(d):
+        problems.append("existing data was damaged")
+    return not problems, "; ".join(problems) or last
+
+
+def run_all(cases_: list[Case] | None = None, *, workers: int = 2, echo=print) -> tuple[int, int, list[str]]:
+    """Run every case; return (handled, total, failure lines)."""
+    cases_ = cases_ or cases()
+    for case in [c for c in cases_ if not c.possible()]:
+        echo(f"n/a  {case.name}: this machine cannot build the case (not counted)")
+    cases_ = [c for c in cases_ if c.possible()]
+    scratch = Path(tempfile.mkdtemp(prefix="prefsynth-hostile-"))
+    failures = []
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(lambda c: (c, *run_case(c, scratch)), cases_))
+        for case, ok, why in results:
+            echo(f"{'ok  ' if ok else 'FAIL'} {case.name}: {why}")
+            if not ok:
+                failures.append(f"{case.name}: {why}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    handled = len(cases_) - len(failures)
+    echo(f"{handled}/{len(cases_)} handled")
+    return handled, len(cases_), failures
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    handled, total, _ = run_all()
+    sys.exit(0 if handled == total else 1)
