@@ -90,9 +90,14 @@ def _judges_md(m: dict) -> str:
     taus = "\n".join(f"- Kendall tau-b `{pair}`: {tau}" for pair, tau in (agreement.get("kendall_tau") or {}).items())
     alpha = agreement.get("krippendorff_alpha")
     selfpref = m.get("self_preference") or []
+    split = agreement.get("disconnected_prompts")
+    split_md = (f"\n\n{split} prompt(s) have a disconnected comparison graph (first: "
+                f"{', '.join(f'`{p}`' for p in agreement.get('disconnected_prompt_ids', [])[:5])}); under "
+                "`bradley_terry` their candidates that never met are ordered only through the prior's virtual "
+                "opponent." if split else "")
     return (f"| judge | kind | judgments | failure rate | position consistency |\n|---|---|---|---|---|\n{rows}\n\n"
             f"Agreement between score judges: Krippendorff alpha (interval, z-scored) "
-            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}\n\n"
+            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}{split_md}\n\n"
             + (f"Self-preference: {', '.join(f'`{j}`' for j in selfpref)} also generated the candidates; "
                "LLM judges tend to prefer their own outputs." if selfpref else "Self-preference: no judge generated the candidates."))
 

@@ -33,3 +33,7 @@ class BackendError(PrefsynthError):
 
 class TransientBackendError(BackendError):
     """A backend failure worth retrying (timeouts, 429/5xx, dropped connections)."""
+
+
+class ConvergenceError(PrefsynthError):
+    """A numerical fit (Bradley-Terry) did not reach its tolerance."""
