@@ -37,7 +37,7 @@ from pipeline.reward_augment import augment
 from pipeline.length_bias import length_bias
 from pipeline.store import StageStore
 
-VERSION = "4"
+VERSION = "5"
 READS = ("prompts.prompt_id", "prompts.messages", "candidates.text", "candidates.n_tokens",
          "judgments.candidate_id", "judgments.score", "judgments.ok")
 WRITES = tuple(schemas.PAIRS.names)
