@@ -37,3 +37,7 @@ class TransientBackendError(BackendError):
 
 class ConvergenceError(PrefsynthError):
     """A numerical fit (Bradley-Terry) did not reach its tolerance."""
+
+
+class FunnelError(PrefsynthError):
+    """The drop funnel does not add up (a bug in prefsynth; raised only under PREFSYNTH_STRICT_FUNNEL=1)."""

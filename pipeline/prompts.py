@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pipeline import schemas
 from pipeline.config import InputConfig, fingerprint
 from pipeline.errors import InputError
+from pipeline.funnel import step
 from pipeline.store import StageStore
 
 ROLES = {"system", "user", "assistant"}
@@ -223,12 +224,11 @@ def funnel(report: LoadReport, kept: int) -> list[dict]:
     """The drop-funnel entries of the input stage."""
     valid = report.rows_read - len(report.invalid)
     return [
-        {"stage": "prompts", "filter": "invalid_rows", "rows_in": report.rows_read, "rows_out": valid,
-         "reason": "row failed validation (skipped with --skip-invalid)"},
-        {"stage": "prompts", "filter": "duplicate_prompts", "rows_in": valid, "rows_out": valid - report.duplicates,
-         "reason": "exact duplicate of an earlier prompt"},
-        {"stage": "prompts", "filter": "limit", "rows_in": valid - report.duplicates, "rows_out": kept,
-         "reason": "input.limit"},
+        step("prompts", "invalid_rows", report.rows_read, valid, "row failed validation (skipped with --skip-invalid)",
+             unit="prompts"),
+        step("prompts", "duplicate_prompts", valid, valid - report.duplicates, "exact duplicate of an earlier prompt",
+             unit="prompts"),
+        step("prompts", "limit", valid - report.duplicates, kept, "input.limit", unit="prompts"),
     ]
 
 

@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from pipeline import schemas
 from pipeline.errors import ConfigError
+from pipeline.funnel import step
 
 TEMPLATE_ID = "reward-goal-v2"
 GOAL = ("Write the answer whose quality score is {score:.2f} {scale}. Match that quality level: no better and "
@@ -80,7 +81,7 @@ def augment(pairs: pa.Table, *, aggregate: str, keep_original: bool) -> tuple[pa
                "rationale": why.format(goal=row["rejected_score"], scale=scale, c=row["rejected_score"],
                                        r=row["chosen_score"])}
         out += [high, low]
-    entry = {"stage": "pair", "filter": "reward_augmented", "rows_in": pairs.num_rows, "rows_out": len(out),
-             "reason": f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
-                       + ("; originals kept" if keep_original else "; originals replaced")}
+    entry = step("pair", "reward_augmented", pairs.num_rows, len(out),
+                 f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
+                 + ("; originals kept" if keep_original else "; originals replaced"), unit="pairs")
     return schemas.from_rows(out, "pairs"), entry
