@@ -39,7 +39,8 @@ PASS_THROUGH = {"prompt_filter": "prompts", "ches": "pair"}
 LEGACY_UNITS = {("prompts", "invalid_rows"): "prompts", ("prompts", "duplicate_prompts"): "prompts",
                 ("prompts", "limit"): "prompts", ("prompt_filter", "decontaminate"): "prompts",
                 ("prompt_filter", "near_duplicate"): "prompts", ("generate", "context_limit"): "prompts",
-                ("judge", "judge_failed"): "judgments"}
+                ("generate", "verbalized_unparsed"): "prompts", ("judge", "judge_failed"): "judgments",
+                ("ches", "ches_quantile"): "pairs", ("ches", "ches_threshold"): "pairs", ("ches", "ches_none"): "pairs"}
 
 
 def step(stage: str, name: str, rows_in: int, rows_out: int, reason: str, *, unit: str, unit_in: str | None = None,
