@@ -25,6 +25,7 @@ from flows.distributed import run_stage, task_runner
 from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique
 from pipeline.config import RunConfig
 from pipeline.errors import TransientBackendError
+from pipeline.funnel import unit_label
 from pipeline.incremental import increment_config, merge
 from pipeline.incremental import plan as incremental_plan
 from pipeline.rundir import check_kind
@@ -112,7 +113,9 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     done(9)
     create_markdown_artifact(key="prefsynth-summary", markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",
                              description=f"prefsynth run {cfg.name}")
-    create_table_artifact(key="prefsynth-funnel", table=manifest["funnel"], description="drop funnel")
+    rows = [{"stage": f["stage"], "filter": f["filter"], "unit": unit_label(f), "rows_in": f["rows_in"],
+             "rows_out": f["rows_out"], "reason": f["reason"]} for f in manifest["funnel"]]  # one set of columns
+    create_table_artifact(key="prefsynth-funnel", table=rows, description="drop funnel")
     return manifest
 
 

@@ -19,6 +19,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from judges.agreement import median
 from pipeline import plots, schemas
+from pipeline.funnel import unit_label
 from pipeline.errors import SchemaError
 from pipeline.rundir import load_manifest, load_pairs
 
@@ -90,9 +91,14 @@ def _judges_md(m: dict) -> str:
     taus = "\n".join(f"- Kendall tau-b `{pair}`: {tau}" for pair, tau in (agreement.get("kendall_tau") or {}).items())
     alpha = agreement.get("krippendorff_alpha")
     selfpref = m.get("self_preference") or []
+    split = agreement.get("disconnected_prompts")
+    split_md = (f"\n\n{split} prompt(s) have a disconnected comparison graph (first: "
+                f"{', '.join(f'`{p}`' for p in agreement.get('disconnected_prompt_ids', [])[:5])}); under "
+                "`bradley_terry` their candidates that never met are ordered only through the prior's virtual "
+                "opponent." if split else "")
     return (f"| judge | kind | judgments | failure rate | position consistency |\n|---|---|---|---|---|\n{rows}\n\n"
             f"Agreement between score judges: Krippendorff alpha (interval, z-scored) "
-            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}\n\n"
+            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}{split_md}\n\n"
             + (f"Self-preference: {', '.join(f'`{j}`' for j in selfpref)} also generated the candidates; "
                "LLM judges tend to prefer their own outputs." if selfpref else "Self-preference: no judge generated the candidates."))
 
@@ -122,7 +128,9 @@ def render(run_dir: str | Path, manifest: dict | None = None) -> str:
     pairs = load_pairs(run_dir, m)
     figs = _figures(run_dir, pairs, m)
     cfg, models, rows = m["config"]["resolved"], m["models"], m["rows"]
-    funnel = "\n".join(f"| {f['stage']} | {f['filter']} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |" for f in m["funnel"])
+    funnel = "\n".join(f"| {f['stage']} | {f['filter']} | {unit_label(f)} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |"
+                       for f in m["funnel"])
+    funnel_errors = "".join(f"\n\n**The funnel does not add up** (a prefsynth bug): {e}" for e in m.get("funnel_errors") or [])
     lb = m.get("length_bias") or {}
     cmr = lb.get("chosen_minus_rejected_len") or {}
     ches = m.get("ches") or {}
@@ -157,9 +165,12 @@ margins, rationales, CHES and reference log-probs per pair.
   `prefsynth run --config config.yaml --out OUT`
 
 ## Drop funnel
-| stage | filter | rows in | rows out | reason |
-|---|---|---|---|---|
-{funnel}
+Within a stage each step starts from the rows the previous one left; a unit such as `prompts -> candidate pairs`
+marks a step that turns one unit into another. The last step ends at the published pair count.
+
+| stage | filter | unit | rows in | rows out | reason |
+|---|---|---|---|---|---|
+{funnel}{funnel_errors}
 
 Prompts dropped before generation:
 {drops_md}

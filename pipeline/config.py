@@ -152,7 +152,9 @@ class JudgeConfig(_Section):
     )
     min_agreement: float | None = Field(
         None, ge=-1.0, le=1.0,
-        description="Drop prompts whose score judges agree less than this (Krippendorff alpha); null keeps all.",
+        description="Drop prompts whose score judges agree less than this: Krippendorff alpha (interval) on "
+        "per-judge z-scores, not raw scores; a prompt with no alpha (fewer than two candidates scored by two "
+        "judges) is kept; null keeps all.",
     )
     rationales: bool = Field(
         False, description="Give every absolute LLM judgment a short rationale (one greedy generation per candidate "

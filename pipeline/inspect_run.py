@@ -14,6 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from pipeline.errors import InputError
+from pipeline.funnel import unit_label
 from pipeline.rundir import load_manifest, load_pairs
 
 FLAT_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin", "rationale",
@@ -53,10 +54,14 @@ def _summary(m: dict) -> Panel:
 
 def _funnel(m: dict) -> Table:
     t = Table(title="drop funnel")
-    for col in ("stage.filter", "in", "out", "removed", "reason"):
+    for col in ("stage.filter", "unit", "in", "out", "removed", "reason"):
         t.add_column(col, justify="right" if col in ("in", "out", "removed") else "left")
     for f in m["funnel"]:
-        t.add_row(f"{f['stage']}.{f['filter']}", str(f["rows_in"]), str(f["rows_out"]), str(f["rows_in"] - f["rows_out"]), f["reason"])
+        removed = "" if f.get("unit_in") else str(f["rows_in"] - f["rows_out"])  # no difference across units
+        t.add_row(f"{f['stage']}.{f['filter']}", unit_label(f), str(f["rows_in"]), str(f["rows_out"]), removed,
+                  f["reason"])
+    for problem in m.get("funnel_errors") or []:
+        t.add_row("[red]ERROR[/]", "", "", "", "", f"funnel does not add up: {problem}")
     return t
 
 

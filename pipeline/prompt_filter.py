@@ -26,6 +26,7 @@ import torch
 from pipeline import schemas
 from pipeline.config import DecontaminateConfig, DedupConfig, RunConfig, fingerprint
 from pipeline.errors import InputError
+from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.store import StageStore
 
@@ -123,15 +124,16 @@ def filter_prompts(prompts: pa.Table, dedup: DedupConfig, decontam: Decontaminat
     if decontam.benchmarks:
         hits = contaminated(texts, decontam)
         dropped += [{"prompt_id": ids[i], "filter": "decontaminate", "match": m} for i, m in sorted(hits.items())]
-        funnel.append({"stage": "prompt_filter", "filter": "decontaminate", "rows_in": len(keep),
-                       "rows_out": len(keep) - len(hits), "reason": f"shares a word {decontam.ngram}-gram with a benchmark prompt"})
+        funnel.append(step("prompt_filter", "decontaminate", len(keep), len(keep) - len(hits),
+                           f"shares a word {decontam.ngram}-gram with a benchmark prompt", unit="prompts"))
         keep -= set(hits)
-    if dedup.near_duplicates and len(keep) > 1:
+    if dedup.near_duplicates:  # a step whenever it is on (also for one prompt), so increments' funnels sum
         order = sorted(keep)
-        dups = near_duplicates(embed([texts[i] for i in order], dedup.model, batch_size=dedup.batch_size), dedup.threshold)
+        dups = (near_duplicates(embed([texts[i] for i in order], dedup.model, batch_size=dedup.batch_size), dedup.threshold)
+                if len(order) > 1 else {})
         dropped += [{"prompt_id": ids[order[d]], "filter": "near_duplicate", "match": ids[order[k]]} for d, k in sorted(dups.items())]
-        funnel.append({"stage": "prompt_filter", "filter": "near_duplicate", "rows_in": len(keep),
-                       "rows_out": len(keep) - len(dups), "reason": f"cosine >= {dedup.threshold} to an earlier prompt ({dedup.model})"})
+        funnel.append(step("prompt_filter", "near_duplicate", len(keep), len(keep) - len(dups),
+                           f"cosine >= {dedup.threshold} to an earlier prompt ({dedup.model})", unit="prompts"))
         keep -= {order[d] for d in dups}
     return prompts.take(sorted(keep)), funnel, dropped
 

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from pipeline import schemas
 from pipeline.config import InputConfig, fingerprint
 from pipeline.errors import InputError
+from pipeline.funnel import step
 from pipeline.store import StageStore
 
 ROLES = {"system", "user", "assistant"}
@@ -257,14 +258,13 @@ def funnel(report: LoadReport, kept: int) -> list[dict]:
     unique = valid - report.duplicates
     distinct = unique - len(report.conflicts)
     return [
-        {"stage": "prompts", "filter": "invalid_rows", "rows_in": report.rows_read, "rows_out": valid,
-         "reason": "row failed validation (skipped with --skip-invalid)"},
-        {"stage": "prompts", "filter": "duplicate_prompts", "rows_in": valid, "rows_out": unique,
-         "reason": "exact duplicate of an earlier prompt (same prompt_id and messages)"},
-        {"stage": "prompts", "filter": "prompt_id_conflicts", "rows_in": unique, "rows_out": distinct,
-         "reason": "prompt_id reused for different messages (skipped with --skip-invalid)"},
-        {"stage": "prompts", "filter": "limit", "rows_in": distinct, "rows_out": kept,
-         "reason": "input.limit"},
+        step("prompts", "invalid_rows", report.rows_read, valid, "row failed validation (skipped with --skip-invalid)",
+             unit="prompts"),
+        step("prompts", "duplicate_prompts", valid, unique,
+             "exact duplicate of an earlier prompt (same prompt_id and messages)", unit="prompts"),
+        step("prompts", "prompt_id_conflicts", unique, distinct,
+             "prompt_id reused for different messages (skipped with --skip-invalid)", unit="prompts"),
+        step("prompts", "limit", distinct, kept, "input.limit", unit="prompts"),
     ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from pipeline import __version__, card, schemas
+from pipeline import __version__, card, funnel, schemas
 from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs, ranked_path
 from pipeline.store import sha256, write_json
@@ -70,6 +70,8 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     else:
         shutil.rmtree(out / "ranked", ignore_errors=True)  # a listwise view from an earlier config is stale
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    steps = funnel.collect(metas, STAGES)
+    funnel_errors = funnel.verify(steps, pairs.num_rows)  # raises under PREFSYNTH_STRICT_FUNNEL=1
     timings = {s: metas[s].get("seconds", 0.0) for s in STAGES}
     timings["publish"] = round(time.perf_counter() - t0, 2)
     if started_at is not None:
@@ -91,7 +93,8 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         },
         "rows": {"prompts": metas["prompts"]["rows"], "prompts_kept": metas["prompt_filter"]["rows"], "candidates": metas["generate"]["rows"],
                  "judgments": metas["judge"]["rows"], "pairs": pairs.num_rows},
-        "funnel": [f for s in STAGES for f in metas[s].get("funnel", [])],
+        "funnel": steps,
+        "funnel_errors": funnel_errors,
         "judge_failure_rate": metas["judge"].get("failure_rate"),
         "judge_aggregate": metas["pair"].get("aggregate"),
         "judge_agreement": metas["pair"].get("agreement"),
@@ -154,7 +157,11 @@ def summary(manifest: dict, out_dir: str) -> str:
     ]
     for f in manifest["funnel"]:
         removed = f["rows_in"] - f["rows_out"]
-        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} ({'+' if removed < 0 else '-'}{abs(removed)}) {f['reason']}")
+        change = "" if "unit_in" in f else f"({'+' if removed < 0 else '-'}{abs(removed)}) "  # no count across units
+        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} "
+                     f"{funnel.unit_label(f):<27} {change}{f['reason']}")
+    for problem in manifest.get("funnel_errors") or []:
+        lines.append(f"  ERROR: funnel does not add up: {problem}")
     edited = (manifest.get("edited_prompts_skipped") or {}).get("count", 0)
     if edited:
         lines.append(f"  note:   {edited} prompt(s) have new text under an already processed prompt_id and were not "

@@ -55,7 +55,7 @@ def test_manifest_describes_the_shards(tiny_run):
         assert pq.read_metadata(path).num_rows == shard["rows"]
         total += shard["rows"]
     assert total == m["rows"]["pairs"]
-    assert [f["filter"] for f in m["funnel"]][:3] == ["invalid_rows", "duplicate_prompts", "limit"]
+    assert [f["filter"] for f in m["funnel"]][:4] == ["invalid_rows", "duplicate_prompts", "prompt_id_conflicts", "limit"]
     assert set(m["timings_s"]) >= {"generate", "judge", "pair", "rationale", "publish", "total"}
     assert m["config"]["resolved"]["generate"]["n"] == 3 and m["config"]["given"]["name"] == "tiny"
     assert m["models"]["generator"].startswith("bundled:smollm2-135m-instruct@")

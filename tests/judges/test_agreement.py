@@ -54,3 +54,5 @@ def test_krippendorff_alpha_by_hand():
     # a unit with one value is not pairable; missing values are skipped
     assert abs(krippendorff_alpha_interval([[1, 2, None], [3, 3], [7, None]]) - 8 / 11) < 1e-12
     assert krippendorff_alpha_interval([[1, None]]) is None
+    # one unit (a prompt with a single candidate): D_e is built from D_o's own values, alpha undefined (not 0)
+    assert krippendorff_alpha_interval([[1, 3]]) is None and krippendorff_alpha_interval([[1, 3], [2, None]]) is None
