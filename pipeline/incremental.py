@@ -10,7 +10,8 @@
   3. merge: the increment's shards are copied into OUT/pairs/ as `train-incNNNNN-*.parquet`
      (temp name, then rename; shards are never rewritten) and OUT/manifest.json (the commit point)
      is rewritten atomically: every shard with its sha256, row counts summed over increments, the
-     funnel summed per filter, `increments` listing each one; then the card is regenerated.
+     funnel and the prompt filter's drop counts summed per filter (each increment's drops table
+     named), `increments` listing each one; then the card is regenerated.
 Shards in OUT/pairs/ that no manifest lists are leftovers of a kill between copy and commit; the
 next merge removes them. Per-increment figures (judges, length bias, CHES) stay in each
 increment's own manifest; the top manifest carries the latest increment's.
@@ -30,6 +31,7 @@ import yaml
 from pipeline import schemas
 from pipeline.config import RunConfig
 from pipeline.prompts import load_prompts
+from pipeline.rundir import prompt_drops
 from pipeline.store import sha256, write_json
 
 INCREMENTS = "increments"
@@ -94,6 +96,18 @@ def _sum_funnel(manifests: list[dict]) -> list[dict]:
     return list(merged.values())
 
 
+def _sum_prompt_drops(out: Path, increments: list[dict], manifests: list[dict]) -> dict:
+    """Drop counts summed over increments; each increment's drops table, named relative to OUT."""
+    counts: dict[str, int] = {}
+    tables: list[str] = []
+    for inc, m in zip(increments, manifests):
+        got, _, inc_tables = prompt_drops(out / inc["dir"], m, limit=0)
+        for name, n in got.items():
+            counts[name] = counts.get(name, 0) + n
+        tables += [f"{inc['dir']}/{t}" for t in inc_tables]
+    return {"counts": counts, "tables": tables}
+
+
 def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None) -> dict:
     """Copy the increment's shards into OUT/pairs and commit the grown manifest; return it."""
     from pipeline import card
@@ -123,6 +137,7 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
     all_manifests = [json.loads((out / i["dir"] / "manifest.json").read_text()) for i in increments]
     rows = {k: sum(m["rows"][k] for m in all_manifests) for k in inc_manifest["rows"]}
     grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": _sum_funnel(all_manifests),
+             "prompt_drops": _sum_prompt_drops(out, increments, all_manifests),
              "increments": increments, "incremental": True,
              "config": {"given": given or {}, "resolved": cfg.model_dump()}}
     write_json(out / "manifest.json", grown)
