@@ -262,8 +262,9 @@ class DedupConfig(_Section):
     exact_max_prompts: int = Field(50_000, ge=1, description="With method 'auto', the most prompts searched exactly.")
     clusters: int | None = Field(None, ge=1, description="Clusters of the clustered search; null is about 2 sqrt(n) "
                                  "(lists of about sqrt(n)/2 prompts).")
-    probes: int = Field(16, ge=1, description="Nearest clusters each prompt searches in the clustered search; more "
-                        "finds more duplicates across cluster borders and costs proportionally more time.")
+    probes: int | None = Field(None, ge=1, description="Nearest clusters each prompt searches in the clustered search; "
+                               "null is a 64th of the clusters, at least 16. More finds more duplicates across cluster "
+                               "borders and costs proportionally more time.")
     minhash: MinHashConfig = Field(default_factory=MinHashConfig, description="Fuzzy text dedup (MinHash LSH).")
     batch_size: int = Field(64, ge=1, description="Prompts per embedding batch (operational).")
     chunk_prompts: int = Field(8192, ge=1, description="Prompts per checkpointed part of the embeddings; a killed run "
