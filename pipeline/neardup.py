@@ -12,8 +12,8 @@ the block are resolved in order. Kept status of earlier prompts is final, so thi
 greedy rule, whatever the block size.
 
 Which earlier prompts a block is compared with is the method (`curate.dedup.method`):
-- exact: all of them. Time O(n^2 d) with a small constant (one GEMM; about 1 min for 100k prompts
-  on 2 cores), memory O(n d). Equal to v0.1's output, decision for decision.
+- exact: all of them. Time O(n^2 d) with a small constant (GEMMs; 3.6 min for 100k prompts on 2
+  busy cores), memory O(n d). Equal to v0.1's output, decision for decision.
 - clustered: the prompts of its `probes` nearest clusters. Embeddings are first clustered with
   spherical k-means (as NeMo Curator's SemDeDup does, Abbas et al. 2023, "SemDeDup: Data-efficient
   learning at web-scale through semantic deduplication"), every prompt is stored in the list of its
