@@ -95,7 +95,7 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
             return run_stage(stage_task, runner, out_dir, cfg, *inputs, log=say)
 
         metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
-        metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+        metas["prompt_filter"] = heavy(prompt_filter_task, metas["prompts"]["fingerprint"])  # embeddings shard
         done(2)
         metas["self_critique"] = heavy(self_critique_task, metas["prompt_filter"]["fingerprint"])
         done(3)

@@ -21,7 +21,7 @@ from judges.agreement import median
 from pipeline import plots, schemas
 from pipeline.funnel import unit_label
 from pipeline.errors import SchemaError
-from pipeline.rundir import load_manifest, load_pairs
+from pipeline.rundir import load_manifest, load_pairs, prompt_drops
 
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
@@ -144,8 +144,12 @@ def render(run_dir: str | Path, manifest: dict | None = None) -> str:
     ches_md = (f"Policy `{models.get('ches')}`; filter `{ches.get('filter')}`, cut {ches.get('cut')}; LN-CHES range "
                f"[{ches.get('ln_ches_min')}, {ches.get('ln_ches_max')}].\n\n![LN-CHES]({figs['ches']})"
                if "ches" in figs else "CHES was not computed for this run (`curate.ches.enabled: false`).")
-    drops = m.get("prompt_drops") or []
-    drops_md = "\n".join(f"- `{d['prompt_id']}`: {d['filter']} (matches `{d['match']}`)" for d in drops[:20]) or "- none"
+    counts, drops, drop_tables = prompt_drops(run_dir, m, 20)
+    drops_md = "\n".join(f"- `{d['prompt_id']}`: {d['filter']} (matches `{d['match']}`)" for d in drops) or "- none"
+    if sum(counts.values()) > len(drops):
+        drops_md += (f"\n- ... {sum(counts.values()) - len(drops)} more, listed in "
+                     + ", ".join(f"`{t}`" for t in drop_tables))
+    drops_head = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     body = f"""
 # {m['name']}
 
@@ -172,7 +176,7 @@ marks a step that turns one unit into another. The last step ends at the publish
 |---|---|---|---|---|---|
 {funnel}{funnel_errors}
 
-Prompts dropped before generation:
+Prompts dropped before generation ({drops_head}):
 {drops_md}
 
 ## Scores

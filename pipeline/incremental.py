@@ -15,6 +15,7 @@
      (temp name, then rename; shards are never rewritten) and OUT/manifest.json (the commit point)
      is rewritten atomically: every shard with its sha256, row counts summed over increments, the
      funnel summed per step and checked to chain to the summed pair count (pipeline/funnel.py),
+     the prompt filter's drop counts summed per filter (each increment's drops table named),
      `increments` listing each one; then the card is regenerated.
 Shards in OUT/pairs/ that no manifest lists are leftovers of a kill between copy and commit; the
 next merge removes them. Per-increment figures (judges, length bias, CHES) stay in each
@@ -36,6 +37,7 @@ from pipeline import funnel, schemas
 from pipeline.config import RunConfig
 from pipeline.prompts import load_prompts, messages_hash
 from pipeline.publish import STAGES
+from pipeline.rundir import prompt_drops
 from pipeline.store import sha256, write_json
 
 INCREMENTS = "increments"
@@ -99,6 +101,18 @@ def increment_config(cfg: RunConfig, inc_dir: Path) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
+def _sum_prompt_drops(out: Path, increments: list[dict], manifests: list[dict]) -> dict:
+    """Drop counts summed over increments; each increment's drops table, named relative to OUT."""
+    counts: dict[str, int] = {}
+    tables: list[str] = []
+    for inc, m in zip(increments, manifests):
+        got, _, inc_tables = prompt_drops(out / inc["dir"], m, limit=0)
+        for name, n in got.items():
+            counts[name] = counts.get(name, 0) + n
+        tables += [f"{inc['dir']}/{t}" for t in inc_tables]
+    return {"counts": counts, "tables": tables}
+
+
 def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None,
           edited: list[str] | None = None) -> dict:
     """Copy the increment's shards into OUT/pairs and commit the grown manifest; return it."""
@@ -132,7 +146,7 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
     steps = funnel.sum_funnels([m["funnel"] for m in all_manifests], STAGES)
     funnel_errors = funnel.verify(steps, rows["pairs"])  # raises under PREFSYNTH_STRICT_FUNNEL=1
     grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": steps,
-             "funnel_errors": funnel_errors,
+             "funnel_errors": funnel_errors, "prompt_drops": _sum_prompt_drops(out, increments, all_manifests),
              "increments": increments, "incremental": True,
              "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
              "config": {"given": given or {}, "resolved": cfg.model_dump()}}

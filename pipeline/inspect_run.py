@@ -1,6 +1,7 @@
 """`prefsynth inspect RUN_DIR`: read a finished run in the terminal (rich).
 
-Shows the summary, the drop funnel and score statistics, then pairs side by side (chosen |
+Shows the summary, the drop funnel, the first prompts the prompt filter dropped (with what they
+matched; all of them are in tables/prompt_filter.drops.parquet) and score statistics, then pairs side by side (chosen |
 rejected) with prompt and rationale. `--where` is a SQL boolean expression over the flat pair
 columns (polars SQL), e.g. "margin < 0.5 AND chosen_len > rejected_len"; `--sample N` picks N
 matching pairs at random (seeded). Shards are verified first (pipeline/rundir.py).
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from pipeline.errors import InputError
 from pipeline.funnel import unit_label
-from pipeline.rundir import load_manifest, load_pairs
+from pipeline.rundir import load_manifest, load_pairs, prompt_drops
 
 FLAT_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin", "rationale",
                 "pair_strategy", "ches", "ln_ches", "ref_chosen_logp", "ref_rejected_logp", "chosen_len", "rejected_len")
@@ -65,6 +66,18 @@ def _funnel(m: dict) -> Table:
     return t
 
 
+def _prompt_drops(run_dir, m: dict, limit: int = 10) -> Table:
+    counts, rows, tables = prompt_drops(run_dir, m, limit)
+    total = sum(counts.values())
+    t = Table(title=f"prompt drops: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}",
+              caption=f"first {len(rows)} of {total}; all in {', '.join(tables)}" if total > len(rows) else None)
+    for col in ("prompt_id", "filter", "match", "score"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["prompt_id"], r["filter"], r["match"], "" if r.get("score") is None else f"{r['score']:.3f}")
+    return t
+
+
 def _scores(df: pl.DataFrame) -> Table:
     t = Table(title="scores over published pairs")
     for col in ("column", "mean", "min", "median", "max"):
@@ -95,6 +108,7 @@ def inspect_run(run_dir, *, sample: int | None = 3, where: str | None = None, se
     chosen = select(df, where, sample, seed)  # a bad --where fails before anything is printed
     console.print(_summary(m))
     console.print(_funnel(m))
+    console.print(_prompt_drops(run_dir, m))
     console.print(_scores(df))
     console.print(f"{chosen.height} pair(s) shown" + (f" matching {where!r}" if where else "")
                   + f" of {df.height}")

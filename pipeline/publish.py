@@ -3,8 +3,9 @@
 Shards (`pairs/train-00000-of-00001.parquet`, zstd) are written into a fresh folder and swapped
 into place when all are complete, so `RUN/pairs/*.parquet` is only ever a whole set. Each shard
 is itself written atomically. The manifest records the config as given and resolved, the
-fingerprints, models, per-stage row counts, the drop funnel, shards with row counts and sha256,
-and timings. It is rebuilt on every run (cheap), so it always describes the shards beside it.
+fingerprints, models, per-stage row counts, the drop funnel, the prompt filter's drop counts (the
+dropped prompts themselves are in tables/prompt_filter.drops.parquet), shards with row counts and
+sha256, and timings. It is rebuilt on every run (cheap), so it always describes the shards beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import yaml
 from pipeline import __version__, card, funnel, schemas
 from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs, ranked_path
+from pipeline.prompt_filter import drops_path as prompt_drops_path
 from pipeline.store import sha256, write_json
 
 STAGES = ("prompts", "prompt_filter", "self_critique", "generate", "judge", "pair", "ches", "rationale")
@@ -100,7 +102,9 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "judge_agreement": metas["pair"].get("agreement"),
         "self_preference": metas["judge"].get("self_preference", []),
         "length_bias": metas["pair"].get("length_bias"),
-        "prompt_drops": metas["prompt_filter"].get("dropped", []),
+        # counts only: the per-prompt list is a table (a million prompts would make this file hundreds of MB)
+        "prompt_drops": {"counts": metas["prompt_filter"].get("drops", {}),
+                         "tables": [str(prompt_drops_path(out).relative_to(out))]},
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max", "dtype")},
         "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend"),
                        "verbalized_template": _verbalized_template(cfg)},

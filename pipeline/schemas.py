@@ -124,6 +124,26 @@ REF_LOGPS = pa.schema(
     ]
 )
 
+# the prompt filter's drops, one row per dropped prompt (tables/prompt_filter.drops.parquet); `match` is the
+# kept prompt_id it duplicates or the benchmark id it shares an n-gram with; `score` the cosine (near_duplicate)
+# or estimated Jaccard (fuzzy_duplicate) to the match, null for decontaminate
+PROMPT_DROPS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("filter", pa.string(), nullable=False),
+        pa.field("match", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+    ]
+)
+
+# checkpointed sentence embeddings of the prompt filter (one L2-normalised vector per prompt)
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -132,6 +152,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "ranked": RANKED,
     "scores": SCORES,
     "ref_logps": REF_LOGPS,
+    "prompt_drops": PROMPT_DROPS,
+    "embeddings": EMBEDDINGS,
 }
 
 

@@ -62,6 +62,11 @@ def test_manifest_describes_the_shards(tiny_run):
     filters = {f["filter"] for f in m["funnel"]}
     assert {"near_duplicate", "ties", "near_identical", "min_margin", "strategy", "ches_quantile"} <= filters
     assert m["ches"]["filter"] == "quantile" and m["ches"]["cut"] is not None
+    # the manifest counts the prompt filter's drops; the dropped prompts are a table beside the stage's
+    assert m["prompt_drops"]["tables"] == ["tables/prompt_filter.drops.parquet"]
+    drops = pq.read_table(tiny_run / "tables" / "prompt_filter.drops.parquet")
+    near = next(f for f in m["funnel"] if f["filter"] == "near_duplicate")
+    assert m["prompt_drops"]["counts"] == {"near_duplicate": near["rows_in"] - near["rows_out"]} == {"near_duplicate": drops.num_rows}
     assert set(m["length_bias"]) >= {"score_length_spearman", "chosen_minus_rejected_len", "chosen_longer_fraction"}
     assert "pairs:" in (tiny_run / "cli-stdout.txt").read_text()
 
