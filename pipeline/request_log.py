@@ -177,8 +177,9 @@ class RequestLog:
                     found[key] = got[1]
         return [found.get(k) for k in keys]
 
-    def __len__(self) -> int:
-        """Distinct keys with a record line in any writer's file (indexes what is new, parses no record)."""
+    def count(self) -> int:
+        """Distinct keys with a record line in any writer's file (indexes what is new, parses no record).
+        A method, not __len__: an empty log must stay truthy where callers test `if log`."""
         with self._index_mutex, self._file_lock, self._index() as con:
             return con.execute("SELECT count(DISTINCT key) FROM entries").fetchone()[0]
 

@@ -50,7 +50,7 @@ def test_log_survives_reopen_and_ignores_a_torn_line(tmp_path):
     again.append("d", [Completion("blue", 2, "stop")])  # after the torn line: must not be merged into it
     again.close()
     third = RequestLog(tmp_path / "r.jsonl")
-    assert results(third, ["a", "c", "d"]) == [RED, None, [Completion("blue", 2, "stop")]] and len(third) == 3
+    assert results(third, ["a", "c", "d"]) == [RED, None, [Completion("blue", 2, "stop")]] and third.count() == 3
     third.close()
 
 
@@ -104,7 +104,7 @@ def test_the_index_is_a_cache_rebuilt_from_the_files(tmp_path):
     index.write_bytes(b"not a database" * 100)
     assert results(RequestLog(path), ["k4", "k0"]) == [[Completion("4", 1, "stop")], [Completion("0", 1, "stop")]]
     index.unlink()
-    assert len(RequestLog(path)) == 5
+    assert RequestLog(path).count() == 5
     # a writer's file replaced behind the index (shorter, or other records): its old entries must not answer
     (tmp_path / "generate.w.jsonl").write_text(old_line("k9", Skipped("gone")))
     assert results(RequestLog(path), ["k0", "k9"]) == [None, Skipped("gone")]
@@ -117,7 +117,8 @@ def test_the_last_record_of_a_key_wins_as_in_the_old_reader(tmp_path):
     line of a key won. A line torn just after a `}` looks like a record to the index and must not win."""
     one, two, three = ([Completion(t, 1, "stop")] for t in ("one", "two", "three"))
     (tmp_path / "generate.jsonl").write_text(old_line("k", one) + old_line("j", one))
-    (tmp_path / "generate.shard-0-of-2.jsonl").write_text(old_line("k", two) + old_line("j", three) + old_line("j", two))
+    shard0 = old_line("k", two) + old_line("j", three) + old_line("j", two)
+    (tmp_path / "generate.shard-0-of-2.jsonl").write_text(shard0)
     torn = old_line("k", three).rstrip("\n")[:-2] + "\n"  # ends in "}" but does not parse
     (tmp_path / "generate.shard-1-of-2.jsonl").write_text(old_line("i", one) + torn)
     assert results(RequestLog(tmp_path / "generate.jsonl"), ["k", "j", "i"]) == [two, two, one]
@@ -146,7 +147,7 @@ def test_concurrent_writer_processes_share_one_index(tmp_path):
     keys = [f"w{n}-{i}" for n in range(3) for i in range(60)]
     assert results(log, keys) == [[Completion(f"text {k[1]} {k.split('-')[1]}", int(k.split("-")[1]), "stop")]
                                   for k in keys]
-    assert len(log) == 180
+    assert log.count() == 180
 
 
 BUILD = """
@@ -173,7 +174,7 @@ def test_a_kill_while_indexing_leaves_a_log_that_answers(tmp_path):
         log = RequestLog(path)
         keys = ["k0", "k31337", "k59999", "k60000"]
         assert results(log, keys) == [[Completion(f"t{i}", i, "stop")] for i in (0, 31337, 59999)] + [None]
-        assert len(log) == 60_000
+        assert log.count() == 60_000
         (tmp_path / "generate.index.sqlite").unlink()
 
 
@@ -195,6 +196,31 @@ def test_logged_backend_answers_repeats_from_the_log(tmp_path):
     assert second[0] == first[0] and calls == [1, 1] and wrapped.hits == 1
     assert [json.loads(line)["key"] for line in (tmp_path / "r.jsonl").read_text().splitlines()][-1] == \
         request_key("transformers:" + inner.label, other, S)
+
+
+@pytest.mark.slow
+def test_a_generate_stage_logs_each_request_and_a_rerun_answers_from_the_log(tmp_path):
+    """The stage as `prefsynth run` drives it, on the real bundled model: a fresh log (empty, which must not
+    read as "no log") gets one record per prompt; with the stage's outputs removed, as after a kill once
+    every request completed, the rerun answers every prompt from the log with the same candidates."""
+    (tmp_path / "tables").mkdir()
+    prompts = schemas.from_rows([{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"Say {i}."}]}
+                                 for i in range(3)], "prompts")
+    schemas.write_table(prompts, tmp_path / "tables" / "prompt_filter.parquet", "prompts")
+    cfg = load_config(None, ["generate.backend=transformers", "generate.n=2", "generate.max_new_tokens=4"])
+    first = generate.run(tmp_path, cfg, "fp", log=lambda *_: None)
+    lines = (tmp_path / "requests" / "generate.jsonl").read_text().splitlines()
+    assert first["request_log_hits"] == 0 and len(lines) == len({json.loads(line)["key"] for line in lines}) == 3
+    table = pq_rows(tmp_path)
+    for name in ("generate.json", "generate.parquet"):
+        (tmp_path / "tables" / name).unlink()
+    again = generate.run(tmp_path, cfg, "fp", log=lambda *_: None)
+    assert again["request_log_hits"] == 3 and pq_rows(tmp_path) == table
+    assert len((tmp_path / "requests" / "generate.jsonl").read_text().splitlines()) == 3
+
+
+def pq_rows(run_dir):
+    return schemas.read_table(run_dir / "tables" / "generate.parquet", "candidates").to_pylist()
 
 
 def closed_port() -> int:
