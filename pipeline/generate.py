@@ -124,7 +124,9 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
         if model not in backends:
             b = make_backend(backend_name, model, dtype=g.dtype, batch_size=g.batch_size, field=field,
                              vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
-            backends[model] = LoggedBackend(b, request_log, backend_name=backend_name) if request_log else b
+            if request_log is not None:
+                b = LoggedBackend(b, request_log, backend_name=backend_name)
+            backends[model] = b
         return backends[model]
 
     with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
