@@ -7,8 +7,9 @@ that alters outputs misses the log while an operational one does not. API keys n
 or a record.
 
 Records: one JSON line per request, `{"key", "completions": [...]}` or `{"key", "skipped": reason}`,
-plus an optional `"usage"` object (token counts a caller wants kept), flushed and fsynced before
-the next. Each writer appends to its own file (`generate.jsonl`, or `generate.<writer>.jsonl` for
+plus an optional `"usage"` object (input/output tokens, for accounting) and an optional `"payload"`
+(what a judge reads beyond the text: top log-probs at the verdict position, a reward), flushed
+and fsynced before the next. Each writer appends to its own file (`generate.jsonl`, or `generate.<writer>.jsonl` for
 a distributed shard), so concurrent writers (processes, Ray tasks, machines sharing the folder)
 never share a file. A kill mid-write leaves a torn last line: it is never indexed, and the file's
 next writer ends it with a newline before appending, so it cannot swallow the next record.
@@ -39,7 +40,7 @@ from typing import Iterator, Sequence
 
 from filelock import FileLock
 
-from pipeline.backends.base import Completion, Request, Result, SamplingParams, Skipped
+from pipeline.backends.base import Completion, Reply, Request, Result, SamplingParams, Skipped
 from pipeline.config import fingerprint
 
 INDEX_VERSION = 1  # PRAGMA user_version of the index; any other value means rebuild it
@@ -58,10 +59,11 @@ def request_key(label: str, req: Request, sampling: SamplingParams) -> str:
 @dataclass(frozen=True)
 class LogEntry:
     result: Result
-    usage: dict | None = None  # whatever the writer attached (prompt/completion tokens, cost), else None
+    usage: dict | None = None  # whatever the writer attached (input/output tokens), else None
+    payload: dict | None = None  # a judge's extra reply data (top log-probs, reward), else None
 
 
-def encode(key: str, result: Result, usage: dict | None = None) -> bytes:
+def encode(key: str, result: Result, usage: dict | None = None, payload: dict | None = None) -> bytes:
     """One record as its JSON line (the layout of every version: the key first)."""
     if not (key.isascii() and key.isprintable() and '"' not in key and "\\" not in key):
         raise ValueError(f"request log key {key!r} needs JSON escaping, so the index could not read it; "
@@ -73,6 +75,8 @@ def encode(key: str, result: Result, usage: dict | None = None) -> bytes:
                                            for c in result]}
     if usage is not None:
         rec["usage"] = usage
+    if payload is not None:
+        rec["payload"] = payload
     return (json.dumps(rec) + "\n").encode()
 
 
@@ -81,9 +85,9 @@ def decode(line: bytes) -> tuple[str, LogEntry] | None:
     try:
         rec = json.loads(line)
         if "skipped" in rec:
-            return rec["key"], LogEntry(Skipped(rec["skipped"]), rec.get("usage"))
+            return rec["key"], LogEntry(Skipped(rec["skipped"]), rec.get("usage"), rec.get("payload"))
         return rec["key"], LogEntry([Completion(c["text"], c["n_tokens"], c["finish_reason"])
-                                     for c in rec["completions"]], rec.get("usage"))
+                                     for c in rec["completions"]], rec.get("usage"), rec.get("payload"))
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -140,9 +144,9 @@ class RequestLog:
             self._fh.flush()
             os.fsync(self._fh.fileno())
 
-    def append(self, key: str, result: Result, *, usage: dict | None = None) -> None:
-        """Durably record `key`'s result (and `usage`, a JSON-serialisable dict) before returning."""
-        self._write(encode(key, result, usage))
+    def append(self, key: str, result: Result, *, usage: dict | None = None, payload: dict | None = None) -> None:
+        """Durably record `key`'s result (and `usage`, `payload`: JSON-serialisable dicts) before returning."""
+        self._write(encode(key, result, usage, payload))
 
     def lookup(self, keys: Sequence[str]) -> list[LogEntry | None]:
         """Batch in, batch out, same order: each key's logged entry, or None. Reads only those lines."""
@@ -256,7 +260,9 @@ def _transaction(con: sqlite3.Connection):
 
 
 class LoggedBackend:
-    """Wraps a backend: answers logged requests from the log, sends the rest, logs each as it completes."""
+    """Wraps a backend: answers logged requests from the log, sends the rest, logs each as it completes
+    (with the token usage the backend reports). Answers read back are booked with the backend's meter, if any:
+    they were paid for by the attempt that logged them and count toward the run's spending."""
 
     def __init__(self, backend, log: RequestLog, *, backend_name: str):
         self.backend, self.log = backend, log
@@ -270,7 +276,9 @@ class LoggedBackend:
     def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int,
                  progress=None) -> list[Result]:
         keys = [request_key(self.key_label, r, sampling) for r in requests]
-        results: list[Result | None] = [e.result if e else None for e in self.log.lookup(keys)]
+        entries = self.log.lookup(keys)
+        results: list[Result | None] = [e.result if e else None for e in entries]
+        book_hits(self.backend, entries)
         todo = [i for i, r in enumerate(results) if r is None]
         self.hits += len(requests) - len(todo)
         if progress is not None and len(todo) < len(requests):
@@ -279,8 +287,8 @@ class LoggedBackend:
             sub = [requests[i] for i in todo]
             logged: set[int] = set()
 
-            def on_result(j: int, result: Result) -> None:
-                self.log.append(keys[todo[j]], result)
+            def on_result(j: int, result: Result, usage: dict | None = None) -> None:
+                self.log.append(keys[todo[j]], result, usage=usage)
                 logged.add(j)
 
             fresh = self.backend.generate(sub, sampling=sampling, max_prompt_tokens=max_prompt_tokens,
@@ -290,3 +298,34 @@ class LoggedBackend:
                     self.log.append(keys[i], result)
                 results[i] = result
         return results  # type: ignore[return-value]
+
+
+def book_hits(backend, entries: Sequence[LogEntry | None]) -> None:
+    """Book the usage of answers read from the log with the backend's meter (pipeline/accounting.py)."""
+    meter = getattr(backend, "meter", None)
+    if meter is not None:
+        for e in entries:
+            if e is not None and e.usage:
+                meter.book(backend, e.usage)
+
+
+def call_key(label: str, kind: str, body) -> str:
+    """The key of a judge call: the judge's label, the call's kind and its whole request body (never the endpoint)."""
+    return fingerprint("call", label, kind, body)
+
+
+def logged_calls(log: RequestLog | None, backend, keys: Sequence[str], send) -> tuple[list[Reply], int]:
+    """(replies, hits): each key's logged reply, and `send(indices, on_result)` for the rest, logged one by one
+    as `on_result(j, reply)` reports them. Batch in, batch out, same order. Without a log, everything is sent."""
+    entries = log.lookup(list(keys)) if log is not None else [None] * len(keys)
+    book_hits(backend, entries)
+    replies: list[Reply | None] = [Reply(e.result, e.payload, e.usage) if e else None for e in entries]
+    todo = [i for i, r in enumerate(replies) if r is None]
+    if todo:
+        def on_result(j: int, reply: Reply) -> None:
+            if log is not None:
+                log.append(keys[todo[j]], reply.result, usage=reply.usage, payload=reply.payload)
+
+        for i, reply in zip(todo, send(todo, on_result)):
+            replies[i] = reply
+    return replies, len(keys) - len(todo)  # type: ignore[return-value]

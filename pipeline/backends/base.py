@@ -40,6 +40,16 @@ class Skipped:
 Result = list[Completion] | Skipped
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A server's answer to one judge call: completions (or why none), what a judge reads beyond the text
+    (`payload`: top log-probs at the verdict position, a reward), and the request's token `usage`."""
+
+    result: Result
+    payload: dict | None = None
+    usage: dict | None = None  # {"input_tokens", "output_tokens"}
+
+
 class GeneratorBackend(Protocol):
     label: str  # model id and revision, written into `candidates.generator`
 
@@ -48,5 +58,6 @@ class GeneratorBackend(Protocol):
         on_result=None,
     ) -> list[Result]:
         """One result per request, in request order. `progress(n_requests, n_tokens)`, when given, is
-        called as batches finish; `on_result(index, completions)` as each request completes."""
+        called as batches finish; `on_result(index, completions[, usage])` as each request completes
+        (backends that know the request's token usage pass it)."""
         ...

@@ -284,3 +284,36 @@ def test_a_run_directory_of_the_old_layout_resumes_without_resending(tmp_path, s
     with pytest.raises(TransientBackendError):  # the premise: a request the log does not hold fails
         make_backend("openai", g.model, openai=g.openai.model_dump()).generate(
             [REQ], sampling=S, max_prompt_tokens=64)
+
+
+def test_judge_replies_keep_their_payload_and_a_logged_call_is_not_sent_again(tmp_path):
+    """A judge call's record keeps what the judge reads beyond the text (top log-probs) and its usage; a second
+    pass over the same keys is answered from the log and books the logged usage with the backend's meter."""
+    from pipeline.backends.base import Reply
+    from pipeline.request_log import logged_calls
+
+    class Meter:
+        booked: list = []
+
+        def book(self, backend, usage):
+            self.booked.append(usage)
+
+    backend = type("B", (), {"meter": Meter()})()
+    tops = {"top_logprobs": [[["1", -0.5], ["2", -1.5]]], "structured": False}
+    sent = []
+
+    def send(todo, on_result):
+        sent.extend(todo)
+        replies = [Reply([Completion("1", 1, "length")], tops, {"input_tokens": 50, "output_tokens": 1}) for _ in todo]
+        for j, r in enumerate(replies):
+            on_result(j, r)
+        return replies
+
+    log = RequestLog(tmp_path / "judge.jsonl")
+    first, hits = logged_calls(log, backend, ["k1", "k2"], send)
+    assert hits == 0 and sent == [0, 1] and first[0].payload == tops
+    again, hits = logged_calls(log, backend, ["k2", "k3"], send)
+    assert hits == 1 and sent == [0, 1, 1] and again[0] == first[1]  # indices into that call's keys
+    assert Meter.booked == [{"input_tokens": 50, "output_tokens": 1}]
+    log.close()
+    assert RequestLog(tmp_path / "judge.jsonl").lookup(["k1"])[0].payload == tops
