@@ -41,3 +41,11 @@ class ConvergenceError(PrefsynthError):
 
 class FunnelError(PrefsynthError):
     """The drop funnel does not add up (a bug in prefsynth; raised only under PREFSYNTH_STRICT_FUNNEL=1)."""
+
+
+class BudgetExceeded(PrefsynthError):
+    """The next request could take the run past `budget.usd`: the run stops cleanly, finished work kept."""
+
+
+class BatchPending(PrefsynthError):
+    """A batch input file was written for a runner outside prefsynth: the rerun ingests its output file."""
