@@ -20,8 +20,9 @@ def resolve_backend_name(name: str) -> str:
 
 
 def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 16, field: str = "generate.model",
-                 vllm: dict | None = None, openai: dict | None = None) -> GeneratorBackend:
-    """`vllm`/`openai`: the `generate.vllm` / `generate.openai` config sections as dicts."""
+                 vllm: dict | None = None, openai: dict | None = None, meter=None, batch_dir=None) -> GeneratorBackend:
+    """`vllm`/`openai`: the `generate.vllm` / `generate.openai` config sections as dicts; `meter`: the stage's
+    ledger (pipeline/accounting.py), which an openai backend asks before and tells after each request."""
     name = resolve_backend_name(name)
     if name == "transformers":
         from pipeline.backends.hf import TransformersBackend
@@ -32,14 +33,11 @@ def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: 
 
         return shared(model_ref, dtype=dtype, engine=vllm, field=field)
     if name == "openai":
-        from pipeline.backends.openai_backend import OpenAIBackend
-        from pipeline.models import resolve
-
+        from pipeline.backends.openai_backend import OpenAIBackend, served_label
         from pipeline.config import OpenAIConfig
 
         opts = dict(openai or OpenAIConfig().model_dump())
-        label = resolve(model_ref, field=field).label
-        return OpenAIBackend(model_ref, label=label, **opts)
+        return OpenAIBackend(model_ref, label=served_label(model_ref), meter=meter, batch_dir=batch_dir, **opts)
     raise ValueError(f"unknown backend {name!r}")
 
 

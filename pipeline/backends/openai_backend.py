@@ -1,19 +1,21 @@
-"""OpenAI-compatible backend: `vllm serve`, SGLang, TGI or OpenAI through `openai.AsyncOpenAI`.
+"""openai backend: any OpenAI-compatible server (vllm serve, SGLang, TGI, OpenAI) through the async client.
 
-Requests run concurrently under a semaphore (`generate.openai.concurrency`), each with its own
-timeout; 429, 5xx, timeouts and dropped connections are retried with exponential backoff and
-full jitter (AWS architecture blog, "Exponential Backoff and Jitter"), other errors fail fast.
-By default every candidate is its own request (n=1, its own seed), so a candidate depends on its
-seed only, as with the local backends. With `use_n` one request asks for all samples (`n`,
-seeded with the first seed); a server that rejects `n` gets separate requests instead. A prompt
-the server rejects for its context length is skipped with the server's reason. The API key is
-read from the environment variable named in config and never logged or stored.
+Generation sends one request per candidate seed (or one with n samples where the server takes n);
+judges send arbitrary chat calls (`chat`: max_tokens 1 with top_logprobs for a score, n sampled
+verdicts with a JSON schema) and reward models `classify` calls (vLLM's /classify route). One retry
+loop serves all three: 429, 5xx, timeouts and dropped connections are retried with exponential
+backoff and full jitter; a prompt over the server's context is a `Skipped`, never a crash; a
+request parameter the server refuses (`n`, `response_format`, `logprobs`, vLLM's
+`continue_final_message`) is dropped for this endpoint from then on and the request is resent
+without it, so a judge learns what an endpoint supports from its answers. Replies carry the
+server's `usage` (input/output tokens) for the request log and the run's accounting; a `meter`
+(pipeline/accounting.py) is asked before each request whether the budget allows it, and once it
+says no, requests already in flight finish (and are logged) before the stop is raised.
 
-The semaphore bounds one process. Limits across processes (Ray workers, several runs, a schedule)
-come from Prefect's global concurrency limits: with `prefect_concurrency_limit` every request
-holds a slot of that limit while in flight, with `prefect_rate_limit` it first takes a slot of a
-decaying limit (a rate). Both are strict: a limit that does not exist is a ConfigError, never a
-silently unlimited run.
+Limits across processes (Ray workers, several runs, a schedule) come from Prefect's global
+concurrency limits: with `prefect_concurrency_limit` every request holds a slot of that limit while
+in flight, with `prefect_rate_limit` it first takes a slot of a decaying limit (a rate). Both are
+strict: a limit that does not exist is a ConfigError, never a silently unlimited run.
 """
 
 from __future__ import annotations
@@ -26,47 +28,59 @@ import re
 import threading
 from typing import Sequence
 
-from pipeline.backends.base import Completion, Request, Result, SamplingParams, Skipped
-from pipeline.errors import BackendError, ConfigError, TransientBackendError
-
-CONTEXT_ERROR = re.compile(r"context length|maximum context|too long|max_model_len|prompt is too long", re.I)
-
+from pipeline.backends import batch
+from pipeline.backends.base import Reply, Request, Result, SamplingParams, Skipped
+from pipeline.backends.chat import CONTEXT_ERROR, OPTIONAL, ChatCall, input_bound, reply_of, sum_usage, usage_of
+from pipeline.errors import BackendError, BudgetExceeded, ConfigError, ModelNotFoundError, TransientBackendError
+from pipeline.models import resolve
 
 class OpenAIBackend:
-    def __init__(self, model: str, *, base_url: str, served_model: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, timeout_s: float = 120.0, max_retries: int = 6, backoff_s: float = 1.0,
-                 max_backoff_s: float = 30.0, use_n: bool = False, label: str | None = None,
-                 prefect_concurrency_limit: str | None = None, prefect_rate_limit: str | None = None):
+    def __init__(self, model: str, *, base_url: str | None, served_model: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout_s: float = 120.0,
+                 max_retries: int = 6, backoff_s: float = 1.0, max_backoff_s: float = 30.0, use_n: bool = False,
+                 label: str | None = None, prefect_concurrency_limit: str | None = None,
+                 prefect_rate_limit: str | None = None, field: str = "generate.openai", tokenizer=None, meter=None,
+                 mode: str = "online", batch_command: list[str] | None = None, batch_rounds: int = 3,
+                 batch_dir: str | None = None):
         try:
             import openai
         except ImportError as exc:
-            raise ConfigError("generate.backend: 'openai' needs the openai package; fix: pip install openai") from exc
-        if not base_url:
-            raise ConfigError("generate.openai.base_url: empty; fix: set it to the server, e.g. http://127.0.0.1:8000/v1")
-        self.openai = openai
+            raise ConfigError(f"{field}: backend 'openai' needs the openai package; fix: pip install openai") from exc
+        if not base_url and mode != "batch":
+            raise ConfigError(f"{field}.base_url: empty; fix: set it to the server, e.g. http://127.0.0.1:8000/v1")
+        if mode == "batch" and not batch_dir:
+            raise ConfigError(f"{field}.mode: 'batch' needs a folder for its batch files (the stage's requests/batches)")
+        self.openai, self.field = openai, field
         self.model = served_model or model
+        self.ref = model
         self.label = label or model
         self.base_url, self.api_key_env = base_url, api_key_env
         self.concurrency, self.timeout_s = concurrency, timeout_s
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
-        self.use_n = use_n
         self.prefect_concurrency_limit, self.prefect_rate_limit = prefect_concurrency_limit, prefect_rate_limit
+        self.mode, self.batch_command, self.batch_rounds, self.batch_dir = mode, batch_command, batch_rounds, batch_dir
+        self.tokenizer, self.meter = tokenizer, meter
+        self.unsupported: set[str] = set() if use_n else {"n"}
         self.in_flight = 0
         self.retries = 0
+        self.requests = 0  # requests answered by the server (not retries)
+
+    @property
+    def use_n(self) -> bool:
+        return "n" not in self.unsupported
 
     def _client(self):
-        # "EMPTY" is what vllm serve accepts without --api-key; the key itself is never logged.
+        # "EMPTY" is what vllm serve accepts without --api-key; the key itself is never logged or stored.
         key = os.environ.get(self.api_key_env) or "EMPTY"
         return self.openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.timeout_s)
 
-    def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None,
-                 on_result=None) -> list[Result]:
-        """Runs the async batch on a private event loop (callers may already be inside one, e.g. Prefect)."""
+    def _run_sync(self, coro_fn):
+        """Runs an async batch on a private event loop (callers may already be inside one, e.g. Prefect)."""
         box: dict = {}
 
         def target():
             try:
-                box["out"] = asyncio.run(self._run(requests, sampling, progress, on_result))
+                box["out"] = asyncio.run(coro_fn())
             except BaseException as exc:  # re-raised in the caller's thread
                 box["err"] = exc
 
@@ -78,59 +92,164 @@ class OpenAIBackend:
             raise box["err"]
         return box["out"]
 
-    async def _run(self, requests, sampling, progress, on_result) -> list[Result]:
+    async def _gather(self, jobs):
+        """Every job runs to its end (answers in flight are kept and logged), then the first error is raised."""
         sem = asyncio.Semaphore(self.concurrency)
         async with self._client() as client:
-            async def one(i: int, req: Request) -> Result:
-                result = await self._request(client, sem, req, sampling)
+            out = await asyncio.gather(*(job(client, sem) for job in jobs), return_exceptions=True)
+        errors = [o for o in out if isinstance(o, BaseException)]
+        budget = [e for e in errors if isinstance(e, BudgetExceeded)]
+        if errors:
+            raise (budget or errors)[0]
+        return out
+
+    # -- generation (the GeneratorBackend interface) ------------------------------------------------
+    def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None,
+                 on_result=None) -> list[Result]:
+        if self.mode == "batch":
+            return batch.run_generate(self, requests, sampling, progress=progress, on_result=on_result)
+        def job(i: int, req: Request):
+            async def run(client, sem):
+                result, usage = await self._request(client, sem, req, sampling)
                 if on_result is not None:
-                    on_result(i, result)
+                    on_result(i, result, usage)
                 if progress is not None:
                     progress(1, 0 if isinstance(result, Skipped) else sum(c.n_tokens for c in result))
                 return result
+            return run
 
-            return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
+        return self._run_sync(lambda: self._gather([job(i, r) for i, r in enumerate(requests)]))
 
-    async def _request(self, client, sem, req: Request, sampling: SamplingParams) -> Result:
+    async def _request(self, client, sem, req: Request, sampling: SamplingParams) -> tuple[Result, dict | None]:
+        base = {"max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
         if self.use_n and len(req.seeds) > 1:
-            try:
-                return await self._call(client, sem, req.messages, sampling, req.seeds[0], len(req.seeds))
-            except _NRejected:
-                self.use_n = False  # this server has no n: separate requests from now on
-        parts = await asyncio.gather(*(self._call(client, sem, req.messages, sampling, s, 1) for s in req.seeds))
-        skipped = [p for p in parts if isinstance(p, Skipped)]
-        return skipped[0] if skipped else [c for p in parts for c in p]
+            reply = await self._chat(client, sem, ChatCall(req.messages, {**base, "n": len(req.seeds), "seed": req.seeds[0],
+                                                                          "logprobs": True}))
+            if reply is not None:
+                return reply.result, reply.usage
+        replies = await asyncio.gather(*(self._chat(client, sem, ChatCall(req.messages, {**base, "seed": s}))
+                                         for s in req.seeds))
+        skipped = [r.result for r in replies if isinstance(r.result, Skipped)]
+        usage = sum_usage(r.usage for r in replies)
+        return (skipped[0] if skipped else [c for r in replies for c in r.result]), usage
 
-    async def _call(self, client, sem, messages, sampling: SamplingParams, seed: int, n: int) -> Result:
+    # -- judges: any chat call, and reward models' /classify ------------------------------------------
+    def chat(self, calls: Sequence[ChatCall], *, on_result=None, progress=None) -> list[Reply]:
+        """One Reply per call, same order; `on_result(i, reply)` as each completes."""
+        if self.mode == "batch":
+            return batch.run_calls(self, calls, on_result=on_result, progress=progress)
+        def job(i: int, call: ChatCall):
+            async def run(client, sem):
+                reply = await self._chat(client, sem, call)
+                if reply is None:  # n refused: the caller's n samples as separate seeded requests
+                    n, p = call.params.get("n", 1), {k: v for k, v in call.params.items() if k != "n"}
+                    parts = await asyncio.gather(*(self._chat(client, sem, ChatCall(call.messages, {**p, "seed": p.get(
+                        "seed", 0) + k})) for k in range(n)))
+                    skipped = [r.result for r in parts if isinstance(r.result, Skipped)]
+                    reply = Reply(skipped[0] if skipped else [c for r in parts for c in r.result],
+                                  {**(parts[0].payload or {}), "top_logprobs": [t for r in parts for t in
+                                                                               (r.payload or {}).get("top_logprobs", [])]},
+                                  sum_usage(r.usage for r in parts))
+                if on_result is not None:
+                    on_result(i, reply)
+                if progress is not None:
+                    progress(1)
+                return reply
+            return run
+
+        return self._run_sync(lambda: self._gather([job(i, c) for i, c in enumerate(calls)]))
+
+    def classify(self, conversations: Sequence[list[dict]], *, on_result=None, progress=None) -> list[Reply]:
+        """The raw reward (vLLM /classify, use_activation false) of each chat-templated conversation."""
+        url = re.sub(r"/v1/?$", "", self.base_url.rstrip("/")) + "/classify"
+
+        def job(i: int, conv: list[dict]):
+            async def run(client, sem):
+                body = {"model": self.model, "messages": conv, "use_activation": False}
+                resp = await self._send(client, sem, lambda: client.post(url, cast_to=object, body=body),
+                                        chars=input_bound(conv), max_out=0, usage_fn=_classify_usage, sent=set())
+                if isinstance(resp, Skipped):
+                    reply = Reply(resp)
+                else:
+                    probs = resp["data"][0]["probs"]
+                    if len(probs) != 1:
+                        raise BackendError(f"{self.field}: {self.model!r} at {url} has {len(probs)} classes; a reward "
+                                           "model has exactly 1 (serve it with --runner pooling --convert classify)")
+                    reply = Reply([], {"reward": float(probs[0])}, _classify_usage(resp))
+                if on_result is not None:
+                    on_result(i, reply)
+                if progress is not None:
+                    progress(1)
+                return reply
+            return run
+
+        return self._run_sync(lambda: self._gather([job(i, c) for i, c in enumerate(conversations)]))
+
+    def _params(self, call: ChatCall) -> tuple[dict, dict]:
+        """(chat.completions parameters, vLLM extra body) of a call, without what this endpoint refused."""
+        params = {k: v for k, v in call.params.items() if k not in self.unsupported}
+        extra = {k: v for k, v in params.pop("extra_body", {}).items() if k not in self.unsupported}
+        if "logprobs" in self.unsupported:
+            params.pop("top_logprobs", None)
+            extra.pop("logprob_token_ids", None)
+        if call.messages[-1]["role"] == "assistant" and "continue_final_message" not in self.unsupported:
+            extra |= {"continue_final_message": True, "add_generation_prompt": False}  # vLLM: continue the turn
+        return params, extra
+
+    async def _chat(self, client, sem, call: ChatCall) -> Reply | None:
+        """A Reply, or None when the call asked for n > 1 and the server takes no n (the caller splits it)."""
+        while True:
+            params, extra = self._params(call)
+            if "n" in self.unsupported and call.params.get("n", 1) > 1:
+                return None
+            n = params.get("n", 1)
+            try:
+                resp = await self._send(client, sem, lambda: client.chat.completions.create(
+                    model=self.model, messages=call.messages, extra_body=extra or None, **params),
+                    chars=input_bound(call.messages), max_out=n * params.get("max_tokens", 256), usage_fn=usage_of,
+                    sent={*params, *extra} - ({"n"} if n == 1 else set()))
+            except _Refused as refused:
+                self.unsupported.add(refused.feature)
+                continue
+            if isinstance(resp, Skipped):
+                return Reply(resp)
+            return reply_of(resp, n, structured="response_format" in params)
+
+    async def _send(self, client, sem, make_call, *, chars: int, max_out: int, usage_fn, sent: set[str]):
+        """The server's answer to `make_call()`, retried on transient errors; a Skipped for a context error.
+        The meter reserves the request's most possible cost before it is sent and books its usage on answer."""
         o = self.openai
         for attempt in range(self.max_retries + 1):
             try:
                 async with sem, self._prefect_slot():
+                    ticket = self.meter.reserve(self, chars=chars, max_out=max_out) if self.meter else None
                     self.in_flight += 1
+                    resp = None
                     try:
-                        resp = await client.chat.completions.create(
-                            model=self.model, messages=messages, n=n, seed=seed, max_tokens=sampling.max_new_tokens,
-                            temperature=sampling.temperature, top_p=sampling.top_p, logprobs=n > 1 or None)
+                        resp = await make_call()
                     finally:
                         self.in_flight -= 1
-                return _completions(resp, n)
+                        if ticket is not None:
+                            self.meter.release(ticket, None if resp is None else usage_fn(resp))
+                self.requests += 1
+                return resp
             except o.BadRequestError as exc:
                 msg = _message(exc)
                 if CONTEXT_ERROR.search(msg):
                     return Skipped(f"server rejected the prompt for its context: {msg[:300]}")
-                if n > 1 and re.search(r"\bn\b", msg):
-                    raise _NRejected() from exc
-                raise BackendError(f"generate: {self.base_url} rejected the request: {msg[:300]}") from exc
+                for feature, pattern in OPTIONAL.items():  # a parameter this request sent, named in the refusal
+                    if feature in sent and pattern.search(msg):
+                        raise _Refused(feature) from exc
+                raise BackendError(f"{self.field}: {self.base_url} rejected the request: {msg[:300]}") from exc
             except (o.RateLimitError, o.InternalServerError, o.APITimeoutError, o.APIConnectionError) as exc:
                 if attempt == self.max_retries:
-                    raise TransientBackendError(f"generate: {self.base_url} still failing after {self.max_retries} "
+                    raise TransientBackendError(f"{self.field}: {self.base_url} still failing after {self.max_retries} "
                                                 f"retries: {type(exc).__name__}: {_message(exc)[:200]}") from exc
                 self.retries += 1
                 await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
             except o.APIStatusError as exc:
-                raise BackendError(f"generate: {self.base_url} answered {exc.status_code}: {_message(exc)[:300]}") from exc
+                raise BackendError(f"{self.field}: {self.base_url} answered {exc.status_code}: {_message(exc)[:300]}") from exc
         raise AssertionError("unreachable")
-
 
     @contextlib.asynccontextmanager
     async def _prefect_slot(self):
@@ -140,40 +259,64 @@ class OpenAIBackend:
             return
         from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency, rate_limit
 
-        field = "generate.openai.prefect_rate_limit"
+        name = "prefect_rate_limit"
         try:
             if self.prefect_rate_limit:
                 await rate_limit(self.prefect_rate_limit, occupy=1, strict=True)
-            field = "generate.openai.prefect_concurrency_limit"
+            name = "prefect_concurrency_limit"
             slot = (concurrency(self.prefect_concurrency_limit, occupy=1, strict=True)
                     if self.prefect_concurrency_limit else contextlib.nullcontext())
             async with slot:
                 yield
         except ConcurrencySlotAcquisitionError as exc:
-            name = getattr(self, field.rsplit(".", 1)[1])
-            raise ConfigError(f"{field}: Prefect has no usable global concurrency limit {name!r} ({exc}); fix: "
-                              f"`prefect gcl create {name} --limit N` (a rate limit also needs "
+            limit = getattr(self, name)
+            raise ConfigError(f"{self.field}.{name}: Prefect has no usable global concurrency limit {limit!r} ({exc}); "
+                              f"fix: `prefect gcl create {limit} --limit N` (a rate limit also needs "
                               "--slot-decay-per-second), or unset the key") from exc
 
 
-class _NRejected(Exception):
-    pass
+def served_label(ref: str) -> str:
+    """model@revision for a model the config can resolve (bundled, a folder, a Hub id), else `ref@served` (a name
+    only the server knows, e.g. a hosted model)."""
+    try:
+        return resolve(ref, field="model").label
+    except ModelNotFoundError:
+        return f"{ref}@served"
+
+
+def local_tokenizer(ref: str):
+    """The served model's tokenizer where it is on this machine (bundled, a folder, a cached Hub id), else None."""
+    try:
+        path = resolve(ref, field="model").path
+    except ModelNotFoundError:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):  # a Hub id not in the local cache
+        return None
+
+
+def endpoint_backend(ref: str, opts, *, field: str, meter=None, batch_dir=None) -> OpenAIBackend:
+    """The backend of a served or hosted judge model or reward model (`opts`: a JudgeOpenAIConfig). The API key
+    stays in the environment variable it names."""
+    if not opts.base_url and opts.mode != "batch":
+        raise ConfigError(f"{field}.base_url: not set, but a judge uses backend 'openai'; fix: set it to the server's "
+                          f"URL including /v1, e.g. --set {field}.base_url=http://HOST:8000/v1")
+    return OpenAIBackend(ref, label=served_label(ref), tokenizer=local_tokenizer(ref), field=field, meter=meter,
+                         batch_dir=None if batch_dir is None else str(batch_dir), **opts.model_dump())
+
+
+class _Refused(Exception):
+    def __init__(self, feature: str):
+        super().__init__(feature)
+        self.feature = feature
 
 
 def _message(exc) -> str:
     return str(getattr(exc, "message", None) or exc)
 
 
-def _completions(resp, n: int) -> list[Completion]:
-    choices = sorted(resp.choices, key=lambda c: c.index)
-    out = []
-    for c in choices:
-        text = c.message.content or ""
-        if n == 1 and resp.usage is not None:
-            tokens = resp.usage.completion_tokens
-        elif c.logprobs is not None and c.logprobs.content is not None:
-            tokens = len(c.logprobs.content)  # exact per-choice count; usage only sums over choices
-        else:
-            tokens = (resp.usage.completion_tokens // max(n, 1)) if resp.usage else 0
-        out.append(Completion(text.strip(), tokens, c.finish_reason or "length"))
-    return out
+def _classify_usage(resp: dict) -> dict:
+    return {"input_tokens": (resp.get("usage") or {}).get("prompt_tokens"), "output_tokens": 0}

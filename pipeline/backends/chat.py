@@ -1,0 +1,63 @@
+"""The shapes of chat calls and of their answers, shared by the online and batch paths of the openai backend.
+
+A `ChatCall` is messages plus chat.completions parameters (vLLM's extra parameters under `extra_body`);
+`reply_of` turns a ChatCompletion into a `Reply`: completions, the top log-probs at each choice's first
+generated position (what a logprobs judge reads), and the request's token usage.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.backends.base import Completion, Reply
+
+CONTEXT_ERROR = re.compile(r"context length|maximum context|too long|max_model_len|prompt is too long", re.I)
+# a 400 that names one of these parameters means the server does not take it (sent again without it)
+OPTIONAL = {"n": re.compile(r"\bn\b"), "logprob_token_ids": re.compile(r"logprob_token_ids"),
+            "response_format": re.compile(r"response_format|json_schema|structured|guided", re.I),
+            "continue_final_message": re.compile(r"continue_final_message|add_generation_prompt", re.I),
+            "logprobs": re.compile(r"logprobs", re.I)}
+
+
+@dataclass(frozen=True)
+class ChatCall:
+    messages: list[dict]
+    params: dict  # chat.completions parameters: max_tokens, temperature, seed, n, logprobs, response_format, ...
+
+
+def input_bound(messages) -> int:
+    """A bound on a request's input tokens: UTF-8 bytes of its messages (a byte-level BPE token is at least one
+    byte) plus 16 per message for the chat template."""
+    return sum(len((m.get("content") or "").encode()) for m in messages) + 16 * len(messages)
+
+
+def sum_usage(usages) -> dict | None:
+    usages = [u for u in usages if u]
+    if not usages:
+        return None
+    return {k: sum(u.get(k) or 0 for u in usages) for k in ("input_tokens", "output_tokens")}
+
+
+def usage_of(resp) -> dict | None:
+    u = getattr(resp, "usage", None)
+    return None if u is None else {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}
+
+
+def reply_of(resp, n: int, *, structured: bool) -> Reply:
+    """Completions, the top log-probs at each choice's first generated position, and usage."""
+    choices = sorted(resp.choices, key=lambda c: c.index)
+    out, tops = [], []
+    for c in choices:
+        text = c.message.content or ""
+        content = c.logprobs.content if c.logprobs is not None else None
+        if n == 1 and resp.usage is not None:
+            tokens = resp.usage.completion_tokens
+        elif content is not None:
+            tokens = len(content)  # exact per-choice count; usage only sums over choices
+        else:
+            tokens = (resp.usage.completion_tokens // max(n, 1)) if resp.usage else 0
+        out.append(Completion(text.strip(), tokens, c.finish_reason or "length"))
+        tops.append([[t.token, t.logprob] for t in content[0].top_logprobs] if content and content[0].top_logprobs
+                    else None)
+    return Reply(out, {"top_logprobs": tops, "structured": structured}, usage_of(resp))
