@@ -24,6 +24,7 @@ class Judgment:
     score: float | None
     ok: bool
     raw: str
+    mode: str | None = None  # score_mode: "logprobs" (score-token expectation) or "sampled"; None for reward models
 
 
 class ScoreTokenJudge:
@@ -54,14 +55,15 @@ class ScoreTokenJudge:
         todo = []
         for i, ids in enumerate(encoded):
             if len(ids) > self.max_input_tokens:
-                out[i] = Judgment(None, False, f'{{"error": "judge input has {len(ids)} tokens > judge.max_input_tokens={self.max_input_tokens}"}}')
+                out[i] = Judgment(None, False, f'{{"error": "judge input has {len(ids)} tokens > judge.max_input_tokens='
+                                  f'{self.max_input_tokens}"}}', "logprobs")
             else:
                 todo.append(i)
         todo.sort(key=lambda i: len(encoded[i]))
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             for i, parsed in zip(batch, self._forward([encoded[i] for i in batch])):
-                out[i] = Judgment(parsed.score, parsed.ok, parsed.raw)
+                out[i] = Judgment(parsed.score, parsed.ok, parsed.raw, "logprobs")
             if progress is not None:
                 progress(len(batch))
         return out  # type: ignore[return-value]

@@ -29,6 +29,7 @@ class PairJudgment:
     position_consistent: bool | None
     ok: bool
     raw: str
+    mode: str | None = None  # score_mode: "logprobs" or "sampled"
 
 
 def to_candidates(slot_a_wins: bool, first_in_slot_a: bool) -> int:
@@ -88,8 +89,8 @@ class PairwiseJudge:
             raw = {"p_a_first_order": p1, "p_a_swapped_order": p2, "mass": [m1, m2]}
             if p1 is None or p2 is None or min(m1, m2) < self.min_mass:
                 raw["error"] = f"answer tokens carry {min(m1, m2):.3g} < judge.min_score_mass={self.min_mass} or input too long"
-                results.append(PairJudgment(0, None, None, False, json.dumps(raw)))
+                results.append(PairJudgment(0, None, None, False, json.dumps(raw), "logprobs"))
                 continue
             outcome, p_first, consistent = combine(p1, p2)
-            results.append(PairJudgment(outcome, p_first, consistent, True, json.dumps(raw)))
+            results.append(PairJudgment(outcome, p_first, consistent, True, json.dumps(raw), "logprobs"))
         return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,3 +46,25 @@ def expected_score(score_logprobs: Sequence[float], *, min_mass: float) -> Parse
         return ParsedScore(None, False, json.dumps(raw))
     score = sum((k + 1) * p for k, p in enumerate(probs)) / mass
     return ParsedScore(score, True, json.dumps(raw))
+
+
+def verdict_schema(key: str, alphabet: Sequence[str]) -> dict:
+    """The JSON schema a sampled verdict is constrained to (response_format): {key: one of the alphabet}."""
+    if all(a.isdigit() for a in alphabet):
+        prop = {"type": "integer", "enum": [int(a) for a in alphabet]}
+    else:
+        prop = {"type": "string", "enum": list(alphabet)}
+    return {"type": "object", "properties": {key: prop}, "required": [key], "additionalProperties": False}
+
+
+def parse_verdict(text: str, alphabet: Sequence[str], key: str) -> int | None:
+    """Index in `alphabet` of a sampled verdict, or None: the JSON object {key: v} the schema asks for, else
+    (a server without structured output) the first alphabet token standing alone in the text."""
+    try:
+        obj = json.loads(text)
+        if isinstance(obj, dict) and str(obj.get(key)) in alphabet:
+            return list(alphabet).index(str(obj[key]))
+    except ValueError:
+        pass
+    match = re.search(r"(?<![\w.])(" + "|".join(map(re.escape, alphabet)) + r")(?!\w|\.\d)", text)
+    return list(alphabet).index(match.group(1)) if match else None

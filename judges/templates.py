@@ -20,8 +20,17 @@ FENCE_CLOSE = "RESPONSE>>>"
 ZWSP = "\u200b"
 
 
+# chat-template markers of common model families: what a judge without a local tokenizer (a hosted model)
+# neutralises in untrusted text, since it cannot list the served model's own special tokens
+COMMON_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|begin_of_text|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eot_id|>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>",
+                   "<start_of_turn>", "<end_of_turn>", "[INST]", "[/INST]", "<s>", "</s>")
+
+
 def special_strings(tokenizer) -> tuple[str, ...]:
-    """Every special token of `tokenizer` as text (longest first)."""
+    """Every special token of `tokenizer` as text (longest first); COMMON_SPECIALS without a tokenizer."""
+    if tokenizer is None:
+        return tuple(sorted(COMMON_SPECIALS, key=len, reverse=True))
     found = set(tokenizer.all_special_tokens)
     found |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)}
     return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))

@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pipeline.errors import ConfigError
 
 
+SCORING_FIELDS = {"score_mode", "samples", "sample_temperature", "sample_max_tokens", "top_logprobs"}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -72,6 +75,59 @@ class OpenAIConfig(_Section):
     prefect_rate_limit: str | None = Field(
         None, description="Name of a Prefect global concurrency limit with slot decay, used as a rate limit: each "
         "request first takes one slot (`prefect gcl create NAME --limit 10 --slot-decay-per-second 5` for 5 req/s).")
+    mode: Literal["online", "batch"] = Field(
+        "online", description="'online' sends each request as the stage reaches it; 'batch' first writes every request "
+        "the stage still needs as an OpenAI batch input file (RUN/requests/batches/), runs `batch_command` on it and "
+        "ingests the output file into the request log (pipeline/batch.py); requests that failed or expired are the only "
+        "ones resubmitted, for up to `batch_rounds` rounds.")
+    batch_command: list[str] | None = Field(
+        None, description="The batch runner with {input} and {output} placeholders, e.g. [vllm, run-batch, -i, "
+        "'{input}', -o, '{output}', --model, MODEL]; null with mode 'batch' stops after writing the input file and "
+        "says where to put the output file (submit it yourself, then rerun).")
+    batch_rounds: int = Field(3, ge=1, le=100, description="Batch rounds at most; each resubmits only what failed.")
+
+
+class JudgeOpenAIConfig(OpenAIConfig):
+    """The endpoint of served or hosted judges and reward models (judge.openai, or per judge); operational."""
+
+    base_url: str | None = Field(None, description="Judge server URL including /v1 (vllm serve on a GPU node, "
+                                 "a hosted API); required when a judge uses backend 'openai'.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Judge requests in flight at most.")
+    use_n: bool = Field(True, description="Sampled verdicts as one request with n choices; a server without n gets "
+                        "separate seeded requests.")
+
+
+class LLMJudgeConfig(_Section):
+    """One LLM judge given as a mapping instead of a template id: its own model, backend or endpoint."""
+
+    template: str = Field(..., description="Template id (judges/templates.py).")
+    model: str | None = Field(None, description="Judge model; null is judge.model. On backend 'openai' any name the "
+                              "server serves (a local folder or bundled model also gives a tokenizer and a revision).")
+    backend: Literal["transformers", "vllm", "openai"] | None = Field(None, description="null is judge.backend.")
+    openai: JudgeOpenAIConfig | None = Field(None, description="This judge's endpoint; null is judge.openai.")
+
+
+class RewardModelConfig(_Section):
+    """One reward model given as a mapping instead of a model reference: where it runs."""
+
+    model: str = Field(..., description="Sequence-classification reward model (local folder, bundled or Hub id; on "
+                       "'openai' the name the server serves).")
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="'transformers' in process; 'vllm' an in-process vLLM pooling runner "
+        "(runner=pooling, convert=classify; engine options from generate.vllm); 'openai' a `vllm serve --runner "
+        "pooling --convert classify` endpoint (its /classify route, use_activation false: the raw reward).")
+    openai: JudgeOpenAIConfig | None = Field(None, description="This reward model's endpoint; null is judge.openai.")
+
+
+class PriceConfig(_Section):
+    input: float = Field(..., ge=0, description="USD per million input (prompt) tokens.")
+    output: float = Field(..., ge=0, description="USD per million output (completion) tokens.")
+
+
+class BudgetConfig(_Section):
+    usd: float | None = Field(None, gt=0, description="Stop the run cleanly before its requests to OpenAI-compatible "
+                              "endpoints would cost more than this (USD, at `prices`); finished work is kept and a "
+                              "rerun with a larger budget continues. Operational: never fingerprinted.")
 
 
 class PoolMember(_Section):
@@ -133,19 +189,34 @@ class GenerateConfig(_Section):
 
 class JudgeConfig(_Section):
     model: str | None = Field(None, description="LLM judge model (absolute and pairwise templates, rationales); null means the generator model.")
-    backend: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Where the LLM judge (and the pair rationales) run: transformers, or an in-process "
-        "vLLM engine with generate.vllm's options, shared with generation when it uses the same model. Reward models "
-        "always run on transformers.")
-    templates: list[str] = Field(
-        ["absolute-1to5-v1"], description="Absolute LLM-judge templates, each a judge (ids in judges/templates.py)."
+    backend: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="Where the LLM judges, judgment rationales and pair rationales run: transformers; "
+        "an in-process vLLM engine with generate.vllm's options (shared with generation when it uses the same model); "
+        "or 'openai', any OpenAI-compatible endpoint (judge.openai). A judge given as a mapping may override it.")
+    openai: JudgeOpenAIConfig = Field(default_factory=JudgeOpenAIConfig,
+                                      description="Endpoint of judges on backend 'openai' (operational).")
+    templates: list[str | LLMJudgeConfig] = Field(
+        ["absolute-1to5-v1"], description="Absolute LLM-judge templates, each a judge (ids in judges/templates.py), "
+        "or mappings {template, model, backend, openai} to mix in-process, served and hosted judges."
     )
-    pairwise_templates: list[str] = Field(
-        [], description="Pairwise LLM-judge templates, run on every candidate pair in both orders (e.g. pairwise-ab-v1)."
+    pairwise_templates: list[str | LLMJudgeConfig] = Field(
+        [], description="Pairwise LLM-judge templates, run on every candidate pair in both orders (e.g. pairwise-ab-v1); "
+        "items as in judge.templates."
     )
-    reward_models: list[str] = Field(
-        [], description="Sequence-classification reward models (local folders or Hub ids), each a judge."
+    reward_models: list[str | RewardModelConfig] = Field(
+        [], description="Sequence-classification reward models (local folders or Hub ids), each a judge, or mappings "
+        "{model, backend, openai} to run one on vLLM or behind `vllm serve`."
     )
+    score_mode: Literal["auto", "logprobs", "sampled"] = Field(
+        "auto", description="How judges on backend 'openai' score: 'logprobs' reads the verdict token's top_logprobs "
+        "(the score is their expectation, as in process); 'sampled' parses `samples` sampled verdicts (JSON schema "
+        "where the server accepts response_format) and averages them; 'auto' uses logprobs where the endpoint returns "
+        "them and sampled where it does not. Each judgment records its score_mode.")
+    samples: int = Field(5, ge=1, le=64, description="Sampled verdicts per judgment in sampled mode.")
+    sample_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature of sampled verdicts.")
+    sample_max_tokens: int = Field(24, ge=1, le=1024, description="Token cap of one sampled verdict.")
+    top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for at the verdict position in logprobs "
+                              "mode (OpenAI and vLLM allow at most 20); score tokens outside them count as 0.")
     aggregate: Literal["mean", "mean_normalised", "median", "majority", "bradley_terry"] = Field(
         "mean", description="How judges combine into one score per candidate (see pipeline/aggregate.py); "
         "'mean' averages raw scores and suits judges on one scale."
@@ -175,8 +246,9 @@ class JudgeConfig(_Section):
     def _judges_make_sense(self):
         from judges.templates import ABSOLUTE, PAIRWISE
 
-        for name, known, ids in (("templates", ABSOLUTE, self.templates), ("pairwise_templates", PAIRWISE, self.pairwise_templates)):
-            unknown = [t for t in ids if t not in known]
+        for name, known, specs in (("templates", ABSOLUTE, self.templates),
+                                   ("pairwise_templates", PAIRWISE, self.pairwise_templates)):
+            unknown = [t for t in (s if isinstance(s, str) else s.template for s in specs) if t not in known]
             if unknown:
                 raise ValueError(f"judge.{name} has unknown ids {unknown}; fix: use ids from {sorted(known)}")
         if not (self.templates or self.pairwise_templates or self.reward_models):
@@ -375,6 +447,19 @@ class RunConfig(_Section):
     publish: PublishConfig = PublishConfig()
     sources: SourcesConfig = SourcesConfig()
     distributed: DistributedConfig = DistributedConfig()
+    prices: dict[str, PriceConfig] = Field(
+        {}, description="USD per million input/output tokens per model, keyed by the model as the config names it "
+        "(generate.model, a judge's model) or by its served_model; turns the manifest's token counts into dollars. "
+        "Operational.")
+    budget: BudgetConfig = BudgetConfig()
+
+    @model_validator(mode="after")
+    def _budget_has_prices(self):
+        if self.budget.usd is not None and not self.prices:
+            raise ValueError(f"budget.usd is {self.budget.usd} but no prices are set, so no cost can be counted; fix: "
+                             "set prices.MODEL.input and prices.MODEL.output (USD per million tokens) for each served "
+                             "model, or unset budget.usd")
+        return self
 
     @model_validator(mode="after")
     def _critique_has_a_reward_model(self):
@@ -386,10 +471,17 @@ class RunConfig(_Section):
 
     def model_refs(self) -> dict[str, str]:
         """{config key: model reference} of every model the run will load (for preflight checks)."""
-        refs = {"generate.model": self.generate.model, "judge.model": self.judge_model,
-                "curate.ches.model": self.ches_model, "curate.dedup.model": self.curate.dedup.model}
-        refs.update({f"generate.pool[{i}].model": m.model for i, m in enumerate(self.generate.pool)})
-        refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(self.judge.reward_models)})
+        refs = {"generate.model": self.generate.model, "curate.ches.model": self.ches_model,
+                "curate.dedup.model": self.curate.dedup.model}
+        if self.generate.backend != "openai":  # a served generator is checked at its endpoint (preflight)
+            refs.update({f"generate.pool[{i}].model": m.model for i, m in enumerate(self.generate.pool)})
+        specs = self.llm_judge_specs()
+        in_process = [s for _, s in specs if s.backend != "openai"]
+        if in_process or (self.rationale.enabled and self.judge.backend != "openai"):
+            refs["judge.model"] = self.judge_model
+        refs.update({f"judge.templates[{s.template}].model": s.model for s in in_process if s.model != self.judge_model})
+        refs.update({f"judge.reward_models[{i}]": r.model for i, r in enumerate(self.reward_model_specs())
+                     if r.backend != "openai"})
         if self.sources.self_critique.enabled:
             refs["sources.self_critique.reward_model"] = self.critique_reward_model
             refs["sources.self_critique.model"] = self.sources.self_critique.model or self.generate.model
@@ -397,7 +489,47 @@ class RunConfig(_Section):
 
     @property
     def critique_reward_model(self) -> str | None:
-        return self.sources.self_critique.reward_model or (self.judge.reward_models or [None])[0]
+        specs = self.reward_model_specs()
+        return self.sources.self_critique.reward_model or (specs[0].model if specs else None)
+
+    def _full_judge(self, item) -> LLMJudgeConfig:
+        spec = LLMJudgeConfig(template=item) if isinstance(item, str) else item
+        return spec.model_copy(update={"model": spec.model or self.judge_model, "backend": spec.backend or self.judge.backend,
+                                       "openai": spec.openai or self.judge.openai})
+
+    def llm_judge_specs(self) -> list[tuple[str, LLMJudgeConfig]]:
+        """(kind, spec with model, backend and endpoint filled in) of every LLM judge, absolute ones first."""
+        j = self.judge
+        return ([("absolute", self._full_judge(t)) for t in j.templates]
+                + [("pairwise", self._full_judge(t)) for t in j.pairwise_templates])
+
+    def reward_model_specs(self) -> list[RewardModelConfig]:
+        """Every reward model as a spec with its endpoint filled in."""
+        return [(RewardModelConfig(model=r) if isinstance(r, str) else r).model_copy(
+            update={"openai": self.judge.openai if isinstance(r, str) else (r.openai or self.judge.openai)})
+            for r in self.judge.reward_models]
+
+    def served_models(self) -> list[tuple[str, str, OpenAIConfig]]:
+        """(config key of the endpoint, model, endpoint) of every model the run reaches over an OpenAI-compatible
+        endpoint: the generator, LLM judges, reward models, and rationales written on judge.backend 'openai'."""
+        j, out = self.judge, []
+        if self.generate.backend == "openai":
+            out += [("generate.openai", m, self.generate.openai)
+                    for m in [self.generate.model] * (not self.generate.pool or self.generate.verbalized_k > 0)
+                    + [p.model for p in self.generate.pool]]
+        for name, items in (("templates", j.templates), ("pairwise_templates", j.pairwise_templates)):
+            for i, item in enumerate(items):
+                spec = self._full_judge(item)
+                if spec.backend == "openai":
+                    own = not isinstance(item, str) and item.openai is not None
+                    out.append((f"judge.{name}[{i}].openai" if own else "judge.openai", spec.model, spec.openai))
+        for i, (item, spec) in enumerate(zip(j.reward_models, self.reward_model_specs())):
+            if spec.backend == "openai":
+                own = not isinstance(item, str) and item.openai is not None
+                out.append((f"judge.reward_models[{i}].openai" if own else "judge.openai", spec.model, spec.openai))
+        if j.backend == "openai" and (self.rationale.enabled or j.rationales):
+            out.append(("judge.openai", self.judge_model, j.openai))
+        return out
 
     @property
     def judge_model(self) -> str:
@@ -425,8 +557,15 @@ class RunConfig(_Section):
         # vLLM's numerics differ from transformers'; the default is left out so older runs keep their fingerprints
         judge_backend = {} if j.backend == "transformers" else {"backend": j.backend}
         if stage == "judge":
-            return {"model": self.judge_model, **judge_backend,
-                    **j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement", "backend"})}
+            fields = j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai",
+                                           *SCORING_FIELDS})
+            # judges given as mappings count without their endpoint (operational); scoring options of served judges
+            # count only when changed, so runs made before they existed keep their fingerprints
+            for name in ("templates", "pairwise_templates", "reward_models"):
+                fields[name] = [t if isinstance(t, str) else t.model_dump(exclude={"openai"}, exclude_none=True)
+                                for t in getattr(j, name)]
+            return {"model": self.judge_model, **judge_backend, **fields,
+                    **j.model_dump(include=SCORING_FIELDS, exclude_defaults=True)}
         if stage == "pair":
             return {"seed": self.seed, "aggregate": j.aggregate, "min_agreement": j.min_agreement, **self.pair.model_dump(),
                     "reward_augmented": self.sources.reward_augmented.model_dump()}

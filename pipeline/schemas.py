@@ -64,6 +64,9 @@ JUDGMENTS = pa.schema(
         pa.field("raw", pa.string()),
         pa.field("ok", pa.bool_(), nullable=False),
         pa.field("position_consistent", pa.bool_()),
+        # how an LLM judge scored: "logprobs" (expectation over the answer tokens' probabilities) or "sampled" (mean of
+        # parsed sampled verdicts, judges/served.py); null for reward models and in tables written before it existed
+        pa.field("score_mode", pa.string()),
     ]
 )
 
@@ -157,9 +160,17 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+# nullable columns added after tables of that kind were first written: an older table (a run directory of an
+# earlier version) reads with the column all null, so its stages are reused rather than redone
+ADDED_LATER: dict[str, tuple[str, ...]] = {"judgments": ("score_mode",)}
+
+
 def check(table: pa.Table, name: str) -> pa.Table:
     """Return `table` if it matches schema `name` exactly; raise `SchemaError` naming the columns."""
     schema = SCHEMAS[name]
+    for col in ADDED_LATER.get(name, ()):
+        if col not in table.schema.names:
+            table = table.append_column(schema.field(col), pa.nulls(table.num_rows, schema.field(col).type))
     problems = []
     have = {f.name: f for f in table.schema}
     for field in schema:

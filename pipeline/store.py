@@ -132,6 +132,10 @@ class StageStore:
                     continue
         return out
 
+    def part_infos(self) -> list[dict]:
+        """The JSON info of every complete part (keys and stage extras), without reading a table."""
+        return [info for _, info in self._infos()]
+
     def iter_parts(self):
         """(table, info) of every complete part, read one at a time (in input order)."""
         for data, info in self._infos():

@@ -41,3 +41,18 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(SchemaError):
         schemas.write_table(pa.table({"x": [1]}), tmp_path / "p.parquet", "prompts")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_judgments_of_an_earlier_version_read_with_a_null_score_mode(tmp_path):
+    """A judge table written before score_mode existed (an old run directory) still reads: the column is null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    old = pa.schema([f for f in schemas.JUDGMENTS if f.name != "score_mode"])
+    rows = [{"prompt_id": "p", "candidate_id": "c", "judge": "j", "kind": "absolute", "aspect": "overall", "score": 3.0,
+             "rationale": None, "raw": "{}", "ok": True, "position_consistent": None}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), tmp_path / "judge.parquet")
+    table = schemas.read_table(tmp_path / "judge.parquet", "judgments")
+    assert table.schema.equals(schemas.JUDGMENTS) and table.column("score_mode").to_pylist() == [None]
+    with pytest.raises(SchemaError, match="missing column .ok."):
+        schemas.check(pa.Table.from_pylist(rows).drop(["ok"]), "judgments")
