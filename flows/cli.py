@@ -3,7 +3,8 @@
 `prefsynth run` validates the config before Prefect starts (a typo fails in a second, not after
 the engine loads), runs the `build_dataset` flow, and prints a summary: where the shards are, how
 many pairs, the drop funnel and the timings. Errors that a user caused print one clear message and
-exit with status 2; anything else is a bug and keeps its traceback.
+exit with status 2; a run stopped by its budget (`budget.usd`) says what was spent and exits with
+status 3; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from flows.runtime import Terminated, signals
-from pipeline.errors import PrefsynthError
+from pipeline.errors import BudgetExceeded, PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
            "checkpoint", "push": "; rerun the same command to push"}
@@ -301,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         with signals():
             return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push,
                     "train": cmd_train, "serve": cmd_serve}[args.command](args)
+    except BudgetExceeded as exc:  # not an input error: the run stopped itself, and a rerun continues
+        print(f"prefsynth: budget: {exc}", file=sys.stderr)
+        return 3
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
         return 2

@@ -13,7 +13,7 @@ import time
 
 import pyarrow as pa
 
-from pipeline import schemas
+from pipeline import accounting, schemas
 from pipeline.backends import make_backend, resolve_backend_name
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
 from pipeline.config import GenerateConfig, RunConfig, fingerprint
@@ -118,12 +118,14 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     backend_name = resolve_backend_name(g.backend)
     writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"  # concurrent shards: one log file each
     request_log = RequestLog(f"{run_dir}/requests/generate.jsonl", writer=writer) if g.request_log else None
+    ledger = accounting.Ledger.for_stage(run_dir, cfg, "generate", store.part_infos())
     backends: dict[str, GeneratorBackend] = {}
 
     def backend_of(model: str, field: str) -> GeneratorBackend:
         if model not in backends:
             b = make_backend(backend_name, model, dtype=g.dtype, batch_size=g.batch_size, field=field,
-                             vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
+                             vllm=g.vllm.model_dump(), openai=g.openai.model_dump(), meter=ledger,
+                             batch_dir=f"{run_dir}/requests/batches")
             if request_log is not None:
                 b = LoggedBackend(b, request_log, backend_name=backend_name)
             backends[model] = b
@@ -141,9 +143,13 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
                 hits = _log_hits(backends)
                 table, skipped = generate_candidates(subset, g, backend, seed=cfg.seed, progress=pbar.advance,
                                                       backend_for=backend_for)
-                return table, {"skipped": skipped, "request_log_hits": _log_hits(backends) - hits}
+                return table, {"skipped": skipped, "request_log_hits": _log_hits(backends) - hits,
+                               "usage": ledger.take()}
             return work
-        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+        # batch mode: one chunk, so the stage's requests make one batch file (the request log checkpoints)
+        batch = backend_name == "openai" and g.openai.mode == "batch"
+        parts = run_in_parts(store, prompts, max(prompts.num_rows, 1) if batch else cfg.publish.chunk_prompts,
+                             make_work, log, shard=shard)
     if request_log is not None:
         request_log.close()
     if shard is not None:
@@ -161,6 +167,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
         "models": labels,
         "tokens": tokens,
         "skipped": skipped,
+        "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
         "funnel": generate_funnel(prompts.num_rows, skipped, table, cfg.generate.verbalized_k),
     }
     log(f"generate: {table.num_rows} candidates for {prompts.num_rows - len(skipped)} prompts, {tokens} tokens")

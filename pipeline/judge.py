@@ -8,6 +8,11 @@ row per (candidate or candidate pair, judge):
 - pairwise LLM judges (`judge.pairwise_templates`): every pair of non-empty candidates of a prompt
   judged in both orders (judges/pairwise.py), candidate_id "x|y", score = P(x better),
   `position_consistent` set, kind=pairwise.
+Each LLM judge runs where its config says (`judge.backend` or its own mapping): in process on
+transformers or vLLM, or on an OpenAI-compatible endpoint (judges/served.py: logprobs or sampled
+mode, recorded per judgment in `score_mode`); one ensemble may mix them. Requests to endpoints go
+through the request log (RUN/requests/judge.jsonl) and the stage's ledger (pipeline/accounting.py):
+a killed stage resumes without re-sending an answered request, and each part records its tokens.
 Unscoreable outputs are ok=false with the raw output kept, never a default score; empty
 candidates are not sent to any judge (ok=false, reason in `raw`). A judge whose model also
 generated the candidates is flagged for self-preference in the meta.
@@ -23,13 +28,17 @@ import pyarrow as pa
 
 from judges.absolute import ScoreTokenJudge, explain
 from judges.pairwise import PairwiseJudge
-from judges.reward_model import RewardModelJudge
-from pipeline import schemas
+from judges.reward_model import reward_judge
+from judges.served import Endpoint, ServedPairwiseJudge, ServedScoreJudge
+from pipeline import accounting, schemas
 from pipeline.backends.hf import load_causal_lm
+from pipeline.backends.openai_backend import endpoint_backend
 from pipeline.config import RunConfig, fingerprint
+from pipeline.errors import ConfigError, ModelNotFoundError
 from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.progress import bar
+from pipeline.request_log import LoggedBackend, RequestLog
 from pipeline.store import StageStore, done_rows, run_in_parts
 
 VERSION = "4"
@@ -38,9 +47,10 @@ WRITES = tuple(schemas.JUDGMENTS.names)
 EMPTY = json.dumps({"error": "empty response, not judged"})
 
 
-def _row(pid, cid, judge, score, ok, raw, consistent=None, rationale=None) -> dict:
+def _row(pid, cid, judge, score, ok, raw, consistent=None, rationale=None, mode=None) -> dict:
     return {"prompt_id": pid, "candidate_id": cid, "judge": judge.id, "kind": judge.kind, "aspect": judge.aspect,
-            "score": score, "rationale": rationale, "raw": raw, "ok": ok, "position_consistent": consistent}
+            "score": score, "rationale": rationale, "raw": raw, "ok": ok, "position_consistent": consistent,
+            "score_mode": mode}
 
 
 def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, progress=None, *,
@@ -58,7 +68,7 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
                      for x, y in combinations([c for c in scoreable if c["prompt_id"] == pid], 2)]
             verdicts = judge.judge([(conversations[x["prompt_id"]], x["text"], y["text"]) for x, y in pairs])
             rows += [_row(x["prompt_id"], f"{x['candidate_id']}|{y['candidate_id']}", judge, v.p_first_wins, v.ok, v.raw,
-                          v.position_consistent) for (x, y), v in zip(pairs, verdicts)]
+                          v.position_consistent, mode=v.mode) for (x, y), v in zip(pairs, verdicts)]
         else:
             items = [(conversations[c["prompt_id"]], c["text"]) for c in scoreable]
             refs = [references[c["prompt_id"]] for c in scoreable]
@@ -69,14 +79,19 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
             for c in cands:
                 j, why = by_id.get(c["candidate_id"], (None, None))
                 rows.append(_row(c["prompt_id"], c["candidate_id"], judge, j.score if j else None, bool(j and j.ok),
-                                 j.raw if j else EMPTY, rationale=why))
+                                 j.raw if j else EMPTY, rationale=why, mode=j.mode if j else None))
         if progress is not None:
             progress(len(cands))
     return schemas.from_rows(rows, "judgments")
 
 
-def judge_generator(cfg: RunConfig, batch_size: int):
-    """A generation backend on the judge model (judgment and pair rationales), on judge.backend."""
+def judge_generator(cfg: RunConfig, batch_size: int, *, log: RequestLog | None = None, meter=None, batch_dir=None):
+    """A generation backend on the judge model (judgment and pair rationales), on judge.backend; on 'openai' its
+    requests go through `log` and `meter` (and batch files in `batch_dir` in batch mode)."""
+    if cfg.judge.backend == "openai":
+        backend = endpoint_backend(cfg.judge_model, cfg.judge.openai, field="judge.openai", meter=meter,
+                                   batch_dir=batch_dir)
+        return backend if log is None else LoggedBackend(backend, log, backend_name="openai")
     if cfg.judge.backend == "vllm":
         from pipeline.backends.vllm_backend import shared
 
@@ -86,18 +101,51 @@ def judge_generator(cfg: RunConfig, batch_size: int):
     return TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=batch_size, field="judge.model")
 
 
-def build_judges(cfg: RunConfig) -> list:
+def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, batch_dir=None) -> list:
+    """Every judge of the ensemble: absolute LLM judges, reward models, pairwise LLM judges, in config order. In-process
+    models and endpoints are shared between judges that name the same one."""
     j = cfg.judge
-    judges: list = [RewardModelJudge(ref, batch_size=j.batch_size, max_input_tokens=j.max_input_tokens) for ref in j.reward_models]
-    if j.templates or j.pairwise_templates:
-        if j.backend == "vllm":  # the engine scores: judges/absolute.py next_token_logprobs
-            engine = judge_generator(cfg, j.batch_size)
-            model, tokenizer, label = engine, engine.tokenizer, engine.label
+    common = dict(min_mass=j.min_score_mass, max_input_tokens=j.max_input_tokens)
+    models: dict[tuple, tuple] = {}
+    endpoints: dict[tuple, Endpoint] = {}
+
+    def in_process(ref: str, backend: str):
+        if (ref, backend) not in models:
+            if backend == "vllm":  # the engine scores: judges/absolute.py next_token_logprobs
+                from pipeline.backends.vllm_backend import shared
+
+                engine = shared(ref, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(), field="judge.model")
+                models[(ref, backend)] = (engine, engine.tokenizer, engine.label)
+            else:
+                models[(ref, backend)] = load_causal_lm(ref, cfg.generate.dtype, "judge.model")
+        return models[(ref, backend)]
+
+    def endpoint(ref: str, opts, field: str) -> Endpoint:
+        key = (ref, opts.base_url, opts.served_model)
+        if key not in endpoints:
+            backend = endpoint_backend(ref, opts, field=field, meter=meter, batch_dir=batch_dir)
+            endpoints[key] = Endpoint(backend, log, score_mode=j.score_mode,
+                                      samples=j.samples, temperature=j.sample_temperature,
+                                      max_tokens=j.sample_max_tokens, top_logprobs=j.top_logprobs)
+        return endpoints[key]
+
+    llm = {"absolute": [], "pairwise": []}
+    for kind, spec in cfg.llm_judge_specs():
+        if spec.backend == "openai":
+            ep = endpoint(spec.model, spec.openai, "judge.openai")
+            cls = ServedScoreJudge if kind == "absolute" else ServedPairwiseJudge
+            llm[kind].append(cls(ep, ep.backend.label, template_id=spec.template, tokenizer=ep.backend.tokenizer, **common))
         else:
-            model, tokenizer, label = load_causal_lm(cfg.judge_model, cfg.generate.dtype, "judge.model")
-        common = dict(min_mass=j.min_score_mass, max_input_tokens=j.max_input_tokens, batch_size=j.batch_size)
-        judges = [ScoreTokenJudge(model, tokenizer, label, template_id=t, **common) for t in j.templates] + judges
-        judges += [PairwiseJudge(model, tokenizer, label, template_id=t, **common) for t in j.pairwise_templates]
+            model, tokenizer, label = in_process(spec.model, spec.backend)
+            cls = ScoreTokenJudge if kind == "absolute" else PairwiseJudge
+            llm[kind].append(cls(model, tokenizer, label, template_id=spec.template, batch_size=j.batch_size, **common))
+    rewards = [reward_judge(spec, cfg, log=log, meter=meter) for spec in cfg.reward_model_specs()]
+    judges = llm["absolute"] + rewards + llm["pairwise"]
+    ids = [x.id for x in judges]
+    if len(set(ids)) < len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ConfigError(f"judge.templates: judges {twice} would share one id (same model and template); fix: list "
+                          "each (model, template) once")
     return judges
 
 
@@ -111,10 +159,37 @@ def judge_funnel(n_candidates: int, judgments: pa.Table) -> list[dict]:
                  "judgment not scoreable (ok=false)", unit="judgments")]
 
 
+def model_revision(ref: str, backend: str, field: str) -> str:
+    """A judge model's revision; a model known only to its server (a hosted name) is 'served'."""
+    try:
+        return resolve(ref, field=field).revision
+    except ModelNotFoundError:
+        if backend == "openai":
+            return "served"
+        raise
+
+
 def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
-    revisions = [resolve(cfg.judge_model, field="judge.model").revision]
-    revisions += [resolve(r, field="judge.reward_models").revision for r in cfg.judge.reward_models]
+    revisions = [model_revision(s.model, s.backend, "judge.model") for _, s in cfg.llm_judge_specs()] or \
+        [model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")]
+    revisions = revisions[:1] if len(set(revisions)) == 1 else revisions  # one judge model: as before mappings existed
+    revisions += [model_revision(r.model, r.backend, "judge.reward_models") for r in cfg.reward_model_specs()]
     return fingerprint("judge", VERSION, cfg.stage_fields("judge"), candidates_fp, revisions)
+
+
+def judge_modes(table: pa.Table) -> dict[str, dict]:
+    """Per judge: its score_mode(s) over the run and, for sampled judgments, the share of verdicts not parsed."""
+    out: dict[str, dict] = {}
+    for judge, mode, raw in zip(*(table.column(c).to_pylist() for c in ("judge", "score_mode", "raw"))):
+        acc = out.setdefault(judge, {"modes": {}, "samples": 0, "failures": 0})
+        acc["modes"][mode or "n/a"] = acc["modes"].get(mode or "n/a", 0) + 1
+        if mode == "sampled":
+            info = json.loads(raw)
+            acc["samples"] += info.get("samples", 0)
+            acc["failures"] += info.get("failures", 0)
+    return {j: {"score_mode": "/".join(sorted(a["modes"])), "judgments_by_mode": a["modes"],
+                "parse_failure_rate": round(a["failures"] / a["samples"], 4) if a["samples"] else None}
+            for j, a in out.items()}
 
 
 def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
@@ -125,26 +200,52 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
     prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
     candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")
     started = time.perf_counter()
-    n_judges = len(cfg.judge.templates) + len(cfg.judge.pairwise_templates) + len(cfg.judge.reward_models)
+    n_judges = len(cfg.llm_judge_specs()) + len(cfg.judge.reward_models)
+    served = (any(s.backend == "openai" for _, s in cfg.llm_judge_specs())
+              or any(r.backend == "openai" for r in cfg.reward_model_specs())
+              or (cfg.judge.rationales and cfg.judge.backend == "openai"))
+    writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"  # concurrent shards: one log file each
+    request_log = RequestLog(f"{run_dir}/requests/judge.jsonl", writer=writer) if served else None
+    ledger = accounting.Ledger.for_stage(run_dir, cfg, "judge", store.part_infos())
+    batch_dir = f"{run_dir}/requests/batches"
+    # batch mode: one chunk, so each judge's requests for the whole stage make one batch file (the log checkpoints)
+    chunk = candidates.num_rows if served and batch_mode(cfg) else cfg.publish.chunk_prompts
     with bar(total=candidates.num_rows * n_judges, desc="judge", unit="cand",
              initial=n_judges * done_rows(store, candidates)) as pbar:
         def make_work():  # judge models load only when a chunk is left to do
-            judges = build_judges(cfg)
-            explainer = judge_generator(cfg, cfg.judge.batch_size) if cfg.judge.rationales and cfg.judge.templates else None
+            judges = build_judges(cfg, log=request_log, meter=ledger, batch_dir=batch_dir)
+            explainer = (judge_generator(cfg, cfg.judge.batch_size, log=request_log, meter=ledger, batch_dir=batch_dir)
+                         if cfg.judge.rationales and cfg.judge.templates else None)
             return lambda subset: (judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
-                                                    rationale_tokens=cfg.judge.rationale_tokens), {})
-        parts = run_in_parts(store, candidates, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+                                                    rationale_tokens=cfg.judge.rationale_tokens), {"usage": ledger.take()})
+        parts = run_in_parts(store, candidates, max(chunk, 1), make_work, log, shard=shard)
+    if request_log is not None:
+        request_log.close()
     if shard is not None:
         return store.shard_meta(shard)
     table = schemas.concat([t for t, _ in parts], "judgments")
     failed = table.num_rows - sum(table.column("ok").to_pylist())
     kinds = dict(zip(table.column("judge").to_pylist(), table.column("kind").to_pylist()))  # in judge order
     judge_ids = list(kinds)  # read off the table: a gathering call loads no judge
-    same_model = resolve(cfg.judge_model).path == resolve(cfg.generate.model).path
+    same_model = _same_model(cfg.judge_model, cfg.generate.model)
     self_pref = [j for j, kind in kinds.items() if kind != "reward_model"] if same_model else []
     meta = {"seconds": round(time.perf_counter() - started, 2), "judges": judge_ids,
             "judge": judge_ids[0] if judge_ids else None, "failure_rate": round(failed / max(table.num_rows, 1), 4),
-            "self_preference": self_pref,
+            "self_preference": self_pref, "modes": judge_modes(table),
+            "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
             "funnel": judge_funnel(candidates.num_rows, table)}
     log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
     return store.finish(table, meta)
+
+
+def batch_mode(cfg: RunConfig) -> bool:
+    """Whether judge requests go to endpoints as batch files (any LLM judge's endpoint in mode 'batch')."""
+    return any(s.backend == "openai" and s.openai.mode == "batch" for _, s in cfg.llm_judge_specs()) or \
+        (cfg.judge.backend == "openai" and cfg.judge.openai.mode == "batch")
+
+
+def _same_model(a: str, b: str) -> bool:
+    try:
+        return resolve(a).path == resolve(b).path
+    except ModelNotFoundError:  # a hosted judge model: only its name can be compared
+        return a == b

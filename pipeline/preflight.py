@@ -3,7 +3,9 @@
 `prefsynth run` and `serve` call `check_run`: the output folder (writable, and of the kind the mode
 needs: see pipeline/rundir.py), every model the config names (bundled, a folder with intact
 weights, or a Hub id that exists or is cached), decontamination benchmark files, and the prompt
-input itself (every row validated). `prefsynth train` calls `check_model`. Each failure is a
+input itself (every row validated), and every OpenAI-compatible endpoint the run uses (generation,
+judges, reward models, rationales: set, answering, serving the model, priced when `budget.usd` is
+set). `prefsynth train` calls `check_model`. Each failure is a
 `PrefsynthError` whose message names the config key, the value and the fix.
 """
 
@@ -15,6 +17,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from pipeline.accounting import price_of
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError
 from pipeline.models import check_hub, resolve, uses_hub
@@ -85,6 +88,26 @@ def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
     check_benchmarks(cfg)
     for key, ref in refs.items():
         check_model(ref, field=key)
-    if cfg.generate.backend == "openai":
-        check_endpoint(cfg.generate.openai, field="generate.openai", model=cfg.generate.model)
+    check_served(cfg)
     load_prompts(cfg.input, seed=cfg.seed)
+
+
+def check_served(cfg: RunConfig) -> None:
+    """Every endpoint the run sends requests to: set, answering, serving the model; priced when a budget is set."""
+    seen = set()
+    for field, model, opts in cfg.served_models():
+        if opts.mode == "batch":  # answered by batch_command or by hand, not by a server this run reaches
+            if cfg.budget.usd is not None and price_of(cfg.prices, model, opts.served_model) is None:
+                raise ConfigError(f"prices: no price for {model!r} (batch at {field}), but budget.usd="
+                                  f"{cfg.budget.usd:g} needs one; fix: set prices.{model}.input and .output")
+            continue
+        if not opts.base_url:
+            raise ConfigError(f"{field}.base_url: not set, but {model!r} is to be reached over it (backend 'openai'); "
+                              f"fix: set it to the server's URL including /v1, e.g. --set {field}.base_url=http://HOST:8000/v1")
+        if cfg.budget.usd is not None and price_of(cfg.prices, model, opts.served_model) is None:
+            raise ConfigError(f"prices: no price for {model!r} (served at {field}), but budget.usd={cfg.budget.usd:g} "
+                              f"needs one to count its cost; fix: set prices.{model}.input and prices.{model}.output "
+                              "(USD per million tokens), or unset budget.usd")
+        if (opts.base_url, opts.served_model or model) not in seen:
+            seen.add((opts.base_url, opts.served_model or model))
+            check_endpoint(opts, field=field, model=model)

@@ -3,6 +3,9 @@
 Reads `pairs` (no rationale) and fills its `rationale` column; decoding is greedy so a rerun
 writes the same text. The template id (judges/templates.py) and the judge model are in the
 stage fingerprint and the manifest. With `rationale.enabled: false` the column stays null.
+On judge.backend 'openai' the judge endpoint writes them: requests go through
+RUN/requests/rationale.jsonl (a resumed stage re-sends nothing answered) and the stage's ledger
+(tokens per part, the budget: pipeline/accounting.py).
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from judges.templates import PAIR_RATIONALE_V2, RationaleTemplate, special_strings
-from pipeline import schemas
+from pipeline import accounting, schemas
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
+from pipeline.backends.openai_backend import served_label
 from pipeline.config import RunConfig, fingerprint
-from pipeline.judge import judge_generator
+from pipeline.judge import batch_mode, judge_generator, model_revision
 from pipeline.models import resolve
 from pipeline.progress import bar
+from pipeline.request_log import RequestLog
 from pipeline.store import StageStore, done_rows, run_in_parts
 
 VERSION = "3"
@@ -46,8 +51,8 @@ def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens
 
 
 def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
-    model = resolve(cfg.judge_model, field="judge.model")
-    return fingerprint("rationale", VERSION, TEMPLATE.id, cfg.stage_fields("rationale"), pairs_fp, model.revision)
+    revision = model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")
+    return fingerprint("rationale", VERSION, TEMPLATE.id, cfg.stage_fields("rationale"), pairs_fp, revision)
 
 
 def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
@@ -61,13 +66,22 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
         if shard is not None:
             return store.shard_meta(shard)
         return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
+    served = cfg.judge.backend == "openai"
+    writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
+    request_log = RequestLog(f"{run_dir}/requests/rationale.jsonl", writer=writer) if served else None
+    ledger = accounting.Ledger.for_stage(run_dir, cfg, "rationale", store.part_infos())
     with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
         def make_work():  # the judge model loads only when a chunk is left to do
-            backend = judge_generator(cfg, cfg.rationale.batch_size)
+            backend = judge_generator(cfg, cfg.rationale.batch_size, log=request_log, meter=ledger,
+                                      batch_dir=f"{run_dir}/requests/batches")
             return lambda subset: (add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
                                                   max_prompt_tokens=cfg.judge.max_input_tokens,
-                                                  specials=special_strings(backend.tokenizer), progress=pbar.advance), {})
-        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
+                                                  specials=special_strings(backend.tokenizer), progress=pbar.advance),
+                                   {"usage": ledger.take()})
+        chunk = pairs.num_rows if served and batch_mode(cfg) else cfg.publish.chunk_prompts  # one batch file
+        parts = run_in_parts(store, pairs, max(chunk, 1), make_work, log, shard=shard)
+    if request_log is not None:
+        request_log.close()
     if shard is not None:
         return store.shard_meta(shard)
     table = schemas.concat([t for t, _ in parts], "pairs")
@@ -75,5 +89,7 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
                                                ("rejected_id", "ascending")]))
     missing = table.column("rationale").null_count
     log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
+    label = served_label(cfg.judge_model) if served else resolve(cfg.judge_model).label
     return store.finish(table, {"seconds": round(time.perf_counter() - started, 2), "template": TEMPLATE.id,
-                                "model": resolve(cfg.judge_model).label, "missing": missing, "funnel": []})
+                                "model": label, "missing": missing, "funnel": [],
+                                "usage": accounting.merge(*(info.get("usage") for _, info in parts))})

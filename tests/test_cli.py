@@ -65,3 +65,33 @@ def test_missing_reward_model_fails_in_preflight(capsys, tmp_path):
     code, err = run(capsys, "--out", str(tmp_path / "o"), "--set", "judge.aggregate=median",
                     "--set", f"judge.reward_models=[{tmp_path}/no-rm]")
     assert code == 2 and "judge.reward_models[0]:" in err and not (tmp_path / "o").exists()
+
+
+def _one_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.startswith("prefsynth: error")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_judge_configs_fail_in_preflight_with_one_line(capsys, tmp_path):
+    """An unknown judge backend, a served judge without base_url, a budget without prices, a served model without a
+    price, an endpoint that does not answer: exit 2 before anything starts, one line naming the key and the fix."""
+    out = str(tmp_path / "o")
+    code, err = run(capsys, "--out", out, "--set", "judge.backend=remote")
+    line = _one_line(err)
+    assert code == 2 and "judge.backend" in line and "'remote'" in line and "'openai'" in line and "fix:" in line
+    code, err = run(capsys, "--out", out, "--set", "judge.backend=openai")
+    line = _one_line(err)
+    assert code == 2 and "judge.openai.base_url: not set" in line and "fix: set it" in line
+    code, err = run(capsys, "--out", out, "--set", "budget.usd=5")
+    line = _one_line(err)
+    assert code == 2 and "budget.usd is 5.0 but no prices are set" in line and "fix: set prices.MODEL.input" in line
+    served = ["--set", "judge.backend=openai", "--set", "judge.openai.base_url=http://127.0.0.1:9/v1"]
+    code, err = run(capsys, "--out", out, *served, "--set", "budget.usd=5", "--set", "prices={other: {input: 1, output: 2}}")
+    line = _one_line(err)
+    assert code == 2 and "prices: no price for 'bundled:smollm2-135m-instruct' (served at judge.openai)" in line
+    assert "fix: set prices.bundled:smollm2-135m-instruct.input" in line
+    code, err = run(capsys, "--out", out, *served)
+    line = _one_line(err)
+    assert code == 2 and "judge.openai.base_url 'http://127.0.0.1:9/v1' does not answer" in line and "fix:" in line
+    assert not (tmp_path / "o").exists()
