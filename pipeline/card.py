@@ -6,7 +6,7 @@ Hub viewer find the data. The body has the sections a preference-data user check
 training: provenance (models, revisions, template ids, fingerprints, the config to reproduce the
 run), the drop funnel, score and margin histograms, length bias, judges (agreement and position
 consistency where the run has more than one judge or a pairwise judge), the CHES distribution,
-sample pairs with rationales, and how to train on it. `prefsynth card RUN_DIR` calls `write`.
+sample pairs with rationales, the tokens and dollars of requests to endpoints, and how to train on it. `prefsynth card RUN_DIR` calls `write`.
 """
 
 from __future__ import annotations
@@ -85,8 +85,10 @@ def _sources_md(m: dict) -> str:
 def _judges_md(m: dict) -> str:
     agreement = m.get("judge_agreement") or {}
     per_judge = agreement.get("judges") or {}
+    modes = m.get("judge_modes") or {}
     rows = "\n".join(f"| `{j}` | {v['kind']} | {v['judgments']} | {v['failure_rate']} | "
-                     f"{'n/a' if v['position_consistency'] is None else v['position_consistency']} |"
+                     f"{'n/a' if v['position_consistency'] is None else v['position_consistency']} | "
+                     f"{_mode(modes.get(j))} | {_na((modes.get(j) or {}).get('parse_failure_rate'))} |"
                      for j, v in per_judge.items())
     taus = "\n".join(f"- Kendall tau-b `{pair}`: {tau}" for pair, tau in (agreement.get("kendall_tau") or {}).items())
     alpha = agreement.get("krippendorff_alpha")
@@ -96,11 +98,47 @@ def _judges_md(m: dict) -> str:
                 f"{', '.join(f'`{p}`' for p in agreement.get('disconnected_prompt_ids', [])[:5])}); under "
                 "`bradley_terry` their candidates that never met are ordered only through the prior's virtual "
                 "opponent." if split else "")
-    return (f"| judge | kind | judgments | failure rate | position consistency |\n|---|---|---|---|---|\n{rows}\n\n"
+    return (f"| judge | kind | judgments | failure rate | position consistency | score mode | parse failures |\n"
+            f"|---|---|---|---|---|---|---|\n{rows}\n\n"
+            "Score mode: `logprobs` is the expectation over the answer tokens' probabilities at the verdict position; "
+            "`sampled` the mean of sampled verdicts parsed from JSON (an endpoint that returns no log-probs); parse "
+            "failures are the share of sampled verdicts that did not parse.\n\n"
             f"Agreement between score judges: Krippendorff alpha (interval, z-scored) "
             f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}{split_md}\n\n"
             + (f"Self-preference: {', '.join(f'`{j}`' for j in selfpref)} also generated the candidates; "
                "LLM judges tend to prefer their own outputs." if selfpref else "Self-preference: no judge generated the candidates."))
+
+
+def _mode(info: dict | None) -> str:
+    return "n/a" if not info or info.get("score_mode") in (None, "n/a") else f"`{info['score_mode']}`"
+
+
+def _na(value) -> str:
+    return "n/a" if value is None else str(value)
+
+
+def _dollars(value) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
+
+
+def _usage_md(m: dict) -> str:
+    """Tokens and dollars of the run's requests to OpenAI-compatible endpoints."""
+    usage = m.get("usage") or {}
+    stages = usage.get("stages") or {}
+    if not stages:
+        return "No requests were sent to OpenAI-compatible endpoints (every model ran in process)."
+    rows = "\n".join(f"| {s} | `{r['model']}` | {r['endpoint']} | {r['requests']} | {r['input_tokens']} | "
+                     f"{r['output_tokens']}{' (estimated)' if r.get('estimated') else ''} | "
+                     f"{_dollars(r.get('usd'))} |"
+                     for s, rs in stages.items() for r in rs)
+    t = usage.get("total") or {}
+    budget = usage.get("budget_usd")
+    return ("| stage | model | endpoint | requests | input tokens | output tokens | USD |\n|---|---|---|---|---|---|---|\n"
+            f"{rows}\n\nTotal: {t.get('requests')} requests, {t.get('input_tokens')} input and {t.get('output_tokens')} "
+            f"output tokens, ${t.get('usd', 0):.6f} at the configured prices"
+            + (f" (budget ${budget:g})" if budget else "")
+            + (f"; no price set for {', '.join(f'`{x}`' for x in usage['unpriced_models'])}"
+               if usage.get("unpriced_models") else "") + ".")
 
 
 def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
@@ -197,6 +235,9 @@ chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
 Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=false) {m.get('judge_failure_rate')}.
 
 {_judges_md(m)}
+
+## Requests and cost
+{_usage_md(m)}
 
 ## Pair sources and diversity
 {_sources_md(m)}

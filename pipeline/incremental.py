@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import yaml
 
-from pipeline import funnel, schemas
+from pipeline import accounting, funnel, schemas
 from pipeline.config import RunConfig
 from pipeline.prompts import load_prompts, messages_hash
 from pipeline.publish import STAGES
@@ -113,6 +113,13 @@ def _sum_prompt_drops(out: Path, increments: list[dict], manifests: list[dict]) 
     return {"counts": counts, "tables": tables}
 
 
+def _sum_usage(manifests: list[dict], cfg: RunConfig) -> dict:
+    """Tokens and dollars of every increment's requests, summed per stage, model and endpoint."""
+    per_stage = {s: [{"usage": [r for m in manifests for r in (m.get("usage") or {}).get("stages", {}).get(s, [])]}]
+                 for s in accounting.METERED}
+    return accounting.summary(per_stage, cfg.prices, cfg.budget.usd)
+
+
 def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None,
           edited: list[str] | None = None) -> dict:
     """Copy the increment's shards into OUT/pairs and commit the grown manifest; return it."""
@@ -148,6 +155,7 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
     grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": steps,
              "funnel_errors": funnel_errors, "prompt_drops": _sum_prompt_drops(out, increments, all_manifests),
              "increments": increments, "incremental": True,
+             "usage": _sum_usage(all_manifests, cfg),
              "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
              "config": {"given": given or {}, "resolved": cfg.model_dump()}}
     write_json(out / "manifest.json", grown)

@@ -4,8 +4,9 @@ Shards (`pairs/train-00000-of-00001.parquet`, zstd) are written into a fresh fol
 into place when all are complete, so `RUN/pairs/*.parquet` is only ever a whole set. Each shard
 is itself written atomically. The manifest records the config as given and resolved, the
 fingerprints, models, per-stage row counts, the drop funnel, the prompt filter's drop counts (the
-dropped prompts themselves are in tables/prompt_filter.drops.parquet), shards with row counts and
-sha256, and timings. It is rebuilt on every run (cheap), so it always describes the shards beside it.
+dropped prompts themselves are in tables/prompt_filter.drops.parquet), each judge's score mode, the
+tokens (and dollars) of requests to endpoints per stage, model and endpoint, shards with row counts
+and sha256, and timings. It is rebuilt on every run (cheap), so it always describes the shards beside it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from pipeline import __version__, card, funnel, schemas
+from pipeline import __version__, accounting, card, funnel, schemas
 from pipeline.config import RunConfig, fingerprint
 from pipeline.pair import check_pairs, ranked_path
 from pipeline.prompt_filter import drops_path as prompt_drops_path
@@ -101,6 +102,9 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "judge_aggregate": metas["pair"].get("aggregate"),
         "judge_agreement": metas["pair"].get("agreement"),
         "self_preference": metas["judge"].get("self_preference", []),
+        "judge_modes": metas["judge"].get("modes", {}),
+        # tokens of every request to an OpenAI-compatible endpoint, per stage, model and endpoint; dollars at `prices`
+        "usage": accounting.summary(metas, cfg.prices, cfg.budget.usd),
         "length_bias": metas["pair"].get("length_bias"),
         # counts only: the per-prompt list is a table (a million prompts would make this file hundreds of MB)
         "prompt_drops": {"counts": metas["prompt_filter"].get("drops", {}),
