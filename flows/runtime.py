@@ -54,7 +54,7 @@ class _QuietUserErrors(logging.Filter):
 
 def quiet_prefect_console() -> None:
     """Attach the filter to every Prefect console handler (Prefect configures logging at import)."""
-    import prefect  # noqa: F401  (sets up Prefect's logging config)
+    import prefect.main  # noqa: F401  (sets up Prefect's logging config; `import prefect` alone defers it)
     from prefect.logging.handlers import PrefectConsoleHandler
 
     loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
