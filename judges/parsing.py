@@ -5,6 +5,11 @@ of each score token, renormalise over the score alphabet and report E[k] = sum_k
 135M judge thus gives a graded score rather than a coin-flip digit. If the score tokens carry less
 than `min_mass` of the full next-token distribution, the judge was not answering with a score:
 the judgment is `ok=false` with `score=None`, never a default.
+
+Sampled verdicts (a served judge without log-probs, judges/served.py): `verdict_schema` is the
+JSON schema a server's structured output constrains them to, and `parse_verdict` reads one back:
+the JSON object, else the first answer token standing alone in free text; anything else is a
+parse failure, counted, never guessed.
 """
 
 from __future__ import annotations

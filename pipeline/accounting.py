@@ -118,7 +118,7 @@ class Ledger:
         cost = usd(self._price(backend), chars, max_out)
         with self._lock:
             if self.stopped is not None:
-                raise self.stopped
+                raise BudgetExceeded(str(self.stopped))
             if self.budget is not None and self.spent + self.reserved + cost > self.budget:
                 self.stopped = BudgetExceeded(
                     f"budget.usd={self.budget:g} would be passed: spent ${self.spent:.6f} so far (in flight "
