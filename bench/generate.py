@@ -108,7 +108,7 @@ def compare_backends(args) -> None:
             from pipeline.models import resolve
 
             sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-            from tests.pipeline.test_backends_vllm import Server  # the same launcher the tests use
+            from tests.pipeline.vllm_serving import Server  # the same launcher the tests use
 
             srv = Server(Path(tempfile.mkdtemp()) / "serve.log")
             srv.start()

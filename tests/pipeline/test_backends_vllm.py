@@ -10,14 +10,9 @@ session's server starts. Marked `vllm`: `-m "not vllm"` deselects them; CI runs 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,10 +26,9 @@ from pipeline.generate import candidate_seed, generate_candidates
 from pipeline.models import resolve
 from pipeline.request_log import LoggedBackend, RequestLog
 from tests.conftest import ROOT
+from tests.pipeline.vllm_serving import MODEL, VPY, FaultProxy, Server, need_venv, vllm_env  # noqa: F401 (bench/)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
-VPY = ROOT / ".venv-vllm" / "bin" / "python"
-MODEL = "bundled:smollm2-135m-instruct"
 PROMPTS = schemas.from_rows([
     {"prompt_id": f"p{i}", "messages": [{"role": "user", "content": text}]}
     for i, text in enumerate(["Name a colour.", "Say hello.", "Name a fruit.", "Count to three.", "Name an animal.",
@@ -43,112 +37,7 @@ PROMPTS = schemas.from_rows([
 CFG = GenerateConfig(n=2, max_new_tokens=12, temperature=0.9)
 
 
-def _need_venv():
-    if not VPY.exists():
-        pytest.fail(f"{VPY} missing; fix: make setup-vllm")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real `vllm serve` on 127.0.0.1 from .venv-vllm; start()/stop() so fault tests can kill it."""
-
-    def __init__(self, log_path: Path):
-        self.port, self.proc, self.log_path = free_port(), None, log_path
-        self.folder = resolve(MODEL).path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 400) -> None:
-        cmd = [str(VPY), "-m", "vllm.entrypoints.openai.api_server", "--model", self.folder, "--served-model-name", MODEL,
-               "--host", "127.0.0.1", "--port", str(self.port), "--enforce-eager", "--max-model-len", "512",
-               "--gpu-memory-utilization", "0.3", "--seed", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited {self.proc.returncode}: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError(f"vllm serve not healthy after {timeout}s: {self.log_path.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: the engine core child dies too
-            self.proc.wait()
-
-
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    _need_venv()
-    srv = Server(tmp_path_factory.mktemp("vllm-serve") / "serve.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-class FaultProxy:
-    """HTTP proxy in front of the real server that answers the first `fail` chat requests with the given
-    statuses (a fault the real server cannot show on demand) and forwards everything else; counts requests."""
-
-    def __init__(self, target: str, faults: list[int]):
-        self.faults, self.chat_requests, self.lock = list(faults), 0, threading.Lock()
-        self.in_flight = self.max_in_flight = 0  # requests forwarded to the server and not yet answered
-        self.starts: list[float] = []  # when each forwarded request arrived (monotonic seconds)
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with proxy.lock:
-                    proxy.chat_requests += 1
-                    fault = proxy.faults.pop(0) if proxy.faults else None
-                if fault is not None:
-                    payload = json.dumps({"error": {"message": f"injected {fault}", "code": fault}}).encode()
-                    self.send_response(fault)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                req = urllib.request.Request(target + self.path, data=body, headers={"Content-Type": "application/json"})
-                with proxy.lock:
-                    proxy.in_flight += 1
-                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
-                    proxy.starts.append(time.monotonic())
-                try:
-                    with urllib.request.urlopen(req, timeout=120) as r:
-                        status, data = r.status, r.read()
-                except urllib.error.HTTPError as exc:
-                    status, data = exc.code, exc.read()
-                finally:
-                    with proxy.lock:
-                        proxy.in_flight -= 1
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
+_need_venv = need_venv
 
 
 def openai_backend(base_url: str, **kw) -> OpenAIBackend:
@@ -160,7 +49,7 @@ def test_vllm_in_process_backend(tmp_path):
     """Runs first in this module (no server yet): the in-process engine, then it exits."""
     _need_venv()
     proc = subprocess.run([str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=vllm_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     forward = pq.read_table(tmp_path / "forward.parquet")
     reverse = pq.read_table(tmp_path / "reverse.parquet")
@@ -185,6 +74,25 @@ def test_vllm_in_process_backend(tmp_path):
             assert v["score"] == pytest.approx(h["score"], abs=2e-3), (v, h)
         if h["kind"] == "absolute":  # the score tokens' mass: log-probs normalised over the vocabulary, not the 5
             assert json.loads(v["raw"])["mass"] == pytest.approx(json.loads(h["raw"])["mass"], abs=2e-3)
+
+
+def test_reward_model_on_vllm_pooling_runner(tmp_path):
+    """A reward model on vLLM's in-process pooling runner (runner=pooling, convert=classify, raw scores) scores as the
+    transformers reward model does: the seeded head on the bundled weights, float32, within 1e-3. Runs before the
+    module's server starts (one engine at a time)."""
+    from judges.reward_model import RewardModelJudge, build_seeded_reward_model
+    from tests.pipeline.vllm_job import RM_ITEMS
+
+    need_venv()
+    rm = build_seeded_reward_model(MODEL, str(tmp_path / "rm"), seed=3)
+    proc = subprocess.run([str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--reward", rm, str(tmp_path / "rm.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, env=vllm_env())
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads((tmp_path / "rm.json").read_text())
+    want = RewardModelJudge(rm).score(RM_ITEMS)
+    assert got["id"] == RewardModelJudge(rm).id and all(got["ok"])
+    assert got["scores"] == pytest.approx([j.score for j in want], abs=1e-3)
+    assert max(got["scores"]) - min(got["scores"]) > 1e-2  # the items really differ: not a constant head
 
 
 def _check_pair_sources(out: Path) -> None:
@@ -218,7 +126,7 @@ def test_tiny_config_generate_stage_on_the_vllm_backend(tiny_run, tmp_path):
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "prompt_filter.parquet").write_bytes((tiny_run / "tables" / "prompt_filter.parquet").read_bytes())
     proc = subprocess.run([str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--stage", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=vllm_env())
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "backend=vllm rows=12" in proc.stdout
     _tiny_candidates_match(pq.read_table(tmp_path / "tables" / "generate.parquet"), tiny_run, resolve(MODEL).label)

@@ -8,6 +8,10 @@
     .venv-vllm/bin/python tests/pipeline/vllm_job.py --stage RUN_DIR
         the generate stage as `prefsynth run` drives it, on the tiny config with backend vllm, over
         the prompts already in RUN_DIR/tables/prompt_filter.parquet.
+    .venv-vllm/bin/python tests/pipeline/vllm_job.py --reward RM_FOLDER OUT_JSON
+        the reward model in RM_FOLDER on vLLM's in-process pooling runner (judge.reward_models backend
+        vllm, through the config) over RM_ITEMS, written as JSON.
+Run with PYTHONPATH at the checkout's root (tests/pipeline/vllm_serving.py vllm_env).
 """
 
 import sys
@@ -66,6 +70,26 @@ def judge_on_both_backends(candidates, out: str) -> None:
     pq.write_table(judge_candidates(prompts, candidates, build_judges(load_config(None, common))), f"{out}/judge_hf.parquet")
 
 
+RM_ITEMS = [([{"role": "user", "content": q}], a) for q, a in [
+    ("Name a colour.", "Blue."), ("Name a colour.", "I do not know."), ("What is 2+2?", "4"),
+    ("What is 2+2?", "Two plus two is five, obviously."), ("Say hello.", "Hello! How can I help you today?"),
+    ("Write one sentence about the sea.", "The sea is wide, grey and restless under the winter wind.")]]
+
+
+def reward(rm_folder: str, out: str) -> None:
+    import json
+
+    from judges.reward_model import reward_judge
+    from pipeline.config import load_config
+
+    cfg = load_config(None, [f"judge.reward_models=[{{model: {rm_folder}, backend: vllm}}]", "judge.aggregate=median",
+                             "generate.dtype=float32"] + [f"generate.vllm.{k}={v}" for k, v in ENGINE.items()])
+    judge = reward_judge(cfg.reward_model_specs()[0], cfg)
+    scored = judge.score(RM_ITEMS)
+    with open(out, "w") as fh:
+        json.dump({"id": judge.id, "scores": [j.score for j in scored], "ok": [j.ok for j in scored]}, fh)
+
+
 def stage(run_dir: str) -> None:
     from pathlib import Path
 
@@ -81,6 +105,8 @@ def stage(run_dir: str) -> None:
 
 if __name__ == "__main__" and sys.argv[1] == "--stage":
     stage(sys.argv[2])
+elif __name__ == "__main__" and sys.argv[1] == "--reward":
+    reward(sys.argv[2], sys.argv[3])
 elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is required
     out = sys.argv[1]
     backend = shared("bundled:smollm2-135m-instruct", dtype="float32", engine=ENGINE)
