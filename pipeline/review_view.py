@@ -60,19 +60,29 @@ class ReviewView:
         if self.run.resolve().parent.name == "increments" and (self.run.resolve().parent.parent / "manifest.json").is_file():
             raise InputError(f"{run_dir} is one increment of a growing dataset; fix: review the dataset folder, "
                              f"`prefsynth review {self.run.resolve().parent.parent}`")
+        self._cache: OrderedDict = OrderedDict()
+        self._load()
+
+    def _load(self) -> None:
+        """(Re)load the pairs before review; the manifest is re-read when `prefsynth card` / `run` rewrites it."""
+        self._manifest_stamp = self._file_stamp(self.run / "manifest.json")
         verify_shards(self.run, self.manifest)
         self.sources = review.sources(self.run, self.manifest)
         self.pairs = schemas.concat([s.pairs for s in self.sources], "pairs")
         ids = review.pair_ids(self.pairs)
         self.index = {pid: i for i, pid in enumerate(ids)}
-        owner = [k for k, s in enumerate(self.sources) for _ in range(s.pairs.num_rows)]
-        self.source_of = owner
+        self.source_of = [k for k, s in enumerate(self.sources) for _ in range(s.pairs.num_rows)]
         self.base = flat_pairs(self.pairs).with_columns(pl.Series("pair_id", ids, dtype=pl.String),
                                                         pl.Series("row", range(len(ids)), dtype=pl.Int64))
         self._judgments: dict[int, pl.DataFrame | None] = {}
-        self._cache: OrderedDict = OrderedDict()
+        self.__dict__.pop("_unpaired", None)
         self._stamp = None
         self.refresh()
+
+    @staticmethod
+    def _file_stamp(path: Path):
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
 
     # -- labels ----------------------------------------------------------------------------------------
     def _label_stamp(self):
@@ -81,7 +91,14 @@ class ReviewView:
             if folder.is_dir() else ()
 
     def refresh(self) -> None:
-        """Re-read the labels when a label file changed since the last read."""
+        """Re-read the labels when a label file changed since the last read, and the manifest (and, when
+        what it was published from changed, the pairs) when it was rewritten."""
+        if self._file_stamp(self.run / "manifest.json") != self._manifest_stamp:
+            old, self.manifest = self.manifest, load_manifest(self.run)
+            keys = ("increments", "stage_fingerprints")
+            if any(old.get(k) != self.manifest.get(k) for k in keys):
+                return self._load()
+            self._manifest_stamp = self._file_stamp(self.run / "manifest.json")
         stamp = self._label_stamp()
         if stamp == self._stamp:
             return
