@@ -18,7 +18,7 @@ from flows.runtime import Terminated, signals
 from pipeline.errors import PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
-           "checkpoint", "push": "; rerun the same command to push"}
+           "checkpoint", "push": "; rerun the same command to push", "review": " (labels are saved as they are made)"}
 
 RUN_HELP = """\
 Build a preference dataset:

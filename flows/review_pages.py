@@ -200,14 +200,13 @@ def pair_page(item: dict, *, ctx: dict, nav: tuple, csrf: str, reviewer: str | N
 <div class="sides">{_side("Chosen", "chosen", r["chosen"][0]["content"], r["chosen_score"], r["chosen_len"],
                           r["ref_chosen_logp"])}{_side("Rejected", "rejected", r["rejected"][0]["content"],
                           r["rejected_score"], r["rejected_len"], r["ref_rejected_logp"])}</div>
-<section><h2>Label</h2>{form}</section>
 <section><h2>Rationale</h2><div class="plain" id="rationale">{esc(r['rationale'] or '(none)')}</div></section>
-<section><h2>Figures</h2>{table(["column", "value"], figures, "figures")}</section>
-<section><h2>Judgments</h2>{table(["judge", "kind", "aspect", "candidate", "score", "ok", "position consistent",
-                                   "rationale"], judgments, "judgments") if judgments else "<p>No judge table.</p>"}
-</section>
-<section><h2>Label history</h2>{table(["time", "reviewer", "verdict", "note"], history, "history") if history
-                                 else "<p>No labels yet.</p>"}</section>"""
+<section><h2>Label</h2>{form}{table(["time", "reviewer", "verdict", "note"], history, "history") if history
+                                 else "<p>No labels yet.</p>"}</section>
+<div class="details"><section><h2>Judgments</h2>{table(["judge", "kind", "aspect", "candidate", "score", "ok",
+                                                       "position consistent", "rationale"], judgments, "judgments")
+                                                 if judgments else "<p>No judge table.</p>"}</section>
+<section><h2>Figures</h2>{table(["column", "value"], figures, "figures")}</section></div>"""
 
 
 def unpaired_page(items: list[dict], total: int, page: int, size: int) -> str:
