@@ -101,8 +101,8 @@ def main() -> None:
                 first = get(path(0))
                 times = [get(path(k)) for k in range(args.requests)]
                 everything += times
-                print(f"{name:<12} {first * 1000:>7.1f}ms {pct(times, .5) * 1000:>7.1f}ms {pct(times, .95) * 1000:>7.1f}ms "
-                      f"{max(times) * 1000:>7.1f}ms")
+                print(f"{name:<12} {first * 1000:>7.1f}ms {pct(times, .5) * 1000:>7.1f}ms "
+                      f"{pct(times, .95) * 1000:>7.1f}ms {max(times) * 1000:>7.1f}ms")
             print(f"{'all':<12} {'':>9} {pct(everything, .5) * 1000:>7.1f}ms {pct(everything, .95) * 1000:>7.1f}ms "
                   f"{max(everything) * 1000:>7.1f}ms  (mean {statistics.mean(everything) * 1000:.1f} ms)")
             print(f"server resident memory: {rss_mib(proc.pid):.0f} MiB")

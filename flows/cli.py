@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from flows.runtime import Terminated, signals
-from pipeline.errors import PrefsynthError
+from pipeline.errors import InputError, PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
            "checkpoint", "push": "; rerun the same command to push", "review": " (labels are saved as they are made)"}
@@ -260,8 +260,6 @@ def cmd_review(args) -> int:
     from flows.review_app import serve
 
     if not 0 <= args.port <= 65535:
-        from pipeline.errors import InputError
-
         raise InputError(f"--port {args.port} is not a port; fix: pass 1 to 65535, or 0 for any free port")
     serve(args.run_dir, host=args.host, port=args.port, reviewer=args.reviewer, where=args.where,
           log=lambda line: print(line, flush=True))

@@ -28,6 +28,7 @@ import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -171,7 +172,8 @@ async def label(request: Request):
         return _html(request, "Label refused", f"<p class='error'>{pages.esc(exc)}</p>", status=400)
     ctx = _ctx(form)
     _, next_id, _, _ = view.neighbours(pid, ctx["where"], ctx["sort"], ctx["desc"])
-    params = {"where": ctx["where"], "sort": ctx["sort"], "desc": int(ctx["desc"]), "saved": f"{form['verdict']} {pid}"}
+    params = {"where": ctx["where"], "sort": ctx["sort"], "desc": int(ctx["desc"]),
+              "saved": f"{form['verdict']} {pid}"}
     return RedirectResponse(f"/pair/{next_id or pid}{pages.query(**params)}", 303)
 
 
@@ -207,7 +209,8 @@ async def reviewer_form(request: Request):
         return _html(request, "Reviewer", body)
     form = request.state.form
     next_url = form.get("next", "/")
-    next_url = next_url if next_url.startswith("/") and not next_url.startswith("//") else "/"
+    local = next_url.startswith("/") and not next_url.startswith(("//", "/\\"))  # browsers read /\ as //
+    next_url = next_url if local else "/"
     try:
         name = check_reviewer(form.get("name", ""))
     except InputError as exc:
@@ -260,8 +263,6 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(run_dir, *, host: str = "127.0.0.1", port: int = 8765, reviewer: str | None = None,
           where: str | None = None, log=print) -> None:
     """Check everything a user can get wrong, then serve until interrupted."""
-    import uvicorn
-
     view = ReviewView(run_dir)
     if where:
         view.ordered(where)  # a bad filter fails here, before the server starts

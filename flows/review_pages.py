@@ -128,7 +128,8 @@ def pairs_page(page, *, where: str, sort: str, desc: bool, error: str | None) ->
     ctx = {"where": where, "sort": sort, "desc": int(desc)}
     options = "".join(f'<option value="{c}"{" selected" if c == sort else ""}>{c}</option>' for c in SORTABLE)
     form = f"""<form method="get" action="/pairs" class="filter">
-<label>where <input name="where" id="where" size="60" value="{esc(where)}" placeholder="margin &lt; 0.5 AND label IS NULL"></label>
+<label>where <input name="where" id="where" size="60" value="{esc(where)}"
+  placeholder="margin &lt; 0.5 AND label IS NULL"></label>
 <label>sort <select name="sort" id="sort">{options}</select></label>
 <label><input type="checkbox" name="desc" value="1"{" checked" if desc else ""}> descending</label>
 <button type="submit" id="apply">Filter</button></form>
@@ -213,7 +214,8 @@ def unpaired_page(items: list[dict], total: int, page: int, size: int) -> str:
     pages = max(1, -(-total // size))
     nav = " ".join(f'<a href="/unpaired{query(page=p)}">{label}</a>' for label, p in
                    (("prev", page - 1), ("next", page + 1)) if 1 <= p <= pages)
-    out = [f'<h1>Prompts without a pair</h1><p id="unpaired-total">{total} prompt(s); page {page} of {pages} {nav}</p>']
+    out = [f'<h1>Prompts without a pair</h1><p id="unpaired-total">{total} prompt(s); page {page} of {pages} '
+           f"{nav}</p>"]
     for it in items:
         prompt = "".join(f'<div class="msg"><span class="role">{esc(m["role"])}</span><div class="md">'
                          f"{markdown(m['content'])}</div></div>" for m in it["prompt"])

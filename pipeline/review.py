@@ -140,8 +140,10 @@ def _parse(raw: bytes) -> Label:
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     label = Label(**{k: data[k] for k in Label.__dataclass_fields__ if k in data})
-    if label.verdict not in VERDICTS or not PAIR_ID.match(str(label.pair_id)) or not REVIEWER.match(str(label.reviewer)):
-        raise ValueError("bad verdict, pair_id or reviewer")
+    if label.verdict not in VERDICTS:
+        raise ValueError(f"verdict {label.verdict!r} is not one of {', '.join(VERDICTS)}")
+    if not PAIR_ID.match(str(label.pair_id)) or not REVIEWER.match(str(label.reviewer)):
+        raise ValueError("bad pair_id or reviewer")
     datetime.fromisoformat(label.time)
     if not isinstance(label.note, str):
         raise ValueError("note is not text")
@@ -242,8 +244,9 @@ def funnel_steps(before: int, rejected: int, flipped: int) -> list[dict]:
     kept = before - rejected
     flips = step("review", "flipped", kept, kept, f"pairs a human reviewer flipped: chosen and rejected swapped "
                  f"({flipped} pairs; rows unchanged)", unit="pairs")
-    return [step("review", "rejected", before, kept, "pairs a human reviewer rejected (RUN/reviews, `prefsynth review`)",
-                 unit="pairs"), {**flips, "changed": flipped}]
+    rejects = step("review", "rejected", before, kept, "pairs a human reviewer rejected (RUN/reviews, "
+                   "`prefsynth review`)", unit="pairs")
+    return [rejects, {**flips, "changed": flipped}]
 
 
 def sources(run_dir, manifest: dict | None = None) -> list[Source]:
@@ -291,7 +294,8 @@ def judge_preferences(pairs: dict[str, tuple[str, str]], judgments: pa.Table) ->
     position-inconsistent one is a tie). Pairs a judge did not score both sides of are left out."""
     wanted = {c for ids in pairs.values() for c in ids}
     keys = wanted | {f"{c}|{r}" for c, r in pairs.values()} | {f"{r}|{c}" for c, r in pairs.values()}
-    judgments = judgments.filter(pc.is_in(judgments.column("candidate_id"), value_set=pa.array(sorted(keys), pa.string())))
+    judgments = judgments.filter(pc.is_in(judgments.column("candidate_id"),
+                                          value_set=pa.array(sorted(keys), pa.string())))
     scores: dict[tuple[str, str], float] = {}
     verdicts: dict[tuple[str, str, str], int] = {}
     for r in judgments.select(["candidate_id", "judge", "kind", "score", "ok", "position_consistent"]).to_pylist():
@@ -324,7 +328,8 @@ def _round(x: float | None) -> float | None:
 
 def agreement(labels: list[Label], pairs: pa.Table, judgments: pa.Table) -> dict:
     """Judges against the human labels of `pairs` (before review), and reviewers among themselves."""
-    ids = dict(zip(pair_ids(pairs), zip(pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist())))
+    sides = zip(pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist())
+    ids = dict(zip(pair_ids(pairs), sides))
     mine = {k: v for k, v in by_reviewer(labels).items() if k[0] in ids}
     human = {"accept": "chosen", "flip": "rejected"}
     judged = [(pid, human[label.verdict]) for (pid, _), label in mine.items() if label.verdict in human]

@@ -57,9 +57,10 @@ class ReviewView:
     def __init__(self, run_dir):
         self.run = Path(run_dir)
         self.manifest = load_manifest(self.run)
-        if self.run.resolve().parent.name == "increments" and (self.run.resolve().parent.parent / "manifest.json").is_file():
+        parent = self.run.resolve().parent
+        if parent.name == "increments" and (parent.parent / "manifest.json").is_file():
             raise InputError(f"{run_dir} is one increment of a growing dataset; fix: review the dataset folder, "
-                             f"`prefsynth review {self.run.resolve().parent.parent}`")
+                             f"`prefsynth review {parent.parent}`")
         self._cache: OrderedDict = OrderedDict()
         self._load()
 
@@ -156,7 +157,8 @@ class ReviewView:
             r["prompt"] = _snip(r["prompt"])
         return Page(rows, df.height, page, pages)
 
-    def neighbours(self, pid: str, where: str | None, sort: str, desc: bool) -> tuple[str | None, str | None, int, int]:
+    def neighbours(self, pid: str, where: str | None, sort: str,
+                   desc: bool) -> tuple[str | None, str | None, int, int]:
         """(previous pair_id, next pair_id, 1-based position, total) of `pid` in the filtered order."""
         ids = self.ordered(where, sort, desc)["pair_id"]
         pos = ids.index_of(pid)
@@ -183,7 +185,8 @@ class ReviewView:
             mine = judged.filter((pl.col("prompt_id") == row["prompt_id"])
                                  & pl.col("candidate_id").is_in([c, r, f"{c}|{r}", f"{r}|{c}"]))
             side = {c: "chosen", r: "rejected", f"{c}|{r}": "chosen vs rejected", f"{r}|{c}": "rejected vs chosen"}
-            judgments = [{**j, "side": side[j["candidate_id"]]} for j in mine.sort(["judge", "candidate_id"]).to_dicts()]
+            judgments = [{**j, "side": side[j["candidate_id"]]}
+                         for j in mine.sort(["judge", "candidate_id"]).to_dicts()]
         history = [lab for lab in self.log.labels if lab.pair_id == pid]
         current = self.verdicts.get(pid)
         return {"pair_id": pid, "row": row, "judgments": judgments, "labels": history,

@@ -33,7 +33,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.fail("no /usr/bin/chromium: run `make setup-browser` (apt-get install chromium; pip install playwright)")
+        pytest.fail("no /usr/bin/chromium: run `make setup-browser` (apt-get install chromium; the dev extra has "
+                    "playwright)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:  # playwright gives every launch a fresh temporary --user-data-dir
@@ -44,7 +45,7 @@ def browser():
 
 @contextmanager
 def review_server(run: Path, *args: str):
-    """`prefsynth review RUN --port 0 ...` in a subprocess; yields (URL it printed, its stdout lines so far, process)."""
+    """`prefsynth review RUN --port 0 ...` in a subprocess; yields (the URL it printed, its stdout lines, process)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "review", str(run), "--port", "0", *args], cwd=ROOT,
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
@@ -103,7 +104,8 @@ def test_filter_page_open_flip_reject_and_republish(browser, tmp_path):
         page.click("a.pair >> nth=0")
         assert page.inner_text("#pair-id") == expected[50]
         i = [pair_id(k) for k in range(len(source))].index(expected[50])
-        assert "Topic" in page.inner_text("#chosen-text") and page.inner_text("#rejected-text").startswith(f"answer {i}")
+        assert "Topic" in page.inner_text("#chosen-text")
+        assert page.inner_text("#rejected-text").startswith(f"answer {i}")
         assert page.locator("table.judgments tbody tr").count() == 4  # two judges x chosen, rejected
         page.click("main >> text=Name yourself")  # the reviewer is named at start
         page.fill("#name", "alice")
@@ -231,6 +233,9 @@ def test_cli_errors_token_and_request_guards(tmp_path):
         assert _get(port, f"/pair/{pair_id(0)}/label", {**form, "Origin": "http://evil.example"}, "POST",
                     f"verdict=flip&csrf={csrf}")[0] == 403  # cross-site
         assert _get(port, f"/pair/{pair_id(0)}/label", form, "POST", f"verdict=flip&csrf={csrf}")[0] == 303
+        for away in ("//evil.example/", "/%5Cevil.example/", "https://evil.example/"):  # no open redirect
+            status, headers, _ = _get(port, "/reviewer", form, "POST", f"name=bob&next={away}&csrf={csrf}")
+            assert status == 303 and headers["location"] == "/"
     assert len((run / "reviews" / "alice.jsonl").read_text().splitlines()) == 1
 
 

@@ -60,7 +60,8 @@ def test_labels_are_appended_never_rewritten_and_the_latest_wins(run):
     with pytest.raises(InputError, match="reviewer name"):
         review.check_reviewer("../etc")
     with pytest.raises(InputError, match="verdict"):
-        review.new_label("alice", {"prompt_id": "a", "chosen_id": "b", "rejected_id": "c", "pair_strategy": "s"}, "meh")
+        review.new_label("alice", {"prompt_id": "a", "chosen_id": "b", "rejected_id": "c", "pair_strategy": "s"},
+                         "meh")
 
 
 def test_flip_swaps_both_sides_and_reject_drops(run):
@@ -74,7 +75,8 @@ def test_flip_swaps_both_sides_and_reject_drops(run):
     for a, b in (("chosen", "rejected"), ("chosen_id", "rejected_id"), ("chosen_score", "rejected_score"),
                  ("chosen_len", "rejected_len"), ("ref_chosen_logp", "ref_rejected_logp")):
         assert after[a] == before[b] and after[b] == before[a]
-    assert after["margin"] == pytest.approx(-before["margin"]) and after["pair_strategy"] == "review_flip:best_vs_worst"
+    assert after["margin"] == pytest.approx(-before["margin"])
+    assert after["pair_strategy"] == "review_flip:best_vs_worst"
     assert after["ches"] is None and after["ln_ches"] is None and after["rationale"] is None
     assert "p000001" not in out.table.column("prompt_id").to_pylist()
     assert out.table.slice(1).to_pylist() == [r for r in source.slice(2).to_pylist()]
@@ -96,7 +98,8 @@ def test_republish_applies_labels_to_shards_funnel_and_card_once(run):
     assert steps["review.flipped"]["changed"] == 1 and funnel.problems(m["funnel"], N - 1) == []
     assert m["review"]["applied"] == {"accept": 0, "flip": 1, "reject": 1} and m["review"]["stale_labels"] == 1
     card = (run / "README.md").read_text()
-    assert "## Human review" in card and "1 flipped" in card and "1 rejected" in card and "| review | rejected |" in card
+    assert "## Human review" in card and "1 flipped" in card and "1 rejected" in card
+    assert "| review | rejected |" in card
     sha = [s["sha256"] for s in m["shards"]]
     assert republish(run, only_if_changed=True) == m  # nothing new: untouched
     again = republish(run)  # applied to the unreviewed pairs again, not to the reviewed shards: same result
