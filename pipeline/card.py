@@ -5,7 +5,8 @@ whose `data_files` point at the shard layout (split `train`), so `load_dataset(R
 Hub viewer find the data. The body has the sections a preference-data user checks before
 training: provenance (models, revisions, template ids, fingerprints, the config to reproduce the
 run), the drop funnel, score and margin histograms, length bias, judges (agreement and position
-consistency where the run has more than one judge or a pairwise judge), the CHES distribution,
+consistency where the run has more than one judge or a pairwise judge), human review labels and
+each judge's agreement with them (when the run was reviewed), the CHES distribution,
 sample pairs with rationales, and how to train on it. `prefsynth card RUN_DIR` calls `write`.
 """
 
@@ -101,6 +102,38 @@ def _judges_md(m: dict) -> str:
             f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}{split_md}\n\n"
             + (f"Self-preference: {', '.join(f'`{j}`' for j in selfpref)} also generated the candidates; "
                "LLM judges tend to prefer their own outputs." if selfpref else "Self-preference: no judge generated the candidates."))
+
+
+def _review_md(m: dict) -> str:
+    """The human review section (pipeline/review.py): what the labels changed and how the judges agree with them."""
+    r = m.get("review")
+    if not r:
+        return ""
+    a, ag = r["applied"], r["agreement"]
+    fmt = lambda v: "n/a" if v is None else v  # noqa: E731
+    po = ag["published_order"]
+    rows = "\n".join(["| judge | labels | accuracy | Cohen's kappa |", "|---|---|---|---|",
+                      *(f"| `{j}` | {v['labels']} | {fmt(v['accuracy'])} | {fmt(v['kappa'])} |"
+                        for j, v in ag["judges"].items()),
+                      f"| published order (the pipeline's label) | {po['labels']} | {fmt(po['accuracy'])} | n/a |"])
+    who = ", ".join(f"{name} ({n} labels)" for name, n in ag["reviewers"].items()) or "none"
+    alpha = (f"Krippendorff alpha between reviewers (nominal, over verdicts): {fmt(ag['reviewers_alpha'])}, "
+             f"{ag['pairs_with_several_reviewers']} pair(s) labelled by more than one reviewer."
+             if len(ag["reviewers"]) > 1 else "One reviewer: no agreement between reviewers to report.")
+    return f"""
+## Human review
+{r['labels']} label(s) under `reviews/` (`prefsynth review`), {ag['pairs_labelled']} pair(s) labelled. Applied (the
+latest label of a pair wins): {a['accept']} accepted, {a['flip']} flipped (chosen and rejected swapped, pair_strategy
+`review_flip:...`, CHES and rationale cleared), {a['reject']} rejected (dropped); see `review.*` in the funnel.
+{r['stale_labels']} label(s) name pairs this run does not have and were ignored.
+
+Judges against the human labels (each reviewer's latest accept or flip on a pair is one label; accept means chosen is
+better, flip means rejected is better; a judge's tie counts as a disagreement):
+
+{rows}
+
+Reviewers: {who}. {alpha}
+"""
 
 
 def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
@@ -200,7 +233,7 @@ Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=f
 
 ## Pair sources and diversity
 {_sources_md(m)}
-
+{_review_md(m)}
 ## CHES (likelihood displacement)
 {ches_md}
 
