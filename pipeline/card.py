@@ -83,6 +83,27 @@ def _sources_md(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _prompt_set_md(m: dict) -> str:
+    """Where the prompts came from and how varied they are (beside the candidates' diversity below)."""
+    ps = m.get("prompt_set")
+    if not ps:
+        return "Not recorded (a run from before prefsynth described its prompt set)."
+    d = ps.get("diversity") or {}
+    top = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"  # noqa: E731
+    lines = [f"{ps['prompts']} prompts after the prompt filter. Sources: {top(ps.get('sources') or {})}. "
+             f"Categories: {top(ps.get('categories') or {})}.", "",
+             f"Prompt-set diversity: distinct-1 {d.get('distinct_1')}, distinct-2 {d.get('distinct_2')}, embedding "
+             f"distance {d.get('embedding_distance')} (mean pairwise 1 - cosine over {d.get('embedded')} prompts); the "
+             "candidates' figures per prompt are in the next section."]
+    made = ps.get("synth")
+    if made:
+        lines += ["", f"Synthesised by `{made['model']}` in mode `{made['mode']}` (template `{made['template']}`): "
+                  f"{made['kept']} of {made['requests']} requests kept (the `synth` steps of the funnel)."]
+        for reason, texts in (made.get("drop_examples") or {}).items():
+            lines.append(f"- dropped as `{reason}`, e.g. {json.dumps(texts[0][:160].replace('`', chr(39)))}")
+    return "\n".join(lines)
+
+
 def _judges_md(m: dict) -> str:
     agreement = m.get("judge_agreement") or {}
     per_judge = agreement.get("judges") or {}
@@ -230,6 +251,9 @@ chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
 Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=false) {m.get('judge_failure_rate')}.
 
 {_judges_md(m)}
+
+## Prompt set
+{_prompt_set_md(m)}
 
 ## Pair sources and diversity
 {_sources_md(m)}

@@ -74,8 +74,13 @@ def write_parts(parts: list[tuple[str, pa.Table | tuple[Path, ...]]], out_dir: P
     return shards
 
 
+def run_stages(cfg: RunConfig) -> tuple[str, ...]:
+    """The stages a run has: STAGES, after the synth stage when the prompts are synthesised."""
+    return ("synth", *STAGES) if cfg.input.synthesised else STAGES
+
+
 def config_fingerprint(cfg: RunConfig) -> str:
-    return fingerprint({s: cfg.stage_fields(s) for s in (*STAGES, "publish")})
+    return fingerprint({s: cfg.stage_fields(s) for s in (*run_stages(cfg), "publish")})
 
 
 def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None = None, started_at: float | None = None,
@@ -99,9 +104,10 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     else:
         shutil.rmtree(out / "ranked", ignore_errors=True)  # a listwise view from an earlier config is stale
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    steps = funnel.collect(metas, STAGES) + reviewed_.steps
+    stages = run_stages(cfg)
+    steps = funnel.collect(metas, stages) + reviewed_.steps
     funnel_errors = funnel.verify(steps, pairs.num_rows)  # raises under PREFSYNTH_STRICT_FUNNEL=1
-    timings = {s: metas[s].get("seconds", 0.0) for s in STAGES}
+    timings = {s: metas[s].get("seconds", 0.0) for s in stages}
     timings["publish"] = round(time.perf_counter() - t0, 2)
     if started_at is not None:
         timings["total"] = round(time.time() - started_at, 2)
@@ -111,7 +117,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "code_version": __version__,
         "config": {"given": given or {}, "resolved": cfg.model_dump()},
         "config_fingerprint": config_fingerprint(cfg),
-        "stage_fingerprints": {s: metas[s]["fingerprint"] for s in STAGES},
+        "stage_fingerprints": {s: metas[s]["fingerprint"] for s in stages},
         "models": {
             "generator": metas["generate"].get("model"),
             "judge": metas["judge"].get("judge"),
@@ -137,6 +143,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
                        "verbalized_template": _verbalized_template(cfg)},
         "sources": _sources(metas, pairs, cfg),
         "diversity": _diversity(out, cfg),
+        "prompt_set": _prompt_set(out, cfg, metas.get("synth")),
         "shards": shards,
         "ranked_shards": ranked_shards,
         "timings_s": timings,
@@ -213,6 +220,25 @@ def _diversity(out: Path, cfg: RunConfig) -> dict:
 
     candidates = schemas.read_table(out / "tables" / "generate.parquet", "candidates")
     return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model))
+
+
+def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None) -> dict:
+    """The prompts the run answered (after the prompt filter): sources, categories, diversity; and, for
+    synthesised prompts, how they were made."""
+    from pipeline.diversity import prompt_set_diversity
+    from pipeline.prompt_filter import embed, prompt_text
+
+    prompts = schemas.read_table(out / "tables" / "prompt_filter.parquet", "prompts")
+    texts = [prompt_text(m) for m in prompts.column("messages").to_pylist()]
+    counted = {}
+    for name in ("source", "category"):
+        values = [v if v is not None else "(none)" for v in prompts.column(name).to_pylist()]
+        counted[name] = dict(sorted(((v, values.count(v)) for v in set(values)), key=lambda kv: (-kv[1], kv[0]))[:20])
+    made = None if synth is None else {k: synth.get(k) for k in ("mode", "template", "model", "requests", "kept",
+                                                                  "drop_examples")}
+    return {"prompts": prompts.num_rows, "sources": counted["source"], "categories": counted["category"],
+            "diversity": prompt_set_diversity(texts, lambda t: embed(t, cfg.curate.dedup.model), seed=cfg.seed),
+            "synth": made}
 
 
 def _sources(metas: dict, pairs: pa.Table, cfg: RunConfig) -> dict:

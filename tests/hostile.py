@@ -199,6 +199,13 @@ def cases() -> list[Case]:
     add(Case("openai backend: nothing at base_url", lambda d: run_args(
         d, "--set", "generate.backend=openai", "--set", "generate.openai.base_url=http://127.0.0.1:9/v1"),
         "does not answer"))
+    add(Case("synth: evol seeds missing", lambda d: run_args(d, "--set", "input.path=synth:", "--set",
+                                                           "input.synth.mode=evol", "--set", f"input.synth.seeds={d}/no.jsonl"),
+             "input.synth.seeds"))
+    add(Case("synth: cannot grow a dataset", lambda d: run_args(d, "--incremental", "--set", "input.path=synth:"),
+             "cannot grow a dataset"))
+    add(Case("synth: unknown mode", lambda d: run_args(d, "--set", "input.path=synth:", "--set", "input.synth.mode=dream"),
+             "input.synth.mode"))
     # decontamination benchmarks
     add(Case("benchmark file missing", lambda d: run_args(d, "--set", f"curate.decontaminate.benchmarks=[{d}/b.jsonl]"),
              "benchmarks[0]"))
