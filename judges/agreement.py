@@ -20,6 +20,9 @@ Agreement:
   with missing values, interval metric (Krippendorff 2011, "Computing Krippendorff's Alpha").
   Undefined (None) with fewer than two pairable units: with one unit D_e is computed from the
   very values D_o is, so alpha would be 0 whatever the judges said.
+- `krippendorff_alpha_nominal`: the same alpha for categories (human review verdicts per pair and
+  reviewer), from coincidence counts; `cohen_kappa`: chance-corrected agreement of two raters
+  (a judge against the human labels, pipeline/review.py).
 """
 from __future__ import annotations
 
@@ -193,3 +196,37 @@ def krippendorff_alpha_interval(units: Sequence[Sequence[float | None]]) -> floa
     everything = [v for vals in pairable for v in vals]
     d_e = sum((a - b) ** 2 for a in everything for b in everything) / (n * (n - 1))
     return None if d_e == 0 else 1.0 - d_o / d_e
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Cohen's kappa of two raters over the same items (any category labels); None when undefined
+    (no items, or both raters always give one and the same category, so chance agreement is 1)."""
+    n = len(a)
+    if n == 0 or n != len(b):
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    chance = sum((list(a).count(c) / n) * (list(b).count(c) / n) for c in set(a) | set(b))
+    return None if chance == 1 else (observed - chance) / (1 - chance)
+
+
+def krippendorff_alpha_nominal(units: Sequence[Sequence[str | None]]) -> float | None:
+    """Alpha for nominal values (categories), `units[u][c]` as in `krippendorff_alpha_interval`.
+    From the coincidence counts in O(values): with m_u values in a pairable unit and n_c the
+    coincidences of category c, alpha = 1 - (n - 1) * sum_u (m_u^2 - sum_c m_uc^2) / (m_u - 1)
+    / (n^2 - sum_c n_c^2). None with fewer than two pairable units or a single category."""
+    pairable = [[v for v in unit if v is not None] for unit in units]
+    pairable = [vals for vals in pairable if len(vals) >= 2]
+    if len(pairable) < 2:
+        return None
+    totals: dict[str, int] = {}
+    d_o = 0.0
+    for vals in pairable:
+        counts: dict[str, int] = {}
+        for v in vals:
+            counts[v] = counts.get(v, 0) + 1
+            totals[v] = totals.get(v, 0) + 1
+        m = len(vals)
+        d_o += (m * m - sum(k * k for k in counts.values())) / (m - 1)
+    n = sum(totals.values())
+    d_e = n * n - sum(k * k for k in totals.values())
+    return None if d_e == 0 else 1.0 - (n - 1) * d_o / d_e

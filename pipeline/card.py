@@ -5,8 +5,10 @@ whose `data_files` point at the shard layout (split `train`), so `load_dataset(R
 Hub viewer find the data. The body has the sections a preference-data user checks before
 training: provenance (models, revisions, template ids, fingerprints, the config to reproduce the
 run), the drop funnel, score and margin histograms, length bias, judges (agreement and position
-consistency where the run has more than one judge or a pairwise judge), the CHES distribution,
-sample pairs with rationales, the tokens and dollars of requests to endpoints, and how to train on it. `prefsynth card RUN_DIR` calls `write`.
+consistency where the run has more than one judge or a pairwise judge), human review labels and
+each judge's agreement with them (when the run was reviewed), the CHES distribution, sample pairs
+with rationales, the tokens and dollars of requests to endpoints, and how to train on it.
+`prefsynth card RUN_DIR` calls `write`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,27 @@ def _sources_md(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _prompt_set_md(m: dict) -> str:
+    """Where the prompts came from and how varied they are (beside the candidates' diversity below)."""
+    ps = m.get("prompt_set")
+    if not ps:
+        return "Not recorded (a run from before prefsynth described its prompt set)."
+    d = ps.get("diversity") or {}
+    top = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"  # noqa: E731
+    lines = [f"{ps['prompts']} prompts after the prompt filter. Sources: {top(ps.get('sources') or {})}. "
+             f"Categories: {top(ps.get('categories') or {})}.", "",
+             f"Prompt-set diversity: distinct-1 {d.get('distinct_1')}, distinct-2 {d.get('distinct_2')}, embedding "
+             f"distance {d.get('embedding_distance')} (mean pairwise 1 - cosine over {d.get('embedded')} prompts); the "
+             "candidates' figures per prompt are in the next section."]
+    made = ps.get("synth")
+    if made:
+        lines += ["", f"Synthesised by `{made['model']}` in mode `{made['mode']}` (template `{made['template']}`): "
+                  f"{made['kept']} of {made['requests']} requests kept (the `synth` steps of the funnel)."]
+        for reason, texts in (made.get("drop_examples") or {}).items():
+            lines.append(f"- dropped as `{reason}`, e.g. {json.dumps(texts[0][:160].replace('`', chr(39)))}")
+    return "\n".join(lines)
+
+
 def _judges_md(m: dict) -> str:
     agreement = m.get("judge_agreement") or {}
     per_judge = agreement.get("judges") or {}
@@ -139,6 +162,38 @@ def _usage_md(m: dict) -> str:
             + (f" (budget ${budget:g})" if budget else "")
             + (f"; no price set for {', '.join(f'`{x}`' for x in usage['unpriced_models'])}"
                if usage.get("unpriced_models") else "") + ".")
+
+
+def _review_md(m: dict) -> str:
+    """The human review section (pipeline/review.py): what the labels changed and how the judges agree with them."""
+    r = m.get("review")
+    if not r:
+        return ""
+    a, ag = r["applied"], r["agreement"]
+    fmt = lambda v: "n/a" if v is None else v  # noqa: E731
+    po = ag["published_order"]
+    rows = "\n".join(["| judge | labels | accuracy | Cohen's kappa |", "|---|---|---|---|",
+                      *(f"| `{j}` | {v['labels']} | {fmt(v['accuracy'])} | {fmt(v['kappa'])} |"
+                        for j, v in ag["judges"].items()),
+                      f"| published order (the pipeline's label) | {po['labels']} | {fmt(po['accuracy'])} | n/a |"])
+    who = ", ".join(f"{name} ({n} labels)" for name, n in ag["reviewers"].items()) or "none"
+    alpha = (f"Krippendorff alpha between reviewers (nominal, over verdicts): {fmt(ag['reviewers_alpha'])}, "
+             f"{ag['pairs_with_several_reviewers']} pair(s) labelled by more than one reviewer."
+             if len(ag["reviewers"]) > 1 else "One reviewer: no agreement between reviewers to report.")
+    return f"""
+## Human review
+{r['labels']} label(s) under `reviews/` (`prefsynth review`), {ag['pairs_labelled']} pair(s) labelled. Applied (the
+latest label of a pair wins): {a['accept']} accepted, {a['flip']} flipped (chosen and rejected swapped, pair_strategy
+`review_flip:...`, CHES and rationale cleared), {a['reject']} rejected (dropped); see `review.*` in the funnel.
+{r['stale_labels']} label(s) name pairs this run does not have and were ignored.
+
+Judges against the human labels (each reviewer's latest accept or flip on a pair is one label; accept means chosen is
+better, flip means rejected is better; a judge's tie counts as a disagreement):
+
+{rows}
+
+Reviewers: {who}. {alpha}
+"""
 
 
 def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
@@ -239,9 +294,12 @@ Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=f
 ## Requests and cost
 {_usage_md(m)}
 
+## Prompt set
+{_prompt_set_md(m)}
+
 ## Pair sources and diversity
 {_sources_md(m)}
-
+{_review_md(m)}
 ## CHES (likelihood displacement)
 {ches_md}
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.synth_config import SynthConfig
 
 
 SCORING_FIELDS = {"score_mode", "samples", "sample_temperature", "sample_max_tokens", "top_logprobs"}
@@ -34,7 +35,8 @@ class InputConfig(_Section):
     path: str = Field(
         "bundled:prompts/seed.jsonl",
         description="Prompt source: a .jsonl or .parquet file, a folder saved with datasets' "
-        "save_to_disk, 'hf:NAME' for a Hub dataset, or 'bundled:prompts/seed.jsonl'.",
+        "save_to_disk, 'hf:NAME' for a Hub dataset, 'bundled:prompts/seed.jsonl', or 'synth:' to synthesise "
+        "the prompts with a model (input.synth).",
     )
     split: str = Field("train", description="Split to read when the source is a dataset.")
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts (after shuffling).")
@@ -42,6 +44,17 @@ class InputConfig(_Section):
     skip_invalid: bool = Field(
         False, description="Skip and count invalid rows instead of stopping at the first one."
     )
+    synth: SynthConfig = Field(default_factory=SynthConfig, description="Prompt synthesis, used when path is 'synth:'.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _synth_from_yaml(cls, value):
+        # YAML reads an unquoted `synth:` (e.g. --set input.path=synth:) as the mapping {synth: null}
+        return "synth:" if value == {"synth": None} else value
+
+    @property
+    def synthesised(self) -> bool:
+        return self.path.strip() == "synth:"
 
 
 class VllmEngineConfig(_Section):
@@ -473,6 +486,8 @@ class RunConfig(_Section):
         """{config key: model reference} of every model the run will load (for preflight checks)."""
         refs = {"generate.model": self.generate.model, "curate.ches.model": self.ches_model,
                 "curate.dedup.model": self.curate.dedup.model}
+        if self.input.synthesised:
+            refs["input.synth.model"] = self.input.synth.model or self.generate.model
         if self.generate.backend != "openai":  # a served generator is checked at its endpoint (preflight)
             refs.update({f"generate.pool[{i}].model": m.model for i, m in enumerate(self.generate.pool)})
         specs = self.llm_judge_specs()
@@ -511,12 +526,14 @@ class RunConfig(_Section):
 
     def served_models(self) -> list[tuple[str, str, OpenAIConfig]]:
         """(config key of the endpoint, model, endpoint) of every model the run reaches over an OpenAI-compatible
-        endpoint: the generator, LLM judges, reward models, and rationales written on judge.backend 'openai'."""
+        endpoint: the generator (and prompt synthesis's model), LLM judges, reward models, and rationales written on judge.backend 'openai'."""
         j, out = self.judge, []
         if self.generate.backend == "openai":
             out += [("generate.openai", m, self.generate.openai)
                     for m in [self.generate.model] * (not self.generate.pool or self.generate.verbalized_k > 0)
                     + [p.model for p in self.generate.pool]]
+            if self.input.synthesised and self.input.synth.model not in (None, self.generate.model):
+                out.append(("generate.openai", self.input.synth.model, self.generate.openai))  # synthesis's own model
         for name, items in (("templates", j.templates), ("pairwise_templates", j.pairwise_templates)):
             for i, item in enumerate(items):
                 spec = self._full_judge(item)
@@ -542,8 +559,10 @@ class RunConfig(_Section):
     def stage_fields(self, stage: str) -> dict[str, Any]:
         """The config fields that change `stage`'s output (never batch sizes or chunking)."""
         g, j = self.generate, self.judge
-        if stage == "prompts":
-            return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid"})}
+        if stage == "prompts":  # synth settings reach it through the synth stage's fingerprint
+            return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid", "synth"})}
+        if stage == "synth":
+            return {"seed": self.seed, **self.input.synth.output_fields()} if self.input.synthesised else {}
         if stage == "prompt_filter":
             d = self.curate.dedup
             dedup = d.model_dump(include={"near_duplicates", "model", "threshold"})

@@ -18,7 +18,10 @@
      the prompt filter's drop counts summed per filter (each increment's drops table named),
      `increments` listing each one; then the card is regenerated.
 Shards in OUT/pairs/ that no manifest lists are leftovers of a kill between copy and commit; the
-next merge removes them. Per-increment figures (judges, length bias, CHES) stay in each
+next merge removes them. Human review labels (OUT/reviews/, pipeline/review.py) cover the whole
+dataset: once it has any, each merge re-applies all of them to every increment's own unreviewed
+shards (`publish.reviewed`), so labels of earlier increments are kept, and only the shards of
+increments that labels change differ from their copies. Per-increment figures (judges, length bias, CHES) stay in each
 increment's own manifest; the top manifest carries the latest increment's.
 """
 
@@ -33,10 +36,10 @@ from pathlib import Path
 import pyarrow.compute as pc
 import yaml
 
-from pipeline import accounting, funnel, schemas
+from pipeline import accounting, funnel, review, schemas
 from pipeline.config import RunConfig
 from pipeline.prompts import load_prompts, messages_hash
-from pipeline.publish import STAGES
+from pipeline.publish import STAGES, reviewed
 from pipeline.rundir import prompt_drops
 from pipeline.store import sha256, write_json
 
@@ -158,6 +161,8 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
              "usage": _sum_usage(all_manifests, cfg),
              "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
              "config": {"given": given or {}, "resolved": cfg.model_dump()}}
+    if review.read(out).digest or previous.get("review"):  # labels of every increment so far, the new one included
+        grown = reviewed(out, grown)
     write_json(out / "manifest.json", grown)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     card.write(out, grown)

@@ -9,6 +9,8 @@ matching pairs at random (seeded). Shards are verified first (pipeline/rundir.py
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 from rich.console import Console
 from rich.panel import Panel
@@ -32,13 +34,28 @@ def flat_pairs(pairs) -> pl.DataFrame:
     ).select(FLAT_COLUMNS)
 
 
+_LITERALS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_TABLES = re.compile(r"\b(from|join)\b|\b(read|scan)_\w+", re.IGNORECASE)
+
+
+def check_where(where: str, columns=FLAT_COLUMNS) -> None:
+    """A filter may only read the pair columns: polars SQL would also run a subquery over a file
+    (`... (SELECT ... FROM read_csv('/etc/...'))`), which `prefsynth review` must not serve."""
+    found = _TABLES.search(_LITERALS.sub("''", where))
+    if found:
+        raise InputError(f"--where {where!r} reads other tables ({found.group(0)!r}); fix: use a condition over the "
+                         f"pair columns only ({', '.join(columns)}), e.g. \"margin < 0.5\"")
+
+
 def select(df: pl.DataFrame, where: str | None, sample: int | None, seed: int = 0) -> pl.DataFrame:
     if where:
+        check_where(where, df.columns)
         try:
             df = pl.SQLContext(pairs=df).execute(f"SELECT * FROM pairs WHERE {where}", eager=True)
         except Exception as exc:  # polars raises several error types for bad SQL
-            raise InputError(f"--where {where!r} is not a valid filter ({exc}); fix: use a SQL condition over "
-                             f"{', '.join(FLAT_COLUMNS)}, e.g. \"margin < 0.5\"") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"--where {where!r} is not a valid filter ({reason}); fix: use a SQL condition over "
+                             f"{', '.join(df.columns)}, e.g. \"margin < 0.5\"") from None
     if sample is not None and df.height > sample:
         df = df.sample(n=sample, seed=seed)
     return df

@@ -202,12 +202,14 @@ def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
 def check_pairs(table: pa.Table) -> None:
     """The invariants every published pairs table holds; raise SchemaError on the first broken one.
     Judge-ranked pairs have chosen_score > rejected_score; pairs labelled by construction do not
-    need to: self-critique (revision chosen; the reward model's view is in label_confidence) and
-    the low-goal rows of reward-augmented pairs (chosen matches the stated lower score)."""
+    need to: self-critique (revision chosen; the reward model's view is in label_confidence), the
+    low-goal rows of reward-augmented pairs (chosen matches the stated lower score) and pairs a human
+    reviewer flipped (pair_strategy `review_flip:...`)."""
     df = pl.from_arrow(table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
                                      "pair_strategy"]))
     by_construction = (pl.col("pair_strategy").str.starts_with("self_critique:")
-                       | pl.col("pair_strategy").str.starts_with("reward_augmented:low:"))
+                       | pl.col("pair_strategy").str.starts_with("reward_augmented:low:")
+                       | pl.col("pair_strategy").str.starts_with("review_flip:"))
     bad = df.filter(((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
                     | (pl.col("chosen_id") == pl.col("rejected_id")))
     if bad.height:

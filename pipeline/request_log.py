@@ -52,8 +52,9 @@ SQL_BATCH = 500  # keys per `IN (...)` query (SQLite caps bound parameters)
 
 
 def request_key(label: str, req: Request, sampling: SamplingParams) -> str:
+    raw = () if req.prefix is None else (req.prefix,)  # chat requests keep the keys of earlier versions
     return fingerprint("request", label, req.messages, list(req.seeds), sampling.temperature, sampling.top_p,
-                       sampling.max_new_tokens)
+                       sampling.max_new_tokens, *raw)
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,25 @@ EMBEDDINGS = pa.schema(
     ]
 )
 
+# prompt synthesis (pipeline/synth.py): every slot's output, kept (dropped null) or not, with provenance
+SYNTH = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),  # the prompt's id: a hash of its messages
+        pa.field("slot", pa.string(), nullable=False),  # the synthesis request that made it
+        pa.field("messages", MESSAGES, nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("mode", pa.string(), nullable=False),  # magpie | evol | topics
+        pa.field("operation", pa.string()),  # evol: the rewrite; topics: "task, difficulty"
+        pa.field("seed_prompt_id", pa.string()),
+        pa.field("seed_text", pa.string()),
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=False),  # the model's output before cleaning
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("dropped", pa.string()),  # the filter that dropped it, null when kept
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -157,6 +176,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "ref_logps": REF_LOGPS,
     "prompt_drops": PROMPT_DROPS,
     "embeddings": EMBEDDINGS,
+    "synth": SYNTH,
 }
 
 

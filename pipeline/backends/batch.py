@@ -30,7 +30,7 @@ from openai.types.chat import ChatCompletion
 
 from pipeline.backends.base import Reply, Request, Result, SamplingParams, Skipped
 from pipeline.backends.chat import CONTEXT_ERROR, OPTIONAL, ChatCall, input_bound, reply_of, sum_usage
-from pipeline.errors import BackendError, BatchPending
+from pipeline.errors import BackendError, BatchPending, ConfigError
 
 URL = "/v1/chat/completions"
 
@@ -151,6 +151,9 @@ def run_generate(backend, requests: Sequence[Request], sampling: SamplingParams,
                  on_result=None) -> list[Result]:
     """Generation in batch mode: one batch call per candidate seed; a request is answered (and logged) once all its
     seeds are."""
+    if any(r.prefix is not None for r in requests):
+        raise ConfigError(f"{backend.field}.mode: 'batch' takes chat requests only, and prompt synthesis sends raw "
+                          f"text (the completions endpoint); fix: --set {backend.field}.mode=online")
     base = {"max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
     owners = [(i, s) for i, r in enumerate(requests) for s in r.seeds]
     got: dict[int, dict[int, Reply]] = {}

@@ -45,12 +45,12 @@ def usage_of(resp) -> dict | None:
 
 
 def reply_of(resp, n: int, *, structured: bool) -> Reply:
-    """Completions, the top log-probs at each choice's first generated position, and usage."""
+    """Completions (chat or completions endpoint), the top log-probs at each choice's first generated position, and usage."""
     choices = sorted(resp.choices, key=lambda c: c.index)
     out, tops = [], []
     for c in choices:
-        text = c.message.content or ""
-        content = c.logprobs.content if c.logprobs is not None else None
+        text = (c.message.content if hasattr(c, "message") else c.text) or ""  # a chat or a completions choice
+        content = getattr(c.logprobs, "content", None) if c.logprobs is not None else None
         if n == 1 and resp.usage is not None:
             tokens = resp.usage.completion_tokens
         elif content is not None:

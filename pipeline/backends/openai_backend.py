@@ -1,6 +1,7 @@
 """openai backend: any OpenAI-compatible server (vllm serve, SGLang, TGI, OpenAI) through the async client.
 
-Generation sends one request per candidate seed (or one with n samples where the server takes n);
+Generation sends one request per candidate seed (or one with n samples where the server takes n),
+on the completions endpoint for raw text to continue (prompt synthesis's `Request.prefix`);
 judges send arbitrary chat calls (`chat`: max_tokens 1 with top_logprobs for a score, n sampled
 verdicts with a JSON schema) and reward models `classify` calls (vLLM's /classify route). One retry
 loop serves all three: 429, 5xx, timeouts and dropped connections are retried with exponential
@@ -122,6 +123,12 @@ class OpenAIBackend:
 
     async def _request(self, client, sem, req: Request, sampling: SamplingParams) -> tuple[Result, dict | None]:
         base = {"max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p}
+        if req.prefix is not None:  # raw text to continue: the completions endpoint, one request per seed
+            replies = await asyncio.gather(*(self._complete(client, sem, req.prefix, {**base, "seed": s})
+                                             for s in req.seeds))
+            skipped = [r.result for r in replies if isinstance(r.result, Skipped)]
+            usage = sum_usage(r.usage for r in replies)
+            return (skipped[0] if skipped else [c for r in replies for c in r.result]), usage
         if self.use_n and len(req.seeds) > 1:
             reply = await self._chat(client, sem, ChatCall(req.messages, {**base, "n": len(req.seeds), "seed": req.seeds[0],
                                                                           "logprobs": True}))
@@ -214,6 +221,13 @@ class OpenAIBackend:
             if isinstance(resp, Skipped):
                 return Reply(resp)
             return reply_of(resp, n, structured="response_format" in params)
+
+    async def _complete(self, client, sem, prompt: str, params: dict) -> Reply:
+        """One completions-endpoint answer for raw text to continue (prompt synthesis), n = 1."""
+        resp = await self._send(client, sem, lambda: client.completions.create(model=self.model, prompt=prompt, n=1,
+                                                                               **params),
+                                chars=len(prompt.encode()), max_out=params["max_tokens"], usage_fn=usage_of, sent=set())
+        return Reply(resp) if isinstance(resp, Skipped) else reply_of(resp, 1, structured=False)
 
     async def _send(self, client, sem, make_call, *, chars: int, max_out: int, usage_fn, sent: set[str]):
         """The server's answer to `make_call()`, retried on transient errors; a Skipped for a context error.

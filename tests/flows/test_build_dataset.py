@@ -284,7 +284,7 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
         else:
             assert row["label_confidence"] is None
         if row["pair_strategy"].startswith("reward_augmented:"):
-            assert row["prompt"][0]["role"] == "system" and "rate" in row["prompt"][0]["content"]
+            assert row["prompt"][0]["role"] == "system" and "quality score is" in row["prompt"][0]["content"]
     prov = train(TrainConfig(steps=1, batch_size=4, losses={"rdpo": 1.0}, eval_fraction=0.0, tensorboard=False),
                  out, tmp_path / "dpo")
     assert prov["steps"] == 1 and (tmp_path / "dpo" / "model" / "model.safetensors").exists()
