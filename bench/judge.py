@@ -61,8 +61,9 @@ def measure(label: str, prompts, candidates, judges, box: list) -> tuple[float, 
     table = judge_candidates(prompts, candidates, judges)
     wall = time.perf_counter() - t0
     ok = sum(table.column("ok").to_pylist())
-    print(f"{label:28s} {table.num_rows:4d} judgments ({ok} ok)  {wall:7.2f} s  {table.num_rows / wall:7.2f} judgments/s  "
-          f"engine {box[0]:7.2f} s  overhead {100 * (wall - box[0]) / wall:5.2f}%", flush=True)
+    print(f"{label:28s} {table.num_rows:4d} judgments ({ok} ok)  {wall:7.2f} s  "
+          f"{table.num_rows / wall:7.2f} judgments/s  engine {box[0]:7.2f} s  "
+          f"overhead {100 * (wall - box[0]) / wall:5.2f}%", flush=True)
     return wall, table.num_rows
 
 
@@ -77,7 +78,8 @@ def main() -> None:
     prompts, _ = load_prompts(InputConfig(limit=args.prompts), seed=0)
     candidates, _ = generate_candidates(prompts, GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens),
                                         TransformersBackend(MODEL, batch_size=16), seed=0)
-    print(f"{prompts.num_rows} prompts x {args.n} candidates ({sum(candidates.column('n_tokens').to_pylist())} tokens); "
+    tokens = sum(candidates.column("n_tokens").to_pylist())
+    print(f"{prompts.num_rows} prompts x {args.n} candidates ({tokens} tokens); "
           "judges: absolute-1to5-v1 + pairwise-ab-v1 (both orders), bundled SmolLM2-135M, float32", flush=True)
 
     box = [0.0]

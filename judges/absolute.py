@@ -55,8 +55,8 @@ class ScoreTokenJudge:
         todo = []
         for i, ids in enumerate(encoded):
             if len(ids) > self.max_input_tokens:
-                out[i] = Judgment(None, False, f'{{"error": "judge input has {len(ids)} tokens > judge.max_input_tokens='
-                                  f'{self.max_input_tokens}"}}', "logprobs")
+                out[i] = Judgment(None, False, f'{{"error": "judge input has {len(ids)} tokens > '
+                                  f'judge.max_input_tokens={self.max_input_tokens}"}}', "logprobs")
             else:
                 todo.append(i)
         todo.sort(key=lambda i: len(encoded[i]))

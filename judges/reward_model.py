@@ -89,7 +89,8 @@ class RewardModelJudge:
     @torch.inference_mode()
     def score(self, items: Sequence[tuple[list[dict], str]], progress=None, references=None) -> list[Judgment]:
         """One Judgment (score = reward) per (conversation, response), same order (references are unused)."""
-        encoded = [self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False) for c in _conversations(items)]
+        encoded = [self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False)
+                   for c in _conversations(items)]
         out: list = [None] * len(items)
         todo = []
         for i, ids in enumerate(encoded):

@@ -44,13 +44,15 @@ class Endpoint:
                  top_logprobs: int):
         self.backend, self.log = backend, log
         self.mode = None if score_mode == "auto" else score_mode
-        self.samples, self.temperature, self.max_tokens, self.top_logprobs = samples, temperature, max_tokens, top_logprobs
+        self.samples, self.temperature = samples, temperature
+        self.max_tokens, self.top_logprobs = max_tokens, top_logprobs
         self.hits = 0
 
     def _run(self, kind: str, calls: list[ChatCall]) -> list[Reply]:
         keys = [call_key(self.backend.label, kind, {"messages": c.messages, **c.params}) for c in calls]
-        replies, hits = logged_calls(self.log, self.backend, keys,
-                                     lambda todo, on_result: self.backend.chat([calls[i] for i in todo], on_result=on_result))
+        replies, hits = logged_calls(
+            self.log, self.backend, keys,
+            lambda todo, on_result: self.backend.chat([calls[i] for i in todo], on_result=on_result))
         self.hits += hits
         return replies
 
@@ -68,7 +70,8 @@ class Endpoint:
         return self._run("sampled", [ChatCall(m, {**params, "seed": int(fingerprint("verdict-seed", m), 16) % 2**31})
                                      for m in messages])
 
-    def answers(self, messages: list[list[dict]], alphabet: Sequence[str], answer_ids, key: str) -> list[tuple[str, Reply]]:
+    def answers(self, messages: list[list[dict]], alphabet: Sequence[str], answer_ids,
+                key: str) -> list[tuple[str, Reply]]:
         """(score_mode, reply) per judge prompt. In auto mode the first answered logprobs call decides the endpoint's
         mode; a prompt whose logprobs answer lacks log-probs is asked again in sampled mode."""
         out: list[tuple[str, Reply] | None] = [None] * len(messages)
@@ -87,7 +90,8 @@ class Endpoint:
             answered = [o[1] for o in out if o is not None and not isinstance(o[1].result, Skipped)]
             if self.mode is None and answered:
                 self.mode = "logprobs" if any(_tops(r) is not None for r in answered) else "sampled"
-        redo = [i for i, o in enumerate(out) if o is None or (not isinstance(o[1].result, Skipped) and _tops(o[1]) is None)]
+        redo = [i for i, o in enumerate(out)
+                if o is None or (not isinstance(o[1].result, Skipped) and _tops(o[1]) is None)]
         schema = verdict_schema(key, alphabet)
         for i, reply in zip(redo, self.sampled_calls([messages[i] for i in redo], schema)):
             out[i] = ("sampled", reply)
@@ -124,7 +128,8 @@ class _ServedBase:
         """The input's token count when it is over judge.max_input_tokens (known only with a local tokenizer)."""
         if self.tokenizer is None:
             return None
-        n = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        n = len(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False))
         return n if n > self.max_input_tokens else None
 
 
@@ -147,8 +152,8 @@ class ServedScoreJudge(_ServedBase):
         out: list[Judgment | None] = [None] * len(items)
         for i, m in enumerate(messages):
             if (n := self._too_long(m)) is not None:
-                out[i] = Judgment(None, False, json.dumps({"error": f"judge input has {n} tokens > judge.max_input_tokens="
-                                                                    f"{self.max_input_tokens}"}), self.endpoint.mode)
+                error = f"judge input has {n} tokens > judge.max_input_tokens={self.max_input_tokens}"
+                out[i] = Judgment(None, False, json.dumps({"error": error}), self.endpoint.mode)
         todo = [i for i in range(len(items)) if out[i] is None]
         tokens = self.template.score_tokens
         answers = self.endpoint.answers([messages[i] for i in todo], tokens, self._answer_ids(tokens), "score")
@@ -179,7 +184,8 @@ class ServedPairwiseJudge(_ServedBase):
 
     def __init__(self, endpoint: Endpoint, label: str, *, template_id: str, **kw):
         if template_id not in PAIRWISE:
-            raise ConfigError(f"judge.pairwise_templates: {template_id!r} is unknown; fix: use one of {sorted(PAIRWISE)}")
+            raise ConfigError(f"judge.pairwise_templates: {template_id!r} is unknown; "
+                              f"fix: use one of {sorted(PAIRWISE)}")
         super().__init__(endpoint, label, **kw)
         self.template = PAIRWISE[template_id]
         self.id, self.aspect = f"{label}#{self.template.id}", "pairwise"

@@ -60,7 +60,8 @@ def usd(price, input_tokens: float, output_tokens: float) -> float:
 
 
 def merge(*row_lists) -> list[dict]:
-    """Usage rows ({model, endpoint, requests, input_tokens, output_tokens[, estimated]}) summed per (model, endpoint)."""
+    """Usage rows ({model, endpoint, requests, input_tokens, output_tokens[, estimated]}) summed per
+    (model, endpoint)."""
     out: dict[tuple, dict] = {}
     for rows in row_lists:
         for r in rows or []:
@@ -142,8 +143,9 @@ class Ledger:
 
     def book(self, backend, usage: dict) -> None:
         """Count one request's usage (a fresh answer, or one read back from the request log)."""
-        row = {"model": backend.label, "served": backend.model, "endpoint": endpoint_name(backend.base_url), "requests": 1,
-               "input_tokens": int(usage.get("input_tokens") or 0), "output_tokens": int(usage.get("output_tokens") or 0)}
+        row = {"model": backend.label, "served": backend.model, "endpoint": endpoint_name(backend.base_url),
+               "requests": 1, "input_tokens": int(usage.get("input_tokens") or 0),
+               "output_tokens": int(usage.get("output_tokens") or 0)}
         if usage.get("estimated"):
             row["estimated"] = True
         with self._lock:

@@ -156,9 +156,10 @@ def _usage_md(m: dict) -> str:
                      for s, rs in stages.items() for r in rs)
     t = usage.get("total") or {}
     budget = usage.get("budget_usd")
-    return ("| stage | model | endpoint | requests | input tokens | output tokens | USD |\n|---|---|---|---|---|---|---|\n"
-            f"{rows}\n\nTotal: {t.get('requests')} requests, {t.get('input_tokens')} input and {t.get('output_tokens')} "
-            f"output tokens, ${t.get('usd', 0):.6f} at the configured prices"
+    return ("| stage | model | endpoint | requests | input tokens | output tokens | USD |\n"
+            "|---|---|---|---|---|---|---|\n"
+            f"{rows}\n\nTotal: {t.get('requests')} requests, {t.get('input_tokens')} input and "
+            f"{t.get('output_tokens')} output tokens, ${t.get('usd', 0):.6f} at the configured prices"
             + (f" (budget ${budget:g})" if budget else "")
             + (f"; no price set for {', '.join(f'`{x}`' for x in usage['unpriced_models'])}"
                if usage.get("unpriced_models") else "") + ".")

@@ -91,8 +91,8 @@ class OpenAIConfig(_Section):
     mode: Literal["online", "batch"] = Field(
         "online", description="'online' sends each request as the stage reaches it; 'batch' first writes every request "
         "the stage still needs as an OpenAI batch input file (RUN/requests/batches/), runs `batch_command` on it and "
-        "ingests the output file into the request log (pipeline/batch.py); requests that failed or expired are the only "
-        "ones resubmitted, for up to `batch_rounds` rounds.")
+        "ingests the output file into the request log (pipeline/backends/batch.py); requests that failed or expired "
+        "are the only ones resubmitted, for up to `batch_rounds` rounds.")
     batch_command: list[str] | None = Field(
         None, description="The batch runner with {input} and {output} placeholders, e.g. [vllm, run-batch, -i, "
         "'{input}', -o, '{output}', --model, MODEL]; null with mode 'batch' stops after writing the input file and "
@@ -213,8 +213,8 @@ class JudgeConfig(_Section):
         "or mappings {template, model, backend, openai} to mix in-process, served and hosted judges."
     )
     pairwise_templates: list[str | LLMJudgeConfig] = Field(
-        [], description="Pairwise LLM-judge templates, run on every candidate pair in both orders (e.g. pairwise-ab-v1); "
-        "items as in judge.templates."
+        [], description="Pairwise LLM-judge templates, run on every candidate pair in both orders "
+        "(e.g. pairwise-ab-v1); items as in judge.templates."
     )
     reward_models: list[str | RewardModelConfig] = Field(
         [], description="Sequence-classification reward models (local folders or Hub ids), each a judge, or mappings "
@@ -494,7 +494,8 @@ class RunConfig(_Section):
         in_process = [s for _, s in specs if s.backend != "openai"]
         if in_process or (self.rationale.enabled and self.judge.backend != "openai"):
             refs["judge.model"] = self.judge_model
-        refs.update({f"judge.templates[{s.template}].model": s.model for s in in_process if s.model != self.judge_model})
+        refs.update({f"judge.templates[{s.template}].model": s.model
+                     for s in in_process if s.model != self.judge_model})
         refs.update({f"judge.reward_models[{i}]": r.model for i, r in enumerate(self.reward_model_specs())
                      if r.backend != "openai"})
         if self.sources.self_critique.enabled:
@@ -509,7 +510,8 @@ class RunConfig(_Section):
 
     def _full_judge(self, item) -> LLMJudgeConfig:
         spec = LLMJudgeConfig(template=item) if isinstance(item, str) else item
-        return spec.model_copy(update={"model": spec.model or self.judge_model, "backend": spec.backend or self.judge.backend,
+        return spec.model_copy(update={"model": spec.model or self.judge_model,
+                                       "backend": spec.backend or self.judge.backend,
                                        "openai": spec.openai or self.judge.openai})
 
     def llm_judge_specs(self) -> list[tuple[str, LLMJudgeConfig]]:
@@ -526,7 +528,8 @@ class RunConfig(_Section):
 
     def served_models(self) -> list[tuple[str, str, OpenAIConfig]]:
         """(config key of the endpoint, model, endpoint) of every model the run reaches over an OpenAI-compatible
-        endpoint: the generator (and prompt synthesis's model), LLM judges, reward models, and rationales written on judge.backend 'openai'."""
+        endpoint: the generator (and prompt synthesis's model), LLM judges, reward models, and rationales written
+        on judge.backend 'openai'."""
         j, out = self.judge, []
         if self.generate.backend == "openai":
             out += [("generate.openai", m, self.generate.openai)

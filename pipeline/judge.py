@@ -114,7 +114,8 @@ def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, b
             if backend == "vllm":  # the engine scores: judges/absolute.py next_token_logprobs
                 from pipeline.backends.vllm_backend import shared
 
-                engine = shared(ref, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(), field="judge.model")
+                engine = shared(ref, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(),
+                                field="judge.model")
                 models[(ref, backend)] = (engine, engine.tokenizer, engine.label)
             else:
                 models[(ref, backend)] = load_causal_lm(ref, cfg.generate.dtype, "judge.model")
@@ -134,7 +135,8 @@ def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, b
         if spec.backend == "openai":
             ep = endpoint(spec.model, spec.openai, "judge.openai")
             cls = ServedScoreJudge if kind == "absolute" else ServedPairwiseJudge
-            llm[kind].append(cls(ep, ep.backend.label, template_id=spec.template, tokenizer=ep.backend.tokenizer, **common))
+            llm[kind].append(cls(ep, ep.backend.label, template_id=spec.template, tokenizer=ep.backend.tokenizer,
+                                 **common))
         else:
             model, tokenizer, label = in_process(spec.model, spec.backend)
             cls = ScoreTokenJudge if kind == "absolute" else PairwiseJudge
@@ -216,8 +218,9 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
             judges = build_judges(cfg, log=request_log, meter=ledger, batch_dir=batch_dir)
             explainer = (judge_generator(cfg, cfg.judge.batch_size, log=request_log, meter=ledger, batch_dir=batch_dir)
                          if cfg.judge.rationales and cfg.judge.templates else None)
-            return lambda subset: (judge_candidates(prompts, subset, judges, progress=pbar.advance, explainer=explainer,
-                                                    rationale_tokens=cfg.judge.rationale_tokens), {"usage": ledger.take()})
+            return lambda subset: (judge_candidates(prompts, subset, judges, progress=pbar.advance,
+                                                    explainer=explainer, rationale_tokens=cfg.judge.rationale_tokens),
+                                   {"usage": ledger.take()})
         parts = run_in_parts(store, candidates, max(chunk, 1), make_work, log, shard=shard)
     if request_log is not None:
         request_log.close()

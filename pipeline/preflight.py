@@ -112,7 +112,8 @@ def check_served(cfg: RunConfig) -> None:
             continue
         if not opts.base_url:
             raise ConfigError(f"{field}.base_url: not set, but {model!r} is to be reached over it (backend 'openai'); "
-                              f"fix: set it to the server's URL including /v1, e.g. --set {field}.base_url=http://HOST:8000/v1")
+                              f"fix: set it to the server's URL including /v1, e.g. "
+                              f"--set {field}.base_url=http://HOST:8000/v1")
         if cfg.budget.usd is not None and price_of(cfg.prices, model, opts.served_model) is None:
             raise ConfigError(f"prices: no price for {model!r} (served at {field}), but budget.usd={cfg.budget.usd:g} "
                               f"needs one to count its cost; fix: set prices.{model}.input and prices.{model}.output "

@@ -87,7 +87,8 @@ def test_bad_judge_configs_fail_in_preflight_with_one_line(capsys, tmp_path):
     line = _one_line(err)
     assert code == 2 and "budget.usd is 5.0 but no prices are set" in line and "fix: set prices.MODEL.input" in line
     served = ["--set", "judge.backend=openai", "--set", "judge.openai.base_url=http://127.0.0.1:9/v1"]
-    code, err = run(capsys, "--out", out, *served, "--set", "budget.usd=5", "--set", "prices={other: {input: 1, output: 2}}")
+    code, err = run(capsys, "--out", out, *served, "--set", "budget.usd=5",
+                    "--set", "prices={other: {input: 1, output: 2}}")
     line = _one_line(err)
     assert code == 2 and "prices: no price for 'bundled:smollm2-135m-instruct' (served at judge.openai)" in line
     assert "fix: set prices.bundled:smollm2-135m-instruct.input" in line

@@ -45,7 +45,8 @@ def usage_of(resp) -> dict | None:
 
 
 def reply_of(resp, n: int, *, structured: bool) -> Reply:
-    """Completions (chat or completions endpoint), the top log-probs at each choice's first generated position, and usage."""
+    """Completions (chat or completions endpoint), the top log-probs at each choice's first generated position,
+    and usage."""
     choices = sorted(resp.choices, key=lambda c: c.index)
     out, tops = [], []
     for c in choices:

@@ -50,7 +50,8 @@ class OpenAIBackend:
         if not base_url and mode != "batch":
             raise ConfigError(f"{field}.base_url: empty; fix: set it to the server, e.g. http://127.0.0.1:8000/v1")
         if mode == "batch" and not batch_dir:
-            raise ConfigError(f"{field}.mode: 'batch' needs a folder for its batch files (the stage's requests/batches)")
+            raise ConfigError(f"{field}.mode: 'batch' needs a folder for its batch files (the stage's "
+                              "requests/batches)")
         self.openai, self.field = openai, field
         self.model = served_model or model
         self.ref = model
@@ -130,8 +131,8 @@ class OpenAIBackend:
             usage = sum_usage(r.usage for r in replies)
             return (skipped[0] if skipped else [c for r in replies for c in r.result]), usage
         if self.use_n and len(req.seeds) > 1:
-            reply = await self._chat(client, sem, ChatCall(req.messages, {**base, "n": len(req.seeds), "seed": req.seeds[0],
-                                                                          "logprobs": True}))
+            params = {**base, "n": len(req.seeds), "seed": req.seeds[0], "logprobs": True}
+            reply = await self._chat(client, sem, ChatCall(req.messages, params))
             if reply is not None:
                 return reply.result, reply.usage
         replies = await asyncio.gather(*(self._chat(client, sem, ChatCall(req.messages, {**base, "seed": s}))
@@ -153,10 +154,9 @@ class OpenAIBackend:
                     parts = await asyncio.gather(*(self._chat(client, sem, ChatCall(call.messages, {**p, "seed": p.get(
                         "seed", 0) + k})) for k in range(n)))
                     skipped = [r.result for r in parts if isinstance(r.result, Skipped)]
+                    tops = [t for r in parts for t in (r.payload or {}).get("top_logprobs", [])]
                     reply = Reply(skipped[0] if skipped else [c for r in parts for c in r.result],
-                                  {**(parts[0].payload or {}), "top_logprobs": [t for r in parts for t in
-                                                                               (r.payload or {}).get("top_logprobs", [])]},
-                                  sum_usage(r.usage for r in parts))
+                                  {**(parts[0].payload or {}), "top_logprobs": tops}, sum_usage(r.usage for r in parts))
                 if on_result is not None:
                     on_result(i, reply)
                 if progress is not None:
@@ -262,7 +262,8 @@ class OpenAIBackend:
                 self.retries += 1
                 await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
             except o.APIStatusError as exc:
-                raise BackendError(f"{self.field}: {self.base_url} answered {exc.status_code}: {_message(exc)[:300]}") from exc
+                raise BackendError(f"{self.field}: {self.base_url} answered {exc.status_code}: "
+                                   f"{_message(exc)[:300]}") from exc
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager

@@ -30,8 +30,9 @@ def test_ledger_books_usage_and_parts_take_what_their_chunk_used():
                      "requests": 2, "input_tokens": 150, "output_tokens": 3}]
     assert ledger.take() == [] and ledger.spent == pytest.approx((150 * 2 + 3 * 10) / 1e6)
     ledger.release(ledger.reserve(Backend, chars=40, max_out=1), {"input_tokens": None, "output_tokens": 1})
-    assert ledger.take()[0] | {} == {"model": "m@rev", "served": "served-m", "endpoint": "https://api.example.com:8443/v1",
-                                    "requests": 1, "input_tokens": 10, "output_tokens": 1, "estimated": True}
+    assert ledger.take()[0] | {} == {"model": "m@rev", "served": "served-m",
+                                    "endpoint": "https://api.example.com:8443/v1", "requests": 1, "input_tokens": 10,
+                                    "output_tokens": 1, "estimated": True}
 
 
 def test_budget_refuses_the_request_that_could_pass_it_and_stays_stopped():
@@ -61,8 +62,8 @@ def test_rerun_starts_from_what_earlier_stages_and_finished_parts_recorded(tmp_p
     (tmp_path / "tables" / "rationale.json").write_text(json.dumps({"usage": [row]}))  # a later stage: not counted
     got = accounting.recorded(tmp_path, "judge", [{"usage": [row]}, {"keys": []}])
     assert got == [{**row, "served": None, "requests": 6, "input_tokens": 600, "output_tokens": 60}]
-    ledger = accounting.Ledger.for_stage(tmp_path, type("Cfg", (), {"prices": PRICES, "budget": type("B", (), {"usd": 1})}),
-                                         "judge", [{"usage": [row]}])
+    cfg = type("Cfg", (), {"prices": PRICES, "budget": type("B", (), {"usd": 1})})
+    ledger = accounting.Ledger.for_stage(tmp_path, cfg, "judge", [{"usage": [row]}])
     assert ledger.spent == pytest.approx((600 * 2 + 60 * 10) / 1e6)
 
 

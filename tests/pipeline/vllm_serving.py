@@ -137,11 +137,13 @@ class FaultProxy:
                     if hold:
                         proxy.held += 1
                 if fault is not None:
-                    return self._answer(fault, json.dumps({"error": {"message": f"injected {fault}", "code": fault}}).encode())
+                    error = {"error": {"message": f"injected {fault}", "code": fault}}
+                    return self._answer(fault, json.dumps(error).encode())
                 if hold:
                     proxy.released.wait()
                     return self._answer(503, b'{"error": {"message": "held by the proxy, not forwarded"}}')
-                req = urllib.request.Request(target + self.path, data=body, headers={"Content-Type": "application/json"})
+                req = urllib.request.Request(target + self.path, data=body,
+                                             headers={"Content-Type": "application/json"})
                 with proxy.lock:
                     proxy.in_flight += 1
                     proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
