@@ -130,6 +130,7 @@ def test_no_logprobs_falls_back_to_sampled_mode(server, tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     (judge_id, mode), = manifest["judge_modes"].items()
     assert mode["score_mode"] == "sampled" and mode["parse_failure_rate"] is not None
+    print(f"sampled mode: {sum(r['ok'] for r in judged)}/12 ok, parse-failure rate {mode['parse_failure_rate']}")
     card = (tmp_path / "README.md").read_text()
     line = next(x for x in card.splitlines() if x.startswith(f"| `{judge_id}`"))
     assert line.rstrip(" |").endswith(f"| `sampled` | {mode['parse_failure_rate']}")
@@ -159,6 +160,7 @@ def test_judge_stage_killed_and_resumed(served_run, server, tmp_path):
         proxy.close()
     assert again.returncode == 0, again.stderr[-4000:]
     judged = proxy.bodies(logprobs=True)
+    print(f"judge requests over the killed run and its rerun: {len(judged)} ({len(set(judged))} distinct)")
     assert len(judged) == len(set(judged)) == JUDGE_REQUESTS  # none sent twice, none missing
     uninterrupted = served_run[0]
     assert rows(tmp_path, "judge") == rows(uninterrupted, "judge")
@@ -178,6 +180,7 @@ def test_budget_stops_the_run_and_a_larger_budget_continues(served_run, server, 
         assert len(message) == 1 and "budget.usd=2 would be passed: spent $" in message[0]
         assert "fix: raise budget.usd" in message[0] and "Traceback" not in stopped.stderr
         spent = float(message[0].split("spent $")[1].split()[0])
+        print(message[0])
         assert 0 < spent <= 2
         assert 0 < sent_before < JUDGE_REQUESTS and not (tmp_path / "tables" / "judge.parquet").exists()
         finished = cli(tmp_path, proxy.url, price, "budget.usd=100")
