@@ -1,6 +1,6 @@
 """Token and dollar accounting of requests to OpenAI-compatible endpoints, and the run's budget.
 
-Every request an openai backend sends (generation, LLM judges, rationales, served reward models)
+Every request an openai backend sends (prompt synthesis, generation, LLM judges, rationales, served reward models)
 reports its input and output tokens: the server's `usage`, or, where a server gives none, the
 completion's token count and an input estimate (bytes / 4, marked `estimated`). A stage's `Ledger`
 books them per (model, endpoint); each checkpointed part records what its chunk used (`take`), so
@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import BudgetExceeded
 
-METERED = ("generate", "judge", "rationale")  # stages that send requests to endpoints, in flow order
+METERED = ("synth", "generate", "judge", "rationale")  # stages that send requests to endpoints, in flow order
 FIELDS = ("requests", "input_tokens", "output_tokens")
 
 

@@ -35,7 +35,7 @@ from itertools import product
 import numpy as np
 import pyarrow as pa
 
-from pipeline import schemas
+from pipeline import accounting, schemas
 from pipeline.backends import make_backend, resolve_backend_name
 from pipeline.backends.base import Request, SamplingParams, Skipped
 from pipeline.config import InputConfig, RunConfig, fingerprint
@@ -213,15 +213,17 @@ def run(run_dir, cfg: RunConfig, *, log=print, shard: tuple[int, int] | None = N
     keys = pa.table({"prompt_id": pa.array([f"{s.mode}-{i:07d}" for i in range(s.n)], pa.string())})
     request_log = (RequestLog(f"{run_dir}/requests/synth.jsonl", writer=None if shard is None else
                               f"shard-{shard[0]}-of-{shard[1]}") if g.request_log else None)
+    ledger = accounting.Ledger.for_stage(run_dir, cfg, "synth", store.part_infos())  # requests to endpoints
     with bar(total=s.n, initial=done_rows(store, keys), desc="synth", unit="prompt") as pbar:
         def make_work():  # the model loads only when a chunk is left to do
             backend = make_backend(backend_name, model, dtype=g.dtype, batch_size=s.batch_size, field="input.synth.model",
-                                   vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
+                                   vllm=g.vllm.model_dump(), openai=g.openai.model_dump(), meter=ledger,
+                                   batch_dir=f"{run_dir}/requests/batches")
             slots = {sl["slot"]: sl for sl in plan(cfg, _tokenizer(cfg, backend) if s.mode == "magpie" else None)}
             if request_log is not None:
                 backend = LoggedBackend(backend, request_log, backend_name=backend_name)
             return lambda subset: (synthesise([slots[k] for k in subset.column("prompt_id").to_pylist()], backend, cfg,
-                                              progress=pbar.advance), {})
+                                              progress=pbar.advance), {"usage": ledger.take()})
         # parts are keyed by slot id (the `prompt_id` column of `keys`), not by the prompts they produce
         parts = run_in_parts(store, keys, s.chunk_requests, make_work, log, shard=shard)
     if request_log is not None:
@@ -236,5 +238,6 @@ def run(run_dir, cfg: RunConfig, *, log=print, shard: tuple[int, int] | None = N
     examples = {name: [r["raw"][:200] for r in dropped if r["dropped"] == name][:3] for name in FILTERS}
     meta = {"seconds": round(time.perf_counter() - started, 2), "mode": s.mode, "template": TEMPLATE_IDS[s.mode],
             "model": resolve(model, field="input.synth.model").label, "requests": s.n, "kept": kept,
-            "funnel": steps, "drop_examples": {k: v for k, v in examples.items() if v}}
+            "funnel": steps, "drop_examples": {k: v for k, v in examples.items() if v},
+            "usage": accounting.merge(*(info.get("usage") for _, info in parts))}
     return store.finish(table, meta)

@@ -201,6 +201,26 @@ def test_magpie_synthesis_on_the_openai_backend(server, tmp_path):
     _check_synth(tmp_path)
 
 
+def test_synth_stage_on_the_openai_backend_is_metered(server, tmp_path):
+    """The synth stage on generate.backend openai books each completions request's tokens (the server's usage) in
+    its meta; the manifest's accounting lists the stage, and the next stage's budget starts from its dollars."""
+    from pipeline import accounting, synth
+    from pipeline.config import load_config
+
+    price = f"prices={{'{MODEL}': {{input: 1000, output: 2000}}}}"  # USD per million tokens
+    cfg = load_config(None, ["input.path=synth:", "input.synth.mode=magpie", "input.synth.n=4",
+                             "input.synth.max_new_tokens=24", "generate.backend=openai", price,
+                             f"generate.openai.base_url={server.url}/v1", "generate.openai.concurrency=2"])
+    meta = synth.run(str(tmp_path), cfg, log=lambda *a: None)
+    (row,) = meta["usage"]
+    assert (row["model"], row["served"], row["requests"]) == (resolve(MODEL).label, MODEL, 4)
+    assert row["input_tokens"] > 4 * 5 and 0 < row["output_tokens"] <= 4 * 24 and not row.get("estimated")
+    usage = accounting.summary({"synth": meta}, cfg.prices, None)
+    dollars = (row["input_tokens"] * 1000 + row["output_tokens"] * 2000) / 1e6
+    assert list(usage["stages"]) == ["synth"] and usage["total"]["usd"] == pytest.approx(dollars)
+    assert accounting.Ledger.for_stage(tmp_path, cfg, "generate", []).spent == pytest.approx(dollars)
+
+
 def backend_requests(k):
     from pipeline.backends.base import Request
 
