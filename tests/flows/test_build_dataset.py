@@ -235,7 +235,7 @@ def test_judge_ensemble_run(tmp_path):
 def test_flow_file_runs_as_an_example(tmp_path):
     """DESIGN rule 10: `python -m flows.build_dataset` runs the flow on the bundled tiny sample."""
     proc = subprocess.run([sys.executable, "-m", "flows.build_dataset"], cwd=tmp_path, env=cli_env(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pairs in runs/example-tiny/pairs" in proc.stdout
     assert list((tmp_path / "runs" / "example-tiny" / "pairs").glob("train-*.parquet"))
