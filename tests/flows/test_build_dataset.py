@@ -188,16 +188,34 @@ def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
 
 
 def test_only_transient_backend_errors_are_retried():
-    """The retry condition itself (a real transient fault cannot be provoked from a local model)."""
-    from prefect.states import Failed
+    """Prefect retries a stage task whose backend failed transiently, and only then: a task with the
+    stage tasks' own retry options (delays zeroed) run by a real flow. The faults are raised by the
+    task itself: a real transient fault cannot be provoked from a local model."""
+    from prefect import flow, task
 
-    from flows.build_dataset import _transient, generate_task
+    from flows.build_dataset import generate_task
     from pipeline.errors import BackendError, TransientBackendError
 
-    assert generate_task.retries == 3 and generate_task.retry_condition_fn is _transient
-    assert _transient(None, None, Failed(data=TransientBackendError("HTTP 503")))
-    assert not _transient(None, None, Failed(data=BackendError("bad model")))
-    assert not _transient(None, None, Failed(data=ValueError("bug")))
+    attempts = []
+
+    def failing(exc):
+        attempts.append(type(exc).__name__)
+        raise exc
+
+    retried = task(failing, retries=generate_task.retries, retry_delay_seconds=0,
+                   retry_condition_fn=generate_task.retry_condition_fn)
+
+    @flow
+    def run_one(exc):
+        return retried(exc, return_state=True)
+
+    for exc in (TransientBackendError("HTTP 503"), BackendError("bad model"), ValueError("bug")):
+        attempts.clear()
+        state = run_one(exc, return_state=True)
+        assert state.is_failed()
+        expected = 1 + generate_task.retries if isinstance(exc, TransientBackendError) else 1
+        assert attempts == [type(exc).__name__] * expected
+    assert generate_task.retries >= 1
 
 
 def test_judge_ensemble_run(tmp_path):
