@@ -16,6 +16,7 @@ import pyarrow as pa
 from pipeline import accounting, schemas
 from pipeline.backends import make_backend, resolve_backend_name
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
+from pipeline.candidate import candidate_row, candidate_seed, with_system
 from pipeline.config import GenerateConfig, RunConfig, fingerprint
 from pipeline.funnel import step
 from pipeline.models import resolve
@@ -28,16 +29,6 @@ from pipeline.verbalized import verbalized_candidates
 VERSION = "3"  # 3: backend in the fingerprint (vllm/openai sample differently from transformers)
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.CANDIDATES.names)
-
-
-def candidate_seed(seed: int, prompt_id: str, k: int) -> int:
-    return int(fingerprint("candidate-seed", seed, prompt_id, k), 16) % (2**63)
-
-
-def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
-    if system_prompt and messages[0]["role"] != "system":
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return messages
 
 
 def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: GeneratorBackend | None, *, seed: int,
@@ -63,16 +54,10 @@ def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: Generat
             skipped[row["prompt_id"]] = result.reason
             continue
         for k, (completion, s) in enumerate(zip(result, req.seeds)):
-            out.append({
-                "prompt_id": row["prompt_id"],
-                "candidate_id": f"{row['prompt_id']}-{k:02d}",
-                "generator": backend.label,
-                "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                             "max_new_tokens": cfg.max_new_tokens, "seed": s, "mode": "sample"},
-                "text": completion.text,
-                "n_tokens": completion.n_tokens,
-                "finish_reason": completion.finish_reason,
-            })
+            out.append(candidate_row(row["prompt_id"], f"{row['prompt_id']}-{k:02d}", backend.label, text=completion.text,
+                                     n_tokens=completion.n_tokens, finish_reason=completion.finish_reason,
+                                     temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.max_new_tokens, seed=s))
     if cfg.verbalized_k:
         out += verbalized_candidates(rows, cfg, backend, seed=seed, skipped=skipped, progress=progress)
     return schemas.from_rows(out, "candidates"), skipped

@@ -15,12 +15,11 @@ from collections import defaultdict
 import numpy as np
 
 from pipeline.backends.base import Request, SamplingParams, Skipped
+from pipeline.candidate import candidate_row, candidate_seed, with_system
 
 
 def pool_plan(prompt_id: str, cfg, seed: int) -> list[tuple[int, float, float]]:
     """[(member index, temperature, top_p)] for the prompt's n candidates, in candidate order."""
-    from pipeline.generate import candidate_seed
-
     rng = np.random.default_rng(candidate_seed(seed, prompt_id, 2000))
     members = rng.permutation(len(cfg.pool))[: cfg.n]
     plan = []
@@ -34,8 +33,6 @@ def pool_plan(prompt_id: str, cfg, seed: int) -> list[tuple[int, float, float]]:
 
 def pool_candidates(rows: list[dict], cfg, backend_for, *, seed: int, progress=None) -> tuple[list[dict], dict[str, str]]:
     """Candidate rows and {prompt_id: skip reason}; `backend_for(member_index)` gives that member's backend."""
-    from pipeline.generate import candidate_seed, with_system
-
     groups: dict[tuple, list] = defaultdict(list)  # (member, temperature, top_p) -> [(row, k, Request)]
     for row in rows:
         for k, (m, t, p) in enumerate(pool_plan(row["prompt_id"], cfg, seed)):
@@ -54,12 +51,10 @@ def pool_candidates(rows: list[dict], cfg, backend_for, *, seed: int, progress=N
                 skipped[row["prompt_id"]] = f"{cfg.pool[m].model}: {result.reason}"
                 continue
             c = result[0]
-            found[(row["prompt_id"], k)] = {
-                "prompt_id": row["prompt_id"], "candidate_id": f"{row['prompt_id']}-{k:02d}", "generator": backend.label,
-                "sampling": {"temperature": t, "top_p": p, "max_new_tokens": cfg.max_new_tokens, "seed": req.seeds[0],
-                             "mode": "sample"},
-                "text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
-            }
+            found[(row["prompt_id"], k)] = candidate_row(
+                row["prompt_id"], f"{row['prompt_id']}-{k:02d}", backend.label, text=c.text, n_tokens=c.n_tokens,
+                finish_reason=c.finish_reason, temperature=t, top_p=p, max_new_tokens=cfg.max_new_tokens,
+                seed=req.seeds[0])
     # a prompt any member skipped is skipped whole: its candidates would not be from n models
     out = [found[(r["prompt_id"], k)] for r in rows if r["prompt_id"] not in skipped for k in range(cfg.n)]
     return out, skipped

@@ -23,9 +23,9 @@ import pyarrow as pa
 from pipeline import schemas
 from pipeline.backends import make_backend
 from pipeline.backends.base import Request, SamplingParams, Skipped
+from pipeline.candidate import candidate_seed
 from pipeline.config import PrincipleConfig, RunConfig, fingerprint
 from pipeline.funnel import step
-from pipeline.generate import candidate_seed
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts

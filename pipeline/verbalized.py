@@ -15,6 +15,9 @@ from __future__ import annotations
 import json
 import re
 
+from pipeline.backends.base import Request, SamplingParams, Skipped
+from pipeline.candidate import candidate_row, candidate_seed, with_system
+
 TEMPLATE_ID = "verbalized-v2"
 INSTRUCTION = (
     "List {k} different answers to this request, sampled from the full range of good answers rather than only "
@@ -81,9 +84,6 @@ def parse(reply: str, k: int) -> list[tuple[str, float | None]]:
 def verbalized_candidates(rows: list[dict], cfg, backend, *, seed: int, skipped: dict[str, str],
                           progress=None) -> list[dict]:
     """Candidate rows (mode 'verbalized') for prompts not in `skipped`: one seeded request each."""
-    from pipeline.backends.base import Request, SamplingParams, Skipped
-    from pipeline.generate import candidate_seed, with_system
-
     todo = [r for r in rows if r["prompt_id"] not in skipped]
     requests = [Request(request_messages(with_system(r["messages"], cfg.system_prompt), cfg.verbalized_k),
                         (candidate_seed(seed, r["prompt_id"], 1000),)) for r in todo]
@@ -95,14 +95,11 @@ def verbalized_candidates(rows: list[dict], cfg, backend, *, seed: int, skipped:
             continue
         reply = result[0]
         for j, (text, prob) in enumerate(parse(reply.text, cfg.verbalized_k)):
-            out.append({
-                "prompt_id": row["prompt_id"], "candidate_id": f"{row['prompt_id']}-v{j:02d}", "generator": backend.label,
-                "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p,
-                             "max_new_tokens": cfg.verbalized_max_new_tokens, "seed": req.seeds[0],
-                             "mode": "verbalized", "verbalized_probability": prob},
-                "text": text,
-                # the reply's tokens shared out by characters: a backend need not expose its tokenizer
-                "n_tokens": max(1, round(reply.n_tokens * len(text) / max(len(reply.text), 1))),
-                "finish_reason": reply.finish_reason,
-            })
+            # the reply's tokens shared out by characters: a backend need not expose its tokenizer
+            n_tokens = max(1, round(reply.n_tokens * len(text) / max(len(reply.text), 1)))
+            out.append(candidate_row(row["prompt_id"], f"{row['prompt_id']}-v{j:02d}", backend.label, text=text,
+                                     n_tokens=n_tokens, finish_reason=reply.finish_reason,
+                                     temperature=cfg.temperature, top_p=cfg.top_p,
+                                     max_new_tokens=cfg.verbalized_max_new_tokens, seed=req.seeds[0],
+                                     mode="verbalized", verbalized_probability=prob))
     return out
