@@ -30,7 +30,7 @@ stages whose complete output exists for the same config fingerprint and resumes 
 from its checkpointed chunks. Results: OUT/pairs/*.parquet (TRL conversational format),
 OUT/manifest.json, OUT/README.md (dataset card).
 
-Config keys (YAML sections; the same text lives beside each field in pipeline/config.py):
+Config keys (YAML sections; the same text lives beside each field in pipeline/config/):
 {keys}
 
 examples:

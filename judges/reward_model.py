@@ -51,7 +51,7 @@ def reward_judge_id(ref: str, backend: str = "transformers") -> str:
 
 
 def reward_judge(spec, cfg, *, log=None, meter=None):
-    """The judge for one reward-model spec (pipeline/config.py RewardModelConfig) of a run config."""
+    """The judge for one reward-model spec (pipeline/config/judging.py RewardModelConfig) of a run config."""
     j = cfg.judge
     if spec.backend == "openai":
         if spec.openai.mode == "batch":

@@ -1,0 +1,34 @@
+"""Run configuration: one typed model per stage, validated at load (DESIGN style rule 3).
+
+A config is YAML. Unknown keys and bad values raise `ConfigError` naming the key, the value and
+the fix. `--set a.b=value` overrides are parsed as YAML scalars and applied before validation, so
+they are checked exactly like file values. Each field is documented once, here; `prefsynth run
+--help` and the README point at this module.
+
+Fingerprints: `RunConfig.stage_fields(stage)` returns only the fields that change that stage's
+output (DESIGN rule 4): batch sizes, progress bars and paths of the run dir are left out.
+
+Modules, one way down: base (the section base, fingerprint) <- generation, judging, curation,
+sources (each stage's sections) <- run (RunConfig, stage fingerprint fields) <- loading (YAML,
+overrides, error formatting). Import from `pipeline.config`; the names below are its surface.
+"""
+
+from pipeline.config.base import _Section, fingerprint
+from pipeline.config.curation import (CHESConfig, CurateConfig, DecontaminateConfig, DedupConfig, MinHashConfig,
+                                      PairConfig, PublishConfig, RationaleConfig)
+from pipeline.config.generation import GenerateConfig, OpenAIConfig, PoolMember, VllmEngineConfig
+from pipeline.config.judging import (SCORING_FIELDS, BudgetConfig, JudgeConfig, JudgeOpenAIConfig, LLMJudgeConfig,
+                                     PriceConfig, RewardModelConfig)
+from pipeline.config.loading import apply_overrides, describe_keys, load_config, load_model, parse_override
+from pipeline.config.run import DistributedConfig, InputConfig, RunConfig
+from pipeline.config.sources import PrincipleConfig, RewardAugmentedConfig, SelfCritiqueConfig, SourcesConfig
+from pipeline.errors import ConfigError
+
+__all__ = [
+    "SCORING_FIELDS", "BudgetConfig", "CHESConfig", "ConfigError", "CurateConfig", "DecontaminateConfig", "DedupConfig",
+    "DistributedConfig", "GenerateConfig", "InputConfig", "JudgeConfig", "JudgeOpenAIConfig", "LLMJudgeConfig",
+    "MinHashConfig", "OpenAIConfig", "PairConfig", "PoolMember", "PriceConfig", "PrincipleConfig", "PublishConfig",
+    "RationaleConfig", "RewardAugmentedConfig", "RewardModelConfig", "RunConfig", "SelfCritiqueConfig",
+    "SourcesConfig", "VllmEngineConfig", "_Section", "apply_overrides", "describe_keys", "fingerprint",
+    "load_config", "load_model", "parse_override",
+]

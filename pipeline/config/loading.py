@@ -1,0 +1,138 @@
+"""Loading a config: YAML files, `--set` overrides, and errors that name the key, the value and the fix."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipeline.errors import ConfigError
+from pipeline.config.run import RunConfig
+
+
+def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """One line per config key with its default and description (for --help; never drifts)."""
+    model = model or RunConfig
+    lines = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            lines += describe_keys(ann, key + ".")
+        else:
+            lines.append(f"  {key} (default {field.get_default(call_default_factory=True)!r}): {field.description or ''}")
+    return lines
+
+
+def _format_error(exc: ValidationError, root: type[BaseModel], where: dict[str, str] | None = None) -> str:
+    """One line per error; `where` maps a key set by `--set` to that override, so the line names it."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        source = next((o for k, o in (where or {}).items()
+                       if key == k or key.startswith(k + ".") or (key and k.startswith(key + "."))), None)
+        via = f" (from --set {source})" if source else ""
+        if err["type"] == "extra_forbidden":
+            section = _section_of(err["loc"][:-1], root)
+            known = ", ".join(sorted(section.model_fields)) if section else ""
+            lines.append(f"unknown config key '{key}'{via}; fix: remove it or use one of: {known}")
+        elif not err["loc"] or (err["type"] == "value_error" and isinstance(err.get("input"), dict)):
+            # a whole-model or whole-section check names its keys itself
+            lines.append(err["msg"].removeprefix("Value error, ") + (f" (from --set {source})" if source else ""))
+        else:
+            value = err.get("input")
+            fix = _field_help(err["loc"], root)
+            lines.append((f"--set {source}: " if source else "") + f"config key '{key}' has invalid value {value!r}: "
+                         f"{err['msg']}" + (f"; fix: {fix}" if fix else ""))
+    return "\n".join(lines)
+
+
+def _section_of(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
+    model = root
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def _field_help(loc: tuple, root: type[BaseModel]) -> str | None:
+    if not loc:  # a whole-model check: its message already names the keys and the fix
+        return None
+    section = _section_of(loc[:-1], root)
+    if section is None:
+        return None
+    field = section.model_fields.get(str(loc[-1]))
+    return field.description if field else None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r} is not key=value; fix: write it like generate.n=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r} has an empty key; fix: write it like generate.n=4")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({' '.join(str(exc).split())}); fix: quote it "
+                          "as YAML, e.g. --set 'key=\"text\"'") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = copy.deepcopy(data)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section; fix: set a key inside a section, e.g. generate.n=4")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load YAML (or the defaults when `path` is None), apply `--set` overrides, validate."""
+    return load_model(RunConfig, path, overrides)
+
+
+def load_model(root: type[BaseModel], path: str | Path | None = None, overrides: list[str] | None = None):
+    """Any typed config (`RunConfig`, the trainer's `TrainConfig`) from YAML plus `--set` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a folder, not a YAML file; fix: pass the config file itself")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; fix: pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML ({' '.join(str(exc).split())}); fix: correct the "
+                              "YAML at that line") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}; fix: "
+                              "write sections as keys, e.g. 'generate:' then '  n: 4'")
+        data = loaded or {}
+    data = apply_overrides(data, overrides or [])
+    set_keys = {".".join(parse_override(o)[0]): o for o in overrides or []}
+    try:
+        return root.model_validate(data)
+    except ValidationError as exc:
+        keys = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
+        from_set = all(any(k == s or k.startswith(s + ".") or s.startswith(k + ".") for s in set_keys)
+                       for k in keys if k)
+        where = "" if from_set and set_keys else f" in {path}" if path else ""
+        lines = _format_error(exc, root, set_keys).splitlines()
+        sep = " " if len(lines) == 1 else "\n"
+        raise ConfigError(f"invalid config{where}:{sep}" + "\n".join(lines)) from None
