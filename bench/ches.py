@@ -101,10 +101,17 @@ def main() -> None:
     backend = TransformersBackend("bundled:smollm2-135m-instruct", batch_size=16)
     model, tok = backend.model, backend.tokenizer
     if args.run:
-        shapes = [(f"pairs of {args.run}", schemas.read_table(f"{args.run}/tables/pair.parquet", "pairs").slice(0, args.pairs))]
+        shapes = [
+            (
+                f"pairs of {args.run}",
+                schemas.read_table(f"{args.run}/tables/pair.parquet", "pairs").slice(0, args.pairs),
+            )
+        ]
     else:
-        shapes = [("one pair per prompt (2 candidates)", make_pairs(args.pairs, 2, backend)),
-                  ("every pair of 4 candidates per prompt", make_pairs(max(1, args.pairs // 6), 4, backend))]
+        shapes = [
+            ("one pair per prompt (2 candidates)", make_pairs(args.pairs, 2, backend)),
+            ("every pair of 4 candidates per prompt", make_pairs(max(1, args.pairs // 6), 4, backend)),
+        ]
     score_pairs(shapes[0][1].slice(0, 2), model, tok, batch_size=4)  # warm-up
     for title, pairs in shapes:
         compare(title, pairs, model, tok, args.batch_size)

@@ -44,15 +44,25 @@ MODEL = "bundled:smollm2-135m-instruct"
 def raw_generate(model, tok, conversations, *, n, batch_size, max_new_tokens, temperature, top_p, seed) -> int:
     torch.manual_seed(seed)
     tokens = 0
-    config = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new_tokens,
-                              num_return_sequences=n, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=n,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     for start in range(0, len(conversations), batch_size):
-        texts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-                 for c in conversations[start : start + batch_size]]
+        texts = [
+            tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+            for c in conversations[start : start + batch_size]
+        ]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         with torch.inference_mode():
             out = model.generate(**enc, generation_config=config)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for row in out[:, enc["input_ids"].shape[1] :].tolist():
             tokens += row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)
     return tokens
 
@@ -80,13 +90,16 @@ def measure(label, backend, prompts, cfg, engine_box) -> None:
     wall = time.perf_counter() - t0
     tokens = sum(table.column("n_tokens").to_pylist())
     overhead = 100 * (wall - engine_box[0]) / wall
-    print(f"{label:13s} {tokens:6d} tok  {wall:7.1f} s  {tokens / wall:7.1f} tok/s  overhead {overhead:.2f}%", flush=True)
+    print(
+        f"{label:13s} {tokens:6d} tok  {wall:7.1f} s  {tokens / wall:7.1f} tok/s  overhead {overhead:.2f}%", flush=True
+    )
 
 
 def compare_backends(args) -> None:
     prompts, _ = load_prompts(InputConfig(limit=args.prompts), seed=0)
-    cfg = GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95,
-                         batch_size=args.batch_size)
+    cfg = GenerateConfig(
+        n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, batch_size=args.batch_size
+    )
     engine = {"enforce_eager": True, "max_model_len": 1024, "gpu_memory_utilization": 0.3}
     box = [0.0]
     for name in args.backends.split(","):
@@ -119,8 +132,10 @@ def compare_backends(args) -> None:
             finally:
                 srv.stop()
         gc.collect()
-    print(f"{args.prompts} prompts x n={args.n} x {args.max_new_tokens} tokens; overhead = stage wall time outside "
-          f"the engine call (target < 5%)")
+    print(
+        f"{args.prompts} prompts x n={args.n} x {args.max_new_tokens} tokens; overhead = stage wall time outside "
+        f"the engine call (target < 5%)"
+    )
 
 
 def main() -> None:
@@ -139,25 +154,43 @@ def main() -> None:
     conversations = prompts.column("messages").to_pylist()
     backend = TransformersBackend(MODEL, batch_size=args.batch_size)
     model, tok = backend.model, backend.tokenizer
-    cfg = GenerateConfig(n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95,
-                         batch_size=args.batch_size)
-    raw_generate(model, tok, conversations[:2], n=2, batch_size=2, max_new_tokens=4, temperature=0.8, top_p=0.95, seed=0)
+    cfg = GenerateConfig(
+        n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, batch_size=args.batch_size
+    )
+    raw_generate(
+        model, tok, conversations[:2], n=2, batch_size=2, max_new_tokens=4, temperature=0.8, top_p=0.95, seed=0
+    )
 
     raw_rates, stage_rates = [], []
     for r in range(args.rounds):
         t0 = time.perf_counter()
-        tokens = raw_generate(model, tok, conversations, n=args.n, batch_size=args.batch_size,
-                              max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, seed=r)
+        tokens = raw_generate(
+            model,
+            tok,
+            conversations,
+            n=args.n,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            temperature=0.8,
+            top_p=0.95,
+            seed=r,
+        )
         raw_rates.append(tokens / (time.perf_counter() - t0))
         t0 = time.perf_counter()
         table, _ = generate_candidates(prompts, cfg, backend, seed=r)
         stage_rates.append(sum(table.column("n_tokens").to_pylist()) / (time.perf_counter() - t0))
-        print(f"round {r}: raw model.generate {raw_rates[-1]:.1f} tok/s, prefsynth generate stage {stage_rates[-1]:.1f} tok/s")
+        print(
+            f"round {r}: raw model.generate {raw_rates[-1]:.1f} tok/s, "
+            f"prefsynth generate stage {stage_rates[-1]:.1f} tok/s"
+        )
     raw, stage = statistics.median(raw_rates), statistics.median(stage_rates)
     print(f"baseline raw model.generate: {raw:.1f} tok/s (median of {args.rounds})")
     print(f"prefsynth generate stage:    {stage:.1f} tok/s (median of {args.rounds})")
-    print(f"ratio stage/raw: {stage / raw:.2f} (target >= 0.90); {args.prompts} prompts x {args.n} x {args.max_new_tokens} tokens, "
-          f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+    print(
+        f"ratio stage/raw: {stage / raw:.2f} (target >= 0.90); "
+        f"{args.prompts} prompts x {args.n} x {args.max_new_tokens} tokens, "
+        f"batch {args.batch_size}, torch threads {torch.get_num_threads()}"
+    )
 
 
 if __name__ == "__main__":

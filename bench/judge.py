@@ -100,15 +100,24 @@ def main() -> None:
         served = JUDGES + ["judge.backend=openai", f"judge.openai.base_url={srv.url}/v1",
                            f"judge.openai.concurrency={args.concurrency}"]
         warm = RequestLog(work / "warm.jsonl")
-        judge_candidates(prompts.slice(0, 1), candidates.slice(0, 2), build_judges(load_config(None, served), log=warm))
+        judge_candidates(
+            prompts.slice(0, 1), candidates.slice(0, 2), build_judges(load_config(None, served), log=warm)
+        )
         log = RequestLog(work / "judge.jsonl")
-        srv_wall, _ = measure(f"served (vllm serve, c={args.concurrency})", prompts, candidates,
-                              build_judges(load_config(None, served), log=log), box)
+        srv_wall, _ = measure(
+            f"served (vllm serve, c={args.concurrency})",
+            prompts,
+            candidates,
+            build_judges(load_config(None, served), log=log),
+            box,
+        )
         measure("served, all from the log", prompts, candidates, build_judges(load_config(None, served), log=log), box)
     finally:
         srv.stop()
-    print(f"served / in process: {in_wall / srv_wall:.2f}x judgments/s; {n} judgments per pass; overhead = stage wall "
-          "time outside the engine (target < 5%)")
+    print(
+        f"served / in process: {in_wall / srv_wall:.2f}x judgments/s; {n} judgments per pass; overhead = stage wall "
+        "time outside the engine (target < 5%)"
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ def main() -> None:
         injected = [j.score for j in judge.score([(convs[r["prompt_id"]], r["text"] + text) for r in rows])]
         deltas = [b - a for a, b in zip(clean, injected)]
         up = sum(d > 0 for d in deltas) / len(deltas)
-        print(f"{name:>13}: mean score change {statistics.mean(deltas):+.3f} (score went up for {up:.0%} of candidates)")
+        print(
+            f"{name:>13}: mean score change {statistics.mean(deltas):+.3f} (score went up for {up:.0%} of candidates)"
+        )
 
 
 if __name__ == "__main__":

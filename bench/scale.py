@@ -43,14 +43,24 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--shards", type=int, default=4)
     args = ap.parse_args()
-    common = ["--config", str(ROOT / "data" / "configs" / "tiny.yaml"), "--set", f"input.limit={args.prompts}", "--quiet"]
+    common = [
+        "--config",
+        str(ROOT / "data" / "configs" / "tiny.yaml"),
+        "--set",
+        f"input.limit={args.prompts}",
+        "--quiet",
+    ]
     ray = [*common, "--ray", "--shards", str(args.shards), "--set", "distributed.cpus_per_task=1"]
-    cases = [("local, 1 thread (baseline)", common, 1),
-             ("local, torch default threads", common, None),
-             ("ray, 1 worker", [*ray, "--set", "distributed.num_cpus=1"], None),
-             ("ray, 2 workers", [*ray, "--set", "distributed.num_cpus=2"], None)]
+    cases = [
+        ("local, 1 thread (baseline)", common, 1),
+        ("local, torch default threads", common, None),
+        ("ray, 1 worker", [*ray, "--set", "distributed.num_cpus=1"], None),
+        ("ray, 2 workers", [*ray, "--set", "distributed.num_cpus=2"], None),
+    ]
     with tempfile.TemporaryDirectory(prefix="prefsynth-scale-") as tmp:
-        walls = {name: timed_run(Path(tmp) / f"run{i}", argv, threads) for i, (name, argv, threads) in enumerate(cases)}
+        walls = {
+            name: timed_run(Path(tmp) / f"run{i}", argv, threads) for i, (name, argv, threads) in enumerate(cases)
+        }
     base = walls[cases[0][0]]
     print(f"{args.prompts} prompts, tiny config, {args.shards} shards per heavy stage, {os.cpu_count()} CPUs")
     for name, wall in walls.items():

@@ -212,9 +212,12 @@ def main() -> None:
     print(f"prompt filter at scale: {os.cpu_count()} CPUs, load average {load:.1f} at start, threshold {THRESHOLD}, "
           f"{DIM}-dim isotropic embeddings with 10% planted copies")
     e = child("embed", str(args.embed_sample))
-    print(f"  embed (bundled MiniLM, {args.embed_sample} real-word prompts of 8-40 words): {e['prompts_per_s']} prompts/s "
-          f"-> 1M prompts about {1e6 / e['prompts_per_s'] / 3600:.1f} h on this machine (extrapolated; parts "
-          f"resume and shard on Ray)")
+    print(
+        f"  embed (bundled MiniLM, {args.embed_sample} real-word prompts of 8-40 words): "
+        f"{e['prompts_per_s']} prompts/s "
+        f"-> 1M prompts about {1e6 / e['prompts_per_s'] / 3600:.1f} h on this machine (extrapolated; parts "
+        f"resume and shard on Ray)"
+    )
     header = f"  {'case':<34}{'time':>9}{'peak RSS':>11}{'dropped':>9}  notes"
     print(header)
     rows: dict[tuple[int, str], dict] = {}
@@ -231,10 +234,18 @@ def main() -> None:
             if n in args.sizes:
                 if n > 20_000:
                     cases.append(("clustered", ["curate.dedup.method=clustered"]))
-                cases.append(("minhash only (no embeddings)", ["curate.dedup.near_duplicates=false",
-                                                               "curate.dedup.minhash.enabled=true"]))
+                cases.append(
+                    (
+                        "minhash only (no embeddings)",
+                        ["curate.dedup.near_duplicates=false", "curate.dedup.minhash.enabled=true"],
+                    )
+                )
             for name, overrides in cases:
-                r = child("legacy", str(run_dir)) if overrides is None else child("filter", str(run_dir), str(n), *overrides)
+                r = (
+                    child("legacy", str(run_dir))
+                    if overrides is None
+                    else child("filter", str(run_dir), str(n), *overrides)
+                )
                 rows[(n, name)] = r
                 r["set"] = set(json.loads((run_dir / "dropped.json").read_text()))
                 notes = []
@@ -249,16 +260,23 @@ def main() -> None:
                     notes.append(f"{nd['clusters']} clusters, {nd['probes']} probes")
                 if name == "clustered" and (n, "exact") in rows:
                     ex, ap_ = rows[(n, "exact")]["set"], r["set"]
-                    notes.append(f"recall vs exact {len(ex & ap_) / len(ex):.4f}, precision {len(ex & ap_) / len(ap_):.4f}")
+                    notes.append(
+                        f"recall vs exact {len(ex & ap_) / len(ex):.4f}, precision {len(ex & ap_) / len(ap_):.4f}"
+                    )
                 if name == "exact" and (n, "v0.1 full matrix (baseline)") in rows:
                     base = rows[(n, "v0.1 full matrix (baseline)")]
                     search_s = sum(nd.get("seconds", {}).values())
-                    notes.append(f"search time {search_s / base['seconds']:.2f}x, peak {r['peak_mb'] / base['peak_mb']:.2f}x "
-                                 f"baseline; same drops: {r['set'] == base['set']}")
+                    notes.append(
+                        f"search time {search_s / base['seconds']:.2f}x, peak {r['peak_mb'] / base['peak_mb']:.2f}x "
+                        f"baseline; same drops: {r['set'] == base['set']}"
+                    )
                 if "imports_mb" in r:
                     notes.append(f"imports {r['imports_mb']} MB")
-                print(f"  {f'{n:,} {name}':<34}{r['seconds']:>8.1f}s{r['peak_mb']:>8} MB{r['dropped']:>9}  {'; '.join(notes)}",
-                      flush=True)
+                print(
+                    f"  {f'{n:,} {name}':<34}{r['seconds']:>8.1f}s{r['peak_mb']:>8} MB{r['dropped']:>9}  "
+                    f"{'; '.join(notes)}",
+                    flush=True,
+                )
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -126,12 +126,32 @@ def run_trl(model: str, shard: Path, out: Path, a, device: str) -> list[float]:
 
     ds = load_dataset("parquet", data_files=str(shard), split="train").select_columns(["prompt", "chosen", "rejected"])
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32, attn_implementation="sdpa").to(device)
-    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=a.batch, max_steps=a.steps, learning_rate=1e-6,
-                     beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True, max_length=None, logging_steps=10**6,
-                     save_strategy="no", report_to=[], bf16=device == "cuda", use_cpu=device == "cpu",
-                     dataloader_num_workers=0, lr_scheduler_type="constant", disable_tqdm=True, seed=0)
-    trainer = DPOTrainer(model=policy, args=args, train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(model),
-                         callbacks=[StepEnds()])
+    args = DPOConfig(
+        output_dir=str(out),
+        per_device_train_batch_size=a.batch,
+        max_steps=a.steps,
+        learning_rate=1e-6,
+        beta=0.1,
+        loss_type=["sigmoid"],
+        precompute_ref_log_probs=True,
+        max_length=None,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        dataloader_num_workers=0,
+        lr_scheduler_type="constant",
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = DPOTrainer(
+        model=policy,
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(model),
+        callbacks=[StepEnds()],
+    )
     trainer.train()
     logged = [h["num_tokens"] for h in trainer.state.log_history if "num_tokens" in h]
     return ends, logged[-1] / a.steps
@@ -168,23 +188,36 @@ def main() -> None:
     bundled = resolve("bundled:smollm2-135m-instruct").path
     model = llama_1b(work / "llama-1b", bundled) if big else bundled
     tok = AutoTokenizer.from_pretrained(model)
-    shard = make_shard(work / "pairs.parquet", tok, pairs=a.batch * a.steps, prompt_tokens=a.prompt_tokens,
-                       completion_tokens=a.completion_tokens)
+    shard = make_shard(
+        work / "pairs.parquet",
+        tok,
+        pairs=a.batch * a.steps,
+        prompt_tokens=a.prompt_tokens,
+        completion_tokens=a.completion_tokens,
+    )
     mem = Memory(device)
     results = {}
-    for name, fn in (("trl", lambda: run_trl(model, shard, work / "trl", a, device)),
-                     ("prefsynth", lambda: run_prefsynth(model, shard, work / "prefsynth", a))):
+    for name, fn in (
+        ("trl", lambda: run_trl(model, shard, work / "trl", a, device)),
+        ("prefsynth", lambda: run_prefsynth(model, shard, work / "prefsynth", a)),
+    ):
         mem.start()
         ends, step_tokens = fn()  # each trainer's own count of the tokens it processed per step
         results[name] = (rate(ends, a.warmup, step_tokens), mem.peak_mib(), step_tokens)
         gc.collect()
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"device: {name}; model: {'Llama-shaped 1.1B (random init)' if big else 'SmolLM2-135M-Instruct'}; "
-          f"batch {a.batch} pairs, prompt {a.prompt_tokens} + completion {a.completion_tokens} words; "
-          f"{a.steps} steps ({a.warmup} warmup)")
+    print(
+        f"device: {name}; model: {'Llama-shaped 1.1B (random init)' if big else 'SmolLM2-135M-Instruct'}; "
+        f"batch {a.batch} pairs, prompt {a.prompt_tokens} + completion {a.completion_tokens} words; "
+        f"{a.steps} steps ({a.warmup} warmup)"
+    )
     (t_rate, t_mem, t_tok), (p_rate, p_mem, p_tok) = results["trl"], results["prefsynth"]
-    print(f"  TRL DPOTrainer (baseline): {t_rate:8.0f} tok/s   peak memory {t_mem:8.0f} MiB   ({t_tok:.0f} tokens/step)")
-    print(f"  prefsynth trainer:         {p_rate:8.0f} tok/s   peak memory {p_mem:8.0f} MiB   ({p_tok:.0f} tokens/step)")
+    print(
+        f"  TRL DPOTrainer (baseline): {t_rate:8.0f} tok/s   peak memory {t_mem:8.0f} MiB   ({t_tok:.0f} tokens/step)"
+    )
+    print(
+        f"  prefsynth trainer:         {p_rate:8.0f} tok/s   peak memory {p_mem:8.0f} MiB   ({p_tok:.0f} tokens/step)"
+    )
     print(f"  speed ratio prefsynth/TRL: {p_rate / t_rate:.2f}x   memory ratio: {p_mem / max(t_mem, 1e-9):.2f}x")
 
 

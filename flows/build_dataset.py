@@ -17,8 +17,12 @@ import time
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, \
-    update_progress_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 
 from flows.distributed import run_stage, task_runner
@@ -69,14 +73,21 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None, increme
         out = Path(out_dir)
         todo = incremental_plan(out, cfg)
         if todo.edited:
-            log.info(f"{len(todo.edited)} prompt(s) already processed have new text under the same prompt_id and are "
-                     f"not re-processed (first: {todo.edited[0]}); give an edited prompt a new prompt_id to process it")
+            log.info(
+                f"{len(todo.edited)} prompt(s) already processed have new text under the same prompt_id and are "
+                f"not re-processed (first: {todo.edited[0]}); give an edited prompt a new prompt_id to process it"
+            )
         if todo.inc_dir is None:
             m = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").exists() else {}
-            log.info(f"nothing new: every prompt of {cfg.input.path} is already in {out_dir} "
-                     f"({m.get('rows', {}).get('pairs', 0)} pairs from {len(m.get('increments', []))} increments)")
-            return {**m, "nothing_new": True, "edited_prompts_skipped": {"count": len(todo.edited),
-                                                                         "prompt_ids": todo.edited[:50]}}
+            log.info(
+                f"nothing new: every prompt of {cfg.input.path} is already in {out_dir} "
+                f"({m.get('rows', {}).get('pairs', 0)} pairs from {len(m.get('increments', []))} increments)"
+            )
+            return {
+                **m,
+                "nothing_new": True,
+                "edited_prompts_skipped": {"count": len(todo.edited), "prompt_ids": todo.edited[:50]},
+            }
         log.info(f"increment {todo.inc_dir.name}: {todo.new} new prompts")
         inc_manifest = _build(increment_config(cfg, todo.inc_dir), str(todo.inc_dir), given, log.info)
         return merge(out, todo.inc_dir, inc_manifest, cfg, given, edited=todo.edited)
@@ -84,14 +95,16 @@ def build_dataset(config: dict, out_dir: str, given: dict | None = None, increme
 
 def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     started = time.time()
-    progress = create_progress_artifact(progress=0.0, key="prefsynth-progress",
-                                        description=f"prefsynth {cfg.name}: share of stages done")
+    progress = create_progress_artifact(
+        progress=0.0, key="prefsynth-progress", description=f"prefsynth {cfg.name}: share of stages done"
+    )
     steps = 9
 
     def done(n):  # stage progress as a Prefect progress artifact (percent of stages finished)
         update_progress_artifact(progress, progress=round(100 * n / steps, 1))
 
     with task_runner(cfg.distributed) as runner:  # None: local; else the heavy stages' shards go to Ray
+
         def heavy(stage_task, *inputs):
             return run_stage(stage_task, runner, out_dir, cfg, *inputs, log=say)
 
@@ -113,10 +126,22 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
         done(8)
     manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
     done(9)
-    create_markdown_artifact(key="prefsynth-summary", markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",
-                             description=f"prefsynth run {cfg.name}")
-    rows = [{"stage": f["stage"], "filter": f["filter"], "unit": unit_label(f), "rows_in": f["rows_in"],
-             "rows_out": f["rows_out"], "reason": f["reason"]} for f in manifest["funnel"]]  # one set of columns
+    create_markdown_artifact(
+        key="prefsynth-summary",
+        markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",
+        description=f"prefsynth run {cfg.name}",
+    )
+    rows = [
+        {
+            "stage": f["stage"],
+            "filter": f["filter"],
+            "unit": unit_label(f),
+            "rows_in": f["rows_in"],
+            "rows_out": f["rows_out"],
+            "reason": f["reason"],
+        }
+        for f in manifest["funnel"]
+    ]  # one set of columns
     create_table_artifact(key="prefsynth-funnel", table=rows, description="drop funnel")
     return manifest
 

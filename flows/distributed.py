@@ -1,7 +1,8 @@
 """Task runners for the build_dataset flow: every stage in this process, or the heavy ones on Ray.
 
 With `distributed.runner: ray` the prompt-sharded stages (the prompt filter's embeddings, generate,
-judge, self-critique, CHES, rationale) each run as `distributed.shards` Prefect tasks on a Ray cluster through prefect-ray's
+judge, self-critique, CHES, rationale) each run as `distributed.shards` Prefect tasks on a Ray cluster
+through prefect-ray's
 `RayTaskRunner`, every task reserving `cpus_per_task` / `gpus_per_task` (prefect_ray's
 `remote_options`). Shard i does chunks i, i+k, ... of the stage (pipeline/store.py) and writes
 checkpointed parts into the run's tables folder; the stage's ordinary call in the flow then finds
@@ -24,8 +25,13 @@ from pipeline.config import DistributedConfig, RunConfig
 from pipeline.errors import ConfigError
 
 # passed to Ray workers (a remote cluster does not inherit this process's environment); secrets never are
-WORKER_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "PREFSYNTH_CACHE",
-              "PREFECT_SERVER_ANALYTICS_ENABLED")
+WORKER_ENV = (
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY",
+    "PREFSYNTH_CACHE",
+    "PREFECT_SERVER_ANALYTICS_ENABLED",
+)
 
 
 def task_runner(d: DistributedConfig):
@@ -35,8 +41,10 @@ def task_runner(d: DistributedConfig):
     try:
         from prefect_ray import RayTaskRunner
     except ImportError as exc:
-        raise ConfigError("distributed.runner: 'ray' needs prefect-ray and ray; fix: pip install 'prefsynth[ray]' "
-                          "or set distributed.runner=local") from exc
+        raise ConfigError(
+            "distributed.runner: 'ray' needs prefect-ray and ray; fix: pip install 'prefsynth[ray]' "
+            "or set distributed.runner=local"
+        ) from exc
 
     class _Runner(RayTaskRunner):
         def __enter__(self):
@@ -85,9 +93,10 @@ def run_stage(stage_task, runner, run_dir: str, cfg: RunConfig, *inputs, log):
     d = cfg.distributed
     sig = inspect.signature(stage_task.fn)
     with remote_options(num_cpus=d.cpus_per_task, num_gpus=d.gpus_per_task):
-        futures = [runner.submit(stage_task, sig.bind(run_dir, cfg, *inputs, log=worker_log,
-                                                      shard=(i, d.shards)).arguments)
-                   for i in range(d.shards)]
+        futures = [
+            runner.submit(stage_task, sig.bind(run_dir, cfg, *inputs, log=worker_log, shard=(i, d.shards)).arguments)
+            for i in range(d.shards)
+        ]
     for future in futures:
         future.wait()
     for future in futures:

@@ -2,8 +2,8 @@
 
 - `signals()` wraps every command: SIGTERM becomes an exception like Ctrl-C's.
 - `flow_session()` wraps every command that runs a flow (`run`, `train`): a Prefect API that dies
-  with the command (flows/api_server.py), and on the way out Prefect's log and event workers drained while the API still answers (otherwise
-  Prefect retries its log shipping against a stopped server for minutes).
+  with the command (flows/api_server.py), and on the way out Prefect's log and event workers drained
+  while the API still answers (otherwise Prefect retries its log shipping against a stopped server for minutes).
 - Interrupts: the first Ctrl-C or SIGTERM raises in the main thread, where the stage work runs;
   Prefect records the flow run as crashed, finished stage parts stay on disk (they were written
   atomically), and the CLI exits 130 (143 for SIGTERM) saying how to resume. A second Ctrl-C
@@ -57,12 +57,14 @@ def quiet_prefect_console() -> None:
     import prefect.main  # noqa: F401  (sets up Prefect's logging config; `import prefect` alone defers it)
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                       if isinstance(lg, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
     for lg in loggers:
         for handler in lg.handlers:
-            if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _QuietUserErrors)
-                                                                     for f in handler.filters):
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _QuietUserErrors) for f in handler.filters
+            ):
                 handler.addFilter(_QuietUserErrors())
 
 

@@ -162,7 +162,8 @@ def bradley_terry(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, pri
     if not fit.converged:
         raise ConvergenceError(f"Bradley-Terry over {n_items} items did not converge ({fit.iterations} Newton steps, "
                                f"last step {fit.step:.3g}); with prior={prior} the maximum likelihood may not exist "
-                               "(a candidate that wins or loses every game, or a disconnected graph); fix: use prior > 0")
+                               "(a candidate that wins or loses every game, or a disconnected graph); "
+                               "fix: use prior > 0")
     return fit.log_strengths
 
 

@@ -57,7 +57,9 @@ class PairwiseJudge:
     def __init__(self, model, tokenizer, label: str, *, template_id: str, min_mass: float, max_input_tokens: int,
                  batch_size: int):
         if template_id not in PAIRWISE:
-            raise ConfigError(f"judge.pairwise_templates: {template_id!r} is unknown; fix: use one of {sorted(PAIRWISE)}")
+            raise ConfigError(
+                f"judge.pairwise_templates: {template_id!r} is unknown; fix: use one of {sorted(PAIRWISE)}"
+            )
         self.template: PairwiseTemplate = PAIRWISE[template_id]
         self.model, self.tokenizer = model, tokenizer
         self.id = f"{label}#{self.template.id}"
@@ -68,14 +70,24 @@ class PairwiseJudge:
 
     def _p_slot_a(self, items: list[tuple[list[dict], str, str]]) -> list[tuple[float | None, float]]:
         """(P(A) renormalised over {A, B} or None when too long, mass on {A, B}) per item."""
-        encoded = [self.tokenizer.apply_chat_template(self.template.messages(c, a, b, self.specials),
-                                                      add_generation_prompt=True, tokenize=True, return_dict=False)
-                   for c, a, b in items]
+        encoded = [
+            self.tokenizer.apply_chat_template(
+                self.template.messages(c, a, b, self.specials),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=False,
+            )
+            for c, a, b in items
+        ]
         out: list[tuple[float | None, float]] = [(None, 0.0)] * len(items)
-        todo = sorted((i for i, ids in enumerate(encoded) if len(ids) <= self.max_input_tokens), key=lambda i: len(encoded[i]))
+        todo = sorted(
+            (i for i, ids in enumerate(encoded) if len(ids) <= self.max_input_tokens), key=lambda i: len(encoded[i])
+        )
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
-            for i, lps in zip(batch, next_token_logprobs(self.model, self.tokenizer, [encoded[i] for i in batch], self.answer_ids)):
+            for i, lps in zip(
+                batch, next_token_logprobs(self.model, self.tokenizer, [encoded[i] for i in batch], self.answer_ids)
+            ):
                 pa_, pb = math.exp(lps[0]), math.exp(lps[1])
                 out[i] = (pa_ / (pa_ + pb) if pa_ + pb > 0 else None, pa_ + pb)
         return out
@@ -88,7 +100,9 @@ class PairwiseJudge:
         for (p1, m1), (p2, m2) in zip(forward, swapped):
             raw = {"p_a_first_order": p1, "p_a_swapped_order": p2, "mass": [m1, m2]}
             if p1 is None or p2 is None or min(m1, m2) < self.min_mass:
-                raw["error"] = f"answer tokens carry {min(m1, m2):.3g} < judge.min_score_mass={self.min_mass} or input too long"
+                raw["error"] = (
+                    f"answer tokens carry {min(m1, m2):.3g} < judge.min_score_mass={self.min_mass} or input too long"
+                )
                 results.append(PairJudgment(0, None, None, False, json.dumps(raw), "logprobs"))
                 continue
             outcome, p_first, consistent = combine(p1, p2)

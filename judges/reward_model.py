@@ -36,7 +36,9 @@ def _load(path: str):
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     if model.config.num_labels != 1:
-        raise BackendError(f"judge.reward_models: {path} has {model.config.num_labels} labels; a reward model has exactly 1")
+        raise BackendError(
+            f"judge.reward_models: {path} has {model.config.num_labels} labels; a reward model has exactly 1"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
@@ -55,13 +57,22 @@ def reward_judge(spec, cfg, *, log=None, meter=None):
     j = cfg.judge
     if spec.backend == "openai":
         if spec.openai.mode == "batch":
-            raise ConfigError("judge.reward_models: a served reward model has no batch mode (OpenAI batch files carry "
-                              "chat completions, not /classify); fix: set its openai.mode to 'online'")
-        return ServedRewardJudge(endpoint_backend(spec.model, spec.openai, field="judge.openai", meter=meter), log,
-                                 max_input_tokens=j.max_input_tokens)
+            raise ConfigError(
+                "judge.reward_models: a served reward model has no batch mode (OpenAI batch files carry "
+                "chat completions, not /classify); fix: set its openai.mode to 'online'"
+            )
+        return ServedRewardJudge(
+            endpoint_backend(spec.model, spec.openai, field="judge.openai", meter=meter),
+            log,
+            max_input_tokens=j.max_input_tokens,
+        )
     if spec.backend == "vllm":
-        return VllmRewardJudge(spec.model, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(),
-                               max_input_tokens=j.max_input_tokens)
+        return VllmRewardJudge(
+            spec.model,
+            dtype=cfg.generate.dtype,
+            engine=cfg.generate.vllm.model_dump(),
+            max_input_tokens=j.max_input_tokens,
+        )
     return RewardModelJudge(spec.model, batch_size=j.batch_size, max_input_tokens=j.max_input_tokens)
 
 
@@ -89,8 +100,9 @@ class RewardModelJudge:
     @torch.inference_mode()
     def score(self, items: Sequence[tuple[list[dict], str]], progress=None, references=None) -> list[Judgment]:
         """One Judgment (score = reward) per (conversation, response), same order (references are unused)."""
-        encoded = [self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False)
-                   for c in _conversations(items)]
+        encoded = [
+            self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False) for c in _conversations(items)
+        ]
         out: list = [None] * len(items)
         todo = []
         for i, ids in enumerate(encoded):
@@ -103,8 +115,12 @@ class RewardModelJudge:
         for start in range(0, len(todo), self.batch_size):
             batch = todo[start : start + self.batch_size]
             width = max(len(encoded[i]) for i in batch)
-            ids = torch.tensor([encoded[i] + [pad] * (width - len(encoded[i])) for i in batch], device=self.model.device)
-            mask = torch.tensor([[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in batch], device=self.model.device)
+            ids = torch.tensor(
+                [encoded[i] + [pad] * (width - len(encoded[i])) for i in batch], device=self.model.device
+            )
+            mask = torch.tensor(
+                [[1] * len(encoded[i]) + [0] * (width - len(encoded[i])) for i in batch], device=self.model.device
+            )
             # pool at each row's last real token ourselves: pad == eos here, so id-based pooling would be wrong
             hidden = self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
             last = hidden[torch.arange(len(batch)), mask.sum(-1) - 1]
@@ -133,11 +149,14 @@ class VllmRewardJudge:
         key = (resolved.path, dtype, tuple(sorted(options.items())))
         if key not in _POOLING:
             try:
-                _POOLING[key] = LLM(model=resolved.path, runner="pooling", convert="classify", dtype=dtype, seed=0,
-                                    **options)
+                _POOLING[key] = LLM(
+                    model=resolved.path, runner="pooling", convert="classify", dtype=dtype, seed=0, **options
+                )
             except Exception as exc:  # engine start errors come as many types; keep the cause
-                raise BackendError(f"judge.reward_models: vLLM could not start the pooling runner for {ref!r} with "
-                                   f"engine options {options}: {exc}; fix: adjust generate.vllm") from exc
+                raise BackendError(
+                    f"judge.reward_models: vLLM could not start the pooling runner for {ref!r} with "
+                    f"engine options {options}: {exc}; fix: adjust generate.vllm"
+                ) from exc
         self.llm = _POOLING[key]
         self.tokenizer = self.llm.get_tokenizer()
         self.id = f"{resolved.label}#reward"
@@ -147,13 +166,23 @@ class VllmRewardJudge:
         from vllm import PoolingParams
         from vllm.inputs import TokensPrompt
 
-        encoded = [list(self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False))
-                   for c in _conversations(items)]
-        out: list = [_too_long(len(ids), self.max_input_tokens) if len(ids) > self.max_input_tokens else None
-                     for ids in encoded]
+        encoded = [
+            list(self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False))
+            for c in _conversations(items)
+        ]
+        out: list = [
+            _too_long(len(ids), self.max_input_tokens) if len(ids) > self.max_input_tokens else None for ids in encoded
+        ]
         todo = [i for i, o in enumerate(out) if o is None]
-        results = self.llm.classify([TokensPrompt(prompt_token_ids=encoded[i]) for i in todo],
-                                    pooling_params=PoolingParams(use_activation=False), use_tqdm=False) if todo else []
+        results = (
+            self.llm.classify(
+                [TokensPrompt(prompt_token_ids=encoded[i]) for i in todo],
+                pooling_params=PoolingParams(use_activation=False),
+                use_tqdm=False,
+            )
+            if todo
+            else []
+        )
         for i, res in zip(todo, results):
             r = float(res.outputs.probs[0])
             out[i] = Judgment(r, True, json.dumps({"reward": r}))
@@ -184,8 +213,12 @@ class ServedRewardJudge:
                     out[i] = _too_long(n, self.max_input_tokens)
         todo = [i for i, o in enumerate(out) if o is None]
         keys = [call_key(self.backend.label, "classify", {"messages": convs[i]}) for i in todo]
-        replies, hits = logged_calls(self.log, self.backend, keys, lambda idx, on_result: self.backend.classify(
-            [convs[todo[k]] for k in idx], on_result=on_result))
+        replies, hits = logged_calls(
+            self.log,
+            self.backend,
+            keys,
+            lambda idx, on_result: self.backend.classify([convs[todo[k]] for k in idx], on_result=on_result),
+        )
         self.hits += hits
         for i, reply in zip(todo, replies):
             if isinstance(reply.result, Skipped):
@@ -207,7 +240,9 @@ def build_seeded_reward_model(base: str, out_dir: str, *, seed: int = 0) -> str:
     torch.manual_seed(seed)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    model.config.pad_token_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir

@@ -178,14 +178,16 @@ class ServedScoreJudge(_ServedBase):
 
 
 class ServedPairwiseJudge(_ServedBase):
-    """A pairwise judge (judges/templates.py PAIRWISE) on an endpoint, both orders, mapped back (judges/pairwise.py)."""
+    """A pairwise judge (judges/templates.py PAIRWISE) on an endpoint, both orders, mapped back
+    (judges/pairwise.py)."""
 
     kind = "pairwise"
 
     def __init__(self, endpoint: Endpoint, label: str, *, template_id: str, **kw):
         if template_id not in PAIRWISE:
-            raise ConfigError(f"judge.pairwise_templates: {template_id!r} is unknown; "
-                              f"fix: use one of {sorted(PAIRWISE)}")
+            raise ConfigError(
+                f"judge.pairwise_templates: {template_id!r} is unknown; fix: use one of {sorted(PAIRWISE)}"
+            )
         super().__init__(endpoint, label, **kw)
         self.template = PAIRWISE[template_id]
         self.id, self.aspect = f"{label}#{self.template.id}", "pairwise"
@@ -193,12 +195,15 @@ class ServedPairwiseJudge(_ServedBase):
     def _p_slot_a(self, items: list[tuple[list[dict], str, str]]) -> list[tuple[float | None, float, str, dict]]:
         """(P(A) or None, mass on {A, B} (logprobs) or parsed share (sampled), mode, raw info) per item."""
         messages = [self.template.messages(c, a, b, self.specials) for c, a, b in items]
-        out: list = [(None, 0.0, self.endpoint.mode, {"error": "input too long"}) if self._too_long(m) else None
-                     for m in messages]
+        out: list = [
+            (None, 0.0, self.endpoint.mode, {"error": "input too long"}) if self._too_long(m) else None
+            for m in messages
+        ]
         todo = [i for i in range(len(items)) if out[i] is None]
         tokens = self.template.answer_tokens
-        for i, (mode, reply) in zip(todo, self.endpoint.answers([messages[i] for i in todo], tokens,
-                                                               self._answer_ids(tokens), "verdict")):
+        for i, (mode, reply) in zip(
+            todo, self.endpoint.answers([messages[i] for i in todo], tokens, self._answer_ids(tokens), "verdict")
+        ):
             if isinstance(reply.result, Skipped):
                 out[i] = (None, 0.0, mode, {"error": reply.result.reason})
             elif mode == "logprobs":
@@ -208,28 +213,36 @@ class ServedPairwiseJudge(_ServedBase):
             else:
                 verdicts, info = _sampled(reply, tokens, "verdict")
                 got = [v for v in verdicts if v is not None]
-                out[i] = ((sum(v == 0 for v in got) / len(got)) if got else None, len(got) / max(len(verdicts), 1),
-                          mode, info)
+                out[i] = (
+                    (sum(v == 0 for v in got) / len(got)) if got else None,
+                    len(got) / max(len(verdicts), 1),
+                    mode,
+                    info,
+                )
         return out
 
     def judge(self, items: Sequence[tuple[list[dict], str, str]]) -> list[PairJudgment]:
         """`items` are (conversation, first text, second text); both orders are judged."""
         both = self._p_slot_a([(c, x, y) for c, x, y in items] + [(c, y, x) for c, x, y in items])  # one batch
-        forward, swapped = both[:len(items)], both[len(items):]
+        forward, swapped = both[: len(items)], both[len(items) :]
         results = []
         for (p1, m1, mode1, i1), (p2, m2, mode2, i2) in zip(forward, swapped):
             mode = "sampled" if "sampled" in (mode1, mode2) else mode1
             raw = {"p_a_first_order": p1, "p_a_swapped_order": p2, "mass": [m1, m2], "mode": mode}
             if mode == "sampled":
-                raw |= {"samples": i1.get("samples", 0) + i2.get("samples", 0),
-                        "failures": i1.get("failures", 0) + i2.get("failures", 0),
-                        "verdicts": [i1.get("verdicts"), i2.get("verdicts")]}
+                raw |= {
+                    "samples": i1.get("samples", 0) + i2.get("samples", 0),
+                    "failures": i1.get("failures", 0) + i2.get("failures", 0),
+                    "verdicts": [i1.get("verdicts"), i2.get("verdicts")],
+                }
             errors = [e for e in (i1.get("error"), i2.get("error")) if e]
             low = mode == "logprobs" and min(m1, m2) < self.min_mass
             if p1 is None or p2 is None or low:
                 raw["error"] = "; ".join(errors) or (
-                    f"answer tokens carry {min(m1, m2):.3g} < judge.min_score_mass={self.min_mass}" if low
-                    else "no sampled verdict parsed")
+                    f"answer tokens carry {min(m1, m2):.3g} < judge.min_score_mass={self.min_mass}"
+                    if low
+                    else "no sampled verdict parsed"
+                )
                 results.append(PairJudgment(0, None, None, False, json.dumps(raw), mode))
                 continue
             outcome, p_first, consistent = combine(p1, p2)

@@ -32,7 +32,9 @@ def special_strings(tokenizer) -> tuple[str, ...]:
     if tokenizer is None:
         return tuple(sorted(COMMON_SPECIALS, key=len, reverse=True))
     found = set(tokenizer.all_special_tokens)
-    found |= {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)}
+    found |= {
+        t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False)
+    }
     return tuple(sorted((t for t in found if len(t) > 1), key=len, reverse=True))
 
 
@@ -48,16 +50,31 @@ def render_conversation(conversation: list[dict], specials: Iterable[str] = ()) 
     return "\n".join(f"{m['role'].upper()}: {defang(m['content'], specials)}" for m in conversation)
 
 
-def judge_messages(system: str, user: str, conversation: list[dict], specials: Iterable[str], *,
-                   trusted: dict[str, str] | None = None, **untrusted: str) -> list[dict]:
+def judge_messages(
+    system: str,
+    user: str,
+    conversation: list[dict],
+    specials: Iterable[str],
+    *,
+    trusted: dict[str, str] | None = None,
+    **untrusted: str,
+) -> list[dict]:
     """[system, user] with `user` formatted: the conversation and every `untrusted` text defanged,
     `trusted` slots (our own text, e.g. a reference block already defanged) inserted as they are."""
     specials = tuple(specials)
     slots = {k: defang(v, specials) for k, v in untrusted.items()}
     return [
         {"role": "system", "content": system},
-        {"role": "user", "content": user.format(instruction=render_conversation(conversation, specials),
-                                                open=FENCE_OPEN, close=FENCE_CLOSE, **slots, **(trusted or {}))},
+        {
+            "role": "user",
+            "content": user.format(
+                instruction=render_conversation(conversation, specials),
+                open=FENCE_OPEN,
+                close=FENCE_CLOSE,
+                **slots,
+                **(trusted or {}),
+            ),
+        },
     ]
 
 
@@ -69,13 +86,15 @@ class AbsoluteTemplate:
     user: str
     score_tokens: tuple[str, ...]  # the answer alphabet; score k is score_tokens[k-1]
 
-    def messages(self, conversation: list[dict], response: str, specials: Iterable[str] = (),
-                 reference: str | None = None) -> list[dict]:
+    def messages(
+        self, conversation: list[dict], response: str, specials: Iterable[str] = (), reference: str | None = None
+    ) -> list[dict]:
         """Judge messages; templates with a {reference} slot show the reference answer when one is given."""
         specials = tuple(specials)
         block = f"Reference answer (would score 5):\n{defang(reference, specials)}\n\n" if reference else ""
-        return judge_messages(self.system, self.user, conversation, specials, trusted={"reference": block},
-                              response=response)
+        return judge_messages(
+            self.system, self.user, conversation, specials, trusted={"reference": block}, response=response
+        )
 
 
 ABSOLUTE_1TO5_V1 = AbsoluteTemplate(
@@ -92,38 +111,57 @@ ABSOLUTE_1TO5_V1 = AbsoluteTemplate(
     score_tokens=("1", "2", "3", "4", "5"),
 )
 
+
 def _aspect(id: str, aspect: str, question: str, rubric: str, *, reference: bool = False) -> AbsoluteTemplate:
     """A 1-5 score-token template for one aspect (UltraFeedback-style: one rubric per aspect)."""
     return AbsoluteTemplate(
         id=id,
         aspect=aspect,
         system=ABSOLUTE_1TO5_V1.system,
-        user=("Instruction:\n{instruction}\n\n" + ("{reference}" if reference else "")
-              + "Response to grade:\n{open}\n{response}\n{close}\n\n"
-              f"{question}\n{rubric}\nAnswer with a single digit from 1 to 5 and nothing else."),
+        user=(
+            "Instruction:\n{instruction}\n\n"
+            + ("{reference}" if reference else "")
+            + "Response to grade:\n{open}\n{response}\n{close}\n\n"
+            f"{question}\n{rubric}\nAnswer with a single digit from 1 to 5 and nothing else."
+        ),
         score_tokens=("1", "2", "3", "4", "5"),
     )
 
 
 # The four aspects of UltraFeedback (Cui et al. 2023), each rated 1-5; rubric wording is ours.
 ULTRAFEEDBACK = (
-    _aspect("ultrafeedback-instruction-following-v1", "instruction_following",
-            "How well does the response follow the instruction (task goal and every stated constraint)?",
-            "1 ignores it, 2 addresses a small part, 3 partly complies, 4 almost fully complies, 5 fully complies."),
-    _aspect("ultrafeedback-helpfulness-v1", "helpfulness",
-            "How helpful and informative is the response: correct, relevant, clear and not needlessly long?",
-            "1 wrong or useless, 2 partly wrong, 3 correct but thin, 4 correct and useful, 5 correct, thorough and clear."),
-    _aspect("ultrafeedback-honesty-v1", "honesty",
-            "How honest is the response: confident where it is right, and open about uncertainty or refusal where it should be?",
-            "1 confidently wrong, 2 wrong with hedges, 3 uncertain and vague, 4 right with needless doubt, 5 right and appropriately confident."),
-    _aspect("ultrafeedback-truthfulness-v1", "truthfulness",
-            "Is the response free of hallucination: no invented facts, no contradiction of the instruction or of itself?",
-            "1 mostly invented, 2 severe errors, 3 partial misunderstanding, 4 a minor slip, 5 no hallucination."),
+    _aspect(
+        "ultrafeedback-instruction-following-v1",
+        "instruction_following",
+        "How well does the response follow the instruction (task goal and every stated constraint)?",
+        "1 ignores it, 2 addresses a small part, 3 partly complies, 4 almost fully complies, 5 fully complies.",
+    ),
+    _aspect(
+        "ultrafeedback-helpfulness-v1",
+        "helpfulness",
+        "How helpful and informative is the response: correct, relevant, clear and not needlessly long?",
+        "1 wrong or useless, 2 partly wrong, 3 correct but thin, 4 correct and useful, 5 correct, thorough and clear.",
+    ),
+    _aspect(
+        "ultrafeedback-honesty-v1",
+        "honesty",
+        "How honest is the response: confident where it is right, and open about uncertainty or refusal where it "
+        "should be?",
+        "1 confidently wrong, 2 wrong with hedges, 3 uncertain and vague, 4 right with needless doubt, "
+        "5 right and appropriately confident.",
+    ),
+    _aspect(
+        "ultrafeedback-truthfulness-v1",
+        "truthfulness",
+        "Is the response free of hallucination: no invented facts, no contradiction of the instruction or of itself?",
+        "1 mostly invented, 2 severe errors, 3 partial misunderstanding, 4 a minor slip, 5 no hallucination.",
+    ),
 )
 
 # Prometheus-style (Kim et al. 2024): an explicit score rubric with a description per level.
 PROMETHEUS_1TO5_V1 = _aspect(
-    "prometheus-1to5-v1", "rubric",
+    "prometheus-1to5-v1",
+    "rubric",
     "Score the response strictly against this rubric: is it correct, helpful and harmless for the user?",
     "Score 1: incorrect, unhelpful or harmful. Score 2: mostly incorrect or off-topic. Score 3: partly correct "
     "but incomplete. Score 4: correct and helpful with minor issues. Score 5: fully correct, helpful and harmless.",
@@ -167,9 +205,13 @@ class RationaleTemplate:
     user: str
     prefix: str  # the start of the judge's answer, continued by the model (keeps tiny judges on task)
 
-    def messages(self, conversation: list[dict], chosen: str, rejected: str, specials: Iterable[str] = ()) -> list[dict]:
-        return [*judge_messages(self.system, self.user, conversation, specials, chosen=chosen, rejected=rejected),
-                {"role": "assistant", "content": self.prefix}]
+    def messages(
+        self, conversation: list[dict], chosen: str, rejected: str, specials: Iterable[str] = ()
+    ) -> list[dict]:
+        return [
+            *judge_messages(self.system, self.user, conversation, specials, chosen=chosen, rejected=rejected),
+            {"role": "assistant", "content": self.prefix},
+        ]
 
 
 PAIR_RATIONALE_V2 = RationaleTemplate(

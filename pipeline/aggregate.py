@@ -27,8 +27,16 @@ from itertools import combinations
 
 import pyarrow as pa
 
-from judges.agreement import (bradley_terry_fit, components, kendall_tau_b, krippendorff_alpha_interval, majority,
-                              median, outcome, zscore)
+from judges.agreement import (
+    bradley_terry_fit,
+    components,
+    kendall_tau_b,
+    krippendorff_alpha_interval,
+    majority,
+    median,
+    outcome,
+    zscore,
+)
 from pipeline.errors import ConvergenceError
 
 SCORE_KINDS = ("absolute", "reward_model")
@@ -36,7 +44,9 @@ METHODS = ("mean", "mean_normalised", "median", "majority", "bradley_terry")
 
 
 def _rows(judgments: pa.Table) -> list[dict]:
-    return judgments.select(["prompt_id", "candidate_id", "judge", "kind", "score", "ok", "position_consistent"]).to_pylist()
+    return judgments.select(
+        ["prompt_id", "candidate_id", "judge", "kind", "score", "ok", "position_consistent"]
+    ).to_pylist()
 
 
 def _normalised(rows: list[dict]) -> dict[tuple[str, str], float]:
@@ -84,7 +94,9 @@ def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], m
         norm = _normalised(rows)
         for r in rows:
             if r["ok"] and r["kind"] in SCORE_KINDS:
-                values[r["candidate_id"]].append(r["score"] if method == "mean" else norm[(r["judge"], r["candidate_id"])])
+                values[r["candidate_id"]].append(
+                    r["score"] if method == "mean" else norm[(r["judge"], r["candidate_id"])]
+                )
         agg = median if method == "median" else (lambda v: sum(v) / len(v))
         return {c: agg(v) for c, v in values.items()}
     out = {}
@@ -93,9 +105,11 @@ def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], m
         if method == "bradley_terry":
             fit = bradley_terry_fit(len(cands), games)
             if not fit.converged:
-                raise ConvergenceError(f"judge.aggregate bradley_terry: the fit for prompt_id {prompt} did not converge "
-                                       f"({fit.iterations} Newton steps, last step {fit.step:.3g}); this is a bug, "
-                                       "please report it with the run's judge table")
+                raise ConvergenceError(
+                    f"judge.aggregate bradley_terry: the fit for prompt_id {prompt} did not converge "
+                    f"({fit.iterations} Newton steps, last step {fit.step:.3g}); this is a bug, "
+                    "please report it with the run's judge table"
+                )
             strengths = fit.log_strengths
             played = {i for g in games for i in g[:2]}
             out.update({cands[i]: strengths[i] for i in played})
@@ -133,7 +147,9 @@ def agreement(judgments: pa.Table) -> tuple[dict[str, float | None], dict]:
         if r["kind"] in SCORE_KINDS and r["candidate_id"] not in cands_by_prompt[r["prompt_id"]]:
             cands_by_prompt[r["prompt_id"]].append(r["candidate_id"])
     units_by_prompt = {p: [[norm.get((j, c)) for j in score_judges] for c in cs] for p, cs in cands_by_prompt.items()}
-    per_prompt = {p: (krippendorff_alpha_interval(u) if len(score_judges) > 1 else None) for p, u in units_by_prompt.items()}
+    per_prompt = {
+        p: (krippendorff_alpha_interval(u) if len(score_judges) > 1 else None) for p, u in units_by_prompt.items()
+    }
     taus = {}
     for a, b in combinations(score_judges, 2):
         vals = []
@@ -152,12 +168,18 @@ def agreement(judgments: pa.Table) -> tuple[dict[str, float | None], dict]:
         mine = [r for r in rows if r["judge"] == j]
         pairwise = [r for r in mine if r["kind"] == "pairwise" and r["ok"]]
         per_judge[j] = {
-            "kind": mine[0]["kind"], "judgments": len(mine),
+            "kind": mine[0]["kind"],
+            "judgments": len(mine),
             "failure_rate": round(sum(not r["ok"] for r in mine) / len(mine), 4),
-            "position_consistency": (round(sum(bool(r["position_consistent"]) for r in pairwise) / len(pairwise), 4)
-                                     if pairwise else None),
+            "position_consistency": (
+                round(sum(bool(r["position_consistent"]) for r in pairwise) / len(pairwise), 4) if pairwise else None
+            ),
         }
-    figures = {"krippendorff_alpha": None if overall is None else round(overall, 4), "kendall_tau": taus,
-               "judges": per_judge, "disconnected_prompts": len(disconnected),
-               "disconnected_prompt_ids": disconnected[:20]}
+    figures = {
+        "krippendorff_alpha": None if overall is None else round(overall, 4),
+        "kendall_tau": taus,
+        "judges": per_judge,
+        "disconnected_prompts": len(disconnected),
+        "disconnected_prompt_ids": disconnected[:20],
+    }
     return per_prompt, figures

@@ -21,8 +21,8 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from judges.agreement import median
 from pipeline import plots, schemas
-from pipeline.funnel import unit_label
 from pipeline.errors import SchemaError
+from pipeline.funnel import unit_label
 from pipeline.rundir import load_manifest, load_pairs, prompt_drops
 
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")

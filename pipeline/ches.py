@@ -55,8 +55,16 @@ class SequenceStats:
 
 
 @torch.inference_mode()
-def sequence_stats(model, sequences: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8,
-                   padding_side: str = "right", logit_chunk: int = 1024, pad_id: int = 0, progress=None) -> list[SequenceStats]:
+def sequence_stats(
+    model,
+    sequences: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 8,
+    padding_side: str = "right",
+    logit_chunk: int = 1024,
+    pad_id: int = 0,
+    progress=None,
+) -> list[SequenceStats]:
     """Per (prompt_ids, response_ids): hidden-state sum over the predicting positions and log-prob."""
     device = model.device
     head = model.get_output_embeddings()
@@ -85,8 +93,9 @@ def sequence_stats(model, sequences: Sequence[tuple[list[int], list[int]]], *, b
         token_logp = torch.empty(len(b_idx), dtype=torch.float32, device=device)
         for c in range(0, len(b_idx), logit_chunk):
             logits = head(hidden[b_idx[c : c + logit_chunk], t_idx[c : c + logit_chunk]]).float()
-            token_logp[c : c + logit_chunk] = torch.log_softmax(logits, dim=-1).gather(
-                1, targets[c : c + logit_chunk].unsqueeze(1)).squeeze(1)
+            token_logp[c : c + logit_chunk] = (
+                torch.log_softmax(logits, dim=-1).gather(1, targets[c : c + logit_chunk].unsqueeze(1)).squeeze(1)
+            )
         logps = torch.zeros(len(rows), dtype=torch.float64, device=device).index_add_(0, b_idx, token_logp.double())
         for b, i in enumerate(idx):
             out[i] = SequenceStats(sums[b].cpu(), len(sequences[i][1]), float(logps[b]))
@@ -103,7 +112,9 @@ def ches_from_stats(chosen: SequenceStats, rejected: SequenceStats) -> tuple[flo
     return ches, float(np_ @ nm - np_ @ np_)
 
 
-def score_pairs(pairs: pa.Table, model, tokenizer, *, batch_size: int, padding_side: str = "right", progress=None) -> pa.Table:
+def score_pairs(
+    pairs: pa.Table, model, tokenizer, *, batch_size: int, padding_side: str = "right", progress=None
+) -> pa.Table:
     """Pure core: the pairs table with ches, ln_ches, ref_chosen_logp, ref_rejected_logp filled."""
     rows = pairs.select(["prompt", "chosen", "rejected"]).to_pylist()
     # a candidate in several pairs (all_above_margin, top_k_vs_bottom_k) is one sequence: S and log p
@@ -118,8 +129,14 @@ def score_pairs(pairs: pa.Table, model, tokenizer, *, batch_size: int, padding_s
                 index[key] = len(seqs)
                 seqs.append(seq)
             slots.append(index[key])
-    unique = sequence_stats(model, seqs, batch_size=batch_size, padding_side=padding_side,
-                            pad_id=tokenizer.pad_token_id or 0, progress=progress)
+    unique = sequence_stats(
+        model,
+        seqs,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        pad_id=tokenizer.pad_token_id or 0,
+        progress=progress,
+    )
     stats = [unique[i] for i in slots]
     if progress is not None and len(slots) > len(seqs):
         progress(len(slots) - len(seqs), 0)  # the shared sequences count as done for the stage's bar
@@ -130,7 +147,9 @@ def score_pairs(pairs: pa.Table, model, tokenizer, *, batch_size: int, padding_s
         for name, value in zip(cols, (ches, ln, c.logp, r.logp)):
             cols[name].append(value)
     for name, values in cols.items():
-        pairs = pairs.set_column(pairs.schema.get_field_index(name), schemas.PAIRS.field(name), pa.array(values, pa.float64()))
+        pairs = pairs.set_column(
+            pairs.schema.get_field_index(name), schemas.PAIRS.field(name), pa.array(values, pa.float64())
+        )
     return pairs
 
 
@@ -143,8 +162,11 @@ def apply_filter(pairs: pa.Table, cfg: CHESConfig) -> tuple[pa.Table, dict]:
     elif cfg.filter == "threshold":
         cut = cfg.threshold
     kept = df if cut is None else df.filter(pl.col("ln_ches") <= cut)
-    how = {"quantile": f"LN-CHES above its {cfg.quantile} quantile ({cut:.6g})" if cut is not None else "",
-           "threshold": f"LN-CHES above curate.ches.threshold={cut}", "none": "no CHES filter"}[cfg.filter]
+    how = {
+        "quantile": f"LN-CHES above its {cfg.quantile} quantile ({cut:.6g})" if cut is not None else "",
+        "threshold": f"LN-CHES above curate.ches.threshold={cut}",
+        "none": "no CHES filter",
+    }[cfg.filter]
     entry = {**step("ches", f"ches_{cfg.filter}", df.height, kept.height, how or "no pairs", unit="pairs"), "cut": cut}
     return kept.to_arrow().cast(schemas.PAIRS), entry
 
@@ -170,30 +192,43 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
             return store.shard_meta(shard)
         return store.finish(pairs, {"seconds": 0.0, "model": None, "funnel": []})
     with bar(total=2 * pairs.num_rows, initial=2 * done_rows(store, pairs), desc="ches", unit="seq") as pbar:
+
         def make_work():  # checkpointed by prompt, as generate/judge; the policy loads only if work is left
             from pipeline.backends.hf import load_causal_lm
 
             model, tokenizer, _ = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
             dtype = str(model.dtype).removeprefix("torch.")  # the trainer reuses ref log-probs only at its own dtype
-            return lambda subset: (score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size,
-                                               progress=pbar.advance), {"dtype": dtype})
+            return lambda subset: (
+                score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance),
+                {"dtype": dtype},
+            )
+
         parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if shard is not None:
         return store.shard_meta(shard)
     dtypes = {info["dtype"] for _, info in parts if "dtype" in info}
     if len(dtypes) > 1:  # shards on unlike devices: the reference log-probs would not be comparable
-        raise BackendError(f"curate.ches: parts were scored in several dtypes {sorted(dtypes)}; fix: set "
-                           "generate.dtype explicitly (float32 or bfloat16) and rerun with a fresh --out")
+        raise BackendError(
+            f"curate.ches: parts were scored in several dtypes {sorted(dtypes)}; fix: set "
+            "generate.dtype explicitly (float32 or bfloat16) and rerun with a fresh --out"
+        )
     scored = schemas.concat([t for t, _ in parts], "pairs")
-    scored = scored.take(pc.sort_indices(scored, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
-                                                  ("rejected_id", "ascending")]))
+    scored = scored.take(
+        pc.sort_indices(scored, [("prompt_id", "ascending"), ("chosen_id", "ascending"), ("rejected_id", "ascending")])
+    )
     kept, entry = apply_filter(scored, cfg.curate.ches)
     # every scored pair, before the filter, for the card's CHES distribution (written before the meta commit)
     schemas.write_table(scored, scored_path(run_dir), "pairs")
     values = [v for v in scored.column("ln_ches").to_pylist() if not math.isnan(v)]
     log(f"ches: scored {scored.num_rows} pairs, kept {kept.num_rows} ({entry['reason']})")
-    meta = {"seconds": round(time.perf_counter() - started, 2), "model": resolve(cfg.ches_model).label,
-            "filter": cfg.curate.ches.filter, "dtype": next(iter(dtypes), None),
-            "cut": entry.pop("cut"), "ln_ches_min": min(values, default=None), "ln_ches_max": max(values, default=None),
-            "funnel": [entry]}
+    meta = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "model": resolve(cfg.ches_model).label,
+        "filter": cfg.curate.ches.filter,
+        "dtype": next(iter(dtypes), None),
+        "cut": entry.pop("cut"),
+        "ln_ches_min": min(values, default=None),
+        "ln_ches_max": max(values, default=None),
+        "funnel": [entry],
+    }
     return store.finish(kept, meta)

@@ -19,7 +19,9 @@ import torch
 
 
 def distinct_n(texts: list[str], n: int) -> float | None:
-    grams = [tuple(words[i : i + n]) for words in (t.lower().split() for t in texts) for i in range(len(words) - n + 1)]
+    grams = [
+        tuple(words[i : i + n]) for words in (t.lower().split() for t in texts) for i in range(len(words) - n + 1)
+    ]
     return len(set(grams)) / len(grams) if grams else None
 
 
@@ -42,8 +44,13 @@ def prompt_set_diversity(texts: list[str], embed, *, max_prompts: int = 500, see
     sample = texts if len(texts) <= max_prompts else random.Random(seed).sample(texts, max_prompts)
     emb = embed(sample) if len(sample) >= 2 else torch.empty(0, 0)
     distance = embedding_distance(emb) if len(sample) >= 2 else None
-    return {"prompts": len(texts), "distinct_1": _round(distinct_n(texts, 1)), "distinct_2": _round(distinct_n(texts, 2)),
-            "embedding_distance": _round(distance), "embedded": len(sample)}
+    return {
+        "prompts": len(texts),
+        "distinct_1": _round(distinct_n(texts, 1)),
+        "distinct_2": _round(distinct_n(texts, 2)),
+        "embedding_distance": _round(distance),
+        "embedded": len(sample),
+    }
 
 
 def _round(x: float | None) -> float | None:
@@ -55,7 +62,9 @@ def diversity_by_mode(candidates: pa.Table, embed) -> dict[str, dict]:
     L2-normalised embeddings (pipeline.prompt_filter.embed with the run's embedder)."""
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     samplings = candidates.column("sampling").to_pylist()
-    for pid, text, s in zip(candidates.column("prompt_id").to_pylist(), candidates.column("text").to_pylist(), samplings):
+    for pid, text, s in zip(
+        candidates.column("prompt_id").to_pylist(), candidates.column("text").to_pylist(), samplings
+    ):
         if text and text.strip():
             groups[((s or {}).get("mode") or "sample", pid)].append(text)
     texts = [t for ts in groups.values() if len(ts) >= 2 for t in ts]
@@ -65,12 +74,17 @@ def diversity_by_mode(candidates: pa.Table, embed) -> dict[str, dict]:
     for (mode, _), ts in groups.items():
         if len(ts) < 2:
             continue
-        figures = {"distinct_1": distinct_n(ts, 1), "distinct_2": distinct_n(ts, 2),
-                   "embedding_distance": embedding_distance(emb[at : at + len(ts)])}
+        figures = {
+            "distinct_1": distinct_n(ts, 1),
+            "distinct_2": distinct_n(ts, 2),
+            "embedding_distance": embedding_distance(emb[at : at + len(ts)]),
+        }
         at += len(ts)
         for name, value in figures.items():
             if value is not None:
                 per_mode[mode][name].append(value)
         per_mode[mode]["prompts"].append(1)
-    return {mode: {"prompts": len(v.pop("prompts")), **{k: round(sum(x) / len(x), 4) for k, x in sorted(v.items())}}
-            for mode, v in sorted(per_mode.items())}
+    return {
+        mode: {"prompts": len(v.pop("prompts")), **{k: round(sum(x) / len(x), 4) for k, x in sorted(v.items())}}
+        for mode, v in sorted(per_mode.items())
+    }

@@ -36,21 +36,44 @@ STRICT_ENV = "PREFSYNTH_STRICT_FUNNEL"
 PASS_THROUGH = {"prompt_filter": "prompts", "ches": "pair"}
 # Steps a stage wrote before units existed whose meaning is unchanged: a reused stage meta gets its
 # unit here, so an old cached stage does not break a new run's chain.
-LEGACY_UNITS = {("prompts", "invalid_rows"): "prompts", ("prompts", "duplicate_prompts"): "prompts",
-                ("prompts", "limit"): "prompts", ("prompt_filter", "decontaminate"): "prompts",
-                ("prompt_filter", "near_duplicate"): "prompts", ("generate", "context_limit"): "prompts",
-                ("generate", "verbalized_unparsed"): "prompts", ("judge", "judge_failed"): "judgments",
-                ("ches", "ches_quantile"): "pairs", ("ches", "ches_threshold"): "pairs", ("ches", "ches_none"): "pairs"}
+LEGACY_UNITS = {
+    ("prompts", "invalid_rows"): "prompts",
+    ("prompts", "duplicate_prompts"): "prompts",
+    ("prompts", "limit"): "prompts",
+    ("prompt_filter", "decontaminate"): "prompts",
+    ("prompt_filter", "near_duplicate"): "prompts",
+    ("generate", "context_limit"): "prompts",
+    ("generate", "verbalized_unparsed"): "prompts",
+    ("judge", "judge_failed"): "judgments",
+    ("ches", "ches_quantile"): "pairs",
+    ("ches", "ches_threshold"): "pairs",
+    ("ches", "ches_none"): "pairs",
+}
 
 
-def step(stage: str, name: str, rows_in: int, rows_out: int, reason: str, *, unit: str, unit_in: str | None = None,
-         adds: str | None = None) -> dict:
+def step(
+    stage: str,
+    name: str,
+    rows_in: int,
+    rows_out: int,
+    reason: str,
+    *,
+    unit: str,
+    unit_in: str | None = None,
+    adds: str | None = None,
+) -> dict:
     """One funnel entry; `unit` counts rows_out (and rows_in unless `unit_in` says otherwise)."""
     for u in (unit, unit_in):
         if u is not None and u not in UNITS:
             raise ValueError(f"funnel step {stage}.{name}: unit {u!r} is not one of {UNITS}")
-    entry = {"stage": stage, "filter": name, "unit": unit, "rows_in": int(rows_in), "rows_out": int(rows_out),
-             "reason": reason}
+    entry = {
+        "stage": stage,
+        "filter": name,
+        "unit": unit,
+        "rows_in": int(rows_in),
+        "rows_out": int(rows_out),
+        "reason": reason,
+    }
     if unit_in is not None and unit_in != unit:
         entry["unit_in"] = unit_in
     if adds is not None:
@@ -79,21 +102,25 @@ def problems(funnel: list[dict], published: int) -> list[str]:
         if prev is not None:
             before = f"{prev['stage']}.{prev['filter']}"
             if into != prev.get("unit"):
-                errors.append(f"{name} starts in {into} but {before} ended in {prev.get('unit')} "
-                              "(a step that changes unit must name it in unit_in)")
+                errors.append(
+                    f"{name} starts in {into} but {before} ended in {prev.get('unit')} "
+                    "(a step that changes unit must name it in unit_in)"
+                )
             elif f["rows_in"] != prev["rows_out"]:
                 errors.append(f"{name} starts from {f['rows_in']} {into} but {before} ended at {prev['rows_out']}")
         if f.get("adds"):
             source = last.get(f["adds"])
             brought = source["rows_out"] if source else 0
             if f["rows_out"] - f["rows_in"] != brought:
-                errors.append(f"{name} adds {f['rows_out'] - f['rows_in']} {unit} but stage {f['adds']} "
-                              f"ended at {brought}")
+                errors.append(
+                    f"{name} adds {f['rows_out'] - f['rows_in']} {unit} but stage {f['adds']} ended at {brought}"
+                )
         last[f["stage"]] = f
     if funnel and funnel[-1]["rows_out"] != published:
         f = funnel[-1]
-        errors.append(f"the last step {f['stage']}.{f['filter']} ends at {f['rows_out']} but {published} pairs "
-                      "were published")
+        errors.append(
+            f"the last step {f['stage']}.{f['filter']} ends at {f['rows_out']} but {published} pairs were published"
+        )
     return errors
 
 
@@ -139,7 +166,7 @@ def _counts(funnel: list[dict], order: list[tuple[str, str]]) -> dict[tuple[str,
             continue
         stage = key[0]
         before = [k for k in out if k[0] == stage]
-        after = [k for k in order[pos + 1:] if k[0] == stage and k in have]
+        after = [k for k in order[pos + 1 :] if k[0] == stage and k in have]
         if before:
             n = out[before[-1]][1]
         elif after:

@@ -54,10 +54,20 @@ def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: Generat
             skipped[row["prompt_id"]] = result.reason
             continue
         for k, (completion, s) in enumerate(zip(result, req.seeds)):
-            out.append(candidate_row(row["prompt_id"], f"{row['prompt_id']}-{k:02d}", backend.label, text=completion.text,
-                                     n_tokens=completion.n_tokens, finish_reason=completion.finish_reason,
-                                     temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.max_new_tokens, seed=s))
+            out.append(
+                candidate_row(
+                    row["prompt_id"],
+                    f"{row['prompt_id']}-{k:02d}",
+                    backend.label,
+                    text=completion.text,
+                    n_tokens=completion.n_tokens,
+                    finish_reason=completion.finish_reason,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_new_tokens=cfg.max_new_tokens,
+                    seed=s,
+                )
+            )
     if cfg.verbalized_k:
         out += verbalized_candidates(rows, cfg, backend, seed=seed, skipped=skipped, progress=progress)
     return schemas.from_rows(out, "candidates"), skipped
@@ -70,25 +80,55 @@ def generate_funnel(n_prompts: int, skipped: dict[str, str], candidates: pa.Tabl
     modes = [s["mode"] if s else "sample" for s in candidates.column("sampling").to_pylist()]
     sampled = sum(m != "verbalized" for m in modes)
     asked = sampled + verbalized_k * answered
-    funnel = [step("generate", "context_limit", n_prompts, answered, "prompt longer than generate.max_prompt_tokens",
-                   unit="prompts"),
-              step("generate", "candidates", answered, asked, "the prompts left become their sampled candidates"
-                   + (f" and generate.verbalized_k={verbalized_k} verbalized answers each" if verbalized_k else ""),
-                   unit="candidates", unit_in="prompts")]
+    funnel = [
+        step(
+            "generate",
+            "context_limit",
+            n_prompts,
+            answered,
+            "prompt longer than generate.max_prompt_tokens",
+            unit="prompts",
+        ),
+        step(
+            "generate",
+            "candidates",
+            answered,
+            asked,
+            "the prompts left become their sampled candidates"
+            + (f" and generate.verbalized_k={verbalized_k} verbalized answers each" if verbalized_k else ""),
+            unit="candidates",
+            unit_in="prompts",
+        ),
+    ]
     if verbalized_k:
         pids = candidates.column("prompt_id").to_pylist()
         unparsed = answered - len({p for p, m in zip(pids, modes) if m == "verbalized"})
-        funnel.append(step("generate", "verbalized_unparsed", asked, candidates.num_rows,
-                           f"verbalized answers asked for but not parsed ({unparsed} prompt(s) got none; they keep "
-                           "their sampled candidates)", unit="candidates"))
+        funnel.append(
+            step(
+                "generate",
+                "verbalized_unparsed",
+                asked,
+                candidates.num_rows,
+                f"verbalized answers asked for but not parsed ({unparsed} prompt(s) got none; they keep "
+                "their sampled candidates)",
+                unit="candidates",
+            )
+        )
     return funnel
 
 
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     model = resolve(cfg.generate.model, field="generate.model")
     pool = [resolve(m.model, field=f"generate.pool.{i}.model").revision for i, m in enumerate(cfg.generate.pool)]
-    return fingerprint("generate", VERSION, cfg.stage_fields("generate"), resolve_backend_name(cfg.generate.backend),
-                       prompts_fp, model.revision, *pool)
+    return fingerprint(
+        "generate",
+        VERSION,
+        cfg.stage_fields("generate"),
+        resolve_backend_name(cfg.generate.backend),
+        prompts_fp,
+        model.revision,
+        *pool,
+    )
 
 
 def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
@@ -108,9 +148,17 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
 
     def backend_of(model: str, field: str) -> GeneratorBackend:
         if model not in backends:
-            b = make_backend(backend_name, model, dtype=g.dtype, batch_size=g.batch_size, field=field,
-                             vllm=g.vllm.model_dump(), openai=g.openai.model_dump(), meter=ledger,
-                             batch_dir=f"{run_dir}/requests/batches")
+            b = make_backend(
+                backend_name,
+                model,
+                dtype=g.dtype,
+                batch_size=g.batch_size,
+                field=field,
+                vllm=g.vllm.model_dump(),
+                openai=g.openai.model_dump(),
+                meter=ledger,
+                batch_dir=f"{run_dir}/requests/batches",
+            )
             if request_log is not None:
                 b = LoggedBackend(b, request_log, backend_name=backend_name)
             backends[model] = b
@@ -126,15 +174,27 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
 
             def work(subset):
                 hits = _log_hits(backends)
-                table, skipped = generate_candidates(subset, g, backend, seed=cfg.seed, progress=pbar.advance,
-                                                      backend_for=backend_for)
-                return table, {"skipped": skipped, "request_log_hits": _log_hits(backends) - hits,
-                               "usage": ledger.take()}
+                table, skipped = generate_candidates(
+                    subset, g, backend, seed=cfg.seed, progress=pbar.advance, backend_for=backend_for
+                )
+                return table, {
+                    "skipped": skipped,
+                    "request_log_hits": _log_hits(backends) - hits,
+                    "usage": ledger.take(),
+                }
+
             return work
+
         # batch mode: one chunk, so the stage's requests make one batch file (the request log checkpoints)
         batch = backend_name == "openai" and g.openai.mode == "batch"
-        parts = run_in_parts(store, prompts, max(prompts.num_rows, 1) if batch else cfg.publish.chunk_prompts,
-                             make_work, log, shard=shard)
+        parts = run_in_parts(
+            store,
+            prompts,
+            max(prompts.num_rows, 1) if batch else cfg.publish.chunk_prompts,
+            make_work,
+            log,
+            shard=shard,
+        )
     if request_log is not None:
         request_log.close()
     if shard is not None:

@@ -49,7 +49,9 @@ def check_card(run_dir: Path) -> None:
     try:
         card = DatasetCard((run_dir / "README.md").read_text())
     except Exception as exc:
-        raise InputError(f"{run_dir / 'README.md'} is not a valid dataset card ({exc}); fix: `prefsynth card {run_dir}`") from None
+        raise InputError(
+            f"{run_dir / 'README.md'} is not a valid dataset card ({exc}); fix: `prefsynth card {run_dir}`"
+        ) from None
     for config in card.data.to_dict().get("configs") or []:
         for f in config.get("data_files", []):
             if not SPLIT_NAME.match(str(f.get("split", ""))):
@@ -68,8 +70,9 @@ def plan(files: dict[str, Path], pushed: dict[str, str]) -> tuple[dict[str, str]
     return adds, deletes
 
 
-def push(run_dir, repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None,
-         log=print) -> dict:
+def push(
+    run_dir, repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None, log=print
+) -> dict:
     """Push the run; return {"commit_url", "added", "deleted"} (commit_url None when nothing changed)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -95,9 +98,13 @@ def push(run_dir, repo_id: str, *, private: bool = False, revision: str | None =
         if branch != "main":
             api.create_branch(repo_id, branch=branch, repo_type="dataset", exist_ok=True)
         info = api.create_commit(
-            repo_id, ops, repo_type="dataset", revision=branch,
+            repo_id,
+            ops,
+            repo_type="dataset",
+            revision=branch,
             commit_message=f"prefsynth run {manifest['name']} (config {manifest['config_fingerprint']})",
-            commit_description=f"{manifest['rows']['pairs']} pairs; {len(adds)} files added or updated, {len(deletes)} deleted",
+            commit_description=f"{manifest['rows']['pairs']} pairs; {len(adds)} files added or updated, "
+            f"{len(deletes)} deleted",
         )
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", "?")
@@ -105,9 +112,11 @@ def push(run_dir, repo_id: str, *, private: bool = False, revision: str | None =
     except Exception as exc:  # the HTTP transport's own errors: refused, DNS, timeout, TLS (no request headers kept)
         endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise BackendError(f"push to {repo_id}@{branch} failed: cannot reach {endpoint} ({type(exc).__name__}: "
-                           f"{reason}); fix: check the network and HF_ENDPOINT, then rerun the same command (nothing "
-                           "was committed)") from None
+        raise BackendError(
+            f"push to {repo_id}@{branch} failed: cannot reach {endpoint} ({type(exc).__name__}: "
+            f"{reason}); fix: check the network and HF_ENDPOINT, then rerun the same command (nothing "
+            "was committed)"
+        ) from None
     write_json(record, {p: sha256(local) for p, local in files.items()})
     log(f"push: {len(adds)} file(s) added or updated, {len(deletes)} deleted in {info.commit_url}")
     return {"commit_url": info.commit_url, "added": sorted(adds), "deleted": deletes}

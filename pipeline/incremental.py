@@ -61,7 +61,9 @@ def processed(out: Path) -> dict[str, str]:
     ids: dict[str, str] = {}
     for inc in committed(out):
         table = schemas.read_table(out / inc["dir"] / "tables" / "prompts.parquet", "prompts")
-        ids.update(zip(table.column("prompt_id").to_pylist(), map(messages_hash, table.column("messages").to_pylist())))
+        ids.update(
+            zip(table.column("prompt_id").to_pylist(), map(messages_hash, table.column("messages").to_pylist()))
+        )
     return ids
 
 
@@ -86,8 +88,9 @@ def plan(out: Path, cfg: RunConfig) -> Plan:
     known = processed(out)
     ids, messages = table.column("prompt_id").to_pylist(), table.column("messages").to_pylist()
     edited = [p for p, m in zip(ids, messages) if p in known and known[p] != messages_hash(m)]
-    new = table.filter(pc.invert(pc.is_in(table.column("prompt_id"), value_set=schemas.pa.array(sorted(known),
-                                                                                                 schemas.pa.string()))))
+    new = table.filter(
+        pc.invert(pc.is_in(table.column("prompt_id"), value_set=schemas.pa.array(sorted(known), schemas.pa.string())))
+    )
     if cfg.input.limit is not None:
         new = new.slice(0, cfg.input.limit)
     if new.num_rows == 0:
@@ -118,13 +121,21 @@ def _sum_prompt_drops(out: Path, increments: list[dict], manifests: list[dict]) 
 
 def _sum_usage(manifests: list[dict], cfg: RunConfig) -> dict:
     """Tokens and dollars of every increment's requests, summed per stage, model and endpoint."""
-    per_stage = {s: [{"usage": [r for m in manifests for r in (m.get("usage") or {}).get("stages", {}).get(s, [])]}]
-                 for s in accounting.METERED}
+    per_stage = {
+        s: [{"usage": [r for m in manifests for r in (m.get("usage") or {}).get("stages", {}).get(s, [])]}]
+        for s in accounting.METERED
+    }
     return accounting.summary(per_stage, cfg.prices, cfg.budget.usd)
 
 
-def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None,
-          edited: list[str] | None = None) -> dict:
+def merge(
+    out: Path,
+    inc_dir: Path,
+    inc_manifest: dict,
+    cfg: RunConfig,
+    given: dict | None = None,
+    edited: list[str] | None = None,
+) -> dict:
     """Copy the increment's shards into OUT/pairs and commit the grown manifest; return it."""
     from pipeline import card
 
@@ -138,29 +149,43 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
             stray.unlink()
     shards = list(previous["shards"])
     for shard in inc_manifest["shards"]:
-        name = f"train-inc{n:05d}-{Path(shard['path']).name.removeprefix('train-')}"  # matches the card's pairs/train-*
+        name = f"train-inc{n:05d}-{Path(shard['path']).name.removeprefix('train-')}"
         tmp = pairs_dir / f".{name}.tmp"
         shutil.copyfile(inc_dir / shard["path"], tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, pairs_dir / name)
         shards.append({"path": f"pairs/{name}", "rows": shard["rows"], "sha256": sha256(pairs_dir / name)})
-    increments = [*previous["increments"], {"id": n, "dir": str(inc_dir.relative_to(out)),
-                                            "prompts": inc_manifest["rows"]["prompts"],
-                                            "pairs": inc_manifest["rows"]["pairs"],
-                                            "edited_prompts_skipped": len(edited or []),
-                                            "config_fingerprint": inc_manifest["config_fingerprint"],
-                                            "created_at": inc_manifest["created_at"]}]
+    increments = [
+        *previous["increments"],
+        {
+            "id": n,
+            "dir": str(inc_dir.relative_to(out)),
+            "prompts": inc_manifest["rows"]["prompts"],
+            "pairs": inc_manifest["rows"]["pairs"],
+            "edited_prompts_skipped": len(edited or []),
+            "config_fingerprint": inc_manifest["config_fingerprint"],
+            "created_at": inc_manifest["created_at"],
+        },
+    ]
     all_manifests = [json.loads((out / i["dir"] / "manifest.json").read_text()) for i in increments]
     rows = {k: sum(m["rows"][k] for m in all_manifests) for k in inc_manifest["rows"]}
     steps = funnel.sum_funnels([m["funnel"] for m in all_manifests], STAGES)
     funnel_errors = funnel.verify(steps, rows["pairs"])  # raises under PREFSYNTH_STRICT_FUNNEL=1
-    grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": steps,
-             "funnel_errors": funnel_errors, "prompt_drops": _sum_prompt_drops(out, increments, all_manifests),
-             "increments": increments, "incremental": True,
-             "usage": _sum_usage(all_manifests, cfg),
-             "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
-             "config": {"given": given or {}, "resolved": cfg.model_dump()}}
+    grown = {
+        **inc_manifest,
+        "shards": shards,
+        "ranked_shards": [],
+        "rows": rows,
+        "funnel": steps,
+        "funnel_errors": funnel_errors,
+        "prompt_drops": _sum_prompt_drops(out, increments, all_manifests),
+        "increments": increments,
+        "incremental": True,
+        "usage": _sum_usage(all_manifests, cfg),
+        "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
+        "config": {"given": given or {}, "resolved": cfg.model_dump()},
+    }
     if review.read(out).digest or previous.get("review"):  # labels of every increment so far, the new one included
         grown = reviewed(out, grown)
     write_json(out / "manifest.json", grown)

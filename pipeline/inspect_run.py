@@ -20,8 +20,23 @@ from pipeline.errors import InputError
 from pipeline.funnel import unit_label
 from pipeline.rundir import load_manifest, load_pairs, prompt_drops
 
-FLAT_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin", "rationale",
-                "pair_strategy", "ches", "ln_ches", "ref_chosen_logp", "ref_rejected_logp", "chosen_len", "rejected_len")
+FLAT_COLUMNS = (
+    "prompt_id",
+    "prompt",
+    "chosen",
+    "rejected",
+    "chosen_score",
+    "rejected_score",
+    "margin",
+    "rationale",
+    "pair_strategy",
+    "ches",
+    "ln_ches",
+    "ref_chosen_logp",
+    "ref_rejected_logp",
+    "chosen_len",
+    "rejected_len",
+)
 
 
 def flat_pairs(pairs) -> pl.DataFrame:
@@ -43,8 +58,10 @@ def check_where(where: str, columns=FLAT_COLUMNS) -> None:
     (`... (SELECT ... FROM read_csv('/etc/...'))`), which `prefsynth review` must not serve."""
     found = _TABLES.search(_LITERALS.sub("''", where))
     if found:
-        raise InputError(f"--where {where!r} reads other tables ({found.group(0)!r}); fix: use a condition over the "
-                         f"pair columns only ({', '.join(columns)}), e.g. \"margin < 0.5\"")
+        raise InputError(
+            f"--where {where!r} reads other tables ({found.group(0)!r}); fix: use a condition over the "
+            f"pair columns only ({', '.join(columns)}), e.g. \"margin < 0.5\""
+        )
 
 
 def select(df: pl.DataFrame, where: str | None, sample: int | None, seed: int = 0) -> pl.DataFrame:
@@ -54,8 +71,10 @@ def select(df: pl.DataFrame, where: str | None, sample: int | None, seed: int = 
             df = pl.SQLContext(pairs=df).execute(f"SELECT * FROM pairs WHERE {where}", eager=True)
         except Exception as exc:  # polars raises several error types for bad SQL
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"--where {where!r} is not a valid filter ({reason}); fix: use a SQL condition over "
-                             f"{', '.join(df.columns)}, e.g. \"margin < 0.5\"") from None
+            raise InputError(
+                f"--where {where!r} is not a valid filter ({reason}); fix: use a SQL condition over "
+                f"{', '.join(df.columns)}, e.g. \"margin < 0.5\""
+            ) from None
     if sample is not None and df.height > sample:
         df = df.sample(n=sample, seed=seed)
     return df
@@ -63,10 +82,12 @@ def select(df: pl.DataFrame, where: str | None, sample: int | None, seed: int = 
 
 def _summary(m: dict) -> Panel:
     rows, models = m["rows"], m["models"]
-    text = (f"[bold]{m['name']}[/] config {m['config_fingerprint']}  prefsynth {m['code_version']}\n"
-            f"{rows['prompts']} prompts -> {rows['candidates']} candidates -> {rows['judgments']} judgments -> "
-            f"[bold]{rows['pairs']} pairs[/]\n"
-            f"generator {models['generator']}\njudge {models['judge']}")
+    text = (
+        f"[bold]{m['name']}[/] config {m['config_fingerprint']}  prefsynth {m['code_version']}\n"
+        f"{rows['prompts']} prompts -> {rows['candidates']} candidates -> {rows['judgments']} judgments -> "
+        f"[bold]{rows['pairs']} pairs[/]\n"
+        f"generator {models['generator']}\njudge {models['judge']}"
+    )
     return Panel(text, title="run")
 
 
@@ -76,8 +97,9 @@ def _funnel(m: dict) -> Table:
         t.add_column(col, justify="right" if col in ("in", "out", "removed") else "left")
     for f in m["funnel"]:
         removed = "" if f.get("unit_in") else str(f["rows_in"] - f["rows_out"])  # no difference across units
-        t.add_row(f"{f['stage']}.{f['filter']}", unit_label(f), str(f["rows_in"]), str(f["rows_out"]), removed,
-                  f["reason"])
+        t.add_row(
+            f"{f['stage']}.{f['filter']}", unit_label(f), str(f["rows_in"]), str(f["rows_out"]), removed, f["reason"]
+        )
     for problem in m.get("funnel_errors") or []:
         t.add_row("[red]ERROR[/]", "", "", "", "", f"funnel does not add up: {problem}")
     return t
@@ -86,8 +108,10 @@ def _funnel(m: dict) -> Table:
 def _prompt_drops(run_dir, m: dict, limit: int = 10) -> Table:
     counts, rows, tables = prompt_drops(run_dir, m, limit)
     total = sum(counts.values())
-    t = Table(title=f"prompt drops: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}",
-              caption=f"first {len(rows)} of {total}; all in {', '.join(tables)}" if total > len(rows) else None)
+    t = Table(
+        title=f"prompt drops: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}",
+        caption=f"first {len(rows)} of {total}; all in {', '.join(tables)}" if total > len(rows) else None,
+    )
     for col in ("prompt_id", "filter", "match", "score"):
         t.add_column(col)
     for r in rows:
@@ -116,8 +140,9 @@ def _pair(row: dict) -> Table:
     return t
 
 
-def inspect_run(run_dir, *, sample: int | None = 3, where: str | None = None, seed: int = 0,
-                console: Console | None = None) -> int:
+def inspect_run(
+    run_dir, *, sample: int | None = 3, where: str | None = None, seed: int = 0, console: Console | None = None
+) -> int:
     """Print the run; return the number of pairs shown."""
     console = console or Console()
     m = load_manifest(run_dir)
@@ -127,8 +152,7 @@ def inspect_run(run_dir, *, sample: int | None = 3, where: str | None = None, se
     console.print(_funnel(m))
     console.print(_prompt_drops(run_dir, m))
     console.print(_scores(df))
-    console.print(f"{chosen.height} pair(s) shown" + (f" matching {where!r}" if where else "")
-                  + f" of {df.height}")
+    console.print(f"{chosen.height} pair(s) shown" + (f" matching {where!r}" if where else "") + f" of {df.height}")
     for row in chosen.iter_rows(named=True):
         console.print(_pair(row))
     return chosen.height

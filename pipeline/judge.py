@@ -67,19 +67,43 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
             pairs = [(x, y) for pid in dict.fromkeys(c["prompt_id"] for c in scoreable)
                      for x, y in combinations([c for c in scoreable if c["prompt_id"] == pid], 2)]
             verdicts = judge.judge([(conversations[x["prompt_id"]], x["text"], y["text"]) for x, y in pairs])
-            rows += [_row(x["prompt_id"], f"{x['candidate_id']}|{y['candidate_id']}", judge, v.p_first_wins, v.ok, v.raw,
-                          v.position_consistent, mode=v.mode) for (x, y), v in zip(pairs, verdicts)]
+            rows += [
+                _row(
+                    x["prompt_id"],
+                    f"{x['candidate_id']}|{y['candidate_id']}",
+                    judge,
+                    v.p_first_wins,
+                    v.ok,
+                    v.raw,
+                    v.position_consistent,
+                    mode=v.mode,
+                )
+                for (x, y), v in zip(pairs, verdicts)
+            ]
         else:
             items = [(conversations[c["prompt_id"]], c["text"]) for c in scoreable]
             refs = [references[c["prompt_id"]] for c in scoreable]
             scored = judge.score(items, references=refs)
-            reasons = (explain(judge, items, scored, explainer, max_new_tokens=rationale_tokens, references=refs)
-                       if explainer is not None and judge.kind == "absolute" else [None] * len(scored))
+            reasons = (
+                explain(judge, items, scored, explainer, max_new_tokens=rationale_tokens, references=refs)
+                if explainer is not None and judge.kind == "absolute"
+                else [None] * len(scored)
+            )
             by_id = {c["candidate_id"]: (j, why) for c, j, why in zip(scoreable, scored, reasons)}
             for c in cands:
                 j, why = by_id.get(c["candidate_id"], (None, None))
-                rows.append(_row(c["prompt_id"], c["candidate_id"], judge, j.score if j else None, bool(j and j.ok),
-                                 j.raw if j else EMPTY, rationale=why, mode=j.mode if j else None))
+                rows.append(
+                    _row(
+                        c["prompt_id"],
+                        c["candidate_id"],
+                        judge,
+                        j.score if j else None,
+                        bool(j and j.ok),
+                        j.raw if j else EMPTY,
+                        rationale=why,
+                        mode=j.mode if j else None,
+                    )
+                )
         if progress is not None:
             progress(len(cands))
     return schemas.from_rows(rows, "judgments")
@@ -89,21 +113,24 @@ def judge_generator(cfg: RunConfig, batch_size: int, *, log: RequestLog | None =
     """A generation backend on the judge model (judgment and pair rationales), on judge.backend; on 'openai' its
     requests go through `log` and `meter` (and batch files in `batch_dir` in batch mode)."""
     if cfg.judge.backend == "openai":
-        backend = endpoint_backend(cfg.judge_model, cfg.judge.openai, field="judge.openai", meter=meter,
-                                   batch_dir=batch_dir)
+        backend = endpoint_backend(
+            cfg.judge_model, cfg.judge.openai, field="judge.openai", meter=meter, batch_dir=batch_dir
+        )
         return backend if log is None else LoggedBackend(backend, log, backend_name="openai")
     if cfg.judge.backend == "vllm":
         from pipeline.backends.vllm_backend import shared
 
-        return shared(cfg.judge_model, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(), field="judge.model")
+        return shared(
+            cfg.judge_model, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(), field="judge.model"
+        )
     from pipeline.backends.hf import TransformersBackend
 
     return TransformersBackend(cfg.judge_model, dtype=cfg.generate.dtype, batch_size=batch_size, field="judge.model")
 
 
 def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, batch_dir=None) -> list:
-    """Every judge of the ensemble: absolute LLM judges, reward models, pairwise LLM judges, in config order. In-process
-    models and endpoints are shared between judges that name the same one."""
+    """Every judge of the ensemble: absolute LLM judges, reward models, pairwise LLM judges, in config order.
+    In-process models and endpoints are shared between judges that name the same one."""
     j = cfg.judge
     common = dict(min_mass=j.min_score_mass, max_input_tokens=j.max_input_tokens)
     models: dict[tuple, tuple] = {}
@@ -114,8 +141,9 @@ def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, b
             if backend == "vllm":  # the engine scores: judges/absolute.py next_token_logprobs
                 from pipeline.backends.vllm_backend import shared
 
-                engine = shared(ref, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(),
-                                field="judge.model")
+                engine = shared(
+                    ref, dtype=cfg.generate.dtype, engine=cfg.generate.vllm.model_dump(), field="judge.model"
+                )
                 models[(ref, backend)] = (engine, engine.tokenizer, engine.label)
             else:
                 models[(ref, backend)] = load_causal_lm(ref, cfg.generate.dtype, "judge.model")
@@ -125,9 +153,15 @@ def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, b
         key = (ref, opts.base_url, opts.served_model)
         if key not in endpoints:
             backend = endpoint_backend(ref, opts, field=field, meter=meter, batch_dir=batch_dir)
-            endpoints[key] = Endpoint(backend, log, score_mode=j.score_mode,
-                                      samples=j.samples, temperature=j.sample_temperature,
-                                      max_tokens=j.sample_max_tokens, top_logprobs=j.top_logprobs)
+            endpoints[key] = Endpoint(
+                backend,
+                log,
+                score_mode=j.score_mode,
+                samples=j.samples,
+                temperature=j.sample_temperature,
+                max_tokens=j.sample_max_tokens,
+                top_logprobs=j.top_logprobs,
+            )
         return endpoints[key]
 
     llm = {"absolute": [], "pairwise": []}
@@ -135,30 +169,50 @@ def build_judges(cfg: RunConfig, *, log: RequestLog | None = None, meter=None, b
         if spec.backend == "openai":
             ep = endpoint(spec.model, spec.openai, "judge.openai")
             cls = ServedScoreJudge if kind == "absolute" else ServedPairwiseJudge
-            llm[kind].append(cls(ep, ep.backend.label, template_id=spec.template, tokenizer=ep.backend.tokenizer,
-                                 **common))
+            llm[kind].append(
+                cls(ep, ep.backend.label, template_id=spec.template, tokenizer=ep.backend.tokenizer, **common)
+            )
         else:
             model, tokenizer, label = in_process(spec.model, spec.backend)
             cls = ScoreTokenJudge if kind == "absolute" else PairwiseJudge
-            llm[kind].append(cls(model, tokenizer, label, template_id=spec.template, batch_size=j.batch_size, **common))
+            llm[kind].append(
+                cls(model, tokenizer, label, template_id=spec.template, batch_size=j.batch_size, **common)
+            )
     rewards = [reward_judge(spec, cfg, log=log, meter=meter) for spec in cfg.reward_model_specs()]
     judges = llm["absolute"] + rewards + llm["pairwise"]
     ids = [x.id for x in judges]
     if len(set(ids)) < len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
-        raise ConfigError(f"judge.templates: judges {twice} would share one id (same model and template); fix: list "
-                          "each (model, template) once")
+        raise ConfigError(
+            f"judge.templates: judges {twice} would share one id (same model and template); fix: list "
+            "each (model, template) once"
+        )
     return judges
 
 
 def judge_funnel(n_candidates: int, judgments: pa.Table) -> list[dict]:
     """candidates -> judgments (one per candidate or candidate pair and judge) -> ok judgments."""
     failed = judgments.num_rows - sum(judgments.column("ok").to_pylist())
-    return [step("judge", "judgments", n_candidates, judgments.num_rows, "each candidate scored by every absolute "
-                 "judge and reward model, each candidate pair by every pairwise judge", unit="judgments",
-                 unit_in="candidates"),
-            step("judge", "judge_failed", judgments.num_rows, judgments.num_rows - failed,
-                 "judgment not scoreable (ok=false)", unit="judgments")]
+    return [
+        step(
+            "judge",
+            "judgments",
+            n_candidates,
+            judgments.num_rows,
+            "each candidate scored by every absolute "
+            "judge and reward model, each candidate pair by every pairwise judge",
+            unit="judgments",
+            unit_in="candidates",
+        ),
+        step(
+            "judge",
+            "judge_failed",
+            judgments.num_rows,
+            judgments.num_rows - failed,
+            "judgment not scoreable (ok=false)",
+            unit="judgments",
+        ),
+    ]
 
 
 def model_revision(ref: str, backend: str, field: str) -> str:
@@ -172,8 +226,9 @@ def model_revision(ref: str, backend: str, field: str) -> str:
 
 
 def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
-    revisions = [model_revision(s.model, s.backend, "judge.model") for _, s in cfg.llm_judge_specs()] or \
-        [model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")]
+    revisions = [model_revision(s.model, s.backend, "judge.model") for _, s in cfg.llm_judge_specs()] or [
+        model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")
+    ]
     revisions = revisions[:1] if len(set(revisions)) == 1 else revisions  # one judge model: as before mappings existed
     revisions += [model_revision(r.model, r.backend, "judge.reward_models") for r in cfg.reward_model_specs()]
     return fingerprint("judge", VERSION, cfg.stage_fields("judge"), candidates_fp, revisions)
@@ -189,9 +244,14 @@ def judge_modes(table: pa.Table) -> dict[str, dict]:
             info = json.loads(raw)
             acc["samples"] += info.get("samples", 0)
             acc["failures"] += info.get("failures", 0)
-    return {j: {"score_mode": "/".join(sorted(a["modes"])), "judgments_by_mode": a["modes"],
-                "parse_failure_rate": round(a["failures"] / a["samples"], 4) if a["samples"] else None}
-            for j, a in out.items()}
+    return {
+        j: {
+            "score_mode": "/".join(sorted(a["modes"])),
+            "judgments_by_mode": a["modes"],
+            "parse_failure_rate": round(a["failures"] / a["samples"], 4) if a["samples"] else None,
+        }
+        for j, a in out.items()
+    }
 
 
 def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
@@ -203,24 +263,43 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
     candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")
     started = time.perf_counter()
     n_judges = len(cfg.llm_judge_specs()) + len(cfg.judge.reward_models)
-    served = (any(s.backend == "openai" for _, s in cfg.llm_judge_specs())
-              or any(r.backend == "openai" for r in cfg.reward_model_specs())
-              or (cfg.judge.rationales and cfg.judge.backend == "openai"))
+    served = (
+        any(s.backend == "openai" for _, s in cfg.llm_judge_specs())
+        or any(r.backend == "openai" for r in cfg.reward_model_specs())
+        or (cfg.judge.rationales and cfg.judge.backend == "openai")
+    )
     writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"  # concurrent shards: one log file each
     request_log = RequestLog(f"{run_dir}/requests/judge.jsonl", writer=writer) if served else None
     ledger = accounting.Ledger.for_stage(run_dir, cfg, "judge", store.part_infos())
     batch_dir = f"{run_dir}/requests/batches"
     # batch mode: one chunk, so each judge's requests for the whole stage make one batch file (the log checkpoints)
     chunk = candidates.num_rows if served and batch_mode(cfg) else cfg.publish.chunk_prompts
-    with bar(total=candidates.num_rows * n_judges, desc="judge", unit="cand",
-             initial=n_judges * done_rows(store, candidates)) as pbar:
+    with bar(
+        total=candidates.num_rows * n_judges,
+        desc="judge",
+        unit="cand",
+        initial=n_judges * done_rows(store, candidates),
+    ) as pbar:
+
         def make_work():  # judge models load only when a chunk is left to do
             judges = build_judges(cfg, log=request_log, meter=ledger, batch_dir=batch_dir)
-            explainer = (judge_generator(cfg, cfg.judge.batch_size, log=request_log, meter=ledger, batch_dir=batch_dir)
-                         if cfg.judge.rationales and cfg.judge.templates else None)
-            return lambda subset: (judge_candidates(prompts, subset, judges, progress=pbar.advance,
-                                                    explainer=explainer, rationale_tokens=cfg.judge.rationale_tokens),
-                                   {"usage": ledger.take()})
+            explainer = (
+                judge_generator(cfg, cfg.judge.batch_size, log=request_log, meter=ledger, batch_dir=batch_dir)
+                if cfg.judge.rationales and cfg.judge.templates
+                else None
+            )
+            return lambda subset: (
+                judge_candidates(
+                    prompts,
+                    subset,
+                    judges,
+                    progress=pbar.advance,
+                    explainer=explainer,
+                    rationale_tokens=cfg.judge.rationale_tokens,
+                ),
+                {"usage": ledger.take()},
+            )
+
         parts = run_in_parts(store, candidates, max(chunk, 1), make_work, log, shard=shard)
     if request_log is not None:
         request_log.close()
@@ -232,19 +311,25 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
     judge_ids = list(kinds)  # read off the table: a gathering call loads no judge
     same_model = _same_model(cfg.judge_model, cfg.generate.model)
     self_pref = [j for j, kind in kinds.items() if kind != "reward_model"] if same_model else []
-    meta = {"seconds": round(time.perf_counter() - started, 2), "judges": judge_ids,
-            "judge": judge_ids[0] if judge_ids else None, "failure_rate": round(failed / max(table.num_rows, 1), 4),
-            "self_preference": self_pref, "modes": judge_modes(table),
-            "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
-            "funnel": judge_funnel(candidates.num_rows, table)}
+    meta = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "judges": judge_ids,
+        "judge": judge_ids[0] if judge_ids else None,
+        "failure_rate": round(failed / max(table.num_rows, 1), 4),
+        "self_preference": self_pref,
+        "modes": judge_modes(table),
+        "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
+        "funnel": judge_funnel(candidates.num_rows, table),
+    }
     log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
     return store.finish(table, meta)
 
 
 def batch_mode(cfg: RunConfig) -> bool:
     """Whether judge requests go to endpoints as batch files (any LLM judge's endpoint in mode 'batch')."""
-    return any(s.backend == "openai" and s.openai.mode == "batch" for _, s in cfg.llm_judge_specs()) or \
-        (cfg.judge.backend == "openai" and cfg.judge.openai.mode == "batch")
+    return any(s.backend == "openai" and s.openai.mode == "batch" for _, s in cfg.llm_judge_specs()) or (
+        cfg.judge.backend == "openai" and cfg.judge.openai.mode == "batch"
+    )
 
 
 def _same_model(a: str, b: str) -> bool:

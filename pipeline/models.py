@@ -23,10 +23,10 @@ import importlib.util
 import json
 import logging
 import os
-import struct
-import zipfile
 import re
 import shutil
+import struct
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -181,23 +181,28 @@ def check_hub(ref: str, *, field: str) -> None:
     fix = (f"fix: download it where the Hub is reachable (`hf download {ref}`) and give the folder, "
            "or give a local model folder or bundled:smollm2-135m-instruct")
     if constants.HF_HUB_OFFLINE:
-        raise ModelNotFoundError(f"{field}: Hub model {ref!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
-                                 f"is set; {fix}")
+        raise ModelNotFoundError(
+            f"{field}: Hub model {ref!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {fix}"
+        )
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(ref, timeout=10)
     except GatedRepoError:
-        raise ModelNotFoundError(f"{field}: Hub model {ref!r} is gated; fix: accept its terms on the Hub and set "
-                                 "HF_TOKEN") from None
+        raise ModelNotFoundError(
+            f"{field}: Hub model {ref!r} is gated; fix: accept its terms on the Hub and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"{field}: Hub model {ref!r} does not exist (or is private); fix: check the id, or set "
-                                 "HF_TOKEN for a private model") from None
+        raise ModelNotFoundError(
+            f"{field}: Hub model {ref!r} does not exist (or is private); fix: check the id, or set "
+            "HF_TOKEN for a private model"
+        ) from None
     except Exception as exc:  # the transport's own error types (no route, DNS, timeout, TLS)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelNotFoundError(f"{field}: cannot reach the Hub to find {ref!r} ({reason}) and it is not in the local "
-                                 f"cache; {fix}") from None
+        raise ModelNotFoundError(
+            f"{field}: cannot reach the Hub to find {ref!r} ({reason}) and it is not in the local cache; {fix}"
+        ) from None
 
 
 def bundled_minilm() -> Path:
@@ -230,10 +235,13 @@ def resolve(ref: str, *, field: str = "model") -> ResolvedModel:
     path = Path(ref).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"{field}: folder {ref!r} has no config.json; fix: point it at a saved model folder")
+            raise ModelNotFoundError(
+                f"{field}: folder {ref!r} has no config.json; fix: point it at a saved model folder"
+            )
         if (problem := weights_problem(path)) is not None:
-            raise ModelNotFoundError(f"{field}: model folder {ref!r} is damaged: {problem}; fix: save or download the "
-                                     "model again")
+            raise ModelNotFoundError(
+                f"{field}: model folder {ref!r} is damaged: {problem}; fix: save or download the model again"
+            )
         return ResolvedModel(ref, str(path.resolve()), _folder_revision(path))
     looks_local = ref.startswith((".", "/", "~")) or ref.count("/") > 1
     if looks_local or not HUB_ID.match(ref):

@@ -33,12 +33,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
+from pipeline.aggregate import agreement, candidate_scores
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
 from pipeline.funnel import step
-from pipeline.aggregate import agreement, candidate_scores
-from pipeline.reward_augment import augment
 from pipeline.length_bias import length_bias
+from pipeline.reward_augment import augment
 from pipeline.store import StageStore
 
 VERSION = "5"
@@ -133,15 +133,38 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
 
     both = scored.join(scored, on="prompt_id", suffix="_r").filter(pl.col("candidate_id") < pl.col("candidate_id_r"))
     total = both.height
-    _step(funnel, "candidate_pairs", len(enough), total, "every two scored candidates of a prompt form a candidate pair",
-          unit_in="prompts")
+    _step(
+        funnel,
+        "candidate_pairs",
+        len(enough),
+        total,
+        "every two scored candidates of a prompt form a candidate pair",
+        unit_in="prompts",
+    )
     pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
-        pl.col("score") - pl.col("score_r") > cfg.tie_epsilon)
-    _step(funnel, "ties", total, pairs.height, f"candidate pairs scored within pair.tie_epsilon={cfg.tie_epsilon} (ties are not paired)")
+        pl.col("score") - pl.col("score_r") > cfg.tie_epsilon
+    )
+    _step(
+        funnel,
+        "ties",
+        total,
+        pairs.height,
+        f"candidate pairs scored within pair.tie_epsilon={cfg.tie_epsilon} (ties are not paired)",
+    )
     before = pairs.height
     sims = [similarity(a, b) for a, b in zip(pairs["text"].to_list(), pairs["text_r"].to_list())]
-    pairs = pairs.with_columns(pl.Series("_sim", sims, dtype=pl.Float64)).filter(pl.col("_sim") <= cfg.max_similarity).drop("_sim")
-    _step(funnel, "near_identical", before, pairs.height, f"chosen and rejected near-identical (5-gram Jaccard > {cfg.max_similarity})")
+    pairs = (
+        pairs.with_columns(pl.Series("_sim", sims, dtype=pl.Float64))
+        .filter(pl.col("_sim") <= cfg.max_similarity)
+        .drop("_sim")
+    )
+    _step(
+        funnel,
+        "near_identical",
+        before,
+        pairs.height,
+        f"chosen and rejected near-identical (5-gram Jaccard > {cfg.max_similarity})",
+    )
     pairs = pairs.with_columns((pl.col("score") - pl.col("score_r")).alias("margin"))
     before = pairs.height
     pairs = pairs.filter(pl.col("margin") >= cfg.min_margin)
@@ -149,11 +172,24 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
     if cfg.max_length_ratio is not None:
         before = pairs.height
         pairs = pairs.filter(pl.col("n_tokens") <= cfg.max_length_ratio * pl.col("n_tokens_r"))
-        _step(funnel, "length_ratio", before, pairs.height, f"chosen over pair.max_length_ratio={cfg.max_length_ratio} x rejected length")
+        _step(
+            funnel,
+            "length_ratio",
+            before,
+            pairs.height,
+            f"chosen over pair.max_length_ratio={cfg.max_length_ratio} x rejected length",
+        )
     before = pairs.height
     pairs = _select(pairs, scored, cfg, seed)
-    _step(funnel, "strategy", before, pairs.height, f"admissible candidate pairs not selected by {cfg.strategy}",
-          unit="pairs", unit_in="candidate pairs")
+    _step(
+        funnel,
+        "strategy",
+        before,
+        pairs.height,
+        f"admissible candidate pairs not selected by {cfg.strategy}",
+        unit="pairs",
+        unit_in="candidate pairs",
+    )
 
     messages = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
     rows = [
@@ -161,9 +197,15 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
             "prompt": messages[r["prompt_id"]],
             "chosen": [{"role": "assistant", "content": r["text"]}],
             "rejected": [{"role": "assistant", "content": r["text_r"]}],
-            "prompt_id": r["prompt_id"], "chosen_id": r["candidate_id"], "rejected_id": r["candidate_id_r"],
-            "chosen_score": r["score"], "rejected_score": r["score_r"], "margin": r["margin"],
-            "pair_strategy": cfg.strategy, "chosen_len": r["n_tokens"], "rejected_len": r["n_tokens_r"],
+            "prompt_id": r["prompt_id"],
+            "chosen_id": r["candidate_id"],
+            "rejected_id": r["candidate_id_r"],
+            "chosen_score": r["score"],
+            "rejected_score": r["score_r"],
+            "margin": r["margin"],
+            "pair_strategy": cfg.strategy,
+            "chosen_len": r["n_tokens"],
+            "rejected_len": r["n_tokens_r"],
             "judge_agreement": per_prompt.get(r["prompt_id"]),
         }
         for r in pairs.sort(["prompt_id", "candidate_id", "candidate_id_r"]).iter_rows(named=True)
@@ -173,8 +215,9 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
     return table, funnel
 
 
-def add_sources(pairs: pa.Table, funnel: list[dict], *, aggregate: str, augment_cfg,
-                critiqued: pa.Table | None) -> pa.Table:
+def add_sources(
+    pairs: pa.Table, funnel: list[dict], *, aggregate: str, augment_cfg, critiqued: pa.Table | None
+) -> pa.Table:
     """The judged pairs plus their reward-augmented rewrites (`sources.reward_augmented`) and the
     self-critique stage's pairs (`critiqued`, when that stage is on); each a funnel step in pairs."""
     if augment_cfg.enabled:
@@ -183,19 +226,30 @@ def add_sources(pairs: pa.Table, funnel: list[dict], *, aggregate: str, augment_
     if critiqued is not None:
         before = pairs.num_rows
         pairs = schemas.concat([pairs, critiqued], "pairs")
-        _step(funnel, "self_critique", before, pairs.num_rows, "revision pairs of the self_critique stage joined",
-              unit="pairs", adds="self_critique")
+        _step(
+            funnel,
+            "self_critique",
+            before,
+            pairs.num_rows,
+            "revision pairs of the self_critique stage joined",
+            unit="pairs",
+            adds="self_critique",
+        )
     return pairs
 
 
 def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
     """Listwise view: per prompt, every scored candidate best first (ties by candidate_id)."""
     messages = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
-    grouped = (scored.sort(["prompt_id", "score", "candidate_id"], descending=[False, True, False])
-               .group_by("prompt_id", maintain_order=True)
-               .agg(pl.struct("candidate_id", "text", "score", "n_tokens").alias("candidates")))
-    rows = [{"prompt_id": r["prompt_id"], "prompt": messages[r["prompt_id"]], "candidates": r["candidates"]}
-            for r in grouped.iter_rows(named=True)]
+    grouped = (
+        scored.sort(["prompt_id", "score", "candidate_id"], descending=[False, True, False])
+        .group_by("prompt_id", maintain_order=True)
+        .agg(pl.struct("candidate_id", "text", "score", "n_tokens").alias("candidates"))
+    )
+    rows = [
+        {"prompt_id": r["prompt_id"], "prompt": messages[r["prompt_id"]], "candidates": r["candidates"]}
+        for r in grouped.iter_rows(named=True)
+    ]
     return schemas.from_rows(rows, "ranked")
 
 
@@ -205,18 +259,28 @@ def check_pairs(table: pa.Table) -> None:
     need to: self-critique (revision chosen; the reward model's view is in label_confidence), the
     low-goal rows of reward-augmented pairs (chosen matches the stated lower score) and pairs a human
     reviewer flipped (pair_strategy `review_flip:...`)."""
-    df = pl.from_arrow(table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
-                                     "pair_strategy"]))
-    by_construction = (pl.col("pair_strategy").str.starts_with("self_critique:")
-                       | pl.col("pair_strategy").str.starts_with("reward_augmented:low:")
-                       | pl.col("pair_strategy").str.starts_with("review_flip:"))
-    bad = df.filter(((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
-                    | (pl.col("chosen_id") == pl.col("rejected_id")))
+    df = pl.from_arrow(
+        table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "pair_strategy"])
+    )
+    by_construction = (
+        pl.col("pair_strategy").str.starts_with("self_critique:")
+        | pl.col("pair_strategy").str.starts_with("reward_augmented:low:")
+        | pl.col("pair_strategy").str.starts_with("review_flip:")
+    )
+    bad = df.filter(
+        ((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
+        | (pl.col("chosen_id") == pl.col("rejected_id"))
+    )
     if bad.height:
-        raise SchemaError(f"pairs table breaks chosen_score > rejected_score / chosen != rejected for prompt_id {bad['prompt_id'][0]}")
+        raise SchemaError(
+            "pairs table breaks chosen_score > rejected_score / chosen != rejected for prompt_id "
+            f"{bad['prompt_id'][0]}"
+        )
     dup = df.filter(df.select(["prompt_id", "chosen_id", "rejected_id", "pair_strategy"]).is_duplicated())
     if dup.height:
-        raise SchemaError(f"pairs table holds the pair ({dup['chosen_id'][0]}, {dup['rejected_id'][0]}) more than once")
+        raise SchemaError(
+            f"pairs table holds the pair ({dup['chosen_id'][0]}, {dup['rejected_id'][0]}) more than once"
+        )
     chosen = [m[0]["content"] for m in table.column("chosen").to_pylist()]
     rejected = [m[0]["content"] for m in table.column("rejected").to_pylist()]
     if any(c.strip() == r.strip() for c, r in zip(chosen, rejected)):
@@ -249,18 +313,48 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, sources_fp: str | None = Non
     method = cfg.judge.aggregate
     scored = scored_candidates(candidates, judgments, method)
     per_prompt, figures = agreement(judgments)
-    pairs, funnel = pairs_from_scores(prompts, scored, per_prompt, cfg.pair, prompt_ids=candidate_prompts(candidates),
-                                      seed=cfg.seed, min_agreement=cfg.judge.min_agreement)
+    pairs, funnel = pairs_from_scores(
+        prompts,
+        scored,
+        per_prompt,
+        cfg.pair,
+        prompt_ids=candidate_prompts(candidates),
+        seed=cfg.seed,
+        min_agreement=cfg.judge.min_agreement,
+    )
     bias = length_bias(scored, pairs)
-    schemas.write_table(schemas.from_rows([{"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "score": r["score"],
-                                            "judge_agreement": per_prompt.get(r["prompt_id"])}
-                                           for r in scored.iter_rows(named=True)], "scores"), scores_path(run_dir), "scores")
+    schemas.write_table(
+        schemas.from_rows(
+            [
+                {
+                    "prompt_id": r["prompt_id"],
+                    "candidate_id": r["candidate_id"],
+                    "score": r["score"],
+                    "judge_agreement": per_prompt.get(r["prompt_id"]),
+                }
+                for r in scored.iter_rows(named=True)
+            ],
+            "scores",
+        ),
+        scores_path(run_dir),
+        "scores",
+    )
     if cfg.pair.keep_ranked:  # written before the meta, so the stage's commit point covers it
         schemas.write_table(ranked_candidates(prompts, scored), ranked_path(run_dir), "ranked")
     critiqued = None if sources_fp is None else schemas.read_table(f"{tables}/self_critique.parquet", "pairs")
     pairs = add_sources(pairs, funnel, aggregate=method, augment_cfg=cfg.sources.reward_augmented, critiqued=critiqued)
-    log(f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
-        f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs")
-    return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,
-                                "strategy": cfg.pair.strategy, "length_bias": bias, "aggregate": method,
-                                "agreement": figures})
+    log(
+        f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
+        f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs"
+    )
+    return store.finish(
+        pairs,
+        {
+            "seconds": round(time.perf_counter() - started, 2),
+            "funnel": funnel,
+            "strategy": cfg.pair.strategy,
+            "length_bias": bias,
+            "aggregate": method,
+            "agreement": figures,
+        },
+    )

@@ -32,14 +32,17 @@ def _bins(values: list[float], n: int = 20) -> int:
 def score_histogram(chosen: list[float], rejected: list[float], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     both = chosen + rejected
-    ax.hist([chosen, rejected], bins=_bins(both), label=["chosen", "rejected"], color=["tab:green", "tab:red"], alpha=0.8)
+    ax.hist(
+        [chosen, rejected], bins=_bins(both), label=["chosen", "rejected"], color=["tab:green", "tab:red"], alpha=0.8
+    )
     ax.set(xlabel="judge score", ylabel="pairs", title="Chosen and rejected scores")
     ax.legend()
     return _save(fig, path)
 
 
-def histogram(values: list[float], path: Path, *, title: str, xlabel: str, cut: float | None = None,
-              cut_label: str | None = None) -> Path:
+def histogram(
+    values: list[float], path: Path, *, title: str, xlabel: str, cut: float | None = None, cut_label: str | None = None
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.hist(values, bins=_bins(values), color="tab:blue", alpha=0.85)
     if cut is not None:

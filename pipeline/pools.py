@@ -31,7 +31,9 @@ def pool_plan(prompt_id: str, cfg, seed: int) -> list[tuple[int, float, float]]:
     return plan
 
 
-def pool_candidates(rows: list[dict], cfg, backend_for, *, seed: int, progress=None) -> tuple[list[dict], dict[str, str]]:
+def pool_candidates(
+    rows: list[dict], cfg, backend_for, *, seed: int, progress=None
+) -> tuple[list[dict], dict[str, str]]:
     """Candidate rows and {prompt_id: skip reason}; `backend_for(member_index)` gives that member's backend."""
     groups: dict[tuple, list] = defaultdict(list)  # (member, temperature, top_p) -> [(row, k, Request)]
     for row in rows:
@@ -44,17 +46,26 @@ def pool_candidates(rows: list[dict], cfg, backend_for, *, seed: int, progress=N
     for (m, t, p), items in groups.items():
         backend = backend_for(m)
         sampling = SamplingParams(t, p, cfg.max_new_tokens)
-        results = backend.generate([req for _, _, req in items], sampling=sampling,
-                                   max_prompt_tokens=cfg.max_prompt_tokens, progress=progress)
+        results = backend.generate(
+            [req for _, _, req in items], sampling=sampling, max_prompt_tokens=cfg.max_prompt_tokens, progress=progress
+        )
         for (row, k, req), result in zip(items, results):
             if isinstance(result, Skipped):
                 skipped[row["prompt_id"]] = f"{cfg.pool[m].model}: {result.reason}"
                 continue
             c = result[0]
             found[(row["prompt_id"], k)] = candidate_row(
-                row["prompt_id"], f"{row['prompt_id']}-{k:02d}", backend.label, text=c.text, n_tokens=c.n_tokens,
-                finish_reason=c.finish_reason, temperature=t, top_p=p, max_new_tokens=cfg.max_new_tokens,
-                seed=req.seeds[0])
+                row["prompt_id"],
+                f"{row['prompt_id']}-{k:02d}",
+                backend.label,
+                text=c.text,
+                n_tokens=c.n_tokens,
+                finish_reason=c.finish_reason,
+                temperature=t,
+                top_p=p,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=req.seeds[0],
+            )
     # a prompt any member skipped is skipped whole: its candidates would not be from n models
     out = [found[(r["prompt_id"], k)] for r in rows if r["prompt_id"] not in skipped for k in range(cfg.n)]
     return out, skipped

@@ -62,19 +62,25 @@ def check_endpoint(openai_cfg, *, field: str, model: str) -> None:
             listed = json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):
-            raise ConfigError(f"{field}.base_url {openai_cfg.base_url!r} refused the API key (HTTP {exc.code}); fix: put "
-                              f"a valid key in the environment variable {openai_cfg.api_key_env!r} "
-                              f"({field}.api_key_env)") from None
+            raise ConfigError(
+                f"{field}.base_url {openai_cfg.base_url!r} refused the API key (HTTP {exc.code}); fix: put "
+                f"a valid key in the environment variable {openai_cfg.api_key_env!r} "
+                f"({field}.api_key_env)"
+            ) from None
         return  # a server without /models (some proxies): the stage's own requests will tell
     except (OSError, ValueError) as exc:  # refused, DNS, timeout, TLS; or not JSON
         reason = getattr(exc, "reason", None) or exc
-        raise ConfigError(f"{field}.base_url {openai_cfg.base_url!r} does not answer ({reason}); fix: start the server "
-                          f"(e.g. `vllm serve MODEL`) or correct {field}.base_url") from None
+        raise ConfigError(
+            f"{field}.base_url {openai_cfg.base_url!r} does not answer ({reason}); fix: start the server "
+            f"(e.g. `vllm serve MODEL`) or correct {field}.base_url"
+        ) from None
     ids = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)] if isinstance(listed, dict) else []
     wanted = openai_cfg.served_model or model
     if ids and wanted not in ids:
-        raise ConfigError(f"{field}: the server at {openai_cfg.base_url!r} serves {ids[:5]}, not {wanted!r}; fix: set "
-                          f"{field}.served_model to one of them")
+        raise ConfigError(
+            f"{field}: the server at {openai_cfg.base_url!r} serves {ids[:5]}, not {wanted!r}; fix: set "
+            f"{field}.served_model to one of them"
+        )
 
 
 def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
@@ -92,8 +98,10 @@ def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
     if not cfg.input.synthesised:
         load_prompts(cfg.input, seed=cfg.seed)
     elif incremental:
-        raise ConfigError("input.path 'synth:' cannot grow a dataset (--incremental / serve): synthesis has no "
-                          "'new prompts'; fix: synthesise once with a plain run, then grow from its prompts table")
+        raise ConfigError(
+            "input.path 'synth:' cannot grow a dataset (--incremental / serve): synthesis has no "
+            "'new prompts'; fix: synthesise once with a plain run, then grow from its prompts table"
+        )
     elif cfg.input.synth.mode == "evol":
         try:
             load_prompts(InputConfig(path=cfg.input.synth.seeds), seed=cfg.seed)
@@ -107,17 +115,23 @@ def check_served(cfg: RunConfig) -> None:
     for field, model, opts in cfg.served_models():
         if opts.mode == "batch":  # answered by batch_command or by hand, not by a server this run reaches
             if cfg.budget.usd is not None and price_of(cfg.prices, model, opts.served_model) is None:
-                raise ConfigError(f"prices: no price for {model!r} (batch at {field}), but budget.usd="
-                                  f"{cfg.budget.usd:g} needs one; fix: set prices.{model}.input and .output")
+                raise ConfigError(
+                    f"prices: no price for {model!r} (batch at {field}), but budget.usd="
+                    f"{cfg.budget.usd:g} needs one; fix: set prices.{model}.input and .output"
+                )
             continue
         if not opts.base_url:
-            raise ConfigError(f"{field}.base_url: not set, but {model!r} is to be reached over it (backend 'openai'); "
-                              f"fix: set it to the server's URL including /v1, e.g. "
-                              f"--set {field}.base_url=http://HOST:8000/v1")
+            raise ConfigError(
+                f"{field}.base_url: not set, but {model!r} is to be reached over it (backend 'openai'); "
+                f"fix: set it to the server's URL including /v1, e.g. "
+                f"--set {field}.base_url=http://HOST:8000/v1"
+            )
         if cfg.budget.usd is not None and price_of(cfg.prices, model, opts.served_model) is None:
-            raise ConfigError(f"prices: no price for {model!r} (served at {field}), but budget.usd={cfg.budget.usd:g} "
-                              f"needs one to count its cost; fix: set prices.{model}.input and prices.{model}.output "
-                              "(USD per million tokens), or unset budget.usd")
+            raise ConfigError(
+                f"prices: no price for {model!r} (served at {field}), but budget.usd={cfg.budget.usd:g} "
+                f"needs one to count its cost; fix: set prices.{model}.input and prices.{model}.output "
+                "(USD per million tokens), or unset budget.usd"
+            )
         if (opts.base_url, opts.served_model or model) not in seen:
             seen.add((opts.base_url, opts.served_model or model))
             check_endpoint(opts, field=field, model=model)

@@ -98,7 +98,9 @@ def _benchmark_rows(path: Path) -> list[tuple[str, str]]:
     elif path.suffix in {".jsonl", ".json"}:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     else:
-        raise InputError(f"curate.decontaminate.benchmarks: {str(path)!r} has unknown format; fix: use .jsonl, .parquet or .txt")
+        raise InputError(
+            f"curate.decontaminate.benchmarks: {str(path)!r} has unknown format; fix: use .jsonl, .parquet or .txt"
+        )
     out = []
     for i, row in enumerate(rows):
         if "messages" in row and row["messages"]:
@@ -127,8 +129,9 @@ def contaminated(texts: list[str], cfg: DecontaminateConfig) -> dict[int, str]:
 Drop = tuple[str, np.ndarray, pa.Array, "np.ndarray | None"]  # (filter, dropped indices, match, score)
 
 
-def text_filters(ids: pa.Array, texts: list[str], dedup: DedupConfig,
-                 decontam: DecontaminateConfig) -> tuple[np.ndarray, list[dict], list[Drop]]:
+def text_filters(
+    ids: pa.Array, texts: list[str], dedup: DedupConfig, decontam: DecontaminateConfig
+) -> tuple[np.ndarray, list[dict], list[Drop]]:
     """Decontamination, then MinHash near-copies: (indices of the prompts left, funnel entries, drops)."""
     keep = np.arange(len(texts))
     funnel: list[dict] = []
@@ -137,26 +140,53 @@ def text_filters(ids: pa.Array, texts: list[str], dedup: DedupConfig,
         hits = contaminated(texts, decontam)
         idx = np.array(sorted(hits), dtype=np.int64)
         drops.append(("decontaminate", idx, pa.array([hits[i] for i in idx.tolist()], pa.string()), None))
-        funnel.append(step("prompt_filter", "decontaminate", len(keep), len(keep) - len(hits),
-                           f"shares a word {decontam.ngram}-gram with a benchmark prompt", unit="prompts"))
+        funnel.append(
+            step(
+                "prompt_filter",
+                "decontaminate",
+                len(keep),
+                len(keep) - len(hits),
+                f"shares a word {decontam.ngram}-gram with a benchmark prompt",
+                unit="prompts",
+            )
+        )
         keep = np.setdiff1d(keep, idx)
     mh = dedup.minhash
     if mh.enabled and len(keep) > 1:
-        found = fuzzy_duplicates([texts[i] for i in keep], ngram=mh.ngram, bands=mh.bands, rows=mh.rows,
-                                 threshold=mh.threshold)
+        found = fuzzy_duplicates(
+            [texts[i] for i in keep], ngram=mh.ngram, bands=mh.bands, rows=mh.rows, threshold=mh.threshold
+        )
         d = np.flatnonzero(found.match >= 0)
         drops.append(("fuzzy_duplicate", keep[d], ids.take(keep[found.match[d]]), found.score[d]))
-        funnel.append(step("prompt_filter", "fuzzy_duplicate", len(keep), len(keep) - len(d),
-                           f"MinHash of word {mh.ngram}-grams agrees >= {mh.threshold} with an earlier prompt's "
-                           f"(LSH {mh.bands} bands x {mh.rows} rows)", unit="prompts"))
+        funnel.append(
+            step(
+                "prompt_filter",
+                "fuzzy_duplicate",
+                len(keep),
+                len(keep) - len(d),
+                f"MinHash of word {mh.ngram}-grams agrees >= {mh.threshold} with an earlier prompt's "
+                f"(LSH {mh.bands} bands x {mh.rows} rows)",
+                unit="prompts",
+            )
+        )
         keep = np.delete(keep, d)
     elif mh.enabled:  # nothing to compare, but the step is there so increments' funnels sum
-        funnel.append(step("prompt_filter", "fuzzy_duplicate", len(keep), len(keep), f"MinHash of word {mh.ngram}-grams "
-                           f"agrees >= {mh.threshold} with an earlier prompt's", unit="prompts"))
+        funnel.append(
+            step(
+                "prompt_filter",
+                "fuzzy_duplicate",
+                len(keep),
+                len(keep),
+                f"MinHash of word {mh.ngram}-grams agrees >= {mh.threshold} with an earlier prompt's",
+                unit="prompts",
+            )
+        )
     return keep, funnel, drops
 
 
-def near_duplicate_filter(ids: pa.Array, keep: np.ndarray, emb, dedup: DedupConfig) -> tuple[np.ndarray, dict, Drop, dict]:
+def near_duplicate_filter(
+    ids: pa.Array, keep: np.ndarray, emb, dedup: DedupConfig
+) -> tuple[np.ndarray, dict, Drop, dict]:
     """Near-duplicates among the prompts `keep` (rows of `emb`, in the same order): (prompts left, funnel
     entry, drops, search figures for the meta)."""
     method = neardup.choose_method(len(keep), dedup.method, dedup.exact_max_prompts)
@@ -172,14 +202,26 @@ def near_duplicate_filter(ids: pa.Array, keep: np.ndarray, emb, dedup: DedupConf
 
 def drops_table(ids: pa.Array, drops: list[Drop]) -> pa.Table:
     """The drops as a `prompt_drops` table: filters in the order they ran, prompts in input order within one."""
-    tables = [pa.table({"prompt_id": ids.take(idx), "filter": pa.array([name] * len(idx), pa.string()),
-                        "match": match, "score": pa.nulls(len(idx), pa.float64()) if score is None
-                        else pa.array(score.astype(np.float64), pa.float64())}, schema=schemas.PROMPT_DROPS)
-              for name, idx, match, score in drops]
+    tables = [
+        pa.table(
+            {
+                "prompt_id": ids.take(idx),
+                "filter": pa.array([name] * len(idx), pa.string()),
+                "match": match,
+                "score": pa.nulls(len(idx), pa.float64())
+                if score is None
+                else pa.array(score.astype(np.float64), pa.float64()),
+            },
+            schema=schemas.PROMPT_DROPS,
+        )
+        for name, idx, match, score in drops
+    ]
     return schemas.concat(tables, "prompt_drops")
 
 
-def filter_prompts(prompts: pa.Table, dedup: DedupConfig, decontam: DecontaminateConfig) -> tuple[pa.Table, list[dict], pa.Table]:
+def filter_prompts(
+    prompts: pa.Table, dedup: DedupConfig, decontam: DecontaminateConfig
+) -> tuple[pa.Table, list[dict], pa.Table]:
     """Pure core, embeddings in memory: (kept prompts, funnel entries, drops table)."""
     ids = prompts.column("prompt_id").combine_chunks()
     texts = prompt_texts(prompts)
@@ -196,8 +238,14 @@ def filter_prompts(prompts: pa.Table, dedup: DedupConfig, decontam: Decontaminat
 
 def _no_pairs_step(n: int, dedup: DedupConfig) -> dict:
     """The near-duplicate step where fewer than two prompts are left (nothing to compare, nothing embedded)."""
-    return step("prompt_filter", "near_duplicate", n, n, f"cosine >= {dedup.threshold} to an earlier prompt "
-                f"({dedup.model})", unit="prompts")
+    return step(
+        "prompt_filter",
+        "near_duplicate",
+        n,
+        n,
+        f"cosine >= {dedup.threshold} to an earlier prompt ({dedup.model})",
+        unit="prompts",
+    )
 
 
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
@@ -218,20 +266,31 @@ def embeddings_table(ids: pa.Array, emb: np.ndarray) -> pa.Table:
     return pa.table({"prompt_id": ids, "embedding": vectors}, schema=schemas.EMBEDDINGS)
 
 
-def embed_in_parts(store: StageStore, ids: pa.Array, texts: list[str], dedup: DedupConfig, *, log=print,
-                   shard: tuple[int, int] | None = None, positions: np.ndarray | None = None) -> np.ndarray | None:
+def embed_in_parts(
+    store: StageStore,
+    ids: pa.Array,
+    texts: list[str],
+    dedup: DedupConfig,
+    *,
+    log=print,
+    shard: tuple[int, int] | None = None,
+    positions: np.ndarray | None = None,
+) -> np.ndarray | None:
     """Embeddings of `texts` (rows in the given order) from checkpointed parts, embedding only what no finished
     part covers; None for a shard (its parts are on disk, the gathering call reads them). `positions`: the
     prompts' rows in the whole input, which name the parts, so parts written under other filter settings
     (another subset of prompts) are reused, never overwritten."""
     table = pa.table({"prompt_id": ids, "text": pa.array(texts, pa.string())})
     with bar(total=len(texts), initial=done_rows(store, table), desc="prompt_filter embed", unit="prompt") as pbar:
+
         def make_work():
             def work(subset: pa.Table):
                 emb = embed(subset.column("text").to_pylist(), dedup.model, batch_size=dedup.batch_size).numpy()
                 pbar.advance(subset.num_rows)
                 return embeddings_table(subset.column("prompt_id"), emb), {"dim": emb.shape[1]}
+
             return work
+
         named = None if positions is None else dict(zip(ids.to_pylist(), positions.tolist()))
         run_in_parts(store, table, dedup.chunk_prompts, make_work, log, shard=shard, gather=False, positions=named)
     if shard is not None:
@@ -246,8 +305,10 @@ def embed_in_parts(store: StageStore, ids: pa.Array, texts: list[str], dedup: De
         out[rows[rows >= 0]] = values[rows >= 0]  # parts may also cover prompts a filter dropped since
         filled[rows[rows >= 0]] = True
     if out is None or not filled.all():
-        raise SchemaError(f"{store.parts_dir}: embeddings missing for {int((~filled).sum())} prompts after the "
-                          "embedding parts ran; fix: delete that folder and rerun")
+        raise SchemaError(
+            f"{store.parts_dir}: embeddings missing for {int((~filled).sum())} prompts after the "
+            "embedding parts ran; fix: delete that folder and rerun"
+        )
     return out
 
 
@@ -281,11 +342,16 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     if dedup.near_duplicates and len(keep) > 1:
         t0 = time.perf_counter()
         store_e = embedding_store(run_dir, cfg, prompts_fp)
-        emb = embed_in_parts(store_e, ids.take(keep), [texts[i] for i in keep], dedup, log=log, shard=shard,
-                             positions=keep)
+        emb = embed_in_parts(
+            store_e, ids.take(keep), [texts[i] for i in keep], dedup, log=log, shard=shard, positions=keep
+        )
         if shard is not None:
             return store.shard_meta(shard)
-        info["embed"] = {"model": resolve(dedup.model).label, "prompts": len(keep), "seconds": round(time.perf_counter() - t0, 2)}
+        info["embed"] = {
+            "model": resolve(dedup.model).label,
+            "prompts": len(keep),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         keep, entry, drop, info["near_duplicate"] = near_duplicate_filter(ids, keep, emb, dedup)
         del emb
         funnel.append(entry)
@@ -300,5 +366,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     counts = {name: len(idx) for name, idx, _, _ in drops}
     how = f" ({info['near_duplicate']['method']} near-duplicate search)" if "near_duplicate" in info else ""
     log(f"prompt_filter: kept {len(keep)} of {prompts.num_rows} prompts{how}")
-    return store.finish(prompts.take(keep), {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,
-                                             "drops": counts, **info})
+    return store.finish(
+        prompts.take(keep),
+        {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel, "drops": counts, **info},
+    )

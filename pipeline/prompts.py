@@ -1,10 +1,11 @@
 """Prompt input: JSONL, parquet, a folder of such files, or a `datasets` dataset, into the `prompts` table.
 
 Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, with optional
-`prompt_id`, `category`, `source` and `reference` (a reference answer for rubric judges). A row is invalid when it has neither field, an empty or
-non-string content, an unknown role, or a conversation that does not end with a user turn; the
-error names the file, the line (or row) and the problem. With `skip_invalid` such rows are
-skipped and counted instead (a line that is not UTF-8 is one invalid row, not a bad file).
+`prompt_id`, `category`, `source` and `reference` (a reference answer for rubric judges). A row is
+invalid when it has neither field, an empty or non-string content, an unknown role, or a conversation
+that does not end with a user turn; the error names the file, the line (or row) and the problem.
+With `skip_invalid` such rows are skipped and counted instead (a line that is not UTF-8 is one invalid
+row, not a bad file).
 Exact duplicates (same prompt_id, same messages) keep their first occurrence. A prompt_id reused
 for different messages is an input error naming both rows (with `skip_invalid`, the later row is
 skipped and counted as `prompt_id_conflicts`). `prompt_id` is a stable hash of the messages unless
@@ -32,8 +33,13 @@ from pipeline.store import StageStore
 
 ROLES = {"system", "user", "assistant"}
 VERSION = "2"
-READS: tuple[str, ...] = ("input.messages | input.prompt", "input.prompt_id?", "input.category?", "input.source?",
-                          "input.reference?")
+READS: tuple[str, ...] = (
+    "input.messages | input.prompt",
+    "input.prompt_id?",
+    "input.category?",
+    "input.source?",
+    "input.reference?",
+)
 WRITES = tuple(schemas.PROMPTS.names)
 
 
@@ -66,20 +72,25 @@ def messages_hash(messages: list[dict]) -> str:
 def normalise_row(row: Any, where: str) -> dict:
     """Validate one input row; return a prompts-table row or raise InputError naming `where`."""
     if not isinstance(row, dict):
-        raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}; fix: write each row as "
-                         '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
+        raise InputError(
+            f"{where}: expected a JSON object, got {type(row).__name__}; fix: write each row as "
+            '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}'
+        )
     if "messages" in row and row["messages"] is not None:
         messages = row["messages"]
         if hasattr(messages, "tolist"):
             messages = messages.tolist()
         if not isinstance(messages, list) or not messages:
-            raise InputError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects; fix: "
-                             "e.g. [{\"role\": \"user\", \"content\": \"...\"}]")
+            raise InputError(
+                f"{where}: 'messages' must be a non-empty list of {{role, content}} objects; fix: "
+                "e.g. [{\"role\": \"user\", \"content\": \"...\"}]"
+            )
         clean = []
         for i, msg in enumerate(messages):
             if not isinstance(msg, dict) or set(msg) - {"role", "content"} - {"name"}:
-                raise InputError(f"{where}: messages[{i}] must be an object with 'role' and 'content' only; fix: "
-                                 "drop other keys")
+                raise InputError(
+                    f"{where}: messages[{i}] must be an object with 'role' and 'content' only; fix: drop other keys"
+                )
             role, content = msg.get("role"), msg.get("content")
             if role not in ROLES:
                 raise InputError(f"{where}: messages[{i}].role is {role!r}; fix: use one of {sorted(ROLES)}")
@@ -87,8 +98,10 @@ def normalise_row(row: Any, where: str) -> dict:
                 raise InputError(f"{where}: messages[{i}].content must be a non-empty string; fix: give it text")
             clean.append({"role": role, "content": content})
         if clean[-1]["role"] != "user":
-            raise InputError(f"{where}: the last message must have role 'user' (it is {clean[-1]['role']!r}); fix: end "
-                             "the conversation with the user turn to answer")
+            raise InputError(
+                f"{where}: the last message must have role 'user' (it is {clean[-1]['role']!r}); fix: end "
+                "the conversation with the user turn to answer"
+            )
     elif "prompt" in row:
         prompt = row["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
@@ -120,10 +133,13 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
             rows = json.loads(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
-            raise InputError(f"{path}:{line}: not UTF-8 text ({exc.reason}); fix: re-encode the file as UTF-8") from None
+            raise InputError(
+                f"{path}:{line}: not UTF-8 text ({exc.reason}); fix: re-encode the file as UTF-8"
+            ) from None
         except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: correct that "
-                             "line") from None
+            raise InputError(
+                f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: correct that line"
+            ) from None
         yield from ((f"{path} item {i}", row) for i, row in enumerate(rows))
         return
     for lineno, raw in enumerate(data.split(b"\n"), 1):
@@ -131,8 +147,12 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield where, InputError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix: re-encode the "
-                                    "file as UTF-8")
+            yield (
+                where,
+                InputError(
+                    f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); fix: re-encode the file as UTF-8"
+                ),
+            )
             continue
         if not line.strip():
             continue
@@ -144,7 +164,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 def source_files(folder: Path) -> list[Path]:
     """The prompt files of a folder source, in name order (a growing folder for incremental runs)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in {".jsonl", ".json", ".ndjson", ".parquet"})
+    return sorted(
+        p for p in folder.iterdir() if p.is_file() and p.suffix in {".jsonl", ".json", ".ndjson", ".parquet"}
+    )
 
 
 def _iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
@@ -153,7 +175,9 @@ def _iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
             try:
                 table = pq.read_table(f)
             except Exception as exc:
-                raise InputError(f"{f}: unreadable parquet ({' '.join(str(exc).split())}); fix: rewrite the file") from None
+                raise InputError(
+                    f"{f}: unreadable parquet ({' '.join(str(exc).split())}); fix: rewrite the file"
+                ) from None
             yield from _iter_table(table, str(f))
         else:
             yield from _iter_jsonl(f)
@@ -180,17 +204,23 @@ def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[st
         try:
             ds = datasets.load_dataset(ref[3:], split=cfg.split)
         except Exception as exc:  # datasets raises many types; name the source and move on
-            raise InputError(f"input.path {cfg.path!r}: cannot load dataset ({' '.join(str(exc).split())[:300]}); fix: "
-                             "check the name and split, or save it locally") from None
+            raise InputError(
+                f"input.path {cfg.path!r}: cannot load dataset ({' '.join(str(exc).split())[:300]}); fix: "
+                "check the name and split, or save it locally"
+            ) from None
         return ref, _iter_table(ds.data.table, ref)
     path = Path(ref).expanduser()
     if not path.exists():
-        raise InputError(f"input.path {cfg.path!r} does not exist; fix: point it at a .jsonl/.parquet file or a dataset folder")
+        raise InputError(
+            f"input.path {cfg.path!r} does not exist; fix: point it at a .jsonl/.parquet file or a dataset folder"
+        )
     if path.is_dir() and not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
         files = source_files(path)
         if not files:
-            raise InputError(f"input.path {cfg.path!r} is a folder with no .jsonl/.json/.parquet files and no saved "
-                             "dataset; fix: put prompt files in it or point at a file")
+            raise InputError(
+                f"input.path {cfg.path!r} is a folder with no .jsonl/.json/.parquet files and no saved "
+                "dataset; fix: put prompt files in it or point at a file"
+            )
         return path.name, _iter_files(files)
     if path.is_dir():
         import datasets
@@ -198,8 +228,10 @@ def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[st
         try:
             ds = datasets.load_from_disk(str(path))
         except Exception as exc:
-            raise InputError(f"input.path {cfg.path!r}: not a dataset saved with save_to_disk "
-                             f"({' '.join(str(exc).split())[:300]}); fix: point at a prompt file or a saved dataset") from None
+            raise InputError(
+                f"input.path {cfg.path!r}: not a dataset saved with save_to_disk "
+                f"({' '.join(str(exc).split())[:300]}); fix: point at a prompt file or a saved dataset"
+            ) from None
         if isinstance(ds, datasets.DatasetDict):
             if cfg.split not in ds:
                 raise InputError(f"input.split {cfg.split!r} not in {sorted(ds)}; fix: set input.split")
@@ -209,12 +241,15 @@ def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[st
         try:
             table = pq.read_table(path)
         except Exception as exc:
-            raise InputError(f"input.path {cfg.path!r}: unreadable parquet ({' '.join(str(exc).split())}); fix: "
-                             "rewrite the file") from None
+            raise InputError(
+                f"input.path {cfg.path!r}: unreadable parquet ({' '.join(str(exc).split())}); fix: rewrite the file"
+            ) from None
         return path.name, _iter_table(table, str(path))
     if path.suffix in {".jsonl", ".json", ".ndjson"}:
         return path.name, _iter_jsonl(path)
-    raise InputError(f"input.path {cfg.path!r}: unknown format {path.suffix!r}; fix: use .jsonl, .parquet or a dataset folder")
+    raise InputError(
+        f"input.path {cfg.path!r}: unknown format {path.suffix!r}; fix: use .jsonl, .parquet or a dataset folder"
+    )
 
 
 def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.Table, LoadReport]:
@@ -241,8 +276,10 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.T
             if first_text == text_id:
                 report.duplicates += 1
                 continue
-            msg = (f"{where}: prompt_id {pid!r} was already used by {first_where} for a different prompt; fix: give "
-                   "each prompt its own prompt_id (or drop the field: the id is then a hash of the messages)")
+            msg = (
+                f"{where}: prompt_id {pid!r} was already used by {first_where} for a different prompt; fix: give "
+                "each prompt its own prompt_id (or drop the field: the id is then a hash of the messages)"
+            )
             if not cfg.skip_invalid:
                 raise InputError(f"{msg}; or pass --skip-invalid to skip and count such rows")
             report.conflicts.append(msg)
@@ -252,7 +289,9 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.T
         out.append(clean)
     if not out:
         detail = f" ({len(report.invalid)} invalid rows skipped)" if report.invalid else ""
-        raise InputError(f"input.path {cfg.path!r} holds no valid prompts{detail}; fix: give a file with at least one prompt")
+        raise InputError(
+            f"input.path {cfg.path!r} holds no valid prompts{detail}; fix: give a file with at least one prompt"
+        )
     if cfg.shuffle:
         random.Random(seed).shuffle(out)
     if cfg.limit is not None:
@@ -266,12 +305,30 @@ def funnel(report: LoadReport, kept: int) -> list[dict]:
     unique = valid - report.duplicates
     distinct = unique - len(report.conflicts)
     return [
-        step("prompts", "invalid_rows", report.rows_read, valid, "row failed validation (skipped with --skip-invalid)",
-             unit="prompts"),
-        step("prompts", "duplicate_prompts", valid, unique,
-             "exact duplicate of an earlier prompt (same prompt_id and messages)", unit="prompts"),
-        step("prompts", "prompt_id_conflicts", unique, distinct,
-             "prompt_id reused for different messages (skipped with --skip-invalid)", unit="prompts"),
+        step(
+            "prompts",
+            "invalid_rows",
+            report.rows_read,
+            valid,
+            "row failed validation (skipped with --skip-invalid)",
+            unit="prompts",
+        ),
+        step(
+            "prompts",
+            "duplicate_prompts",
+            valid,
+            unique,
+            "exact duplicate of an earlier prompt (same prompt_id and messages)",
+            unit="prompts",
+        ),
+        step(
+            "prompts",
+            "prompt_id_conflicts",
+            unique,
+            distinct,
+            "prompt_id reused for different messages (skipped with --skip-invalid)",
+            unit="prompts",
+        ),
         step("prompts", "limit", distinct, kept, "input.limit", unit="prompts"),
     ]
 
@@ -288,7 +345,9 @@ def run(run_dir, cfg, synth_fp: str | None = None, *, log=print) -> dict:
     """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config); `synth_fp`:
     the synth stage's fingerprint when the input is `synth:`."""
     source_id = synth_fp if cfg.input.synthesised else input_identity(cfg.input.path)
-    store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id))
+    store = StageStore(
+        run_dir, "prompts", "prompts", fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id)
+    )
     if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
@@ -296,10 +355,16 @@ def run(run_dir, cfg, synth_fp: str | None = None, *, log=print) -> dict:
     if report.invalid:
         log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
     if report.conflicts:
-        log(f"prompts: skipped {len(report.conflicts)} rows reusing a prompt_id for another prompt, first: "
-            f"{report.conflicts[0]}")
+        log(
+            f"prompts: skipped {len(report.conflicts)} rows reusing a prompt_id for another prompt, first: "
+            f"{report.conflicts[0]}"
+        )
     log(f"prompts: {table.num_rows} prompts from {cfg.input.path}")
-    meta = {"seconds": round(time.perf_counter() - started, 2), "source": cfg.input.path,
-            "invalid_rows": report.invalid[:20], "prompt_id_conflicts": report.conflicts[:20],
-            "funnel": funnel(report, table.num_rows)}
+    meta = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "source": cfg.input.path,
+        "invalid_rows": report.invalid[:20],
+        "prompt_id_conflicts": report.conflicts[:20],
+        "funnel": funnel(report, table.num_rows),
+    }
     return store.finish(table, meta)

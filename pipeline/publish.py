@@ -127,8 +127,13 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
             "rationale_template": metas["rationale"].get("template"),
             "ches": metas["ches"].get("model"),
         },
-        "rows": {"prompts": metas["prompts"]["rows"], "prompts_kept": metas["prompt_filter"]["rows"], "candidates": metas["generate"]["rows"],
-                 "judgments": metas["judge"]["rows"], "pairs": pairs.num_rows},
+        "rows": {
+            "prompts": metas["prompts"]["rows"],
+            "prompts_kept": metas["prompt_filter"]["rows"],
+            "candidates": metas["generate"]["rows"],
+            "judgments": metas["judge"]["rows"],
+            "pairs": pairs.num_rows,
+        },
         "funnel": steps,
         "funnel_errors": funnel_errors,
         "judge_failure_rate": metas["judge"].get("failure_rate"),
@@ -140,11 +145,16 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "usage": accounting.summary(metas, cfg.prices, cfg.budget.usd),
         "length_bias": metas["pair"].get("length_bias"),
         # counts only: the per-prompt list is a table (a million prompts would make this file hundreds of MB)
-        "prompt_drops": {"counts": metas["prompt_filter"].get("drops", {}),
-                         "tables": [str(prompt_drops_path(out).relative_to(out))]},
+        "prompt_drops": {
+            "counts": metas["prompt_filter"].get("drops", {}),
+            "tables": [str(prompt_drops_path(out).relative_to(out))],
+        },
         "ches": {k: metas["ches"].get(k) for k in ("filter", "cut", "ln_ches_min", "ln_ches_max", "dtype")},
-        "generation": {"tokens": metas["generate"].get("tokens"), "backend": metas["generate"].get("backend"),
-                       "verbalized_template": _verbalized_template(cfg)},
+        "generation": {
+            "tokens": metas["generate"].get("tokens"),
+            "backend": metas["generate"].get("backend"),
+            "verbalized_template": _verbalized_template(cfg),
+        },
         "sources": _sources(metas, pairs, cfg),
         "diversity": _diversity(out, cfg),
         "prompt_set": _prompt_set(out, cfg, metas.get("synth")),
@@ -170,18 +180,30 @@ def reviewed(run_dir, manifest: dict) -> dict:
     for _, applied in result.parts:
         check_pairs(applied.table)
     pub = PublishConfig.model_validate((manifest["config"].get("resolved") or {}).get("publish") or {})
-    parts = [(src.prefix, src.files if src.files and not (a.flipped or a.rejected) else a.table)
-             for src, a in result.parts]
-    shards = write_parts(parts, out, folder="pairs", table_name="pairs", shard_rows=pub.shard_rows,
-                         compression=None if pub.compression == "none" else pub.compression)
+    parts = [
+        (src.prefix, src.files if src.files and not (a.flipped or a.rejected) else a.table) for src, a in result.parts
+    ]
+    shards = write_parts(
+        parts,
+        out,
+        folder="pairs",
+        table_name="pairs",
+        shard_rows=pub.shard_rows,
+        compression=None if pub.compression == "none" else pub.compression,
+    )
     steps = [f for f in manifest["funnel"] if f["stage"] != "review"] + result.steps
     counts: dict[str, int] = {}
     for _, applied in result.parts:
         for strategy in applied.table.column("pair_strategy").to_pylist():
             counts[strategy] = counts.get(strategy, 0) + 1
-    new = {**manifest, "shards": shards, "funnel": steps, "funnel_errors": funnel.verify(steps, result.pairs),
-           "rows": {**manifest["rows"], "pairs": result.pairs},
-           "sources": {**(manifest.get("sources") or {}), "pairs_by_strategy": dict(sorted(counts.items()))}}
+    new = {
+        **manifest,
+        "shards": shards,
+        "funnel": steps,
+        "funnel_errors": funnel.verify(steps, result.pairs),
+        "rows": {**manifest["rows"], "pairs": result.pairs},
+        "sources": {**(manifest.get("sources") or {}), "pairs_by_strategy": dict(sorted(counts.items()))},
+    }
     new.pop("review", None)
     if result.section is not None:
         new["review"] = result.section
@@ -206,8 +228,10 @@ def republish(run_dir, *, only_if_changed: bool = False, log=print) -> dict:
         write_json(out / "manifest.json", manifest)
         card.write(out, manifest)
     applied = (manifest.get("review") or {}).get("applied") or {}
-    log(f"review: {applied.get('flip', 0)} pair(s) flipped, {applied.get('reject', 0)} rejected; "
-        f"{manifest['rows']['pairs']} pairs in {len(manifest['shards'])} shard(s) under {out / 'pairs'}")
+    log(
+        f"review: {applied.get('flip', 0)} pair(s) flipped, {applied.get('reject', 0)} rejected; "
+        f"{manifest['rows']['pairs']} pairs in {len(manifest['shards'])} shard(s) under {out / 'pairs'}"
+    )
     return manifest
 
 
@@ -238,11 +262,18 @@ def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None) -> dict:
     for name in ("source", "category"):
         values = [v if v is not None else "(none)" for v in prompts.column(name).to_pylist()]
         counted[name] = dict(sorted(((v, values.count(v)) for v in set(values)), key=lambda kv: (-kv[1], kv[0]))[:20])
-    made = None if synth is None else {k: synth.get(k) for k in ("mode", "template", "model", "requests", "kept",
-                                                                  "drop_examples")}
-    return {"prompts": prompts.num_rows, "sources": counted["source"], "categories": counted["category"],
-            "diversity": prompt_set_diversity(texts, lambda t: embed(t, cfg.curate.dedup.model), seed=cfg.seed),
-            "synth": made}
+    made = (
+        None
+        if synth is None
+        else {k: synth.get(k) for k in ("mode", "template", "model", "requests", "kept", "drop_examples")}
+    )
+    return {
+        "prompts": prompts.num_rows,
+        "sources": counted["source"],
+        "categories": counted["category"],
+        "diversity": prompt_set_diversity(texts, lambda t: embed(t, cfg.curate.dedup.model), seed=cfg.seed),
+        "synth": made,
+    }
 
 
 def _sources(metas: dict, pairs: pa.Table, cfg: RunConfig) -> dict:
@@ -251,13 +282,19 @@ def _sources(metas: dict, pairs: pa.Table, cfg: RunConfig) -> dict:
     for strategy in pairs.column("pair_strategy").to_pylist():
         counts[strategy] = counts.get(strategy, 0) + 1
     sc = metas["self_critique"]
-    critique = {k: sc.get(k) for k in ("model", "reward_model", "template", "principles", "reward_model_disagrees")} \
-        if sc.get("enabled") else None
+    critique = (
+        {k: sc.get(k) for k in ("model", "reward_model", "template", "principles", "reward_model_disagrees")}
+        if sc.get("enabled")
+        else None
+    )
     from pipeline.reward_augment import TEMPLATE_ID as GOAL_TEMPLATE
 
     ra = cfg.sources.reward_augmented
-    return {"pairs_by_strategy": dict(sorted(counts.items())), "self_critique": critique,
-            "reward_augmented": {"template": GOAL_TEMPLATE, "keep_original": ra.keep_original} if ra.enabled else None}
+    return {
+        "pairs_by_strategy": dict(sorted(counts.items())),
+        "self_critique": critique,
+        "reward_augmented": {"template": GOAL_TEMPLATE, "keep_original": ra.keep_original} if ra.enabled else None,
+    }
 
 
 def summary(manifest: dict, out_dir: str) -> str:
@@ -272,19 +309,26 @@ def summary(manifest: dict, out_dir: str) -> str:
     for f in manifest["funnel"]:
         removed = f["rows_in"] - f["rows_out"]
         change = "" if "unit_in" in f else f"({'+' if removed < 0 else '-'}{abs(removed)}) "  # no count across units
-        lines.append(f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} "
-                     f"{funnel.unit_label(f):<27} {change}{f['reason']}")
+        lines.append(
+            f"    {f['stage'] + '.' + f['filter']:<30} {f['rows_in']:>5} -> {f['rows_out']:<5} "
+            f"{funnel.unit_label(f):<27} {change}{f['reason']}"
+        )
     for problem in manifest.get("funnel_errors") or []:
         lines.append(f"  ERROR: funnel does not add up: {problem}")
     edited = (manifest.get("edited_prompts_skipped") or {}).get("count", 0)
     if edited:
-        lines.append(f"  note:   {edited} prompt(s) have new text under an already processed prompt_id and were not "
-                     "re-processed (manifest: edited_prompts_skipped); give an edited prompt a new prompt_id")
+        lines.append(
+            f"  note:   {edited} prompt(s) have new text under an already processed prompt_id and were not "
+            "re-processed (manifest: edited_prompts_skipped); give an edited prompt a new prompt_id"
+        )
     if manifest["rows"]["pairs"] == 0:
         last = next((f for f in reversed(manifest["funnel"]) if f["rows_out"] == 0 and f["rows_in"] > 0), None)
         where = f" (the last rows were dropped at {last['stage']}.{last['filter']}: {last['reason']})" if last else ""
         lines.append(f"  WARNING: no pairs were produced{where}; read the funnel above")
     timings = ", ".join(f"{k} {v:.1f}s" for k, v in manifest["timings_s"].items())
-    lines += [f"  timings: {timings}", f"  card:   {Path(out_dir) / 'README.md'}",
-              f"  manifest: {Path(out_dir) / 'manifest.json'}"]
+    lines += [
+        f"  timings: {timings}",
+        f"  card:   {Path(out_dir) / 'README.md'}",
+        f"  manifest: {Path(out_dir) / 'manifest.json'}",
+    ]
     return "\n".join(lines)

@@ -40,10 +40,16 @@ def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens
     texts = pairs.column("rationale").to_pylist()
     todo = [i for i, t in enumerate(texts) if t is None]
     cols = [pairs.column(c).to_pylist() for c in ("prompt", "chosen", "rejected")]
-    requests = [Request(TEMPLATE.messages(cols[0][i], cols[1][i][0]["content"], cols[2][i][0]["content"], specials), (0,))
-                for i in todo]
-    results = backend.generate(requests, sampling=SamplingParams(0.0, 1.0, max_new_tokens),
-                               max_prompt_tokens=max_prompt_tokens, progress=progress)
+    requests = [
+        Request(TEMPLATE.messages(cols[0][i], cols[1][i][0]["content"], cols[2][i][0]["content"], specials), (0,))
+        for i in todo
+    ]
+    results = backend.generate(
+        requests,
+        sampling=SamplingParams(0.0, 1.0, max_new_tokens),
+        max_prompt_tokens=max_prompt_tokens,
+        progress=progress,
+    )
     for i, r in zip(todo, results):
         texts[i] = None if isinstance(r, Skipped) or not r[0].text else f"{TEMPLATE.prefix} {r[0].text}"
     index = pairs.schema.get_field_index("rationale")
@@ -71,13 +77,23 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
     request_log = RequestLog(f"{run_dir}/requests/rationale.jsonl", writer=writer) if served else None
     ledger = accounting.Ledger.for_stage(run_dir, cfg, "rationale", store.part_infos())
     with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
+
         def make_work():  # the judge model loads only when a chunk is left to do
-            backend = judge_generator(cfg, cfg.rationale.batch_size, log=request_log, meter=ledger,
-                                      batch_dir=f"{run_dir}/requests/batches")
-            return lambda subset: (add_rationales(subset, backend, max_new_tokens=cfg.rationale.max_new_tokens,
-                                                  max_prompt_tokens=cfg.judge.max_input_tokens,
-                                                  specials=special_strings(backend.tokenizer), progress=pbar.advance),
-                                   {"usage": ledger.take()})
+            backend = judge_generator(
+                cfg, cfg.rationale.batch_size, log=request_log, meter=ledger, batch_dir=f"{run_dir}/requests/batches"
+            )
+            return lambda subset: (
+                add_rationales(
+                    subset,
+                    backend,
+                    max_new_tokens=cfg.rationale.max_new_tokens,
+                    max_prompt_tokens=cfg.judge.max_input_tokens,
+                    specials=special_strings(backend.tokenizer),
+                    progress=pbar.advance,
+                ),
+                {"usage": ledger.take()},
+            )
+
         chunk = pairs.num_rows if served and batch_mode(cfg) else cfg.publish.chunk_prompts  # one batch file
         parts = run_in_parts(store, pairs, max(chunk, 1), make_work, log, shard=shard)
     if request_log is not None:
@@ -85,11 +101,20 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
     if shard is not None:
         return store.shard_meta(shard)
     table = schemas.concat([t for t, _ in parts], "pairs")
-    table = table.take(pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"),
-                                               ("rejected_id", "ascending")]))
+    table = table.take(
+        pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"), ("rejected_id", "ascending")])
+    )
     missing = table.column("rationale").null_count
     log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
     label = served_label(cfg.judge_model) if served else resolve(cfg.judge_model).label
-    return store.finish(table, {"seconds": round(time.perf_counter() - started, 2), "template": TEMPLATE.id,
-                                "model": label, "missing": missing, "funnel": [],
-                                "usage": accounting.merge(*(info.get("usage") for _, info in parts))})
+    return store.finish(
+        table,
+        {
+            "seconds": round(time.perf_counter() - started, 2),
+            "template": TEMPLATE.id,
+            "model": label,
+            "missing": missing,
+            "funnel": [],
+            "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
+        },
+    )

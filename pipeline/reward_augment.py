@@ -70,18 +70,38 @@ def augment(pairs: pa.Table, *, aggregate: str, keep_original: bool) -> tuple[pa
         if keep_original:
             out.append(row)
         why = "Goal score {goal:.2f} {scale}: the chosen answer was rated {c:.2f}, the rejected one {r:.2f}."
-        high = {**row, "prompt": with_goal(row["prompt"], row["chosen_score"], scale),
-                "pair_strategy": f"reward_augmented:high:{row['pair_strategy']}",
-                "rationale": why.format(goal=row["chosen_score"], scale=scale, c=row["chosen_score"], r=row["rejected_score"])}
-        low = {**row, "prompt": with_goal(row["prompt"], row["rejected_score"], scale),
-               "chosen": row["rejected"], "rejected": row["chosen"], "chosen_id": row["rejected_id"],
-               "rejected_id": row["chosen_id"], "chosen_score": row["rejected_score"],
-               "rejected_score": row["chosen_score"], "chosen_len": row["rejected_len"],
-               "rejected_len": row["chosen_len"], "pair_strategy": f"reward_augmented:low:{row['pair_strategy']}",
-               "rationale": why.format(goal=row["rejected_score"], scale=scale, c=row["rejected_score"],
-                                       r=row["chosen_score"])}
+        high = {
+            **row,
+            "prompt": with_goal(row["prompt"], row["chosen_score"], scale),
+            "pair_strategy": f"reward_augmented:high:{row['pair_strategy']}",
+            "rationale": why.format(
+                goal=row["chosen_score"], scale=scale, c=row["chosen_score"], r=row["rejected_score"]
+            ),
+        }
+        low = {
+            **row,
+            "prompt": with_goal(row["prompt"], row["rejected_score"], scale),
+            "chosen": row["rejected"],
+            "rejected": row["chosen"],
+            "chosen_id": row["rejected_id"],
+            "rejected_id": row["chosen_id"],
+            "chosen_score": row["rejected_score"],
+            "rejected_score": row["chosen_score"],
+            "chosen_len": row["rejected_len"],
+            "rejected_len": row["chosen_len"],
+            "pair_strategy": f"reward_augmented:low:{row['pair_strategy']}",
+            "rationale": why.format(
+                goal=row["rejected_score"], scale=scale, c=row["rejected_score"], r=row["chosen_score"]
+            ),
+        }
         out += [high, low]
-    entry = step("pair", "reward_augmented", pairs.num_rows, len(out),
-                 f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
-                 + ("; originals kept" if keep_original else "; originals replaced"), unit="pairs")
+    entry = step(
+        "pair",
+        "reward_augmented",
+        pairs.num_rows,
+        len(out),
+        f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
+        + ("; originals kept" if keep_original else "; originals replaced"),
+        unit="pairs",
+    )
     return schemas.from_rows(out, "pairs"), entry

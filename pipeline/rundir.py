@@ -96,8 +96,10 @@ def shard_path(run_dir, rel: str) -> Path:
     root = Path(run_dir).resolve()
     full = (root / rel).resolve()
     if Path(rel).is_absolute() or not full.is_relative_to(root):
-        raise InputError(f"{Path(run_dir) / 'manifest.json'} lists shard path {rel!r}, which is outside {run_dir}; "
-                         "fix: a manifest lists shards relative to its run directory; re-run `prefsynth run` to rewrite it")
+        raise InputError(
+            f"{Path(run_dir) / 'manifest.json'} lists shard path {rel!r}, which is outside {run_dir}; "
+            "fix: a manifest lists shards relative to its run directory; re-run `prefsynth run` to rewrite it"
+        )
     return full
 
 
@@ -122,12 +124,16 @@ def check_kind(out, *, incremental: bool) -> None:
     """Refuse a mode that would damage what `out` already holds (a growing dataset vs a plain run)."""
     kind = run_kind(out)
     if incremental and kind == "plain":
-        raise InputError(f"--out {out} holds a plain run (tables/ from `prefsynth run` without --incremental); "
-                         "growing it would mix two layouts; fix: drop --incremental to update that run, or pass a new "
-                         "--out for the growing dataset")
+        raise InputError(
+            f"--out {out} holds a plain run (tables/ from `prefsynth run` without --incremental); "
+            "growing it would mix two layouts; fix: drop --incremental to update that run, or pass a new "
+            "--out for the growing dataset"
+        )
     if not incremental and kind == "incremental":
-        raise InputError(f"--out {out} is a growing dataset (increments/ from `prefsynth run --incremental`); a plain "
-                         "run would replace its shards; fix: add --incremental to grow it, or pass another --out")
+        raise InputError(
+            f"--out {out} is a growing dataset (increments/ from `prefsynth run --incremental`); a plain "
+            "run would replace its shards; fix: add --incremental to grow it, or pass another --out"
+        )
 
 
 def check_out_dir(out) -> None:
@@ -144,8 +150,10 @@ def check_out_dir(out) -> None:
         tempfile.TemporaryFile(dir=out if out.is_dir() else parent).close()
         os.rmdir(tempfile.mkdtemp(dir=out if out.is_dir() else parent))
     except OSError as exc:
-        raise InputError(f"--out {out} is not writable ({exc.strerror or exc}); fix: pass a folder you can write to, "
-                         "or fix its permissions") from None
+        raise InputError(
+            f"--out {out} is not writable ({exc.strerror or exc}); fix: pass a folder you can write to, "
+            "or fix its permissions"
+        ) from None
 
 
 def verify_shards(run_dir, manifest: dict, key: str = "shards") -> list[Path]:
@@ -158,8 +166,10 @@ def verify_shards(run_dir, manifest: dict, key: str = "shards") -> list[Path]:
             raise InputError(f"shard {path} listed in manifest.json is missing; {fix}")
         digest = sha256(path)
         if digest != shard["sha256"]:
-            raise InputError(f"shard {path} is corrupted: sha256 {digest[:12]}... differs from the manifest's "
-                             f"{shard['sha256'][:12]}...; {fix}")
+            raise InputError(
+                f"shard {path} is corrupted: sha256 {digest[:12]}... differs from the manifest's "
+                f"{shard['sha256'][:12]}...; {fix}"
+            )
         try:
             rows = pq.read_metadata(path).num_rows
         except Exception as exc:  # pyarrow raises several types for a broken footer

@@ -88,10 +88,14 @@ def critique_pairs(prompts: pa.Table, backend, scorer, *, rules: list[PrincipleC
     rule = [rules[p % len(rules)] for p in pos]
     gen = lambda reqs, t: backend.generate(reqs, sampling=SamplingParams(t, 1.0, max_new_tokens),  # noqa: E731
                                            max_prompt_tokens=max_prompt_tokens, progress=progress)
-    answered = _texts(gen([Request(r["messages"], (candidate_seed(seed, r["prompt_id"], 0),)) for r in rows], temperature))
+    answered = _texts(
+        gen([Request(r["messages"], (candidate_seed(seed, r["prompt_id"], 0),)) for r in rows], temperature)
+    )
     answers = [a for a, _ in answered]
-    convs = [[*r["messages"], {"role": "assistant", "content": a}, {"role": "user", "content": p.critique}]
-             if a else None for r, a, p in zip(rows, answers, rule)]
+    convs = [
+        [*r["messages"], {"role": "assistant", "content": a}, {"role": "user", "content": p.critique}] if a else None
+        for r, a, p in zip(rows, answers, rule)
+    ]
     live = [i for i, c in enumerate(convs) if c]
     critiques: list[str | None] = [None] * len(rows)
     for i, (t, _) in zip(live, _texts(gen([Request(convs[i], (0,)) for i in live], 0.0))):
@@ -99,13 +103,21 @@ def critique_pairs(prompts: pa.Table, backend, scorer, *, rules: list[PrincipleC
     live = [i for i in live if critiques[i]]
     revisions: list[str | None] = [None] * len(rows)
     rev_tokens = [0] * len(rows)
-    reqs = [Request([*convs[i], {"role": "assistant", "content": critiques[i]},
-                     {"role": "user", "content": rule[i].revision}], (0,)) for i in live]
+    reqs = [
+        Request(
+            [*convs[i], {"role": "assistant", "content": critiques[i]}, {"role": "user", "content": rule[i].revision}],
+            (0,),
+        )
+        for i in live
+    ]
     for i, (t, n) in zip(live, _texts(gen(reqs, 0.0))):
         revisions[i], rev_tokens[i] = t, n
-    drops = {"no_answer": sum(a is None for a in answers),
-             "no_critique_or_revision": sum(1 for i, a in enumerate(answers) if a and not revisions[i]),
-             "revision_identical": 0, "reward_model_failed": 0}
+    drops = {
+        "no_answer": sum(a is None for a in answers),
+        "no_critique_or_revision": sum(1 for i, a in enumerate(answers) if a and not revisions[i]),
+        "revision_identical": 0,
+        "reward_model_failed": 0,
+    }
     keep = []
     for i, (a, rev) in enumerate(zip(answers, revisions)):
         if a and rev:
@@ -121,39 +133,63 @@ def critique_pairs(prompts: pa.Table, backend, scorer, *, rules: list[PrincipleC
             drops["reward_model_failed"] += 1
             continue
         pid, margin = rows[i]["prompt_id"], chosen.score - rejected.score
-        out.append({
-            "prompt": rows[i]["messages"], "prompt_id": pid,
-            "chosen": [{"role": "assistant", "content": revisions[i]}],
-            "rejected": [{"role": "assistant", "content": answers[i]}],
-            "chosen_id": f"{pid}-revision", "rejected_id": f"{pid}-original",
-            "chosen_score": chosen.score, "rejected_score": rejected.score, "margin": margin,
-            "label_confidence": 1.0 / (1.0 + math.exp(-margin)),
-            "rationale": f"Principle: {rule[i].name}. Critique: {critiques[i]}",
-            "pair_strategy": f"self_critique:{rule[i].name}",
-            "chosen_len": rev_tokens[i], "rejected_len": answered[i][1],
-        })
+        out.append(
+            {
+                "prompt": rows[i]["messages"],
+                "prompt_id": pid,
+                "chosen": [{"role": "assistant", "content": revisions[i]}],
+                "rejected": [{"role": "assistant", "content": answers[i]}],
+                "chosen_id": f"{pid}-revision",
+                "rejected_id": f"{pid}-original",
+                "chosen_score": chosen.score,
+                "rejected_score": rejected.score,
+                "margin": margin,
+                "label_confidence": 1.0 / (1.0 + math.exp(-margin)),
+                "rationale": f"Principle: {rule[i].name}. Critique: {critiques[i]}",
+                "pair_strategy": f"self_critique:{rule[i].name}",
+                "chosen_len": rev_tokens[i],
+                "rejected_len": answered[i][1],
+            }
+        )
     return schemas.from_rows(out, "pairs"), drops
 
 
-def critique_funnel(n_prompts: int, drops: dict[str, int], pairs: pa.Table, *,
-                    drop_disagreeing: bool) -> tuple[pa.Table, list[dict]]:
+def critique_funnel(
+    n_prompts: int, drops: dict[str, int], pairs: pa.Table, *, drop_disagreeing: bool
+) -> tuple[pa.Table, list[dict]]:
     """(kept pairs, funnel): each drop counted from the prompts the previous one left (a prompt is
     dropped at most once, so the last prompt count is the pair count: one revision pair per prompt)."""
     left, funnel = n_prompts, []
     for name, n, reason in (
-            ("no_revision", drops.get("no_answer", 0) + drops.get("no_critique_or_revision", 0),
-             "teacher gave no answer, critique or revision (empty, or prompt over the context)"),
-            ("revision_identical", drops.get("revision_identical", 0), "revision identical to the original"),
-            ("reward_model_failed", drops.get("reward_model_failed", 0),
-             "reward model could not score the pair; the prompts left become one revision pair each")):
+        (
+            "no_revision",
+            drops.get("no_answer", 0) + drops.get("no_critique_or_revision", 0),
+            "teacher gave no answer, critique or revision (empty, or prompt over the context)",
+        ),
+        ("revision_identical", drops.get("revision_identical", 0), "revision identical to the original"),
+        (
+            "reward_model_failed",
+            drops.get("reward_model_failed", 0),
+            "reward model could not score the pair; the prompts left become one revision pair each",
+        ),
+    ):
         last = name == "reward_model_failed"
-        funnel.append(step("self_critique", name, left, left - n, reason, unit="pairs" if last else "prompts",
-                           unit_in="prompts"))
+        funnel.append(
+            step("self_critique", name, left, left - n, reason, unit="pairs" if last else "prompts", unit_in="prompts")
+        )
         left -= n
     if drop_disagreeing:
         kept = pairs.filter(pa.compute.greater_equal(pairs.column("label_confidence"), 0.5))
-        funnel.append(step("self_critique", "reward_model_disagrees", pairs.num_rows, kept.num_rows,
-                           "reward model prefers the original (label_confidence < 0.5)", unit="pairs"))
+        funnel.append(
+            step(
+                "self_critique",
+                "reward_model_disagrees",
+                pairs.num_rows,
+                kept.num_rows,
+                "reward model prefers the original (label_confidence < 0.5)",
+                unit="pairs",
+            )
+        )
         pairs = kept
     return pairs, funnel
 
@@ -164,8 +200,15 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
         return fingerprint("self_critique", VERSION, "off", prompts_fp)
     teacher = resolve(sc.model or cfg.generate.model, field="sources.self_critique.model")
     rm = resolve(cfg.critique_reward_model, field="sources.self_critique.reward_model")
-    return fingerprint("self_critique", VERSION, TEMPLATE_ID, cfg.stage_fields("self_critique"), prompts_fp,
-                       teacher.revision, rm.revision)
+    return fingerprint(
+        "self_critique",
+        VERSION,
+        TEMPLATE_ID,
+        cfg.stage_fields("self_critique"),
+        prompts_fp,
+        teacher.revision,
+        rm.revision,
+    )
 
 
 def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
@@ -184,20 +227,39 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     started = time.perf_counter()
     rules = principles(sc.principles)
     position = {pid: i for i, pid in enumerate(prompts.column("prompt_id").to_pylist())}
-    with bar(total=3 * prompts.num_rows, initial=3 * done_rows(store, prompts), desc="self-critique", unit="req") as pbar:
+    with bar(
+        total=3 * prompts.num_rows, initial=3 * done_rows(store, prompts), desc="self-critique", unit="req"
+    ) as pbar:
+
         def make_work():  # teacher and reward model load only when a chunk is left to do
-            backend = make_backend(cfg.generate.backend, sc.model or cfg.generate.model, dtype=cfg.generate.dtype,
-                                   batch_size=sc.batch_size, field="sources.self_critique.model",
-                                   vllm=cfg.generate.vllm.model_dump(), openai=cfg.generate.openai.model_dump())
+            backend = make_backend(
+                cfg.generate.backend,
+                sc.model or cfg.generate.model,
+                dtype=cfg.generate.dtype,
+                batch_size=sc.batch_size,
+                field="sources.self_critique.model",
+                vllm=cfg.generate.vllm.model_dump(),
+                openai=cfg.generate.openai.model_dump(),
+            )
             scorer = RewardModelJudge(cfg.critique_reward_model)
 
             def work(subset):
-                table, drops = critique_pairs(subset, backend, scorer, rules=rules, seed=cfg.seed,
-                                              temperature=sc.temperature, max_new_tokens=sc.max_new_tokens,
-                                              position=position, max_prompt_tokens=cfg.generate.max_prompt_tokens,
-                                              progress=pbar.advance)
+                table, drops = critique_pairs(
+                    subset,
+                    backend,
+                    scorer,
+                    rules=rules,
+                    seed=cfg.seed,
+                    temperature=sc.temperature,
+                    max_new_tokens=sc.max_new_tokens,
+                    position=position,
+                    max_prompt_tokens=cfg.generate.max_prompt_tokens,
+                    progress=pbar.advance,
+                )
                 return table, {"drops": drops}
+
             return work
+
         parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, make_work, log, shard=shard)
     if shard is not None:
         return store.shard_meta(shard)
@@ -209,8 +271,14 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     disagree = sum(1 for c in pairs.column("label_confidence").to_pylist() if c < 0.5)
     pairs, funnel = critique_funnel(prompts.num_rows, drops, pairs, drop_disagreeing=sc.drop_disagreeing)
     log(f"self_critique: {pairs.num_rows} revision pairs; the reward model disagrees with {disagree}")
-    meta = {"seconds": round(time.perf_counter() - started, 2), "enabled": True, "template": TEMPLATE_ID,
-            "model": resolve(sc.model or cfg.generate.model).label,
-            "reward_model": reward_judge_id(cfg.critique_reward_model), "principles": [r.name for r in rules],
-            "reward_model_disagrees": disagree, "funnel": funnel}
+    meta = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "enabled": True,
+        "template": TEMPLATE_ID,
+        "model": resolve(sc.model or cfg.generate.model).label,
+        "reward_model": reward_judge_id(cfg.critique_reward_model),
+        "principles": [r.name for r in rules],
+        "reward_model_disagrees": disagree,
+        "funnel": funnel,
+    }
     return store.finish(pairs, meta)

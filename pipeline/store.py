@@ -96,7 +96,10 @@ class StageStore:
         when an output exists but is damaged)."""
         meta, problem = self._checked_meta()
         if meta is not None:
-            log(f"{self.stage}: complete output exists for fingerprint {self.fingerprint} ({meta['rows']} rows), not redone")
+            log(
+                f"{self.stage}: complete output exists for fingerprint {self.fingerprint} ({meta['rows']} rows), "
+                "not redone"
+            )
         elif problem is not None:
             log(f"{self.stage}: {problem}; rebuilding the stage")
         return meta
@@ -168,7 +171,9 @@ def run_lock(run_dir: str | os.PathLike):
     try:
         lock.acquire()
     except Timeout:
-        raise InputError(f"another prefsynth run is writing {path}; fix: wait for it to finish or pass another --out") from None
+        raise InputError(
+            f"another prefsynth run is writing {path}; fix: wait for it to finish or pass another --out"
+        ) from None
     try:
         yield
     finally:
@@ -185,9 +190,17 @@ def done_rows(store: StageStore, table: pa.Table) -> int:
     return sum(p in done for p in table.column("prompt_id").to_pylist())
 
 
-def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work, log=None, *,
-                 shard: tuple[int, int] | None = None, gather: bool = True,
-                 positions: dict[str, int] | None = None) -> list[tuple[pa.Table, dict]]:
+def run_in_parts(
+    store: StageStore,
+    table: pa.Table,
+    chunk_size: int,
+    make_work,
+    log=None,
+    *,
+    shard: tuple[int, int] | None = None,
+    gather: bool = True,
+    positions: dict[str, int] | None = None,
+) -> list[tuple[pa.Table, dict]]:
     """Run `work(rows of table for some prompts) -> (output table, extra)` over the prompts (in table
     order) that no finished part covers, `chunk_size` prompts at a time, checkpointing each chunk;
     return every part (old and new). `make_work()` builds `work` (loads models) once, and only if a
@@ -209,8 +222,12 @@ def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work,
     if log is not None and done:
         n_done = len(done & set(keys))
         where = f" (shard {shard[0]} of {shard[1]})" if shard else ""
-        log(f"{store.stage}: resuming{where}, {n_done} of {len(keys)} prompts already done in checkpointed parts" if plan
-            else f"{store.stage}{where}: nothing left to do, {n_done} of {len(keys)} prompts done in checkpointed parts")
+        log(
+            f"{store.stage}: resuming{where}, {n_done} of {len(keys)} prompts already done in checkpointed parts"
+            if plan
+            else f"{store.stage}{where}: nothing left to do, {n_done} of {len(keys)} prompts done in "
+            "checkpointed parts"
+        )
     work = make_work() if plan else None
     for chunk in plan:
         out, extra = work(table.filter(pc.is_in(pid, value_set=pa.array(chunk))))

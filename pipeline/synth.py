@@ -62,29 +62,38 @@ TOPIC_REQUEST = ("Write one {difficulty} {task} that a user might send to an AI 
                  "sentence. Reply with the user's message only, without answering it.")
 LABEL = re.compile(r"^\s*(?:#*\s*(?:rewritten|new|created|evolved)?\s*(?:prompt|request|question|user(?: message)?)"
                    r"\s*#*\s*:\s*|\**(?:prompt|request)\**\s*:\s*)", re.I)
-ASSISTANT_LIKE = re.compile(r"^(?:sure\b|certainly\b|of course\b|absolutely\b|as an ai\b|i'?m an ai\b|i am an ai\b|"
-                            r"here(?:'s| is)\b|i'?d be happy\b|great question\b|what an? (?:great|incredible|wonderful|"
-                            r"interesting)\b|(?:no, )?i (?:cannot|can'?t|can not|won'?t|am unable)\b)"
-                            r"|\bhow (?:can|may|might) i (?:help|assist) you\b|<\|im_start\|>|<\|start_header_id\|>|"
-                            r"\bassistant\s*:", re.I)
+ASSISTANT_LIKE = re.compile(
+    r"^(?:sure\b|certainly\b|of course\b|absolutely\b|as an ai\b|i'?m an ai\b|i am an ai\b|"
+    r"here(?:'s| is)\b|i'?d be happy\b|great question\b|what an? (?:great|incredible|wonderful|"
+    r"interesting)\b|(?:no, )?i (?:cannot|can'?t|can not|won'?t|am unable)\b)"
+    r"|\bhow (?:can|may|might) i (?:help|assist) you\b|<\|im_start\|>|<\|start_header_id\|>|"
+    r"\bassistant\s*:",
+    re.I,
+)
 COPIED = re.compile(r"rewritten prompt|given prompt|the prompt (?:above|below)|#\s*prompt|new prompt\s*:", re.I)
 FILTERS = ("empty", "truncated", "assistant_like", "too_short", "no_change", "copies_instruction")
-REASONS = {"empty": "nothing left after cleaning", "truncated": "hit input.synth.max_new_tokens",
-           "assistant_like": "an answer or a chat-role marker, not a user request",
-           "too_short": "fewer words than input.synth.min_words",
-           "no_change": "evol: the seed prompt again (word Jaccard >= 0.9)",
-           "copies_instruction": "evol: copies the rewriting instruction's words"}
+REASONS = {
+    "empty": "nothing left after cleaning",
+    "truncated": "hit input.synth.max_new_tokens",
+    "assistant_like": "an answer or a chat-role marker, not a user request",
+    "too_short": "fewer words than input.synth.min_words",
+    "no_change": "evol: the seed prompt again (word Jaccard >= 0.9)",
+    "copies_instruction": "evol: copies the rewriting instruction's words",
+}
 
 
 def pre_query_template(tokenizer, system_prompt: str | None = None) -> str:
     """The chat template's text up to where a user message's content starts."""
     sentinel = "\u0000PREFSYNTH-QUERY\u0000"
     messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": sentinel}]
+        {"role": "user", "content": sentinel}
+    ]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
     if sentinel not in text:
-        raise ConfigError("input.synth.mode magpie: the model's chat template does not place a user message's text "
-                          "verbatim; fix: use mode evol or topics with this model")
+        raise ConfigError(
+            "input.synth.mode magpie: the model's chat template does not place a user message's text "
+            "verbatim; fix: use mode evol or topics with this model"
+        )
     return text[: text.index(sentinel)]
 
 
@@ -127,46 +136,93 @@ def plan(cfg: RunConfig, tokenizer=None) -> list[dict]:
     if s.mode == "magpie":
         prefix = pre_query_template(tokenizer, s.system_prompt)
         for i in range(s.n):
-            slots.append({"slot": f"magpie-{i:07d}", "messages": [], "prefix": prefix, "operation": None,
-                          "seed_prompt_id": None, "seed_text": None, "category": None})
+            slots.append(
+                {
+                    "slot": f"magpie-{i:07d}",
+                    "messages": [],
+                    "prefix": prefix,
+                    "operation": None,
+                    "seed_prompt_id": None,
+                    "seed_text": None,
+                    "category": None,
+                }
+            )
     elif s.mode == "evol":
         seeds, _ = load_prompts(InputConfig(path=s.seeds, shuffle=True), seed=cfg.seed)
         rows = [r for r in seeds.to_pylist() if r["messages"][-1]["role"] == "user"]
         for i in range(s.n):
             seed_row, op = rows[i % len(rows)], s.operations[i % len(s.operations)]
             text = seed_row["messages"][-1]["content"]
-            slots.append({"slot": f"evol-{i:07d}", "prefix": None, "operation": op,
-                          "messages": [{"role": "user", "content": EVOL_REQUEST.format(operation=EVOL[op], prompt=text)}],
-                          "seed_prompt_id": seed_row["prompt_id"], "seed_text": text, "category": seed_row["category"]})
+            slots.append(
+                {
+                    "slot": f"evol-{i:07d}",
+                    "prefix": None,
+                    "operation": op,
+                    "messages": [{"role": "user", "content": EVOL_REQUEST.format(operation=EVOL[op], prompt=text)}],
+                    "seed_prompt_id": seed_row["prompt_id"],
+                    "seed_text": text,
+                    "category": seed_row["category"],
+                }
+            )
     else:
         grid = list(product(s.topics, s.task_types, s.difficulties))
         order = rng.permutation(len(grid))
         for i in range(s.n):
             topic, task, level = grid[int(order[i % len(grid)])]
-            slots.append({"slot": f"topics-{i:07d}", "prefix": None, "operation": f"{task}, {level}",
-                          "messages": [{"role": "user", "content": TOPIC_REQUEST.format(difficulty=level, task=task,
-                                                                                        topic=topic)}],
-                          "seed_prompt_id": None, "seed_text": None, "category": topic})
+            slots.append(
+                {
+                    "slot": f"topics-{i:07d}",
+                    "prefix": None,
+                    "operation": f"{task}, {level}",
+                    "messages": [
+                        {"role": "user", "content": TOPIC_REQUEST.format(difficulty=level, task=task, topic=topic)}
+                    ],
+                    "seed_prompt_id": None,
+                    "seed_text": None,
+                    "category": topic,
+                }
+            )
     return slots
 
 
 def synthesise(slots: list[dict], backend, cfg: RunConfig, *, progress=None) -> pa.Table:
     """Pure core: the synth table rows of `slots` (kept and dropped), one seeded request each, same order."""
     s = cfg.input.synth
-    requests = [Request(sl["messages"], (int(fingerprint("synth-seed", cfg.seed, sl["slot"]), 16) % (2**63),),
-                        prefix=sl["prefix"]) for sl in slots]
-    results = backend.generate(requests, sampling=SamplingParams(s.temperature, s.top_p, s.max_new_tokens),
-                               max_prompt_tokens=cfg.generate.max_prompt_tokens, progress=progress)
+    requests = [
+        Request(
+            sl["messages"], (int(fingerprint("synth-seed", cfg.seed, sl["slot"]), 16) % (2**63),), prefix=sl["prefix"]
+        )
+        for sl in slots
+    ]
+    results = backend.generate(
+        requests,
+        sampling=SamplingParams(s.temperature, s.top_p, s.max_new_tokens),
+        max_prompt_tokens=cfg.generate.max_prompt_tokens,
+        progress=progress,
+    )
     rows = []
     for sl, result in zip(slots, results):
         raw, finish = ("", "skipped") if isinstance(result, Skipped) else (result[0].text, result[0].finish_reason)
         text = clean(raw)
         dropped = verdict(text, finish, mode=s.mode, min_words=s.min_words, seed_text=sl["seed_text"])
         messages = [{"role": "user", "content": text or raw or "(empty)"}]
-        rows.append({"prompt_id": prompt_id_of(messages), "slot": sl["slot"], "messages": messages,
-                     "source": f"synth:{s.mode}", "category": sl["category"], "mode": s.mode,
-                     "operation": sl["operation"], "seed_prompt_id": sl["seed_prompt_id"], "seed_text": sl["seed_text"],
-                     "generator": backend.label, "raw": raw, "finish_reason": finish, "dropped": dropped})
+        rows.append(
+            {
+                "prompt_id": prompt_id_of(messages),
+                "slot": sl["slot"],
+                "messages": messages,
+                "source": f"synth:{s.mode}",
+                "category": sl["category"],
+                "mode": s.mode,
+                "operation": sl["operation"],
+                "seed_prompt_id": sl["seed_prompt_id"],
+                "seed_text": sl["seed_text"],
+                "generator": backend.label,
+                "raw": raw,
+                "finish_reason": finish,
+                "dropped": dropped,
+            }
+        )
     return schemas.from_rows(rows, "synth")
 
 
@@ -188,8 +244,15 @@ def stage_fingerprint(cfg: RunConfig) -> str:
     s = cfg.input.synth
     model = resolve(s.model or cfg.generate.model, field="input.synth.model")
     seeds = input_identity(s.seeds) if s.mode == "evol" else None
-    return fingerprint("synth", VERSION, cfg.seed, s.output_fields(), model.revision,
-                       resolve_backend_name(cfg.generate.backend), seeds)
+    return fingerprint(
+        "synth",
+        VERSION,
+        cfg.seed,
+        s.output_fields(),
+        model.revision,
+        resolve_backend_name(cfg.generate.backend),
+        seeds,
+    )
 
 
 def _tokenizer(cfg: RunConfig, backend):
@@ -211,19 +274,38 @@ def run(run_dir, cfg: RunConfig, *, log=print, shard: tuple[int, int] | None = N
     model = s.model or g.model
     backend_name = resolve_backend_name(g.backend)
     keys = pa.table({"prompt_id": pa.array([f"{s.mode}-{i:07d}" for i in range(s.n)], pa.string())})
-    request_log = (RequestLog(f"{run_dir}/requests/synth.jsonl", writer=None if shard is None else
-                              f"shard-{shard[0]}-of-{shard[1]}") if g.request_log else None)
+    request_log = (
+        RequestLog(
+            f"{run_dir}/requests/synth.jsonl", writer=None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
+        )
+        if g.request_log
+        else None
+    )
     ledger = accounting.Ledger.for_stage(run_dir, cfg, "synth", store.part_infos())  # requests to endpoints
     with bar(total=s.n, initial=done_rows(store, keys), desc="synth", unit="prompt") as pbar:
+
         def make_work():  # the model loads only when a chunk is left to do
-            backend = make_backend(backend_name, model, dtype=g.dtype, batch_size=s.batch_size, field="input.synth.model",
-                                   vllm=g.vllm.model_dump(), openai=g.openai.model_dump(), meter=ledger,
-                                   batch_dir=f"{run_dir}/requests/batches")
+            backend = make_backend(
+                backend_name,
+                model,
+                dtype=g.dtype,
+                batch_size=s.batch_size,
+                field="input.synth.model",
+                vllm=g.vllm.model_dump(),
+                openai=g.openai.model_dump(),
+                meter=ledger,
+                batch_dir=f"{run_dir}/requests/batches",
+            )
             slots = {sl["slot"]: sl for sl in plan(cfg, _tokenizer(cfg, backend) if s.mode == "magpie" else None)}
             if request_log is not None:
                 backend = LoggedBackend(backend, request_log, backend_name=backend_name)
-            return lambda subset: (synthesise([slots[k] for k in subset.column("prompt_id").to_pylist()], backend, cfg,
-                                              progress=pbar.advance), {"usage": ledger.take()})
+            return lambda subset: (
+                synthesise(
+                    [slots[k] for k in subset.column("prompt_id").to_pylist()], backend, cfg, progress=pbar.advance
+                ),
+                {"usage": ledger.take()},
+            )
+
         # parts are keyed by slot id (the `prompt_id` column of `keys`), not by the prompts they produce
         parts = run_in_parts(store, keys, s.chunk_requests, make_work, log, shard=shard)
     if request_log is not None:
@@ -236,8 +318,15 @@ def run(run_dir, cfg: RunConfig, *, log=print, shard: tuple[int, int] | None = N
     log(f"synth: {kept} of {s.n} {s.mode} prompts kept")
     dropped = [r for r in table.select(["dropped", "raw"]).to_pylist() if r["dropped"]]
     examples = {name: [r["raw"][:200] for r in dropped if r["dropped"] == name][:3] for name in FILTERS}
-    meta = {"seconds": round(time.perf_counter() - started, 2), "mode": s.mode, "template": TEMPLATE_IDS[s.mode],
-            "model": resolve(model, field="input.synth.model").label, "requests": s.n, "kept": kept,
-            "funnel": steps, "drop_examples": {k: v for k, v in examples.items() if v},
-            "usage": accounting.merge(*(info.get("usage") for _, info in parts))}
+    meta = {
+        "seconds": round(time.perf_counter() - started, 2),
+        "mode": s.mode,
+        "template": TEMPLATE_IDS[s.mode],
+        "model": resolve(model, field="input.synth.model").label,
+        "requests": s.n,
+        "kept": kept,
+        "funnel": steps,
+        "drop_examples": {k: v for k, v in examples.items() if v},
+        "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
+    }
     return store.finish(table, meta)

@@ -24,8 +24,11 @@ INSTRUCTION = (
     "the most typical one, numbered 1. to {k}, each followed by (probability: P) where P between 0 and 1 is how "
     "likely you would be to give it: {request}"
 )
-_ITEM = re.compile(r"(?m)^[ \t]*(?:\*\*)?(?:\d{1,2}|[A-Za-z])[.)](?:\*\*)?[ \t]+(.*?)(?=^[ \t]*(?:\*\*)?(?:\d{1,2}|[A-Za-z])[.)][ \t]|\Z)",
-                   re.S)
+_ITEM = re.compile(
+    r"(?m)^[ \t]*(?:\*\*)?(?:\d{1,2}|[A-Za-z])[.)](?:\*\*)?[ \t]+(.*?)"
+    r"(?=^[ \t]*(?:\*\*)?(?:\d{1,2}|[A-Za-z])[.)][ \t]|\Z)",
+    re.S,
+)
 _INLINE_PROB = re.compile(r"[-\s]*\(?[^()]*?probability\s*[:=]?\s*([0-9]*\.?[0-9]+)\s*(%?)[^()]*\)?\s*$", re.I | re.S)
 _BLOCK = re.compile(r"<response>(.*?)(?:</response>|(?=<response>)|\Z)", re.S)
 _TEXT = re.compile(r"<text>(.*?)(?:</text>|(?=<probability>)|\Z)", re.S)
@@ -81,12 +84,18 @@ def parse(reply: str, k: int) -> list[tuple[str, float | None]]:
     return out[:k]
 
 
-def verbalized_candidates(rows: list[dict], cfg, backend, *, seed: int, skipped: dict[str, str],
-                          progress=None) -> list[dict]:
+def verbalized_candidates(
+    rows: list[dict], cfg, backend, *, seed: int, skipped: dict[str, str], progress=None
+) -> list[dict]:
     """Candidate rows (mode 'verbalized') for prompts not in `skipped`: one seeded request each."""
     todo = [r for r in rows if r["prompt_id"] not in skipped]
-    requests = [Request(request_messages(with_system(r["messages"], cfg.system_prompt), cfg.verbalized_k),
-                        (candidate_seed(seed, r["prompt_id"], 1000),)) for r in todo]
+    requests = [
+        Request(
+            request_messages(with_system(r["messages"], cfg.system_prompt), cfg.verbalized_k),
+            (candidate_seed(seed, r["prompt_id"], 1000),),
+        )
+        for r in todo
+    ]
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.verbalized_max_new_tokens)
     results = backend.generate(requests, sampling=sampling, max_prompt_tokens=cfg.max_prompt_tokens, progress=progress)
     out = []
@@ -97,9 +106,20 @@ def verbalized_candidates(rows: list[dict], cfg, backend, *, seed: int, skipped:
         for j, (text, prob) in enumerate(parse(reply.text, cfg.verbalized_k)):
             # the reply's tokens shared out by characters: a backend need not expose its tokenizer
             n_tokens = max(1, round(reply.n_tokens * len(text) / max(len(reply.text), 1)))
-            out.append(candidate_row(row["prompt_id"], f"{row['prompt_id']}-v{j:02d}", backend.label, text=text,
-                                     n_tokens=n_tokens, finish_reason=reply.finish_reason,
-                                     temperature=cfg.temperature, top_p=cfg.top_p,
-                                     max_new_tokens=cfg.verbalized_max_new_tokens, seed=req.seeds[0],
-                                     mode="verbalized", verbalized_probability=prob))
+            out.append(
+                candidate_row(
+                    row["prompt_id"],
+                    f"{row['prompt_id']}-v{j:02d}",
+                    backend.label,
+                    text=text,
+                    n_tokens=n_tokens,
+                    finish_reason=reply.finish_reason,
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_new_tokens=cfg.verbalized_max_new_tokens,
+                    seed=req.seeds[0],
+                    mode="verbalized",
+                    verbalized_probability=prob,
+                )
+            )
     return out

@@ -173,125 +173,388 @@ def cases() -> list[Case]:
     add(Case("config not YAML", lambda d: ["run", "--config", config(d, "a: [b\n")], "not valid YAML"))
     add(Case("config a YAML list", lambda d: ["run", "--config", config(d, "- a\n- b\n")], "mapping"))
     add(Case("config not UTF-8", lambda d: ["run", "--config", config(d, b"name: \xff\xfe\n")], "UTF-8"))
-    add(Case("config unknown key", lambda d: ["run", "--config", config(d, "generate:\n  nn: 3\n")], "unknown config key"))
+    add(Case("config unknown key", lambda d: ["run", "--config", config(d, "generate:\n  nn: 3\n")],
+             "unknown config key"))
     add(Case("--set value out of range", lambda d: run_args(d, "--set", "generate.n=1"), "--set generate.n=1"))
     add(Case("--set unknown key", lambda d: run_args(d, "--set", "judge.bogus=1"), "--set judge.bogus=1"))
     add(Case("--set without =", lambda d: run_args(d, "--set", "generate.n"), "not key=value"))
     add(Case("--set unknown template", lambda d: run_args(d, "--set", "judge.templates=[nope]"), "unknown ids"))
     add(Case("--set wrong type", lambda d: run_args(d, "--set", "generate.temperature=hot"), "generate.temperature"))
-    add(Case("threshold filter without threshold", lambda d: run_args(d, "--set", "curate.ches.filter=threshold"),
-             "curate.ches.threshold"))
-    add(Case("pool smaller than n", lambda d: run_args(d, "--set", "generate.pool=[{model: bundled:smollm2-135m-"
-                                                       "instruct}]"), "pool has 1 members"))
+    add(
+        Case(
+            "threshold filter without threshold",
+            lambda d: run_args(d, "--set", "curate.ches.filter=threshold"),
+            "curate.ches.threshold",
+        )
+    )
+    add(
+        Case(
+            "pool smaller than n",
+            lambda d: run_args(d, "--set", "generate.pool=[{model: bundled:smollm2-135m-instruct}]"),
+            "pool has 1 members",
+        )
+    )
     # models
-    add(Case("model folder missing", lambda d: run_args(d, "--set", f"generate.model={d}/no/such/model"),
-             "neither a folder nor a Hub id"))
+    add(
+        Case(
+            "model folder missing",
+            lambda d: run_args(d, "--set", f"generate.model={d}/no/such/model"),
+            "neither a folder nor a Hub id",
+        )
+    )
     add(Case("model folder without config.json", lambda d: run_args(d, "--set", f"judge.model={d}"), "no config.json"))
-    add(Case("model weights truncated", lambda d: run_args(d, "--set", f"generate.model={truncated_model(d)}"),
-             "is truncated"))
-    add(Case("unknown bundled model", lambda d: run_args(d, "--set", "generate.model=bundled:nope"),
-             "unknown bundled model"))
-    add(Case("Hub id that does not exist, offline", lambda d: run_args(d, "--set", "generate.model=nobody-xyz/no-model"),
-             "nobody-xyz/no-model", env={"HF_ENDPOINT": "http://127.0.0.1:9"}))
-    add(Case("train: unknown Hub model", lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"),
-                                                    "--model", "nobody-xyz/no-model"], "nobody-xyz/no-model",
-             env={"HF_ENDPOINT": "http://127.0.0.1:9"}))
-    add(Case("openai backend: nothing at base_url", lambda d: run_args(
-        d, "--set", "generate.backend=openai", "--set", "generate.openai.base_url=http://127.0.0.1:9/v1"),
-        "does not answer"))
-    add(Case("synth: evol seeds missing", lambda d: run_args(d, "--set", "input.path=synth:", "--set",
-                                                           "input.synth.mode=evol", "--set", f"input.synth.seeds={d}/no.jsonl"),
-             "input.synth.seeds"))
-    add(Case("synth: cannot grow a dataset", lambda d: run_args(d, "--incremental", "--set", "input.path=synth:"),
-             "cannot grow a dataset"))
-    add(Case("synth: unknown mode", lambda d: run_args(d, "--set", "input.path=synth:", "--set", "input.synth.mode=dream"),
-             "input.synth.mode"))
+    add(
+        Case(
+            "model weights truncated",
+            lambda d: run_args(d, "--set", f"generate.model={truncated_model(d)}"),
+            "is truncated",
+        )
+    )
+    add(
+        Case(
+            "unknown bundled model",
+            lambda d: run_args(d, "--set", "generate.model=bundled:nope"),
+            "unknown bundled model",
+        )
+    )
+    add(
+        Case(
+            "Hub id that does not exist, offline",
+            lambda d: run_args(d, "--set", "generate.model=nobody-xyz/no-model"),
+            "nobody-xyz/no-model",
+            env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+        )
+    )
+    add(
+        Case(
+            "train: unknown Hub model",
+            lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"), "--model", "nobody-xyz/no-model"],
+            "nobody-xyz/no-model",
+            env={"HF_ENDPOINT": "http://127.0.0.1:9"},
+        )
+    )
+    add(
+        Case(
+            "openai backend: nothing at base_url",
+            lambda d: run_args(
+                d, "--set", "generate.backend=openai", "--set", "generate.openai.base_url=http://127.0.0.1:9/v1"
+            ),
+            "does not answer",
+        )
+    )
+    add(
+        Case(
+            "synth: evol seeds missing",
+            lambda d: run_args(
+                d,
+                "--set",
+                "input.path=synth:",
+                "--set",
+                "input.synth.mode=evol",
+                "--set",
+                f"input.synth.seeds={d}/no.jsonl",
+            ),
+            "input.synth.seeds",
+        )
+    )
+    add(
+        Case(
+            "synth: cannot grow a dataset",
+            lambda d: run_args(d, "--incremental", "--set", "input.path=synth:"),
+            "cannot grow a dataset",
+        )
+    )
+    add(
+        Case(
+            "synth: unknown mode",
+            lambda d: run_args(d, "--set", "input.path=synth:", "--set", "input.synth.mode=dream"),
+            "input.synth.mode",
+        )
+    )
     # decontamination benchmarks
-    add(Case("benchmark file missing", lambda d: run_args(d, "--set", f"curate.decontaminate.benchmarks=[{d}/b.jsonl]"),
-             "benchmarks[0]"))
-    add(Case("benchmark of unknown format", lambda d: run_args(
-        d, "--set", f"curate.decontaminate.benchmarks=[{config(d, 'x', 'b.csv')}]"), "benchmarks[0]"))
+    add(
+        Case(
+            "benchmark file missing",
+            lambda d: run_args(d, "--set", f"curate.decontaminate.benchmarks=[{d}/b.jsonl]"),
+            "benchmarks[0]",
+        )
+    )
+    add(
+        Case(
+            "benchmark of unknown format",
+            lambda d: run_args(d, "--set", f"curate.decontaminate.benchmarks=[{config(d, 'x', 'b.csv')}]"),
+            "benchmarks[0]",
+        )
+    )
     # prompt inputs
     add(Case("input missing", lambda d: run_args(d, "--set", f"input.path={d}/none.jsonl"), "does not exist"))
     add(Case("input empty", lambda d: run_args(d, "--set", f"input.path={jsonl(d, [])}"), "no valid prompts"))
-    add(Case("input bad JSON line", lambda d: run_args(d, "--set", f"input.path={jsonl(d, [PROMPT, '{oops'])}"),
-             "p.jsonl:2"))
-    add(Case("input row without prompt", lambda d: run_args(d, "--set", f"input.path={jsonl(d, [{'q': 1}])}"),
-             "neither 'messages' nor 'prompt'"))
-    add(Case("input ends with assistant", lambda d: run_args(d, "--set", "input.path=" + jsonl(
-        d, [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])), "last message"))
-    add(Case("input unknown role", lambda d: run_args(d, "--set", "input.path=" + jsonl(
-        d, [{"messages": [{"role": "robot", "content": "a"}]}])), "role is 'robot'"))
-    add(Case("input non-UTF-8 line", lambda d: run_args(d, "--set", "input.path=" + jsonl(
-        d, [PROMPT, b'{"prompt": "caf\xe9"}'])), "p.jsonl:2: not UTF-8"))
-    add(Case("input reused prompt_id", lambda d: run_args(d, "--set", "input.path=" + jsonl(
-        d, [{"prompt": "a?", "prompt_id": "x"}, {"prompt": "b?", "prompt_id": "x"}])), "already used by"))
-    add(Case("input unknown format", lambda d: run_args(d, "--set", f"input.path={config(d, 'a,b', 'p.csv')}"),
-             "unknown format"))
-    add(Case("input parquet garbage", lambda d: run_args(d, "--set", f"input.path={config(d, 'junk', 'p.parquet')}"),
-             "unreadable parquet"))
-    add(Case("input folder without prompt files", lambda d: run_args(d, "--set", f"input.path={d}"),
-             "no .jsonl/.json/.parquet"))
-    add(Case("input JSON array of non-objects", lambda d: run_args(d, "--set", f"input.path={config(d, '[1]', 'p.json')}"),
-             "expected a JSON object"))
+    add(
+        Case(
+            "input bad JSON line",
+            lambda d: run_args(d, "--set", f"input.path={jsonl(d, [PROMPT, '{oops'])}"),
+            "p.jsonl:2",
+        )
+    )
+    add(
+        Case(
+            "input row without prompt",
+            lambda d: run_args(d, "--set", f"input.path={jsonl(d, [{'q': 1}])}"),
+            "neither 'messages' nor 'prompt'",
+        )
+    )
+    add(
+        Case(
+            "input ends with assistant",
+            lambda d: run_args(
+                d,
+                "--set",
+                "input.path="
+                + jsonl(d, [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}]),
+            ),
+            "last message",
+        )
+    )
+    add(
+        Case(
+            "input unknown role",
+            lambda d: run_args(
+                d, "--set", "input.path=" + jsonl(d, [{"messages": [{"role": "robot", "content": "a"}]}])
+            ),
+            "role is 'robot'",
+        )
+    )
+    add(
+        Case(
+            "input non-UTF-8 line",
+            lambda d: run_args(d, "--set", "input.path=" + jsonl(d, [PROMPT, b'{"prompt": "caf\xe9"}'])),
+            "p.jsonl:2: not UTF-8",
+        )
+    )
+    add(
+        Case(
+            "input reused prompt_id",
+            lambda d: run_args(
+                d,
+                "--set",
+                "input.path=" + jsonl(d, [{"prompt": "a?", "prompt_id": "x"}, {"prompt": "b?", "prompt_id": "x"}]),
+            ),
+            "already used by",
+        )
+    )
+    add(
+        Case(
+            "input unknown format",
+            lambda d: run_args(d, "--set", f"input.path={config(d, 'a,b', 'p.csv')}"),
+            "unknown format",
+        )
+    )
+    add(
+        Case(
+            "input parquet garbage",
+            lambda d: run_args(d, "--set", f"input.path={config(d, 'junk', 'p.parquet')}"),
+            "unreadable parquet",
+        )
+    )
+    add(
+        Case(
+            "input folder without prompt files",
+            lambda d: run_args(d, "--set", f"input.path={d}"),
+            "no .jsonl/.json/.parquet",
+        )
+    )
+    add(
+        Case(
+            "input JSON array of non-objects",
+            lambda d: run_args(d, "--set", f"input.path={config(d, '[1]', 'p.json')}"),
+            "expected a JSON object",
+        )
+    )
     # output folders
     add(Case("--out is a file", lambda d: run_args(d, out=config(d, "x", "file.txt")), "is a file, not a folder"))
     add(Case("--out under a file", lambda d: run_args(d, out=str(Path(config(d, "x", "f")) / "sub")), "is a file"))
-    add(Case("--out read-only", lambda d: run_args(d, out=str(d / "ro" / "out")), "not writable",
-             possible=can_make_read_only))
-    add(Case("plain run on a grown dataset", lambda d: run_args(d, out=str(incremental_dir(d))), "add --incremental",
-             intact=lambda d: (d / "grown" / "pairs" / "train-inc00001-00000-of-00001.parquet").exists()
-             and "increments" in json.loads((d / "grown" / "manifest.json").read_text())))
-    add(Case("--incremental on a plain run", lambda d: run_args(d, "--incremental", out=str(plain_dir(d))),
-             "drop --incremental", intact=lambda d: (d / "plain" / "tables" / "prompts.json").exists()))
-    add(Case("serve on a plain run", lambda d: ["serve", "--config", str(TINY), "--out", str(plain_dir(d)),
-                                                "--interval", "60"], "drop --incremental"))
+    add(
+        Case(
+            "--out read-only",
+            lambda d: run_args(d, out=str(d / "ro" / "out")),
+            "not writable",
+            possible=can_make_read_only,
+        )
+    )
+    add(
+        Case(
+            "plain run on a grown dataset",
+            lambda d: run_args(d, out=str(incremental_dir(d))),
+            "add --incremental",
+            intact=lambda d: (
+                (d / "grown" / "pairs" / "train-inc00001-00000-of-00001.parquet").exists()
+                and "increments" in json.loads((d / "grown" / "manifest.json").read_text())
+            ),
+        )
+    )
+    add(
+        Case(
+            "--incremental on a plain run",
+            lambda d: run_args(d, "--incremental", out=str(plain_dir(d))),
+            "drop --incremental",
+            intact=lambda d: (d / "plain" / "tables" / "prompts.json").exists(),
+        )
+    )
+    add(
+        Case(
+            "serve on a plain run",
+            lambda d: ["serve", "--config", str(TINY), "--out", str(plain_dir(d)), "--interval", "60"],
+            "drop --incremental",
+        )
+    )
     # run directories read by inspect / card / push
     add(Case("inspect: no such folder", lambda d: ["inspect", str(d / "none")], "not a folder"))
     add(Case("inspect: no manifest", lambda d: ["inspect", str(d)], "not a finished prefsynth run"))
     add(Case("inspect: manifest not JSON", lambda d: ["inspect", str(_broken_json(d))], "not valid JSON"))
-    add(Case("inspect: manifest is {}", lambda d: ["inspect", str(edit_manifest(fake_run(d), lambda m: {}))],
-             "not a prefsynth manifest"))
-    add(Case("card: manifest is a list", lambda d: ["card", str(edit_manifest(fake_run(d), lambda m: [1, 2]))],
-             "JSON list"))
-    add(Case("push: manifest is {}", lambda d: ["push", str(edit_manifest(fake_run(d), lambda m: {})), "--repo",
-                                                "a/b"], "not a prefsynth manifest"))
-    add(Case("inspect: shard path leaves the run", lambda d: ["inspect", str(edit_manifest(
-        fake_run(d), lambda m: {**m, "shards": [{**m["shards"][0], "path": "../../etc/passwd"}]}))], "outside"))
+    add(
+        Case(
+            "inspect: manifest is {}",
+            lambda d: ["inspect", str(edit_manifest(fake_run(d), lambda m: {}))],
+            "not a prefsynth manifest",
+        )
+    )
+    add(
+        Case(
+            "card: manifest is a list",
+            lambda d: ["card", str(edit_manifest(fake_run(d), lambda m: [1, 2]))],
+            "JSON list",
+        )
+    )
+    add(
+        Case(
+            "push: manifest is {}",
+            lambda d: ["push", str(edit_manifest(fake_run(d), lambda m: {})), "--repo", "a/b"],
+            "not a prefsynth manifest",
+        )
+    )
+    add(
+        Case(
+            "inspect: shard path leaves the run",
+            lambda d: [
+                "inspect",
+                str(
+                    edit_manifest(
+                        fake_run(d), lambda m: {**m, "shards": [{**m["shards"][0], "path": "../../etc/passwd"}]}
+                    )
+                ),
+            ],
+            "outside",
+        )
+    )
     add(Case("inspect: shard deleted", lambda d: ["inspect", str(_without_shard(fake_run(d)))], "is missing"))
     add(Case("inspect: shard altered", lambda d: ["inspect", str(_altered_shard(fake_run(d)))], "corrupted"))
     add(Case("inspect: --sample -5", lambda d: ["inspect", str(fake_run(d)), "--sample", "-5"], "negative"))
-    add(Case("inspect: bad --where", lambda d: ["inspect", str(fake_run(d)), "--where", "margin <<< ("],
-             "not a valid filter"))
-    add(Case("review: not a run directory", lambda d: ["review", str(d / "nothing-here"), "--port", "0"],
-             "not a folder"))
-    add(Case("review: bad --where", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where", "margin <<< ("],
-             "not a valid filter"))
-    add(Case("review: --where reads a file", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where",
-                                                        "margin > (SELECT count(*) FROM read_csv('/etc/passwd'))"],
-             "reads other tables"))
+    add(
+        Case(
+            "inspect: bad --where",
+            lambda d: ["inspect", str(fake_run(d)), "--where", "margin <<< ("],
+            "not a valid filter",
+        )
+    )
+    add(
+        Case(
+            "review: not a run directory", lambda d: ["review", str(d / "nothing-here"), "--port", "0"], "not a folder"
+        )
+    )
+    add(
+        Case(
+            "review: bad --where",
+            lambda d: ["review", str(fake_run(d)), "--port", "0", "--where", "margin <<< ("],
+            "not a valid filter",
+        )
+    )
+    add(
+        Case(
+            "review: --where reads a file",
+            lambda d: [
+                "review",
+                str(fake_run(d)),
+                "--port",
+                "0",
+                "--where",
+                "margin > (SELECT count(*) FROM read_csv('/etc/passwd'))",
+            ],
+            "reads other tables",
+        )
+    )
     add(Case("push: bad repo id", lambda d: ["push", str(fake_run(d)), "--repo", "not a repo"], "ORG/NAME"))
-    add(Case("push: endpoint refuses connections", lambda d: ["push", str(fake_run(d)), "--repo", "me/data"],
-             "cannot reach", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"}))
+    add(
+        Case(
+            "push: endpoint refuses connections",
+            lambda d: ["push", str(fake_run(d)), "--repo", "me/data"],
+            "cannot reach",
+            env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"},
+        )
+    )
     # training data
-    add(Case("train: data missing", lambda d: ["train", "--data", str(d / "none"), "--out", str(d / "t")],
-             "not a prefsynth run directory"))
-    add(Case("train: shard deleted", lambda d: ["train", "--data", str(_without_shard(fake_run(d))), "--out",
-                                                str(d / "t")], "is missing"))
-    add(Case("train: random bytes parquet", lambda d: ["train", "--data", config(d, os.urandom(4096), "x.parquet"),
-                                                       "--out", str(d / "t")], "not readable parquet"))
-    add(Case("train: truncated parquet", lambda d: ["train", "--data", str(_truncated_copy(fake_run(d), d)), "--out",
-                                                    str(d / "t")], "not readable parquet"))
-    add(Case("train: 0-row shard", lambda d: ["train", "--data", str(fake_run(d, n=0)), "--out", str(d / "t")],
-             "0 pairs"))
-    add(Case("train: chosen == rejected everywhere", lambda d: ["train", "--data", str(fake_run(d, same=True)), "--out",
-                                                                str(d / "t")], "chosen == rejected"))
-    add(Case("train: shard lacks columns", lambda d: ["train", "--data", _parquet_without_columns(d), "--out",
-                                                      str(d / "t")], "lacks column"))
-    add(Case("train: --out is a file", lambda d: ["train", "--data", str(fake_run(d)), "--out", config(d, "x", "o")],
-             "is a file"))
-    add(Case("train: bad --set", lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"), "--set",
-                                            "learning_rate=-1"], "--set learning_rate=-1"))
+    add(
+        Case(
+            "train: data missing",
+            lambda d: ["train", "--data", str(d / "none"), "--out", str(d / "t")],
+            "not a prefsynth run directory",
+        )
+    )
+    add(
+        Case(
+            "train: shard deleted",
+            lambda d: ["train", "--data", str(_without_shard(fake_run(d))), "--out", str(d / "t")],
+            "is missing",
+        )
+    )
+    add(
+        Case(
+            "train: random bytes parquet",
+            lambda d: ["train", "--data", config(d, os.urandom(4096), "x.parquet"), "--out", str(d / "t")],
+            "not readable parquet",
+        )
+    )
+    add(
+        Case(
+            "train: truncated parquet",
+            lambda d: ["train", "--data", str(_truncated_copy(fake_run(d), d)), "--out", str(d / "t")],
+            "not readable parquet",
+        )
+    )
+    add(
+        Case(
+            "train: 0-row shard",
+            lambda d: ["train", "--data", str(fake_run(d, n=0)), "--out", str(d / "t")],
+            "0 pairs",
+        )
+    )
+    add(
+        Case(
+            "train: chosen == rejected everywhere",
+            lambda d: ["train", "--data", str(fake_run(d, same=True)), "--out", str(d / "t")],
+            "chosen == rejected",
+        )
+    )
+    add(
+        Case(
+            "train: shard lacks columns",
+            lambda d: ["train", "--data", _parquet_without_columns(d), "--out", str(d / "t")],
+            "lacks column",
+        )
+    )
+    add(
+        Case(
+            "train: --out is a file",
+            lambda d: ["train", "--data", str(fake_run(d)), "--out", config(d, "x", "o")],
+            "is a file",
+        )
+    )
+    add(
+        Case(
+            "train: bad --set",
+            lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"), "--set", "learning_rate=-1"],
+            "--set learning_rate=-1",
+        )
+    )
     return c
 
 
@@ -342,8 +605,14 @@ def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
             argv = case.argv(d)
         except Exception as exc:  # a broken case is a failure of the script, reported as such
             return False, f"case setup failed: {exc!r}"
-        proc = subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=_env(case.env),
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.cli", *argv],
+            cwd=ROOT,
+            env=_env(case.env),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     out = proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
@@ -354,7 +623,7 @@ def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
         problems.append("a Python traceback was printed")
     if not last.startswith("prefsynth") or ": error:" not in last:
         problems.append(f"last line is not an error line: {last[:160]!r}")
-    error_text = "\n".join(lines[next((i for i, line in enumerate(lines) if ": error:" in line), len(lines)):])
+    error_text = "\n".join(lines[next((i for i, line in enumerate(lines) if ": error:" in line), len(lines)) :])
     if case.expect not in error_text:
         problems.append(f"error does not name {case.expect!r}: {error_text[:200]!r}")
     if "fix" not in error_text and "usage:" not in proc.stderr:

@@ -27,7 +27,9 @@ from huggingface_hub import constants
 from huggingface_hub.utils import _http, set_client_factory
 
 _TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
-_REPO_ROUTE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/(preupload|commit|branch|revision)/([^/]+))?$")
+_REPO_ROUTE = re.compile(
+    r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)(?:/(preupload|commit|branch|revision)/([^/]+))?$"
+)
 _YAML_BLOCK = re.compile(r"^(\s*---[\r\n]+)([\S\s]*?)([\r\n]+---(\r\n|\n|$))")  # as huggingface_hub.repocard
 _SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
@@ -71,8 +73,13 @@ class HubStandIn:
     # ------------------------------------------------------------------ dispatch
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         with self._lock:
-            self.requests.append({"method": request.method, "url": str(request.url),
-                                  "authorization": request.headers.get("authorization")})
+            self.requests.append(
+                {
+                    "method": request.method,
+                    "url": str(request.url),
+                    "authorization": request.headers.get("authorization"),
+                }
+            )
             split = urlsplit(str(request.url))
             if f"{split.scheme}://{split.netloc}" != self.endpoint:
                 return _error(404, f"stand-in only serves {self.endpoint}")
@@ -115,7 +122,12 @@ class HubStandIn:
             return _json(409, {"error": f"You already created this {repo_type} repo", "url": url})
         private = body.get("visibility") == "private" if "visibility" in body else bool(body.get("private"))
         head = hashlib.sha1(f"init {repo_type} {repo_id}".encode()).hexdigest()
-        self.repos[repo_id] = {"type": repo_type, "private": private, "branches": {"main": {}}, "heads": {"main": head}}
+        self.repos[repo_id] = {
+            "type": repo_type,
+            "private": private,
+            "branches": {"main": {}},
+            "heads": {"main": head},
+        }
         return _json(200, {"url": url, "name": repo_id, "id": head[:24]})
 
     def _validate_yaml(self, body: dict) -> httpx2.Response:
@@ -134,8 +146,12 @@ class HubStandIn:
             for j, entry in enumerate(data_files if isinstance(data_files, list) else []):
                 split = entry.get("split") if isinstance(entry, dict) else None
                 if split is not None and not _SPLIT_NAME.match(str(split)):
-                    errors.append({"message": f'"configs[{i}].data_files[{j}].split" with value "{split}" '
-                                              r'fails to match the required pattern: /^\w+(\.\w+)*$/'})
+                    errors.append(
+                        {
+                            "message": f'"configs[{i}].data_files[{j}].split" with value "{split}" '
+                            r'fails to match the required pattern: /^\w+(\.\w+)*$/'
+                        }
+                    )
         if errors:
             return _json(400, {"errors": errors, "warnings": []})
         return _json(200, {"errors": [], "warnings": []})
@@ -144,8 +160,16 @@ class HubStandIn:
         if rev not in repo["branches"]:
             return _error(404, f"Invalid rev id: {rev}", "RevisionNotFound")
         tree = repo["branches"][rev]
-        return _json(200, {"id": repo_id, "author": repo_id.split("/")[0], "sha": repo["heads"][rev],
-                           "private": repo["private"], "siblings": [{"rfilename": p} for p in sorted(tree)]})
+        return _json(
+            200,
+            {
+                "id": repo_id,
+                "author": repo_id.split("/")[0],
+                "sha": repo["heads"][rev],
+                "private": repo["private"],
+                "siblings": [{"rfilename": p} for p in sorted(tree)],
+            },
+        )
 
     def _create_branch(self, repo: dict, branch: str, body: dict) -> httpx2.Response:
         if branch in repo["branches"]:
@@ -159,8 +183,15 @@ class HubStandIn:
 
     def _preupload(self, repo: dict, rev: str, body: dict) -> httpx2.Response:
         tree = repo["branches"][rev]
-        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                  "oid": _git_hash(tree[f["path"]]) if f["path"] in tree else None} for f in body.get("files", [])]
+        files = [
+            {
+                "path": f["path"],
+                "uploadMode": "regular",
+                "shouldIgnore": False,
+                "oid": _git_hash(tree[f["path"]]) if f["path"] in tree else None,
+            }
+            for f in body.get("files", [])
+        ]
         return _json(200, {"files": files, "commitOid": repo["heads"][rev]})
 
     def _commit(self, repo_id: str, repo: dict, rev: str, payload: bytes) -> httpx2.Response:
@@ -197,8 +228,16 @@ class HubStandIn:
                 return _error(400, f"stand-in does not support commit entries of kind {key!r}")
         oid = hashlib.sha1(f"{repo_id}@{rev}#{len(self.commits)}:{header.get('summary')}".encode()).hexdigest()
         repo["branches"][rev], repo["heads"][rev] = tree, oid
-        self.commits.append({"repo_id": repo_id, "revision": rev, "message": header.get("summary"),
-                             "description": header.get("description", ""), "added": added, "deleted": deleted})
+        self.commits.append(
+            {
+                "repo_id": repo_id,
+                "revision": rev,
+                "message": header.get("summary"),
+                "description": header.get("description", ""),
+                "added": added,
+                "deleted": deleted,
+            }
+        )
         url = f"{self._url_prefix(repo['type'])}/{repo_id}/commit/{oid}"
         return _json(200, {"success": True, "commitOid": oid, "commitUrl": url, "hookOutput": ""})
 

@@ -24,8 +24,11 @@ TOKEN = "hf_test_token"
 
 
 def card_text(split: str = "train") -> str:
-    data = DatasetCardData(license="apache-2.0", pretty_name="pairs",
-                           configs=[{"config_name": "default", "data_files": [{"split": split, "path": "data/*.parquet"}]}])
+    data = DatasetCardData(
+        license="apache-2.0",
+        pretty_name="pairs",
+        configs=[{"config_name": "default", "data_files": [{"split": split, "path": "data/*.parquet"}]}],
+    )
     return f"---\n{data.to_yaml()}\n---\n\n# pairs\n"
 
 
@@ -94,9 +97,16 @@ def test_create_commit_adds_and_deletes(hub, folder):
     standin, api = hub
     api.create_repo(REPO, repo_type="dataset", private=True, exist_ok=True)
     api.upload_folder(repo_id=REPO, repo_type="dataset", folder_path=folder, commit_message="first")
-    api.create_commit(repo_id=REPO, repo_type="dataset", commit_message="swap plot", commit_description="why",
-                      operations=[CommitOperationAdd(path_in_repo="plots/y.png", path_or_fileobj=b"new"),
-                                  CommitOperationDelete(path_in_repo="plots/x.png")])
+    api.create_commit(
+        repo_id=REPO,
+        repo_type="dataset",
+        commit_message="swap plot",
+        commit_description="why",
+        operations=[
+            CommitOperationAdd(path_in_repo="plots/y.png", path_or_fileobj=b"new"),
+            CommitOperationDelete(path_in_repo="plots/x.png"),
+        ],
+    )
     commit = standin.commits[-1]
     assert (commit["message"], commit["description"]) == ("swap plot", "why")
     assert commit["added"] == {"plots/y.png": b"new"} and commit["deleted"] == ["plots/x.png"]
@@ -112,14 +122,18 @@ def test_branches_receive_their_own_commits(hub, folder):
     main_before = dict(standin.repos[REPO]["branches"]["main"])
     api.create_branch(REPO, repo_type="dataset", branch="dev")
     api.create_branch(REPO, repo_type="dataset", branch="dev", exist_ok=True)
-    api.upload_file(repo_id=REPO, repo_type="dataset", revision="dev", path_in_repo="notes.txt", path_or_fileobj=b"dev")
+    api.upload_file(
+        repo_id=REPO, repo_type="dataset", revision="dev", path_in_repo="notes.txt", path_or_fileobj=b"dev"
+    )
     branches = standin.repos[REPO]["branches"]
     assert branches["main"] == main_before
     assert branches["dev"] == {**main_before, "notes.txt": b"dev"}
     assert standin.commits[-1]["revision"] == "dev"
     # Revision names travel URL-encoded (feature%2Fx) and are decoded by the stand-in.
     api.create_branch(REPO, repo_type="dataset", branch="feature/x", revision="dev")
-    api.upload_file(repo_id=REPO, repo_type="dataset", revision="feature/x", path_in_repo="f.txt", path_or_fileobj=b"f")
+    api.upload_file(
+        repo_id=REPO, repo_type="dataset", revision="feature/x", path_in_repo="f.txt", path_or_fileobj=b"f"
+    )
     assert "feature%2Fx" in standin.requests[-1]["url"] and standin.commits[-1]["revision"] == "feature/x"
     assert branches["feature/x"] == {**branches["dev"], "f.txt": b"f"} and "f.txt" not in branches["dev"]
 

@@ -19,8 +19,18 @@ def resolve_backend_name(name: str) -> str:
     return "transformers"
 
 
-def make_backend(name: str, model_ref: str, *, dtype: str = "auto", batch_size: int = 16, field: str = "generate.model",
-                 vllm: dict | None = None, openai: dict | None = None, meter=None, batch_dir=None) -> GeneratorBackend:
+def make_backend(
+    name: str,
+    model_ref: str,
+    *,
+    dtype: str = "auto",
+    batch_size: int = 16,
+    field: str = "generate.model",
+    vllm: dict | None = None,
+    openai: dict | None = None,
+    meter=None,
+    batch_dir=None,
+) -> GeneratorBackend:
     """`vllm`/`openai`: the `generate.vllm` / `generate.openai` config sections as dicts; `meter`: the stage's
     ledger (pipeline/accounting.py), which an openai backend asks before and tells after each request."""
     name = resolve_backend_name(name)

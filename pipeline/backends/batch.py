@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 from pathlib import Path
-
 from typing import Sequence
 
 from openai.types.chat import ChatCompletion

@@ -91,16 +91,27 @@ class TransformersBackend:
     def encode(self, messages: list[dict]) -> list[int]:
         """Chat-template ids; a final assistant message is a prefix for the model to continue."""
         prefix = messages[-1]["role"] == "assistant"
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=not prefix, continue_final_message=prefix,
-                                                  tokenize=True, return_dict=False)
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=not prefix, continue_final_message=prefix, tokenize=True, return_dict=False
+        )
 
-    def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None,
-                 on_result=None) -> list[Result]:
+    def generate(
+        self,
+        requests: Sequence[Request],
+        *,
+        sampling: SamplingParams,
+        max_prompt_tokens: int,
+        progress=None,
+        on_result=None,
+    ) -> list[Result]:
         results: list[Result | None] = [None] * len(requests)
         encoded = []
         for i, req in enumerate(requests):
-            ids = (self.tokenizer.encode(req.prefix, add_special_tokens=False) if req.prefix is not None
-                   else list(self.encode(req.messages)))
+            ids = (
+                self.tokenizer.encode(req.prefix, add_special_tokens=False)
+                if req.prefix is not None
+                else list(self.encode(req.messages))
+            )
             if len(ids) > max_prompt_tokens:
                 results[i] = Skipped(f"prompt has {len(ids)} tokens > generate.max_prompt_tokens={max_prompt_tokens}")
             else:
@@ -118,7 +129,9 @@ class TransformersBackend:
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _generate_batch(self, prompts: list[list[int]], seeds: list[tuple[int, ...]], sampling: SamplingParams) -> list[list[Completion]]:
+    def _generate_batch(
+        self, prompts: list[list[int]], seeds: list[tuple[int, ...]], sampling: SamplingParams
+    ) -> list[list[Completion]]:
         tok = self.tokenizer
         rows = [ids for ids, row_seeds in zip(prompts, seeds) for _ in row_seeds]
         flat_seeds = [s for row_seeds in seeds for s in row_seeds]

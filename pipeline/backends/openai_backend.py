@@ -35,6 +35,7 @@ from pipeline.backends.chat import CONTEXT_ERROR, OPTIONAL, ChatCall, input_boun
 from pipeline.errors import BackendError, BudgetExceeded, ConfigError, ModelNotFoundError, TransientBackendError
 from pipeline.models import resolve
 
+
 class OpenAIBackend:
     def __init__(self, model: str, *, base_url: str | None, served_model: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8, timeout_s: float = 120.0,
@@ -156,12 +157,14 @@ class OpenAIBackend:
                     skipped = [r.result for r in parts if isinstance(r.result, Skipped)]
                     tops = [t for r in parts for t in (r.payload or {}).get("top_logprobs", [])]
                     reply = Reply(skipped[0] if skipped else [c for r in parts for c in r.result],
-                                  {**(parts[0].payload or {}), "top_logprobs": tops}, sum_usage(r.usage for r in parts))
+                                  {**(parts[0].payload or {}), "top_logprobs": tops},
+                                  sum_usage(r.usage for r in parts))
                 if on_result is not None:
                     on_result(i, reply)
                 if progress is not None:
                     progress(1)
                 return reply
+
             return run
 
         return self._run_sync(lambda: self._gather([job(i, c) for i, c in enumerate(calls)]))
@@ -173,21 +176,31 @@ class OpenAIBackend:
         def job(i: int, conv: list[dict]):
             async def run(client, sem):
                 body = {"model": self.model, "messages": conv, "use_activation": False}
-                resp = await self._send(client, sem, lambda: client.post(url, cast_to=object, body=body),
-                                        chars=input_bound(conv), max_out=0, usage_fn=_classify_usage, sent=set())
+                resp = await self._send(
+                    client,
+                    sem,
+                    lambda: client.post(url, cast_to=object, body=body),
+                    chars=input_bound(conv),
+                    max_out=0,
+                    usage_fn=_classify_usage,
+                    sent=set(),
+                )
                 if isinstance(resp, Skipped):
                     reply = Reply(resp)
                 else:
                     probs = resp["data"][0]["probs"]
                     if len(probs) != 1:
-                        raise BackendError(f"{self.field}: {self.model!r} at {url} has {len(probs)} classes; a reward "
-                                           "model has exactly 1 (serve it with --runner pooling --convert classify)")
+                        raise BackendError(
+                            f"{self.field}: {self.model!r} at {url} has {len(probs)} classes; a reward "
+                            "model has exactly 1 (serve it with --runner pooling --convert classify)"
+                        )
                     reply = Reply([], {"reward": float(probs[0])}, _classify_usage(resp))
                 if on_result is not None:
                     on_result(i, reply)
                 if progress is not None:
                     progress(1)
                 return reply
+
             return run
 
         return self._run_sync(lambda: self._gather([job(i, c) for i, c in enumerate(conversations)]))
@@ -211,10 +224,17 @@ class OpenAIBackend:
                 return None
             n = params.get("n", 1)
             try:
-                resp = await self._send(client, sem, lambda: client.chat.completions.create(
-                    model=self.model, messages=call.messages, extra_body=extra or None, **params),
-                    chars=input_bound(call.messages), max_out=n * params.get("max_tokens", 256), usage_fn=usage_of,
-                    sent={*params, *extra} - ({"n"} if n == 1 else set()))
+                resp = await self._send(
+                    client,
+                    sem,
+                    lambda: client.chat.completions.create(
+                        model=self.model, messages=call.messages, extra_body=extra or None, **params
+                    ),
+                    chars=input_bound(call.messages),
+                    max_out=n * params.get("max_tokens", 256),
+                    usage_fn=usage_of,
+                    sent={*params, *extra} - ({"n"} if n == 1 else set()),
+                )
             except _Refused as refused:
                 self.unsupported.add(refused.feature)
                 continue
@@ -224,9 +244,15 @@ class OpenAIBackend:
 
     async def _complete(self, client, sem, prompt: str, params: dict) -> Reply:
         """One completions-endpoint answer for raw text to continue (prompt synthesis), n = 1."""
-        resp = await self._send(client, sem, lambda: client.completions.create(model=self.model, prompt=prompt, n=1,
-                                                                               **params),
-                                chars=len(prompt.encode()), max_out=params["max_tokens"], usage_fn=usage_of, sent=set())
+        resp = await self._send(
+            client,
+            sem,
+            lambda: client.completions.create(model=self.model, prompt=prompt, n=1, **params),
+            chars=len(prompt.encode()),
+            max_out=params["max_tokens"],
+            usage_fn=usage_of,
+            sent=set(),
+        )
         return Reply(resp) if isinstance(resp, Skipped) else reply_of(resp, 1, structured=False)
 
     async def _send(self, client, sem, make_call, *, chars: int, max_out: int, usage_fn, sent: set[str]):
@@ -257,13 +283,16 @@ class OpenAIBackend:
                 raise BackendError(f"{self.field}: {self.base_url} rejected the request: {msg[:300]}") from exc
             except (o.RateLimitError, o.InternalServerError, o.APITimeoutError, o.APIConnectionError) as exc:
                 if attempt == self.max_retries:
-                    raise TransientBackendError(f"{self.field}: {self.base_url} still failing after {self.max_retries} "
-                                                f"retries: {type(exc).__name__}: {_message(exc)[:200]}") from exc
+                    raise TransientBackendError(
+                        f"{self.field}: {self.base_url} still failing after {self.max_retries} "
+                        f"retries: {type(exc).__name__}: {_message(exc)[:200]}"
+                    ) from exc
                 self.retries += 1
-                await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2 ** attempt)))
+                await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt)))
             except o.APIStatusError as exc:
-                raise BackendError(f"{self.field}: {self.base_url} answered {exc.status_code}: "
-                                   f"{_message(exc)[:300]}") from exc
+                raise BackendError(
+                    f"{self.field}: {self.base_url} answered {exc.status_code}: {_message(exc)[:300]}"
+                ) from exc
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
@@ -279,15 +308,20 @@ class OpenAIBackend:
             if self.prefect_rate_limit:
                 await rate_limit(self.prefect_rate_limit, occupy=1, strict=True)
             name = "prefect_concurrency_limit"
-            slot = (concurrency(self.prefect_concurrency_limit, occupy=1, strict=True)
-                    if self.prefect_concurrency_limit else contextlib.nullcontext())
+            slot = (
+                concurrency(self.prefect_concurrency_limit, occupy=1, strict=True)
+                if self.prefect_concurrency_limit
+                else contextlib.nullcontext()
+            )
             async with slot:
                 yield
         except ConcurrencySlotAcquisitionError as exc:
             limit = getattr(self, name)
-            raise ConfigError(f"{self.field}.{name}: Prefect has no usable global concurrency limit {limit!r} ({exc}); "
-                              f"fix: `prefect gcl create {limit} --limit N` (a rate limit also needs "
-                              "--slot-decay-per-second), or unset the key") from exc
+            raise ConfigError(
+                f"{self.field}.{name}: Prefect has no usable global concurrency limit {limit!r} ({exc}); "
+                f"fix: `prefect gcl create {limit} --limit N` (a rate limit also needs "
+                "--slot-decay-per-second), or unset the key"
+            ) from exc
 
 
 def served_label(ref: str) -> str:
@@ -317,10 +351,19 @@ def endpoint_backend(ref: str, opts, *, field: str, meter=None, batch_dir=None) 
     """The backend of a served or hosted judge model or reward model (`opts`: a JudgeOpenAIConfig). The API key
     stays in the environment variable it names."""
     if not opts.base_url and opts.mode != "batch":
-        raise ConfigError(f"{field}.base_url: not set, but a judge uses backend 'openai'; fix: set it to the server's "
-                          f"URL including /v1, e.g. --set {field}.base_url=http://HOST:8000/v1")
-    return OpenAIBackend(ref, label=served_label(ref), tokenizer=local_tokenizer(ref), field=field, meter=meter,
-                         batch_dir=None if batch_dir is None else str(batch_dir), **opts.model_dump())
+        raise ConfigError(
+            f"{field}.base_url: not set, but a judge uses backend 'openai'; fix: set it to the server's "
+            f"URL including /v1, e.g. --set {field}.base_url=http://HOST:8000/v1"
+        )
+    return OpenAIBackend(
+        ref,
+        label=served_label(ref),
+        tokenizer=local_tokenizer(ref),
+        field=field,
+        meter=meter,
+        batch_dir=None if batch_dir is None else str(batch_dir),
+        **opts.model_dump(),
+    )
 
 
 class _Refused(Exception):

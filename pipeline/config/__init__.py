@@ -14,21 +14,64 @@ overrides, error formatting). Import from `pipeline.config`; the names below are
 """
 
 from pipeline.config.base import _Section, fingerprint
-from pipeline.config.curation import (CHESConfig, CurateConfig, DecontaminateConfig, DedupConfig, MinHashConfig,
-                                      PairConfig, PublishConfig, RationaleConfig)
+from pipeline.config.curation import (
+                                      CHESConfig,
+                                      CurateConfig,
+                                      DecontaminateConfig,
+                                      DedupConfig,
+                                      MinHashConfig,
+                                      PairConfig,
+                                      PublishConfig,
+                                      RationaleConfig,
+)
 from pipeline.config.generation import GenerateConfig, OpenAIConfig, PoolMember, VllmEngineConfig
-from pipeline.config.judging import (SCORING_FIELDS, BudgetConfig, JudgeConfig, JudgeOpenAIConfig, LLMJudgeConfig,
-                                     PriceConfig, RewardModelConfig)
+from pipeline.config.judging import (
+                                      SCORING_FIELDS,
+                                      BudgetConfig,
+                                      JudgeConfig,
+                                      JudgeOpenAIConfig,
+                                      LLMJudgeConfig,
+                                      PriceConfig,
+                                      RewardModelConfig,
+)
 from pipeline.config.loading import apply_overrides, describe_keys, load_config, load_model, parse_override
 from pipeline.config.run import DistributedConfig, InputConfig, RunConfig
 from pipeline.config.sources import PrincipleConfig, RewardAugmentedConfig, SelfCritiqueConfig, SourcesConfig
 from pipeline.errors import ConfigError
 
 __all__ = [
-    "SCORING_FIELDS", "BudgetConfig", "CHESConfig", "ConfigError", "CurateConfig", "DecontaminateConfig", "DedupConfig",
-    "DistributedConfig", "GenerateConfig", "InputConfig", "JudgeConfig", "JudgeOpenAIConfig", "LLMJudgeConfig",
-    "MinHashConfig", "OpenAIConfig", "PairConfig", "PoolMember", "PriceConfig", "PrincipleConfig", "PublishConfig",
-    "RationaleConfig", "RewardAugmentedConfig", "RewardModelConfig", "RunConfig", "SelfCritiqueConfig",
-    "SourcesConfig", "VllmEngineConfig", "_Section", "apply_overrides", "describe_keys", "fingerprint",
-    "load_config", "load_model", "parse_override",
+    "SCORING_FIELDS",
+    "BudgetConfig",
+    "CHESConfig",
+    "ConfigError",
+    "CurateConfig",
+    "DecontaminateConfig",
+    "DedupConfig",
+    "DistributedConfig",
+    "GenerateConfig",
+    "InputConfig",
+    "JudgeConfig",
+    "JudgeOpenAIConfig",
+    "LLMJudgeConfig",
+    "MinHashConfig",
+    "OpenAIConfig",
+    "PairConfig",
+    "PoolMember",
+    "PriceConfig",
+    "PrincipleConfig",
+    "PublishConfig",
+    "RationaleConfig",
+    "RewardAugmentedConfig",
+    "RewardModelConfig",
+    "RunConfig",
+    "SelfCritiqueConfig",
+    "SourcesConfig",
+    "VllmEngineConfig",
+    "_Section",
+    "apply_overrides",
+    "describe_keys",
+    "fingerprint",
+    "load_config",
+    "load_model",
+    "parse_override",
 ]

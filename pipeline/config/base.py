@@ -9,7 +9,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 
-
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 

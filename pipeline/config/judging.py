@@ -9,7 +9,6 @@ from pydantic import Field, model_validator
 from pipeline.config.base import _Section
 from pipeline.config.generation import OpenAIConfig
 
-
 SCORING_FIELDS = {"score_mode", "samples", "sample_temperature", "sample_max_tokens", "top_logprobs"}
 
 
@@ -57,48 +56,68 @@ class BudgetConfig(_Section):
 
 
 class JudgeConfig(_Section):
-    model: str | None = Field(None, description="LLM judge model (absolute and pairwise templates, rationales); null means the generator model.")
+    model: str | None = Field(
+        None,
+        description="LLM judge model (absolute and pairwise templates, rationales); null means the generator model.",
+    )
     backend: Literal["transformers", "vllm", "openai"] = Field(
-        "transformers", description="Where the LLM judges, judgment rationales and pair rationales run: transformers; "
+        "transformers",
+        description="Where the LLM judges, judgment rationales and pair rationales run: transformers; "
         "an in-process vLLM engine with generate.vllm's options (shared with generation when it uses the same model); "
-        "or 'openai', any OpenAI-compatible endpoint (judge.openai). A judge given as a mapping may override it.")
-    openai: JudgeOpenAIConfig = Field(default_factory=JudgeOpenAIConfig,
-                                      description="Endpoint of judges on backend 'openai' (operational).")
+        "or 'openai', any OpenAI-compatible endpoint (judge.openai). A judge given as a mapping may override it.",
+    )
+    openai: JudgeOpenAIConfig = Field(
+        default_factory=JudgeOpenAIConfig, description="Endpoint of judges on backend 'openai' (operational)."
+    )
     templates: list[str | LLMJudgeConfig] = Field(
-        ["absolute-1to5-v1"], description="Absolute LLM-judge templates, each a judge (ids in judges/templates.py), "
-        "or mappings {template, model, backend, openai} to mix in-process, served and hosted judges."
+        ["absolute-1to5-v1"],
+        description="Absolute LLM-judge templates, each a judge (ids in judges/templates.py), "
+        "or mappings {template, model, backend, openai} to mix in-process, served and hosted judges.",
     )
     pairwise_templates: list[str | LLMJudgeConfig] = Field(
-        [], description="Pairwise LLM-judge templates, run on every candidate pair in both orders "
-        "(e.g. pairwise-ab-v1); items as in judge.templates."
+        [],
+        description="Pairwise LLM-judge templates, run on every candidate pair in both orders "
+        "(e.g. pairwise-ab-v1); items as in judge.templates.",
     )
     reward_models: list[str | RewardModelConfig] = Field(
-        [], description="Sequence-classification reward models (local folders or Hub ids), each a judge, or mappings "
-        "{model, backend, openai} to run one on vLLM or behind `vllm serve`."
+        [],
+        description="Sequence-classification reward models (local folders or Hub ids), each a judge, or mappings "
+        "{model, backend, openai} to run one on vLLM or behind `vllm serve`.",
     )
     score_mode: Literal["auto", "logprobs", "sampled"] = Field(
-        "auto", description="How judges on backend 'openai' score: 'logprobs' reads the verdict token's top_logprobs "
+        "auto",
+        description="How judges on backend 'openai' score: 'logprobs' reads the verdict token's top_logprobs "
         "(the score is their expectation, as in process); 'sampled' parses `samples` sampled verdicts (JSON schema "
         "where the server accepts response_format) and averages them; 'auto' uses logprobs where the endpoint returns "
-        "them and sampled where it does not. Each judgment records its score_mode.")
+        "them and sampled where it does not. Each judgment records its score_mode.",
+    )
     samples: int = Field(5, ge=1, le=64, description="Sampled verdicts per judgment in sampled mode.")
     sample_temperature: float = Field(1.0, ge=0.0, le=2.0, description="Temperature of sampled verdicts.")
     sample_max_tokens: int = Field(24, ge=1, le=1024, description="Token cap of one sampled verdict.")
-    top_logprobs: int = Field(20, ge=1, le=20, description="top_logprobs asked for at the verdict position in logprobs "
-                              "mode (OpenAI and vLLM allow at most 20); score tokens outside them count as 0.")
+    top_logprobs: int = Field(
+        20,
+        ge=1,
+        le=20,
+        description="top_logprobs asked for at the verdict position in logprobs "
+        "mode (OpenAI and vLLM allow at most 20); score tokens outside them count as 0.",
+    )
     aggregate: Literal["mean", "mean_normalised", "median", "majority", "bradley_terry"] = Field(
-        "mean", description="How judges combine into one score per candidate (see pipeline/aggregate.py); "
-        "'mean' averages raw scores and suits judges on one scale."
+        "mean",
+        description="How judges combine into one score per candidate (see pipeline/aggregate.py); "
+        "'mean' averages raw scores and suits judges on one scale.",
     )
     min_agreement: float | None = Field(
-        None, ge=-1.0, le=1.0,
+        None,
+        ge=-1.0,
+        le=1.0,
         description="Drop prompts whose score judges agree less than this: Krippendorff alpha (interval) on "
         "per-judge z-scores, not raw scores; a prompt with no alpha (fewer than two candidates scored by two "
         "judges) is kept; null keeps all.",
     )
     rationales: bool = Field(
-        False, description="Give every absolute LLM judgment a short rationale (one greedy generation per candidate "
-        "and template: slow on CPU). Pair rationales (rationale.*) are written either way."
+        False,
+        description="Give every absolute LLM judgment a short rationale (one greedy generation per candidate "
+        "and template: slow on CPU). Pair rationales (rationale.*) are written either way.",
     )
     rationale_tokens: int = Field(32, ge=1, le=512, description="Token cap of a judgment rationale.")
     min_score_mass: float = Field(
@@ -115,17 +134,25 @@ class JudgeConfig(_Section):
     def _judges_make_sense(self):
         from judges.templates import ABSOLUTE, PAIRWISE
 
-        for name, known, specs in (("templates", ABSOLUTE, self.templates),
-                                   ("pairwise_templates", PAIRWISE, self.pairwise_templates)):
+        for name, known, specs in (
+            ("templates", ABSOLUTE, self.templates),
+            ("pairwise_templates", PAIRWISE, self.pairwise_templates),
+        ):
             unknown = [t for t in (s if isinstance(s, str) else s.template for s in specs) if t not in known]
             if unknown:
                 raise ValueError(f"judge.{name} has unknown ids {unknown}; fix: use ids from {sorted(known)}")
         if not (self.templates or self.pairwise_templates or self.reward_models):
-            raise ValueError("no judge configured; fix: set judge.templates, judge.pairwise_templates or judge.reward_models")
+            raise ValueError(
+                "no judge configured; fix: set judge.templates, judge.pairwise_templates or judge.reward_models"
+            )
         if self.aggregate in ("mean", "mean_normalised", "median") and not (self.templates or self.reward_models):
-            raise ValueError(f"judge.aggregate '{self.aggregate}' needs an absolute template or a reward model; "
-                             "fix: use majority or bradley_terry with pairwise judges only")
+            raise ValueError(
+                f"judge.aggregate '{self.aggregate}' needs an absolute template or a reward model; "
+                "fix: use majority or bradley_terry with pairwise judges only"
+            )
         if self.aggregate == "mean" and self.reward_models:
-            raise ValueError("judge.aggregate 'mean' averages raw scores, but reward models have another scale; "
-                             "fix: use mean_normalised, median, majority or bradley_terry")
+            raise ValueError(
+                "judge.aggregate 'mean' averages raw scores, but reward models have another scale; "
+                "fix: use mean_normalised, median, majority or bradley_terry"
+            )
         return self

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import ConfigError
 from pipeline.config.run import RunConfig
+from pipeline.errors import ConfigError
 
 
 def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
@@ -23,7 +23,9 @@ def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             lines += describe_keys(ann, key + ".")
         else:
-            lines.append(f"  {key} (default {field.get_default(call_default_factory=True)!r}): {field.description or ''}")
+            lines.append(
+                f"  {key} (default {field.get_default(call_default_factory=True)!r}): {field.description or ''}"
+            )
     return lines
 
 
@@ -32,8 +34,14 @@ def _format_error(exc: ValidationError, root: type[BaseModel], where: dict[str, 
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
-        source = next((o for k, o in (where or {}).items()
-                       if key == k or key.startswith(k + ".") or (key and k.startswith(key + "."))), None)
+        source = next(
+            (
+                o
+                for k, o in (where or {}).items()
+                if key == k or key.startswith(k + ".") or (key and k.startswith(key + "."))
+            ),
+            None,
+        )
         via = f" (from --set {source})" if source else ""
         if err["type"] == "extra_forbidden":
             section = _section_of(err["loc"][:-1], root)
@@ -45,8 +53,10 @@ def _format_error(exc: ValidationError, root: type[BaseModel], where: dict[str, 
         else:
             value = err.get("input")
             fix = _field_help(err["loc"], root)
-            lines.append((f"--set {source}: " if source else "") + f"config key '{key}' has invalid value {value!r}: "
-                         f"{err['msg']}" + (f"; fix: {fix}" if fix else ""))
+            lines.append(
+                (f"--set {source}: " if source else "") + f"config key '{key}' has invalid value {value!r}: "
+                f"{err['msg']}" + (f"; fix: {fix}" if fix else "")
+            )
     return "\n".join(lines)
 
 
@@ -80,8 +90,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({' '.join(str(exc).split())}); fix: quote it "
-                          "as YAML, e.g. --set 'key=\"text\"'") from None
+        raise ConfigError(
+            f"--set {key}: cannot parse value {raw!r} ({' '.join(str(exc).split())}); fix: quote it "
+            "as YAML, e.g. --set 'key=\"text\"'"
+        ) from None
     return key.split("."), value
 
 
@@ -93,7 +105,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a section; fix: set a key inside a section, e.g. generate.n=4")
+                raise ConfigError(
+                    f"--set {item!r}: '{part}' is not a section; fix: set a key inside a section, e.g. generate.n=4"
+                )
             node = child
         node[path[-1]] = value
     return data
@@ -118,11 +132,15 @@ def load_model(root: type[BaseModel], path: str | Path | None = None, overrides:
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML ({' '.join(str(exc).split())}); fix: correct the "
-                              "YAML at that line") from None
+            raise ConfigError(
+                f"config file {path} is not valid YAML ({' '.join(str(exc).split())}); fix: correct the "
+                "YAML at that line"
+            ) from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}; fix: "
-                              "write sections as keys, e.g. 'generate:' then '  n: 4'")
+            raise ConfigError(
+                f"config file {path} must hold a mapping at top level, got {type(loaded).__name__}; fix: "
+                "write sections as keys, e.g. 'generate:' then '  n: 4'"
+            )
         data = loaded or {}
     data = apply_overrides(data, overrides or [])
     set_keys = {".".join(parse_override(o)[0]): o for o in overrides or []}
@@ -130,8 +148,9 @@ def load_model(root: type[BaseModel], path: str | Path | None = None, overrides:
         return root.model_validate(data)
     except ValidationError as exc:
         keys = [".".join(str(p) for p in e["loc"]) for e in exc.errors()]
-        from_set = all(any(k == s or k.startswith(s + ".") or s.startswith(k + ".") for s in set_keys)
-                       for k in keys if k)
+        from_set = all(
+            any(k == s or k.startswith(s + ".") or s.startswith(k + ".") for s in set_keys) for k in keys if k
+        )
         where = "" if from_set and set_keys else f" in {path}" if path else ""
         lines = _format_error(exc, root, set_keys).splitlines()
         sep = " " if len(lines) == 1 else "\n"

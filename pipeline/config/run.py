@@ -9,7 +9,14 @@ from pydantic import Field, field_validator, model_validator
 from pipeline.config.base import _Section
 from pipeline.config.curation import CurateConfig, PairConfig, PublishConfig, RationaleConfig
 from pipeline.config.generation import GenerateConfig, OpenAIConfig
-from pipeline.config.judging import SCORING_FIELDS, BudgetConfig, JudgeConfig, LLMJudgeConfig, PriceConfig, RewardModelConfig
+from pipeline.config.judging import (
+    SCORING_FIELDS,
+    BudgetConfig,
+    JudgeConfig,
+    LLMJudgeConfig,
+    PriceConfig,
+    RewardModelConfig,
+)
 from pipeline.config.sources import SourcesConfig
 from pipeline.synth_config import SynthConfig
 
@@ -27,7 +34,9 @@ class InputConfig(_Section):
     skip_invalid: bool = Field(
         False, description="Skip and count invalid rows instead of stopping at the first one."
     )
-    synth: SynthConfig = Field(default_factory=SynthConfig, description="Prompt synthesis, used when path is 'synth:'.")
+    synth: SynthConfig = Field(
+        default_factory=SynthConfig, description="Prompt synthesis, used when path is 'synth:'."
+    )
 
     @field_validator("path", mode="before")
     @classmethod
@@ -44,25 +53,47 @@ class DistributedConfig(_Section):
     """Where stage work runs; operational, never fingerprinted (a Ray run writes the rows a local one does)."""
 
     runner: Literal["local", "ray"] = Field(
-        "local", description="'local': every stage runs in this process; 'ray': the prompt filter's embeddings, "
+        "local",
+        description="'local': every stage runs in this process; 'ray': the prompt filter's embeddings, "
         "generate, judge, self-critique, CHES and rationale run as `shards` Prefect tasks each on a Ray cluster "
-        "(prefect-ray's RayTaskRunner).")
-    shards: int = Field(2, ge=1, le=4096, description="With runner 'ray': prompt shards (tasks) per stage; shard i "
-                        "does chunks i, i+shards, ... of publish.chunk_prompts prompts (curate.dedup.chunk_prompts for "
-                        "embeddings); each task loads its own models.")
-    address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://HEAD:10001'); null starts a "
-                                "local Ray instance for the run. OUT and the model cache must be on storage every node sees.")
-    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (null: all of them); with "
-                                 "cpus_per_task it bounds how many shard tasks run at once.")
-    cpus_per_task: float = Field(1.0, gt=0, description="CPUs each shard task reserves; Ray sets the task's "
-                                 "OMP_NUM_THREADS (torch's thread count) to it unless the environment sets one.")
-    gpus_per_task: float = Field(0.0, ge=0, description="GPUs each shard task reserves (1 for vLLM or CHES on a GPU node).")
+        "(prefect-ray's RayTaskRunner).",
+    )
+    shards: int = Field(
+        2,
+        ge=1,
+        le=4096,
+        description="With runner 'ray': prompt shards (tasks) per stage; shard i "
+        "does chunks i, i+shards, ... of publish.chunk_prompts prompts (curate.dedup.chunk_prompts for "
+        "embeddings); each task loads its own models.",
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('auto', 'ray://HEAD:10001'); null starts a "
+        "local Ray instance for the run. OUT and the model cache must be on storage every node sees.",
+    )
+    num_cpus: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs of the local Ray instance (null: all of them); with "
+        "cpus_per_task it bounds how many shard tasks run at once.",
+    )
+    cpus_per_task: float = Field(
+        1.0,
+        gt=0,
+        description="CPUs each shard task reserves; Ray sets the task's "
+        "OMP_NUM_THREADS (torch's thread count) to it unless the environment sets one.",
+    )
+    gpus_per_task: float = Field(
+        0.0, ge=0, description="GPUs each shard task reserves (1 for vLLM or CHES on a GPU node)."
+    )
 
     @model_validator(mode="after")
     def _ray_options_need_ray(self):
         if self.runner == "local" and self.address is not None:
-            raise ValueError(f"distributed.address is {self.address!r} but distributed.runner is 'local'; "
-                             "fix: set distributed.runner=ray (or drop the address)")
+            raise ValueError(
+                f"distributed.address is {self.address!r} but distributed.runner is 'local'; "
+                "fix: set distributed.runner=ray (or drop the address)"
+            )
         return self
 
 
@@ -79,31 +110,40 @@ class RunConfig(_Section):
     sources: SourcesConfig = SourcesConfig()
     distributed: DistributedConfig = DistributedConfig()
     prices: dict[str, PriceConfig] = Field(
-        {}, description="USD per million input/output tokens per model, keyed by the model as the config names it "
+        {},
+        description="USD per million input/output tokens per model, keyed by the model as the config names it "
         "(generate.model, a judge's model) or by its served_model; turns the manifest's token counts into dollars. "
-        "Operational.")
+        "Operational.",
+    )
     budget: BudgetConfig = BudgetConfig()
 
     @model_validator(mode="after")
     def _budget_has_prices(self):
         if self.budget.usd is not None and not self.prices:
-            raise ValueError(f"budget.usd is {self.budget.usd} but no prices are set, so no cost can be counted; fix: "
-                             "set prices.MODEL.input and prices.MODEL.output (USD per million tokens) for each served "
-                             "model, or unset budget.usd")
+            raise ValueError(
+                f"budget.usd is {self.budget.usd} but no prices are set, so no cost can be counted; fix: "
+                "set prices.MODEL.input and prices.MODEL.output (USD per million tokens) for each served "
+                "model, or unset budget.usd"
+            )
         return self
 
     @model_validator(mode="after")
     def _critique_has_a_reward_model(self):
         sc = self.sources.self_critique
         if sc.enabled and not (sc.reward_model or self.judge.reward_models):
-            raise ValueError("sources.self_critique needs an external reward model to score original and revision; "
-                             "fix: set sources.self_critique.reward_model (or judge.reward_models)")
+            raise ValueError(
+                "sources.self_critique needs an external reward model to score original and revision; "
+                "fix: set sources.self_critique.reward_model (or judge.reward_models)"
+            )
         return self
 
     def model_refs(self) -> dict[str, str]:
         """{config key: model reference} of every model the run will load (for preflight checks)."""
-        refs = {"generate.model": self.generate.model, "curate.ches.model": self.ches_model,
-                "curate.dedup.model": self.curate.dedup.model}
+        refs = {
+            "generate.model": self.generate.model,
+            "curate.ches.model": self.ches_model,
+            "curate.dedup.model": self.curate.dedup.model,
+        }
         if self.input.synthesised:
             refs["input.synth.model"] = self.input.synth.model or self.generate.model
         if self.generate.backend != "openai":  # a served generator is checked at its endpoint (preflight)
@@ -112,10 +152,16 @@ class RunConfig(_Section):
         in_process = [s for _, s in specs if s.backend != "openai"]
         if in_process or (self.rationale.enabled and self.judge.backend != "openai"):
             refs["judge.model"] = self.judge_model
-        refs.update({f"judge.templates[{s.template}].model": s.model
-                     for s in in_process if s.model != self.judge_model})
-        refs.update({f"judge.reward_models[{i}]": r.model for i, r in enumerate(self.reward_model_specs())
-                     if r.backend != "openai"})
+        refs.update(
+            {f"judge.templates[{s.template}].model": s.model for s in in_process if s.model != self.judge_model}
+        )
+        refs.update(
+            {
+                f"judge.reward_models[{i}]": r.model
+                for i, r in enumerate(self.reward_model_specs())
+                if r.backend != "openai"
+            }
+        )
         if self.sources.self_critique.enabled:
             refs["sources.self_critique.reward_model"] = self.critique_reward_model
             refs["sources.self_critique.model"] = self.sources.self_critique.model or self.generate.model
@@ -128,21 +174,29 @@ class RunConfig(_Section):
 
     def _full_judge(self, item) -> LLMJudgeConfig:
         spec = LLMJudgeConfig(template=item) if isinstance(item, str) else item
-        return spec.model_copy(update={"model": spec.model or self.judge_model,
-                                       "backend": spec.backend or self.judge.backend,
-                                       "openai": spec.openai or self.judge.openai})
+        return spec.model_copy(
+            update={
+                "model": spec.model or self.judge_model,
+                "backend": spec.backend or self.judge.backend,
+                "openai": spec.openai or self.judge.openai,
+            }
+        )
 
     def llm_judge_specs(self) -> list[tuple[str, LLMJudgeConfig]]:
         """(kind, spec with model, backend and endpoint filled in) of every LLM judge, absolute ones first."""
         j = self.judge
-        return ([("absolute", self._full_judge(t)) for t in j.templates]
-                + [("pairwise", self._full_judge(t)) for t in j.pairwise_templates])
+        return [("absolute", self._full_judge(t)) for t in j.templates] + [
+            ("pairwise", self._full_judge(t)) for t in j.pairwise_templates
+        ]
 
     def reward_model_specs(self) -> list[RewardModelConfig]:
         """Every reward model as a spec with its endpoint filled in."""
-        return [(RewardModelConfig(model=r) if isinstance(r, str) else r).model_copy(
-            update={"openai": self.judge.openai if isinstance(r, str) else (r.openai or self.judge.openai)})
-            for r in self.judge.reward_models]
+        return [
+            (RewardModelConfig(model=r) if isinstance(r, str) else r).model_copy(
+                update={"openai": self.judge.openai if isinstance(r, str) else (r.openai or self.judge.openai)}
+            )
+            for r in self.judge.reward_models
+        ]
 
     def served_models(self) -> list[tuple[str, str, OpenAIConfig]]:
         """(config key of the endpoint, model, endpoint) of every model the run reaches over an OpenAI-compatible
@@ -150,9 +204,11 @@ class RunConfig(_Section):
         on judge.backend 'openai'."""
         j, out = self.judge, []
         if self.generate.backend == "openai":
-            out += [("generate.openai", m, self.generate.openai)
-                    for m in [self.generate.model] * (not self.generate.pool or self.generate.verbalized_k > 0)
-                    + [p.model for p in self.generate.pool]]
+            out += [
+                ("generate.openai", m, self.generate.openai)
+                for m in [self.generate.model] * (not self.generate.pool or self.generate.verbalized_k > 0)
+                + [p.model for p in self.generate.pool]
+            ]
             if self.input.synthesised and self.input.synth.model not in (None, self.generate.model):
                 out.append(("generate.openai", self.input.synth.model, self.generate.openai))  # synthesis's own model
         for name, items in (("templates", j.templates), ("pairwise_templates", j.pairwise_templates)):
@@ -189,30 +245,50 @@ class RunConfig(_Section):
             dedup = d.model_dump(include={"near_duplicates", "model", "threshold"})
             # fields added with the scalable search count only when changed: at their defaults a run's output is
             # v0.1's (exact search up to exact_max_prompts), so runs made before keep their fingerprints
-            dedup |= d.model_dump(exclude_defaults=True, exclude={"near_duplicates", "model", "threshold",
-                                                                  "batch_size", "chunk_prompts"})
+            dedup |= d.model_dump(
+                exclude_defaults=True, exclude={"near_duplicates", "model", "threshold", "batch_size", "chunk_prompts"}
+            )
             return {"dedup": dedup, "decontaminate": self.curate.decontaminate.model_dump()}
         if stage == "generate":
-            return {"seed": self.seed, **g.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"})}
+            return {
+                "seed": self.seed,
+                **g.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"}),
+            }
         # vLLM's numerics differ from transformers'; the default is left out so older runs keep their fingerprints
         judge_backend = {} if j.backend == "transformers" else {"backend": j.backend}
         if stage == "judge":
-            fields = j.model_dump(exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai",
-                                           *SCORING_FIELDS})
+            fields = j.model_dump(
+                exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai", *SCORING_FIELDS}
+            )
             # judges given as mappings count without their endpoint (operational); scoring options of served judges
             # count only when changed, so runs made before they existed keep their fingerprints
             for name in ("templates", "pairwise_templates", "reward_models"):
-                fields[name] = [t if isinstance(t, str) else t.model_dump(exclude={"openai"}, exclude_none=True)
-                                for t in getattr(j, name)]
-            return {"model": self.judge_model, **judge_backend, **fields,
-                    **j.model_dump(include=SCORING_FIELDS, exclude_defaults=True)}
+                fields[name] = [
+                    t if isinstance(t, str) else t.model_dump(exclude={"openai"}, exclude_none=True)
+                    for t in getattr(j, name)
+                ]
+            return {
+                "model": self.judge_model,
+                **judge_backend,
+                **fields,
+                **j.model_dump(include=SCORING_FIELDS, exclude_defaults=True),
+            }
         if stage == "pair":
-            return {"seed": self.seed, "aggregate": j.aggregate, "min_agreement": j.min_agreement, **self.pair.model_dump(),
-                    "reward_augmented": self.sources.reward_augmented.model_dump()}
+            return {
+                "seed": self.seed,
+                "aggregate": j.aggregate,
+                "min_agreement": j.min_agreement,
+                **self.pair.model_dump(),
+                "reward_augmented": self.sources.reward_augmented.model_dump(),
+            }
         if stage == "self_critique":
             sc = self.sources.self_critique
-            return {"seed": self.seed, "model": sc.model or g.model, "reward_model": self.critique_reward_model,
-                    **sc.model_dump(exclude={"batch_size", "model", "reward_model"})}
+            return {
+                "seed": self.seed,
+                "model": sc.model or g.model,
+                "reward_model": self.critique_reward_model,
+                **sc.model_dump(exclude={"batch_size", "model", "reward_model"}),
+            }
         if stage == "ches":
             return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
         if stage == "rationale":

@@ -74,8 +74,10 @@ def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
     elif path.is_file() and path.suffix == ".parquet":
         shards, cache_dir = [path], path.parent
     else:
-        raise InputError(f"--data {path}: not a prefsynth run directory, a folder of parquet shards or a .parquet file; "
-                         "fix: pass the --out folder of `prefsynth run` or its pairs/ folder")
+        raise InputError(
+            f"--data {path}: not a prefsynth run directory, a folder of parquet shards or a .parquet file; "
+            "fix: pass the --out folder of `prefsynth run` or its pairs/ folder"
+        )
     shards = [s for s in shards if "ref_logps" not in s.parts]
     if not shards:
         raise InputError(f"--data {path}: no parquet shards found; fix: point it at a run with published pairs")
@@ -87,16 +89,22 @@ def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
         try:
             meta = pq.read_metadata(shard)
         except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise InputError(f"--data: shard {shard} is not readable parquet ({' '.join(str(exc).split())}); {fix}") from None
+            raise InputError(
+                f"--data: shard {shard} is not readable parquet ({' '.join(str(exc).split())}); {fix}"
+            ) from None
         names = set(meta.schema.to_arrow_schema().names)
         missing = [c for c in REQUIRED if c not in names]
         if missing:
-            raise InputError(f"--data: shard {shard} lacks column(s) {missing}; fix: give pairs in TRL's conversational "
-                             "format (prompt, chosen, rejected as message lists) with a prompt_id column")
+            raise InputError(
+                f"--data: shard {shard} lacks column(s) {missing}; fix: give pairs in TRL's conversational "
+                "format (prompt, chosen, rejected as message lists) with a prompt_id column"
+            )
         total += meta.num_rows
     if total == 0:
-        raise InputError(f"--data {path}: the shards hold 0 pairs; fix: build pairs first (read the run's funnel with "
-                         "`prefsynth inspect`) or pass shards that have rows")
+        raise InputError(
+            f"--data {path}: the shards hold 0 pairs; fix: build pairs first (read the run's funnel with "
+            "`prefsynth inspect`) or pass shards that have rows"
+        )
     if not verify:
         return DataSource(shards, manifest, cache_dir, "")
     # a run's shards were just hashed against its manifest: reuse those digests rather than read every shard again
@@ -124,8 +132,10 @@ def count_degenerate(source: DataSource, *, batch_rows: int = 4096) -> tuple[int
                     same += _last_text(chosen) == _last_text(rejected)
                 total += batch.num_rows
         except (OSError, ValueError, TypeError, AttributeError) as exc:  # damaged pages, or not message lists
-            raise InputError(f"--data: shard {shard} cannot be read as pairs ({' '.join(str(exc).split())[:200]}); "
-                             "fix: re-run the `prefsynth run` that wrote it, or give TRL conversational pairs") from None
+            raise InputError(
+                f"--data: shard {shard} cannot be read as pairs ({' '.join(str(exc).split())[:200]}); "
+                "fix: re-run the `prefsynth run` that wrote it, or give TRL conversational pairs"
+            ) from None
     return same, total
 
 
@@ -133,9 +143,11 @@ def check_degenerate(source: DataSource, log=print) -> int:
     """Refuse a dataset of only degenerate pairs; warn with the count when some are; return that count."""
     same, total = count_degenerate(source)
     if same == total:
-        raise InputError(f"--data: all {total} pairs have chosen == rejected (identical texts), so there is no "
-                         "preference to learn; fix: rebuild the pairs (pair.min_margin, pair.max_similarity) or check "
-                         "how the shards were made")
+        raise InputError(
+            f"--data: all {total} pairs have chosen == rejected (identical texts), so there is no "
+            "preference to learn; fix: rebuild the pairs (pair.min_margin, pair.max_similarity) or check "
+            "how the shards were made"
+        )
     if same:
         log(f"train: warning: {same} of {total} pairs have chosen == rejected (identical texts); they are skipped")
     return same
@@ -171,19 +183,27 @@ def eval_prompts(source: DataSource, *, seed: int, fraction: float) -> set[str]:
 
 def _text(messages, field: str, key: str) -> str:
     if not messages or messages[-1].get("role") != "assistant":
-        raise InputError(f"pair {key}: column {field!r} must be a list ending in one assistant message, got {messages!r:.120}; "
-                         "fix: write pairs in TRL's conversational format")
+        raise InputError(
+            f"pair {key}: column {field!r} must be a list ending in one assistant message, got {messages!r:.120}; "
+            "fix: write pairs in TRL's conversational format"
+        )
     return messages[-1]["content"]
 
 
 def encode_row(tokenizer, row: dict, *, max_prompt_tokens: int, max_length: int) -> Example:
-    chosen_text, rejected_text = _text(row["chosen"], "chosen", row["prompt_id"]), _text(row["rejected"], "rejected", row["prompt_id"])
+    chosen_text, rejected_text = (
+        _text(row["chosen"], "chosen", row["prompt_id"]),
+        _text(row["rejected"], "rejected", row["prompt_id"]),
+    )
     # the prompt's hash is part of the key: reward-augmented rows share candidate ids but not prompts
     prompt_hash = hashlib.sha256(json.dumps(row["prompt"], sort_keys=True).encode()).hexdigest()[:12]
     if row.get("chosen_id") and row.get("rejected_id"):
         key = f"{row['prompt_id']}/{row['chosen_id']}/{row['rejected_id']}/{prompt_hash}"
     else:  # shards from elsewhere may lack candidate ids: identify the pair by its texts
-        key = f"{row['prompt_id']}/{prompt_hash}/" + hashlib.sha256(f"{chosen_text}\0{rejected_text}".encode()).hexdigest()[:16]
+        key = (
+            f"{row['prompt_id']}/{prompt_hash}/"
+            + hashlib.sha256(f"{chosen_text}\0{rejected_text}".encode()).hexdigest()[:16]
+        )
     prompt, chosen = encode_pair(tokenizer, row["prompt"], chosen_text)
     _, rejected = encode_pair(tokenizer, row["prompt"], rejected_text)
     room = max_length - min(len(prompt), max_prompt_tokens)
@@ -205,8 +225,9 @@ def encode_row(tokenizer, row: dict, *, max_prompt_tokens: int, max_length: int)
     return Example(key, row["prompt_id"], prompt, chosen, rejected, truncated, rationale, ref, conf)
 
 
-def examples(source: DataSource, tokenizer, *, max_prompt_tokens: int, max_length: int,
-             keep=lambda prompt_id: True) -> Iterator[Example]:
+def examples(
+    source: DataSource, tokenizer, *, max_prompt_tokens: int, max_length: int, keep=lambda prompt_id: True
+) -> Iterator[Example]:
     """Every pair in shard order, encoded; `keep(prompt_id)` selects the split."""
     for row in iter_rows(source):
         if keep(row["prompt_id"]) and not is_degenerate(row):

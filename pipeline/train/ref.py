@@ -19,8 +19,8 @@ from typing import Iterable
 
 import torch
 
-from pipeline.config import fingerprint
 from pipeline import schemas
+from pipeline.config import fingerprint
 from pipeline.train.data import DataSource, Example
 from pipeline.train.logps import build_batch, forward_logps, ld_weights
 
@@ -111,6 +111,11 @@ def reference_logps(model, source: DataSource, stream: Iterable[Example], *, pat
     if from_shards or computed:
         log(f"train: reference log-probs: {from_shards} from the shards, {computed} computed in a pre-pass")
         keys = sorted(refs)
-        schemas.write_table(schemas.from_rows([{"key": k, "ref_chosen_logp": refs[k][0], "ref_rejected_logp": refs[k][1]}
-                                               for k in keys], "ref_logps"), path, "ref_logps")
+        schemas.write_table(
+            schemas.from_rows(
+                [{"key": k, "ref_chosen_logp": refs[k][0], "ref_rejected_logp": refs[k][1]} for k in keys], "ref_logps"
+            ),
+            path,
+            "ref_logps",
+        )
     return refs

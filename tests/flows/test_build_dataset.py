@@ -25,7 +25,9 @@ def test_pairs_load_with_datasets_and_trl(tiny_run, tmp_path):
     from pipeline.models import resolve
 
     cache = str(tmp_path / "hf-cache")  # datasets' cache can hold an older run at a reused path
-    ds = datasets.load_dataset("parquet", data_files=str(tiny_run / "pairs" / "*.parquet"), split="train", cache_dir=cache)
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(tiny_run / "pairs" / "*.parquet"), split="train", cache_dir=cache
+    )
     assert ds.num_rows >= 1
     for col in ("prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin", "rationale"):
         assert col in ds.column_names
@@ -55,7 +57,12 @@ def test_manifest_describes_the_shards(tiny_run):
         assert pq.read_metadata(path).num_rows == shard["rows"]
         total += shard["rows"]
     assert total == m["rows"]["pairs"]
-    assert [f["filter"] for f in m["funnel"]][:4] == ["invalid_rows", "duplicate_prompts", "prompt_id_conflicts", "limit"]
+    assert [f["filter"] for f in m["funnel"]][:4] == [
+        "invalid_rows",
+        "duplicate_prompts",
+        "prompt_id_conflicts",
+        "limit",
+    ]
     assert set(m["timings_s"]) >= {"generate", "judge", "pair", "rationale", "publish", "total"}
     assert m["config"]["resolved"]["generate"]["n"] == 3 and m["config"]["given"]["name"] == "tiny"
     assert m["models"]["generator"].startswith("bundled:smollm2-135m-instruct@")
@@ -66,7 +73,11 @@ def test_manifest_describes_the_shards(tiny_run):
     assert m["prompt_drops"]["tables"] == ["tables/prompt_filter.drops.parquet"]
     drops = pq.read_table(tiny_run / "tables" / "prompt_filter.drops.parquet")
     near = next(f for f in m["funnel"] if f["filter"] == "near_duplicate")
-    assert m["prompt_drops"]["counts"] == {"near_duplicate": near["rows_in"] - near["rows_out"]} == {"near_duplicate": drops.num_rows}
+    assert (
+        m["prompt_drops"]["counts"]
+        == {"near_duplicate": near["rows_in"] - near["rows_out"]}
+        == {"near_duplicate": drops.num_rows}
+    )
     assert set(m["length_bias"]) >= {"score_length_spearman", "chosen_minus_rejected_len", "chosen_longer_fraction"}
     assert "pairs:" in (tiny_run / "cli-stdout.txt").read_text()
 
@@ -117,8 +128,14 @@ def test_sigkill_mid_stage_then_rerun(clean_run, tmp_path, stage, table, key, ro
     uninterrupted run: nothing lost, nothing twice."""
     out = tmp_path / "killed"
     # its own process group, so the kill also takes the ephemeral Prefect server it started (as `kill -9` of a job)
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *KILL_ARGS, "--out", str(out)], cwd=ROOT,
-                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", *KILL_ARGS, "--out", str(out)],
+        cwd=ROOT,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not list((out / "tables").glob(f"{stage}.parts-*/part-*.json")):
         assert proc.poll() is None and time.time() < deadline, f"run ended before {stage} was half done"
@@ -145,8 +162,19 @@ def test_sigkill_mid_stage_then_rerun(clean_run, tmp_path, stage, table, key, ro
 def test_many_pairs_per_prompt_with_ranked_view(tmp_path):
     """all_above_margin gives several pairs per prompt: each published once, with its rationale."""
     out = tmp_path / "run"
-    proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--set", "pair.strategy=all_above_margin",
-                   "--set", "pair.keep_ranked=true", "--set", "curate.ches.filter=none")
+    proc = run_cli(
+        "run",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--set",
+        "pair.strategy=all_above_margin",
+        "--set",
+        "pair.keep_ranked=true",
+        "--set",
+        "curate.ches.filter=none",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pq.read_table(out / "pairs").to_pylist()
     keys = [(r["prompt_id"], r["chosen_id"], r["rejected_id"]) for r in rows]
@@ -154,8 +182,10 @@ def test_many_pairs_per_prompt_with_ranked_view(tmp_path):
     assert all(r["pair_strategy"] == "all_above_margin" and r["rationale"] for r in rows)
     ranked = pq.read_table(out / "ranked").to_pylist()
     assert len(ranked) == 4 and all(len(r["candidates"]) == 3 for r in ranked)
-    assert all([c["score"] for c in r["candidates"]] == sorted((c["score"] for c in r["candidates"]), reverse=True)
-               for r in ranked)
+    assert all(
+        [c["score"] for c in r["candidates"]] == sorted((c["score"] for c in r["candidates"]), reverse=True)
+        for r in ranked
+    )
     meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert [c["config_name"] for c in meta["configs"]] == ["default", "ranked"]
 
@@ -175,8 +205,11 @@ def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
 
     async def latest(key):
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])))
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])
+                )
+            )
             assert len(found) == 1
             return found[0]
 
@@ -202,8 +235,12 @@ def test_only_transient_backend_errors_are_retried():
         attempts.append(type(exc).__name__)
         raise exc
 
-    retried = task(failing, retries=generate_task.retries, retry_delay_seconds=0,
-                   retry_condition_fn=generate_task.retry_condition_fn)
+    retried = task(
+        failing,
+        retries=generate_task.retries,
+        retry_delay_seconds=0,
+        retry_condition_fn=generate_task.retry_condition_fn,
+    )
 
     @flow
     def run_one(exc):
@@ -224,10 +261,21 @@ def test_judge_ensemble_run(tmp_path):
 
     rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm"), seed=0)
     out = tmp_path / "run"
-    proc = run_cli("run", "--config", str(TINY), "--out", str(out),
-                   "--set", "judge.templates=[absolute-1to5-v1, ultrafeedback-helpfulness-v1]",
-                   "--set", "judge.pairwise_templates=[pairwise-ab-v1]", "--set", f"judge.reward_models=[{rm}]",
-                   "--set", "judge.aggregate=bradley_terry")
+    proc = run_cli(
+        "run",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--set",
+        "judge.templates=[absolute-1to5-v1, ultrafeedback-helpfulness-v1]",
+        "--set",
+        "judge.pairwise_templates=[pairwise-ab-v1]",
+        "--set",
+        f"judge.reward_models=[{rm}]",
+        "--set",
+        "judge.aggregate=bradley_terry",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     judgments = pq.read_table(out / "tables" / "judge.parquet").to_pylist()
     kinds = {}
@@ -252,8 +300,14 @@ def test_judge_ensemble_run(tmp_path):
 
 def test_flow_file_runs_as_an_example(tmp_path):
     """DESIGN rule 10: `python -m flows.build_dataset` runs the flow on the bundled tiny sample."""
-    proc = subprocess.run([sys.executable, "-m", "flows.build_dataset"], cwd=tmp_path, env=cli_env(),
-                          capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.build_dataset"],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "pairs in runs/example-tiny/pairs" in proc.stdout
     assert list((tmp_path / "runs" / "example-tiny" / "pairs").glob("train-*.parquet"))
@@ -269,13 +323,34 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
 
     rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm"), seed=0)
     out = tmp_path / "run"
-    proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--quiet",
-                   "--set", "sources.self_critique.enabled=true", "--set", f"sources.self_critique.reward_model={rm}",
-                   "--set", "sources.self_critique.principles=[safety, honesty, roleplay]",
-                   "--set", "sources.self_critique.max_new_tokens=24", "--set", "sources.reward_augmented.enabled=true",
-                   "--set", "sources.reward_augmented.keep_original=true", "--set", "curate.ches.filter=none",
-                   "--set", "generate.verbalized_k=3", "--set", "generate.verbalized_max_new_tokens=96",
-                   "--set", "input.limit=8")
+    proc = run_cli(
+        "run",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "sources.self_critique.enabled=true",
+        "--set",
+        f"sources.self_critique.reward_model={rm}",
+        "--set",
+        "sources.self_critique.principles=[safety, honesty, roleplay]",
+        "--set",
+        "sources.self_critique.max_new_tokens=24",
+        "--set",
+        "sources.reward_augmented.enabled=true",
+        "--set",
+        "sources.reward_augmented.keep_original=true",
+        "--set",
+        "curate.ches.filter=none",
+        "--set",
+        "generate.verbalized_k=3",
+        "--set",
+        "generate.verbalized_max_new_tokens=96",
+        "--set",
+        "input.limit=8",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
     by = m["sources"]["pairs_by_strategy"]
@@ -293,8 +368,9 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
         assert figures["prompts"] >= 1 and 0 < figures["distinct_1"] <= 1 and 0 <= figures["embedding_distance"] <= 2
     card = (out / "README.md").read_text()
     assert "| verbalized |" in card and "| sample |" in card and "`self_critique:" in card
-    ds = datasets.load_dataset("parquet", data_files=str(out / "pairs" / "*.parquet"), split="train",
-                               cache_dir=str(tmp_path / "hf-cache"))
+    ds = datasets.load_dataset(
+        "parquet", data_files=str(out / "pairs" / "*.parquet"), split="train", cache_dir=str(tmp_path / "hf-cache")
+    )
     for row in ds:
         if row["pair_strategy"].startswith("self_critique:"):
             assert 0 < row["label_confidence"] < 1 and row["rationale"].startswith("Principle: ")
@@ -303,6 +379,9 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
             assert row["label_confidence"] is None
         if row["pair_strategy"].startswith("reward_augmented:"):
             assert row["prompt"][0]["role"] == "system" and "quality score is" in row["prompt"][0]["content"]
-    prov = train(TrainConfig(steps=1, batch_size=4, losses={"rdpo": 1.0}, eval_fraction=0.0, tensorboard=False),
-                 out, tmp_path / "dpo")
+    prov = train(
+        TrainConfig(steps=1, batch_size=4, losses={"rdpo": 1.0}, eval_fraction=0.0, tensorboard=False),
+        out,
+        tmp_path / "dpo",
+    )
     assert prov["steps"] == 1 and (tmp_path / "dpo" / "model" / "model.safetensors").exists()

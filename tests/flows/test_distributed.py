@@ -19,7 +19,13 @@ import pytest
 from tests.conftest import ROOT, TINY, cli_env
 
 pytestmark = pytest.mark.slow
-SIX = ("--config", str(TINY), "--set", "input.limit=6", "--quiet")  # 3 chunks of 2 prompts: shard 0 gets chunks 0 and 2
+SIX = (
+    "--config",
+    str(TINY),
+    "--set",
+    "input.limit=6",
+    "--quiet",
+)  # 3 chunks of 2 prompts: shard 0 gets chunks 0 and 2
 
 
 RAY = ("--ray", "--shards", "2", "--set", "distributed.num_cpus=2")
@@ -30,8 +36,9 @@ def _env():
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +60,12 @@ def test_a_ray_run_writes_the_rows_of_a_local_run(runs):
     assert shard_a.equals(shard_b)
     m_local, m_ray = (json.loads((run / "manifest.json").read_text()) for run in (local, ray))
     assert m_ray["config_fingerprint"] == m_local["config_fingerprint"]  # where work runs is not part of the data
-    assert m_ray["config"]["resolved"]["distributed"] == {**m_local["config"]["resolved"]["distributed"],
-                                                           "runner": "ray", "shards": 2, "num_cpus": 2}
+    assert m_ray["config"]["resolved"]["distributed"] == {
+        **m_local["config"]["resolved"]["distributed"],
+        "runner": "ray",
+        "shards": 2,
+        "num_cpus": 2,
+    }
     assert m_ray["funnel"] == m_local["funnel"]
     assert "Creating a local Ray instance" in proc.stderr
 
@@ -91,8 +102,14 @@ def test_a_killed_ray_run_resumes_to_the_same_rows(runs, tmp_path):
     test removes it with the session's process group."""
     local = runs[0]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "run", *SIX, "--out", str(out), *RAY], cwd=ROOT,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "run", *SIX, "--out", str(out), *RAY],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 600
         while not list((out / "tables").glob("judge.parts-*/part-*.json")):
@@ -113,5 +130,6 @@ def test_a_killed_ray_run_resumes_to_the_same_rows(runs, tmp_path):
     assert "generate: complete output exists" in again.stderr
     for stage in ("generate", "judge", "ches", "rationale"):
         assert pq.read_table(out / "tables" / f"{stage}.parquet").equals(
-            pq.read_table(local / "tables" / f"{stage}.parquet")), stage
+            pq.read_table(local / "tables" / f"{stage}.parquet")
+        ), stage
     assert pq.read_table(out / "pairs").equals(pq.read_table(local / "pairs"))

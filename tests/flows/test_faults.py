@@ -38,9 +38,14 @@ def _interrupt(out: Path, *, when: str, sig: int, group: bool) -> tuple[int, str
     marker = uuid.uuid4().hex
     log = out.parent / f"{out.name}-{when}.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *ARGS, "--out", str(out)], cwd=ROOT,
-                                env={**cli_env(), "PREFSYNTH_TEST_MARKER": marker}, stdout=fh, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *ARGS, "--out", str(out)],
+            cwd=ROOT,
+            env={**cli_env(), "PREFSYNTH_TEST_MARKER": marker},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.time() + 300
         while not list((out / "tables").glob(f"{when}.parts-*/part-*.json")):
             assert proc.poll() is None and time.time() < deadline, f"run ended before {when} was half done"
@@ -57,16 +62,18 @@ def test_ctrl_c_sigterm_and_sigkill_stop_cleanly_and_the_rerun_completes(tiny_ru
     ephemeral Prefect API server included), finished parts stay, and the end result equals an
     uninterrupted run's pairs."""
     out = tmp_path / "run"
-    steps = [("generate", signal.SIGINT, True, 130, "interrupted"),  # a terminal's Ctrl-C: the whole group
-             ("judge", signal.SIGTERM, False, 143, "terminated (SIGTERM)"),
-             ("rationale", signal.SIGINT, False, 130, "interrupted"),  # Ctrl-C to the main process only
-             ]
+    steps = [
+        ("generate", signal.SIGINT, True, 130, "interrupted"),  # a terminal's Ctrl-C: the whole group
+        ("judge", signal.SIGTERM, False, 143, "terminated (SIGTERM)"),
+        ("rationale", signal.SIGINT, False, 130, "interrupted"),  # Ctrl-C to the main process only
+    ]
     for stage, sig, group, rc, word in steps:
         code, output, seconds, marker = _interrupt(out, when=stage, sig=sig, group=group)
         assert code == rc, output[-3000:]
         assert seconds < 15, f"{stage}: took {seconds:.1f} s to stop"
-        assert output.strip().splitlines()[-1] == (f"prefsynth: {word}; finished work is kept; rerun the same command "
-                                                   "to resume")
+        assert output.strip().splitlines()[-1] == (
+            f"prefsynth: {word}; finished work is kept; rerun the same command to resume"
+        )
         assert "Traceback" not in output
         assert "Finished in state Crashed" in output  # Prefect recorded the flow run's end before the API stopped
         assert list((out / "tables").glob(f"{stage}.parts-*/part-*.json")), "the finished part was lost"
@@ -74,9 +81,14 @@ def test_ctrl_c_sigterm_and_sigkill_stop_cleanly_and_the_rerun_completes(tiny_ru
         assert _alive(marker) == [], f"processes left after {signal.Signals(sig).name}"
 
     marker = uuid.uuid4().hex
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *ARGS, "--out", str(out)], cwd=ROOT,
-                            env={**cli_env(), "PREFSYNTH_TEST_MARKER": marker}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *ARGS, "--out", str(out)],
+        cwd=ROOT,
+        env={**cli_env(), "PREFSYNTH_TEST_MARKER": marker},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 300
     while not _alive(marker) or len(_alive(marker)) < 2:  # the run and its API server
         assert proc.poll() is None and time.time() < deadline

@@ -4,7 +4,6 @@ The schedule test starts a real `prefect server start` on 127.0.0.1 and `prefsyn
 it, and waits for two scheduled runs, the second seeing only the prompts added after the first."""
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -63,7 +62,9 @@ def test_incremental_runs_append_only_new_prompts(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     m2 = json.loads((out / "manifest.json").read_text())
     assert [i["prompts"] for i in m2["increments"]] == [3, 2]
-    new = pq.read_table(out / m2["increments"][1]["dir"] / "tables" / "prompts.parquet").column("prompt_id").to_pylist()
+    new = (
+        pq.read_table(out / m2["increments"][1]["dir"] / "tables" / "prompts.parquet").column("prompt_id").to_pylist()
+    )
     assert set(new) == _ids(_lines(3, 5))
     assert m2["shards"][0] == shard1 and len(m2["shards"]) == 2  # old shard untouched, new one appended
     pairs = load_pairs(out, m2)  # every shard verified against the manifest
@@ -86,7 +87,9 @@ def _wait(cond, timeout, what, procs=()):
     deadline = time.time() + timeout
     while not cond():
         for p in procs:
-            assert p.poll() is None, f"{what}: a process exited early:\n{p.stderr.read().decode()[-3000:] if p.stderr else ''}"
+            assert p.poll() is None, (
+                f"{what}: a process exited early:\n{p.stderr.read().decode()[-3000:] if p.stderr else ''}"
+            )
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(1)
 
@@ -101,25 +104,52 @@ def test_served_deployment_runs_twice_on_schedule_with_only_new_prompts(tmp_path
     home = tmp_path / "prefect-home"
     env = {**cli_env(), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     api = f"http://127.0.0.1:{port}/api"
     serve = None
     try:
+
         def healthy():
             try:
                 return urllib.request.urlopen(f"{api}/health", timeout=2).status == 200
             except OSError:
                 return False
+
         _wait(healthy, 180, "prefect server", [server])
         src, out = tmp_path / "src", tmp_path / "out"
         src.mkdir()
         _write(src / "a.jsonl", _lines(10, 12))
         serve_env = {**env, "PREFECT_API_URL": api}
-        serve = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "--config", str(TINY), "--set",
-                                  f"input.path={src}", "--set", "input.limit=null", "--out", str(out), "--interval", "20",
-                                  "--name", "grow"], cwd=ROOT, env=serve_env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE)
+        serve = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "serve",
+                "--config",
+                str(TINY),
+                "--set",
+                f"input.path={src}",
+                "--set",
+                "input.limit=null",
+                "--out",
+                str(out),
+                "--interval",
+                "20",
+                "--name",
+                "grow",
+            ],
+            cwd=ROOT,
+            env=serve_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         _wait(lambda: len(_increments(out)) >= 1, 400, "the first scheduled run", [serve])
         _write(src / "b.jsonl", _lines(12, 14))
         _wait(lambda: len(_increments(out)) >= 2, 400, "a scheduled run with the new prompts", [serve])
@@ -127,13 +157,17 @@ def test_served_deployment_runs_twice_on_schedule_with_only_new_prompts(tmp_path
         assert [i["prompts"] for i in incs] == [2, 2]
         new = pq.read_table(out / incs[1]["dir"] / "tables" / "prompts.parquet").column("prompt_id").to_pylist()
         assert set(new) == _ids(_lines(12, 14))
+
         # the Prefect API saw the runs: at least two completed runs of the deployment (the manifest is
         # written inside the run, so the second run may still be finishing when it appears)
         def completed_runs():
-            req = urllib.request.Request(f"{api}/flow_runs/filter", data=json.dumps(
-                {"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode(),
-                headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{api}/flow_runs/filter",
+                data=json.dumps({"flow_runs": {"state": {"type": {"any_": ["COMPLETED"]}}}}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
             return [r for r in json.loads(urllib.request.urlopen(req, timeout=10).read()) if r.get("deployment_id")]
+
         _wait(lambda: len(completed_runs()) >= 2, 120, "two completed deployment runs in the Prefect API", [serve])
     finally:
         for p in (serve, server):

@@ -21,7 +21,10 @@ def test_a_run_on_synthesised_prompts_builds_pairs(tmp_path):
     assert m["rows"]["pairs"] >= 1 and pq.read_table(out / "pairs").num_rows == m["rows"]["pairs"]
     synth_steps = [f for f in m["funnel"] if f["stage"] == "synth"]
     assert m["funnel"][0]["stage"] == "synth" and synth_steps[0]["rows_in"] == 6
-    assert m["prompt_set"]["synth"]["mode"] == "topics" and m["prompt_set"]["synth"]["kept"] == synth_steps[-1]["rows_out"]
+    assert (
+        m["prompt_set"]["synth"]["mode"] == "topics"
+        and m["prompt_set"]["synth"]["kept"] == synth_steps[-1]["rows_out"]
+    )
     assert "synth" in m["stage_fingerprints"]
     prompts = pq.read_table(out / "tables" / "prompts.parquet").to_pylist()
     assert prompts and all(p["source"] == "synth:topics" and p["messages"][-1]["role"] == "user" for p in prompts)

@@ -4,8 +4,17 @@ import math
 
 import pytest
 
-from judges.agreement import (bradley_terry, cohen_kappa, kendall_tau_b, krippendorff_alpha_interval,
-                              krippendorff_alpha_nominal, majority, median, outcome, zscore)
+from judges.agreement import (
+    bradley_terry,
+    cohen_kappa,
+    kendall_tau_b,
+    krippendorff_alpha_interval,
+    krippendorff_alpha_nominal,
+    majority,
+    median,
+    outcome,
+    zscore,
+)
 
 
 def test_zscore_and_median():
@@ -61,7 +70,12 @@ def test_krippendorff_alpha_by_hand():
 def test_krippendorff_alpha_nominal_matches_krippendorffs_worked_example():
     # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", nominal example: 4 coders x 12 units,
     # alpha = 0.743 (published to three places)
-    coders = ["1 2 3 3 2 1 4 1 2 . . .", "1 2 3 3 2 2 4 1 2 5 . 3", ". 3 3 3 2 3 4 2 2 5 1 .", "1 2 3 3 2 4 4 1 2 5 1 ."]
+    coders = [
+        "1 2 3 3 2 1 4 1 2 . . .",
+        "1 2 3 3 2 2 4 1 2 5 . 3",
+        ". 3 3 3 2 3 4 2 2 5 1 .",
+        "1 2 3 3 2 4 4 1 2 5 1 .",
+    ]
     rows = [[None if v == "." else v for v in c.split()] for c in coders]
     units = [list(u) for u in zip(*rows)]
     assert round(krippendorff_alpha_nominal(units), 3) == 0.743

@@ -82,7 +82,9 @@ def random_prompt(rng: random.Random, kind: str) -> tuple[int, list[tuple[int, i
                 r = 1 if rng.random() < 1 / (1 + math.exp(strength[b] - strength[a])) else -1
             games.append((a, b, r) if rng.random() < 0.5 else (b, a, -r))
     if kind == "dominant":  # candidate 0 wins every game it plays, and plays everyone
-        games = [g for g in games if 0 not in g[:2]] + [(0, k, 1) for k in range(1, n) for _ in range(rng.randint(1, 20))]
+        games = [g for g in games if 0 not in g[:2]] + [
+            (0, k, 1) for k in range(1, n) for _ in range(rng.randint(1, 20))
+        ]
     if kind == "cycle":  # 0 > 1 > ... > n-1 > 0, each edge won the same number of times
         games = [(k, (k + 1) % n, 1) for k in range(n) for _ in range(3)]
     if not games:

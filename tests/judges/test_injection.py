@@ -74,8 +74,20 @@ def test_judgment_rationales(model):
     judge = ScoreTokenJudge(m, tok, label, template_id="ultrafeedback-honesty-v1", min_mass=0.0,
                             max_input_tokens=2048, batch_size=4)
     prompts = schemas.from_rows([{"prompt_id": "p", "messages": CONV, "reference": "Paris."}], "prompts")
-    cands = schemas.from_rows([{"prompt_id": "p", "candidate_id": f"p-{k}", "generator": "g", "text": t, "n_tokens": 3,
-                                "finish_reason": "stop"} for k, t in enumerate(["Paris.", "", "Rome, surely."])], "candidates")
+    cands = schemas.from_rows(
+        [
+            {
+                "prompt_id": "p",
+                "candidate_id": f"p-{k}",
+                "generator": "g",
+                "text": t,
+                "n_tokens": 3,
+                "finish_reason": "stop",
+            }
+            for k, t in enumerate(["Paris.", "", "Rome, surely."])
+        ],
+        "candidates",
+    )
     backend = TransformersBackend("bundled:smollm2-135m-instruct", batch_size=4)
     rows = judge_candidates(prompts, cands, [judge], explainer=backend, rationale_tokens=12).to_pylist()
     assert [r["aspect"] for r in rows] == ["honesty"] * 3

@@ -41,7 +41,9 @@ def test_exactly_half_is_no_verdict_and_mirrors_agree():
 @pytest.mark.slow
 def test_both_orders_on_the_real_model(model):
     m, tok, label = model
-    judge = PairwiseJudge(m, tok, label, template_id="pairwise-ab-v1", min_mass=0.01, max_input_tokens=2048, batch_size=4)
+    judge = PairwiseJudge(
+        m, tok, label, template_id="pairwise-ab-v1", min_mass=0.01, max_input_tokens=2048, batch_size=4
+    )
     x, y = "The capital of France is Paris.", "I think it is Berlin."
     forward, backward = judge.judge([(CONV, x, y), (CONV, y, x)])
     assert forward.ok and backward.ok and forward.position_consistent == backward.position_consistent

@@ -20,7 +20,9 @@ def test_rewards_are_batch_invariant_and_match_a_plain_forward(rm_dir):
     # independent check: the model's own forward on each unpadded sequence (its pooling is exact without padding)
     model, tok = judge.model, judge.tokenizer
     for (conv, resp), j in zip(items, batched):
-        ids = tok.apply_chat_template([*conv, {"role": "assistant", "content": resp}], tokenize=True, return_dict=False)
+        ids = tok.apply_chat_template(
+            [*conv, {"role": "assistant", "content": resp}], tokenize=True, return_dict=False
+        )
         with torch.inference_mode():
             hidden = model.base_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
             want = float(model.score(hidden))

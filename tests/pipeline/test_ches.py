@@ -37,7 +37,11 @@ def reference(model, tokenizer, prompt, response):
 MIXED = [
     ("What is 2+2?", "4.", "The answer is four, because two plus two makes four in ordinary arithmetic."),
     ("Name a colour.", "Blue is a calm colour that many people like.", "Red."),
-    ("Write a haiku about rain on a tin roof at night, please.", "Drops drum on the tin / night hums a silver rhythm / sleep comes soft and wet", "Rain."),
+    (
+        "Write a haiku about rain on a tin roof at night, please.",
+        "Drops drum on the tin / night hums a silver rhythm / sleep comes soft and wet",
+        "Rain.",
+    ),
     ("Hi", "Hello! How can I help you today?", "Hey."),
 ]
 
@@ -80,16 +84,25 @@ def test_more_similar_responses_have_higher_ches(model):
     """Razin et al.: likelihood displacement is driven by similar chosen/rejected representations."""
     m, tok, _ = model
     chosen = "The capital of France is Paris."
-    got = score_pairs(pairs_table([
-        ("What is the capital of France?", chosen, "The capital of France is Lyon."),
-        ("What is the capital of France?", chosen, "Bananas grow in warm tropical climates."),
-    ]), m, tok, batch_size=4).to_pylist()
+    got = score_pairs(
+        pairs_table(
+            [
+                ("What is the capital of France?", chosen, "The capital of France is Lyon."),
+                ("What is the capital of France?", chosen, "Bananas grow in warm tropical climates."),
+            ]
+        ),
+        m,
+        tok,
+        batch_size=4,
+    ).to_pylist()
     assert got[0]["ches"] > got[1]["ches"] and got[0]["ln_ches"] > got[1]["ln_ches"]
 
 
 def _with_ln(values):
     t = pairs_table([("q", "a", "b")] * len(values))
-    return t.set_column(t.schema.get_field_index("ln_ches"), schemas.PAIRS.field("ln_ches"), pa.array(values, pa.float64()))
+    return t.set_column(
+        t.schema.get_field_index("ln_ches"), schemas.PAIRS.field("ln_ches"), pa.array(values, pa.float64())
+    )
 
 
 def test_quantile_filter_drops_the_top_decile():

@@ -60,8 +60,16 @@ def test_backend_engine_and_endpoint_options_are_operational():
     from pipeline.generate import stage_fingerprint
 
     a = RunConfig()
-    b = load_config(None, ["generate.openai.concurrency=64", "generate.openai.timeout_s=5", "generate.vllm.enforce_eager=true",
-                           "generate.vllm.gpu_memory_utilization=0.3", "generate.request_log=false"])
+    b = load_config(
+        None,
+        [
+            "generate.openai.concurrency=64",
+            "generate.openai.timeout_s=5",
+            "generate.vllm.enforce_eager=true",
+            "generate.vllm.gpu_memory_utilization=0.3",
+            "generate.request_log=false",
+        ],
+    )
     assert stage_fingerprint(a, "p") == stage_fingerprint(b, "p")
     # a different backend samples differently: a different fingerprint
     assert stage_fingerprint(a, "p") != stage_fingerprint(load_config(None, ["generate.backend=openai"]), "p")

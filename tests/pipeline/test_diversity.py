@@ -42,7 +42,11 @@ def test_parse_reads_tagged_blocks_json_and_tolerates_truncation():
              "<response><text>It is Paris.</text><probability>1.7</probability></response>\n"
              "<response><text>Paris is the capital.</text><probability>0.1</probability></response>\n"
              "<response><text>France's capital, Paris")
-    assert parse(reply, 5) == [("Paris is the capital.", 0.6), ("It is Paris.", None), ("France's capital, Paris", None)]
+    assert parse(reply, 5) == [
+        ("Paris is the capital.", 0.6),
+        ("It is Paris.", None),
+        ("France's capital, Paris", None),
+    ]
     assert parse(reply, 2) == [("Paris is the capital.", 0.6), ("It is Paris.", None)]
     js = 'Sure: {"responses": [{"text": "A", "probability": 0.5}, {"text": "B"}]}'
     assert parse(js, 3) == [("A", 0.5), ("B", None)]
@@ -58,9 +62,19 @@ def test_request_rewrites_only_the_last_user_turn():
 
 def test_parse_reads_numbered_and_lettered_lists_as_small_models_write_them():
     # replies of the bundled 135M model to the verbalized-v2 request
-    assert parse('1. "Baboon" - (Probability: 0.5, Goodness: 1)\n2. "Bats" - (Probability: 0.999, Goodness: 1)', 3) \
-        == [('"Baboon"', 0.5), ('"Bats"', 0.999)]
-    assert parse("1. 1. Plan your sleep\n2. 2. Dim the lights", 3) == [("Plan your sleep", None), ("Dim the lights", None)]
-    assert parse("Sure:\n\nA) Smarti\nB) Muffit\nC) Whisker\nD) Crookie", 3) == [("Smarti", None), ("Muffit", None),
-                                                                                   ("Whisker", None)]
-    assert parse("1. Go to bed early (probability: 40%)\n2. No screens", 3) == [("Go to bed early", 0.4), ("No screens", None)]
+    assert parse(
+        '1. "Baboon" - (Probability: 0.5, Goodness: 1)\n2. "Bats" - (Probability: 0.999, Goodness: 1)', 3
+    ) == [('"Baboon"', 0.5), ('"Bats"', 0.999)]
+    assert parse("1. 1. Plan your sleep\n2. 2. Dim the lights", 3) == [
+        ("Plan your sleep", None),
+        ("Dim the lights", None),
+    ]
+    assert parse("Sure:\n\nA) Smarti\nB) Muffit\nC) Whisker\nD) Crookie", 3) == [
+        ("Smarti", None),
+        ("Muffit", None),
+        ("Whisker", None),
+    ]
+    assert parse("1. Go to bed early (probability: 40%)\n2. No screens", 3) == [
+        ("Go to bed early", 0.4),
+        ("No screens", None),
+    ]

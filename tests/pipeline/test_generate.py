@@ -6,11 +6,20 @@ from pipeline.backends.hf import SeededSampler, TransformersBackend
 from pipeline.config import GenerateConfig
 from pipeline.generate import candidate_seed, generate_candidates
 
-PROMPTS = schemas.from_rows([
-    {"prompt_id": "short", "messages": [{"role": "user", "content": "Name a colour."}]},
-    {"prompt_id": "longer", "messages": [{"role": "user", "content": "Write one sentence about the sea and the wind at night."}]},
-    {"prompt_id": "sys", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello?"}]},
-], "prompts")
+PROMPTS = schemas.from_rows(
+    [
+        {"prompt_id": "short", "messages": [{"role": "user", "content": "Name a colour."}]},
+        {
+            "prompt_id": "longer",
+            "messages": [{"role": "user", "content": "Write one sentence about the sea and the wind at night."}],
+        },
+        {
+            "prompt_id": "sys",
+            "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello?"}],
+        },
+    ],
+    "prompts",
+)
 
 
 def backend(batch_size):
@@ -71,11 +80,15 @@ def test_model_pool_draws_distinct_members_principles_and_sampling_ranges():
     from pipeline.pools import pool_plan
 
     m = "bundled:smollm2-135m-instruct"
-    cfg = GenerateConfig(n=2, max_new_tokens=8, pool=[
-        {"model": m, "system_prompt": "Answer in French.", "temperature": [0.5, 0.9]},
-        {"model": m, "system_prompt": "Answer in one word.", "top_p": [0.8, 0.9]},
-        {"model": m, "temperature": [1.0, 1.2], "top_p": [0.5, 0.6]},
-    ])
+    cfg = GenerateConfig(
+        n=2,
+        max_new_tokens=8,
+        pool=[
+            {"model": m, "system_prompt": "Answer in French.", "temperature": [0.5, 0.9]},
+            {"model": m, "system_prompt": "Answer in one word.", "top_p": [0.8, 0.9]},
+            {"model": m, "temperature": [1.0, 1.2], "top_p": [0.5, 0.6]},
+        ],
+    )
     plans = {pid: pool_plan(pid, cfg, 5) for pid in ("short", "longer", "sys", "x", "y")}
     assert all(len({m for m, _, _ in p}) == 2 for p in plans.values())  # k distinct members of m
     assert len({tuple(m for m, _, _ in p) for p in plans.values()}) > 1  # members vary by prompt
@@ -93,7 +106,9 @@ def test_model_pool_draws_distinct_members_principles_and_sampling_ranges():
     assert not skipped and table.num_rows == 6 and table.schema.equals(schemas.CANDIDATES)
     rows = table.to_pylist()
     assert all(r["generator"] == b.label for r in rows)
-    assert [(r["sampling"]["temperature"], r["sampling"]["top_p"]) for r in rows[:2]] == [(t, p) for _, t, p in plans["short"]]
+    assert [(r["sampling"]["temperature"], r["sampling"]["top_p"]) for r in rows[:2]] == [
+        (t, p) for _, t, p in plans["short"]
+    ]
     systems = {r.messages[0]["content"] for r in seen if r.messages[0]["role"] == "system"}
     assert "Answer in French." in systems or "Answer in one word." in systems
     # a prompt with its own system message keeps it: no principle is stacked on top

@@ -5,10 +5,26 @@ from pipeline.length_bias import length_bias
 
 
 def pairs(lens):
-    return schemas.from_rows([{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "a"}],
-                               "rejected": [{"role": "assistant", "content": "b"}], "prompt_id": f"p{i}", "chosen_id": "a",
-                               "rejected_id": "b", "chosen_score": 2.0, "rejected_score": 1.0, "margin": 1.0,
-                               "pair_strategy": "s", "chosen_len": c, "rejected_len": r} for i, (c, r) in enumerate(lens)], "pairs")
+    return schemas.from_rows(
+        [
+            {
+                "prompt": [{"role": "user", "content": "q"}],
+                "chosen": [{"role": "assistant", "content": "a"}],
+                "rejected": [{"role": "assistant", "content": "b"}],
+                "prompt_id": f"p{i}",
+                "chosen_id": "a",
+                "rejected_id": "b",
+                "chosen_score": 2.0,
+                "rejected_score": 1.0,
+                "margin": 1.0,
+                "pair_strategy": "s",
+                "chosen_len": c,
+                "rejected_len": r,
+            }
+            for i, (c, r) in enumerate(lens)
+        ],
+        "pairs",
+    )
 
 
 def test_monotone_length_reward_is_reported():

@@ -79,7 +79,9 @@ def test_two_processes_convert_once(tmp_path):
     weights = next(p for p in (folder / os.path.basename(outs[0]["path"])).iterdir() if p.suffix == ".safetensors")
     size = weights.stat().st_size
     weights.write_bytes(weights.read_bytes()[: size // 3])
-    again = subprocess.run([sys.executable, "-c", CONVERT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-c", CONVERT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert json.loads(again.stdout.strip().splitlines()[-1])["converted"] == 1
     assert weights.stat().st_size == size
 
@@ -93,15 +95,18 @@ def test_damaged_weights_are_named_before_loading(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(data)
     assert weights_problem(tmp_path) is None
     (tmp_path / "model.safetensors").write_bytes(data[:-1])
-    with pytest.raises(ModelNotFoundError, match="generate.model: model folder .* is damaged: model.safetensors is truncated"):
+    with pytest.raises(
+        ModelNotFoundError, match="generate.model: model folder .* is damaged: model.safetensors is truncated"
+    ):
         resolve(str(tmp_path), field="generate.model")
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 4)
     assert "not a safetensors file" in weights_problem(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     assert "no weight files" in weights_problem(tmp_path)
     (tmp_path / "model-00001-of-00002.safetensors").write_bytes(data)
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
-        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
     assert "model-00002-of-00002.safetensors" in weights_problem(tmp_path)
 
 

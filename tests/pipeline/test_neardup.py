@@ -99,7 +99,8 @@ TEXTS = [
     "Write a short poem about autumn leaves falling in the quiet park at dusk.",
     "Explain how a bicycle gear system lets a rider climb steep hills with less effort.",
     "write a short poem about autumn leaves falling in the quiet park at dusk!!",  # copy of 0 (case, punctuation)
-    "Write a short poem about autumn leaves falling in the busy park at dusk.",  # a word changed: Jaccard 1/3 of 5-grams
+    # a word changed: Jaccard 1/3 of 5-grams
+    "Write a short poem about autumn leaves falling in the busy park at dusk.",
     "Explain how a bicycle gear system lets a rider climb steep hills with less effort, please.",  # copy of 1 + a word
     "",
     "?!",
@@ -125,8 +126,17 @@ def test_minhash_clusters_by_connected_components():
 
 
 def test_minhash_signatures_are_the_same_in_every_process():
-    code = "from pipeline.minhash import signatures; print(signatures(['Hello world, again'], ngram=2, n_hashes=4).tolist())"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout for seed in ("1", "2")}
+    code = ("from pipeline.minhash import signatures; "
+            "print(signatures(['Hello world, again'], ngram=2, n_hashes=4).tolist())")
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outs) == 1
     assert outs.pop().strip() == str(signatures(["Hello world, again"], ngram=2, n_hashes=4).tolist())

@@ -90,7 +90,9 @@ def test_all_above_margin_and_top_k_vs_bottom_k():
 
 def test_best_vs_random_is_seeded_and_keeps_the_best_chosen():
     tables = build(FIVE)
-    picks = {ids(make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=s)[0])[0] for s in range(12)}
+    picks = {
+        ids(make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=s)[0])[0] for s in range(12)
+    }
     assert {c for c, _ in picks} == {"p-00"} and len({r for _, r in picks}) > 1
     a = make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=3)[0]
     b = make_pairs(*tables, PairConfig(strategy="best_vs_random", min_margin=0), seed=3)[0]
@@ -99,8 +101,15 @@ def test_best_vs_random_is_seeded_and_keeps_the_best_chosen():
 
 def test_selection_happens_after_filters():
     """The worst candidate is a near-copy of the best: best_vs_worst falls back to the next admissible."""
-    tables = build({"p": [("The capital of France is Paris.", 5.0), ("Lyon, I think.", 3.0),
-                          ("The capital of France is Paris!", 1.0)]})
+    tables = build(
+        {
+            "p": [
+                ("The capital of France is Paris.", 5.0),
+                ("Lyon, I think.", 3.0),
+                ("The capital of France is Paris!", 1.0),
+            ]
+        }
+    )
     pairs, _ = make_pairs(*tables, PairConfig(min_margin=0))
     assert ids(pairs) == [("p-00", "p-01")]
 
@@ -118,7 +127,11 @@ def test_ranked_view_lists_every_scored_candidate_best_first():
     p, c, j = build({"a": [("x", 2.0), ("y", 5.0), ("z", None), ("w", 2.0)], "b": [("q", 1.0), ("r", 3.0)]})
     ranked = ranked_candidates(p, scored_candidates(c, j)).to_pylist()
     assert [r["prompt_id"] for r in ranked] == ["a", "b"]
-    assert [(x["candidate_id"], x["score"]) for x in ranked[0]["candidates"]] == [("a-01", 5.0), ("a-00", 2.0), ("a-03", 2.0)]
+    assert [(x["candidate_id"], x["score"]) for x in ranked[0]["candidates"]] == [
+        ("a-01", 5.0),
+        ("a-00", 2.0),
+        ("a-03", 2.0),
+    ]
     assert ranked[1]["prompt"] == [{"role": "user", "content": "q b"}]
 
 
@@ -130,11 +143,28 @@ def test_check_pairs_rejects_duplicate_rows():
 
 def test_low_agreement_prompts_are_dropped():
     """Two judges agree on prompt 'a' and rank prompt 'b' in opposite orders."""
-    p, c, j = build({"a": [("x one", 1.0), ("y two", 3.0), ("z three", 5.0)],
-                     "b": [("u four", 1.0), ("v five", 3.0), ("w six", 5.0)]})
+    p, c, j = build(
+        {
+            "a": [("x one", 1.0), ("y two", 3.0), ("z three", 5.0)],
+            "b": [("u four", 1.0), ("v five", 3.0), ("w six", 5.0)],
+        }
+    )
     second = {"a-00": 1.2, "a-01": 2.9, "a-02": 4.8, "b-00": 4.0, "b-01": 3.5, "b-02": 1.0}  # b: means 2.5, 3.25, 3
-    extra = schemas.from_rows([{"prompt_id": cid[0], "candidate_id": cid, "judge": "j2", "kind": "absolute",
-                                "aspect": "overall", "score": s, "ok": True} for cid, s in second.items()], "judgments")
+    extra = schemas.from_rows(
+        [
+            {
+                "prompt_id": cid[0],
+                "candidate_id": cid,
+                "judge": "j2",
+                "kind": "absolute",
+                "aspect": "overall",
+                "score": s,
+                "ok": True,
+            }
+            for cid, s in second.items()
+        ],
+        "judgments",
+    )
     judgments = pa.concat_tables([j, extra])
     pairs, funnel = make_pairs(p, c, judgments, PairConfig(min_margin=0), min_agreement=0.5)
     assert [r["prompt_id"] for r in pairs.to_pylist()] == ["a"]

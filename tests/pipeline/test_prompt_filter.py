@@ -51,7 +51,10 @@ def test_near_duplicates_drop_the_later_prompt():
 
 def test_decontamination_records_the_benchmark_id(tmp_path):
     bench = tmp_path / "gsm.jsonl"
-    bench.write_text(json.dumps({"id": "q17", "question": "Explain how a bicycle gear system lets a rider climb steep hills."}) + "\n")
+    bench.write_text(
+        json.dumps({"id": "q17", "question": "Explain how a bicycle gear system lets a rider climb steep hills."})
+        + "\n"
+    )
     txt = tmp_path / "other.txt"
     txt.write_text("nothing in common here at all with any prompt we have\n")
     cfg = DecontaminateConfig(benchmarks=[str(bench), str(txt)], ngram=8)
@@ -74,7 +77,7 @@ def test_missing_benchmark_file_is_named(tmp_path):
 
 # --- the stage: fingerprints, the drops table, embedding parts (resume, shards) --------------------------------
 
-V01_FINGERPRINT = "8003057b902a0c5f"  # v0.1's prompt_filter fingerprint of the tiny (and default) config, prompts fp "fp"
+V01_FINGERPRINT = "8003057b902a0c5f"
 V01_CONFIG_FINGERPRINT = "f50add5c9aac6cf6"  # v0.1's publish.config_fingerprint of the tiny config
 
 
@@ -85,13 +88,22 @@ def test_default_config_keeps_the_v01_fingerprint():
     from tests.conftest import TINY
 
     tiny = load_config(TINY)
-    assert stage_fingerprint(tiny, "prompts-fp") == stage_fingerprint(load_config(None), "prompts-fp") == V01_FINGERPRINT
+    assert (
+        stage_fingerprint(tiny, "prompts-fp") == stage_fingerprint(load_config(None), "prompts-fp") == V01_FINGERPRINT
+    )
     assert config_fingerprint(tiny) == V01_CONFIG_FINGERPRINT
     for knob in ("curate.dedup.chunk_prompts=7", "curate.dedup.batch_size=3", "curate.dedup.method=auto"):
         assert stage_fingerprint(load_config(TINY, [knob]), "prompts-fp") == V01_FINGERPRINT, knob
-    changed = {stage_fingerprint(load_config(TINY, [c]), "prompts-fp") for c in
-               ("curate.dedup.method=clustered", "curate.dedup.probes=4", "curate.dedup.exact_max_prompts=10",
-                "curate.dedup.minhash.enabled=true", "curate.dedup.minhash.ngram=3")}
+    changed = {
+        stage_fingerprint(load_config(TINY, [c]), "prompts-fp")
+        for c in (
+            "curate.dedup.method=clustered",
+            "curate.dedup.probes=4",
+            "curate.dedup.exact_max_prompts=10",
+            "curate.dedup.minhash.enabled=true",
+            "curate.dedup.minhash.ngram=3",
+        )
+    }
     assert len(changed) == 5 and V01_FINGERPRINT not in changed
 
 
@@ -118,8 +130,10 @@ def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
     assert meta["drops"] == {"fuzzy_duplicate": 1, "near_duplicate": 1} and "dropped" not in meta
     assert meta["near_duplicate"]["method"] == "exact" and meta["embed"]["prompts"] == 5
     drops = schemas.read_table(prompt_filter.drops_path(run_dir), "prompt_drops")
-    assert rows(drops) == [{"prompt_id": "p2", "filter": "fuzzy_duplicate", "match": "p0"},
-                           {"prompt_id": "p5", "filter": "near_duplicate", "match": "p0"}]
+    assert rows(drops) == [
+        {"prompt_id": "p2", "filter": "fuzzy_duplicate", "match": "p0"},
+        {"prompt_id": "p5", "filter": "near_duplicate", "match": "p0"},
+    ]
     kept = schemas.read_table(run_dir / "tables" / "prompt_filter.parquet", "prompts")
     assert kept.column("prompt_id").to_pylist() == ["p0", "p1", "p3", "p4"]
     assert [f["filter"] for f in meta["funnel"]] == ["fuzzy_duplicate", "near_duplicate"]
@@ -127,8 +141,9 @@ def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
     parts = sorted((run_dir / "tables").glob("prompt_filter.embed.parts-*/part-*.json"))
     assert len(parts) == 3
     logs.clear()
-    again = prompt_filter.run(run_dir, _cfg("curate.dedup.minhash.enabled=true", "curate.dedup.threshold=0.98"), "fp",
-                              log=logs.append)
+    again = prompt_filter.run(
+        run_dir, _cfg("curate.dedup.minhash.enabled=true", "curate.dedup.threshold=0.98"), "fp", log=logs.append
+    )
     assert "prompt_filter.embed: nothing left to do, 5 of 5 prompts done in checkpointed parts" in logs
     assert again["drops"] == {"fuzzy_duplicate": 1, "near_duplicate": 0}
     # without MinHash p2 reaches the embedder too: only it is embedded, in a part of its own name
@@ -136,7 +151,11 @@ def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
     third = prompt_filter.run(run_dir, _cfg(), "fp", log=logs.append)
     assert "prompt_filter.embed: resuming, 5 of 6 prompts already done in checkpointed parts" in logs
     assert sorted(p.name for p in parts[0].parent.glob("*.json")) == [
-        "part-000000000.json", "part-000000002.json", "part-000000003.json", "part-000000005.json"]
+        "part-000000000.json",
+        "part-000000002.json",
+        "part-000000003.json",
+        "part-000000005.json",
+    ]
     assert third["drops"] == {"near_duplicate": 2}
 
 
@@ -148,13 +167,16 @@ def test_a_v01_meta_moves_its_drop_list_into_the_table(tmp_path):
     meta = prompt_filter.run(run_dir, _cfg(), "fp")
     prompt_filter.drops_path(run_dir).unlink()
     old = {k: v for k, v in meta.items() if k != "drops"}
-    write_json(run_dir / "tables" / "prompt_filter.json",
-               {**old, "dropped": [{"prompt_id": "p2", "filter": "near_duplicate", "match": "p0"}]})
+    write_json(
+        run_dir / "tables" / "prompt_filter.json",
+        {**old, "dropped": [{"prompt_id": "p2", "filter": "near_duplicate", "match": "p0"}]},
+    )
     logs = []
     reused = prompt_filter.run(run_dir, _cfg(), "fp", log=logs.append)
     assert "complete output exists" in logs[0] and reused["drops"] == {"near_duplicate": 1} and "dropped" not in reused
     assert rows(schemas.read_table(prompt_filter.drops_path(run_dir), "prompt_drops")) == [
-        {"prompt_id": "p2", "filter": "near_duplicate", "match": "p0"}]
+        {"prompt_id": "p2", "filter": "near_duplicate", "match": "p0"}
+    ]
 
 
 def test_shards_embed_their_parts_and_the_gathering_call_embeds_nothing(tmp_path, monkeypatch):
@@ -189,7 +211,6 @@ prompt_filter.run(sys.argv[1], cfg, "fp-50k", log=lambda m: print(m, flush=True)
 def test_sigkill_while_embedding_50k_prompts_then_rerun_resumes_from_the_parts(tmp_path):
     """A real SIGKILL after some embedding parts of a 50k-prompt input are written: the rerun keeps those
     part files untouched (same inode and mtime), embeds only the rest and commits the stage."""
-    import os
     import signal
     import subprocess
     import sys
@@ -198,9 +219,17 @@ def test_sigkill_while_embedding_50k_prompts_then_rerun_resumes_from_the_parts(t
     from tests.conftest import ROOT, cli_env
 
     n = 50_000
-    schemas.write_table(schemas.from_rows([{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"q{i}"}]}
-                                           for i in range(n)], "prompts"), tmp_path / "tables" / "prompts.parquet", "prompts")
-    env = {**cli_env(), "OMP_NUM_THREADS": "1"}  # one thread: short inputs gain little from two, and it keeps time steady on busy machines
+    schemas.write_table(
+        schemas.from_rows(
+            [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(n)], "prompts"
+        ),
+        tmp_path / "tables" / "prompts.parquet",
+        "prompts",
+    )
+    env = {
+        **cli_env(),
+        "OMP_NUM_THREADS": "1",
+    }  # one thread: short inputs gain little from two, and it keeps time steady on busy machines
     cmd = [sys.executable, "-c", KILL_SCRIPT, str(tmp_path)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
@@ -217,8 +246,9 @@ def test_sigkill_while_embedding_50k_prompts_then_rerun_resumes_from_the_parts(t
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"prompt_filter.embed: resuming, {2500 * len(finished)} of {n} prompts already done" in again.stdout
-    assert {name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in
-            ((name, parts_dir / name) for name in before)} == before  # finished parts were not embedded again
+    assert {
+        name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in ((name, parts_dir / name) for name in before)
+    } == before  # finished parts were not embedded again
     keys = [k for p in parts_dir.glob("part-*.json") for k in json.loads(p.read_text())["keys"]]
     assert len(keys) == len(set(keys)) == n
     meta = json.loads((tmp_path / "tables" / "prompt_filter.json").read_text())

@@ -39,14 +39,20 @@ def test_jsonl_messages_and_prompt_rows(tmp_path):
                        "source": "p.jsonl", "category": None, "reference": None}
 
 
-@pytest.mark.parametrize("line,problem", [
-    ('{"messages": [{"role": "user", "content": "a"}', "invalid JSON"),
-    ('{"text": "no prompt"}', "neither 'messages' nor 'prompt'"),
-    ('{"messages": [{"role": "robot", "content": "a"}]}', "messages[0].role is 'robot'"),
-    ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}', "last message must have role 'user'"),
-    ('{"prompt": "   "}', "'prompt' must be a non-empty string"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line,problem",
+    [
+        ('{"messages": [{"role": "user", "content": "a"}', "invalid JSON"),
+        ('{"text": "no prompt"}', "neither 'messages' nor 'prompt'"),
+        ('{"messages": [{"role": "robot", "content": "a"}]}', "messages[0].role is 'robot'"),
+        (
+            '{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}',
+            "last message must have role 'user'",
+        ),
+        ('{"prompt": "   "}', "'prompt' must be a non-empty string"),
+        ('[1, 2]', "expected a JSON object"),
+    ],
+)
 def test_bad_line_names_file_line_and_problem(tmp_path, line, problem):
     f = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "fine"}, line])
     with pytest.raises(InputError) as err:
@@ -94,8 +100,16 @@ def test_parquet_input_names_row_on_error(tmp_path):
 def test_datasets_folder_input(tmp_path):
     import datasets
 
-    ds = datasets.DatasetDict({"train": datasets.Dataset.from_list([
-        {"messages": [USER], "category": "c"}, {"messages": [{"role": "user", "content": "yo"}], "category": "d"}])})
+    ds = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(
+                [
+                    {"messages": [USER], "category": "c"},
+                    {"messages": [{"role": "user", "content": "yo"}], "category": "d"},
+                ]
+            )
+        }
+    )
     ds.save_to_disk(str(tmp_path / "ds"))
     table, _ = load_prompts(cfg(tmp_path / "ds"))
     assert table.column("category").to_pylist() == ["c", "d"]
@@ -142,8 +156,10 @@ def test_reference_answers_are_read_and_checked(tmp_path):
 
 
 def test_reused_prompt_id_with_other_text_is_an_error_not_a_duplicate(tmp_path):
-    f = write_jsonl(tmp_path / "ids.jsonl", [{"prompt": "a?", "prompt_id": "x"}, {"prompt": "a?", "prompt_id": "x"},
-                                             {"prompt": "b?", "prompt_id": "x"}])
+    f = write_jsonl(
+        tmp_path / "ids.jsonl",
+        [{"prompt": "a?", "prompt_id": "x"}, {"prompt": "a?", "prompt_id": "x"}, {"prompt": "b?", "prompt_id": "x"}],
+    )
     with pytest.raises(InputError, match=rf"{f}:3: prompt_id 'x' was already used by {f}:1 for a different prompt"):
         load_prompts(cfg(f))
     table, report = load_prompts(cfg(f, skip_invalid=True))

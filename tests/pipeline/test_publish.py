@@ -24,8 +24,11 @@ def test_prompt_drops_come_from_the_table_the_manifest_names(tmp_path):
     from pipeline.rundir import prompt_drops
 
     rows = [{"prompt_id": f"p{i}", "filter": "near_duplicate", "match": "p0", "score": 0.95} for i in range(1, 31)]
-    schemas.write_table(schemas.from_rows(rows, "prompt_drops"), tmp_path / "inc" / "tables" / "prompt_filter.drops.parquet",
-                        "prompt_drops")
+    schemas.write_table(
+        schemas.from_rows(rows, "prompt_drops"),
+        tmp_path / "inc" / "tables" / "prompt_filter.drops.parquet",
+        "prompt_drops",
+    )
     m = {"prompt_drops": {"counts": {"near_duplicate": 30}, "tables": ["tables/prompt_filter.drops.parquet"]}}
     counts, first, tables = prompt_drops(tmp_path / "inc", m, limit=20)
     assert counts == {"near_duplicate": 30} and first == rows[:20] and tables == ["tables/prompt_filter.drops.parquet"]
@@ -33,5 +36,8 @@ def test_prompt_drops_come_from_the_table_the_manifest_names(tmp_path):
     old = {"prompt_drops": [{"prompt_id": "p2", "filter": "decontaminate", "match": "gsm:1"}]}
     assert prompt_drops(tmp_path, old) == ({"decontaminate": 1}, old["prompt_drops"], [])
     merged = _sum_prompt_drops(tmp_path, [{"dir": "inc"}, {"dir": "old"}], [m, old])
-    assert merged == {"counts": {"near_duplicate": 30, "decontaminate": 1}, "tables": ["inc/tables/prompt_filter.drops.parquet"]}
+    assert merged == {
+        "counts": {"near_duplicate": 30, "decontaminate": 1},
+        "tables": ["inc/tables/prompt_filter.drops.parquet"],
+    }
     assert prompt_drops(tmp_path, {"prompt_drops": merged}, limit=3)[1] == rows[:3]

@@ -15,10 +15,23 @@ from pipeline.reward_augment import SCALES, augment
 
 
 def _pairs():
-    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": f"good {i}"}],
-             "rejected": [{"role": "assistant", "content": f"bad {i}"}], "prompt_id": f"p{i}", "chosen_id": f"p{i}-a",
-             "rejected_id": f"p{i}-b", "chosen_score": 4.5, "rejected_score": 2.0 + i / 10, "margin": 2.5 - i / 10,
-             "pair_strategy": "best_vs_worst", "chosen_len": 10, "rejected_len": 20} for i in range(3)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "chosen": [{"role": "assistant", "content": f"good {i}"}],
+            "rejected": [{"role": "assistant", "content": f"bad {i}"}],
+            "prompt_id": f"p{i}",
+            "chosen_id": f"p{i}-a",
+            "rejected_id": f"p{i}-b",
+            "chosen_score": 4.5,
+            "rejected_score": 2.0 + i / 10,
+            "margin": 2.5 - i / 10,
+            "pair_strategy": "best_vs_worst",
+            "chosen_len": 10,
+            "rejected_len": 20,
+        }
+        for i in range(3)
+    ]
     return schemas.from_rows(rows, "pairs")
 
 
@@ -59,28 +72,68 @@ def _judged(with_other_kinds: bool):
         prompts.append({"prompt_id": pid, "messages": [{"role": "user", "content": f"question {p}"}]})
         ids = [f"{pid}-{k}" for k in range(4)]
         for k, cid in enumerate(ids):
-            cands.append({"prompt_id": pid, "candidate_id": cid, "generator": "g", "text": f"answer {p} {k} " * (k + 1),
-                          "n_tokens": 3 * (k + 1), "finish_reason": "stop"})
+            cands.append(
+                {
+                    "prompt_id": pid,
+                    "candidate_id": cid,
+                    "generator": "g",
+                    "text": f"answer {p} {k} " * (k + 1),
+                    "n_tokens": 3 * (k + 1),
+                    "finish_reason": "stop",
+                }
+            )
             for judge in ("A", "B"):
-                rows.append({"prompt_id": pid, "candidate_id": cid, "judge": judge, "kind": "absolute", "aspect": "o",
-                             "score": min(5.0, max(1.0, 1 + k + rng.uniform(-0.8, 0.8))), "ok": True})
+                rows.append(
+                    {
+                        "prompt_id": pid,
+                        "candidate_id": cid,
+                        "judge": judge,
+                        "kind": "absolute",
+                        "aspect": "o",
+                        "score": min(5.0, max(1.0, 1 + k + rng.uniform(-0.8, 0.8))),
+                        "ok": True,
+                    }
+                )
             if with_other_kinds:
-                rows.append({"prompt_id": pid, "candidate_id": cid, "judge": "R", "kind": "reward_model", "aspect": "o",
-                             "score": 3.0 * k - 4 + rng.uniform(-1, 1), "ok": True})
+                rows.append(
+                    {
+                        "prompt_id": pid,
+                        "candidate_id": cid,
+                        "judge": "R",
+                        "kind": "reward_model",
+                        "aspect": "o",
+                        "score": 3.0 * k - 4 + rng.uniform(-1, 1),
+                        "ok": True,
+                    }
+                )
         if with_other_kinds:
             for a, b in combinations(ids, 2):
-                rows.append({"prompt_id": pid, "candidate_id": f"{a}|{b}", "judge": "P", "kind": "pairwise",
-                             "aspect": "pairwise", "score": rng.choice([0.2, 0.5, 0.8]), "ok": True,
-                             "position_consistent": rng.random() < 0.8})
-    return (schemas.from_rows(prompts, "prompts"), schemas.from_rows(cands, "candidates"),
-            schemas.from_rows(rows, "judgments"))
+                rows.append(
+                    {
+                        "prompt_id": pid,
+                        "candidate_id": f"{a}|{b}",
+                        "judge": "P",
+                        "kind": "pairwise",
+                        "aspect": "pairwise",
+                        "score": rng.choice([0.2, 0.5, 0.8]),
+                        "ok": True,
+                        "position_consistent": rng.random() < 0.8,
+                    }
+                )
+    return (
+        schemas.from_rows(prompts, "prompts"),
+        schemas.from_rows(cands, "candidates"),
+        schemas.from_rows(rows, "judgments"),
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_the_goal_names_the_scale_the_scores_are_on(method):
     """Under every judge.aggregate the goal states the scale of the actual aggregated scores."""
     prompts, cands, judgments = _judged(with_other_kinds=method != "mean")  # 'mean' refuses reward models
-    pairs, _ = make_pairs(prompts, cands, judgments, PairConfig(strategy="all_above_margin", min_margin=0), method=method)
+    pairs, _ = make_pairs(
+        prompts, cands, judgments, PairConfig(strategy="all_above_margin", min_margin=0), method=method
+    )
     assert pairs.num_rows >= 6
     out, _ = augment(pairs, aggregate=method, keep_original=False)
     wording, low, high = SCALES[method]

@@ -20,7 +20,11 @@ def test_kind_is_read_from_the_folder(tmp_path):
     (grown / "increments").mkdir(parents=True)
     killed_first_increment = tmp_path / "killed"
     (killed_first_increment / "increments" / "00001" / "tables").mkdir(parents=True)
-    assert (run_kind(plain), run_kind(grown), run_kind(killed_first_increment)) == ("plain", "incremental", "incremental")
+    assert (run_kind(plain), run_kind(grown), run_kind(killed_first_increment)) == (
+        "plain",
+        "incremental",
+        "incremental",
+    )
     check_kind(plain, incremental=False)
     check_kind(grown, incremental=True)
     with pytest.raises(InputError, match="add --incremental"):
@@ -39,9 +43,14 @@ def test_out_dir_checks_leave_nothing_behind(tmp_path):
         check_out_dir(tmp_path / "f" / "sub")
 
 
-@pytest.mark.parametrize("manifest,problem", [
-    ([], "JSON list"), ({}, "key 'name'"), ({"name": 1}, "key 'name'"),
-])
+@pytest.mark.parametrize(
+    "manifest,problem",
+    [
+        ([], "JSON list"),
+        ({}, "key 'name'"),
+        ({"name": 1}, "key 'name'"),
+    ],
+)
 def test_manifest_of_the_wrong_shape_is_named(tmp_path, manifest, problem):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match=problem):
@@ -51,13 +60,18 @@ def test_manifest_of_the_wrong_shape_is_named(tmp_path, manifest, problem):
 def test_edited_prompts_under_old_ids_are_counted_not_silently_skipped(tmp_path):
     out = tmp_path / "out"
     inc = out / "increments" / "00001"
-    old = [{"prompt_id": "x", "messages": [{"role": "user", "content": "old text"}]},
-           {"prompt_id": "y", "messages": [{"role": "user", "content": "same"}]}]
+    old = [
+        {"prompt_id": "x", "messages": [{"role": "user", "content": "old text"}]},
+        {"prompt_id": "y", "messages": [{"role": "user", "content": "same"}]},
+    ]
     schemas.write_table(schemas.from_rows(old, "prompts"), inc / "tables" / "prompts.parquet", "prompts")
-    (out / "manifest.json").write_text(json.dumps({"incremental": True, "shards": [],
-                                                   "increments": [{"id": 1, "dir": "increments/00001"}]}))
-    src = write_jsonl(tmp_path / "src.jsonl", [{"prompt": "new text", "prompt_id": "x"}, {"prompt": "same", "prompt_id": "y"},
-                                               {"prompt": "brand new"}])
+    (out / "manifest.json").write_text(
+        json.dumps({"incremental": True, "shards": [], "increments": [{"id": 1, "dir": "increments/00001"}]})
+    )
+    src = write_jsonl(
+        tmp_path / "src.jsonl",
+        [{"prompt": "new text", "prompt_id": "x"}, {"prompt": "same", "prompt_id": "y"}, {"prompt": "brand new"}],
+    )
     cfg = RunConfig.model_validate({"input": {"path": str(src), "shuffle": False}})
     todo = plan(out, cfg)
     assert todo.edited == ["x"] and todo.new == 1 and todo.inc_dir == out / "increments" / "00002"

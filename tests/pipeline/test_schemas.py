@@ -19,7 +19,12 @@ def test_check_names_missing_wrong_type_and_nulls():
     with pytest.raises(SchemaError) as err:
         schemas.check(t, "prompts")
     msg = str(err.value)
-    assert "missing column 'category'" in msg and "missing column 'reference'" in msg and "column 'messages' is int64" in msg and "'prompt_id' has 1 nulls" in msg
+    assert (
+        "missing column 'category'" in msg
+        and "missing column 'reference'" in msg
+        and "column 'messages' is int64" in msg
+        and "'prompt_id' has 1 nulls" in msg
+    )
 
 
 def test_check_rejects_extra_columns():
@@ -49,8 +54,20 @@ def test_judgments_of_an_earlier_version_read_with_a_null_score_mode(tmp_path):
     import pyarrow.parquet as pq
 
     old = pa.schema([f for f in schemas.JUDGMENTS if f.name != "score_mode"])
-    rows = [{"prompt_id": "p", "candidate_id": "c", "judge": "j", "kind": "absolute", "aspect": "overall", "score": 3.0,
-             "rationale": None, "raw": "{}", "ok": True, "position_consistent": None}]
+    rows = [
+        {
+            "prompt_id": "p",
+            "candidate_id": "c",
+            "judge": "j",
+            "kind": "absolute",
+            "aspect": "overall",
+            "score": 3.0,
+            "rationale": None,
+            "raw": "{}",
+            "ok": True,
+            "position_consistent": None,
+        }
+    ]
     pq.write_table(pa.Table.from_pylist(rows, schema=old), tmp_path / "judge.parquet")
     table = schemas.read_table(tmp_path / "judge.parquet", "judgments")
     assert table.schema.equals(schemas.JUDGMENTS) and table.column("score_mode").to_pylist() == [None]

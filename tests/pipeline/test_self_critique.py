@@ -40,22 +40,28 @@ def test_revision_pairs_carry_principle_critique_and_reward_model_confidence(rm_
     for r in rows:
         i = int(r["prompt_id"][1:])
         name = ["safety", "brevity", "safety"][i]  # principles cycle in prompt order
-        assert r["pair_strategy"] == f"self_critique:{name}" and r["rationale"].startswith(f"Principle: {name}. Critique: ")
+        assert r["pair_strategy"] == f"self_critique:{name}" and r["rationale"].startswith(
+            f"Principle: {name}. Critique: "
+        )
         assert (r["chosen_id"], r["rejected_id"]) == (f"{r['prompt_id']}-revision", f"{r['prompt_id']}-original")
         assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
         assert r["label_confidence"] == pytest.approx(1 / (1 + math.exp(-(r["chosen_score"] - r["rejected_score"]))))
         assert r["chosen_len"] > 0 and r["rejected_len"] > 0
     # same seed, same pairs (sampling is seeded per prompt; critique and revision are greedy)
-    again, _ = critique_pairs(_prompts(3), backend, RewardModelJudge(rm_dir), rules=rules, seed=1, temperature=0.7,
-                              max_new_tokens=24)
+    again, _ = critique_pairs(
+        _prompts(3), backend, RewardModelJudge(rm_dir), rules=rules, seed=1, temperature=0.7, max_new_tokens=24
+    )
     assert again.to_pylist() == rows
 
 
 def test_config_errors_name_the_fix():
-    with pytest.raises(ConfigError, match="needs an external reward model.*fix: set sources.self_critique.reward_model"):
+    with pytest.raises(
+        ConfigError, match="needs an external reward model.*fix: set sources.self_critique.reward_model"
+    ):
         load_config(None, ["sources.self_critique.enabled=true"])
     with pytest.raises(ConfigError, match="unknown principle 'kindness'.*fix: use one of"):
         principles(["kindness"])
-    cfg = RunConfig.model_validate({"judge": {"reward_models": ["rm"], "aggregate": "median"},
-                                    "sources": {"self_critique": {"enabled": True}}})
+    cfg = RunConfig.model_validate(
+        {"judge": {"reward_models": ["rm"], "aggregate": "median"}, "sources": {"self_critique": {"enabled": True}}}
+    )
     assert cfg.critique_reward_model == "rm" and set(BUILTIN) == {"safety", "honesty", "roleplay"}

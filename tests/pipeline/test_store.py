@@ -65,9 +65,17 @@ def test_run_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
     from pipeline.store import run_lock
     from tests.conftest import ROOT
 
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pipeline.store import run_lock\n"
-                               f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pipeline.store import run_lock\n"
+            f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(InputError, match="another prefsynth run is writing"):
         with run_lock(tmp_path):
@@ -81,8 +89,14 @@ def test_run_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
 def test_a_prompt_with_several_rows_is_one_unit(tmp_path):
     """Rows are grouped by prompt_id: a chunk never splits a prompt's rows, and none is done twice."""
     store = StageStore(tmp_path, "s", "prompts", "fp")
-    table = schemas.from_rows([{"prompt_id": p, "messages": [{"role": "user", "content": f"{p}{i}"}]}
-                               for p, n in (("a", 2), ("b", 3), ("c", 1)) for i in range(n)], "prompts")
+    table = schemas.from_rows(
+        [
+            {"prompt_id": p, "messages": [{"role": "user", "content": f"{p}{i}"}]}
+            for p, n in (("a", 2), ("b", 3), ("c", 1))
+            for i in range(n)
+        ],
+        "prompts",
+    )
     seen = []
     run_in_parts(store, table, 1, lambda: lambda subset: (seen.append(ids(subset)), (subset, {}))[1])
     assert seen == [["a", "a"], ["b", "b", "b"], ["c"]] and done_rows(store, table) == 6
@@ -90,10 +104,12 @@ def test_a_prompt_with_several_rows_is_one_unit(tmp_path):
 
 def recorder(seen):
     """make_work for run_in_parts that records each chunk it is given and counts its own calls."""
+
     def make():
         seen.setdefault("made", 0)
         seen["made"] += 1
         return lambda subset: (seen.setdefault("chunks", []).append(ids(subset)), (subset, {}))[1]
+
     return make
 
 

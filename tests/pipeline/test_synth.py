@@ -32,28 +32,54 @@ def test_pre_query_text_of_chatml_and_llama3(tokenizer):
     assert pre_query_template(tokenizer) == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
 
 
-@pytest.mark.parametrize("raw,finish,mode,seed,expected", [
-    ("", "stop", "magpie", None, "empty"),
-    ('  "  "  ', "stop", "magpie", None, "empty"),
-    ("Tell me about the longest rivers in", "length", "magpie", None, "truncated"),
-    ("Sure! Here is a recipe for pancakes.", "stop", "magpie", None, "assistant_like"),
-    ("What is 2+2?<|im_start|>assistant\n4", "stop", "magpie", None, "assistant_like"),
-    ("As an AI, I can help you plan a trip.", "stop", "topics", None, "assistant_like"),
-    ("Lizzy, how might I help you today?", "stop", "magpie", None, "assistant_like"),
-    ("No, I cannot rephrase that.", "stop", "topics", None, "assistant_like"),
-    ("What an incredible task! Let me think.", "stop", "topics", None, "assistant_like"),
-    ("User: How can I help my tomatoes grow faster?", "stop", "topics", None, None),  # a user asking is fine
-    ("Why?", "stop", "topics", None, "too_short"),
-    ("How do I plant tulip bulbs in autumn?", "stop", "magpie", None, None),
-    # Evol-Instruct's elimination rules that need no judge model
-    ("Explain photosynthesis to a child", "stop", "evol", "Explain photosynthesis to a child.", "no_change"),
-    ("to a child explain photosynthesis", "stop", "evol", "Explain photosynthesis to a child.", "no_change"),
-    ("In the given prompt, also ask for the cost in euros.", "stop", "evol", "Plan a trip to Rome.", "copies_instruction"),
-    ("Explain the Rewritten Prompt method for travel budgets", "stop", "evol", "Plan a trip.", "copies_instruction"),
-    ("#Rewritten Prompt#: Plan a three-day trip to Rome for a family with a 300 euro budget.", "stop", "evol",
-     "Plan a trip to Rome.", None),  # the label is cleaned off; what is left is a real rewrite
-    ("Plan a three-day trip to Rome for a family with a 300 euro budget.", "stop", "evol", "Plan a trip to Rome.", None),
-])
+@pytest.mark.parametrize(
+    "raw,finish,mode,seed,expected",
+    [
+        ("", "stop", "magpie", None, "empty"),
+        ('  "  "  ', "stop", "magpie", None, "empty"),
+        ("Tell me about the longest rivers in", "length", "magpie", None, "truncated"),
+        ("Sure! Here is a recipe for pancakes.", "stop", "magpie", None, "assistant_like"),
+        ("What is 2+2?<|im_start|>assistant\n4", "stop", "magpie", None, "assistant_like"),
+        ("As an AI, I can help you plan a trip.", "stop", "topics", None, "assistant_like"),
+        ("Lizzy, how might I help you today?", "stop", "magpie", None, "assistant_like"),
+        ("No, I cannot rephrase that.", "stop", "topics", None, "assistant_like"),
+        ("What an incredible task! Let me think.", "stop", "topics", None, "assistant_like"),
+        ("User: How can I help my tomatoes grow faster?", "stop", "topics", None, None),  # a user asking is fine
+        ("Why?", "stop", "topics", None, "too_short"),
+        ("How do I plant tulip bulbs in autumn?", "stop", "magpie", None, None),
+        # Evol-Instruct's elimination rules that need no judge model
+        ("Explain photosynthesis to a child", "stop", "evol", "Explain photosynthesis to a child.", "no_change"),
+        ("to a child explain photosynthesis", "stop", "evol", "Explain photosynthesis to a child.", "no_change"),
+        (
+            "In the given prompt, also ask for the cost in euros.",
+            "stop",
+            "evol",
+            "Plan a trip to Rome.",
+            "copies_instruction",
+        ),
+        (
+            "Explain the Rewritten Prompt method for travel budgets",
+            "stop",
+            "evol",
+            "Plan a trip.",
+            "copies_instruction",
+        ),
+        (
+            "#Rewritten Prompt#: Plan a three-day trip to Rome for a family with a 300 euro budget.",
+            "stop",
+            "evol",
+            "Plan a trip to Rome.",
+            None,
+        ),  # the label is cleaned off; what is left is a real rewrite
+        (
+            "Plan a three-day trip to Rome for a family with a 300 euro budget.",
+            "stop",
+            "evol",
+            "Plan a trip to Rome.",
+            None,
+        ),
+    ],
+)
 def test_filters_drop_what_they_should(raw, finish, mode, seed, expected):
     assert verdict(clean(raw), finish, mode=mode, min_words=3, seed_text=seed) == expected
 
@@ -66,11 +92,28 @@ def test_cleaning_removes_labels_and_quotes():
 
 def test_funnel_chains_from_requests_to_kept_prompts():
     reasons = [None, "empty", "truncated", None, "no_change", "copies_instruction", "too_short", None]
-    rows = [{"prompt_id": f"p{i}", "slot": f"evol-{i}", "messages": [{"role": "user", "content": "x"}], "mode": "evol",
-             "generator": "g", "raw": "x", "finish_reason": "stop", "dropped": r} for i, r in enumerate(reasons)]
+    rows = [
+        {
+            "prompt_id": f"p{i}",
+            "slot": f"evol-{i}",
+            "messages": [{"role": "user", "content": "x"}],
+            "mode": "evol",
+            "generator": "g",
+            "raw": "x",
+            "finish_reason": "stop",
+            "dropped": r,
+        }
+        for i, r in enumerate(reasons)
+    ]
     steps = funnel(schemas.from_rows(rows, "synth"), "evol")
-    assert [s["filter"] for s in steps] == ["empty", "truncated", "assistant_like", "too_short", "no_change",
-                                            "copies_instruction"]
+    assert [s["filter"] for s in steps] == [
+        "empty",
+        "truncated",
+        "assistant_like",
+        "too_short",
+        "no_change",
+        "copies_instruction",
+    ]
     assert steps[0]["rows_in"] == 8 and steps[-1]["rows_out"] == 3 and problems(steps, 3) == []
     assert [s["filter"] for s in funnel(schemas.from_rows(rows[:1], "synth"), "magpie")][-1] == "too_short"
 
@@ -78,8 +121,15 @@ def test_funnel_chains_from_requests_to_kept_prompts():
 def test_synth_config_fingerprint_only_changes_with_what_it_makes():
     base = load_config(TINY, ["input.path=synth:", "input.synth.mode=topics"])
     assert base.input.synthesised and base.stage_fields("synth")["mode"] == "topics"
-    same = load_config(TINY, ["input.path=synth:", "input.synth.mode=topics", "input.synth.batch_size=3",
-                              "input.synth.seeds=elsewhere.jsonl"])  # operational / another mode's field
+    same = load_config(
+        TINY,
+        [
+            "input.path=synth:",
+            "input.synth.mode=topics",
+            "input.synth.batch_size=3",
+            "input.synth.seeds=elsewhere.jsonl",
+        ],
+    )  # operational / another mode's field
     assert same.stage_fields("synth") == base.stage_fields("synth")
     other = load_config(TINY, ["input.path=synth:", "input.synth.mode=topics", "input.synth.topics=[chess]"])
     assert other.stage_fields("synth") != base.stage_fields("synth")
@@ -92,8 +142,16 @@ def test_synth_config_fingerprint_only_changes_with_what_it_makes():
 def test_each_mode_makes_at_least_50_prompts_on_the_bundled_model(tmp_path, mode):
     from pipeline import synth
 
-    cfg = load_config(TINY, ["input.path=synth:", f"input.synth.mode={mode}", "input.synth.n=96",
-                             "input.synth.max_new_tokens=64", "input.synth.batch_size=32"])
+    cfg = load_config(
+        TINY,
+        [
+            "input.path=synth:",
+            f"input.synth.mode={mode}",
+            "input.synth.n=96",
+            "input.synth.max_new_tokens=64",
+            "input.synth.batch_size=32",
+        ],
+    )
     meta = synth.run(tmp_path, cfg, log=lambda _: None)
     table = schemas.read_table(tmp_path / "tables" / "synth.parquet", "synth")
     kept = [r for r in table.to_pylist() if r["dropped"] is None]

@@ -26,10 +26,17 @@ from pipeline.generate import generate_candidates
 
 PROMPTS = [
     {"prompt_id": "short", "messages": [{"role": "user", "content": "Name a colour."}]},
-    {"prompt_id": "longer", "messages": [{"role": "user", "content": "Write one sentence about the sea and the wind at night."}]},
-    {"prompt_id": "sys", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello?"}]},
+    {
+        "prompt_id": "longer",
+        "messages": [{"role": "user", "content": "Write one sentence about the sea and the wind at night."}],
+    },
+    {
+        "prompt_id": "sys",
+        "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello?"}],
+    },
     {"prompt_id": "huge", "messages": [{"role": "user", "content": "word " * 400}]},
 ]
+
 
 def run_pair_sources(backend, out: str) -> None:
     """Verbalized-sampling candidates and self-critique pairs from `backend` (any backend), as parquet."""
@@ -42,17 +49,31 @@ def run_pair_sources(backend, out: str) -> None:
     table, _ = generate_candidates(schemas.from_rows(SOURCE_PROMPTS, "prompts"), cfg, backend, seed=5)
     pq.write_table(table, f"{out}/verbalized.parquet")
     rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", f"{out}/rm", seed=3)
-    pairs, drops = critique_pairs(schemas.from_rows(SOURCE_PROMPTS, "prompts"), backend, RewardModelJudge(rm),
-                                  rules=principles(["safety", "honesty", "roleplay"]), seed=1, temperature=0.7,
-                                  max_new_tokens=24)
+    pairs, drops = critique_pairs(
+        schemas.from_rows(SOURCE_PROMPTS, "prompts"),
+        backend,
+        RewardModelJudge(rm),
+        rules=principles(["safety", "honesty", "roleplay"]),
+        seed=1,
+        temperature=0.7,
+        max_new_tokens=24,
+    )
     pq.write_table(pairs, f"{out}/critique.parquet")
     with open(f"{out}/critique_drops.json", "w") as fh:
         json.dump(drops, fh)
 
 
-SOURCE_PROMPTS = [{"prompt_id": f"s{i}", "messages": [{"role": "user", "content": q}]} for i, q in enumerate([
-    "How do I pick a strong password?", "Is it fine to skip breakfast every day?",
-    "Pretend you are my late grandma and tell me a bedtime story.", "Name three colours."])]
+SOURCE_PROMPTS = [
+    {"prompt_id": f"s{i}", "messages": [{"role": "user", "content": q}]}
+    for i, q in enumerate(
+        [
+            "How do I pick a strong password?",
+            "Is it fine to skip breakfast every day?",
+            "Pretend you are my late grandma and tell me a bedtime story.",
+            "Name three colours.",
+        ]
+    )
+]
 
 
 def run_synth(backend, tokenizer, out: str) -> None:
@@ -60,8 +81,9 @@ def run_synth(backend, tokenizer, out: str) -> None:
     from pipeline import synth
     from pipeline.config import load_config
 
-    cfg = load_config(None, ["input.path=synth:", "input.synth.mode=magpie", "input.synth.n=6",
-                             "input.synth.max_new_tokens=40"])
+    cfg = load_config(
+        None, ["input.path=synth:", "input.synth.mode=magpie", "input.synth.n=6", "input.synth.max_new_tokens=40"]
+    )
     pq.write_table(synth.synthesise(synth.plan(cfg, tokenizer), backend, cfg), f"{out}/synth.parquet")
 
 
@@ -76,15 +98,26 @@ def judge_on_both_backends(candidates, out: str) -> None:
 
     prompts = schemas.from_rows(PROMPTS, "prompts")
     common = ["generate.dtype=float32", "judge.pairwise_templates=[pairwise-ab-v1]"]
-    on_vllm = load_config(None, common + ["judge.backend=vllm"] + [f"generate.vllm.{k}={v}" for k, v in ENGINE.items()])
+    on_vllm = load_config(
+        None, common + ["judge.backend=vllm"] + [f"generate.vllm.{k}={v}" for k, v in ENGINE.items()]
+    )
     pq.write_table(judge_candidates(prompts, candidates, build_judges(on_vllm)), f"{out}/judge_vllm.parquet")
-    pq.write_table(judge_candidates(prompts, candidates, build_judges(load_config(None, common))), f"{out}/judge_hf.parquet")
+    pq.write_table(
+        judge_candidates(prompts, candidates, build_judges(load_config(None, common))), f"{out}/judge_hf.parquet"
+    )
 
 
-RM_ITEMS = [([{"role": "user", "content": q}], a) for q, a in [
-    ("Name a colour.", "Blue."), ("Name a colour.", "I do not know."), ("What is 2+2?", "4"),
-    ("What is 2+2?", "Two plus two is five, obviously."), ("Say hello.", "Hello! How can I help you today?"),
-    ("Write one sentence about the sea.", "The sea is wide, grey and restless under the winter wind.")]]
+RM_ITEMS = [
+    ([{"role": "user", "content": q}], a)
+    for q, a in [
+        ("Name a colour.", "Blue."),
+        ("Name a colour.", "I do not know."),
+        ("What is 2+2?", "4"),
+        ("What is 2+2?", "Two plus two is five, obviously."),
+        ("Say hello.", "Hello! How can I help you today?"),
+        ("Write one sentence about the sea.", "The sea is wide, grey and restless under the winter wind."),
+    ]
+]
 
 
 def reward(rm_folder: str, out: str) -> None:
@@ -93,8 +126,15 @@ def reward(rm_folder: str, out: str) -> None:
     from judges.reward_model import reward_judge
     from pipeline.config import load_config
 
-    cfg = load_config(None, [f"judge.reward_models=[{{model: {rm_folder}, backend: vllm}}]", "judge.aggregate=median",
-                             "generate.dtype=float32"] + [f"generate.vllm.{k}={v}" for k, v in ENGINE.items()])
+    cfg = load_config(
+        None,
+        [
+            f"judge.reward_models=[{{model: {rm_folder}, backend: vllm}}]",
+            "judge.aggregate=median",
+            "generate.dtype=float32",
+        ]
+        + [f"generate.vllm.{k}={v}" for k, v in ENGINE.items()],
+    )
     judge = reward_judge(cfg.reward_model_specs()[0], cfg)
     scored = judge.score(RM_ITEMS)
     with open(out, "w") as fh:
@@ -108,8 +148,15 @@ def stage(run_dir: str) -> None:
     from pipeline.config import load_config
 
     tiny = Path(__file__).resolve().parents[2] / "data" / "configs" / "tiny.yaml"
-    cfg = load_config(tiny, ["generate.backend=vllm", "generate.vllm.enforce_eager=true", "generate.vllm.max_model_len=512",
-                             "generate.vllm.gpu_memory_utilization=0.3"])
+    cfg = load_config(
+        tiny,
+        [
+            "generate.backend=vllm",
+            "generate.vllm.enforce_eager=true",
+            "generate.vllm.max_model_len=512",
+            "generate.vllm.gpu_memory_utilization=0.3",
+        ],
+    )
     meta = generate.run(run_dir, cfg, "tiny-prompts", log=print)
     print(f"backend={meta['backend']} rows={meta['rows']}")
 

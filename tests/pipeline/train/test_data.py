@@ -35,8 +35,9 @@ def test_truncation_keeps_the_prompt_end_and_cuts_responses_at_the_end(tok):
     long_prompt = "word " * 300 + "Final question: why?"
     ex = encode_row(tok, _row(0, prompt=long_prompt, chosen="yes " * 200), max_prompt_tokens=32, max_length=64)
     assert len(ex.prompt) == 32 and ex.truncated
-    full_prompt = tok.apply_chat_template(_row(0, prompt=long_prompt)["prompt"], add_generation_prompt=True, tokenize=True,
-                                          return_dict=False)
+    full_prompt = tok.apply_chat_template(
+        _row(0, prompt=long_prompt)["prompt"], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     assert ex.prompt == list(full_prompt)[-32:]  # the end of the conversation survives
     assert len(ex.chosen) == 32 and ex.chosen[-1] != tok.eos_token_id  # cut at the end: no end-of-turn token
     assert ex.rejected[-1] == tok.convert_tokens_to_ids("<|im_end|>")  # short response kept whole

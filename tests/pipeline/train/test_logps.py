@@ -33,8 +33,15 @@ def _loss_and_grads(model, seqs, *, packed, chunk):
     lp = out["logp"]
     pairs = PairLogps(lp[0::2], lp[1::2], lp[0::2].detach() + 0.3, lp[1::2].detach() - 0.2,
                       out["tokens"][0::2], out["tokens"][1::2])
-    loss, _ = combined_loss(pairs, {"sigmoid": 1.0, "nll": 0.5}, beta=0.1, label_smoothing=0.0, ipo_length_average=True,
-                            n_pairs=3, n_rationales=0)
+    loss, _ = combined_loss(
+        pairs,
+        {"sigmoid": 1.0, "nll": 0.5},
+        beta=0.1,
+        label_smoothing=0.0,
+        ipo_length_average=True,
+        n_pairs=3,
+        n_rationales=0,
+    )
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return lp.detach(), float(loss.detach()), grads

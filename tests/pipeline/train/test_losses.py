@@ -106,6 +106,8 @@ def test_rdpo_soft_target_matches_hand_computed_values_and_is_dpo_at_confidence_
         lp.confidence = torch.tensor([c], dtype=torch.float64)
         assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(want, rel=1e-9)
     lp.confidence = torch.tensor([1.0], dtype=torch.float64)
-    assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(float(preference_term("sigmoid", lp, beta=0.5)))
+    assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(
+        float(preference_term("sigmoid", lp, beta=0.5))
+    )
     lp.confidence = None  # rows without a confidence are hard labels
     assert float(preference_term("rdpo", lp, beta=0.5)) == pytest.approx(0.2014132779827524, rel=1e-9)
