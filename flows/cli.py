@@ -273,13 +273,23 @@ def cmd_train(args) -> int:
         from flows.train import train
 
         prov = train(cfg.model_dump(), str(args.data), str(args.out))
+    print_train_summary(prov, args.data)
+    return 0
+
+
+def print_train_summary(prov: dict, data) -> None:
+    """What `prefsynth train` prints: steps, final eval values, the watch's note and every alarm."""
     ev = prov["final_eval"]
-    print(f"trained {prov['steps']} steps on {args.data}; model: {prov['model']['path']}")
-    if ev:
-        print("eval: " + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in sorted(ev.items())))
+    stopped = " (stopped early: train.early_stop)" if prov.get("stopped_early") else ""
+    print(f"trained {prov['steps']} steps on {data}{stopped}; model: {prov['model']['path']}")
+    if ev:  # values only; their se, intervals and changes are in provenance.json and metrics.jsonl
+        shown = {k: v for k, v in ev.items() if not k.endswith(("_se", "_lo", "_hi", "_change"))}
+        print("eval: " + ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in sorted(shown.items())))
+    watch = prov.get("overopt_watch") or {}
+    if watch.get("note"):
+        print(f"note: {watch['note']}")
     for w in prov["warnings"]:
         print(f"warning at step {w['step']}: {w['warning']}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ Layout of a training `--out` folder:
     checkpoints/step-000050/  trainable.safetensors, optimizer.pt (optimiser, scheduler, RNG), state.json
     metrics.jsonl, tensorboard/
     model/                    the final model (safetensors; LoRA merged), loadable by transformers and vLLM
-    provenance.json           data manifest fingerprint, shards, losses, steps, final eval metrics
+    provenance.json           data manifest fingerprint, shards, losses, steps, final eval metrics,
+                              over-optimisation alarms and the watch's settings
 Every directory and file is written under a temporary name and renamed when complete, so a kill
 never leaves a checkpoint or model folder that looks whole but is not.
 """
@@ -97,7 +98,7 @@ def load_latest(out_dir: Path, run_key: str, model, opt, sched, watch) -> dict:
 
 
 def finish(out_dir: Path, run_key: str, model, tokenizer, *, cfg, label: str, source, steps: int, total_steps: int,
-           final: dict, warnings: list, seconds: float, log=print) -> dict:
+           final: dict, warnings: list, watch: dict, seconds: float, log=print) -> dict:
     target = out_dir / "model"
     tmp = out_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -118,7 +119,8 @@ def finish(out_dir: Path, run_key: str, model, tokenizer, *, cfg, label: str, so
         "planned_steps": total_steps,
         "stopped_early": steps < total_steps,
         "final_eval": final,
-        "warnings": warnings,
+        "warnings": warnings,  # over-optimisation alarms: what fired, values, peak, window, noise (metrics.py)
+        "overopt_watch": watch,  # the watch's rule and settings, eval pairs, and whether it could run
         "config": cfg.model_dump(),
         "seconds": round(seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

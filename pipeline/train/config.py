@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.config import _Section, load_model
+from pipeline.train.metrics import OverOptConfig
 
 LOSSES = ("sigmoid", "ipo", "robust", "hinge", "rdpo", "nll", "rationale")
 
@@ -65,7 +66,9 @@ class TrainConfig(_Section):
     logit_chunk: int = Field(1024, ge=16, description="Response positions per LM-head chunk (memory, not results).")
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")
     top_k: int = Field(10, ge=1, description="k of the top-k entropy and mass over-optimisation indicators.")
-    early_stop: bool = Field(False, description="Stop when the over-optimisation warning fires.")
+    early_stop: bool = Field(False, description="Stop when the over-optimisation watch fires (rule: overopt.*).")
+    overopt: OverOptConfig = Field(default_factory=OverOptConfig, description="The over-optimisation watch's "
+                                   "noise-aware rule (pipeline/train/metrics.py).")
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest removed).")
     tensorboard: bool = Field(True, description="Also write metrics for TensorBoard (needs the tensorboard package).")
@@ -88,9 +91,11 @@ class TrainConfig(_Section):
         return self
 
     def weight_fields(self) -> dict:
-        """The fields that change the trained weights (for provenance and the ref-logp cache)."""
-        return self.model_dump(exclude={"micro_batch_size", "logit_chunk", "eval_every", "save_every",
-                                        "keep_checkpoints", "tensorboard", "gradient_checkpointing", "packing"})
+        """The fields that change the trained weights (for provenance and the ref-logp cache). The watch's
+        settings and eval cadence do only when early_stop lets the watch end the run."""
+        ops = {"micro_batch_size", "logit_chunk", "save_every", "keep_checkpoints", "tensorboard",
+               "gradient_checkpointing", "packing"}
+        return self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -17,6 +17,7 @@ from pipeline.errors import InputError
 from pipeline.models import resolve
 from pipeline.train import TrainConfig, train
 from pipeline.train.data import examples, open_source
+from pipeline.train.metrics import OverOptConfig
 from pipeline.train.trainer import accumulate, load_policy
 from tests.conftest import ROOT, cli_env, run_cli
 
@@ -70,6 +71,36 @@ def test_training_raises_eval_accuracy_and_writes_a_loadable_model(data, tmp_pat
     assert any("nothing to do" in line for line in again)
     with pytest.raises(InputError, match="another config or data"):
         train(TrainConfig(steps=8, **{**FAST, "beta": 0.5}), data, tmp_path / "out")
+
+
+def test_default_training_raises_no_overoptimisation_warning(data, tmp_path):
+    # the trainer's defaults (lr 5e-6, sigmoid DPO, the default watch) for the default run's 8 steps, on the tiny
+    # run (the default run takes minutes to build; bench/overopt.py trains on it at batch 8). Departures, for CI
+    # time and for the watch to have something to judge: batch 4 (half the compute of 8), eval_every=1 (9
+    # evaluations instead of step 0 and 8, too few to fire at all), eval_fraction=0.25 (3 of the tiny run's 12
+    # prompts; the default 0.1 holds out 1, and the watch needs 3)
+    cfg = TrainConfig(steps=8, batch_size=2, eval_every=1, eval_fraction=0.25, tensorboard=False)
+    lines = []
+    prov = train(cfg, data, tmp_path / "out", log=lines.append)
+    evals = [r for r in _records(tmp_path / "out") if "eval/topk_mass" in r]
+    assert [r["step"] for r in evals] == list(range(9)) and prov["overopt_watch"]["active"]
+    moved = max(abs(r["eval/topk_mass_change"]) for r in evals)
+    assert moved > 1e-3  # the indicators do move (the old rule's tolerance was 1e-3) ...
+    assert prov["warnings"] == [] and not any("WARNING" in line for line in lines)  # ... within normal movement
+    for r in evals:
+        for k in ("topk_entropy", "topk_mass"):
+            assert r[f"eval/{k}_lo"] <= r[f"eval/{k}"] <= r[f"eval/{k}_hi"] and r[f"eval/{k}_se"] > 0
+    # early_stop with a hair-trigger watch (window 1, no noise multiple, no floor) on the same run: the first
+    # indicator that falls below step 0 fires, and the run stops there
+    trigger = cfg.model_copy(update={"steps": 4, "early_stop": True,
+                                     "overopt": OverOptConfig(window=1, z=1e-9, min_change=0.0)})
+    prov = train(trigger, data, tmp_path / "stop", log=lines.append)
+    alarm = prov["warnings"][0]
+    assert prov["stopped_early"] and prov["steps"] == alarm["step"] < 4
+    assert alarm["window"][0]["change"] < 0 and prov["overopt_watch"]["window"] == 1
+    recs = _records(tmp_path / "stop")
+    assert recs[-1]["step"] == alarm["step"] and "likely over-optimisation" in recs[-1]["warning"]
+    assert any(f"WARNING at step {alarm['step']}" in line and "stopping early" in line for line in lines)
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
