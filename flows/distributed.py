@@ -1,7 +1,7 @@
 """Task runners for the build_dataset flow: every stage in this process, or the heavy ones on Ray.
 
-With `distributed.runner: ray` the prompt-sharded stages (generate, judge, self-critique, CHES,
-rationale) each run as `distributed.shards` Prefect tasks on a Ray cluster through prefect-ray's
+With `distributed.runner: ray` the prompt-sharded stages (the prompt filter's embeddings, generate,
+judge, self-critique, CHES, rationale) each run as `distributed.shards` Prefect tasks on a Ray cluster through prefect-ray's
 `RayTaskRunner`, every task reserving `cpus_per_task` / `gpus_per_task` (prefect_ray's
 `remote_options`). Shard i does chunks i, i+k, ... of the stage (pipeline/store.py) and writes
 checkpointed parts into the run's tables folder; the stage's ordinary call in the flow then finds

@@ -4,21 +4,36 @@ Aggregation (per prompt, over its candidates):
 - `zscore`: each judge's scores standardised over the whole run, so a 1-5 judge and an unbounded
   reward model can be averaged ("mean of normalised scores") or taken as a median.
 - `majority`: per candidate pair, the outcome most judges give (a tie when no majority).
-- `bradley_terry`: strengths from all pairwise outcomes of a prompt by Hunter's (2004) MM
-  algorithm, p_i <- W_i / sum_j n_ij / (p_i + p_j); a tie counts half a win each way; a small
-  pseudo-count against a virtual opponent keeps an all-losing candidate finite. Returned as
+- `bradley_terry`: strengths from all pairwise outcomes of a prompt, the maximum of a penalised
+  likelihood (Eq. BT in `bradley_terry_fit`) found by damped Newton steps to a tolerance of 1e-10
+  in log-strength, with non-convergence reported (Hunter's 2004 MM iteration, used before, stopped
+  at 200 steps up to 0.4 away). A tie counts half a win each way. A pseudo-count of `prior` wins and
+  `prior` losses against a virtual opponent of strength 1 keeps an all-winning or all-losing
+  candidate finite and orders a disconnected comparison graph: candidates that never met are
+  compared only through the virtual opponent, i.e. by how decisively each won or lost within its
+  own component (two 1-0 components place both winners at the same strength). Returned as
   log-strengths centred at 0.
 Agreement:
-- `kendall_tau_b`: rank correlation of two judges over the same candidates, tie-corrected (tau-b).
+- `kendall_tau_b`: rank correlation of two judges over the same candidates, tie-corrected (tau-b);
+  values within 1e-9 of each other are ties.
 - `krippendorff_alpha_interval`: alpha = 1 - D_o / D_e over units (candidates) x coders (judges)
   with missing values, interval metric (Krippendorff 2011, "Computing Krippendorff's Alpha").
+  Undefined (None) with fewer than two pairable units: with one unit D_e is computed from the
+  very values D_o is, so alpha would be 0 whatever the judges said.
+- `krippendorff_alpha_nominal`: the same alpha for categories (human review verdicts per pair and
+  reviewer), from coincidence counts; `cohen_kappa`: chance-corrected agreement of two raters
+  (a judge against the human labels, pipeline/review.py).
 """
-
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Sequence
+
+import numpy as np
+
+from pipeline.errors import ConvergenceError
 
 
 def zscore(values: Sequence[float]) -> list[float]:
@@ -51,30 +66,104 @@ def majority(votes: Sequence[int]) -> int:
     return 0
 
 
-def bradley_terry(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, prior: float = 0.1,
-                  iters: int = 200, tol: float = 1e-10) -> list[float]:
-    """Log-strengths (centred) from (i, j, result) with result +1 (i wins), -1 (j wins) or 0 (tie)."""
-    wins = [prior] * n_items  # pseudo-wins against a virtual opponent of strength 1
-    games: dict[tuple[int, int], float] = {}
+@dataclass(frozen=True)
+class BTFit:
+    """A Bradley-Terry fit: centred log-strengths and how the solver got there."""
+    log_strengths: list[float]
+    converged: bool
+    iterations: int
+    step: float  # max |full Newton step| of the last iteration: about the distance to the optimum
+    components: int  # of the comparison graph over items that played (the virtual opponent not counted)
+
+
+def _bt_objective(theta: np.ndarray, wins: np.ndarray, games: np.ndarray, prior: float) -> float:
+    """Penalised log-likelihood (Eq. BT below), to be maximised."""
+    pair = np.logaddexp.outer(theta, theta)  # log(e^ti + e^tj)
+    upper = np.triu_indices(len(theta), 1)
+    ll = float(wins.sum(axis=1) @ theta) - float((games * pair)[upper].sum())
+    return ll + prior * float(theta.sum()) - 2 * prior * float(np.logaddexp(0.0, theta).sum())
+
+
+def components(pairs: Sequence[tuple[int, int]]) -> int:
+    """Connected components of the comparison graph over the items that played at least one game."""
+    linked: dict[int, set[int]] = {}
+    for i, j in pairs:
+        linked.setdefault(i, set()).add(j)
+        linked.setdefault(j, set()).add(i)
+    seen: set[int] = set()
+    count = 0
+    for start in linked:
+        if start in seen:
+            continue
+        count += 1
+        todo = [start]
+        seen.add(start)
+        while todo:
+            for j in linked[todo.pop()] - seen:
+                seen.add(j)
+                todo.append(j)
+    return count
+
+
+def bradley_terry_fit(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, prior: float = 0.1,
+                      max_iter: int = 100, tol: float = 1e-10) -> BTFit:
+    """Maximum of the penalised Bradley-Terry likelihood by damped Newton steps.
+
+    With theta_i = log p_i, w_ij the wins of i over j (a tie is half a win each way) and n_ij = w_ij + w_ji:
+        l(theta) = sum_{i<j} [w_ij theta_i + w_ji theta_j - n_ij log(e^theta_i + e^theta_j)]
+                   + prior * sum_i [theta_i - 2 log(1 + e^theta_i)]                          (Eq. BT)
+    the second line being `prior` wins and `prior` losses against a virtual opponent of strength 1
+    (theta = 0). For prior > 0, l is strictly concave: one optimum, finite even for a candidate that
+    wins (or loses) everything, and Newton with backtracking reaches it. Converged means the last
+    Newton step moved no log-strength by more than `tol`.
+    """
+    if n_items == 0:
+        return BTFit([], True, 0, 0.0, 0)
+    wins = np.zeros((n_items, n_items))
     for i, j, r in outcomes:
-        wins[i] += 1.0 if r > 0 else 0.5 if r == 0 else 0.0
-        wins[j] += 1.0 if r < 0 else 0.5 if r == 0 else 0.0
-        key = (min(i, j), max(i, j))
-        games[key] = games.get(key, 0.0) + 1.0
-    p = [1.0] * n_items
-    for _ in range(iters):
-        new = []
-        for i in range(n_items):
-            denom = 2 * prior / (p[i] + 1.0)  # games against the virtual opponent (one won, one lost)
-            denom += sum(n / (p[i] + p[b if a == i else a]) for (a, b), n in games.items() if i in (a, b))
-            new.append(wins[i] / denom)
-        done = max(abs(a - b) for a, b in zip(new, p)) < tol
-        p = new
-        if done:
+        wins[i, j] += 1.0 if r > 0 else 0.5 if r == 0 else 0.0
+        wins[j, i] += 1.0 if r < 0 else 0.5 if r == 0 else 0.0
+    games = wins + wins.T
+    theta = np.zeros(n_items)
+    value = _bt_objective(theta, wins, games, prior)
+    step, it, converged = math.inf, 0, False
+    for it in range(1, max_iter + 1):
+        s = 1.0 / (1.0 + np.exp(theta[None, :] - theta[:, None]))  # s_ij = P(i beats j)
+        s0 = 1.0 / (1.0 + np.exp(-theta))                         # P(i beats the virtual opponent)
+        grad = wins.sum(axis=1) - (games * s).sum(axis=1) + prior - 2 * prior * s0
+        c = games * s * s.T
+        hess = c - np.diag(c.sum(axis=1) + 2 * prior * s0 * (1 - s0))  # negative (semi)definite
+        if prior == 0:  # l is flat along theta + t: fix the gauge sum(theta) = 0
+            hess = hess - 1.0 / n_items
+        try:
+            delta = np.linalg.solve(hess, -grad)
+        except np.linalg.LinAlgError:  # prior 0 and a disconnected graph: no unique optimum
             break
-    logs = [math.log(x) for x in p]
-    centre = sum(logs) / n_items
-    return [x - centre for x in logs]
+        step = float(np.max(np.abs(delta)))
+        t = 1.0
+        while True:  # backtracking: never accept a step that lowers l
+            candidate = theta + t * delta
+            new_value = _bt_objective(candidate, wins, games, prior)
+            if new_value >= value - 1e-12 * abs(value) or t < 1e-8:
+                break
+            t /= 2
+        theta, value = candidate, new_value
+        if step < tol:
+            converged = True
+            break
+    centred = theta - theta.mean()
+    return BTFit([float(x) for x in centred], converged, it, step, components([g[:2] for g in outcomes]))
+
+
+def bradley_terry(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, prior: float = 0.1) -> list[float]:
+    """Centred log-strengths from (i, j, result), result +1 (i wins), -1 (j wins) or 0 (tie);
+    raises ConvergenceError when the optimum is not reached (only possible with prior=0)."""
+    fit = bradley_terry_fit(n_items, outcomes, prior=prior)
+    if not fit.converged:
+        raise ConvergenceError(f"Bradley-Terry over {n_items} items did not converge ({fit.iterations} Newton steps, "
+                               f"last step {fit.step:.3g}); with prior={prior} the maximum likelihood may not exist "
+                               "(a candidate that wins or loses every game, or a disconnected graph); fix: use prior > 0")
+    return fit.log_strengths
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
@@ -101,9 +190,43 @@ def krippendorff_alpha_interval(units: Sequence[Sequence[float | None]]) -> floa
     pairable = [[v for v in unit if v is not None] for unit in units]
     pairable = [vals for vals in pairable if len(vals) >= 2]
     n = sum(len(vals) for vals in pairable)
-    if n < 2:
+    if len(pairable) < 2:  # one unit: D_e is made of D_o's own values (alpha = 0 by construction)
         return None
     d_o = sum(sum((a - b) ** 2 for a in vals for b in vals) / (len(vals) - 1) for vals in pairable) / n
     everything = [v for vals in pairable for v in vals]
     d_e = sum((a - b) ** 2 for a in everything for b in everything) / (n * (n - 1))
     return None if d_e == 0 else 1.0 - d_o / d_e
+
+
+def cohen_kappa(a: Sequence[str], b: Sequence[str]) -> float | None:
+    """Cohen's kappa of two raters over the same items (any category labels); None when undefined
+    (no items, or both raters always give one and the same category, so chance agreement is 1)."""
+    n = len(a)
+    if n == 0 or n != len(b):
+        return None
+    observed = sum(x == y for x, y in zip(a, b)) / n
+    chance = sum((list(a).count(c) / n) * (list(b).count(c) / n) for c in set(a) | set(b))
+    return None if chance == 1 else (observed - chance) / (1 - chance)
+
+
+def krippendorff_alpha_nominal(units: Sequence[Sequence[str | None]]) -> float | None:
+    """Alpha for nominal values (categories), `units[u][c]` as in `krippendorff_alpha_interval`.
+    From the coincidence counts in O(values): with m_u values in a pairable unit and n_c the
+    coincidences of category c, alpha = 1 - (n - 1) * sum_u (m_u^2 - sum_c m_uc^2) / (m_u - 1)
+    / (n^2 - sum_c n_c^2). None with fewer than two pairable units or a single category."""
+    pairable = [[v for v in unit if v is not None] for unit in units]
+    pairable = [vals for vals in pairable if len(vals) >= 2]
+    if len(pairable) < 2:
+        return None
+    totals: dict[str, int] = {}
+    d_o = 0.0
+    for vals in pairable:
+        counts: dict[str, int] = {}
+        for v in vals:
+            counts[v] = counts.get(v, 0) + 1
+            totals[v] = totals.get(v, 0) + 1
+        m = len(vals)
+        d_o += (m * m - sum(k * k for k in counts.values())) / (m - 1)
+    n = sum(totals.values())
+    d_e = n * n - sum(k * k for k in totals.values())
+    return None if d_e == 0 else 1.0 - (n - 1) * d_o / d_e

@@ -4,7 +4,9 @@ LLM judges favour a position (Zheng et al. 2023, "Judging LLM-as-a-judge"). Each
 (x, y) is judged twice: x in slot A, then y in slot A. The slot verdict of each order is read from
 the answer-token probabilities (p(A) vs p(B) at the answer position, as in judges/absolute.py) and
 mapped back to the candidates by `to_candidates`. If the two orders disagree the pair is
-position-inconsistent and counts as a tie; `p_first_wins` averages P(x better) over both orders.
+position-inconsistent and counts as a tie; an order with P(A) exactly 0.5 has no verdict, so it is
+consistent only with another 0.5 (a tie either way: before, 0.5 counted as a win for slot B, which
+made a pair and its mirror image disagree). `p_first_wins` averages P(x better) over both orders.
 """
 
 from __future__ import annotations
@@ -34,10 +36,16 @@ def to_candidates(slot_a_wins: bool, first_in_slot_a: bool) -> int:
     return 1 if slot_a_wins == first_in_slot_a else -1
 
 
+def _verdict(p_slot_a: float, first_in_slot_a: bool) -> int:
+    """+1 / -1 for the first candidate, 0 when the order has no preference (P(A) exactly 0.5)."""
+    return 0 if p_slot_a == 0.5 else to_candidates(p_slot_a > 0.5, first_in_slot_a)
+
+
 def combine(p_a_first: float, p_a_swapped: float) -> tuple[int, float, bool]:
-    """From P(slot A wins) in the (x, y) order and in the (y, x) order: (outcome, P(x wins), consistent)."""
-    v1 = to_candidates(p_a_first > 0.5, first_in_slot_a=True)
-    v2 = to_candidates(p_a_swapped > 0.5, first_in_slot_a=False)
+    """From P(slot A wins) in the (x, y) order and in the (y, x) order: (outcome, P(x wins), consistent).
+    Consistent means both orders give the same verdict; an order at exactly 0.5 gives none (a tie),
+    so (0.6, 0.5) and its mirror (0.4, 0.5) are both inconsistent ties, not a win and a tie."""
+    v1, v2 = _verdict(p_a_first, True), _verdict(p_a_swapped, False)
     consistent = v1 == v2
     return (v1 if consistent else 0), (p_a_first + (1 - p_a_swapped)) / 2, consistent
 

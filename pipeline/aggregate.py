@@ -9,9 +9,15 @@ position-inconsistent). Only ok judgments count. Methods (`judge.aggregate`):
   majority         per candidate pair the majority outcome over all judges (score judges vote by
                    comparing their scores); a candidate's score is (wins - losses) / (n - 1)
   bradley_terry    Bradley-Terry log-strengths over every judge's pairwise outcome of the prompt
-Agreement (judges/agreement.py): per prompt, Krippendorff's alpha (interval) over its candidates x
-score judges on z-scores, which becomes the pair's `judge_agreement`; overall alpha; mean Kendall
-tau-b per pair of score judges; position-consistency rate and failure rate per judge.
+                   (a fit that misses its tolerance raises ConvergenceError naming the prompt)
+A pairwise judgment is a win for the candidate with P > 0.5, a tie at exactly 0.5 (within 1e-9)
+or when position-inconsistent. Agreement (judges/agreement.py): per prompt, Krippendorff's alpha
+(interval) over its candidates x score judges on per-judge z-scores (not raw scores: a 1-5 judge
+and a reward model are comparable only after standardising), which becomes the pair's
+`judge_agreement` (None for a prompt with fewer than two candidates that two judges scored);
+overall alpha; mean Kendall tau-b per pair of score judges on the same z-scores; position-
+consistency rate and failure rate per judge; and the prompts whose comparison graph is
+disconnected (Bradley-Terry orders its components only through the prior; judges/agreement.py).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from itertools import combinations
 
 import pyarrow as pa
 
-from judges.agreement import (bradley_terry, kendall_tau_b, krippendorff_alpha_interval, majority, median, outcome,
-                              zscore)
+from judges.agreement import (bradley_terry_fit, components, kendall_tau_b, krippendorff_alpha_interval, majority,
+                              median, outcome, zscore)
+from pipeline.errors import ConvergenceError
 
 SCORE_KINDS = ("absolute", "reward_model")
 METHODS = ("mean", "mean_normalised", "median", "majority", "bradley_terry")
@@ -84,7 +91,12 @@ def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], m
     for prompt, games in _pair_votes(rows, candidate_ids).items():
         cands = candidate_ids[prompt]
         if method == "bradley_terry":
-            strengths = bradley_terry(len(cands), games)
+            fit = bradley_terry_fit(len(cands), games)
+            if not fit.converged:
+                raise ConvergenceError(f"judge.aggregate bradley_terry: the fit for prompt_id {prompt} did not converge "
+                                       f"({fit.iterations} Newton steps, last step {fit.step:.3g}); this is a bug, "
+                                       "please report it with the run's judge table")
+            strengths = fit.log_strengths
             played = {i for g in games for i in g[:2]}
             out.update({cands[i]: strengths[i] for i in played})
             continue
@@ -98,6 +110,16 @@ def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], m
             net[j] -= m
         out.update({cands[i]: net[i] / max(len(cands) - 1, 1) for i in {k for pair in by_pair for k in pair}})
     return out
+
+
+def _compared(rows: list[dict]) -> dict[str, list[str]]:
+    """{prompt_id: candidate ids that any ok judgment compares}, in first-seen order."""
+    out: dict[str, dict[str, None]] = defaultdict(dict)
+    for r in rows:
+        if r["ok"]:
+            for c in r["candidate_id"].split("|") if r["kind"] == "pairwise" else [r["candidate_id"]]:
+                out[r["prompt_id"]][c] = None
+    return {p: list(cs) for p, cs in out.items()}
 
 
 def agreement(judgments: pa.Table) -> tuple[dict[str, float | None], dict]:
@@ -122,6 +144,8 @@ def agreement(judgments: pa.Table) -> tuple[dict[str, float | None], dict]:
                 vals.append(tau)
         taus[f"{a} ~ {b}"] = round(sum(vals) / len(vals), 4) if vals else None
     everything = [u for units in units_by_prompt.values() for u in units]
+    graphs = _pair_votes(rows, _compared(rows))
+    disconnected = sorted(p for p, games in graphs.items() if components([g[:2] for g in games]) > 1)
     overall = krippendorff_alpha_interval(everything) if len(score_judges) > 1 else None
     per_judge = {}
     for j in judges:
@@ -134,5 +158,6 @@ def agreement(judgments: pa.Table) -> tuple[dict[str, float | None], dict]:
                                      if pairwise else None),
         }
     figures = {"krippendorff_alpha": None if overall is None else round(overall, 4), "kendall_tau": taus,
-               "judges": per_judge}
+               "judges": per_judge, "disconnected_prompts": len(disconnected),
+               "disconnected_prompt_ids": disconnected[:20]}
     return per_prompt, figures

@@ -5,7 +5,8 @@ whose `data_files` point at the shard layout (split `train`), so `load_dataset(R
 Hub viewer find the data. The body has the sections a preference-data user checks before
 training: provenance (models, revisions, template ids, fingerprints, the config to reproduce the
 run), the drop funnel, score and margin histograms, length bias, judges (agreement and position
-consistency where the run has more than one judge or a pairwise judge), the CHES distribution,
+consistency where the run has more than one judge or a pairwise judge), human review labels and
+each judge's agreement with them (when the run was reviewed), the CHES distribution,
 sample pairs with rationales, and how to train on it. `prefsynth card RUN_DIR` calls `write`.
 """
 
@@ -19,8 +20,9 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from judges.agreement import median
 from pipeline import plots, schemas
+from pipeline.funnel import unit_label
 from pipeline.errors import SchemaError
-from pipeline.rundir import load_manifest, load_pairs
+from pipeline.rundir import load_manifest, load_pairs, prompt_drops
 
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
@@ -81,6 +83,27 @@ def _sources_md(m: dict) -> str:
     return "\n".join(lines)
 
 
+def _prompt_set_md(m: dict) -> str:
+    """Where the prompts came from and how varied they are (beside the candidates' diversity below)."""
+    ps = m.get("prompt_set")
+    if not ps:
+        return "Not recorded (a run from before prefsynth described its prompt set)."
+    d = ps.get("diversity") or {}
+    top = lambda counts: ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"  # noqa: E731
+    lines = [f"{ps['prompts']} prompts after the prompt filter. Sources: {top(ps.get('sources') or {})}. "
+             f"Categories: {top(ps.get('categories') or {})}.", "",
+             f"Prompt-set diversity: distinct-1 {d.get('distinct_1')}, distinct-2 {d.get('distinct_2')}, embedding "
+             f"distance {d.get('embedding_distance')} (mean pairwise 1 - cosine over {d.get('embedded')} prompts); the "
+             "candidates' figures per prompt are in the next section."]
+    made = ps.get("synth")
+    if made:
+        lines += ["", f"Synthesised by `{made['model']}` in mode `{made['mode']}` (template `{made['template']}`): "
+                  f"{made['kept']} of {made['requests']} requests kept (the `synth` steps of the funnel)."]
+        for reason, texts in (made.get("drop_examples") or {}).items():
+            lines.append(f"- dropped as `{reason}`, e.g. {json.dumps(texts[0][:160].replace('`', chr(39)))}")
+    return "\n".join(lines)
+
+
 def _judges_md(m: dict) -> str:
     agreement = m.get("judge_agreement") or {}
     per_judge = agreement.get("judges") or {}
@@ -90,11 +113,48 @@ def _judges_md(m: dict) -> str:
     taus = "\n".join(f"- Kendall tau-b `{pair}`: {tau}" for pair, tau in (agreement.get("kendall_tau") or {}).items())
     alpha = agreement.get("krippendorff_alpha")
     selfpref = m.get("self_preference") or []
+    split = agreement.get("disconnected_prompts")
+    split_md = (f"\n\n{split} prompt(s) have a disconnected comparison graph (first: "
+                f"{', '.join(f'`{p}`' for p in agreement.get('disconnected_prompt_ids', [])[:5])}); under "
+                "`bradley_terry` their candidates that never met are ordered only through the prior's virtual "
+                "opponent." if split else "")
     return (f"| judge | kind | judgments | failure rate | position consistency |\n|---|---|---|---|---|\n{rows}\n\n"
             f"Agreement between score judges: Krippendorff alpha (interval, z-scored) "
-            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}\n\n"
+            f"{'n/a (fewer than two score judges)' if alpha is None else alpha}.\n{taus}{split_md}\n\n"
             + (f"Self-preference: {', '.join(f'`{j}`' for j in selfpref)} also generated the candidates; "
                "LLM judges tend to prefer their own outputs." if selfpref else "Self-preference: no judge generated the candidates."))
+
+
+def _review_md(m: dict) -> str:
+    """The human review section (pipeline/review.py): what the labels changed and how the judges agree with them."""
+    r = m.get("review")
+    if not r:
+        return ""
+    a, ag = r["applied"], r["agreement"]
+    fmt = lambda v: "n/a" if v is None else v  # noqa: E731
+    po = ag["published_order"]
+    rows = "\n".join(["| judge | labels | accuracy | Cohen's kappa |", "|---|---|---|---|",
+                      *(f"| `{j}` | {v['labels']} | {fmt(v['accuracy'])} | {fmt(v['kappa'])} |"
+                        for j, v in ag["judges"].items()),
+                      f"| published order (the pipeline's label) | {po['labels']} | {fmt(po['accuracy'])} | n/a |"])
+    who = ", ".join(f"{name} ({n} labels)" for name, n in ag["reviewers"].items()) or "none"
+    alpha = (f"Krippendorff alpha between reviewers (nominal, over verdicts): {fmt(ag['reviewers_alpha'])}, "
+             f"{ag['pairs_with_several_reviewers']} pair(s) labelled by more than one reviewer."
+             if len(ag["reviewers"]) > 1 else "One reviewer: no agreement between reviewers to report.")
+    return f"""
+## Human review
+{r['labels']} label(s) under `reviews/` (`prefsynth review`), {ag['pairs_labelled']} pair(s) labelled. Applied (the
+latest label of a pair wins): {a['accept']} accepted, {a['flip']} flipped (chosen and rejected swapped, pair_strategy
+`review_flip:...`, CHES and rationale cleared), {a['reject']} rejected (dropped); see `review.*` in the funnel.
+{r['stale_labels']} label(s) name pairs this run does not have and were ignored.
+
+Judges against the human labels (each reviewer's latest accept or flip on a pair is one label; accept means chosen is
+better, flip means rejected is better; a judge's tie counts as a disagreement):
+
+{rows}
+
+Reviewers: {who}. {alpha}
+"""
 
 
 def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
@@ -122,7 +182,9 @@ def render(run_dir: str | Path, manifest: dict | None = None) -> str:
     pairs = load_pairs(run_dir, m)
     figs = _figures(run_dir, pairs, m)
     cfg, models, rows = m["config"]["resolved"], m["models"], m["rows"]
-    funnel = "\n".join(f"| {f['stage']} | {f['filter']} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |" for f in m["funnel"])
+    funnel = "\n".join(f"| {f['stage']} | {f['filter']} | {unit_label(f)} | {f['rows_in']} | {f['rows_out']} | {f['reason']} |"
+                       for f in m["funnel"])
+    funnel_errors = "".join(f"\n\n**The funnel does not add up** (a prefsynth bug): {e}" for e in m.get("funnel_errors") or [])
     lb = m.get("length_bias") or {}
     cmr = lb.get("chosen_minus_rejected_len") or {}
     ches = m.get("ches") or {}
@@ -136,8 +198,12 @@ def render(run_dir: str | Path, manifest: dict | None = None) -> str:
     ches_md = (f"Policy `{models.get('ches')}`; filter `{ches.get('filter')}`, cut {ches.get('cut')}; LN-CHES range "
                f"[{ches.get('ln_ches_min')}, {ches.get('ln_ches_max')}].\n\n![LN-CHES]({figs['ches']})"
                if "ches" in figs else "CHES was not computed for this run (`curate.ches.enabled: false`).")
-    drops = m.get("prompt_drops") or []
-    drops_md = "\n".join(f"- `{d['prompt_id']}`: {d['filter']} (matches `{d['match']}`)" for d in drops[:20]) or "- none"
+    counts, drops, drop_tables = prompt_drops(run_dir, m, 20)
+    drops_md = "\n".join(f"- `{d['prompt_id']}`: {d['filter']} (matches `{d['match']}`)" for d in drops) or "- none"
+    if sum(counts.values()) > len(drops):
+        drops_md += (f"\n- ... {sum(counts.values()) - len(drops)} more, listed in "
+                     + ", ".join(f"`{t}`" for t in drop_tables))
+    drops_head = ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
     body = f"""
 # {m['name']}
 
@@ -157,11 +223,14 @@ margins, rationales, CHES and reference log-probs per pair.
   `prefsynth run --config config.yaml --out OUT`
 
 ## Drop funnel
-| stage | filter | rows in | rows out | reason |
-|---|---|---|---|---|
-{funnel}
+Within a stage each step starts from the rows the previous one left; a unit such as `prompts -> candidate pairs`
+marks a step that turns one unit into another. The last step ends at the published pair count.
 
-Prompts dropped before generation:
+| stage | filter | unit | rows in | rows out | reason |
+|---|---|---|---|---|---|
+{funnel}{funnel_errors}
+
+Prompts dropped before generation ({drops_head}):
 {drops_md}
 
 ## Scores
@@ -183,9 +252,12 @@ Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=f
 
 {_judges_md(m)}
 
+## Prompt set
+{_prompt_set_md(m)}
+
 ## Pair sources and diversity
 {_sources_md(m)}
-
+{_review_md(m)}
 ## CHES (likelihood displacement)
 {ches_md}
 

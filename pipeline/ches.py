@@ -37,6 +37,7 @@ from pipeline import schemas
 from pipeline.config import CHESConfig, RunConfig, fingerprint
 from pipeline.encoding import encode_pair
 from pipeline.errors import BackendError
+from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
@@ -144,8 +145,7 @@ def apply_filter(pairs: pa.Table, cfg: CHESConfig) -> tuple[pa.Table, dict]:
     kept = df if cut is None else df.filter(pl.col("ln_ches") <= cut)
     how = {"quantile": f"LN-CHES above its {cfg.quantile} quantile ({cut:.6g})" if cut is not None else "",
            "threshold": f"LN-CHES above curate.ches.threshold={cut}", "none": "no CHES filter"}[cfg.filter]
-    entry = {"stage": "ches", "filter": f"ches_{cfg.filter}", "rows_in": df.height, "rows_out": kept.height,
-             "reason": how or "no pairs", "cut": cut}
+    entry = {**step("ches", f"ches_{cfg.filter}", df.height, kept.height, how or "no pairs", unit="pairs"), "cut": cut}
     return kept.to_arrow().cast(schemas.PAIRS), entry
 
 

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.synth_config import SynthConfig
 
 
 class _Section(BaseModel):
@@ -31,7 +32,8 @@ class InputConfig(_Section):
     path: str = Field(
         "bundled:prompts/seed.jsonl",
         description="Prompt source: a .jsonl or .parquet file, a folder saved with datasets' "
-        "save_to_disk, 'hf:NAME' for a Hub dataset, or 'bundled:prompts/seed.jsonl'.",
+        "save_to_disk, 'hf:NAME' for a Hub dataset, 'bundled:prompts/seed.jsonl', or 'synth:' to synthesise "
+        "the prompts with a model (input.synth).",
     )
     split: str = Field("train", description="Split to read when the source is a dataset.")
     limit: int | None = Field(None, ge=1, description="Use at most this many prompts (after shuffling).")
@@ -39,6 +41,17 @@ class InputConfig(_Section):
     skip_invalid: bool = Field(
         False, description="Skip and count invalid rows instead of stopping at the first one."
     )
+    synth: SynthConfig = Field(default_factory=SynthConfig, description="Prompt synthesis, used when path is 'synth:'.")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _synth_from_yaml(cls, value):
+        # YAML reads an unquoted `synth:` (e.g. --set input.path=synth:) as the mapping {synth: null}
+        return "synth:" if value == {"synth": None} else value
+
+    @property
+    def synthesised(self) -> bool:
+        return self.path.strip() == "synth:"
 
 
 class VllmEngineConfig(_Section):
@@ -152,7 +165,9 @@ class JudgeConfig(_Section):
     )
     min_agreement: float | None = Field(
         None, ge=-1.0, le=1.0,
-        description="Drop prompts whose score judges agree less than this (Krippendorff alpha); null keeps all.",
+        description="Drop prompts whose score judges agree less than this: Krippendorff alpha (interval) on "
+        "per-judge z-scores, not raw scores; a prompt with no alpha (fewer than two candidates scored by two "
+        "judges) is kept; null keeps all.",
     )
     rationales: bool = Field(
         False, description="Give every absolute LLM judgment a short rationale (one greedy generation per candidate "
@@ -233,12 +248,43 @@ class CHESConfig(_Section):
         return self
 
 
+class MinHashConfig(_Section):
+    """Fuzzy text dedup (pipeline/minhash.py): near-copies by MinHash LSH over word shingles, before embeddings."""
+
+    enabled: bool = Field(False, description="Drop prompts that are near-copies of an earlier prompt by their words "
+                          "(case, punctuation, a few edits); needs no embedder. Clusters of linked prompts keep "
+                          "their earliest prompt (connected components, as datatrove and NeMo Curator).")
+    ngram: int = Field(5, ge=1, le=32, description="Words per shingle (datatrove's 5); a prompt with fewer words is one "
+                       "shingle. Smaller n also links prompts that differ in more words.")
+    bands: int = Field(14, ge=1, le=512, description="LSH bands; with `rows` sets the Jaccard at which pairs become "
+                       "candidates: (1/bands)^(1/rows), 0.72 for datatrove's 14 x 8.")
+    rows: int = Field(8, ge=1, le=64, description="Signature values per band (bands x rows hash functions in all).")
+    threshold: float = Field(0.7, gt=0.0, le=1.0, description="A candidate pair is linked only when its signatures "
+                             "agree on at least this share of hashes (the estimated Jaccard of their shingle sets).")
+
+
 class DedupConfig(_Section):
     near_duplicates: bool = Field(True, description="Drop prompts that are near-duplicates of an earlier prompt (embeddings).")
     model: str = Field("bundled:minilm-l6", description="Sentence embedder: bundled:minilm-l6, a local folder or a Hub id.")
     threshold: float = Field(0.9, gt=0.0, le=1.0, description="Cosine similarity at or above which a later prompt is a near-duplicate "
                              "(MiniLM: paraphrases score 0.9-0.97, same question about another country about 0.66).")
+    method: Literal["auto", "exact", "clustered"] = Field(
+        "auto", description="Near-duplicate search (pipeline/neardup.py): 'exact' compares each prompt with every "
+        "earlier prompt blockwise (memory linear, time quadratic: 4 min for 100k prompts on 2 busy cores); "
+        "'clustered' clusters the embeddings (k-means) and compares each prompt only with the prompts of its "
+        "`probes` nearest clusters (approximate: 24 s for 100k, 9.5 min for 1M, recall 0.99; bench/README.md); "
+        "'auto' is exact up to "
+        "`exact_max_prompts` prompts and clustered above.")
+    exact_max_prompts: int = Field(50_000, ge=1, description="With method 'auto', the most prompts searched exactly.")
+    clusters: int | None = Field(None, ge=1, description="Clusters of the clustered search; null is about 2 sqrt(n) "
+                                 "(lists of about sqrt(n)/2 prompts).")
+    probes: int | None = Field(None, ge=1, description="Nearest clusters each prompt searches in the clustered search; "
+                               "null is a 64th of the clusters, at least 16. More finds more duplicates across cluster "
+                               "borders and costs proportionally more time.")
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig, description="Fuzzy text dedup (MinHash LSH).")
     batch_size: int = Field(64, ge=1, description="Prompts per embedding batch (operational).")
+    chunk_prompts: int = Field(8192, ge=1, description="Prompts per checkpointed part of the embeddings; a killed run "
+                               "resumes from its finished parts, and Ray shards split these parts (operational).")
 
 
 class DecontaminateConfig(_Section):
@@ -308,10 +354,12 @@ class DistributedConfig(_Section):
     """Where stage work runs; operational, never fingerprinted (a Ray run writes the rows a local one does)."""
 
     runner: Literal["local", "ray"] = Field(
-        "local", description="'local': every stage runs in this process; 'ray': generate, judge, self-critique, CHES "
-        "and rationale run as `shards` Prefect tasks each on a Ray cluster (prefect-ray's RayTaskRunner).")
+        "local", description="'local': every stage runs in this process; 'ray': the prompt filter's embeddings, "
+        "generate, judge, self-critique, CHES and rationale run as `shards` Prefect tasks each on a Ray cluster "
+        "(prefect-ray's RayTaskRunner).")
     shards: int = Field(2, ge=1, le=4096, description="With runner 'ray': prompt shards (tasks) per stage; shard i "
-                        "does chunks i, i+shards, ... of publish.chunk_prompts prompts; each task loads its own models.")
+                        "does chunks i, i+shards, ... of publish.chunk_prompts prompts (curate.dedup.chunk_prompts for "
+                        "embeddings); each task loads its own models.")
     address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://HEAD:10001'); null starts a "
                                 "local Ray instance for the run. OUT and the model cache must be on storage every node sees.")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray instance (null: all of them); with "
@@ -353,6 +401,8 @@ class RunConfig(_Section):
         """{config key: model reference} of every model the run will load (for preflight checks)."""
         refs = {"generate.model": self.generate.model, "judge.model": self.judge_model,
                 "curate.ches.model": self.ches_model, "curate.dedup.model": self.curate.dedup.model}
+        if self.input.synthesised:
+            refs["input.synth.model"] = self.input.synth.model or self.generate.model
         refs.update({f"generate.pool[{i}].model": m.model for i, m in enumerate(self.generate.pool)})
         refs.update({f"judge.reward_models[{i}]": r for i, r in enumerate(self.judge.reward_models)})
         if self.sources.self_critique.enabled:
@@ -375,11 +425,18 @@ class RunConfig(_Section):
     def stage_fields(self, stage: str) -> dict[str, Any]:
         """The config fields that change `stage`'s output (never batch sizes or chunking)."""
         g, j = self.generate, self.judge
-        if stage == "prompts":
-            return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid"})}
+        if stage == "prompts":  # synth settings reach it through the synth stage's fingerprint
+            return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid", "synth"})}
+        if stage == "synth":
+            return {"seed": self.seed, **self.input.synth.output_fields()} if self.input.synthesised else {}
         if stage == "prompt_filter":
-            return {"dedup": self.curate.dedup.model_dump(exclude={"batch_size"}),
-                    "decontaminate": self.curate.decontaminate.model_dump()}
+            d = self.curate.dedup
+            dedup = d.model_dump(include={"near_duplicates", "model", "threshold"})
+            # fields added with the scalable search count only when changed: at their defaults a run's output is
+            # v0.1's (exact search up to exact_max_prompts), so runs made before keep their fingerprints
+            dedup |= d.model_dump(exclude_defaults=True, exclude={"near_duplicates", "model", "threshold",
+                                                                  "batch_size", "chunk_prompts"})
+            return {"dedup": dedup, "decontaminate": self.curate.decontaminate.model_dump()}
         if stage == "generate":
             return {"seed": self.seed, **g.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"})}
         # vLLM's numerics differ from transformers'; the default is left out so older runs keep their fingerprints

@@ -33,6 +33,23 @@ def embedding_distance(emb: torch.Tensor) -> float | None:
     return float((1 - off).mean())
 
 
+def prompt_set_diversity(texts: list[str], embed, *, max_prompts: int = 500, seed: int = 0) -> dict:
+    """Diversity of a whole prompt set, the same figures as a prompt's candidates: distinct-1/2 over every
+    prompt, MiniLM distance over a seeded sample of at most `max_prompts` (pairs grow as its square)."""
+    import random
+
+    texts = [t for t in texts if t and t.strip()]
+    sample = texts if len(texts) <= max_prompts else random.Random(seed).sample(texts, max_prompts)
+    emb = embed(sample) if len(sample) >= 2 else torch.empty(0, 0)
+    distance = embedding_distance(emb) if len(sample) >= 2 else None
+    return {"prompts": len(texts), "distinct_1": _round(distinct_n(texts, 1)), "distinct_2": _round(distinct_n(texts, 2)),
+            "embedding_distance": _round(distance), "embedded": len(sample)}
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)
+
+
 def diversity_by_mode(candidates: pa.Table, embed) -> dict[str, dict]:
     """{mode: {prompts, distinct_1, distinct_2, embedding_distance}}; `embed(texts)` returns
     L2-normalised embeddings (pipeline.prompt_filter.embed with the run's embedder)."""

@@ -33,3 +33,11 @@ class BackendError(PrefsynthError):
 
 class TransientBackendError(BackendError):
     """A backend failure worth retrying (timeouts, 429/5xx, dropped connections)."""
+
+
+class ConvergenceError(PrefsynthError):
+    """A numerical fit (Bradley-Terry) did not reach its tolerance."""
+
+
+class FunnelError(PrefsynthError):
+    """The drop funnel does not add up (a bug in prefsynth; raised only under PREFSYNTH_STRICT_FUNNEL=1)."""

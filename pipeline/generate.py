@@ -17,6 +17,7 @@ from pipeline import schemas
 from pipeline.backends import make_backend, resolve_backend_name
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
 from pipeline.config import GenerateConfig, RunConfig, fingerprint
+from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.pools import pool_candidates
 from pipeline.progress import bar
@@ -77,6 +78,27 @@ def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: Generat
     return schemas.from_rows(out, "candidates"), skipped
 
 
+def generate_funnel(n_prompts: int, skipped: dict[str, str], candidates: pa.Table, verbalized_k: int) -> list[dict]:
+    """prompts -> prompts answered -> candidates (sampled, plus the verbalized answers asked for, less
+    those no reply held)."""
+    answered = n_prompts - len(skipped)
+    modes = [s["mode"] if s else "sample" for s in candidates.column("sampling").to_pylist()]
+    sampled = sum(m != "verbalized" for m in modes)
+    asked = sampled + verbalized_k * answered
+    funnel = [step("generate", "context_limit", n_prompts, answered, "prompt longer than generate.max_prompt_tokens",
+                   unit="prompts"),
+              step("generate", "candidates", answered, asked, "the prompts left become their sampled candidates"
+                   + (f" and generate.verbalized_k={verbalized_k} verbalized answers each" if verbalized_k else ""),
+                   unit="candidates", unit_in="prompts")]
+    if verbalized_k:
+        pids = candidates.column("prompt_id").to_pylist()
+        unparsed = answered - len({p for p, m in zip(pids, modes) if m == "verbalized"})
+        funnel.append(step("generate", "verbalized_unparsed", asked, candidates.num_rows,
+                           f"verbalized answers asked for but not parsed ({unparsed} prompt(s) got none; they keep "
+                           "their sampled candidates)", unit="candidates"))
+    return funnel
+
+
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     model = resolve(cfg.generate.model, field="generate.model")
     pool = [resolve(m.model, field=f"generate.pool.{i}.model").revision for i, m in enumerate(cfg.generate.pool)]
@@ -102,7 +124,9 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
         if model not in backends:
             b = make_backend(backend_name, model, dtype=g.dtype, batch_size=g.batch_size, field=field,
                              vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
-            backends[model] = LoggedBackend(b, request_log, backend_name=backend_name) if request_log else b
+            if request_log is not None:
+                b = LoggedBackend(b, request_log, backend_name=backend_name)
+            backends[model] = b
         return backends[model]
 
     with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
@@ -137,16 +161,8 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
         "models": labels,
         "tokens": tokens,
         "skipped": skipped,
-        "funnel": [{"stage": "generate", "filter": "context_limit", "rows_in": prompts.num_rows,
-                    "rows_out": prompts.num_rows - len(skipped), "reason": "prompt longer than generate.max_prompt_tokens"}],
+        "funnel": generate_funnel(prompts.num_rows, skipped, table, cfg.generate.verbalized_k),
     }
-    if cfg.generate.verbalized_k:
-        answered = prompts.num_rows - len(skipped)
-        with_verbalized = len({p for p, s in zip(table.column("prompt_id").to_pylist(), table.column("sampling").to_pylist())
-                               if s["mode"] == "verbalized"})
-        meta["funnel"].append({"stage": "generate", "filter": "verbalized_unparsed", "rows_in": answered,
-                               "rows_out": with_verbalized, "reason": "verbalized-sampling reply with no parseable "
-                               "response (prompts keep their sampled candidates)"})
     log(f"generate: {table.num_rows} candidates for {prompts.num_rows - len(skipped)} prompts, {tokens} tokens")
     return store.finish(table, meta)
 

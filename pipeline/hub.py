@@ -5,7 +5,8 @@ config fingerprint. Pushes are incremental: RUN/.push/<repo>@<revision>.json rec
 of every file last pushed there, so the next push adds only new or changed files (new shards, the
 updated card) and deletes files it pushed before that the run no longer has (stale shards). A push
 with nothing new makes no commit. Shards are verified against the manifest first, and the card's
-YAML is validated locally, so a broken run is never published.
+YAML is validated locally, so a broken run is never published. Review labels added since the
+run was last published are applied first (pipeline/publish.py `republish`).
 
 The token comes from `token=`, else `HF_TOKEN` or the Hugging Face login (huggingface_hub's own
 lookup); it is never logged, printed or written (errors are re-raised without request headers).
@@ -21,7 +22,8 @@ from pathlib import Path
 from pipeline.card import SPLIT_NAME
 from pipeline.errors import BackendError, ConfigError, InputError
 from pipeline.models import HUB_ID
-from pipeline.rundir import load_manifest, verify_shards
+from pipeline.publish import republish
+from pipeline.rundir import verify_shards
 from pipeline.store import sha256, write_json
 
 ALWAYS = ("README.md", "config.yaml", "manifest.json")
@@ -75,7 +77,7 @@ def push(run_dir, repo_id: str, *, private: bool = False, revision: str | None =
     if not HUB_ID.match(repo_id):
         raise ConfigError(f"--repo {repo_id!r} is not ORG/NAME; fix: e.g. --repo my-org/my-preferences")
     run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir)
+    manifest = republish(run_dir, only_if_changed=True, log=log)  # review labels not yet in the shards
     files = files_to_push(run_dir, manifest)
     check_card(run_dir)
     branch = revision or "main"

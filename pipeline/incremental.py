@@ -14,15 +14,19 @@
   3. merge: the increment's shards are copied into OUT/pairs/ as `train-incNNNNN-*.parquet`
      (temp name, then rename; shards are never rewritten) and OUT/manifest.json (the commit point)
      is rewritten atomically: every shard with its sha256, row counts summed over increments, the
-     funnel summed per filter, `increments` listing each one; then the card is regenerated.
+     funnel summed per step and checked to chain to the summed pair count (pipeline/funnel.py),
+     the prompt filter's drop counts summed per filter (each increment's drops table named),
+     `increments` listing each one; then the card is regenerated.
 Shards in OUT/pairs/ that no manifest lists are leftovers of a kill between copy and commit; the
-next merge removes them. Per-increment figures (judges, length bias, CHES) stay in each
+next merge removes them. Human review labels (OUT/reviews/, pipeline/review.py) cover the whole
+dataset: once it has any, each merge re-applies all of them to every increment's own unreviewed
+shards (`publish.reviewed`), so labels of earlier increments are kept, and only the shards of
+increments that labels change differ from their copies. Per-increment figures (judges, length bias, CHES) stay in each
 increment's own manifest; the top manifest carries the latest increment's.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -32,9 +36,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import yaml
 
-from pipeline import schemas
+from pipeline import funnel, review, schemas
 from pipeline.config import RunConfig
 from pipeline.prompts import load_prompts, messages_hash
+from pipeline.publish import STAGES, reviewed
+from pipeline.rundir import prompt_drops
 from pipeline.store import sha256, write_json
 
 INCREMENTS = "increments"
@@ -98,17 +104,16 @@ def increment_config(cfg: RunConfig, inc_dir: Path) -> RunConfig:
     return RunConfig.model_validate(data)
 
 
-def _sum_funnel(manifests: list[dict]) -> list[dict]:
-    merged: dict[tuple[str, str], dict] = {}
-    for m in manifests:
-        for f in m["funnel"]:
-            key = (f["stage"], f["filter"])
-            if key in merged:
-                merged[key]["rows_in"] += f["rows_in"]
-                merged[key]["rows_out"] += f["rows_out"]
-            else:
-                merged[key] = copy.deepcopy(f)
-    return list(merged.values())
+def _sum_prompt_drops(out: Path, increments: list[dict], manifests: list[dict]) -> dict:
+    """Drop counts summed over increments; each increment's drops table, named relative to OUT."""
+    counts: dict[str, int] = {}
+    tables: list[str] = []
+    for inc, m in zip(increments, manifests):
+        got, _, inc_tables = prompt_drops(out / inc["dir"], m, limit=0)
+        for name, n in got.items():
+            counts[name] = counts.get(name, 0) + n
+        tables += [f"{inc['dir']}/{t}" for t in inc_tables]
+    return {"counts": counts, "tables": tables}
 
 
 def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: dict | None = None,
@@ -141,10 +146,15 @@ def merge(out: Path, inc_dir: Path, inc_manifest: dict, cfg: RunConfig, given: d
                                             "created_at": inc_manifest["created_at"]}]
     all_manifests = [json.loads((out / i["dir"] / "manifest.json").read_text()) for i in increments]
     rows = {k: sum(m["rows"][k] for m in all_manifests) for k in inc_manifest["rows"]}
-    grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": _sum_funnel(all_manifests),
+    steps = funnel.sum_funnels([m["funnel"] for m in all_manifests], STAGES)
+    funnel_errors = funnel.verify(steps, rows["pairs"])  # raises under PREFSYNTH_STRICT_FUNNEL=1
+    grown = {**inc_manifest, "shards": shards, "ranked_shards": [], "rows": rows, "funnel": steps,
+             "funnel_errors": funnel_errors, "prompt_drops": _sum_prompt_drops(out, increments, all_manifests),
              "increments": increments, "incremental": True,
              "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
              "config": {"given": given or {}, "resolved": cfg.model_dump()}}
+    if review.read(out).digest or previous.get("review"):  # labels of every increment so far, the new one included
+        grown = reviewed(out, grown)
     write_json(out / "manifest.json", grown)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
     card.write(out, grown)

@@ -1,6 +1,7 @@
 """`prefsynth inspect RUN_DIR`: read a finished run in the terminal (rich).
 
-Shows the summary, the drop funnel and score statistics, then pairs side by side (chosen |
+Shows the summary, the drop funnel, the first prompts the prompt filter dropped (with what they
+matched; all of them are in tables/prompt_filter.drops.parquet) and score statistics, then pairs side by side (chosen |
 rejected) with prompt and rationale. `--where` is a SQL boolean expression over the flat pair
 columns (polars SQL), e.g. "margin < 0.5 AND chosen_len > rejected_len"; `--sample N` picks N
 matching pairs at random (seeded). Shards are verified first (pipeline/rundir.py).
@@ -8,13 +9,16 @@ matching pairs at random (seeded). Shards are verified first (pipeline/rundir.py
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
 from pipeline.errors import InputError
-from pipeline.rundir import load_manifest, load_pairs
+from pipeline.funnel import unit_label
+from pipeline.rundir import load_manifest, load_pairs, prompt_drops
 
 FLAT_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin", "rationale",
                 "pair_strategy", "ches", "ln_ches", "ref_chosen_logp", "ref_rejected_logp", "chosen_len", "rejected_len")
@@ -30,13 +34,28 @@ def flat_pairs(pairs) -> pl.DataFrame:
     ).select(FLAT_COLUMNS)
 
 
+_LITERALS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_TABLES = re.compile(r"\b(from|join)\b|\b(read|scan)_\w+", re.IGNORECASE)
+
+
+def check_where(where: str, columns=FLAT_COLUMNS) -> None:
+    """A filter may only read the pair columns: polars SQL would also run a subquery over a file
+    (`... (SELECT ... FROM read_csv('/etc/...'))`), which `prefsynth review` must not serve."""
+    found = _TABLES.search(_LITERALS.sub("''", where))
+    if found:
+        raise InputError(f"--where {where!r} reads other tables ({found.group(0)!r}); fix: use a condition over the "
+                         f"pair columns only ({', '.join(columns)}), e.g. \"margin < 0.5\"")
+
+
 def select(df: pl.DataFrame, where: str | None, sample: int | None, seed: int = 0) -> pl.DataFrame:
     if where:
+        check_where(where, df.columns)
         try:
             df = pl.SQLContext(pairs=df).execute(f"SELECT * FROM pairs WHERE {where}", eager=True)
         except Exception as exc:  # polars raises several error types for bad SQL
-            raise InputError(f"--where {where!r} is not a valid filter ({exc}); fix: use a SQL condition over "
-                             f"{', '.join(FLAT_COLUMNS)}, e.g. \"margin < 0.5\"") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"--where {where!r} is not a valid filter ({reason}); fix: use a SQL condition over "
+                             f"{', '.join(df.columns)}, e.g. \"margin < 0.5\"") from None
     if sample is not None and df.height > sample:
         df = df.sample(n=sample, seed=seed)
     return df
@@ -53,10 +72,26 @@ def _summary(m: dict) -> Panel:
 
 def _funnel(m: dict) -> Table:
     t = Table(title="drop funnel")
-    for col in ("stage.filter", "in", "out", "removed", "reason"):
+    for col in ("stage.filter", "unit", "in", "out", "removed", "reason"):
         t.add_column(col, justify="right" if col in ("in", "out", "removed") else "left")
     for f in m["funnel"]:
-        t.add_row(f"{f['stage']}.{f['filter']}", str(f["rows_in"]), str(f["rows_out"]), str(f["rows_in"] - f["rows_out"]), f["reason"])
+        removed = "" if f.get("unit_in") else str(f["rows_in"] - f["rows_out"])  # no difference across units
+        t.add_row(f"{f['stage']}.{f['filter']}", unit_label(f), str(f["rows_in"]), str(f["rows_out"]), removed,
+                  f["reason"])
+    for problem in m.get("funnel_errors") or []:
+        t.add_row("[red]ERROR[/]", "", "", "", "", f"funnel does not add up: {problem}")
+    return t
+
+
+def _prompt_drops(run_dir, m: dict, limit: int = 10) -> Table:
+    counts, rows, tables = prompt_drops(run_dir, m, limit)
+    total = sum(counts.values())
+    t = Table(title=f"prompt drops: {', '.join(f'{k} {v}' for k, v in counts.items()) or 'none'}",
+              caption=f"first {len(rows)} of {total}; all in {', '.join(tables)}" if total > len(rows) else None)
+    for col in ("prompt_id", "filter", "match", "score"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["prompt_id"], r["filter"], r["match"], "" if r.get("score") is None else f"{r['score']:.3f}")
     return t
 
 
@@ -90,6 +125,7 @@ def inspect_run(run_dir, *, sample: int | None = 3, where: str | None = None, se
     chosen = select(df, where, sample, seed)  # a bad --where fails before anything is printed
     console.print(_summary(m))
     console.print(_funnel(m))
+    console.print(_prompt_drops(run_dir, m))
     console.print(_scores(df))
     console.print(f"{chosen.height} pair(s) shown" + (f" matching {where!r}" if where else "")
                   + f" of {df.height}")

@@ -27,6 +27,7 @@ from judges.reward_model import RewardModelJudge
 from pipeline import schemas
 from pipeline.backends.hf import load_causal_lm
 from pipeline.config import RunConfig, fingerprint
+from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
@@ -100,6 +101,16 @@ def build_judges(cfg: RunConfig) -> list:
     return judges
 
 
+def judge_funnel(n_candidates: int, judgments: pa.Table) -> list[dict]:
+    """candidates -> judgments (one per candidate or candidate pair and judge) -> ok judgments."""
+    failed = judgments.num_rows - sum(judgments.column("ok").to_pylist())
+    return [step("judge", "judgments", n_candidates, judgments.num_rows, "each candidate scored by every absolute "
+                 "judge and reward model, each candidate pair by every pairwise judge", unit="judgments",
+                 unit_in="candidates"),
+            step("judge", "judge_failed", judgments.num_rows, judgments.num_rows - failed,
+                 "judgment not scoreable (ok=false)", unit="judgments")]
+
+
 def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
     revisions = [resolve(cfg.judge_model, field="judge.model").revision]
     revisions += [resolve(r, field="judge.reward_models").revision for r in cfg.judge.reward_models]
@@ -134,7 +145,6 @@ def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[
     meta = {"seconds": round(time.perf_counter() - started, 2), "judges": judge_ids,
             "judge": judge_ids[0] if judge_ids else None, "failure_rate": round(failed / max(table.num_rows, 1), 4),
             "self_preference": self_pref,
-            "funnel": [{"stage": "judge", "filter": "judge_failed", "rows_in": table.num_rows,
-                        "rows_out": table.num_rows - failed, "reason": "judgment not scoreable (ok=false)"}]}
+            "funnel": judge_funnel(candidates.num_rows, table)}
     log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
     return store.finish(table, meta)

@@ -7,11 +7,13 @@ Rules (DESIGN rule 7). A candidate's score is its judges' aggregate (`judge.aggr
 pipeline/aggregate.py; a single judge's score by default); empty candidates and candidates with no
 ok judgment are never paired. Prompts whose judges agree less than `judge.min_agreement`
 (Krippendorff alpha) are dropped first. Within a prompt every two scored candidates form
-a candidate pair, oriented so the higher score is chosen. Filters, each counted in the funnel
-(units: candidate pairs): ties (scores within `tie_epsilon`: ties are a policy, never guessed),
-near-identical texts (character 5-gram Jaccard above `max_similarity`; identical texts always),
-`min_margin`, and length control (`max_length_ratio`: chosen at most r times longer than
-rejected). The strategy then selects among the admissible pairs:
+a candidate pair, oriented so the higher score is chosen. The funnel (pipeline/funnel.py) is one
+chain: prompts with candidates -> low_agreement -> too_few_scored (prompts) -> candidate_pairs
+(prompts -> candidate pairs) -> the filters below (candidate pairs) -> strategy (-> pairs) ->
+reward_augmented, self_critique (pairs added). Filters: ties (scores within `tie_epsilon`: ties
+are a policy, never guessed), near-identical texts (character 5-gram Jaccard above
+`max_similarity`; identical texts always), `min_margin`, and length control (`max_length_ratio`:
+chosen at most r times longer than rejected). The strategy then selects among the admissible pairs:
   best_vs_worst      the highest-scored chosen with its lowest-scored admissible rejected
   best_vs_random     the highest-scored chosen with a seeded random admissible rejected
   all_above_margin   every admissible pair
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Collection
 
 import polars as pl
 import pyarrow as pa
@@ -32,12 +35,13 @@ import pyarrow.compute as pc
 from pipeline import schemas
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
+from pipeline.funnel import step
 from pipeline.aggregate import agreement, candidate_scores
 from pipeline.reward_augment import augment
 from pipeline.length_bias import length_bias
 from pipeline.store import StageStore
 
-VERSION = "4"
+VERSION = "5"
 READS = ("prompts.prompt_id", "prompts.messages", "candidates.text", "candidates.n_tokens",
          "judgments.candidate_id", "judgments.score", "judgments.ok")
 WRITES = tuple(schemas.PAIRS.names)
@@ -67,8 +71,9 @@ def scored_candidates(candidates: pa.Table, judgments: pa.Table, method: str = "
     return cands.join(table, on="candidate_id", how="inner")
 
 
-def _step(funnel: list, name: str, before: int, after: int, reason: str) -> None:
-    funnel.append({"stage": "pair", "filter": name, "rows_in": before, "rows_out": after, "reason": reason})
+def _step(funnel: list, name: str, before: int, after: int, reason: str, *, unit: str = "candidate pairs",
+          unit_in: str | None = None, adds: str | None = None) -> None:
+    funnel.append(step("pair", name, before, after, reason, unit=unit, unit_in=unit_in, adds=adds))
 
 
 def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: int) -> pl.DataFrame:
@@ -98,30 +103,38 @@ def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg
                method: str = "mean", min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
     """(pairs table, funnel entries) straight from the judgments."""
     return pairs_from_scores(prompts, scored_candidates(candidates, judgments, method), agreement(judgments)[0], cfg,
-                             n_prompts=prompt_count(candidates), seed=seed, min_agreement=min_agreement)
+                             prompt_ids=candidate_prompts(candidates), seed=seed, min_agreement=min_agreement)
 
 
-def prompt_count(candidates: pa.Table) -> int:
+def candidate_prompts(candidates: pa.Table) -> list[str]:
     """Prompts that have candidates: the first funnel step's rows in."""
-    return len(pc.unique(candidates.column("prompt_id")))
+    return pc.unique(candidates.column("prompt_id")).to_pylist()
 
 
 def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[str, float | None], cfg: PairConfig, *,
-                      n_prompts: int, seed: int = 0, min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
-    """Pure core: pairs from aggregated candidate scores (`scored_candidates`) and per-prompt agreement."""
+                      prompt_ids: Collection[str], seed: int = 0,
+                      min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
+    """Pure core: pairs from aggregated candidate scores (`scored_candidates`) and per-prompt agreement;
+    `prompt_ids` are the prompts that have candidates, where the funnel starts."""
     funnel: list[dict] = []
+    present = set(prompt_ids)
+    scored = scored.filter(pl.col("prompt_id").is_in(sorted(present)))
     if min_agreement is not None:
-        low = [p for p, a in per_prompt.items() if a is not None and a < min_agreement]
-        before = scored["prompt_id"].n_unique()
-        scored = scored.filter(~pl.col("prompt_id").is_in(low))
-        _step(funnel, "low_agreement", before, scored["prompt_id"].n_unique(),
-              f"prompts whose judges agree below judge.min_agreement={min_agreement} (Krippendorff alpha)")
+        low = {p for p, a in per_prompt.items() if a is not None and a < min_agreement} & present
+        _step(funnel, "low_agreement", len(present), len(present) - len(low),
+              f"prompts whose judges agree below judge.min_agreement={min_agreement} (Krippendorff alpha on "
+              "per-judge z-scores; prompts without an alpha are kept)", unit="prompts")
+        present -= low
+        scored = scored.filter(pl.col("prompt_id").is_in(sorted(present)))
     enough = scored.group_by("prompt_id").len().filter(pl.col("len") >= 2)["prompt_id"]
     scored = scored.filter(pl.col("prompt_id").is_in(enough.implode()))
-    _step(funnel, "too_few_scored", n_prompts, len(enough), "prompts with fewer than 2 non-empty candidates with an ok judgment")
+    _step(funnel, "too_few_scored", len(present), len(enough),
+          "prompts with fewer than 2 non-empty candidates with an ok judgment", unit="prompts")
 
     both = scored.join(scored, on="prompt_id", suffix="_r").filter(pl.col("candidate_id") < pl.col("candidate_id_r"))
     total = both.height
+    _step(funnel, "candidate_pairs", len(enough), total, "every two scored candidates of a prompt form a candidate pair",
+          unit_in="prompts")
     pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
         pl.col("score") - pl.col("score_r") > cfg.tie_epsilon)
     _step(funnel, "ties", total, pairs.height, f"candidate pairs scored within pair.tie_epsilon={cfg.tie_epsilon} (ties are not paired)")
@@ -139,7 +152,8 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
         _step(funnel, "length_ratio", before, pairs.height, f"chosen over pair.max_length_ratio={cfg.max_length_ratio} x rejected length")
     before = pairs.height
     pairs = _select(pairs, scored, cfg, seed)
-    _step(funnel, "strategy", before, pairs.height, f"admissible pairs not selected by {cfg.strategy}")
+    _step(funnel, "strategy", before, pairs.height, f"admissible candidate pairs not selected by {cfg.strategy}",
+          unit="pairs", unit_in="candidate pairs")
 
     messages = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
     rows = [
@@ -159,6 +173,21 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
     return table, funnel
 
 
+def add_sources(pairs: pa.Table, funnel: list[dict], *, aggregate: str, augment_cfg,
+                critiqued: pa.Table | None) -> pa.Table:
+    """The judged pairs plus their reward-augmented rewrites (`sources.reward_augmented`) and the
+    self-critique stage's pairs (`critiqued`, when that stage is on); each a funnel step in pairs."""
+    if augment_cfg.enabled:
+        pairs, entry = augment(pairs, aggregate=aggregate, keep_original=augment_cfg.keep_original)
+        funnel.append(entry)
+    if critiqued is not None:
+        before = pairs.num_rows
+        pairs = schemas.concat([pairs, critiqued], "pairs")
+        _step(funnel, "self_critique", before, pairs.num_rows, "revision pairs of the self_critique stage joined",
+              unit="pairs", adds="self_critique")
+    return pairs
+
+
 def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
     """Listwise view: per prompt, every scored candidate best first (ties by candidate_id)."""
     messages = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
@@ -173,12 +202,14 @@ def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
 def check_pairs(table: pa.Table) -> None:
     """The invariants every published pairs table holds; raise SchemaError on the first broken one.
     Judge-ranked pairs have chosen_score > rejected_score; pairs labelled by construction do not
-    need to: self-critique (revision chosen; the reward model's view is in label_confidence) and
-    the low-goal rows of reward-augmented pairs (chosen matches the stated lower score)."""
+    need to: self-critique (revision chosen; the reward model's view is in label_confidence), the
+    low-goal rows of reward-augmented pairs (chosen matches the stated lower score) and pairs a human
+    reviewer flipped (pair_strategy `review_flip:...`)."""
     df = pl.from_arrow(table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score",
                                      "pair_strategy"]))
     by_construction = (pl.col("pair_strategy").str.starts_with("self_critique:")
-                       | pl.col("pair_strategy").str.starts_with("reward_augmented:low:"))
+                       | pl.col("pair_strategy").str.starts_with("reward_augmented:low:")
+                       | pl.col("pair_strategy").str.starts_with("review_flip:"))
     bad = df.filter(((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
                     | (pl.col("chosen_id") == pl.col("rejected_id")))
     if bad.height:
@@ -218,20 +249,16 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, sources_fp: str | None = Non
     method = cfg.judge.aggregate
     scored = scored_candidates(candidates, judgments, method)
     per_prompt, figures = agreement(judgments)
-    pairs, funnel = pairs_from_scores(prompts, scored, per_prompt, cfg.pair, n_prompts=prompt_count(candidates), seed=cfg.seed,
-                                      min_agreement=cfg.judge.min_agreement)
+    pairs, funnel = pairs_from_scores(prompts, scored, per_prompt, cfg.pair, prompt_ids=candidate_prompts(candidates),
+                                      seed=cfg.seed, min_agreement=cfg.judge.min_agreement)
     bias = length_bias(scored, pairs)
     schemas.write_table(schemas.from_rows([{"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "score": r["score"],
                                             "judge_agreement": per_prompt.get(r["prompt_id"])}
                                            for r in scored.iter_rows(named=True)], "scores"), scores_path(run_dir), "scores")
     if cfg.pair.keep_ranked:  # written before the meta, so the stage's commit point covers it
         schemas.write_table(ranked_candidates(prompts, scored), ranked_path(run_dir), "ranked")
-    if cfg.sources.reward_augmented.enabled:
-        pairs, entry = augment(pairs, aggregate=method, keep_original=cfg.sources.reward_augmented.keep_original)
-        funnel.append(entry)
-    if sources_fp is not None:
-        critiqued = schemas.read_table(f"{tables}/self_critique.parquet", "pairs")
-        pairs = schemas.concat([pairs, critiqued], "pairs")
+    critiqued = None if sources_fp is None else schemas.read_table(f"{tables}/self_critique.parquet", "pairs")
+    pairs = add_sources(pairs, funnel, aggregate=method, augment_cfg=cfg.sources.reward_augmented, critiqued=critiqued)
     log(f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
         f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs")
     return store.finish(pairs, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,

@@ -15,8 +15,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
+from pipeline.config import InputConfig, RunConfig
+from pipeline.errors import ConfigError, InputError
 from pipeline.models import check_hub, resolve, uses_hub
 from pipeline.rundir import check_kind, check_out_dir
 
@@ -87,4 +87,13 @@ def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
         check_model(ref, field=key)
     if cfg.generate.backend == "openai":
         check_endpoint(cfg.generate.openai, field="generate.openai", model=cfg.generate.model)
-    load_prompts(cfg.input, seed=cfg.seed)
+    if not cfg.input.synthesised:
+        load_prompts(cfg.input, seed=cfg.seed)
+    elif incremental:
+        raise ConfigError("input.path 'synth:' cannot grow a dataset (--incremental / serve): synthesis has no "
+                          "'new prompts'; fix: synthesise once with a plain run, then grow from its prompts table")
+    elif cfg.input.synth.mode == "evol":
+        try:
+            load_prompts(InputConfig(path=cfg.input.synth.seeds), seed=cfg.seed)
+        except InputError as exc:
+            raise InputError(f"input.synth.seeds: {exc}") from None

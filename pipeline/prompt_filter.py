@@ -1,14 +1,23 @@
-"""Prompt filter stage: near-duplicate prompts and benchmark contamination, before any generation.
+"""Prompt filter stage: benchmark contamination, near-copies and near-duplicates, before any generation.
 
-Runs between `prompts` and `generate` so no compute is spent on prompts that would be dropped.
-- Near-duplicates: prompts are embedded (all-MiniLM-L6-v2 by default: mean pooling over the last
-  hidden state, L2-normalised, as sentence-transformers configures that model) and, in input
-  order, a prompt whose cosine similarity to an earlier kept prompt is >= `threshold` is dropped.
-  Exact duplicates were already removed when the input was read.
+Runs between `prompts` and `generate` so no compute is spent on prompts that would be dropped. In order:
 - Decontamination: a prompt sharing any word n-gram (lower-cased, punctuation stripped) with a
   benchmark prompt is dropped and the matched benchmark id (`file:row` or the row's id) recorded,
-  the rule of GPT-3's decontamination with a configurable n.
-Every drop is counted in the funnel and listed (prompt_id, filter, match) in the stage meta.
+  the rule of GPT-3's decontamination with a configurable n. A hash lookup.
+- Fuzzy duplicates (optional, `curate.dedup.minhash`): near-copies by MinHash LSH over word shingles
+  (pipeline/minhash.py), as datatrove and NeMo Curator; needs no embedder.
+- Near-duplicates: prompts are embedded (all-MiniLM-L6-v2 by default: mean pooling over the last
+  hidden state, L2-normalised, as sentence-transformers configures that model) and, in input
+  order, a prompt whose cosine similarity to an earlier kept prompt is >= `threshold` is dropped
+  (pipeline/neardup.py: an exact blockwise search, or a clustered one for large sets).
+  Exact duplicates were already removed when the input was read.
+Embeddings are computed in checkpointed parts of `chunk_prompts` prompts (pipeline/store.py) under
+tables/prompt_filter.embed.parts-<fp>/, keyed by prompt_id: a killed run resumes from its finished
+parts and Ray shards split them like the heavy stages' chunks. The parts stay after the stage as an
+embedding cache, so a new threshold or method embeds nothing again (about 1.5 KB per prompt with
+MiniLM; delete the folder to reclaim it).
+Every drop is counted in the funnel and the meta (`drops`) and listed (prompt_id, filter, match,
+score) in tables/prompt_filter.drops.parquet, written before the meta commits the stage.
 """
 
 from __future__ import annotations
@@ -16,20 +25,27 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline import schemas
+from pipeline import neardup, schemas
 from pipeline.config import DecontaminateConfig, DedupConfig, RunConfig, fingerprint
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SchemaError
+from pipeline.funnel import step
+from pipeline.minhash import fuzzy_duplicates
 from pipeline.models import resolve
-from pipeline.store import StageStore
+from pipeline.progress import bar
+from pipeline.store import StageStore, done_rows, run_in_parts, write_json
 
-VERSION = "2"
+VERSION = "2"  # the default config's output is v0.1's (tests/pipeline/test_prompt_filter.py): fingerprints stay
+EMBED_VERSION = "1"
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.PROMPTS.names)
 WORD = re.compile(r"[a-z0-9]+")
@@ -37,6 +53,13 @@ WORD = re.compile(r"[a-z0-9]+")
 
 def prompt_text(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
+
+
+def prompt_texts(prompts: pa.Table) -> list[str]:
+    """`prompt_text` of every row, computed by polars (no Python dict per message at a million prompts)."""
+    user = pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+    col = pl.from_arrow(prompts.select(["messages"])).select(pl.col("messages").list.eval(user).list.join("\n"))
+    return col.to_series().to_list()
 
 
 @lru_cache(maxsize=2)
@@ -57,18 +80,6 @@ def embed(texts: list[str], model_ref: str, *, batch_size: int = 64) -> torch.Te
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1))
     return torch.cat(out) if out else torch.empty(0, 0)
-
-
-def near_duplicates(emb: torch.Tensor, threshold: float) -> dict[int, int]:
-    """{dropped index: index of the earlier kept prompt it duplicates}, greedy in input order."""
-    sims = emb @ emb.T
-    dropped: dict[int, int] = {}
-    for i in range(emb.shape[0]):
-        if i in dropped:
-            continue
-        for j in (sims[i, i + 1 :] >= threshold).nonzero().flatten().tolist():
-            dropped.setdefault(i + 1 + j, i)
-    return dropped
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -113,27 +124,80 @@ def contaminated(texts: list[str], cfg: DecontaminateConfig) -> dict[int, str]:
     return hits
 
 
-def filter_prompts(prompts: pa.Table, dedup: DedupConfig, decontam: DecontaminateConfig) -> tuple[pa.Table, list[dict], list[dict]]:
-    """Pure core: (kept prompts, funnel entries, dropped rows with their reason)."""
-    ids = prompts.column("prompt_id").to_pylist()
-    texts = [prompt_text(m) for m in prompts.column("messages").to_pylist()]
-    dropped: list[dict] = []
-    keep = set(range(len(ids)))
-    funnel = []
+Drop = tuple[str, np.ndarray, pa.Array, "np.ndarray | None"]  # (filter, dropped indices, match, score)
+
+
+def text_filters(ids: pa.Array, texts: list[str], dedup: DedupConfig,
+                 decontam: DecontaminateConfig) -> tuple[np.ndarray, list[dict], list[Drop]]:
+    """Decontamination, then MinHash near-copies: (indices of the prompts left, funnel entries, drops)."""
+    keep = np.arange(len(texts))
+    funnel: list[dict] = []
+    drops: list[Drop] = []
     if decontam.benchmarks:
         hits = contaminated(texts, decontam)
-        dropped += [{"prompt_id": ids[i], "filter": "decontaminate", "match": m} for i, m in sorted(hits.items())]
-        funnel.append({"stage": "prompt_filter", "filter": "decontaminate", "rows_in": len(keep),
-                       "rows_out": len(keep) - len(hits), "reason": f"shares a word {decontam.ngram}-gram with a benchmark prompt"})
-        keep -= set(hits)
+        idx = np.array(sorted(hits), dtype=np.int64)
+        drops.append(("decontaminate", idx, pa.array([hits[i] for i in idx.tolist()], pa.string()), None))
+        funnel.append(step("prompt_filter", "decontaminate", len(keep), len(keep) - len(hits),
+                           f"shares a word {decontam.ngram}-gram with a benchmark prompt", unit="prompts"))
+        keep = np.setdiff1d(keep, idx)
+    mh = dedup.minhash
+    if mh.enabled and len(keep) > 1:
+        found = fuzzy_duplicates([texts[i] for i in keep], ngram=mh.ngram, bands=mh.bands, rows=mh.rows,
+                                 threshold=mh.threshold)
+        d = np.flatnonzero(found.match >= 0)
+        drops.append(("fuzzy_duplicate", keep[d], ids.take(keep[found.match[d]]), found.score[d]))
+        funnel.append(step("prompt_filter", "fuzzy_duplicate", len(keep), len(keep) - len(d),
+                           f"MinHash of word {mh.ngram}-grams agrees >= {mh.threshold} with an earlier prompt's "
+                           f"(LSH {mh.bands} bands x {mh.rows} rows)", unit="prompts"))
+        keep = np.delete(keep, d)
+    elif mh.enabled:  # nothing to compare, but the step is there so increments' funnels sum
+        funnel.append(step("prompt_filter", "fuzzy_duplicate", len(keep), len(keep), f"MinHash of word {mh.ngram}-grams "
+                           f"agrees >= {mh.threshold} with an earlier prompt's", unit="prompts"))
+    return keep, funnel, drops
+
+
+def near_duplicate_filter(ids: pa.Array, keep: np.ndarray, emb, dedup: DedupConfig) -> tuple[np.ndarray, dict, Drop, dict]:
+    """Near-duplicates among the prompts `keep` (rows of `emb`, in the same order): (prompts left, funnel
+    entry, drops, search figures for the meta)."""
+    method = neardup.choose_method(len(keep), dedup.method, dedup.exact_max_prompts)
+    found = neardup.search(emb, dedup.threshold, method=method, clusters=dedup.clusters, probes=dedup.probes)
+    d = found.dropped
+    reason = f"cosine >= {dedup.threshold} to an earlier prompt ({dedup.model})"
+    if found.method == "clustered":
+        reason += f", clustered search ({found.clusters} clusters, {found.probes} probes)"
+    entry = step("prompt_filter", "near_duplicate", len(keep), len(keep) - len(d), reason, unit="prompts")
+    info = {"method": found.method, "clusters": found.clusters, "probes": found.probes, "seconds": found.seconds}
+    return np.delete(keep, d), entry, ("near_duplicate", keep[d], ids.take(keep[found.match[d]]), found.score[d]), info
+
+
+def drops_table(ids: pa.Array, drops: list[Drop]) -> pa.Table:
+    """The drops as a `prompt_drops` table: filters in the order they ran, prompts in input order within one."""
+    tables = [pa.table({"prompt_id": ids.take(idx), "filter": pa.array([name] * len(idx), pa.string()),
+                        "match": match, "score": pa.nulls(len(idx), pa.float64()) if score is None
+                        else pa.array(score.astype(np.float64), pa.float64())}, schema=schemas.PROMPT_DROPS)
+              for name, idx, match, score in drops]
+    return schemas.concat(tables, "prompt_drops")
+
+
+def filter_prompts(prompts: pa.Table, dedup: DedupConfig, decontam: DecontaminateConfig) -> tuple[pa.Table, list[dict], pa.Table]:
+    """Pure core, embeddings in memory: (kept prompts, funnel entries, drops table)."""
+    ids = prompts.column("prompt_id").combine_chunks()
+    texts = prompt_texts(prompts)
+    keep, funnel, drops = text_filters(ids, texts, dedup, decontam)
     if dedup.near_duplicates and len(keep) > 1:
-        order = sorted(keep)
-        dups = near_duplicates(embed([texts[i] for i in order], dedup.model, batch_size=dedup.batch_size), dedup.threshold)
-        dropped += [{"prompt_id": ids[order[d]], "filter": "near_duplicate", "match": ids[order[k]]} for d, k in sorted(dups.items())]
-        funnel.append({"stage": "prompt_filter", "filter": "near_duplicate", "rows_in": len(keep),
-                       "rows_out": len(keep) - len(dups), "reason": f"cosine >= {dedup.threshold} to an earlier prompt ({dedup.model})"})
-        keep -= {order[d] for d in dups}
-    return prompts.take(sorted(keep)), funnel, dropped
+        emb = embed([texts[i] for i in keep], dedup.model, batch_size=dedup.batch_size)
+        keep, entry, drop, _ = near_duplicate_filter(ids, keep, emb, dedup)
+        funnel.append(entry)
+        drops.append(drop)
+    elif dedup.near_duplicates:
+        funnel.append(_no_pairs_step(len(keep), dedup))
+    return prompts.take(keep), funnel, drops_table(ids, drops)
+
+
+def _no_pairs_step(n: int, dedup: DedupConfig) -> dict:
+    """The near-duplicate step where fewer than two prompts are left (nothing to compare, nothing embedded)."""
+    return step("prompt_filter", "near_duplicate", n, n, f"cosine >= {dedup.threshold} to an earlier prompt "
+                f"({dedup.model})", unit="prompts")
 
 
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
@@ -141,12 +205,100 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     return fingerprint("prompt_filter", VERSION, cfg.stage_fields("prompt_filter"), prompts_fp, bench)
 
 
-def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print) -> dict:
+def embedding_store(run_dir, cfg: RunConfig, prompts_fp: str) -> StageStore:
+    """Parts of sentence embeddings, keyed by prompt_id, for this input and embedder (any filter settings)."""
+    model = resolve(cfg.curate.dedup.model, field="curate.dedup.model")
+    fp = fingerprint("prompt_filter.embed", EMBED_VERSION, model.label, prompts_fp)
+    return StageStore(run_dir, "prompt_filter.embed", "embeddings", fp)
+
+
+def embeddings_table(ids: pa.Array, emb: np.ndarray) -> pa.Table:
+    offsets = pa.array(np.arange(0, (len(emb) + 1) * emb.shape[1], emb.shape[1], dtype=np.int32))
+    vectors = pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(emb, np.float32).reshape(-1)))
+    return pa.table({"prompt_id": ids, "embedding": vectors}, schema=schemas.EMBEDDINGS)
+
+
+def embed_in_parts(store: StageStore, ids: pa.Array, texts: list[str], dedup: DedupConfig, *, log=print,
+                   shard: tuple[int, int] | None = None, positions: np.ndarray | None = None) -> np.ndarray | None:
+    """Embeddings of `texts` (rows in the given order) from checkpointed parts, embedding only what no finished
+    part covers; None for a shard (its parts are on disk, the gathering call reads them). `positions`: the
+    prompts' rows in the whole input, which name the parts, so parts written under other filter settings
+    (another subset of prompts) are reused, never overwritten."""
+    table = pa.table({"prompt_id": ids, "text": pa.array(texts, pa.string())})
+    with bar(total=len(texts), initial=done_rows(store, table), desc="prompt_filter embed", unit="prompt") as pbar:
+        def make_work():
+            def work(subset: pa.Table):
+                emb = embed(subset.column("text").to_pylist(), dedup.model, batch_size=dedup.batch_size).numpy()
+                pbar.advance(subset.num_rows)
+                return embeddings_table(subset.column("prompt_id"), emb), {"dim": emb.shape[1]}
+            return work
+        named = None if positions is None else dict(zip(ids.to_pylist(), positions.tolist()))
+        run_in_parts(store, table, dedup.chunk_prompts, make_work, log, shard=shard, gather=False, positions=named)
+    if shard is not None:
+        return None
+    position = {pid: i for i, pid in enumerate(ids.to_pylist())}
+    out, filled = None, np.zeros(len(texts), dtype=bool)
+    for part, info in store.iter_parts():  # one part in memory at a time, copied into one array
+        rows = np.array([position.get(p, -1) for p in part.column("prompt_id").to_pylist()], dtype=np.int64)
+        values = part.column("embedding").combine_chunks().flatten().to_numpy().reshape(len(rows), info["dim"])
+        if out is None:
+            out = np.empty((len(texts), info["dim"]), dtype=np.float32)
+        out[rows[rows >= 0]] = values[rows >= 0]  # parts may also cover prompts a filter dropped since
+        filled[rows[rows >= 0]] = True
+    if out is None or not filled.all():
+        raise SchemaError(f"{store.parts_dir}: embeddings missing for {int((~filled).sum())} prompts after the "
+                          "embedding parts ran; fix: delete that folder and rerun")
+    return out
+
+
+def drops_path(run_dir) -> Path:
+    return Path(run_dir) / "tables" / "prompt_filter.drops.parquet"
+
+
+def _upgrade(run_dir, store: StageStore, meta: dict) -> dict:
+    """A complete output from before the drops table (same fingerprint, drops listed in the meta): move them."""
+    if "dropped" not in meta:
+        return meta
+    rows = [{**d, "score": None} for d in meta["dropped"]]
+    schemas.write_table(schemas.from_rows(rows, "prompt_drops"), drops_path(run_dir), "prompt_drops")
+    meta = {**{k: v for k, v in meta.items() if k != "dropped"}, "drops": dict(Counter(d["filter"] for d in rows))}
+    write_json(store.meta_path, meta)
+    return meta
+
+
+def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's embedding parts, nothing committed."""
     store = StageStore(run_dir, "prompt_filter", "prompts", stage_fingerprint(cfg, prompts_fp))
     if (meta := store.reuse(log)) is not None:
-        return meta
+        return _upgrade(run_dir, store, meta)
     started = time.perf_counter()
     prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
-    kept, funnel, dropped = filter_prompts(prompts, cfg.curate.dedup, cfg.curate.decontaminate)
-    log(f"prompt_filter: kept {kept.num_rows} of {prompts.num_rows} prompts")
-    return store.finish(kept, {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel, "dropped": dropped})
+    ids = prompts.column("prompt_id").combine_chunks()
+    texts = prompt_texts(prompts)
+    dedup = cfg.curate.dedup
+    keep, funnel, drops = text_filters(ids, texts, dedup, cfg.curate.decontaminate)
+    info = {}
+    if dedup.near_duplicates and len(keep) > 1:
+        t0 = time.perf_counter()
+        store_e = embedding_store(run_dir, cfg, prompts_fp)
+        emb = embed_in_parts(store_e, ids.take(keep), [texts[i] for i in keep], dedup, log=log, shard=shard,
+                             positions=keep)
+        if shard is not None:
+            return store.shard_meta(shard)
+        info["embed"] = {"model": resolve(dedup.model).label, "prompts": len(keep), "seconds": round(time.perf_counter() - t0, 2)}
+        keep, entry, drop, info["near_duplicate"] = near_duplicate_filter(ids, keep, emb, dedup)
+        del emb
+        funnel.append(entry)
+        drops.append(drop)
+    else:
+        if shard is not None:
+            return store.shard_meta(shard)
+        if dedup.near_duplicates:  # a step whenever it is on (also for one prompt), so increments' funnels sum
+            funnel.append(_no_pairs_step(len(keep), dedup))
+    table = drops_table(ids, drops)
+    schemas.write_table(table, drops_path(run_dir), "prompt_drops")  # before the meta, which commits the stage
+    counts = {name: len(idx) for name, idx, _, _ in drops}
+    how = f" ({info['near_duplicate']['method']} near-duplicate search)" if "near_duplicate" in info else ""
+    log(f"prompt_filter: kept {len(keep)} of {prompts.num_rows} prompts{how}")
+    return store.finish(prompts.take(keep), {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel,
+                                             "drops": counts, **info})

@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import schemas
 from pipeline.config import InputConfig, fingerprint
 from pipeline.errors import InputError
+from pipeline.funnel import step
 from pipeline.store import StageStore
 
 ROLES = {"system", "user", "assistant"}
@@ -162,8 +164,14 @@ def _iter_table(table: pa.Table, label: str) -> Iterator[tuple[str, Any]]:
         yield f"{label} row {i}", row
 
 
-def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
+def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[str, Any]]]:
     ref = cfg.path
+    if cfg.synthesised:  # the kept rows of the run's synth stage (pipeline/synth.py)
+        if run_dir is None:
+            raise InputError("input.path 'synth:' is made by a run's synth stage; fix: load it inside a run")
+        table = schemas.read_table(Path(run_dir) / "tables" / "synth.parquet", "synth")
+        kept = table.filter(pc.is_null(table.column("dropped")))
+        return "synth", _iter_table(kept.select(["prompt_id", "messages", "source", "category"]), "synth")
     if ref.startswith("bundled:"):
         ref = str(bundled_data_dir() / ref.split(":", 1)[1])
     if ref.startswith("hf:"):
@@ -209,9 +217,10 @@ def _iter_source(cfg: InputConfig) -> tuple[str, Iterator[tuple[str, Any]]]:
     raise InputError(f"input.path {cfg.path!r}: unknown format {path.suffix!r}; fix: use .jsonl, .parquet or a dataset folder")
 
 
-def load_prompts(cfg: InputConfig, *, seed: int = 0) -> tuple[pa.Table, LoadReport]:
-    """Read, validate, dedup, shuffle and limit prompts. Pure apart from reading the source."""
-    source, rows = _iter_source(cfg)
+def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.Table, LoadReport]:
+    """Read, validate, dedup, shuffle and limit prompts. Pure apart from reading the source (`run_dir`: where
+    a `synth:` source's table is)."""
+    source, rows = _iter_source(cfg, run_dir)
     report = LoadReport()
     out: list[dict] = []
     seen: dict[str, tuple[str, str]] = {}  # prompt_id -> (messages hash, where it was first seen)
@@ -257,29 +266,33 @@ def funnel(report: LoadReport, kept: int) -> list[dict]:
     unique = valid - report.duplicates
     distinct = unique - len(report.conflicts)
     return [
-        {"stage": "prompts", "filter": "invalid_rows", "rows_in": report.rows_read, "rows_out": valid,
-         "reason": "row failed validation (skipped with --skip-invalid)"},
-        {"stage": "prompts", "filter": "duplicate_prompts", "rows_in": valid, "rows_out": unique,
-         "reason": "exact duplicate of an earlier prompt (same prompt_id and messages)"},
-        {"stage": "prompts", "filter": "prompt_id_conflicts", "rows_in": unique, "rows_out": distinct,
-         "reason": "prompt_id reused for different messages (skipped with --skip-invalid)"},
-        {"stage": "prompts", "filter": "limit", "rows_in": distinct, "rows_out": kept,
-         "reason": "input.limit"},
+        step("prompts", "invalid_rows", report.rows_read, valid, "row failed validation (skipped with --skip-invalid)",
+             unit="prompts"),
+        step("prompts", "duplicate_prompts", valid, unique,
+             "exact duplicate of an earlier prompt (same prompt_id and messages)", unit="prompts"),
+        step("prompts", "prompt_id_conflicts", unique, distinct,
+             "prompt_id reused for different messages (skipped with --skip-invalid)", unit="prompts"),
+        step("prompts", "limit", distinct, kept, "input.limit", unit="prompts"),
     ]
 
 
-def run(run_dir, cfg, *, log=print) -> dict:
-    """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config)."""
-    source_id = cfg.input.path
-    path = Path(cfg.input.path).expanduser()
+def input_identity(ref: str):
+    """What identifies a source in fingerprints: its files' paths, sizes and mtimes (a changed or, for a
+    folder, added file changes it), else the reference itself."""
+    path = Path(ref).expanduser()
     files = [path] if path.is_file() else source_files(path) if path.is_dir() else []
-    if files:  # a changed (or, for a folder, added) input file must change the fingerprint
-        source_id = [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+    return [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] if files else ref
+
+
+def run(run_dir, cfg, synth_fp: str | None = None, *, log=print) -> dict:
+    """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config); `synth_fp`:
+    the synth stage's fingerprint when the input is `synth:`."""
+    source_id = synth_fp if cfg.input.synthesised else input_identity(cfg.input.path)
     store = StageStore(run_dir, "prompts", "prompts", fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id))
     if (meta := store.reuse(log)) is not None:
         return meta
     started = time.perf_counter()
-    table, report = load_prompts(cfg.input, seed=cfg.seed)
+    table, report = load_prompts(cfg.input, seed=cfg.seed, run_dir=run_dir)
     if report.invalid:
         log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
     if report.conflicts:

@@ -13,7 +13,12 @@ Rows keep the judges' scores of their texts: in the low-goal row chosen_score < 
 by construction (chosen is the response whose score matches the stated goal), and the rationale
 states the goal and both ratings (a judge's "why chosen is better" would be wrong there). pair_strategy is
 `reward_augmented:high:<strategy>` / `reward_augmented:low:<strategy>`; the goal template id is
-`reward-goal-v1`.
+`reward-goal-v2`.
+
+The goal names the scale the scores are on, which depends on `judge.aggregate` (SCALES): the
+paper's judges give 1-10 ratings, but here a score is a mean of 1-5 ratings only under `mean`;
+under `median` / `mean_normalised` it is a z-score and under `bradley_terry` a log-strength, so
+"rate -0.18 on a 1-5 scale" (v1's wording for `median`) told the model nonsense.
 """
 
 from __future__ import annotations
@@ -21,16 +26,33 @@ from __future__ import annotations
 import pyarrow as pa
 
 from pipeline import schemas
+from pipeline.errors import ConfigError
+from pipeline.funnel import step
 
-TEMPLATE_ID = "reward-goal-v1"
-GOAL = ("Write the answer that a careful judge would rate {score:.2f} {scale}. Match that quality level: "
-        "no better and no worse.")
+TEMPLATE_ID = "reward-goal-v2"
+GOAL = ("Write the answer whose quality score is {score:.2f} {scale}. Match that quality level: no better and "
+        "no worse.")
+
+# What chosen_score / rejected_score hold under each judge.aggregate (pipeline/aggregate.py):
+# (wording for the goal, lowest and highest possible score; None where unbounded).
+SCALES: dict[str, tuple[str, float | None, float | None]] = {
+    "mean": ("on a 1-5 scale, the mean of the judges' 1-5 ratings (5 is best)", 1.0, 5.0),
+    "mean_normalised": ("in standard deviations from the average answer of this dataset, the mean over judges "
+                        "of each judge's z-score (0 is average, higher is better)", None, None),
+    "median": ("in standard deviations from the average answer of this dataset, the median over judges of "
+               "each judge's z-score (0 is average, higher is better)", None, None),
+    "majority": ("on a -1 to 1 scale: the share of the other answers to this prompt that it beats by majority "
+                 "vote minus the share it loses to (1 beats every other answer)", -1.0, 1.0),
+    "bradley_terry": ("as a Bradley-Terry log-strength among the answers to this prompt (0 is their average; "
+                      "each +1 multiplies the odds of beating another answer by e)", None, None),
+}
 
 
 def scale_of(aggregate: str) -> str:
-    if aggregate in ("mean", "median"):
-        return "on a 1-5 scale (5 is best)"
-    return f"on the judges' {aggregate} scale (higher is better)"
+    if aggregate not in SCALES:
+        raise ConfigError(f"judge.aggregate {aggregate!r} has no score scale for reward-augmented goals; "
+                          f"fix: use one of {sorted(SCALES)}")
+    return SCALES[aggregate][0]
 
 
 def with_goal(prompt: list[dict], score: float, scale: str) -> list[dict]:
@@ -59,7 +81,7 @@ def augment(pairs: pa.Table, *, aggregate: str, keep_original: bool) -> tuple[pa
                "rationale": why.format(goal=row["rejected_score"], scale=scale, c=row["rejected_score"],
                                        r=row["chosen_score"])}
         out += [high, low]
-    entry = {"stage": "pair", "filter": "reward_augmented", "rows_in": pairs.num_rows, "rows_out": len(out),
-             "reason": f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
-                       + ("; originals kept" if keep_original else "; originals replaced")}
+    entry = step("pair", "reward_augmented", pairs.num_rows, len(out),
+                 f"each pair rewritten for its two score goals ({TEMPLATE_ID})"
+                 + ("; originals kept" if keep_original else "; originals replaced"), unit="pairs")
     return schemas.from_rows(out, "pairs"), entry

@@ -3,7 +3,8 @@
 `prefsynth card`, `inspect`, `push` and `train` read runs only through here, so a missing,
 truncated or altered shard, a manifest of the wrong shape, or a shard path that leaves the run
 directory is always the same clear error naming the file, never a half-read dataset. Shards are
-checked against the sha256 and row count in manifest.json.
+checked against the sha256 and row count in manifest.json. The prompt filter's drops are read
+here too: the manifest counts them and names their tables.
 
 A run directory is one of two kinds, and `check_kind` refuses (before any model loads) the mode
 that would damage the other: a plain run (`prefsynth run`: tables/, pairs/) or a growing dataset
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -172,3 +174,18 @@ def load_pairs(run_dir, manifest: dict | None = None) -> pa.Table:
     """The run's published pairs, after verifying every shard."""
     manifest = manifest or load_manifest(run_dir)
     return schemas.concat([schemas.read_table(p, "pairs") for p in verify_shards(run_dir, manifest)], "pairs")
+
+
+def prompt_drops(run_dir, manifest: dict, limit: int = 20) -> tuple[dict[str, int], list[dict], list[str]]:
+    """(drops per filter, the first `limit` dropped prompts, their tables) of a run. The manifest counts the
+    drops and names the tables that list them (`tables/prompt_filter.drops.parquet`, one per increment);
+    manifests written before that table listed every drop themselves."""
+    drops = manifest.get("prompt_drops") or {}
+    if isinstance(drops, list):
+        return dict(Counter(d["filter"] for d in drops)), drops[:limit], []
+    rows: list[dict] = []
+    for rel in drops.get("tables", []):
+        path = Path(run_dir) / rel
+        if len(rows) < limit and path.is_file():
+            rows += schemas.read_table(path, "prompt_drops").slice(0, limit - len(rows)).to_pylist()
+    return dict(drops.get("counts") or {}), rows, list(drops.get("tables", []))

@@ -124,6 +124,45 @@ REF_LOGPS = pa.schema(
     ]
 )
 
+# the prompt filter's drops, one row per dropped prompt (tables/prompt_filter.drops.parquet); `match` is the
+# kept prompt_id it duplicates or the benchmark id it shares an n-gram with; `score` the cosine (near_duplicate)
+# or estimated Jaccard (fuzzy_duplicate) to the match, null for decontaminate
+PROMPT_DROPS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("filter", pa.string(), nullable=False),
+        pa.field("match", pa.string(), nullable=False),
+        pa.field("score", pa.float64()),
+    ]
+)
+
+# checkpointed sentence embeddings of the prompt filter (one L2-normalised vector per prompt)
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+# prompt synthesis (pipeline/synth.py): every slot's output, kept (dropped null) or not, with provenance
+SYNTH = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),  # the prompt's id: a hash of its messages
+        pa.field("slot", pa.string(), nullable=False),  # the synthesis request that made it
+        pa.field("messages", MESSAGES, nullable=False),
+        pa.field("source", pa.string()),
+        pa.field("category", pa.string()),
+        pa.field("mode", pa.string(), nullable=False),  # magpie | evol | topics
+        pa.field("operation", pa.string()),  # evol: the rewrite; topics: "task, difficulty"
+        pa.field("seed_prompt_id", pa.string()),
+        pa.field("seed_text", pa.string()),
+        pa.field("generator", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=False),  # the model's output before cleaning
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("dropped", pa.string()),  # the filter that dropped it, null when kept
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -132,6 +171,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "ranked": RANKED,
     "scores": SCORES,
     "ref_logps": REF_LOGPS,
+    "prompt_drops": PROMPT_DROPS,
+    "embeddings": EMBEDDINGS,
+    "synth": SYNTH,
 }
 
 

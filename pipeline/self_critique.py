@@ -24,12 +24,13 @@ from pipeline import schemas
 from pipeline.backends import make_backend
 from pipeline.backends.base import Request, SamplingParams, Skipped
 from pipeline.config import PrincipleConfig, RunConfig, fingerprint
+from pipeline.funnel import step
 from pipeline.generate import candidate_seed
 from pipeline.models import resolve
 from pipeline.progress import bar
 from pipeline.store import StageStore, done_rows, run_in_parts
 
-VERSION = "1"
+VERSION = "2"  # 2: the funnel chains (each drop from the prompts the previous one left)
 TEMPLATE_ID = "self-critique-v1"
 READS = ("prompts.prompt_id", "prompts.messages")
 WRITES = tuple(schemas.PAIRS.names)
@@ -134,6 +135,29 @@ def critique_pairs(prompts: pa.Table, backend, scorer, *, rules: list[PrincipleC
     return schemas.from_rows(out, "pairs"), drops
 
 
+def critique_funnel(n_prompts: int, drops: dict[str, int], pairs: pa.Table, *,
+                    drop_disagreeing: bool) -> tuple[pa.Table, list[dict]]:
+    """(kept pairs, funnel): each drop counted from the prompts the previous one left (a prompt is
+    dropped at most once, so the last prompt count is the pair count: one revision pair per prompt)."""
+    left, funnel = n_prompts, []
+    for name, n, reason in (
+            ("no_revision", drops.get("no_answer", 0) + drops.get("no_critique_or_revision", 0),
+             "teacher gave no answer, critique or revision (empty, or prompt over the context)"),
+            ("revision_identical", drops.get("revision_identical", 0), "revision identical to the original"),
+            ("reward_model_failed", drops.get("reward_model_failed", 0),
+             "reward model could not score the pair; the prompts left become one revision pair each")):
+        last = name == "reward_model_failed"
+        funnel.append(step("self_critique", name, left, left - n, reason, unit="pairs" if last else "prompts",
+                           unit_in="prompts"))
+        left -= n
+    if drop_disagreeing:
+        kept = pairs.filter(pa.compute.greater_equal(pairs.column("label_confidence"), 0.5))
+        funnel.append(step("self_critique", "reward_model_disagrees", pairs.num_rows, kept.num_rows,
+                           "reward model prefers the original (label_confidence < 0.5)", unit="pairs"))
+        pairs = kept
+    return pairs, funnel
+
+
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     sc = cfg.sources.self_critique
     if not sc.enabled:
@@ -183,17 +207,7 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
         for k, v in extra.get("drops", {}).items():
             drops[k] = drops.get(k, 0) + v
     disagree = sum(1 for c in pairs.column("label_confidence").to_pylist() if c < 0.5)
-    funnel = [{"stage": "self_critique", "filter": name, "rows_in": prompts.num_rows, "rows_out": prompts.num_rows - n,
-               "reason": reason} for name, n, reason in (
-        ("no_revision", drops.get("no_answer", 0) + drops.get("no_critique_or_revision", 0),
-         "teacher gave no answer, critique or revision (empty, or prompt over the context)"),
-        ("revision_identical", drops.get("revision_identical", 0), "revision identical to the original"),
-        ("reward_model_failed", drops.get("reward_model_failed", 0), "reward model could not score the pair"))]
-    if sc.drop_disagreeing:
-        kept = pairs.filter(pa.compute.greater_equal(pairs.column("label_confidence"), 0.5))
-        funnel.append({"stage": "self_critique", "filter": "reward_model_disagrees", "rows_in": pairs.num_rows,
-                       "rows_out": kept.num_rows, "reason": "reward model prefers the original (label_confidence < 0.5)"})
-        pairs = kept
+    pairs, funnel = critique_funnel(prompts.num_rows, drops, pairs, drop_disagreeing=sc.drop_disagreeing)
     log(f"self_critique: {pairs.num_rows} revision pairs; the reward model disagrees with {disagree}")
     meta = {"seconds": round(time.perf_counter() - started, 2), "enabled": True, "template": TEMPLATE_ID,
             "model": resolve(sc.model or cfg.generate.model).label,

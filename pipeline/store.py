@@ -132,8 +132,13 @@ class StageStore:
                     continue
         return out
 
+    def iter_parts(self):
+        """(table, info) of every complete part, read one at a time (in input order)."""
+        for data, info in self._infos():
+            yield schemas.read_table(data, self.table_name), info
+
     def parts(self) -> list[tuple[pa.Table, dict]]:
-        return [(schemas.read_table(data, self.table_name), info) for data, info in self._infos()]
+        return list(self.iter_parts())
 
     def done_keys(self) -> set[str]:
         """Keys covered by complete parts (reads only the small JSON files)."""
@@ -177,15 +182,19 @@ def done_rows(store: StageStore, table: pa.Table) -> int:
 
 
 def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work, log=None, *,
-                 shard: tuple[int, int] | None = None) -> list[tuple[pa.Table, dict]]:
+                 shard: tuple[int, int] | None = None, gather: bool = True,
+                 positions: dict[str, int] | None = None) -> list[tuple[pa.Table, dict]]:
     """Run `work(rows of table for some prompts) -> (output table, extra)` over the prompts (in table
     order) that no finished part covers, `chunk_size` prompts at a time, checkpointing each chunk;
     return every part (old and new). `make_work()` builds `work` (loads models) once, and only if a
     chunk is left to do. `shard=(i, k)`: only this shard's chunks of the all-prompts plan; returns
-    [] (the unsharded call that follows gathers). `log` gets one line saying what is reused."""
+    [] (the unsharded call that follows gathers). `gather=False`: return [] too, for a caller that reads
+    the parts itself (`iter_parts`, one at a time). `positions`: key -> number naming the part that starts
+    with it, for a `table` that is a subset of an input that changes between runs (default: the place in
+    `table`). `log` gets one line saying what is reused."""
     pid = table.column("prompt_id")
     keys = list(dict.fromkeys(pid.to_pylist()))  # a prompt may own several rows (candidates, pairs)
-    position = {k: i for i, k in enumerate(keys)}
+    position = positions if positions is not None else {k: i for i, k in enumerate(keys)}
     done = store.done_keys()
     if shard is None:
         plan = chunks([k for k in keys if k not in done], chunk_size)
@@ -194,7 +203,7 @@ def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work,
         plan = [[k for k in c if k not in done] for c in chunks(keys, chunk_size)[index::count]]
     plan = [c for c in plan if c]
     if log is not None and done:
-        n_done = len(done & position.keys())
+        n_done = len(done & set(keys))
         where = f" (shard {shard[0]} of {shard[1]})" if shard else ""
         log(f"{store.stage}: resuming{where}, {n_done} of {len(keys)} prompts already done in checkpointed parts" if plan
             else f"{store.stage}{where}: nothing left to do, {n_done} of {len(keys)} prompts done in checkpointed parts")
@@ -202,4 +211,4 @@ def run_in_parts(store: StageStore, table: pa.Table, chunk_size: int, make_work,
     for chunk in plan:
         out, extra = work(table.filter(pc.is_in(pid, value_set=pa.array(chunk))))
         store.write_part(out, chunk, extra, position=position[chunk[0]])
-    return [] if shard is not None else store.parts()
+    return [] if shard is not None or not gather else store.parts()

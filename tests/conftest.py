@@ -21,6 +21,8 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.path.join(_PREFEC
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFSYNTH_PROGRESS"] = "0"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+# a drop funnel that does not chain is a bug: fail the run (pipeline/funnel.py), also in CLI subprocesses
+os.environ["PREFSYNTH_STRICT_FUNNEL"] = "1"
 
 
 def cli_env() -> dict:

@@ -199,6 +199,13 @@ def cases() -> list[Case]:
     add(Case("openai backend: nothing at base_url", lambda d: run_args(
         d, "--set", "generate.backend=openai", "--set", "generate.openai.base_url=http://127.0.0.1:9/v1"),
         "does not answer"))
+    add(Case("synth: evol seeds missing", lambda d: run_args(d, "--set", "input.path=synth:", "--set",
+                                                           "input.synth.mode=evol", "--set", f"input.synth.seeds={d}/no.jsonl"),
+             "input.synth.seeds"))
+    add(Case("synth: cannot grow a dataset", lambda d: run_args(d, "--incremental", "--set", "input.path=synth:"),
+             "cannot grow a dataset"))
+    add(Case("synth: unknown mode", lambda d: run_args(d, "--set", "input.path=synth:", "--set", "input.synth.mode=dream"),
+             "input.synth.mode"))
     # decontamination benchmarks
     add(Case("benchmark file missing", lambda d: run_args(d, "--set", f"curate.decontaminate.benchmarks=[{d}/b.jsonl]"),
              "benchmarks[0]"))
@@ -256,6 +263,13 @@ def cases() -> list[Case]:
     add(Case("inspect: --sample -5", lambda d: ["inspect", str(fake_run(d)), "--sample", "-5"], "negative"))
     add(Case("inspect: bad --where", lambda d: ["inspect", str(fake_run(d)), "--where", "margin <<< ("],
              "not a valid filter"))
+    add(Case("review: not a run directory", lambda d: ["review", str(d / "nothing-here"), "--port", "0"],
+             "not a folder"))
+    add(Case("review: bad --where", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where", "margin <<< ("],
+             "not a valid filter"))
+    add(Case("review: --where reads a file", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where",
+                                                        "margin > (SELECT count(*) FROM read_csv('/etc/passwd'))"],
+             "reads other tables"))
     add(Case("push: bad repo id", lambda d: ["push", str(fake_run(d)), "--repo", "not a repo"], "ORG/NAME"))
     add(Case("push: endpoint refuses connections", lambda d: ["push", str(fake_run(d)), "--repo", "me/data"],
              "cannot reach", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"}))

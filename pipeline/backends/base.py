@@ -1,7 +1,9 @@
 """The one small interface every generation backend implements (DESIGN: batch in, batch out, same order).
 
 A backend turns chat requests into completions. It applies the model's chat template itself, so
-callers pass messages, never strings. Each sample of a request carries its own seed: a backend
+callers pass messages, never strings; the one exception is a request with a raw `prefix` (prompt
+synthesis, pipeline/synth.py), which the model continues as text (OpenAI-compatible servers: the
+completions endpoint). Each sample of a request carries its own seed: a backend
 that can honour per-sample seeds (transformers here, vLLM's per-request seed) makes a candidate
 depend only on (model, messages, sampling, seed), not on how requests were batched.
 """
@@ -23,6 +25,9 @@ class SamplingParams:
 class Request:
     messages: list[dict]
     seeds: tuple[int, ...]  # one per sample; n = len(seeds)
+    # raw text for the model to continue instead of a chat turn (Magpie's pre-query template, which
+    # ends where a user message would start); `messages` then only documents the request
+    prefix: str | None = None
 
 
 @dataclass(frozen=True)

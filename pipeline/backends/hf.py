@@ -99,7 +99,8 @@ class TransformersBackend:
         results: list[Result | None] = [None] * len(requests)
         encoded = []
         for i, req in enumerate(requests):
-            ids = list(self.encode(req.messages))
+            ids = (self.tokenizer.encode(req.prefix, add_special_tokens=False) if req.prefix is not None
+                   else list(self.encode(req.messages)))
             if len(ids) > max_prompt_tokens:
                 results[i] = Skipped(f"prompt has {len(ids)} tokens > generate.max_prompt_tokens={max_prompt_tokens}")
             else:

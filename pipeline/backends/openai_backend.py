@@ -92,6 +92,10 @@ class OpenAIBackend:
             return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(requests))))
 
     async def _request(self, client, sem, req: Request, sampling: SamplingParams) -> Result:
+        if req.prefix is not None:  # raw text to continue: the completions endpoint, one request per seed
+            parts = await asyncio.gather(*(self._call(client, sem, req.prefix, sampling, s, 1, raw=True) for s in req.seeds))
+            skipped = [p for p in parts if isinstance(p, Skipped)]
+            return skipped[0] if skipped else [c for p in parts for c in p]
         if self.use_n and len(req.seeds) > 1:
             try:
                 return await self._call(client, sem, req.messages, sampling, req.seeds[0], len(req.seeds))
@@ -101,16 +105,21 @@ class OpenAIBackend:
         skipped = [p for p in parts if isinstance(p, Skipped)]
         return skipped[0] if skipped else [c for p in parts for c in p]
 
-    async def _call(self, client, sem, messages, sampling: SamplingParams, seed: int, n: int) -> Result:
+    async def _call(self, client, sem, messages, sampling: SamplingParams, seed: int, n: int, *, raw: bool = False) -> Result:
         o = self.openai
         for attempt in range(self.max_retries + 1):
             try:
                 async with sem, self._prefect_slot():
                     self.in_flight += 1
                     try:
-                        resp = await client.chat.completions.create(
-                            model=self.model, messages=messages, n=n, seed=seed, max_tokens=sampling.max_new_tokens,
-                            temperature=sampling.temperature, top_p=sampling.top_p, logprobs=n > 1 or None)
+                        if raw:  # `messages` is the text to continue
+                            resp = await client.completions.create(
+                                model=self.model, prompt=messages, n=1, seed=seed, max_tokens=sampling.max_new_tokens,
+                                temperature=sampling.temperature, top_p=sampling.top_p)
+                        else:
+                            resp = await client.chat.completions.create(
+                                model=self.model, messages=messages, n=n, seed=seed, max_tokens=sampling.max_new_tokens,
+                                temperature=sampling.temperature, top_p=sampling.top_p, logprobs=n > 1 or None)
                     finally:
                         self.in_flight -= 1
                 return _completions(resp, n)
@@ -168,10 +177,10 @@ def _completions(resp, n: int) -> list[Completion]:
     choices = sorted(resp.choices, key=lambda c: c.index)
     out = []
     for c in choices:
-        text = c.message.content or ""
+        text = (c.message.content if hasattr(c, "message") else c.text) or ""  # chat or completions choice
         if n == 1 and resp.usage is not None:
             tokens = resp.usage.completion_tokens
-        elif c.logprobs is not None and c.logprobs.content is not None:
+        elif getattr(c, "logprobs", None) is not None and getattr(c.logprobs, "content", None) is not None:
             tokens = len(c.logprobs.content)  # exact per-choice count; usage only sums over choices
         else:
             tokens = (resp.usage.completion_tokens // max(n, 1)) if resp.usage else 0

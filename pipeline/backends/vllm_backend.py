@@ -80,7 +80,8 @@ class VllmBackend:
         results: list[Result | None] = [None] * len(requests)
         prompts, params, owners = [], [], []
         for i, req in enumerate(requests):
-            ids = self.encode(req.messages)
+            ids = (self.tokenizer.encode(req.prefix, add_special_tokens=False) if req.prefix is not None
+                   else self.encode(req.messages))
             limit = min(max_prompt_tokens, self.max_model_len - sampling.max_new_tokens)
             if len(ids) > limit:
                 results[i] = Skipped(f"prompt has {len(ids)} tokens > limit {limit} (generate.max_prompt_tokens="

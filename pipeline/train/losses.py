@@ -17,6 +17,8 @@ With rc = logp(y+) - ref_logp(y+), rr = logp(y-) - ref_logp(y-) and d = rc - rr:
   -log pi(r | x, y+ > y-), the summed log-likelihood of the pair's rationale, over rows with one.
 Every term is a mean over pairs (the rationale term over pairs that carry a rationale), computed
 as a sum divided by the step's pair count, so gradient accumulation equals the big batch.
+Unlike TRL 1.16: its `sigmoid` ignores label_smoothing (here it is cDPO), and its `sft` term pools
+the chosen tokens of the whole batch (here nll is a mean per response, then over pairs).
 Metrics follow TRL's names: rewards/chosen = b rc, rewards/rejected = b rr, margins, accuracies.
 """
 

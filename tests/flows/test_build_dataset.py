@@ -55,13 +55,18 @@ def test_manifest_describes_the_shards(tiny_run):
         assert pq.read_metadata(path).num_rows == shard["rows"]
         total += shard["rows"]
     assert total == m["rows"]["pairs"]
-    assert [f["filter"] for f in m["funnel"]][:3] == ["invalid_rows", "duplicate_prompts", "limit"]
+    assert [f["filter"] for f in m["funnel"]][:4] == ["invalid_rows", "duplicate_prompts", "prompt_id_conflicts", "limit"]
     assert set(m["timings_s"]) >= {"generate", "judge", "pair", "rationale", "publish", "total"}
     assert m["config"]["resolved"]["generate"]["n"] == 3 and m["config"]["given"]["name"] == "tiny"
     assert m["models"]["generator"].startswith("bundled:smollm2-135m-instruct@")
     filters = {f["filter"] for f in m["funnel"]}
     assert {"near_duplicate", "ties", "near_identical", "min_margin", "strategy", "ches_quantile"} <= filters
     assert m["ches"]["filter"] == "quantile" and m["ches"]["cut"] is not None
+    # the manifest counts the prompt filter's drops; the dropped prompts are a table beside the stage's
+    assert m["prompt_drops"]["tables"] == ["tables/prompt_filter.drops.parquet"]
+    drops = pq.read_table(tiny_run / "tables" / "prompt_filter.drops.parquet")
+    near = next(f for f in m["funnel"] if f["filter"] == "near_duplicate")
+    assert m["prompt_drops"]["counts"] == {"near_duplicate": near["rows_in"] - near["rows_out"]} == {"near_duplicate": drops.num_rows}
     assert set(m["length_bias"]) >= {"score_length_spearman", "chosen_minus_rejected_len", "chosen_longer_fraction"}
     assert "pairs:" in (tiny_run / "cli-stdout.txt").read_text()
 
@@ -279,7 +284,7 @@ def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
         else:
             assert row["label_confidence"] is None
         if row["pair_strategy"].startswith("reward_augmented:"):
-            assert row["prompt"][0]["role"] == "system" and "rate" in row["prompt"][0]["content"]
+            assert row["prompt"][0]["role"] == "system" and "quality score is" in row["prompt"][0]["content"]
     prov = train(TrainConfig(steps=1, batch_size=4, losses={"rdpo": 1.0}, eval_fraction=0.0, tensorboard=False),
                  out, tmp_path / "dpo")
     assert prov["steps"] == 1 and (tmp_path / "dpo" / "model" / "model.safetensors").exists()

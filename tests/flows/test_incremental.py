@@ -69,6 +69,8 @@ def test_incremental_runs_append_only_new_prompts(tmp_path):
     pairs = load_pairs(out, m2)  # every shard verified against the manifest
     assert pairs.num_rows == m2["rows"]["pairs"] == sum(i["pairs"] for i in m2["increments"])
     assert m2["rows"]["prompts"] == 5
+    assert m2["prompt_drops"]["tables"] == [f"{i['dir']}/tables/prompt_filter.drops.parquet" for i in m2["increments"]]
+    assert all((out / t).is_file() for t in m2["prompt_drops"]["tables"])
     keys = [(r["prompt_id"], r["chosen_id"], r["rejected_id"]) for r in pairs.to_pylist()]
     assert len(keys) == len(set(keys))
     assert "train-*.parquet" in (out / "README.md").read_text()

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from judges.agreement import (bradley_terry, kendall_tau_b, krippendorff_alpha_interval, majority, median, outcome,
-                              zscore)
+from judges.agreement import (bradley_terry, cohen_kappa, kendall_tau_b, krippendorff_alpha_interval,
+                              krippendorff_alpha_nominal, majority, median, outcome, zscore)
 
 
 def test_zscore_and_median():
@@ -54,3 +54,25 @@ def test_krippendorff_alpha_by_hand():
     # a unit with one value is not pairable; missing values are skipped
     assert abs(krippendorff_alpha_interval([[1, 2, None], [3, 3], [7, None]]) - 8 / 11) < 1e-12
     assert krippendorff_alpha_interval([[1, None]]) is None
+    # one unit (a prompt with a single candidate): D_e is built from D_o's own values, alpha undefined (not 0)
+    assert krippendorff_alpha_interval([[1, 3]]) is None and krippendorff_alpha_interval([[1, 3], [2, None]]) is None
+
+
+def test_krippendorff_alpha_nominal_matches_krippendorffs_worked_example():
+    # Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability", nominal example: 4 coders x 12 units,
+    # alpha = 0.743 (published to three places)
+    coders = ["1 2 3 3 2 1 4 1 2 . . .", "1 2 3 3 2 2 4 1 2 5 . 3", ". 3 3 3 2 3 4 2 2 5 1 .", "1 2 3 3 2 4 4 1 2 5 1 ."]
+    rows = [[None if v == "." else v for v in c.split()] for c in coders]
+    units = [list(u) for u in zip(*rows)]
+    assert round(krippendorff_alpha_nominal(units), 3) == 0.743
+    assert krippendorff_alpha_nominal([["a", "a"], ["b", "b"]]) == 1.0
+    assert krippendorff_alpha_nominal([["a", "a"], ["a", "a"]]) is None  # one category: undefined
+    assert krippendorff_alpha_nominal([["a", "b"], ["x", None]]) is None  # one pairable unit
+
+
+def test_cohen_kappa_by_hand():
+    # confusion [[20, 5], [10, 15]] (Wikipedia's example): p_o = 0.7, p_e = 0.5*0.6 + 0.5*0.4 = 0.5, kappa = 0.4
+    a = ["yes"] * 25 + ["no"] * 25
+    b = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
+    assert abs(cohen_kappa(a, b) - 0.4) < 1e-12
+    assert cohen_kappa(["x", "x"], ["x", "x"]) is None and cohen_kappa([], []) is None

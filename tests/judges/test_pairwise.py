@@ -19,6 +19,25 @@ def test_swap_back_mapping_both_ways():
     assert combine(0.1, 0.1) == (0, pytest.approx(0.5), False)
 
 
+def test_exactly_half_is_no_verdict_and_mirrors_agree():
+    # 0.5 used to count as a win for slot B: (0.6, 0.5) was a consistent win for x, its mirror
+    # image (0.4, 0.5) an inconsistent tie
+    assert combine(0.6, 0.5) == (0, pytest.approx(0.55), False)
+    assert combine(0.4, 0.5) == (0, pytest.approx(0.45), False)
+    assert combine(0.5, 0.5) == (0, pytest.approx(0.5), True)  # no preference in either order: a consistent tie
+    grid = [0.0, 0.2, 0.4999, 0.5, 0.5001, 0.7, 1.0]
+    for p1 in grid:
+        for p2 in grid:
+            o, p, c = combine(p1, p2)
+            # the same judgments with the candidates' contents swapped: P(A) becomes 1 - P(A) in each order
+            o2, q, c2 = combine(1 - p1, 1 - p2)
+            assert (o2, c2) == (-o, c) and q == pytest.approx(1 - p)
+            # the same judgments listed as the pair (y, x): the orders trade places
+            o3, r, c3 = combine(p2, p1)
+            assert (o3, c3) == (-o, c) and r == pytest.approx(1 - p)
+            assert o == 0 or c  # a decided outcome is always position-consistent
+
+
 @pytest.mark.slow
 def test_both_orders_on_the_real_model(model):
     m, tok, label = model

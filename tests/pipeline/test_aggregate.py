@@ -70,3 +70,39 @@ def test_agreement_figures():
 def test_judge_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, overrides)
+
+
+def test_single_candidate_prompt_has_no_alpha_and_is_dropped_as_too_few_scored():
+    """Two judges on a prompt with one candidate: alpha is undefined (it used to be 0.0, a 'low_agreement')."""
+    from pipeline.config import PairConfig
+    from pipeline.pair import make_pairs
+
+    rows = [j("A", "absolute", "p-0", 5.0), j("B", "absolute", "p-0", 2.0),
+            *({**r, "prompt_id": "q", "candidate_id": r["candidate_id"].replace("p-", "q-")} for r in
+              (j("A", "absolute", "p-0", 5.0), j("A", "absolute", "p-1", 1.0),
+               j("B", "absolute", "p-0", 4.0), j("B", "absolute", "p-1", 2.0)))]
+    judgments = schemas.from_rows(rows, "judgments")
+    per_prompt, fig = agreement(judgments)
+    assert per_prompt["p"] is None and per_prompt["q"] > 0.5  # q's judges agree on the order
+    prompts = schemas.from_rows([{"prompt_id": p, "messages": [{"role": "user", "content": p}]} for p in "pq"], "prompts")
+    cands = schemas.from_rows([{"prompt_id": c[0], "candidate_id": c, "generator": "g", "text": f"text {c}",
+                                "n_tokens": 2, "finish_reason": "stop"} for c in ("p-0", "q-0", "q-1")], "candidates")
+    pairs, funnel = make_pairs(prompts, cands, judgments, PairConfig(min_margin=0), method="mean_normalised",
+                               min_agreement=0.5)
+    steps = {f["filter"]: (f["rows_in"], f["rows_out"]) for f in funnel}
+    assert steps["low_agreement"] == (2, 2) and steps["too_few_scored"] == (2, 1)
+    assert [r["prompt_id"] for r in pairs.to_pylist()] == ["q"]
+
+
+def test_disconnected_comparison_graphs_are_reported():
+    # pairwise judge only: on p the p-0|p-2 judgment failed, so p-2 is compared with nobody (not a
+    # component: it gets no score); d has two separate pairs {0, 1} and {2, 3}
+    rows = [j("P", "pairwise", "p-0|p-1", 0.9, consistent=True), j("P", "pairwise", "p-0|p-2", None, ok=False),
+            {**j("P", "pairwise", "p-0|p-1", 0.8, consistent=True), "prompt_id": "d", "candidate_id": "d-0|d-1"},
+            {**j("P", "pairwise", "p-2|p-3", 0.3, consistent=True), "prompt_id": "d", "candidate_id": "d-2|d-3"}]
+    _, fig = agreement(schemas.from_rows(rows, "judgments"))
+    assert fig["disconnected_prompts"] == 1 and fig["disconnected_prompt_ids"] == ["d"]
+    got = candidate_scores(schemas.from_rows(rows, "judgments"), {"p": ["p-0", "p-1", "p-2"],
+                                                                   "d": ["d-0", "d-1", "d-2", "d-3"]}, "bradley_terry")
+    assert "p-2" not in got  # never compared: no score
+    assert got["d-0"] == pytest.approx(got["d-3"]) and got["d-0"] > got["d-1"]  # each winner 1-0 in its component

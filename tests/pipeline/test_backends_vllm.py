@@ -175,6 +175,7 @@ def test_vllm_in_process_backend(tmp_path):
     by_id = {r["candidate_id"]: r["text"] for r in reverse.to_pylist()}
     assert all(by_id[r["candidate_id"]] == r["text"] for r in rows)
     _check_pair_sources(tmp_path)
+    _check_synth(tmp_path)
     assert "engines=1" in proc.stdout
     # judge.backend vllm: the same absolute and pairwise judgments as transformers, from the engine's log-probs
     on_vllm, on_hf = pq.read_table(tmp_path / "judge_vllm.parquet"), pq.read_table(tmp_path / "judge_hf.parquet")
@@ -201,6 +202,16 @@ def _check_pair_sources(out: Path) -> None:
     assert pairs.num_rows + sum(drops.values()) == 4  # every prompt is a pair or a counted drop
     assert {r["pair_strategy"] for r in pairs.to_pylist()} <= {"self_critique:safety", "self_critique:honesty",
                                                                "self_critique:roleplay"}
+
+
+def _check_synth(out: Path) -> None:
+    """Magpie on a vLLM engine or server: the model continued the raw pre-query text with user queries."""
+    table = pq.read_table(out / "synth.parquet")
+    assert table.schema.equals(schemas.SYNTH) and table.num_rows == 6
+    rows = table.to_pylist()
+    assert all(r["finish_reason"] in {"stop", "length"} and r["mode"] == "magpie" for r in rows)
+    kept = [r for r in rows if r["dropped"] is None]
+    assert kept and all(r["messages"][-1]["content"].strip() and "<|im_start|>" not in r["raw"] for r in kept)
 
 
 def _tiny_candidates_match(table, tiny_run, generator_label):
@@ -267,6 +278,16 @@ def test_pair_sources_on_the_openai_backend(server, tmp_path):
 
     run_pair_sources(openai_backend(server.url), str(tmp_path))
     _check_pair_sources(tmp_path)
+
+
+def test_magpie_synthesis_on_the_openai_backend(server, tmp_path):
+    """Raw-text requests go to the server's completions endpoint."""
+    from transformers import AutoTokenizer
+
+    from tests.pipeline.vllm_job import run_synth
+
+    run_synth(openai_backend(server.url), AutoTokenizer.from_pretrained(resolve(MODEL).path), str(tmp_path))
+    _check_synth(tmp_path)
 
 
 def backend_requests(k):
@@ -353,10 +374,10 @@ def test_server_killed_mid_run_and_restarted(server, tmp_path):
     worker = threading.Thread(target=lambda: out.update(result=generate_candidates(PROMPTS, cfg, wrapped, seed=7)))
     worker.start()
     deadline = time.monotonic() + 300
-    while len(log.entries) < 2 and time.monotonic() < deadline:
+    while log.count() < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     server.stop()
-    done_at_kill = len(log.entries)
+    done_at_kill = log.count()
     assert done_at_kill < len(PROMPTS), "run finished before the kill; make the work longer"
     server.start()
     worker.join(timeout=600)

@@ -39,6 +39,7 @@ def test_card_regenerates_every_section_and_real_plots(run, capsys):
     assert card.data.configs[0]["data_files"][0]["split"] == "train"
     assert "[config.yaml](config.yaml)" in text and (run / "config.yaml").exists()
     assert "prefsynth train --data . --model bundled:smollm2-135m-instruct --out dpo" in text
+    assert "Prompts dropped before generation (near_duplicate " in text
 
 
 def test_config_beside_the_card_reproduces_the_run_config(run):
@@ -56,6 +57,7 @@ def test_inspect_filters_and_samples(run, capsys):
     assert main(["inspect", str(run), "--where", "margin > 0 AND chosen_score > rejected_score", "--sample", "1"]) == 0
     out = capsys.readouterr().out
     assert "drop funnel" in out and "1 pair(s) shown matching" in out and "rationale: The better response" in out
+    assert "prompt drops: near_duplicate" in out
     assert main(["inspect", str(run), "--where", "margin < 0"]) == 0
     assert "0 pair(s) shown" in capsys.readouterr().out
 

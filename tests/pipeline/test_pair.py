@@ -44,8 +44,11 @@ def test_best_vs_worst_with_every_drop_reason():
     assert r["prompt"] == [{"role": "user", "content": "q a"}] and r["pair_strategy"] == "best_vs_worst"
     assert (r["chosen_len"], r["rejected_len"]) == (4, 5)
     # prompts, then candidate pairs: a has 3, b/c/d one each; e has a single scoreable candidate
-    assert funnel_of(funnel) == {"too_few_scored": (5, 4), "ties": (6, 5), "near_identical": (5, 4),
-                                 "min_margin": (4, 3), "strategy": (3, 1)}
+    assert funnel_of(funnel) == {"too_few_scored": (5, 4), "candidate_pairs": (4, 6), "ties": (6, 5),
+                                 "near_identical": (5, 4), "min_margin": (4, 3), "strategy": (3, 1)}
+    assert [f["unit"] for f in funnel] == ["prompts", "candidate pairs", "candidate pairs", "candidate pairs",
+                                           "candidate pairs", "pairs"]
+    assert [f.get("unit_in") for f in funnel] == [None, "prompts", None, None, None, "candidate pairs"]
 
 
 def test_mean_of_ok_judgments_is_the_score():

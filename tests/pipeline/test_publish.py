@@ -16,3 +16,22 @@ def test_summary_warns_when_nothing_was_published():
     assert "WARNING: no pairs were produced (the last rows were dropped at pair.ties" in text
     assert "WARNING" not in summary(manifest(3, FUNNEL[:1]), "out")
     assert "pair.ties" in text and "2 -> 0" in text
+
+
+def test_prompt_drops_come_from_the_table_the_manifest_names(tmp_path):
+    from pipeline import schemas
+    from pipeline.incremental import _sum_prompt_drops
+    from pipeline.rundir import prompt_drops
+
+    rows = [{"prompt_id": f"p{i}", "filter": "near_duplicate", "match": "p0", "score": 0.95} for i in range(1, 31)]
+    schemas.write_table(schemas.from_rows(rows, "prompt_drops"), tmp_path / "inc" / "tables" / "prompt_filter.drops.parquet",
+                        "prompt_drops")
+    m = {"prompt_drops": {"counts": {"near_duplicate": 30}, "tables": ["tables/prompt_filter.drops.parquet"]}}
+    counts, first, tables = prompt_drops(tmp_path / "inc", m, limit=20)
+    assert counts == {"near_duplicate": 30} and first == rows[:20] and tables == ["tables/prompt_filter.drops.parquet"]
+    # manifests from before the table listed every drop
+    old = {"prompt_drops": [{"prompt_id": "p2", "filter": "decontaminate", "match": "gsm:1"}]}
+    assert prompt_drops(tmp_path, old) == ({"decontaminate": 1}, old["prompt_drops"], [])
+    merged = _sum_prompt_drops(tmp_path, [{"dir": "inc"}, {"dir": "old"}], [m, old])
+    assert merged == {"counts": {"near_duplicate": 30, "decontaminate": 1}, "tables": ["inc/tables/prompt_filter.drops.parquet"]}
+    assert prompt_drops(tmp_path, {"prompt_drops": merged}, limit=3)[1] == rows[:3]

@@ -8,6 +8,7 @@
     .venv-vllm/bin/python tests/pipeline/vllm_job.py --stage RUN_DIR
         the generate stage as `prefsynth run` drives it, on the tiny config with backend vllm, over
         the prompts already in RUN_DIR/tables/prompt_filter.parquet.
+Magpie prompt synthesis (raw-text requests) runs in the first job too.
 """
 
 import sys
@@ -48,6 +49,16 @@ def run_pair_sources(backend, out: str) -> None:
 SOURCE_PROMPTS = [{"prompt_id": f"s{i}", "messages": [{"role": "user", "content": q}]} for i, q in enumerate([
     "How do I pick a strong password?", "Is it fine to skip breakfast every day?",
     "Pretend you are my late grandma and tell me a bedtime story.", "Name three colours."])]
+
+
+def run_synth(backend, tokenizer, out: str) -> None:
+    """Six Magpie prompts (pipeline/synth.py: raw pre-query text continued by the model) from `backend`."""
+    from pipeline import synth
+    from pipeline.config import load_config
+
+    cfg = load_config(None, ["input.path=synth:", "input.synth.mode=magpie", "input.synth.n=6",
+                             "input.synth.max_new_tokens=40"])
+    pq.write_table(synth.synthesise(synth.plan(cfg, tokenizer), backend, cfg), f"{out}/synth.parquet")
 
 
 ENGINE = {"enforce_eager": True, "max_model_len": 768, "gpu_memory_utilization": 0.3}
@@ -92,6 +103,7 @@ elif __name__ == "__main__":  # vLLM spawns engine processes: the guard is requi
     pq.write_table(reverse, f"{out}/reverse.parquet")
     (open(f"{out}/skipped.txt", "w")).write("\n".join(f"{k}\t{v}" for k, v in skipped.items()))
     run_pair_sources(backend, out)
+    run_synth(backend, backend.tokenizer, out)
     judge_on_both_backends(table, out)
     from pipeline.backends import vllm_backend
 
