@@ -70,16 +70,19 @@ def test_missing_reward_model_fails_in_preflight(capsys, tmp_path):
 def test_train_summary_names_the_alarm_and_a_watch_that_could_not_run(capsys):
     from flows.cli import print_train_summary
 
-    alarm = ("top-k entropy decreased: from 1.2270 at step 0, below max(3 x noise, 0.02 x the first value = 0.0245) "
-             "on 2 evaluation(s) in a row: ...; likely over-optimisation")
-    prov = {"steps": 2, "stopped_early": True, "model": {"path": "OUT/model"}, "warnings": [{"step": 2, "warning": alarm}],
+    alarm = ("top-k entropy decreased: from 1.2270 at step 0, below max(4.31 x noise (z 3 widened to Student's t "
+             "for 10 eval pairs), 0.02 x the first value = 0.0245) on 2 evaluation(s) in a row: ...; likely "
+             "over-optimisation")
+    prov = {"steps": 2, "stopped_early": True, "model": {"path": "OUT/model"},
+            "warnings": [{"step": 2, "warning": alarm}],
             "final_eval": {"eval/topk_mass": 0.8, "eval/topk_mass_se": 0.01, "eval/topk_mass_change": -0.1},
             "overopt_watch": {"note": None}}
     print_train_summary(prov, "RUN")
     out = capsys.readouterr().out.splitlines()
     assert out == ["trained 2 steps on RUN (stopped early: train.early_stop); model: OUT/model",
                    "eval: topk_mass=0.8", f"warning at step 2: {alarm}"]
-    off = {**prov, "stopped_early": False, "warnings": [], "overopt_watch": {"note": "over-optimisation watch off: ..."}}
+    off = {**prov, "stopped_early": False, "warnings": [],
+           "overopt_watch": {"note": "over-optimisation watch off: ..."}}
     print_train_summary(off, "RUN")
     assert capsys.readouterr().out.splitlines()[-1] == "note: over-optimisation watch off: ..."
     with pytest.raises(SystemExit):

@@ -4,7 +4,8 @@ Layout of a training `--out` folder:
     train_run.json            the run's key (config fields that change weights + data fingerprint)
     checkpoints/step-000050/  trainable.safetensors, optimizer.pt (optimiser, scheduler, RNG), state.json
     metrics.jsonl, tensorboard/
-    model/                    the final model (safetensors; LoRA merged), loadable by transformers and vLLM
+    model/                    the final model (safetensors; LoRA merged), loadable by transformers and vLLM, and
+                              its card README.md (pipeline/train/card.py)
     provenance.json           data manifest fingerprint, shards, losses, steps, final eval metrics,
                               over-optimisation alarms and the watch's settings
 Every directory and file is written under a temporary name and renamed when complete, so a kill
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError
 from pipeline.store import write_json
+from pipeline.train import card
 
 
 def _ckpt_dirs(out_dir: Path) -> list[Path]:
@@ -105,8 +107,6 @@ def finish(out_dir: Path, run_key: str, model, tokenizer, *, cfg, label: str, so
     to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     to_save.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
     manifest = source.manifest or {}
     prov = {
         "run_key": run_key,
@@ -125,6 +125,9 @@ def finish(out_dir: Path, run_key: str, model, tokenizer, *, cfg, label: str, so
         "seconds": round(seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    card.write(tmp, prov)  # the model's README.md: what was trained, held-out metrics, the watch and its alarms
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
     write_json(out_dir / "provenance.json", prov)
     log(f"train: {steps} steps done; model in {target}, provenance in {out_dir / 'provenance.json'}")
     return prov

@@ -198,9 +198,10 @@ class OverOptimisationWatch:
     def summary(self) -> dict:
         """For the provenance: the rule, its settings and whether it could run (alarms go in `fired`)."""
         return {"rule": "change c since the first evaluation, paired bootstrap se over the eval pairs; b is below a "
-                "when c_a - c_b > max(z * sqrt(se_a^2 + se_b^2), min_change * |first value|); mass: `window` "
-                "evaluations in a row below the first; entropy: the same, or below every one of `window` earlier "
-                "evaluations in a row that stood above the first (pipeline/train/metrics.py)",
+                "when c_a - c_b > max(k * sqrt(se_a^2 + se_b^2), min_change * |first value|), k = z widened to "
+                "Student's t for the eval pairs; mass: `window` evaluations in a row below the first; entropy: the "
+                "same, or below every one of `window` earlier evaluations in a row that stood above the first "
+                "(pipeline/train/metrics.py)",
                 **self.cfg.model_dump(), "eval_pairs": self.eval_pairs, "active": self.active, "note": self.note()}
 
     def observe(self, step: int, sums: dict, tokens, *, seed: int = 0) -> tuple[dict[str, Estimate], list[dict]]:
@@ -252,7 +253,9 @@ class OverOptimisationWatch:
         need = [min(r["change"] - self._threshold(name, r, p) for r in ref) for p in window]
         shown = ", ".join(f"{fmt(p)} (change {p['change']:+.4f}, se {p['se']:.4f}, needed < {n:+.4f})"
                           for p, n in zip(window, need))
-        rule = (f"below max({z:g} x noise, {self.cfg.min_change:g} x the first value = "
+        k, n = noise_multiple(z, self.eval_pairs), self.eval_pairs
+        rule = (f"below max({k:.2f} x noise (z {z:g} widened to Student's t for {n} eval pairs), "
+                f"{self.cfg.min_change:g} x the first value = "
                 f"{self.cfg.min_change * abs(first['value']):.4f}) on {w} evaluation(s) in a row")
         if name == "topk_mass":
             text = f"top-k mass kept diminishing: from {fmt(first)}, {rule}: {shown}"

@@ -88,7 +88,8 @@ def test_a_sustained_mass_decline_beyond_the_noise_warns_once_with_its_evidence(
     text = alarm["warning"]
     assert "from 0.8700 at step 0" in text
     assert "0.8200 at step 40 (change -0.0500, se 0.0100, needed < -0.0300)" in text
-    assert "max(3 x noise, 0.02 x the first value = 0.0174) on 2 evaluation(s) in a row" in text
+    assert ("max(3.00 x noise (z 3 widened to Student's t for 10000 eval pairs), 0.02 x the first value = 0.0174) "
+            "on 2 evaluation(s) in a row") in text
     assert w.fired == [alarm] and w.holding == ["topk_mass"]  # still holding at 0.78, not announced again
 
 
