@@ -21,6 +21,7 @@ threshold; and the first alarm under other watch settings, replayed from the rec
     python bench/overopt.py                       # builds the default run (data/configs/default.yaml) once
     python bench/overopt.py --data runs/my-run    # any finished `prefsynth run` folder
     python bench/overopt.py --simulate            # the rule's false alarms on simulated flat runs, no model
+    python bench/overopt.py --report WORK/overopt  # re-report a finished arm (the current rule replayed), no training
 """
 
 from __future__ import annotations
@@ -70,7 +71,13 @@ def run_arm(name: str, cfg, data: Path, out: Path) -> tuple[list[dict], dict]:
     from pipeline.train import train
 
     lines: list[str] = []
-    prov = train(cfg, data, out, log=lines.append)
+    train(cfg, data, out, log=lines.append)
+    return show(name, out, cfg)
+
+
+def show(name: str, out: Path, cfg) -> tuple[list[dict], dict]:
+    """Print a finished training folder's evaluations: the indicators and the held-out metrics."""
+    prov = json.loads((out / "provenance.json").read_text())
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in recs if "eval/topk_mass" in r]
     print(f"\n== {name}: {prov['steps']} steps, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
@@ -148,11 +155,16 @@ def report(name: str, evals: list[dict], prov: dict, cfg) -> dict:
     for key, d in declines.items():
         print(f"   held-out {key}: " + (f"declines from step {d[0]} (confirmed at step {d[1]})" if d else
                                          "no decline beyond its noise"))
-    starts = [d[0] for d in declines.values() if d]
-    if fired and starts:
-        f, s0 = fired[0]["step"], min(starts)
-        when = "before" if f < s0 else "at" if f == s0 else "after"
-        print(f"   first alarm (step {f}) came {when} the first held-out decline (step {s0})")
+    found = [d for d in declines.values() if d]
+    if fired and found:  # the same rule's two moments on both sides: where the evidence starts, and where it holds
+        a, d = fired[0], min(found)
+        start, f = a["window"][0]["step"], a["step"]
+        order = lambda x, y: "before" if x < y else "at" if x == y else "after"  # noqa: E731
+        print(f"   first alarm: evidence from step {start}, fired at step {f}; first held-out decline: from step "
+              f"{d[0]}, confirmed at step {d[1]}. The alarm fired {order(f, d[1])} the decline was confirmed and "
+              f"{order(f, d[0])} it started")
+    elif fired:
+        print(f"   first alarm at step {fired[0]['step']}; no held-out metric declined beyond its noise")
     return {g: replay(evals, *g) for g in GRID}
 
 
@@ -189,6 +201,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="steps of the defaults arm")
     ap.add_argument("--eval-fraction", type=float, default=0.25, help="held-out share of prompts, both arms")
     ap.add_argument("--skip-defaults", action="store_true", help="run only the over-optimised arm")
+    ap.add_argument("--report", type=Path, nargs="+", metavar="OUT", help="only report finished training folders "
+                    "of this script (WORK/defaults, WORK/overopt): their recorded series, the current rule's replay")
     ap.add_argument("--simulate", action="store_true", help="only the false-alarm rates of the rule on simulated "
                     "flat runs (no model, seconds)")
     a = ap.parse_args()
@@ -202,6 +216,14 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PREFSYNTH_PROGRESS", "0")
     from pipeline.train import TrainConfig
+
+    if a.report:
+        replays = {}
+        for out in a.report:
+            cfg = TrainConfig(**json.loads((out / "provenance.json").read_text())["config"])
+            evals, prov = show(out.name, out, cfg)
+            replays[out.name] = report(out.name, evals, prov, cfg)
+        return print_replays(replays)
 
     a.work.mkdir(parents=True, exist_ok=True)
     data = a.data or build_default_run(a.work / "default-run")
@@ -227,11 +249,16 @@ def main() -> None:
     evals, prov = run_arm(f"over-optimised ({a.pairs} training pairs x {a.epochs} epochs, {n_held} held-out pairs)",
                           hot, shard, a.work / "overopt")
     replays["over-optimised"] = report("over-optimised", evals, prov, hot)
+    print_replays(replays)
+
+
+def print_replays(replays: dict) -> None:
     print("\nfirst alarm (step) under other watch settings, replayed from the recorded series:")
     print("   z  window  min_change  " + "  ".join(f"{arm:>14}" for arm in replays))
     for g in GRID:
         print(f"{g[0]:4g}  {g[1]:6d}  {g[2]:10g}  " + "  ".join(f"{str(r[g] if r[g] is not None else '-'):>14}"
                                                            for r in replays.values()))
+
 
 if __name__ == "__main__":
     main()

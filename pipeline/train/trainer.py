@@ -151,11 +151,17 @@ def evaluate(model, eval_set, refs, cfg: TrainConfig, pad_id: int, autocast, *,
     record = {"loss": loss, "pairs": len(eval_set)}
     for k, v in vals.items():
         e = bootstrap(torch.cat(v).numpy(), **boot)
-        record.update({k: e.value, f"{k}_se": e.se})
+        record.update({k: e.value, **_noise(k, se=e.se)})
     for k in INDICATORS:
         e = bootstrap(sums[k], sums["tokens"], **boot)
-        record.update({k: e.value, f"{k}_se": e.se, f"{k}_lo": e.lo, f"{k}_hi": e.hi})
+        record.update({k: e.value, **_noise(k, se=e.se, lo=e.lo, hi=e.hi)})
     return record, sums
+
+
+def _noise(name: str, *, se: float, **interval: float) -> dict[str, float]:
+    """`name_se` (and `_lo`, `_hi`); none for a single eval pair, which has no spread to resample (its NaN would
+    make metrics.jsonl invalid JSON)."""
+    return {f"{name}_{k}": v for k, v in {"se": se, **interval}.items()} if math.isfinite(se) else {}
 
 
 def _boot_seed(cfg: TrainConfig, step: int) -> int:
@@ -228,7 +234,7 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
         first = watch.eval_pairs is None
         changes, alarms = watch.observe(record["step"], sums, sums["tokens"], seed=_boot_seed(cfg, record["step"]))
         for k, e in changes.items():  # what the watch judges: the paired change since the first evaluation
-            record.update({f"eval/{k}_change": e.value, f"eval/{k}_change_se": e.se})
+            record.update({f"eval/{k}_change": e.value, **_noise(f"eval/{k}_change", se=e.se)})
         if first and watch.note():
             log(f"train: {watch.note()}")
         if watch.holding:

@@ -233,3 +233,12 @@ def test_bundled_example_train_config_is_valid():
 
     cfg = load_train_config(bundled_data_dir() / "configs" / "train.yaml")
     assert cfg.losses == {"sigmoid": 1.0, "nll": 0.1} and cfg.micro_batch_size == 4
+
+
+def test_a_single_eval_pair_logs_no_noise_fields():
+    from pipeline.train.trainer import _noise
+
+    one = bootstrap([0.7])  # one pair has no spread to resample: NaN se, which json would write as invalid NaN
+    assert math.isnan(one.se) and _noise("eval/topk_mass", se=one.se, lo=one.lo, hi=one.hi) == {}
+    assert _noise("eval/topk_mass", se=0.01, lo=0.6, hi=0.8) == {"eval/topk_mass_se": 0.01, "eval/topk_mass_lo": 0.6,
+                                                                 "eval/topk_mass_hi": 0.8}

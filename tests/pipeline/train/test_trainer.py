@@ -58,6 +58,12 @@ def test_training_learns_the_pairs_and_writes_a_loadable_model(data, tmp_path):
         assert all(key in r for r in recs[1:]), key
     assert "eval/topk_entropy" in last and 0 < last["eval/topk_mass"] <= 1
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    board.Reload()  # the indicators with their intervals, and the change the watch judges with its se
+    assert {f"eval/topk_{k}{s}" for k in ("mass", "entropy") for s in ("", "_se", "_lo", "_hi", "_change_se")} \
+        <= set(board.Tags()["scalars"])
     model_dir = tmp_path / "out" / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
