@@ -201,6 +201,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="steps of the defaults arm")
     ap.add_argument("--eval-fraction", type=float, default=0.25, help="held-out share of prompts, both arms")
     ap.add_argument("--skip-defaults", action="store_true", help="run only the over-optimised arm")
+    ap.add_argument("--skip-overopt", action="store_true", help="run only the defaults arm")
     ap.add_argument("--report", type=Path, nargs="+", metavar="OUT", help="only report finished training folders "
                     "of this script (WORK/defaults, WORK/overopt): their recorded series, the current rule's replay")
     ap.add_argument("--simulate", action="store_true", help="only the false-alarm rates of the rule on simulated "
@@ -227,7 +228,7 @@ def main() -> None:
 
     a.work.mkdir(parents=True, exist_ok=True)
     data = a.data or build_default_run(a.work / "default-run")
-    for arm in ("defaults", "overopt"):
+    for arm in ("defaults",) * (not a.skip_defaults) + ("overopt",) * (not a.skip_overopt):
         subprocess.run(["rm", "-rf", str(a.work / arm)], check=True)  # a fresh training folder per invocation
     from pipeline.train.data import eval_prompts, open_source
 
@@ -242,6 +243,8 @@ def main() -> None:
     if not a.skip_defaults:
         evals, prov = run_arm("defaults", defaults, data, a.work / "defaults")
         replays["defaults"] = report("defaults", evals, prov, defaults)
+    if a.skip_overopt:
+        return print_replays(replays)
     shard, n_held = subset_shard(data, a.work / "overopt-pairs.parquet", n_train=a.pairs, seed=defaults.seed,
                                  fraction=a.eval_fraction)
     hot = TrainConfig(learning_rate=a.lr, epochs=a.epochs, batch_size=4, eval_every=1, eval_fraction=a.eval_fraction,
