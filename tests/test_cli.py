@@ -96,3 +96,26 @@ def test_bad_judge_configs_fail_in_preflight_with_one_line(capsys, tmp_path):
     line = _one_line(err)
     assert code == 2 and "judge.openai.base_url 'http://127.0.0.1:9/v1' does not answer" in line and "fix:" in line
     assert not (tmp_path / "o").exists()
+
+
+def test_train_summary_names_the_alarm_and_a_watch_that_could_not_run(capsys):
+    from flows.cli import print_train_summary
+
+    alarm = ("top-k entropy decreased: from 1.2270 at step 0, below max(4.31 x noise (z 3 widened to Student's t "
+             "for 10 eval pairs), 0.02 x the first value = 0.0245) on 2 evaluation(s) in a row: ...; likely "
+             "over-optimisation")
+    prov = {"steps": 2, "stopped_early": True, "model": {"path": "OUT/model"},
+            "warnings": [{"step": 2, "warning": alarm}],
+            "final_eval": {"eval/topk_mass": 0.8, "eval/topk_mass_se": 0.01, "eval/topk_mass_change": -0.1},
+            "overopt_watch": {"note": None}}
+    print_train_summary(prov, "RUN")
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["trained 2 steps on RUN (stopped early: train.early_stop); model: OUT/model",
+                   "eval: topk_mass=0.8", f"warning at step 2: {alarm}"]
+    off = {**prov, "stopped_early": False, "warnings": [],
+           "overopt_watch": {"note": "over-optimisation watch off: ..."}}
+    print_train_summary(off, "RUN")
+    assert capsys.readouterr().out.splitlines()[-1] == "note: over-optimisation watch off: ..."
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "overopt.min_change (default 0.02): " in capsys.readouterr().out

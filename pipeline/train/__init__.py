@@ -3,7 +3,8 @@
 One module per concern: config.py (TrainConfig), data.py (streaming shards, tokens, eval split),
 ref.py (reference log-probs from shards or a cached pre-pass), logps.py (packed/padded forward,
 chunked log-probs), losses.py (DPO family), metrics.py (JSONL/TensorBoard, over-optimisation
-watch), checkpoint.py (checkpoints, resume, final model, provenance), trainer.py (the loop).
+watch), checkpoint.py (checkpoints, resume, final model, provenance), card.py (the model's card),
+trainer.py (the loop).
 """
 
 from pipeline.train.config import TrainConfig, load_train_config

@@ -4,8 +4,10 @@ Layout of a training `--out` folder:
     train_run.json            the run's key (config fields that change weights + data fingerprint)
     checkpoints/step-000050/  trainable.safetensors, optimizer.pt (optimiser, scheduler, RNG), state.json
     metrics.jsonl, tensorboard/
-    model/                    the final model (safetensors; LoRA merged), loadable by transformers and vLLM
-    provenance.json           data manifest fingerprint, shards, losses, steps, final eval metrics
+    model/                    the final model (safetensors; LoRA merged), loadable by transformers and vLLM, and
+                              its card README.md (pipeline/train/card.py)
+    provenance.json           data manifest fingerprint, shards, losses, steps, final eval metrics,
+                              over-optimisation alarms and the watch's settings
 Every directory and file is written under a temporary name and renamed when complete, so a kill
 never leaves a checkpoint or model folder that looks whole but is not.
 """
@@ -23,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import InputError
 from pipeline.store import write_json
+from pipeline.train import card
 
 
 def _ckpt_dirs(out_dir: Path) -> list[Path]:
@@ -48,8 +51,10 @@ def check_out_dir(out_dir: Path, run_key: str) -> dict | None:
 
 
 def begin(out_dir: Path, run_key: str, cfg, label: str, source) -> None:
-    write_json(out_dir / "train_run.json", {"run_key": run_key, "model": label, "data": [str(s) for s in source.shards],
-                                            "config": cfg.model_dump()})
+    write_json(
+        out_dir / "train_run.json",
+        {"run_key": run_key, "model": label, "data": [str(s) for s in source.shards], "config": cfg.model_dump()},
+    )
 
 
 def _trainable(model) -> dict[str, torch.Tensor]:
@@ -96,33 +101,54 @@ def load_latest(out_dir: Path, run_key: str, model, opt, sched, watch) -> dict:
     return state
 
 
-def finish(out_dir: Path, run_key: str, model, tokenizer, *, cfg, label: str, source, steps: int, total_steps: int,
-           final: dict, warnings: list, seconds: float, log=print) -> dict:
+def finish(
+    out_dir: Path,
+    run_key: str,
+    model,
+    tokenizer,
+    *,
+    cfg,
+    label: str,
+    source,
+    steps: int,
+    total_steps: int,
+    final: dict,
+    warnings: list,
+    watch: dict,
+    seconds: float,
+    log=print,
+) -> dict:
     target = out_dir / "model"
     tmp = out_dir / ".model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     to_save.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
     manifest = source.manifest or {}
     prov = {
         "run_key": run_key,
         "model": {"base": label, "path": str(target)},
-        "data": {"shards": [str(s) for s in source.shards], "fingerprint": source.fingerprint,
-                 "manifest_config_fingerprint": manifest.get("config_fingerprint"), "run_name": manifest.get("name")},
+        "data": {
+            "shards": [str(s) for s in source.shards],
+            "fingerprint": source.fingerprint,
+            "manifest_config_fingerprint": manifest.get("config_fingerprint"),
+            "run_name": manifest.get("name"),
+        },
         "losses": cfg.losses,
         "beta": cfg.beta,
         "steps": steps,
         "planned_steps": total_steps,
         "stopped_early": steps < total_steps,
         "final_eval": final,
-        "warnings": warnings,
+        "warnings": warnings,  # over-optimisation alarms: what fired, values, peak, window, noise (metrics.py)
+        "overopt_watch": watch,  # the watch's rule and settings, eval pairs, and whether it could run
         "config": cfg.model_dump(),
         "seconds": round(seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    card.write(tmp, prov)  # the model's README.md: what was trained, held-out metrics, the watch and its alarms
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
     write_json(out_dir / "provenance.json", prov)
     log(f"train: {steps} steps done; model in {target}, provenance in {out_dir / 'provenance.json'}")
     return prov

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline.config import _Section, load_model
+from pipeline.train.metrics import OverOptConfig
 
 LOSSES = ("sigmoid", "ipo", "robust", "hinge", "rdpo", "nll", "rationale")
 
@@ -22,32 +23,59 @@ class LoraConfig(_Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
     alpha: int = Field(32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | str = Field("all-linear", description="Modules to adapt; 'all-linear' or a list of names.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules to adapt; 'all-linear' or a list of names."
+    )
 
 
 class TrainConfig(_Section):
-    model: str = Field("bundled:smollm2-135m-instruct",
-                       description="Policy to train: bundled:NAME, a local model folder or a Hub id.")
+    model: str = Field(
+        "bundled:smollm2-135m-instruct", description="Policy to train: bundled:NAME, a local model folder or a Hub id."
+    )
     seed: int = Field(0, description="Seed for data order, the eval split and initialisation of LoRA weights.")
     losses: dict[str, float] = Field(
         default_factory=lambda: {"sigmoid": 1.0},
         description="Loss terms and their weights, summed: sigmoid (DPO; conservative DPO with label_smoothing), "
         "ipo, robust, hinge, rdpo (label_confidence as a soft target), nll (RPO-style NLL on chosen, per token), "
-        "rationale (DCPO rationale likelihood).")
+        "rationale (DCPO rationale likelihood).",
+    )
     beta: float = Field(0.1, gt=0, description="DPO temperature beta (tau for IPO).")
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Conservative DPO (sigmoid) and robust DPO: "
-                                   "assumed probability that a label is flipped.")
-    ipo_length_average: bool = Field(True, description="IPO on per-token averaged log-ratios (as TRL and the IPO "
-                                     "authors' experiments); false uses summed log-ratios (the paper's Eq. 17 as written).")
-    ld_alpha: float | None = Field(None, ge=0.0, le=1.0, description="LD-DPO length desensitisation: response tokens "
-                                   "past the shorter response's length count with weight alpha; null turns it off.")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Conservative DPO (sigmoid) and robust DPO: assumed probability that a label is flipped.",
+    )
+    ipo_length_average: bool = Field(
+        True,
+        description="IPO on per-token averaged log-ratios (as TRL and the IPO "
+        "authors' experiments); false uses summed log-ratios (the paper's Eq. 17 as written).",
+    )
+    ld_alpha: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="LD-DPO length desensitisation: response tokens "
+        "past the shorter response's length count with weight alpha; null turns it off.",
+    )
     max_prompt_tokens: int = Field(256, ge=8, description="Prompt tokens kept; longer prompts keep their last tokens.")
-    max_length: int = Field(768, ge=16, description="Prompt + response tokens kept; longer responses are cut at the end.")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of prompt_ids held out for evaluation "
-                                 "(at least one prompt when > 0 and the data has two or more).")
+    max_length: int = Field(
+        768, ge=16, description="Prompt + response tokens kept; longer responses are cut at the end."
+    )
+    eval_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of prompt_ids held out for evaluation "
+        "(at least one prompt when > 0 and the data has two or more).",
+    )
     batch_size: int = Field(8, ge=1, description="Pairs per optimiser step.")
-    micro_batch_size: int | None = Field(None, ge=1, description="Pairs per forward pass (null: batch_size); "
-                                         "batch_size/micro_batch_size accumulated passes give the big batch's update.")
+    micro_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Pairs per forward pass (null: batch_size); "
+        "batch_size/micro_batch_size accumulated passes give the big batch's update.",
+    )
     learning_rate: float = Field(5e-6, gt=0, description="AdamW learning rate (constant after warmup).")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
@@ -55,17 +83,28 @@ class TrainConfig(_Section):
     epochs: int = Field(1, ge=1, description="Passes over the training split (ignored when steps is set).")
     steps: int | None = Field(None, ge=1, description="Optimiser steps to run; overrides epochs.")
     shuffle_buffer: int = Field(1024, ge=1, description="Pairs held in the streaming shuffle buffer.")
-    packing: bool = Field(True, description="Pack sequences without padding (varlen attention on GPU with "
-                          "flash-attn, block-diagonal masks otherwise).")
+    packing: bool = Field(
+        True,
+        description="Pack sequences without padding (varlen attention on GPU with "
+        "flash-attn, block-diagonal masks otherwise).",
+    )
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="'auto': float32 weights with bf16 autocast on GPU, float32 on CPU.")
+        "auto", description="'auto': float32 weights with bf16 autocast on GPU, float32 on CPU."
+    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft) instead of all weights: "
-                                    "{r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}; merged into the saved model.")
+    lora: LoraConfig | None = Field(
+        None,
+        description="Train LoRA adapters (peft) instead of all weights: "
+        "{r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}; merged into the saved model.",
+    )
     logit_chunk: int = Field(1024, ge=16, description="Response positions per LM-head chunk (memory, not results).")
     eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")
     top_k: int = Field(10, ge=1, description="k of the top-k entropy and mass over-optimisation indicators.")
-    early_stop: bool = Field(False, description="Stop when the over-optimisation warning fires.")
+    early_stop: bool = Field(False, description="Stop when the over-optimisation watch fires (rule: overopt.*).")
+    overopt: OverOptConfig = Field(
+        default_factory=OverOptConfig,
+        description="The over-optimisation watch's noise-aware rule (pipeline/train/metrics.py).",
+    )
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest removed).")
     tensorboard: bool = Field(True, description="Also write metrics for TensorBoard (needs the tensorboard package).")
@@ -80,17 +119,30 @@ class TrainConfig(_Section):
         if self.micro_batch_size is None:
             self.micro_batch_size = self.batch_size
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
-                             f"{self.micro_batch_size}; fix: make it one")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                f"{self.micro_batch_size}; fix: make it one"
+            )
         if self.max_prompt_tokens >= self.max_length:
-            raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a response under "
-                             f"max_length {self.max_length}; fix: raise max_length")
+            raise ValueError(
+                f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a response under "
+                f"max_length {self.max_length}; fix: raise max_length"
+            )
         return self
 
     def weight_fields(self) -> dict:
-        """The fields that change the trained weights (for provenance and the ref-logp cache)."""
-        return self.model_dump(exclude={"micro_batch_size", "logit_chunk", "eval_every", "save_every",
-                                        "keep_checkpoints", "tensorboard", "gradient_checkpointing", "packing"})
+        """The fields that change the trained weights (for provenance and the ref-logp cache). The watch's
+        settings and eval cadence do only when early_stop lets the watch end the run."""
+        ops = {
+            "micro_batch_size",
+            "logit_chunk",
+            "save_every",
+            "keep_checkpoints",
+            "tensorboard",
+            "gradient_checkpointing",
+            "packing",
+        }
+        return self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

@@ -6,8 +6,8 @@
   3. steps of `batch_size` pairs, as `batch_size / micro_batch_size` accumulated forwards of
      chosen + rejected (+ rationales) together (pipeline/train/logps.py), losses from
      pipeline/train/losses.py; AdamW, linear warmup then constant learning rate;
-  4. metrics every step, eval + over-optimisation watch every `eval_every` steps
-     (pipeline/train/metrics.py); checkpoints every `save_every` steps;
+  4. metrics every step; every `eval_every` steps the eval means with their bootstrap noise and the
+     noise-aware over-optimisation watch (pipeline/train/metrics.py); checkpoints every `save_every` steps;
   5. the final model folder (safetensors, LoRA merged) and provenance.json beside it.
 Resume is exact: a checkpoint holds the trainable weights, optimiser and scheduler state, RNG
 state and the data position; the data order is a pure function of (seed, epoch), so the resumed
@@ -21,6 +21,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.config import fingerprint
@@ -28,10 +29,10 @@ from pipeline.errors import InputError
 from pipeline.progress import bar
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig
-from pipeline.train.data import check_degenerate, examples, eval_prompts, open_source, shuffled
+from pipeline.train.data import check_degenerate, eval_prompts, examples, open_source, shuffled
 from pipeline.train.logps import build_batch, forward_logps
 from pipeline.train.losses import PairLogps, combined_loss, reward_metrics
-from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
+from pipeline.train.metrics import INDICATORS, MetricsLog, OverOptimisationWatch, bootstrap
 from pipeline.train.ref import cache_path, pair_sequences, reference_logps, shard_refs_usable
 
 VERSION = "1"
@@ -64,15 +65,25 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if not tokenizer.chat_template:
         raise InputError(f"train.model {cfg.model!r} has no chat template; fix: train an instruct/chat model")
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=weights_dtype, attn_implementation=attn).to(device)
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=weights_dtype, attn_implementation=attn).to(
+        device
+    )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
         from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(cfg.seed)
-        model = get_peft_model(model, LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+                task_type="CAUSAL_LM",
+            ),
+        )
     model.train()
     return model, tokenizer, resolved.label
 
@@ -86,10 +97,16 @@ def _pair_forward(model, chunk, refs, cfg: TrainConfig, pad_id: int, *, rational
     out = forward_logps(model, batch, logit_chunk=cfg.logit_chunk, top_k=top_k)
     n = len(chunk)
     ref = torch.tensor([refs[ex.key] for ex in chunk], dtype=torch.float32, device=model.device)
-    lp = PairLogps(out["logp"][0 : 2 * n : 2], out["logp"][1 : 2 * n : 2], ref[:, 0], ref[:, 1],
-                   out["tokens"][0 : 2 * n : 2], out["tokens"][1 : 2 * n : 2],
-                   out["logp"][2 * n :] if with_rat else None,
-                   torch.tensor([1.0 if ex.confidence is None else ex.confidence for ex in chunk], device=model.device))
+    lp = PairLogps(
+        out["logp"][0 : 2 * n : 2],
+        out["logp"][1 : 2 * n : 2],
+        ref[:, 0],
+        ref[:, 1],
+        out["tokens"][0 : 2 * n : 2],
+        out["tokens"][1 : 2 * n : 2],
+        out["logp"][2 * n :] if with_rat else None,
+        torch.tensor([1.0 if ex.confidence is None else ex.confidence for ex in chunk], device=model.device),
+    )
     return lp, out, batch.n_tokens
 
 
@@ -103,9 +120,15 @@ def accumulate(model, batch, refs, cfg: TrainConfig, pad_id: int, autocast, *, n
         chunk = batch[s : s + cfg.micro_batch_size]
         with autocast():
             lp, _, n_tok = _pair_forward(model, chunk, refs, cfg, pad_id, rationales=bool(n_rationales))
-            loss, part = combined_loss(lp, cfg.losses, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
-                                       ipo_length_average=cfg.ipo_length_average, n_pairs=len(batch),
-                                       n_rationales=n_rationales)
+            loss, part = combined_loss(
+                lp,
+                cfg.losses,
+                beta=cfg.beta,
+                label_smoothing=cfg.label_smoothing,
+                ipo_length_average=cfg.ipo_length_average,
+                n_pairs=len(batch),
+                n_rationales=n_rationales,
+            )
         loss.backward()
         tokens += n_tok
         for k, v in part.items():
@@ -120,28 +143,60 @@ def _mean(values: dict[str, list]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(model, eval_set, refs, cfg: TrainConfig, pad_id: int, autocast) -> dict[str, float]:
+def evaluate(
+    model, eval_set, refs, cfg: TrainConfig, pad_id: int, autocast, *, step: int = 0
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Eval metrics (means over the eval pairs, each with its bootstrap `_se`; the indicators also with a
+    95% interval) and, for the over-optimisation watch, the indicators' per-pair sums and tokens."""
     if not eval_set:
-        return {}
+        return {}, {}
     was = model.training
     model.eval()
     vals: dict[str, list] = {}
-    ent = mass = toks = 0.0
+    per_pair: dict[str, list] = {"topk_entropy": [], "topk_mass": [], "tokens": []}
     loss = 0.0
     for s in range(0, len(eval_set), cfg.micro_batch_size):
         chunk = eval_set[s : s + cfg.micro_batch_size]
+        n = len(chunk)
         with autocast():
             lp, out, _ = _pair_forward(model, chunk, refs, cfg, pad_id, rationales=False, top_k=cfg.top_k)
-        loss += float(combined_loss(lp, {k: w for k, w in cfg.losses.items() if k != "rationale"}, beta=cfg.beta,
-                                    label_smoothing=cfg.label_smoothing, ipo_length_average=cfg.ipo_length_average,
-                                    n_pairs=len(eval_set), n_rationales=0)[0])
+        loss += float(
+            combined_loss(
+                lp,
+                {k: w for k, w in cfg.losses.items() if k != "rationale"},
+                beta=cfg.beta,
+                label_smoothing=cfg.label_smoothing,
+                ipo_length_average=cfg.ipo_length_average,
+                n_pairs=len(eval_set),
+                n_rationales=0,
+            )[0]
+        )
         for k, v in reward_metrics(lp, cfg.beta).items():
-            vals.setdefault(k, []).append(v.cpu())
-        ent += float(out["topk_entropy"][: 2 * len(chunk)].sum())
-        mass += float(out["topk_mass"][: 2 * len(chunk)].sum())
-        toks += float(out["tokens"][: 2 * len(chunk)].sum())
+            vals.setdefault(k, []).append(v.float().cpu())
+        for k in per_pair:  # chosen + rejected of each pair: the pair is the bootstrap's unit
+            v = out[k].float()
+            per_pair[k].append((v[0 : 2 * n : 2] + v[1 : 2 * n : 2]).cpu())
     model.train(was)
-    return {"loss": loss, **_mean(vals), "topk_entropy": ent / max(toks, 1), "topk_mass": mass / max(toks, 1)}
+    boot = dict(resamples=cfg.overopt.resamples, seed=_boot_seed(cfg, step))
+    sums = {k: torch.cat(v).double().numpy() for k, v in per_pair.items()}
+    record = {"loss": loss, "pairs": len(eval_set)}
+    for k, v in vals.items():
+        e = bootstrap(torch.cat(v).numpy(), **boot)
+        record.update({k: e.value, **_noise(k, se=e.se)})
+    for k in INDICATORS:
+        e = bootstrap(sums[k], sums["tokens"], **boot)
+        record.update({k: e.value, **_noise(k, se=e.se, lo=e.lo, hi=e.hi)})
+    return record, sums
+
+
+def _noise(name: str, *, se: float, **interval: float) -> dict[str, float]:
+    """`name_se` (and `_lo`, `_hi`); none for a single eval pair, which has no spread to resample (its NaN would
+    make metrics.jsonl invalid JSON)."""
+    return {f"{name}_{k}": v for k, v in {"se": se, **interval}.items()} if math.isfinite(se) else {}
+
+
+def _boot_seed(cfg: TrainConfig, step: int) -> int:
+    return cfg.seed * 1_000_003 + step  # reproducible, and the same after a resume
 
 
 def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print) -> dict:
@@ -163,8 +218,9 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
     is_train = lambda p: p not in held  # noqa: E731
     eval_set = list(examples(source, tokenizer, keep=held.__contains__, **enc))
 
-    path = cache_path(source, model_label=label, template=tokenizer.chat_template, dtype=compute_dtype,
-                      ld_alpha=cfg.ld_alpha, **enc)
+    path = cache_path(
+        source, model_label=label, template=tokenizer.chat_template, dtype=compute_dtype, ld_alpha=cfg.ld_alpha, **enc
+    )
     n_train = 0
 
     def counted():  # every pair once, counting the training ones on the way
@@ -174,20 +230,32 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
             yield ex
 
     with bar(total=None, desc="reference log-probs", unit="pair") as pbar:
-        refs = reference_logps(model, source, counted(), path=path,
-                               use_shards=shard_refs_usable(source, model_label=label, dtype=compute_dtype,
-                                                            ld_alpha=cfg.ld_alpha),
-                               micro_batch=cfg.micro_batch_size, log=log, progress=pbar.advance, ld_alpha=cfg.ld_alpha,
-                               packed=cfg.packing, logit_chunk=cfg.logit_chunk, autocast=autocast, pad_id=pad_id)
+        refs = reference_logps(
+            model,
+            source,
+            counted(),
+            path=path,
+            use_shards=shard_refs_usable(source, model_label=label, dtype=compute_dtype, ld_alpha=cfg.ld_alpha),
+            micro_batch=cfg.micro_batch_size,
+            log=log,
+            progress=pbar.advance,
+            ld_alpha=cfg.ld_alpha,
+            packed=cfg.packing,
+            logit_chunk=cfg.logit_chunk,
+            autocast=autocast,
+            pad_id=pad_id,
+        )
     if n_train == 0:
-        raise InputError(f"--data {data}: no training pairs after holding out {len(held)} eval prompts; "
-                         "fix: lower train.eval_fraction or build more pairs")
+        raise InputError(
+            f"--data {data}: no training pairs after holding out {len(held)} eval prompts; "
+            "fix: lower train.eval_fraction or build more pairs"
+        )
     total_steps = cfg.steps or math.ceil(cfg.epochs * n_train / cfg.batch_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device == "cuda")
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
-    watch = OverOptimisationWatch()
+    watch = OverOptimisationWatch(cfg.overopt)
     state = ckpt.load_latest(out_dir, run_key, model, opt, sched, watch)
     step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
     if step:
@@ -198,17 +266,40 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
         log(f"train: {mlog.note}")
 
     def stream_from(ep: int, skip: int):
-        it = shuffled(examples(source, tokenizer, keep=is_train, **enc), seed=cfg.seed, epoch=ep, buffer=cfg.shuffle_buffer)
+        it = shuffled(
+            examples(source, tokenizer, keep=is_train, **enc), seed=cfg.seed, epoch=ep, buffer=cfg.shuffle_buffer
+        )
         for _ in range(skip):
             next(it)
         return it
 
+    def evaluate_and_watch(record: dict) -> bool:
+        """Evaluate into `record`, feed the watch, log an alarm; True when early_stop ends the run here."""
+        ev, sums = evaluate(model, eval_set, refs, cfg, pad_id, autocast, step=record["step"])
+        record.update({f"eval/{k}": v for k, v in ev.items()})
+        first = watch.eval_pairs is None
+        changes, alarms = watch.observe(record["step"], sums, sums["tokens"], seed=_boot_seed(cfg, record["step"]))
+        for k, e in changes.items():  # what the watch judges: the paired change since the first evaluation
+            record.update({f"eval/{k}_change": e.value, **_noise(f"eval/{k}_change", se=e.se)})
+        if first and watch.note():
+            log(f"train: {watch.note()}")
+        if watch.holding:
+            record["overopt_holding"] = list(watch.holding)
+        if alarms:
+            record["warning"] = "; ".join(a["warning"] for a in alarms)
+        for alarm in alarms:
+            log(
+                f"train: WARNING at step {alarm['step']}: {alarm['warning']}"
+                + ("; stopping early (train.early_stop)" if cfg.early_stop else "")
+            )
+        return bool(alarms) and cfg.early_stop
+
     it = stream_from(epoch, consumed)
-    warnings, started, record = [], time.time(), {}
+    started, record = time.time(), {}
     if step == 0:
-        record = {"step": 0, **{f"eval/{k}": v for k, v in evaluate(model, eval_set, refs, cfg, pad_id, autocast).items()}}
+        record = {"step": 0}
         if eval_set:
-            watch.update(record["eval/topk_entropy"], record["eval/topk_mass"])
+            evaluate_and_watch(record)
         mlog.write(record)
     with bar(total=total_steps, initial=step, desc="train", unit="step") as pbar:
         while step < total_steps:
@@ -230,30 +321,55 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
             step += 1
             seconds = time.perf_counter() - t0
             terms = {k: v / (n_rat if k == "rationale" else len(batch)) for k, v in sums.items()}
-            record = {"step": step, "epoch": epoch, "loss": sum(cfg.losses[k] * v for k, v in terms.items()),
-                      **{f"loss/{k}": v for k, v in terms.items()},
-                      **_mean(vals), "grad_norm": float(norm), "learning_rate": sched.get_last_lr()[0],
-                      "tokens": tokens, "tokens_per_second": tokens / max(seconds, 1e-9), "time": time.time()}
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": sum(cfg.losses[k] * v for k, v in terms.items()),
+                **{f"loss/{k}": v for k, v in terms.items()},
+                **_mean(vals),
+                "grad_norm": float(norm),
+                "learning_rate": sched.get_last_lr()[0],
+                "tokens": tokens,
+                "tokens_per_second": tokens / max(seconds, 1e-9),
+                "time": time.time(),
+            }
             stop = False
             if eval_set and (step % cfg.eval_every == 0 or step == total_steps):
-                ev = evaluate(model, eval_set, refs, cfg, pad_id, autocast)
-                record.update({f"eval/{k}": v for k, v in ev.items()})
-                msg = watch.update(ev["topk_entropy"], ev["topk_mass"])
-                if msg:
-                    record["warning"] = msg
-                    warnings.append({"step": step, "warning": msg})
-                    log(f"train: WARNING at step {step}: {msg}" + ("; stopping early (train.early_stop)" if cfg.early_stop else ""))
-                    stop = cfg.early_stop
+                stop = evaluate_and_watch(record)
             mlog.write(record)
             pbar.advance(1, tokens)
             if step % cfg.save_every == 0 or step == total_steps or stop:
-                ckpt.save(out_dir, model, opt, sched, watch, step=step, epoch=epoch, consumed=consumed,
-                          keep=cfg.keep_checkpoints)
+                ckpt.save(
+                    out_dir,
+                    model,
+                    opt,
+                    sched,
+                    watch,
+                    step=step,
+                    epoch=epoch,
+                    consumed=consumed,
+                    keep=cfg.keep_checkpoints,
+                )
             if stop:
                 break
     mlog.close()
     final = {k: v for k, v in record.items() if k.startswith("eval/")}
     if not final and eval_set:  # resumed after the last checkpoint but before the model was written
-        final = {f"eval/{k}": v for k, v in evaluate(model, eval_set, refs, cfg, pad_id, autocast).items()}
-    return ckpt.finish(out_dir, run_key, model, tokenizer, cfg=cfg, label=label, source=source, steps=step,
-                       total_steps=total_steps, final=final, warnings=warnings, seconds=time.time() - started, log=log)
+        ev, _ = evaluate(model, eval_set, refs, cfg, pad_id, autocast, step=step)
+        final = {f"eval/{k}": v for k, v in ev.items()}
+    return ckpt.finish(
+        out_dir,
+        run_key,
+        model,
+        tokenizer,
+        cfg=cfg,
+        label=label,
+        source=source,
+        steps=step,
+        total_steps=total_steps,
+        final=final,
+        warnings=watch.fired,
+        watch=watch.summary(),
+        seconds=time.time() - started,
+        log=log,
+    )

@@ -1,42 +1,219 @@
-"""The over-optimisation watch and the metrics log."""
+"""The over-optimisation watch (noise-aware rule, no model needed), bootstrap noise and the metrics log."""
 
 import json
+import math
 
-from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
+import numpy as np
+import pytest
 
-
-def feed(entropy, mass):
-    w = OverOptimisationWatch(patience=2, tol=1e-3)
-    return [w.update(e, m) for e, m in zip(entropy, mass)]
-
-
-def test_entropy_turning_down_after_a_rise_warns_once_it_has_fallen_twice():
-    out = feed([1.00, 1.10, 1.20, 1.15, 1.10], [0.8] * 5)
-    assert out[:4] == [None] * 4
-    assert out[4] and "entropy turned down" in out[4]
+from pipeline.errors import ConfigError
+from pipeline.train.config import TrainConfig, load_train_config
+from pipeline.train.metrics import MetricsLog, OverOptConfig, OverOptimisationWatch, bootstrap, noise_multiple
 
 
-def test_entropy_falling_without_a_rise_is_not_the_pattern():
-    assert feed([1.2, 1.1, 1.0, 0.9], [0.8] * 4) == [None] * 4
+def feed(entropy=None, mass=None, *, se=0.01, n=10_000, **cfg):
+    """Alarms per evaluation (steps 0, 10, 20, ...) for indicator levels; the change is since the first
+    evaluation, which has se 0 (nothing changed yet), later ones `se`. One series may be left flat.
+    n: eval pairs; 10,000 makes the noise multiple z itself (to 0.1%), so thresholds read as z * se."""
+    length = len(entropy or mass)
+    series = {"topk_entropy": entropy or [1.0] * length, "topk_mass": mass or [0.8] * length}
+    w = OverOptimisationWatch(OverOptConfig(**cfg))
+    out = []
+    for i in range(length):
+        points = {k: {"value": v[i], "change": v[i] - v[0], "se": se if i else 0.0} for k, v in series.items()}
+        out.append(w.update(10 * i, points, eval_pairs=n))
+    return out, w
 
 
-def test_mass_falling_on_consecutive_evaluations_warns():
-    out = feed([1.0] * 4, [0.84, 0.83, 0.80, 0.78])
-    assert out[:2] == [None, None] and out[2] and "mass fell" in out[2]
+def fired_at(alarms):
+    return [i for i, a in enumerate(alarms) if a]
 
 
-def test_noise_level_changes_do_not_warn():
-    assert feed([1.0, 1.0004, 1.0002, 1.0001], [0.8, 0.8, 0.8, 0.8]) == [None] * 4
-    assert feed([1.0] * 4, [0.8, 0.79995, 0.7999, 0.79985]) == [None] * 4  # falling, but by less than tol
+def pairs(rng, n=10):
+    """Heterogeneous eval pairs: per-pair indicator levels and response tokens."""
+    return {"topk_entropy": rng.uniform(0.8, 1.8, n), "topk_mass": rng.uniform(0.6, 0.95, n)}, rng.integers(20, 120, n)
+
+
+def observe_all(w, levels_per_eval, tokens):
+    return [w.observe(10 * i, {k: v * tokens for k, v in lv.items()}, tokens, seed=i)[1]
+            for i, lv in enumerate(levels_per_eval)]
+
+
+@pytest.mark.parametrize("min_change", [0.0, 0.02])
+def test_a_flat_noisy_series_never_warns(min_change):
+    # a model that wanders without moving: each pair's indicators move by zero-mean noise at every evaluation
+    # after the first (the reference model); with the floor off, the noise rule alone holds over 150 runs of 40
+    # evaluations. A single-evaluation peak as reference, or z=2 with window 1, fire on such series
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        base, tokens = pairs(rng)
+        w = OverOptimisationWatch(OverOptConfig(min_change=min_change, resamples=200))
+        evals = [base] + [{k: v + 0.02 * rng.standard_normal(len(v)) for k, v in base.items()} for _ in range(39)]
+        assert not any(observe_all(w, evals, tokens))
+
+
+def test_the_change_is_paired_so_the_spread_between_prompts_does_not_hide_it():
+    rng = np.random.default_rng(2)
+    base, tokens = pairs(rng)
+    shifted = {k: v - 0.05 + 0.005 * rng.standard_normal(len(v)) for k, v in base.items()}
+    w = OverOptimisationWatch()
+    w.observe(0, {k: v * tokens for k, v in base.items()}, tokens)
+    changes, _ = w.observe(10, {k: v * tokens for k, v in shifted.items()}, tokens)
+    level = bootstrap(shifted["topk_mass"] * tokens, tokens)
+    mass = changes["topk_mass"]
+    assert mass.value == pytest.approx(level.value - np.dot(base["topk_mass"], tokens) / tokens.sum())
+    assert mass.se < level.se / 10 and mass.hi < 0  # a clear shift, though within the levels' spread
+    assert w.series["topk_mass"][1]["change"] == mass.value and w.series["topk_mass"][0]["se"] == 0.0
+
+
+def test_the_issue_series_a_small_consistent_mass_decline_is_normal_movement():
+    # 0.8688 -> 0.8665 warned under the old rule (tol 1e-3, patience 2). Every pair moving alike gives it a tiny
+    # paired se, so the noise rule alone fires on it; the floor (2% of the first value, 0.0174) is what holds
+    rng = np.random.default_rng(3)
+    base, tokens = pairs(rng)
+    base["topk_mass"] += 0.8688 - np.dot(base["topk_mass"], tokens) / tokens.sum()
+    evals = [{"topk_entropy": base["topk_entropy"], "topk_mass": base["topk_mass"] + d}
+             for d in (0.0, -0.0012, -0.0023, -0.0030)]
+    assert not any(observe_all(OverOptimisationWatch(), evals, tokens))
+    assert fired_at(observe_all(OverOptimisationWatch(OverOptConfig(min_change=0.0)), evals, tokens)) == [2]
+
+
+def test_a_sustained_mass_decline_beyond_the_noise_warns_once_with_its_evidence():
+    alarms, w = feed(mass=[0.87, 0.86, 0.85, 0.83, 0.82, 0.78], se=0.01)
+    # needs a change below -max(3 * sqrt(0 + 0.01^2), 0.02 * 0.87) = -0.030: 0.83 (-0.04) and 0.82 (-0.05)
+    assert fired_at(alarms) == [4]
+    (alarm,) = alarms[4]
+    assert alarm["indicator"] == "topk_mass" and alarm["step"] == 40
+    assert [p["step"] for p in alarm["window"]] == [30, 40]
+    text = alarm["warning"]
+    assert "from 0.8700 at step 0" in text
+    assert "0.8200 at step 40 (change -0.0500, se 0.0100, needed < -0.0300)" in text
+    assert ("max(3.00 x noise (z 3 widened to Student's t for 10000 eval pairs), 0.02 x the first value = 0.0174) "
+            "on 2 evaluation(s) in a row") in text
+    assert w.fired == [alarm] and w.holding == ["topk_mass"]  # still holding at 0.78, not announced again
+
+
+def test_entropy_decreasing_from_the_start_beyond_the_noise_warns():
+    # the pattern bench/overopt.py measured: entropy fell from the first step and never rose
+    alarms, _ = feed(entropy=[1.20, 1.19, 1.16, 1.14, 1.12], se=0.01)
+    assert fired_at(alarms) == [3]  # -0.04 and -0.06 below the first, beyond max(0.03, 0.024)
+    assert alarms[3][0]["rule"] == "fell_below_first" and "top-k entropy decreased" in alarms[3][0]["warning"]
+
+
+def test_a_rise_then_fall_of_entropy_warns_even_above_its_start():
+    # the first's threshold is max(3 * 0.01, 0.02) = 0.03, two later evaluations' 3 * sqrt(2) * 0.01 = 0.042:
+    # 1.06-1.08 rose beyond it and held; falling back to 1.04-1.05 stays within the noise of every risen pair
+    assert not any(feed(entropy=[1.00, 1.06, 1.07, 1.08, 1.05, 1.04, 1.05], se=0.01)[0])
+    alarms, _ = feed(entropy=[1.00, 1.06, 1.07, 1.08, 1.05, 1.02, 1.01], se=0.01)
+    assert fired_at(alarms) == [6]  # 1.02 and 1.01 are both below 1.07 - 0.042 (and 1.08 - 0.042)
+    (alarm,) = alarms[6]
+    assert alarm["rule"] == "turned_down_after_rise" and [p["step"] for p in alarm["reference"]] == [20, 30]
+    assert "turned down after a sustained rise" in alarm["warning"]
+
+
+def test_entropy_moving_within_the_noise_or_rising_only_once_is_not_the_pattern():
+    assert not any(feed(entropy=[1.00, 1.02, 1.03, 0.99, 0.98, 0.99])[0])  # all within 0.03 of the first
+    # one-evaluation rises, then back to the start: a single peak would fire (1.10 - 1.00 > 0.042), a run does not
+    assert not any(feed(entropy=[1.00, 1.10, 1.00, 1.10, 1.00, 1.00])[0])
+    assert fired_at(feed(entropy=[1.00, 1.10, 1.10, 1.00, 1.00])[0]) == [4]
+
+
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_the_window_edge_a_drop_held_one_evaluation_short_does_not_warn(window):
+    low = [0.80] * (window - 1)
+    assert not any(feed(mass=[0.87] + low + [0.87, 0.87], window=window)[0])  # back before the window filled
+    assert fired_at(feed(mass=[0.87] + low + [0.80, 0.87], window=window)[0]) == [window]  # held exactly `window`
+
+
+@pytest.mark.parametrize("z", [1.0, 3.0])
+def test_the_noise_edge_a_drop_just_inside_the_threshold_does_not_warn(z):
+    se_a, se_b = 0.01, 0.02  # unequal se: the threshold adds them in quadrature
+    edge = noise_multiple(z, 8) * math.hypot(se_a, se_b)  # 8 eval pairs: z widened for an estimated se
+
+    def run(drop):
+        w = OverOptimisationWatch(OverOptConfig(z=z, window=2, min_change=0.0))
+        pts = [(0.87, 0.0, 0.0), (0.87, 0.0, se_a), (0.87 - drop, -drop, se_b), (0.87 - drop, -drop, se_b)]
+        # entropy: a sustained level with se_a at step 10 and 20 (held out of the window), then the drop
+        ent = [(1.0, 0.0, 0.0), (1.5, 0.5, se_a), (1.5, 0.5, se_a), (1.5 - drop, 0.5 - drop, se_b),
+               (1.5 - drop, 0.5 - drop, se_b)]
+        out = []
+        for i, (e, m) in enumerate(zip(ent, pts + [pts[-1]])):
+            out.append(w.update(10 * i, {"topk_entropy": dict(zip(("value", "change", "se"), e)),
+                                         "topk_mass": dict(zip(("value", "change", "se"), m))}, eval_pairs=8))
+        return out
+
+    inside, outside = run(edge * 0.999), run(edge * 1.001)
+    assert not any(a["indicator"] == "topk_entropy" for alarms in inside for a in alarms)
+    assert [i for i, alarms in enumerate(outside) if any(a["indicator"] == "topk_entropy" for a in alarms)] == [4]
+    # mass against the first (se 0): its threshold is the multiple times se alone
+    edge = noise_multiple(z, 8) * se_b
+    for factor, expected in ((0.999, []), (1.001, [2])):
+        drop = factor * edge
+        assert fired_at(feed(mass=[0.87, 0.87 - drop, 0.87 - drop], se=se_b, n=8, z=z, min_change=0.0)[0]) == expected
+
+
+def test_the_noise_multiple_is_students_t_for_an_se_estimated_from_few_pairs():
+    # exact t quantiles at the tail of z = 3 (one-sided 0.99865), times sqrt(n / (n - 1)) for the plug-in se
+    for n, t in ((10, 4.0943), (20, 3.4472), (50, 3.1605)):
+        assert noise_multiple(3.0, n) == pytest.approx(t * math.sqrt(n / (n - 1)), rel=0.005)
+    assert noise_multiple(3.0, 3) > 10  # three pairs: only a collapse counts
+    assert noise_multiple(3.0, 100_000) == pytest.approx(3.0, rel=1e-3)
+
+
+def test_the_floor_edge_a_change_within_normal_movement_does_not_warn():
+    floor = 0.02 * 0.87  # min_change x the first value; the noise term made negligible
+    assert not any(feed(mass=[0.87] + [0.87 - 0.999 * floor] * 3, se=1e-6)[0])
+    assert fired_at(feed(mass=[0.87] + [0.87 - 1.001 * floor] * 3, se=1e-6)[0]) == [2]
+
+
+def test_too_few_eval_pairs_turn_the_watch_off_and_say_how_to_fix_it():
+    alarms, w = feed(mass=[0.87, 0.5, 0.4, 0.3], n=2)  # a collapse, but two pairs cannot give a noise estimate
+    assert not any(alarms) and not w.active
+    assert "2 pair(s)" in w.note() and "fix: raise eval_fraction" in w.note()
+    assert w.summary()["active"] is False
+    alarms, w = feed(mass=[0.87, 0.5, 0.4, 0.3], n=3)
+    assert w.active and fired_at(alarms) == [2] and w.note() is None
+
+
+def test_bootstrap_gives_the_standard_error_of_a_mean_and_of_a_token_weighted_mean():
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.0, 1.0, 60)
+    e = bootstrap(x, resamples=4000, seed=0)
+    assert e.value == pytest.approx(x.mean()) and e.n == 60
+    assert e.se == pytest.approx(x.std(ddof=1) / math.sqrt(60), rel=0.1)
+    assert e.lo < e.value < e.hi and e.hi - e.lo == pytest.approx(2 * 1.96 * e.se, rel=0.15)
+    assert bootstrap(x, seed=3) == bootstrap(x, seed=3)  # reproducible (and so after a resume)
+    # token-weighted: a long pair counts for its tokens; one pair alone has no noise estimate
+    w = bootstrap([9.0, 1.0], [10.0, 1.0], seed=0)
+    assert w.value == pytest.approx(10 / 11) and w.se > 0
+    assert math.isnan(bootstrap([0.5], [4.0]).se)
 
 
 def test_watch_state_survives_a_resume():
+    rng = np.random.default_rng(4)
+    base, tokens = pairs(rng)
+    evals = [{k: v - d for k, v in base.items()} for d in (0.0, 0.1, 0.12, 0.15)]
     a = OverOptimisationWatch()
-    for e in (1.0, 1.2):
-        a.update(e, 0.8)
+    observe_all(a, evals[:2], tokens)
     b = OverOptimisationWatch()
     b.load(json.loads(json.dumps(a.state())))
-    assert b.update(1.1, 0.8) == a.update(1.1, 0.8)
+    nxt = {k: v * tokens for k, v in evals[2].items()}
+    assert b.observe(20, nxt, tokens, seed=2)[1] == a.observe(20, nxt, tokens, seed=2)[1] and a.fired == b.fired
+    assert a.fired  # the comparison was of alarms, not of two empty lists
+    c = OverOptimisationWatch()
+    c.load({"entropy": [1.0, 1.2], "mass": [0.8, 0.8]})  # a checkpoint written before noise estimates: restarts
+    assert c.first is None and c.series == {"topk_entropy": [], "topk_mass": []}
+    with pytest.raises(ValueError, match="the first evaluation had 10"):
+        a.observe(30, {k: v[:5] for k, v in nxt.items()}, tokens[:5])
+
+
+def test_watch_settings_are_validated_and_enter_the_run_key_only_with_early_stop():
+    with pytest.raises(ConfigError, match="overopt.window"):
+        load_train_config(overrides=["overopt.window=0"])
+    base, other = TrainConfig(), TrainConfig(overopt={"z": 2.0})
+    assert base.weight_fields() == other.weight_fields()  # the watch only reads the eval: same weights
+    stop = TrainConfig(early_stop=True)
+    assert stop.weight_fields() != stop.model_copy(update={"overopt": OverOptConfig(z=2.0)}).weight_fields()
 
 
 def test_a_resumed_log_drops_records_past_the_checkpoint(tmp_path):
@@ -56,3 +233,12 @@ def test_bundled_example_train_config_is_valid():
 
     cfg = load_train_config(bundled_data_dir() / "configs" / "train.yaml")
     assert cfg.losses == {"sigmoid": 1.0, "nll": 0.1} and cfg.micro_batch_size == 4
+
+
+def test_a_single_eval_pair_logs_no_noise_fields():
+    from pipeline.train.trainer import _noise
+
+    one = bootstrap([0.7])  # one pair has no spread to resample: NaN se, which json would write as invalid NaN
+    assert math.isnan(one.se) and _noise("eval/topk_mass", se=one.se, lo=one.lo, hi=one.hi) == {}
+    assert _noise("eval/topk_mass", se=0.01, lo=0.6, hi=0.8) == {"eval/topk_mass_se": 0.01, "eval/topk_mass_lo": 0.6,
+                                                                 "eval/topk_mass_hi": 0.8}

@@ -17,6 +17,7 @@ from pipeline.errors import InputError
 from pipeline.models import resolve
 from pipeline.train import TrainConfig, train
 from pipeline.train.data import examples, open_source
+from pipeline.train.metrics import OverOptConfig
 from pipeline.train.trainer import accumulate, load_policy
 from tests.conftest import ROOT, cli_env, run_cli
 
@@ -57,6 +58,12 @@ def test_training_learns_the_pairs_and_writes_a_loadable_model(data, tmp_path):
         assert all(key in r for r in recs[1:]), key
     assert "eval/topk_entropy" in last and 0 < last["eval/topk_mass"] <= 1
     assert list((tmp_path / "out" / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "out" / "tensorboard"))
+    board.Reload()  # the indicators with their intervals, and the change the watch judges with its se
+    assert {f"eval/topk_{k}{s}" for k in ("mass", "entropy") for s in ("", "_se", "_lo", "_hi", "_change_se")} \
+        <= set(board.Tags()["scalars"])
     model_dir = tmp_path / "out" / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -72,6 +79,38 @@ def test_training_learns_the_pairs_and_writes_a_loadable_model(data, tmp_path):
     assert any("nothing to do" in line for line in again)
     with pytest.raises(InputError, match="another config or data"):
         train(TrainConfig(steps=8, **{**FAST, "beta": 0.5}), data, tmp_path / "out")
+
+
+def test_default_training_raises_no_overoptimisation_warning(data, tmp_path):
+    # the trainer's defaults (lr 5e-6, sigmoid DPO, the default watch) for the default run's 8 steps, on the tiny
+    # run (the default run takes minutes to build; bench/overopt.py trains on it at batch 8). Departures, for CI
+    # time and for the watch to have something to judge: batch 2 (a quarter of the compute of 8), eval_every=1 (9
+    # evaluations instead of step 0 and 8, too few to fire at all), eval_fraction=0.25 (3 of the tiny run's 12
+    # prompts; the default 0.1 holds out 1, and the watch needs 3)
+    cfg = TrainConfig(steps=8, batch_size=2, eval_every=1, eval_fraction=0.25, tensorboard=False)
+    lines = []
+    prov = train(cfg, data, tmp_path / "out", log=lines.append)
+    evals = [r for r in _records(tmp_path / "out") if "eval/topk_mass" in r]
+    assert [r["step"] for r in evals] == list(range(9)) and prov["overopt_watch"]["active"]
+    moved = max(abs(r["eval/topk_mass_change"]) for r in evals)
+    assert moved > 1e-3  # the indicators do move (the old rule's tolerance was 1e-3) ...
+    assert prov["warnings"] == [] and not any("WARNING" in line for line in lines)  # ... within normal movement
+    assert "No alarm: neither indicator moved" in (tmp_path / "out" / "model" / "README.md").read_text()
+    for r in evals:
+        for k in ("topk_entropy", "topk_mass"):
+            assert r[f"eval/{k}_lo"] <= r[f"eval/{k}"] <= r[f"eval/{k}_hi"] and r[f"eval/{k}_se"] > 0
+    # early_stop with a hair-trigger watch (window 1, no noise multiple, no floor) on the same run: the first
+    # indicator that falls below step 0 fires, and the run stops there
+    trigger = cfg.model_copy(update={"steps": 4, "early_stop": True,
+                                     "overopt": OverOptConfig(window=1, z=1e-9, min_change=0.0)})
+    prov = train(trigger, data, tmp_path / "stop", log=lines.append)
+    alarm = prov["warnings"][0]
+    assert prov["stopped_early"] and prov["steps"] == alarm["step"] < 4
+    assert alarm["window"][0]["change"] < 0 and prov["overopt_watch"]["window"] == 1
+    recs = _records(tmp_path / "stop")
+    assert recs[-1]["step"] == alarm["step"] and "likely over-optimisation" in recs[-1]["warning"]
+    assert any(f"WARNING at step {alarm['step']}" in line and "stopping early" in line for line in lines)
+    assert alarm["warning"] in (tmp_path / "stop" / "model" / "README.md").read_text()  # the card says what fired
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
@@ -133,7 +172,8 @@ def test_ld_dpo_computes_and_caches_its_reference_then_reuses_it(data, tmp_path)
 
 
 def test_lora_with_rationale_term_trains_and_merges(data, tmp_path):
-    cfg = TrainConfig(steps=2, lora={"r": 4, "alpha": 8}, losses={"sigmoid": 1.0, "rationale": 0.05, "nll": 0.1}, **FAST)
+    losses = {"sigmoid": 1.0, "rationale": 0.05, "nll": 0.1}
+    cfg = TrainConfig(steps=2, lora={"r": 4, "alpha": 8}, losses=losses, **FAST)
     train(cfg, data, tmp_path / "out")
     recs = _records(tmp_path / "out")
     assert all("loss/rationale" in r and "loss/nll" in r for r in recs[1:])  # the tiny run's pairs carry rationales
@@ -153,10 +193,28 @@ def test_cli_errors_name_the_field_and_the_fix(tmp_path):
 
 def test_cli_trains_through_the_prefect_flow(data, tmp_path):
     out = tmp_path / "cli-out"
-    proc = run_cli("train", "--data", str(data), "--out", str(out), "--set", "steps=2", "--set", "batch_size=2",
-                   "--set", "eval_every=1", "--set", "eval_fraction=0.25", "--quiet")
+    proc = run_cli(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--set",
+        "steps=2",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "eval_every=1",
+        "--set",
+        "eval_fraction=0.25",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"trained 2 steps on {data}" in proc.stdout and "eval: " in proc.stdout and "rewards/accuracies=" in proc.stdout
+    assert (
+        f"trained 2 steps on {data}" in proc.stdout
+        and "eval: " in proc.stdout
+        and "rewards/accuracies=" in proc.stdout
+    )
     assert "Flow run" in proc.stderr and "train" in proc.stderr  # it ran as the Prefect `train` flow
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["steps"] == 2 and (out / "model" / "config.json").exists()
