@@ -19,7 +19,6 @@ request from the request log (what a resumed run pays per judgment).
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.generate import timed  # noqa: E402  (the same per-call wall-time wrapper)
 from judges import absolute  # noqa: E402
 from pipeline.backends.hf import TransformersBackend  # noqa: E402
 from pipeline.backends.openai_backend import OpenAIBackend  # noqa: E402
@@ -38,21 +38,6 @@ from pipeline.request_log import RequestLog  # noqa: E402
 
 MODEL = "bundled:smollm2-135m-instruct"
 JUDGES = ["generate.dtype=float32", "judge.pairwise_templates=[pairwise-ab-v1]", "judge.aggregate=mean_normalised"]
-
-
-def timed(owner, name: str, box: list) -> None:
-    """Wrap owner.name so each call's wall time is added to box[0]."""
-    inner = getattr(owner, name)
-
-    @functools.wraps(inner)
-    def wrapper(*a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return inner(*a, **kw)
-        finally:
-            box[0] += time.perf_counter() - t0
-
-    setattr(owner, name, wrapper)
 
 
 def measure(label: str, prompts, candidates, judges, box: list) -> tuple[float, int]:
