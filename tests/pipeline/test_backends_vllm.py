@@ -322,7 +322,10 @@ def test_prefect_global_limits_bound_requests_across_processes(server):
             seed=6,
         )
         starts = sorted(proxy.starts)
-        assert len(starts) == 6 and min(b - a for a, b in zip(starts, starts[1:])) > 0.3  # 2 slots/s: ~0.5 s apart
+        # 2 slots/s: the 6 slots are taken >= 2.5 s from first to last (unlimited, all 6 start within ms). The
+        # proxy sees a request some time after its slot was taken (a loaded CI machine showed two starts 3 ms
+        # apart after a 1.4 s gap), so the test bounds the span, not each gap.
+        assert len(starts) == 6 and starts[-1] - starts[0] > 1.5, starts
         with pytest.raises(ConfigError, match="prefect_concurrency_limit.*prefect gcl create prefsynth-nope"):
             openai_backend(proxy.url, prefect_concurrency_limit="prefsynth-nope").generate(
                 backend_requests(1), sampling=SamplingParams(0.9, 0.95, 4), max_prompt_tokens=400
