@@ -1,9 +1,9 @@
-"""The `build_dataset` flow: prompts -> prompt_filter -> generate -> judge -> pair -> ches
--> rationale -> publish, with the self_critique pair source (prompt_filter -> self_critique -> pair)
-when `sources.self_critique.enabled`. With `distributed.runner: ray` the heavy stages' prompt
-shards run on a Ray cluster first (flows/distributed.py).
+"""The `build_dataset` flow: the stages of pipeline/stages.py in their order (synth when the input
+is synthesised -> prompts -> prompt_filter -> self_critique -> generate -> judge -> pair -> ches ->
+rationale), then publish. With `distributed.runner: ray` the shardable stages' prompt shards run on
+a Ray cluster first (flows/distributed.py).
 
-Each stage is a Prefect task that only calls the stage's `run` in pipeline/; the stage itself
+Each stage is a Prefect task that only calls its declared runner (pipeline/stage.py), which
 decides to skip (complete output for its fingerprint), resume (checkpointed parts) or run. Tasks
 pass paths and fingerprints, never models or tables (everything between stages is on disk).
 Run it as an example on the bundled sample: `python -m flows.build_dataset`.
@@ -26,13 +26,15 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.distributed import run_stage, task_runner
-from pipeline import ches, generate, judge, pair, prompt_filter, prompts, publish, rationale, self_critique, synth
+from pipeline import publish
 from pipeline.config import RunConfig
 from pipeline.errors import TransientBackendError
 from pipeline.funnel import unit_label
 from pipeline.incremental import increment_config, merge
 from pipeline.incremental import plan as incremental_plan
 from pipeline.rundir import check_kind
+from pipeline.stage import Stage
+from pipeline.stages import STAGES
 from pipeline.store import run_lock
 
 log = logging.getLogger("prefsynth")
@@ -44,21 +46,22 @@ def _transient(task, task_run, state) -> bool:
     return isinstance(state.data, TransientBackendError)
 
 
-def _task(stage_run, name: str):
-    return task(stage_run, name=name, cache_policy=NO_CACHE, persist_result=False, retries=3,
-                retry_delay_seconds=[5, 20, 60], retry_condition_fn=_transient)
+OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=[5, 20, 60],
+               retry_condition_fn=_transient)
 
 
-synth_task = _task(synth.run, "synth")
-prompts_task = _task(prompts.run, "prompts")
-prompt_filter_task = _task(prompt_filter.run, "prompt_filter")
-self_critique_task = _task(self_critique.run, "self_critique")
-generate_task = _task(generate.run, "generate")
-judge_task = _task(judge.run, "judge")
-pair_task = _task(pair.run, "pair")
-ches_task = _task(ches.run, "ches")
-rationale_task = _task(rationale.run, "rationale")
-publish_task = _task(publish.run, "publish")
+def _task(stage: Stage):
+    """A Prefect task calling the stage's runner (pipeline/stage.py) with its upstream fingerprints."""
+
+    def run(run_dir: str, cfg: RunConfig, upstream: tuple, *, log=print, shard: tuple[int, int] | None = None) -> dict:
+        return stage.run(run_dir, cfg, *upstream, log=log, shard=shard)
+
+    return task(run, name=stage.name, **OPTIONS)
+
+
+STAGE_TASKS = {stage.name: _task(stage) for stage in STAGES}  # one Prefect task per declared stage
+generate_task = STAGE_TASKS["generate"]
+publish_task = task(publish.run, name="publish", **OPTIONS)
 
 
 @flow(name="build_dataset", log_prints=False, persist_result=False)
@@ -98,34 +101,25 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
     progress = create_progress_artifact(
         progress=0.0, key="prefsynth-progress", description=f"prefsynth {cfg.name}: share of stages done"
     )
-    steps = 9
+    steps = len(STAGES) + 1
 
     def done(n):  # stage progress as a Prefect progress artifact (percent of stages finished)
         update_progress_artifact(progress, progress=round(100 * n / steps, 1))
 
-    with task_runner(cfg.distributed) as runner:  # None: local; else the heavy stages' shards go to Ray
-
-        def heavy(stage_task, *inputs):
-            return run_stage(stage_task, runner, out_dir, cfg, *inputs, log=say)
-
-        metas = {"synth": heavy(synth_task)} if cfg.input.synthesised else {}  # prompts made by a model first
-        metas["prompts"] = prompts_task(out_dir, cfg, metas.get("synth", {}).get("fingerprint"), log=say)
-        metas["prompt_filter"] = heavy(prompt_filter_task, metas["prompts"]["fingerprint"])  # embeddings shard
-        done(2)
-        metas["self_critique"] = heavy(self_critique_task, metas["prompt_filter"]["fingerprint"])
-        done(3)
-        metas["generate"] = heavy(generate_task, metas["prompt_filter"]["fingerprint"])
-        done(4)
-        metas["judge"] = heavy(judge_task, metas["generate"]["fingerprint"])
-        done(5)
-        sources_fp = metas["self_critique"]["fingerprint"] if cfg.sources.self_critique.enabled else None
-        metas["pair"] = pair_task(out_dir, cfg, metas["judge"]["fingerprint"], sources_fp, log=say)
-        metas["ches"] = heavy(ches_task, metas["pair"]["fingerprint"])
-        done(7)
-        metas["rationale"] = heavy(rationale_task, metas["ches"]["fingerprint"])
-        done(8)
+    metas: dict[str, dict] = {}
+    with task_runner(cfg.distributed) as runner:  # None: local; else the shardable stages' shards go to Ray
+        for n, stage in enumerate(STAGES, 1):  # the order is pipeline/stages.py's
+            if stage.when(cfg):
+                upstream = tuple(None if u is None else metas[u]["fingerprint"] for u in stage.upstream(cfg))
+                stage_task = STAGE_TASKS[stage.name]
+                metas[stage.name] = (
+                    run_stage(stage_task, runner, out_dir, cfg, upstream, log=say)
+                    if stage.shardable
+                    else stage_task(out_dir, cfg, upstream, log=say)
+                )
+            done(n)
     manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)
-    done(9)
+    done(steps)
     create_markdown_artifact(
         key="prefsynth-summary",
         markdown=f"```\n{publish.summary(manifest, out_dir)}\n```",

@@ -23,7 +23,6 @@ positions, in chunks, so no sequence x vocab tensor is ever materialised.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -39,12 +38,9 @@ from pipeline.encoding import encode_pair
 from pipeline.errors import BackendError
 from pipeline.funnel import step
 from pipeline.models import resolve
-from pipeline.progress import bar
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.stage import Chunked, Read, Stage, StageRun
 
 VERSION = "2"
-READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
-WRITES = ("pairs.ches", "pairs.ln_ches", "pairs.ref_chosen_logp", "pairs.ref_rejected_logp")
 
 
 @dataclass(frozen=True)
@@ -180,49 +176,41 @@ def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     return fingerprint("ches", VERSION, cfg.stage_fields("ches"), pairs_fp, model.revision)
 
 
-def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
-    store = StageStore(run_dir, "ches", "pairs", stage_fingerprint(cfg, pairs_fp))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    pairs = schemas.read_table(f"{run_dir}/tables/pair.parquet", "pairs")
-    started = time.perf_counter()
-    if not cfg.curate.ches.enabled:
-        if shard is not None:
-            return store.shard_meta(shard)
-        return store.finish(pairs, {"seconds": 0.0, "model": None, "funnel": []})
-    with bar(total=2 * pairs.num_rows, initial=2 * done_rows(store, pairs), desc="ches", unit="seq") as pbar:
+def _skip(run: StageRun):
+    if not run.cfg.curate.ches.enabled:
+        return run.read("pair"), {"seconds": 0.0, "model": None, "funnel": []}
+    return None
 
-        def make_work():  # checkpointed by prompt, as generate/judge; the policy loads only if work is left
-            from pipeline.backends.hf import load_causal_lm
 
-            model, tokenizer, _ = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
-            dtype = str(model.dtype).removeprefix("torch.")  # the trainer reuses ref log-probs only at its own dtype
-            return lambda subset: (
-                score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=pbar.advance),
-                {"dtype": dtype},
-            )
+def _make_work(run: StageRun):  # checkpointed by prompt, as generate/judge; the policy loads only if work is left
+    from pipeline.backends.hf import load_causal_lm
 
-        parts = run_in_parts(store, pairs, cfg.publish.chunk_prompts, make_work, log, shard=shard)
-    if shard is not None:
-        return store.shard_meta(shard)
-    dtypes = {info["dtype"] for _, info in parts if "dtype" in info}
+    cfg = run.cfg
+    model, tokenizer, _ = load_causal_lm(cfg.ches_model, cfg.generate.dtype, "curate.ches.model")
+    dtype = str(model.dtype).removeprefix("torch.")  # the trainer reuses ref log-probs only at its own dtype
+    return lambda subset: (
+        score_pairs(subset, model, tokenizer, batch_size=cfg.curate.ches.batch_size, progress=run.pbar.advance),
+        {"dtype": dtype},
+    )
+
+
+def _summarise(run: StageRun, scored: pa.Table, extras: list[dict]):
+    dtypes = {info["dtype"] for info in extras if "dtype" in info}
     if len(dtypes) > 1:  # shards on unlike devices: the reference log-probs would not be comparable
         raise BackendError(
             f"curate.ches: parts were scored in several dtypes {sorted(dtypes)}; fix: set "
             "generate.dtype explicitly (float32 or bfloat16) and rerun with a fresh --out"
         )
-    scored = schemas.concat([t for t, _ in parts], "pairs")
+    cfg = run.cfg
     scored = scored.take(
         pc.sort_indices(scored, [("prompt_id", "ascending"), ("chosen_id", "ascending"), ("rejected_id", "ascending")])
     )
     kept, entry = apply_filter(scored, cfg.curate.ches)
     # every scored pair, before the filter, for the card's CHES distribution (written before the meta commit)
-    schemas.write_table(scored, scored_path(run_dir), "pairs")
+    schemas.write_table(scored, scored_path(run.run_dir), "pairs")
     values = [v for v in scored.column("ln_ches").to_pylist() if not math.isnan(v)]
-    log(f"ches: scored {scored.num_rows} pairs, kept {kept.num_rows} ({entry['reason']})")
-    meta = {
-        "seconds": round(time.perf_counter() - started, 2),
+    run.log(f"ches: scored {scored.num_rows} pairs, kept {kept.num_rows} ({entry['reason']})")
+    return kept, {
         "model": resolve(cfg.ches_model).label,
         "filter": cfg.curate.ches.filter,
         "dtype": next(iter(dtypes), None),
@@ -231,4 +219,17 @@ def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, 
         "ln_ches_max": max(values, default=None),
         "funnel": [entry],
     }
-    return store.finish(kept, meta)
+
+
+STAGE = Stage(
+    name="ches",
+    reads=(Read("pair", "pairs", ("prompt_id", "chosen_id", "rejected_id", "prompt", "chosen", "rejected")),),
+    writes="pairs",
+    after=("pair",),
+    fingerprint=stage_fingerprint,
+    chunked=Chunked(
+        rows="pair", make_work=_make_work, summarise=_summarise, unit="seq", weight=lambda cfg: 2, skip=_skip
+    ),
+    shardable=True,
+)
+run = STAGE.run

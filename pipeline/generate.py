@@ -9,8 +9,6 @@ skipped with a recorded reason and counted in the funnel.
 
 from __future__ import annotations
 
-import time
-
 import pyarrow as pa
 
 from pipeline import accounting, schemas
@@ -21,14 +19,11 @@ from pipeline.config import GenerateConfig, RunConfig, fingerprint
 from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.pools import pool_candidates
-from pipeline.progress import bar
-from pipeline.request_log import LoggedBackend, RequestLog
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.request_log import LoggedBackend
+from pipeline.stage import Chunked, Read, Stage, StageRun
 from pipeline.verbalized import verbalized_candidates
 
 VERSION = "3"  # 3: backend in the fingerprint (vllm/openai sample differently from transformers)
-READS = ("prompts.prompt_id", "prompts.messages")
-WRITES = tuple(schemas.CANDIDATES.names)
 
 
 def generate_candidates(prompts: pa.Table, cfg: GenerateConfig, backend: GeneratorBackend | None, *, seed: int,
@@ -131,19 +126,10 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     )
 
 
-def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run (or resume, or skip) the stage under `run_dir`; return its meta. With `shard=(i, k)` only do
-    that shard's chunks (a distributed task) and return without committing the table."""
-    store = StageStore(run_dir, "generate", "candidates", stage_fingerprint(cfg, prompts_fp))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
-    started = time.perf_counter()
-    g = cfg.generate
+def _make_work(run: StageRun):  # backends (models, engines) load only when a chunk is left to do
+    cfg, g = run.cfg, run.cfg.generate
     backend_name = resolve_backend_name(g.backend)
-    writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"  # concurrent shards: one log file each
-    request_log = RequestLog(f"{run_dir}/requests/generate.jsonl", writer=writer) if g.request_log else None
-    ledger = accounting.Ledger.for_stage(run_dir, cfg, "generate", store.part_infos())
+    request_log = run.request_log() if g.request_log else None
     backends: dict[str, GeneratorBackend] = {}
 
     def backend_of(model: str, field: str) -> GeneratorBackend:
@@ -156,67 +142,66 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
                 field=field,
                 vllm=g.vllm.model_dump(),
                 openai=g.openai.model_dump(),
-                meter=ledger,
-                batch_dir=f"{run_dir}/requests/batches",
+                meter=run.ledger(),
+                batch_dir=f"{run.run_dir}/requests/batches",
             )
             if request_log is not None:
                 b = LoggedBackend(b, request_log, backend_name=backend_name)
             backends[model] = b
         return backends[model]
 
-    with bar(total=prompts.num_rows, initial=done_rows(store, prompts), desc="generate", unit="prompt") as pbar:
-        if backend_name == "openai":
-            pbar.in_flight = lambda: sum(getattr(b, "in_flight", 0) for b in backends.values())
+    if backend_name == "openai":
+        run.pbar.in_flight = lambda: sum(getattr(b, "in_flight", 0) for b in backends.values())
+    backend = None if g.pool and not g.verbalized_k else backend_of(g.model, "generate.model")
+    backend_for = lambda m: backend_of(g.pool[m].model, f"generate.pool.{m}.model")  # noqa: E731
 
-        def make_work():  # backends (models, engines) load only when a chunk is left to do
-            backend = None if g.pool and not g.verbalized_k else backend_of(g.model, "generate.model")
-            backend_for = lambda m: backend_of(g.pool[m].model, f"generate.pool.{m}.model")  # noqa: E731
-
-            def work(subset):
-                hits = _log_hits(backends)
-                table, skipped = generate_candidates(
-                    subset, g, backend, seed=cfg.seed, progress=pbar.advance, backend_for=backend_for
-                )
-                return table, {
-                    "skipped": skipped,
-                    "request_log_hits": _log_hits(backends) - hits,
-                    "usage": ledger.take(),
-                }
-
-            return work
-
-        # batch mode: one chunk, so the stage's requests make one batch file (the request log checkpoints)
-        batch = backend_name == "openai" and g.openai.mode == "batch"
-        parts = run_in_parts(
-            store,
-            prompts,
-            max(prompts.num_rows, 1) if batch else cfg.publish.chunk_prompts,
-            make_work,
-            log,
-            shard=shard,
+    def work(subset):
+        hits = _log_hits(backends)
+        table, skipped = generate_candidates(
+            subset, g, backend, seed=cfg.seed, progress=run.pbar.advance, backend_for=backend_for
         )
-    if request_log is not None:
-        request_log.close()
-    if shard is not None:
-        return store.shard_meta(shard)
-    table = schemas.concat([t for t, _ in parts], "candidates")
-    skipped = {k: v for _, info in parts for k, v in info.get("skipped", {}).items()}
-    seconds = time.perf_counter() - started
+        hits = _log_hits(backends) - hits
+        return table, {"skipped": skipped, "request_log_hits": hits, "usage": run.ledger().take()}
+
+    return work
+
+
+def _chunk(run: StageRun, prompts: pa.Table) -> int:
+    """Batch mode: one chunk, so the stage's requests make one batch file (the request log checkpoints)."""
+    g = run.cfg.generate
+    batch = resolve_backend_name(g.backend) == "openai" and g.openai.mode == "batch"
+    return prompts.num_rows if batch else run.cfg.publish.chunk_prompts
+
+
+def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
+    cfg = run.cfg
+    n_prompts = run.read("prompt_filter").num_rows
+    skipped = {k: v for info in extras for k, v in info.get("skipped", {}).items()}
     tokens = int(sum(table.column("n_tokens").to_pylist()))
     labels = generator_labels(cfg)
-    meta = {
-        "seconds": round(seconds, 2),
-        "backend": backend_name,
-        "request_log_hits": sum(info.get("request_log_hits", 0) for _, info in parts),
+    run.log(f"generate: {table.num_rows} candidates for {n_prompts - len(skipped)} prompts, {tokens} tokens")
+    return table, {
+        "backend": resolve_backend_name(cfg.generate.backend),
+        "request_log_hits": sum(info.get("request_log_hits", 0) for info in extras),
         "model": ", ".join(labels),
         "models": labels,
         "tokens": tokens,
         "skipped": skipped,
-        "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
-        "funnel": generate_funnel(prompts.num_rows, skipped, table, cfg.generate.verbalized_k),
+        "usage": accounting.merge(*(info.get("usage") for info in extras)),
+        "funnel": generate_funnel(n_prompts, skipped, table, cfg.generate.verbalized_k),
     }
-    log(f"generate: {table.num_rows} candidates for {prompts.num_rows - len(skipped)} prompts, {tokens} tokens")
-    return store.finish(table, meta)
+
+
+STAGE = Stage(
+    name="generate",
+    reads=(Read("prompt_filter", "prompts", ("prompt_id", "messages")),),
+    writes="candidates",
+    after=("prompt_filter",),
+    fingerprint=stage_fingerprint,
+    chunked=Chunked(rows="prompt_filter", make_work=_make_work, summarise=_summarise, chunk=_chunk),
+    shardable=True,
+)
+run = STAGE.run
 
 
 def _log_hits(backends: dict) -> int:

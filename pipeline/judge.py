@@ -21,7 +21,6 @@ generated the candidates is flagged for self-preference in the meta.
 from __future__ import annotations
 
 import json
-import time
 from itertools import combinations
 
 import pyarrow as pa
@@ -37,13 +36,10 @@ from pipeline.config import RunConfig, fingerprint
 from pipeline.errors import ConfigError, ModelNotFoundError
 from pipeline.funnel import step
 from pipeline.models import resolve
-from pipeline.progress import bar
 from pipeline.request_log import LoggedBackend, RequestLog
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.stage import Chunked, Read, Stage, StageRun
 
 VERSION = "4"
-READS = ("prompts.messages", "candidates.prompt_id", "candidates.candidate_id", "candidates.text")
-WRITES = tuple(schemas.JUDGMENTS.names)
 EMPTY = json.dumps({"error": "empty response, not judged"})
 
 
@@ -254,75 +250,81 @@ def judge_modes(table: pa.Table) -> dict[str, dict]:
     }
 
 
-def run(run_dir, cfg: RunConfig, candidates_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
-    store = StageStore(run_dir, "judge", "judgments", stage_fingerprint(cfg, candidates_fp))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
-    candidates = schemas.read_table(f"{run_dir}/tables/generate.parquet", "candidates")
-    started = time.perf_counter()
-    n_judges = len(cfg.llm_judge_specs()) + len(cfg.judge.reward_models)
-    served = (
+def _served(cfg: RunConfig) -> bool:
+    return (
         any(s.backend == "openai" for _, s in cfg.llm_judge_specs())
         or any(r.backend == "openai" for r in cfg.reward_model_specs())
         or (cfg.judge.rationales and cfg.judge.backend == "openai")
     )
-    writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"  # concurrent shards: one log file each
-    request_log = RequestLog(f"{run_dir}/requests/judge.jsonl", writer=writer) if served else None
-    ledger = accounting.Ledger.for_stage(run_dir, cfg, "judge", store.part_infos())
-    batch_dir = f"{run_dir}/requests/batches"
-    # batch mode: one chunk, so each judge's requests for the whole stage make one batch file (the log checkpoints)
-    chunk = candidates.num_rows if served and batch_mode(cfg) else cfg.publish.chunk_prompts
-    with bar(
-        total=candidates.num_rows * n_judges,
-        desc="judge",
-        unit="cand",
-        initial=n_judges * done_rows(store, candidates),
-    ) as pbar:
 
-        def make_work():  # judge models load only when a chunk is left to do
-            judges = build_judges(cfg, log=request_log, meter=ledger, batch_dir=batch_dir)
-            explainer = (
-                judge_generator(cfg, cfg.judge.batch_size, log=request_log, meter=ledger, batch_dir=batch_dir)
-                if cfg.judge.rationales and cfg.judge.templates
-                else None
-            )
-            return lambda subset: (
-                judge_candidates(
-                    prompts,
-                    subset,
-                    judges,
-                    progress=pbar.advance,
-                    explainer=explainer,
-                    rationale_tokens=cfg.judge.rationale_tokens,
-                ),
-                {"usage": ledger.take()},
-            )
 
-        parts = run_in_parts(store, candidates, max(chunk, 1), make_work, log, shard=shard)
-    if request_log is not None:
-        request_log.close()
-    if shard is not None:
-        return store.shard_meta(shard)
-    table = schemas.concat([t for t, _ in parts], "judgments")
+def _n_judges(cfg: RunConfig) -> int:
+    return len(cfg.llm_judge_specs()) + len(cfg.judge.reward_models)
+
+
+def _make_work(run: StageRun):  # judge models load only when a chunk is left to do
+    cfg = run.cfg
+    request_log = run.request_log() if _served(cfg) else None
+    batch_dir = f"{run.run_dir}/requests/batches"
+    judges = build_judges(cfg, log=request_log, meter=run.ledger(), batch_dir=batch_dir)
+    explainer = (
+        judge_generator(cfg, cfg.judge.batch_size, log=request_log, meter=run.ledger(), batch_dir=batch_dir)
+        if cfg.judge.rationales and cfg.judge.templates
+        else None
+    )
+    prompts = run.read("prompts")
+    return lambda subset: (
+        judge_candidates(
+            prompts,
+            subset,
+            judges,
+            progress=run.pbar.advance,
+            explainer=explainer,
+            rationale_tokens=cfg.judge.rationale_tokens,
+        ),
+        {"usage": run.ledger().take()},
+    )
+
+
+def _chunk(run: StageRun, candidates: pa.Table) -> int:
+    """Batch mode: one chunk, so each judge's requests for the whole stage make one batch file."""
+    return candidates.num_rows if _served(run.cfg) and batch_mode(run.cfg) else run.cfg.publish.chunk_prompts
+
+
+def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
+    cfg = run.cfg
     failed = table.num_rows - sum(table.column("ok").to_pylist())
     kinds = dict(zip(table.column("judge").to_pylist(), table.column("kind").to_pylist()))  # in judge order
     judge_ids = list(kinds)  # read off the table: a gathering call loads no judge
     same_model = _same_model(cfg.judge_model, cfg.generate.model)
     self_pref = [j for j, kind in kinds.items() if kind != "reward_model"] if same_model else []
-    meta = {
-        "seconds": round(time.perf_counter() - started, 2),
+    run.log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
+    return table, {
         "judges": judge_ids,
         "judge": judge_ids[0] if judge_ids else None,
         "failure_rate": round(failed / max(table.num_rows, 1), 4),
         "self_preference": self_pref,
         "modes": judge_modes(table),
-        "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
-        "funnel": judge_funnel(candidates.num_rows, table),
+        "usage": accounting.merge(*(info.get("usage") for info in extras)),
+        "funnel": judge_funnel(run.read("generate").num_rows, table),
     }
-    log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
-    return store.finish(table, meta)
+
+
+STAGE = Stage(
+    name="judge",
+    reads=(
+        Read("prompts", "prompts", ("prompt_id", "messages", "reference")),
+        Read("generate", "candidates", ("prompt_id", "candidate_id", "text")),
+    ),
+    writes="judgments",
+    after=("generate",),
+    fingerprint=stage_fingerprint,
+    chunked=Chunked(
+        rows="generate", make_work=_make_work, summarise=_summarise, unit="cand", weight=_n_judges, chunk=_chunk
+    ),
+    shardable=True,
+)
+run = STAGE.run
 
 
 def batch_mode(cfg: RunConfig) -> bool:

@@ -24,7 +24,6 @@ yields its best admissible pair. Every published row has chosen_score > rejected
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Collection
 
@@ -39,12 +38,9 @@ from pipeline.errors import SchemaError
 from pipeline.funnel import step
 from pipeline.length_bias import length_bias
 from pipeline.reward_augment import augment
-from pipeline.store import StageStore
+from pipeline.stage import Read, Stage, StageRun
 
 VERSION = "5"
-READS = ("prompts.prompt_id", "prompts.messages", "candidates.text", "candidates.n_tokens",
-         "judgments.candidate_id", "judgments.score", "judgments.ok")
-WRITES = tuple(schemas.PAIRS.names)
 
 
 def _shingles(text: str, n: int = 5) -> set[str]:
@@ -299,17 +295,10 @@ def stage_fingerprint(cfg: RunConfig, judgments_fp: str, sources_fp: str | None 
     return fingerprint("pair", VERSION, cfg.stage_fields("pair"), judgments_fp, sources_fp)
 
 
-def run(run_dir, cfg: RunConfig, judgments_fp: str, sources_fp: str | None = None, *, log=print) -> dict:
-    """Judged pairs (+ reward-augmented rewrites) plus the self-critique stage's pairs when
-    `sources_fp` (that stage's fingerprint) is given."""
-    store = StageStore(run_dir, "pair", "pairs", stage_fingerprint(cfg, judgments_fp, sources_fp))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    started = time.perf_counter()
-    tables = f"{run_dir}/tables"
-    candidates = schemas.read_table(f"{tables}/generate.parquet", "candidates")
-    judgments = schemas.read_table(f"{tables}/judge.parquet", "judgments")
-    prompts = schemas.read_table(f"{tables}/prompts.parquet", "prompts")
+def _build(run: StageRun):
+    """Judged pairs (+ reward-augmented rewrites) plus the self-critique stage's pairs when that source is on."""
+    cfg, run_dir = run.cfg, run.run_dir
+    candidates, judgments, prompts = run.read("generate"), run.read("judge"), run.read("prompts")
     method = cfg.judge.aggregate
     scored = scored_candidates(candidates, judgments, method)
     per_prompt, figures = agreement(judgments)
@@ -341,20 +330,36 @@ def run(run_dir, cfg: RunConfig, judgments_fp: str, sources_fp: str | None = Non
     )
     if cfg.pair.keep_ranked:  # written before the meta, so the stage's commit point covers it
         schemas.write_table(ranked_candidates(prompts, scored), ranked_path(run_dir), "ranked")
-    critiqued = None if sources_fp is None else schemas.read_table(f"{tables}/self_critique.parquet", "pairs")
+    sources_fp = run.upstream[1] if len(run.upstream) > 1 else None
+    critiqued = None if sources_fp is None else run.read("self_critique")
     pairs = add_sources(pairs, funnel, aggregate=method, augment_cfg=cfg.sources.reward_augmented, critiqued=critiqued)
-    log(
+    run.log(
         f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
         f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs"
     )
-    return store.finish(
-        pairs,
-        {
-            "seconds": round(time.perf_counter() - started, 2),
-            "funnel": funnel,
-            "strategy": cfg.pair.strategy,
-            "length_bias": bias,
-            "aggregate": method,
-            "agreement": figures,
-        },
-    )
+    return pairs, {
+        "funnel": funnel,
+        "strategy": cfg.pair.strategy,
+        "length_bias": bias,
+        "aggregate": method,
+        "agreement": figures,
+    }
+
+
+STAGE = Stage(
+    name="pair",
+    reads=(
+        Read("prompts", "prompts", ("prompt_id", "messages")),
+        Read("generate", "candidates", ("prompt_id", "candidate_id", "text", "n_tokens")),
+        Read(
+            "judge", "judgments", ("prompt_id", "candidate_id", "judge", "kind", "score", "ok", "position_consistent")
+        ),
+        Read("self_critique", "pairs", tuple(schemas.PAIRS.names)),  # its pairs join ours when that source is on
+    ),
+    writes="pairs",
+    # the self-critique stage's fingerprint enters only when its pairs are used
+    after=lambda cfg: ("judge", "self_critique" if cfg.sources.self_critique.enabled else None),
+    fingerprint=stage_fingerprint,
+    build=_build,
+)
+run = STAGE.run

@@ -42,12 +42,11 @@ from pipeline.funnel import step
 from pipeline.minhash import fuzzy_duplicates
 from pipeline.models import resolve
 from pipeline.progress import bar
+from pipeline.stage import Read, Stage, StageRun
 from pipeline.store import StageStore, done_rows, run_in_parts, write_json
 
 VERSION = "2"  # the default config's output is v0.1's (tests/pipeline/test_prompt_filter.py): fingerprints stay
 EMBED_VERSION = "1"
-READS = ("prompts.prompt_id", "prompts.messages")
-WRITES = tuple(schemas.PROMPTS.names)
 WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -327,13 +326,10 @@ def _upgrade(run_dir, store: StageStore, meta: dict) -> dict:
     return meta
 
 
-def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's embedding parts, nothing committed."""
-    store = StageStore(run_dir, "prompt_filter", "prompts", stage_fingerprint(cfg, prompts_fp))
-    if (meta := store.reuse(log)) is not None:
-        return _upgrade(run_dir, store, meta)
-    started = time.perf_counter()
-    prompts = schemas.read_table(f"{run_dir}/tables/prompts.parquet", "prompts")
+def _build(run: StageRun):
+    """Text filters, then (sharded over Ray when asked) the embeddings' near-duplicate filter; None for a shard."""
+    cfg, log, shard = run.cfg, run.log, run.shard
+    prompts = run.read("prompts")
     ids = prompts.column("prompt_id").combine_chunks()
     texts = prompt_texts(prompts)
     dedup = cfg.curate.dedup
@@ -341,12 +337,12 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
     info = {}
     if dedup.near_duplicates and len(keep) > 1:
         t0 = time.perf_counter()
-        store_e = embedding_store(run_dir, cfg, prompts_fp)
+        store_e = embedding_store(run.run_dir, cfg, run.upstream[0])
         emb = embed_in_parts(
             store_e, ids.take(keep), [texts[i] for i in keep], dedup, log=log, shard=shard, positions=keep
         )
         if shard is not None:
-            return store.shard_meta(shard)
+            return None
         info["embed"] = {
             "model": resolve(dedup.model).label,
             "prompts": len(keep),
@@ -358,15 +354,25 @@ def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int
         drops.append(drop)
     else:
         if shard is not None:
-            return store.shard_meta(shard)
+            return None
         if dedup.near_duplicates:  # a step whenever it is on (also for one prompt), so increments' funnels sum
             funnel.append(_no_pairs_step(len(keep), dedup))
     table = drops_table(ids, drops)
-    schemas.write_table(table, drops_path(run_dir), "prompt_drops")  # before the meta, which commits the stage
+    schemas.write_table(table, drops_path(run.run_dir), "prompt_drops")  # before the meta, which commits the stage
     counts = {name: len(idx) for name, idx, _, _ in drops}
     how = f" ({info['near_duplicate']['method']} near-duplicate search)" if "near_duplicate" in info else ""
     log(f"prompt_filter: kept {len(keep)} of {prompts.num_rows} prompts{how}")
-    return store.finish(
-        prompts.take(keep),
-        {"seconds": round(time.perf_counter() - started, 2), "funnel": funnel, "drops": counts, **info},
-    )
+    return prompts.take(keep), {"funnel": funnel, "drops": counts, **info}
+
+
+STAGE = Stage(
+    name="prompt_filter",
+    reads=(Read("prompts", "prompts", ("prompt_id", "messages")),),
+    writes="prompts",
+    after=("prompts",),
+    fingerprint=stage_fingerprint,
+    build=_build,
+    shardable=True,  # the embeddings
+    reused=_upgrade,
+)
+run = STAGE.run

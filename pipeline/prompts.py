@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,18 +28,10 @@ from pipeline import schemas
 from pipeline.config import InputConfig, fingerprint
 from pipeline.errors import InputError
 from pipeline.funnel import step
-from pipeline.store import StageStore
+from pipeline.stage import Stage
 
 ROLES = {"system", "user", "assistant"}
 VERSION = "2"
-READS: tuple[str, ...] = (
-    "input.messages | input.prompt",
-    "input.prompt_id?",
-    "input.category?",
-    "input.source?",
-    "input.reference?",
-)
-WRITES = tuple(schemas.PROMPTS.names)
 
 
 def bundled_data_dir() -> Path:
@@ -341,17 +332,15 @@ def input_identity(ref: str):
     return [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] if files else ref
 
 
-def run(run_dir, cfg, synth_fp: str | None = None, *, log=print) -> dict:
-    """Load the input into RUN/tables/prompts.parquet (skipped when complete for this config); `synth_fp`:
-    the synth stage's fingerprint when the input is `synth:`."""
+def stage_fingerprint(cfg, synth_fp: str | None = None) -> str:
+    """The input's identity (a file's size and mtime, a dataset's revision), or the synth stage's fingerprint."""
     source_id = synth_fp if cfg.input.synthesised else input_identity(cfg.input.path)
-    store = StageStore(
-        run_dir, "prompts", "prompts", fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id)
-    )
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    started = time.perf_counter()
-    table, report = load_prompts(cfg.input, seed=cfg.seed, run_dir=run_dir)
+    return fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id)
+
+
+def _build(run):
+    cfg, log = run.cfg, run.log
+    table, report = load_prompts(cfg.input, seed=cfg.seed, run_dir=run.run_dir)
     if report.invalid:
         log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
     if report.conflicts:
@@ -360,11 +349,17 @@ def run(run_dir, cfg, synth_fp: str | None = None, *, log=print) -> dict:
             f"{report.conflicts[0]}"
         )
     log(f"prompts: {table.num_rows} prompts from {cfg.input.path}")
-    meta = {
-        "seconds": round(time.perf_counter() - started, 2),
+    return table, {
         "source": cfg.input.path,
         "invalid_rows": report.invalid[:20],
         "prompt_id_conflicts": report.conflicts[:20],
         "funnel": funnel(report, table.num_rows),
     }
-    return store.finish(table, meta)
+
+
+def _after(cfg) -> tuple[str | None]:
+    return ("synth",) if cfg.input.synthesised else (None,)
+
+
+STAGE = Stage(name="prompts", reads=(), writes="prompts", after=_after, fingerprint=stage_fingerprint, build=_build)
+run = STAGE.run

@@ -10,8 +10,6 @@ RUN/requests/rationale.jsonl (a resumed stage re-sends nothing answered) and the
 
 from __future__ import annotations
 
-import time
-
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -22,13 +20,9 @@ from pipeline.backends.openai_backend import served_label
 from pipeline.config import RunConfig, fingerprint
 from pipeline.judge import batch_mode, judge_generator, model_revision
 from pipeline.models import resolve
-from pipeline.progress import bar
-from pipeline.request_log import RequestLog
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.stage import Chunked, Read, Stage, StageRun
 
 VERSION = "3"
-READS = ("pairs.prompt", "pairs.chosen", "pairs.rejected")
-WRITES = ("pairs.rationale",)
 TEMPLATE: RationaleTemplate = PAIR_RATIONALE_V2
 
 
@@ -61,60 +55,61 @@ def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     return fingerprint("rationale", VERSION, TEMPLATE.id, cfg.stage_fields("rationale"), pairs_fp, revision)
 
 
-def run(run_dir, cfg: RunConfig, pairs_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
-    store = StageStore(run_dir, "rationale", "pairs", stage_fingerprint(cfg, pairs_fp))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    pairs = schemas.read_table(f"{run_dir}/tables/ches.parquet", "pairs")
-    started = time.perf_counter()
-    if not cfg.rationale.enabled or pairs.num_rows == 0:
-        if shard is not None:
-            return store.shard_meta(shard)
-        return store.finish(pairs, {"seconds": 0.0, "template": None, "funnel": []})
-    served = cfg.judge.backend == "openai"
-    writer = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
-    request_log = RequestLog(f"{run_dir}/requests/rationale.jsonl", writer=writer) if served else None
-    ledger = accounting.Ledger.for_stage(run_dir, cfg, "rationale", store.part_infos())
-    with bar(total=pairs.num_rows, initial=done_rows(store, pairs), desc="rationale", unit="pair") as pbar:
+def _skip(run: StageRun):
+    pairs = run.read("ches")
+    if not run.cfg.rationale.enabled or pairs.num_rows == 0:
+        return pairs, {"seconds": 0.0, "template": None, "funnel": []}
+    return None
 
-        def make_work():  # the judge model loads only when a chunk is left to do
-            backend = judge_generator(
-                cfg, cfg.rationale.batch_size, log=request_log, meter=ledger, batch_dir=f"{run_dir}/requests/batches"
-            )
-            return lambda subset: (
-                add_rationales(
-                    subset,
-                    backend,
-                    max_new_tokens=cfg.rationale.max_new_tokens,
-                    max_prompt_tokens=cfg.judge.max_input_tokens,
-                    specials=special_strings(backend.tokenizer),
-                    progress=pbar.advance,
-                ),
-                {"usage": ledger.take()},
-            )
 
-        chunk = pairs.num_rows if served and batch_mode(cfg) else cfg.publish.chunk_prompts  # one batch file
-        parts = run_in_parts(store, pairs, max(chunk, 1), make_work, log, shard=shard)
-    if request_log is not None:
-        request_log.close()
-    if shard is not None:
-        return store.shard_meta(shard)
-    table = schemas.concat([t for t, _ in parts], "pairs")
+def _make_work(run: StageRun):  # the judge model loads only when a chunk is left to do
+    cfg = run.cfg
+    request_log = run.request_log() if cfg.judge.backend == "openai" else None
+    batch_dir = f"{run.run_dir}/requests/batches"
+    backend = judge_generator(cfg, cfg.rationale.batch_size, log=request_log, meter=run.ledger(), batch_dir=batch_dir)
+    specials = special_strings(backend.tokenizer)
+    return lambda subset: (
+        add_rationales(
+            subset,
+            backend,
+            max_new_tokens=cfg.rationale.max_new_tokens,
+            max_prompt_tokens=cfg.judge.max_input_tokens,
+            specials=specials,
+            progress=run.pbar.advance,
+        ),
+        {"usage": run.ledger().take()},
+    )
+
+
+def _chunk(run: StageRun, pairs: pa.Table) -> int:
+    served = run.cfg.judge.backend == "openai"
+    return pairs.num_rows if served and batch_mode(run.cfg) else run.cfg.publish.chunk_prompts  # one batch file
+
+
+def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
     table = table.take(
         pc.sort_indices(table, [("prompt_id", "ascending"), ("chosen_id", "ascending"), ("rejected_id", "ascending")])
     )
     missing = table.column("rationale").null_count
-    log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
-    label = served_label(cfg.judge_model) if served else resolve(cfg.judge_model).label
-    return store.finish(
-        table,
-        {
-            "seconds": round(time.perf_counter() - started, 2),
-            "template": TEMPLATE.id,
-            "model": label,
-            "missing": missing,
-            "funnel": [],
-            "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
-        },
-    )
+    run.log(f"rationale: {table.num_rows - missing} of {table.num_rows} pairs have a rationale")
+    cfg = run.cfg
+    label = served_label(cfg.judge_model) if cfg.judge.backend == "openai" else resolve(cfg.judge_model).label
+    return table, {
+        "template": TEMPLATE.id,
+        "model": label,
+        "missing": missing,
+        "funnel": [],
+        "usage": accounting.merge(*(info.get("usage") for info in extras)),
+    }
+
+
+STAGE = Stage(
+    name="rationale",
+    reads=(Read("ches", "pairs", ("prompt_id", "prompt", "chosen", "rejected", "rationale")),),
+    writes="pairs",
+    after=("ches",),
+    fingerprint=stage_fingerprint,
+    chunked=Chunked(rows="ches", make_work=_make_work, summarise=_summarise, unit="pair", chunk=_chunk, skip=_skip),
+    shardable=True,
+)
+run = STAGE.run

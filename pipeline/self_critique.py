@@ -16,7 +16,6 @@ pairs. `pair_strategy` is `self_critique:<principle>`; the template id is in the
 from __future__ import annotations
 
 import math
-import time
 
 import pyarrow as pa
 
@@ -27,13 +26,10 @@ from pipeline.candidate import candidate_seed
 from pipeline.config import PrincipleConfig, RunConfig, fingerprint
 from pipeline.funnel import step
 from pipeline.models import resolve
-from pipeline.progress import bar
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.stage import Chunked, Read, Stage, StageRun
 
 VERSION = "2"  # 2: the funnel chains (each drop from the prompts the previous one left)
 TEMPLATE_ID = "self-critique-v1"
-READS = ("prompts.prompt_id", "prompts.messages")
-WRITES = tuple(schemas.PAIRS.names)
 
 BUILTIN = {
     "safety": PrincipleConfig(
@@ -211,74 +207,79 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     )
 
 
-def run(run_dir, cfg: RunConfig, prompts_fp: str, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
-    store = StageStore(run_dir, "self_critique", "pairs", stage_fingerprint(cfg, prompts_fp))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    sc = cfg.sources.self_critique
-    if not sc.enabled:
-        if shard is not None:
-            return store.shard_meta(shard)
-        return store.finish(schemas.empty("pairs"), {"seconds": 0.0, "enabled": False, "funnel": []})
-    from judges.reward_model import RewardModelJudge, reward_judge_id
+def _skip(run: StageRun):
+    if not run.cfg.sources.self_critique.enabled:
+        return schemas.empty("pairs"), {"seconds": 0.0, "enabled": False, "funnel": []}
+    return None
 
-    prompts = schemas.read_table(f"{run_dir}/tables/prompt_filter.parquet", "prompts")
-    started = time.perf_counter()
+
+def _make_work(run: StageRun):  # teacher and reward model load only when a chunk is left to do
+    from judges.reward_model import RewardModelJudge
+
+    cfg, sc = run.cfg, run.cfg.sources.self_critique
+    backend = make_backend(
+        cfg.generate.backend,
+        sc.model or cfg.generate.model,
+        dtype=cfg.generate.dtype,
+        batch_size=sc.batch_size,
+        field="sources.self_critique.model",
+        vllm=cfg.generate.vllm.model_dump(),
+        openai=cfg.generate.openai.model_dump(),
+    )
+    scorer = RewardModelJudge(cfg.critique_reward_model)
     rules = principles(sc.principles)
-    position = {pid: i for i, pid in enumerate(prompts.column("prompt_id").to_pylist())}
-    with bar(
-        total=3 * prompts.num_rows, initial=3 * done_rows(store, prompts), desc="self-critique", unit="req"
-    ) as pbar:
+    position = {pid: i for i, pid in enumerate(run.read("prompt_filter").column("prompt_id").to_pylist())}
 
-        def make_work():  # teacher and reward model load only when a chunk is left to do
-            backend = make_backend(
-                cfg.generate.backend,
-                sc.model or cfg.generate.model,
-                dtype=cfg.generate.dtype,
-                batch_size=sc.batch_size,
-                field="sources.self_critique.model",
-                vllm=cfg.generate.vllm.model_dump(),
-                openai=cfg.generate.openai.model_dump(),
-            )
-            scorer = RewardModelJudge(cfg.critique_reward_model)
+    def work(subset):
+        table, drops = critique_pairs(
+            subset,
+            backend,
+            scorer,
+            rules=rules,
+            seed=cfg.seed,
+            temperature=sc.temperature,
+            max_new_tokens=sc.max_new_tokens,
+            position=position,
+            max_prompt_tokens=cfg.generate.max_prompt_tokens,
+            progress=run.pbar.advance,
+        )
+        return table, {"drops": drops}
 
-            def work(subset):
-                table, drops = critique_pairs(
-                    subset,
-                    backend,
-                    scorer,
-                    rules=rules,
-                    seed=cfg.seed,
-                    temperature=sc.temperature,
-                    max_new_tokens=sc.max_new_tokens,
-                    position=position,
-                    max_prompt_tokens=cfg.generate.max_prompt_tokens,
-                    progress=pbar.advance,
-                )
-                return table, {"drops": drops}
+    return work
 
-            return work
 
-        parts = run_in_parts(store, prompts, cfg.publish.chunk_prompts, make_work, log, shard=shard)
-    if shard is not None:
-        return store.shard_meta(shard)
-    pairs = schemas.concat([t for t, _ in parts], "pairs")
+def _summarise(run: StageRun, pairs: pa.Table, extras: list[dict]):
+    from judges.reward_model import reward_judge_id
+
+    cfg, sc = run.cfg, run.cfg.sources.self_critique
     drops: dict[str, int] = {}
-    for _, extra in parts:
+    for extra in extras:
         for k, v in extra.get("drops", {}).items():
             drops[k] = drops.get(k, 0) + v
     disagree = sum(1 for c in pairs.column("label_confidence").to_pylist() if c < 0.5)
-    pairs, funnel = critique_funnel(prompts.num_rows, drops, pairs, drop_disagreeing=sc.drop_disagreeing)
-    log(f"self_critique: {pairs.num_rows} revision pairs; the reward model disagrees with {disagree}")
-    meta = {
-        "seconds": round(time.perf_counter() - started, 2),
+    n_prompts = run.read("prompt_filter").num_rows
+    pairs, funnel = critique_funnel(n_prompts, drops, pairs, drop_disagreeing=sc.drop_disagreeing)
+    run.log(f"self_critique: {pairs.num_rows} revision pairs; the reward model disagrees with {disagree}")
+    return pairs, {
         "enabled": True,
         "template": TEMPLATE_ID,
         "model": resolve(sc.model or cfg.generate.model).label,
         "reward_model": reward_judge_id(cfg.critique_reward_model),
-        "principles": [r.name for r in rules],
+        "principles": [r.name for r in principles(sc.principles)],
         "reward_model_disagrees": disagree,
         "funnel": funnel,
     }
-    return store.finish(pairs, meta)
+
+
+STAGE = Stage(
+    name="self_critique",
+    reads=(Read("prompt_filter", "prompts", ("prompt_id", "messages")),),
+    writes="pairs",
+    after=("prompt_filter",),
+    fingerprint=stage_fingerprint,
+    chunked=Chunked(
+        rows="prompt_filter", make_work=_make_work, summarise=_summarise, unit="req", weight=lambda cfg: 3, skip=_skip
+    ),
+    shardable=True,
+)
+run = STAGE.run

@@ -29,7 +29,6 @@ parts of `chunk_requests` slots; requests go through the request log (`requests/
 from __future__ import annotations
 
 import re
-import time
 from itertools import product
 
 import numpy as np
@@ -42,10 +41,9 @@ from pipeline.config import InputConfig, RunConfig, fingerprint
 from pipeline.errors import ConfigError
 from pipeline.funnel import step
 from pipeline.models import resolve
-from pipeline.progress import bar
 from pipeline.prompts import input_identity, load_prompts, prompt_id_of
-from pipeline.request_log import LoggedBackend, RequestLog
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.request_log import LoggedBackend
+from pipeline.stage import Chunked, Stage, StageRun
 
 VERSION = "1"
 TEMPLATE_IDS = {"magpie": "magpie-v1", "evol": "evol-instruct-v1", "topics": "topics-v1"}
@@ -264,69 +262,69 @@ def _tokenizer(cfg: RunConfig, backend):
     return tok
 
 
-def run(run_dir, cfg: RunConfig, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-    """Run, resume or skip the stage; `shard=(i, k)`: only that shard's chunks, nothing committed."""
-    s, g = cfg.input.synth, cfg.generate
-    store = StageStore(run_dir, "synth", "synth", stage_fingerprint(cfg))
-    if (meta := store.reuse(log)) is not None:
-        return meta
-    started = time.perf_counter()
-    model = s.model or g.model
+def _slots(run: StageRun) -> pa.Table:
+    """The stage's work units: one row per synthesis request, keyed by slot id (the `prompt_id` column),
+    not by the prompts they produce."""
+    s = run.cfg.input.synth
+    return pa.table({"prompt_id": pa.array([f"{s.mode}-{i:07d}" for i in range(s.n)], pa.string())})
+
+
+def _make_work(run: StageRun):  # the model loads only when a chunk is left to do
+    cfg, s, g = run.cfg, run.cfg.input.synth, run.cfg.generate
     backend_name = resolve_backend_name(g.backend)
-    keys = pa.table({"prompt_id": pa.array([f"{s.mode}-{i:07d}" for i in range(s.n)], pa.string())})
-    request_log = (
-        RequestLog(
-            f"{run_dir}/requests/synth.jsonl", writer=None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
-        )
-        if g.request_log
-        else None
+    backend = make_backend(
+        backend_name,
+        s.model or g.model,
+        dtype=g.dtype,
+        batch_size=s.batch_size,
+        field="input.synth.model",
+        vllm=g.vllm.model_dump(),
+        openai=g.openai.model_dump(),
+        meter=run.ledger(),
+        batch_dir=f"{run.run_dir}/requests/batches",
     )
-    ledger = accounting.Ledger.for_stage(run_dir, cfg, "synth", store.part_infos())  # requests to endpoints
-    with bar(total=s.n, initial=done_rows(store, keys), desc="synth", unit="prompt") as pbar:
+    slots = {sl["slot"]: sl for sl in plan(cfg, _tokenizer(cfg, backend) if s.mode == "magpie" else None)}
+    if g.request_log:
+        backend = LoggedBackend(backend, run.request_log(), backend_name=backend_name)
+    return lambda subset: (
+        synthesise(
+            [slots[k] for k in subset.column("prompt_id").to_pylist()], backend, cfg, progress=run.pbar.advance
+        ),
+        {"usage": run.ledger().take()},
+    )
 
-        def make_work():  # the model loads only when a chunk is left to do
-            backend = make_backend(
-                backend_name,
-                model,
-                dtype=g.dtype,
-                batch_size=s.batch_size,
-                field="input.synth.model",
-                vllm=g.vllm.model_dump(),
-                openai=g.openai.model_dump(),
-                meter=ledger,
-                batch_dir=f"{run_dir}/requests/batches",
-            )
-            slots = {sl["slot"]: sl for sl in plan(cfg, _tokenizer(cfg, backend) if s.mode == "magpie" else None)}
-            if request_log is not None:
-                backend = LoggedBackend(backend, request_log, backend_name=backend_name)
-            return lambda subset: (
-                synthesise(
-                    [slots[k] for k in subset.column("prompt_id").to_pylist()], backend, cfg, progress=pbar.advance
-                ),
-                {"usage": ledger.take()},
-            )
 
-        # parts are keyed by slot id (the `prompt_id` column of `keys`), not by the prompts they produce
-        parts = run_in_parts(store, keys, s.chunk_requests, make_work, log, shard=shard)
-    if request_log is not None:
-        request_log.close()
-    if shard is not None:
-        return store.shard_meta(shard)
-    table = schemas.concat([t for t, _ in parts], "synth")
+def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
+    s = run.cfg.input.synth
     steps = funnel(table, s.mode)
     kept = steps[-1]["rows_out"]
-    log(f"synth: {kept} of {s.n} {s.mode} prompts kept")
+    run.log(f"synth: {kept} of {s.n} {s.mode} prompts kept")
     dropped = [r for r in table.select(["dropped", "raw"]).to_pylist() if r["dropped"]]
     examples = {name: [r["raw"][:200] for r in dropped if r["dropped"] == name][:3] for name in FILTERS}
-    meta = {
-        "seconds": round(time.perf_counter() - started, 2),
+    return table, {
         "mode": s.mode,
         "template": TEMPLATE_IDS[s.mode],
-        "model": resolve(model, field="input.synth.model").label,
+        "model": resolve(s.model or run.cfg.generate.model, field="input.synth.model").label,
         "requests": s.n,
         "kept": kept,
         "funnel": steps,
         "drop_examples": {k: v for k, v in examples.items() if v},
-        "usage": accounting.merge(*(info.get("usage") for _, info in parts)),
+        "usage": accounting.merge(*(info.get("usage") for info in extras)),
     }
-    return store.finish(table, meta)
+
+
+STAGE = Stage(
+    name="synth",
+    reads=(),
+    writes="synth",
+    fingerprint=stage_fingerprint,
+    chunked=Chunked(
+        rows=_slots,
+        make_work=_make_work,
+        summarise=_summarise,
+        chunk=lambda run, slots: run.cfg.input.synth.chunk_requests,
+    ),
+    when=lambda cfg: cfg.input.synthesised,  # prompts made by a model, before the prompts stage
+    shardable=True,
+)
+run = STAGE.run

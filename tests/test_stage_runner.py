@@ -1,0 +1,163 @@
+"""The declared stage runner (pipeline/stage.py): same outputs as the code before it, a new stage costs a
+declaration and its work, and the table contracts are enforced."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import schemas
+from pipeline.config import load_config
+from pipeline.stage import Chunked, ContractError, Read, Stage
+from pipeline.stages import STAGES, check_order
+from tests.conftest import TINY
+
+# Built by the code before the stage runner (commit 501c3ca plus a test fix) with
+# `prefsynth run --config data/configs/tiny.yaml --out RUN`: every stage table and the pairs shard.
+BEFORE = Path(__file__).parent / "fixtures" / "tiny_outputs"
+
+
+def _same_column(name: str, col: str, old: pa.ChunkedArray, new: pa.ChunkedArray) -> None:
+    a, b = old.to_pylist(), new.to_pylist()
+    if pa.types.is_floating(old.type):  # float math may differ in the last bits on another CPU
+        for i, (x, y) in enumerate(zip(a, b)):
+            same = (x is None and y is None) or (
+                x is not None and y is not None and (math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) or x != x and y != y)
+            )
+            assert same, f"{name}.{col} row {i}: {x} before, {y} now"
+    else:
+        assert a == b, f"{name}.{col} differs from the table the code before the stage runner wrote"
+
+
+@pytest.mark.slow
+def test_tiny_outputs_are_the_rows_the_code_before_the_stage_runner_wrote(tiny_run):
+    files = sorted(BEFORE.glob("*.parquet"))
+    assert len(files) >= 12
+    for old_path in files:
+        name = old_path.name
+        new_path = (
+            tiny_run / "pairs" / name.removeprefix("pairs-") if name.startswith("pairs-") else tiny_run / "tables" / name
+        )
+        old, new = pq.read_table(old_path), pq.read_table(new_path)
+        assert old.schema.names == new.schema.names and old.num_rows == new.num_rows, name
+        for col in old.schema.names:
+            _same_column(name, col, old.column(col), new.column(col))
+
+
+# -- a new stage: a declaration and its work -----------------------------------------------------------------
+
+
+def _prompts(run_dir: Path, n: int = 3) -> None:
+    rows = [
+        {"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"say {i}"}], "source": "t"} for i in range(n)
+    ]
+    schemas.write_table(schemas.from_rows(rows, "prompts"), run_dir / "tables" / "prompts.parquet", "prompts")
+
+
+def _shout(*, fail_on: str | None = None, loads: list | None = None, drop_column: str | None = None) -> Stage:
+    """A trivial stage: the prompts with their user turns upper-cased, chunked and checkpointed."""
+
+    def make_work(run):
+        if loads is not None:
+            loads.append(1)  # where a real stage would load its model
+
+        def work(subset):
+            if fail_on in subset.column("prompt_id").to_pylist():
+                raise RuntimeError(f"killed at {fail_on}")
+            rows = subset.to_pylist()
+            for r in rows:
+                r["messages"] = [{**m, "content": m["content"].upper()} for m in r["messages"]]
+            return schemas.from_rows(rows, "prompts"), {"n": len(rows)}
+
+        return work
+
+    def summarise(run, table, extras):
+        run.log(f"shout: {table.num_rows} prompts")
+        table = table.drop_columns([drop_column]) if drop_column else table
+        return table, {"funnel": [], "parts": len(extras)}
+
+    return Stage(
+        name="shout",
+        reads=(Read("prompts", "prompts", ("prompt_id", "messages")),),
+        writes="prompts",
+        after=("prompts",),
+        fingerprint=lambda cfg, prompts_fp: f"shout-{prompts_fp}",
+        chunked=Chunked(rows="prompts", make_work=make_work, summarise=summarise),
+    )
+
+
+def _cfg():
+    return load_config(TINY, overrides=["publish.chunk_prompts=2"])
+
+
+def test_a_new_stage_runs_resumes_and_is_reused_through_the_runner(tmp_path):
+    _prompts(tmp_path)
+    loads, logs = [], []
+    with pytest.raises(RuntimeError, match="killed at p2"):
+        _shout(fail_on="p2").run(tmp_path, _cfg(), "fp1", log=logs.append)
+    assert not (tmp_path / "tables" / "shout.parquet").exists()  # nothing committed, the first chunk kept
+    meta = _shout(loads=loads).run(tmp_path, _cfg(), "fp1", log=logs.append)
+    assert any("resuming, 2 of 3 prompts already done" in m for m in logs)
+    assert meta["rows"] == 3 and meta["parts"] == 2 and meta["seconds"] >= 0 and loads == [1]
+    table = schemas.read_table(tmp_path / "tables" / "shout.parquet", "prompts")
+    assert [m[0]["content"] for m in table.column("messages").to_pylist()] == ["SAY 0", "SAY 1", "SAY 2"]
+    again = _shout(loads=loads).run(tmp_path, _cfg(), "fp1", log=logs.append)
+    assert again == meta and loads == [1] and "not redone" in logs[-1]  # reused: no model loaded
+    _shout(loads=loads).run(tmp_path, _cfg(), "fp2", log=logs.append)  # another upstream fingerprint: redone
+    assert loads == [1, 1]
+    check_order((*STAGES, _shout()))  # it may follow the pipeline's stages
+    with pytest.raises(TypeError, match="stage shout uses stage 'prompts', which does not run before it"):
+        check_order((_shout(), *STAGES))
+
+
+def test_the_pipeline_order_is_checked():
+    names = [s.name for s in STAGES]
+    assert names.index("prompt_filter") < names.index("generate") < names.index("judge") < names.index("pair")
+    by_name = {s.name: s for s in STAGES}
+    with pytest.raises(TypeError, match="stage judge uses stage 'generate', which does not run before it"):
+        check_order((by_name["prompts"], by_name["judge"], by_name["generate"]))
+
+
+# -- contracts ------------------------------------------------------------------------------------------------
+
+
+def test_a_missing_input_column_names_stage_table_and_column(tmp_path):
+    (tmp_path / "tables").mkdir()
+    pq.write_table(pa.table({"prompt_id": ["p0"]}), tmp_path / "tables" / "prompts.parquet")
+    with pytest.raises(ContractError, match=r"stage shout: reads column 'messages' of the prompts table .*prompts\."):
+        _shout().run(tmp_path, _cfg(), "fp")
+
+
+def test_a_missing_input_table_says_which_stage_to_run(tmp_path):
+    with pytest.raises(ContractError, match="stage shout: its input .*prompts.parquet .*run the 'prompts' stage"):
+        _shout().run(tmp_path, _cfg(), "fp")
+
+
+def test_committing_without_a_declared_column_fails_and_commits_nothing(tmp_path):
+    _prompts(tmp_path)
+    with pytest.raises(ContractError, match="stage shout: its prompts table lacks declared output column 'source'"):
+        _shout(drop_column="source").run(tmp_path, _cfg(), "fp")
+    assert not (tmp_path / "tables" / "shout.json").exists()
+
+
+def test_reading_an_undeclared_table_fails(tmp_path):
+    _prompts(tmp_path)
+    stage = Stage(
+        name="sneaky",
+        reads=(),
+        writes="prompts",
+        fingerprint=lambda cfg: "fp",
+        build=lambda run: (run.read("prompts"), {}),
+    )
+    with pytest.raises(ContractError, match=r"stage sneaky: reads tables/prompts.parquet, not declared in its reads="):
+        stage.run(tmp_path, _cfg())
+
+
+def test_declaring_a_column_the_schema_lacks_fails_at_declaration():
+    with pytest.raises(TypeError, match="stage bad: reads prompts.text, which the prompts schema lacks"):
+        Stage(name="bad", reads=(Read("prompts", "prompts", ("text",)),), writes="prompts",
+              fingerprint=lambda cfg: "fp", build=lambda run: None)
