@@ -171,9 +171,14 @@ def scored_path(run_dir) -> Path:
     return Path(run_dir) / "tables" / "ches.scored.parquet"
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output."""
+    return {"model": cfg.ches_model, **cfg.curate.ches.model_dump(exclude={"batch_size", "model"})}
+
+
 def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     model = resolve(cfg.ches_model, field="curate.ches.model")
-    return fingerprint("ches", VERSION, cfg.stage_fields("ches"), pairs_fp, model.revision)
+    return fingerprint("ches", VERSION, fields(cfg), pairs_fp, model.revision)
 
 
 def _skip(run: StageRun):
@@ -226,6 +231,7 @@ STAGE = Stage(
     reads=(Read("pair", "pairs", ("prompt_id", "chosen_id", "rejected_id", "prompt", "chosen", "rejected")),),
     writes="pairs",
     after=("pair",),
+    fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(
         rows="pair", make_work=_make_work, summarise=_summarise, unit="seq", weight=lambda cfg: 2, skip=_skip

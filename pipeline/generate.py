@@ -112,13 +112,22 @@ def generate_funnel(n_prompts: int, skipped: dict[str, str], candidates: pa.Tabl
     return funnel
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output (the backend enters the fingerprint by its
+    resolved name; engine and endpoint options, batch size and the request log do not count)."""
+    return {
+        "seed": cfg.seed,
+        **cfg.generate.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"}),
+    }
+
+
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     model = resolve(cfg.generate.model, field="generate.model")
     pool = [resolve(m.model, field=f"generate.pool.{i}.model").revision for i, m in enumerate(cfg.generate.pool)]
     return fingerprint(
         "generate",
         VERSION,
-        cfg.stage_fields("generate"),
+        fields(cfg),
         resolve_backend_name(cfg.generate.backend),
         prompts_fp,
         model.revision,
@@ -197,6 +206,7 @@ STAGE = Stage(
     reads=(Read("prompt_filter", "prompts", ("prompt_id", "messages")),),
     writes="candidates",
     after=("prompt_filter",),
+    fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(rows="prompt_filter", make_work=_make_work, summarise=_summarise, chunk=_chunk),
     shardable=True,

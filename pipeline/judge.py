@@ -32,7 +32,7 @@ from judges.served import Endpoint, ServedPairwiseJudge, ServedScoreJudge
 from pipeline import accounting, schemas
 from pipeline.backends.hf import load_causal_lm
 from pipeline.backends.openai_backend import endpoint_backend
-from pipeline.config import RunConfig, fingerprint
+from pipeline.config import SCORING_FIELDS, RunConfig, fingerprint
 from pipeline.errors import ConfigError, ModelNotFoundError
 from pipeline.funnel import step
 from pipeline.models import resolve
@@ -221,13 +221,38 @@ def model_revision(ref: str, backend: str, field: str) -> str:
         raise
 
 
+def backend_field(cfg: RunConfig) -> dict:
+    """vLLM's numerics differ from transformers'; the default is left out so older runs keep their fingerprints."""
+    return {} if cfg.judge.backend == "transformers" else {"backend": cfg.judge.backend}
+
+
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output."""
+    j = cfg.judge
+    out = j.model_dump(
+        exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai", *SCORING_FIELDS}
+    )
+    # judges given as mappings count without their endpoint (operational); scoring options of served judges
+    # count only when changed, so runs made before they existed keep their fingerprints
+    for name in ("templates", "pairwise_templates", "reward_models"):
+        out[name] = [
+            t if isinstance(t, str) else t.model_dump(exclude={"openai"}, exclude_none=True) for t in getattr(j, name)
+        ]
+    return {
+        "model": cfg.judge_model,
+        **backend_field(cfg),
+        **out,
+        **j.model_dump(include=SCORING_FIELDS, exclude_defaults=True),
+    }
+
+
 def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
     revisions = [model_revision(s.model, s.backend, "judge.model") for _, s in cfg.llm_judge_specs()] or [
         model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")
     ]
     revisions = revisions[:1] if len(set(revisions)) == 1 else revisions  # one judge model: as before mappings existed
     revisions += [model_revision(r.model, r.backend, "judge.reward_models") for r in cfg.reward_model_specs()]
-    return fingerprint("judge", VERSION, cfg.stage_fields("judge"), candidates_fp, revisions)
+    return fingerprint("judge", VERSION, fields(cfg), candidates_fp, revisions)
 
 
 def judge_modes(table: pa.Table) -> dict[str, dict]:
@@ -318,6 +343,7 @@ STAGE = Stage(
     ),
     writes="judgments",
     after=("generate",),
+    fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(
         rows="generate", make_work=_make_work, summarise=_summarise, unit="cand", weight=_n_judges, chunk=_chunk

@@ -291,8 +291,19 @@ def ranked_path(run_dir) -> Path:
     return Path(run_dir) / "tables" / "pair.ranked.parquet"
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output (aggregation lives in judge.*, read here)."""
+    return {
+        "seed": cfg.seed,
+        "aggregate": cfg.judge.aggregate,
+        "min_agreement": cfg.judge.min_agreement,
+        **cfg.pair.model_dump(),
+        "reward_augmented": cfg.sources.reward_augmented.model_dump(),
+    }
+
+
 def stage_fingerprint(cfg: RunConfig, judgments_fp: str, sources_fp: str | None = None) -> str:
-    return fingerprint("pair", VERSION, cfg.stage_fields("pair"), judgments_fp, sources_fp)
+    return fingerprint("pair", VERSION, fields(cfg), judgments_fp, sources_fp)
 
 
 def _build(run: StageRun):
@@ -359,6 +370,7 @@ STAGE = Stage(
     writes="pairs",
     # the self-critique stage's fingerprint enters only when its pairs are used
     after=lambda cfg: ("judge", "self_critique" if cfg.sources.self_critique.enabled else None),
+    fields=fields,
     fingerprint=stage_fingerprint,
     build=_build,
 )

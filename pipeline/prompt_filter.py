@@ -247,9 +247,21 @@ def _no_pairs_step(n: int, dedup: DedupConfig) -> dict:
     )
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output."""
+    d = cfg.curate.dedup
+    dedup = d.model_dump(include={"near_duplicates", "model", "threshold"})
+    # fields added with the scalable search count only when changed: at their defaults a run's output is
+    # v0.1's (exact search up to exact_max_prompts), so runs made before keep their fingerprints
+    dedup |= d.model_dump(
+        exclude_defaults=True, exclude={"near_duplicates", "model", "threshold", "batch_size", "chunk_prompts"}
+    )
+    return {"dedup": dedup, "decontaminate": cfg.curate.decontaminate.model_dump()}
+
+
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     bench = [(p, Path(p).stat().st_size if Path(p).exists() else None) for p in cfg.curate.decontaminate.benchmarks]
-    return fingerprint("prompt_filter", VERSION, cfg.stage_fields("prompt_filter"), prompts_fp, bench)
+    return fingerprint("prompt_filter", VERSION, fields(cfg), prompts_fp, bench)
 
 
 def embedding_store(run_dir, cfg: RunConfig, prompts_fp: str) -> StageStore:
@@ -370,6 +382,7 @@ STAGE = Stage(
     reads=(Read("prompts", "prompts", ("prompt_id", "messages")),),
     writes="prompts",
     after=("prompts",),
+    fields=fields,
     fingerprint=stage_fingerprint,
     build=_build,
     shardable=True,  # the embeddings

@@ -332,10 +332,16 @@ def input_identity(ref: str):
     return [f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files] if files else ref
 
 
+def fields(cfg) -> dict:
+    """The config fields that change this stage's output (synth settings reach it through the synth stage's
+    fingerprint; how invalid rows are treated does not change the rows kept)."""
+    return {"seed": cfg.seed, **cfg.input.model_dump(exclude={"skip_invalid", "synth"})}
+
+
 def stage_fingerprint(cfg, synth_fp: str | None = None) -> str:
     """The input's identity (a file's size and mtime, a dataset's revision), or the synth stage's fingerprint."""
     source_id = synth_fp if cfg.input.synthesised else input_identity(cfg.input.path)
-    return fingerprint("prompts", VERSION, cfg.stage_fields("prompts"), source_id)
+    return fingerprint("prompts", VERSION, fields(cfg), source_id)
 
 
 def _build(run):
@@ -361,5 +367,13 @@ def _after(cfg) -> tuple[str | None]:
     return ("synth",) if cfg.input.synthesised else (None,)
 
 
-STAGE = Stage(name="prompts", reads=(), writes="prompts", after=_after, fingerprint=stage_fingerprint, build=_build)
+STAGE = Stage(
+    name="prompts",
+    reads=(),
+    writes="prompts",
+    after=_after,
+    fields=fields,
+    fingerprint=stage_fingerprint,
+    build=_build,
+)
 run = STAGE.run

@@ -26,14 +26,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from pipeline import __version__, accounting, card, funnel, review, schemas
+from pipeline import __version__, accounting, card, funnel, review, schemas, stages
 from pipeline.config import PublishConfig, RunConfig, fingerprint
 from pipeline.pair import check_pairs, ranked_path
 from pipeline.prompt_filter import drops_path as prompt_drops_path
 from pipeline.rundir import load_manifest
 from pipeline.store import run_lock, sha256, write_json
 
-STAGES = ("prompts", "prompt_filter", "self_critique", "generate", "judge", "pair", "ches", "rationale")
+# the stages of a run of prompts that are not synthesised, in order (pipeline/stages.py)
+STAGES = tuple(s.name for s in stages.STAGES if s.name != "synth")
 
 
 def write_shards(table: pa.Table, out_dir: Path, *, folder: str, table_name: str, shard_rows: int,
@@ -76,12 +77,14 @@ def write_parts(parts: list[tuple[str, pa.Table | tuple[Path, ...]]], out_dir: P
 
 
 def run_stages(cfg: RunConfig) -> tuple[str, ...]:
-    """The stages a run has: STAGES, after the synth stage when the prompts are synthesised."""
-    return ("synth", *STAGES) if cfg.input.synthesised else STAGES
+    """The stages a run has, in order: pipeline/stages.py's that run for this config."""
+    return tuple(s.name for s in stages.STAGES if s.when(cfg))
 
 
 def config_fingerprint(cfg: RunConfig) -> str:
-    return fingerprint({s: cfg.stage_fields(s) for s in (*run_stages(cfg), "publish")})
+    """A hash of the config fields that change the run's output: every stage's `fields`, and publish's."""
+    run = {s.name: s.fields(cfg) for s in stages.STAGES if s.when(cfg)}
+    return fingerprint({**run, "publish": cfg.publish.model_dump(exclude={"shard_rows", "chunk_prompts"})})
 
 
 def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None = None, started_at: float | None = None,
@@ -105,10 +108,10 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
     else:
         shutil.rmtree(out / "ranked", ignore_errors=True)  # a listwise view from an earlier config is stale
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    stages = run_stages(cfg)
-    steps = funnel.collect(metas, stages) + reviewed_.steps
+    ran = run_stages(cfg)
+    steps = funnel.collect(metas, ran) + reviewed_.steps
     funnel_errors = funnel.verify(steps, pairs.num_rows)  # raises under PREFSYNTH_STRICT_FUNNEL=1
-    timings = {s: metas[s].get("seconds", 0.0) for s in stages}
+    timings = {s: metas[s].get("seconds", 0.0) for s in ran}
     timings["publish"] = round(time.perf_counter() - t0, 2)
     if started_at is not None:
         timings["total"] = round(time.time() - started_at, 2)
@@ -118,7 +121,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "code_version": __version__,
         "config": {"given": given or {}, "resolved": cfg.model_dump()},
         "config_fingerprint": config_fingerprint(cfg),
-        "stage_fingerprints": {s: metas[s]["fingerprint"] for s in stages},
+        "stage_fingerprints": {s: metas[s]["fingerprint"] for s in ran},
         "models": {
             "generator": metas["generate"].get("model"),
             "judge": metas["judge"].get("judge"),

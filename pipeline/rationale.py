@@ -18,7 +18,7 @@ from pipeline import accounting, schemas
 from pipeline.backends.base import GeneratorBackend, Request, SamplingParams, Skipped
 from pipeline.backends.openai_backend import served_label
 from pipeline.config import RunConfig, fingerprint
-from pipeline.judge import batch_mode, judge_generator, model_revision
+from pipeline.judge import backend_field, batch_mode, judge_generator, model_revision
 from pipeline.models import resolve
 from pipeline.stage import Chunked, Read, Stage, StageRun
 
@@ -50,9 +50,14 @@ def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens
     return pairs.set_column(index, schemas.PAIRS.field("rationale"), pa.array(texts, pa.string()))
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output."""
+    return {"model": cfg.judge_model, **backend_field(cfg), **cfg.rationale.model_dump(exclude={"batch_size"})}
+
+
 def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:
     revision = model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")
-    return fingerprint("rationale", VERSION, TEMPLATE.id, cfg.stage_fields("rationale"), pairs_fp, revision)
+    return fingerprint("rationale", VERSION, TEMPLATE.id, fields(cfg), pairs_fp, revision)
 
 
 def _skip(run: StageRun):
@@ -108,6 +113,7 @@ STAGE = Stage(
     reads=(Read("ches", "pairs", ("prompt_id", "prompt", "chosen", "rejected", "rationale")),),
     writes="pairs",
     after=("ches",),
+    fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(rows="ches", make_work=_make_work, summarise=_summarise, unit="pair", chunk=_chunk, skip=_skip),
     shardable=True,

@@ -190,6 +190,17 @@ def critique_funnel(
     return pairs, funnel
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output."""
+    sc = cfg.sources.self_critique
+    return {
+        "seed": cfg.seed,
+        "model": sc.model or cfg.generate.model,
+        "reward_model": cfg.critique_reward_model,
+        **sc.model_dump(exclude={"batch_size", "model", "reward_model"}),
+    }
+
+
 def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
     sc = cfg.sources.self_critique
     if not sc.enabled:
@@ -200,7 +211,7 @@ def stage_fingerprint(cfg: RunConfig, prompts_fp: str) -> str:
         "self_critique",
         VERSION,
         TEMPLATE_ID,
-        cfg.stage_fields("self_critique"),
+        fields(cfg),
         prompts_fp,
         teacher.revision,
         rm.revision,
@@ -276,6 +287,7 @@ STAGE = Stage(
     reads=(Read("prompt_filter", "prompts", ("prompt_id", "messages")),),
     writes="pairs",
     after=("prompt_filter",),
+    fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(
         rows="prompt_filter", make_work=_make_work, summarise=_summarise, unit="req", weight=lambda cfg: 3, skip=_skip

@@ -70,7 +70,8 @@ class Chunked:
 
 @dataclass(frozen=True)
 class Stage:
-    """A stage's declaration. `fingerprint(cfg, *upstream fingerprints)`; `after`: the stages whose
+    """A stage's declaration. `fingerprint(cfg, *upstream fingerprints)`; `fields(cfg)`: the config fields
+    that change its output (they enter its fingerprint and the run's config fingerprint); `after`: the stages whose
     fingerprints it takes, in order (a function of the config when that depends on it; None for an
     input that is off). `build(run)` -> (table, meta), or None when a shard's part is done; or
     `chunked`. `when(cfg)`: whether the flow runs it at all. `shardable`: its chunks can run as Ray
@@ -80,6 +81,7 @@ class Stage:
     writes: str
     reads: tuple[Read, ...]
     fingerprint: Callable[..., str]
+    fields: Callable[[RunConfig], dict] = lambda cfg: {}
     after: tuple[str, ...] | Callable[[RunConfig], tuple[str | None, ...]] = ()
     build: Callable[[StageRun], tuple[pa.Table, dict] | None] | None = None
     chunked: Chunked | None = None

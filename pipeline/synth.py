@@ -238,6 +238,11 @@ def funnel(table: pa.Table, mode: str) -> list[dict]:
     return out
 
 
+def fields(cfg: RunConfig) -> dict:
+    """The config fields that change this stage's output (none when the input is not synthesised)."""
+    return {"seed": cfg.seed, **cfg.input.synth.output_fields()} if cfg.input.synthesised else {}
+
+
 def stage_fingerprint(cfg: RunConfig) -> str:
     s = cfg.input.synth
     model = resolve(s.model or cfg.generate.model, field="input.synth.model")
@@ -317,6 +322,7 @@ STAGE = Stage(
     name="synth",
     reads=(),
     writes="synth",
+    fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(
         rows=_slots,

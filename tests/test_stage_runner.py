@@ -25,9 +25,12 @@ def _same_column(name: str, col: str, old: pa.ChunkedArray, new: pa.ChunkedArray
     a, b = old.to_pylist(), new.to_pylist()
     if pa.types.is_floating(old.type):  # float math may differ in the last bits on another CPU
         for i, (x, y) in enumerate(zip(a, b)):
-            same = (x is None and y is None) or (
-                x is not None and y is not None and (math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7) or x != x and y != y)
-            )
+            if x is None or y is None:
+                same = x is None and y is None
+            elif math.isnan(x) or math.isnan(y):
+                same = math.isnan(x) and math.isnan(y)
+            else:
+                same = math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-7)
             assert same, f"{name}.{col} row {i}: {x} before, {y} now"
     else:
         assert a == b, f"{name}.{col} differs from the table the code before the stage runner wrote"
@@ -39,9 +42,8 @@ def test_tiny_outputs_are_the_rows_the_code_before_the_stage_runner_wrote(tiny_r
     assert len(files) >= 12
     for old_path in files:
         name = old_path.name
-        new_path = (
-            tiny_run / "pairs" / name.removeprefix("pairs-") if name.startswith("pairs-") else tiny_run / "tables" / name
-        )
+        shard = name.startswith("pairs-")  # the published shard; the rest are RUN/tables/
+        new_path = tiny_run / "pairs" / name.removeprefix("pairs-") if shard else tiny_run / "tables" / name
         old, new = pq.read_table(old_path), pq.read_table(new_path)
         assert old.schema.names == new.schema.names and old.num_rows == new.num_rows, name
         for col in old.schema.names:
@@ -161,3 +163,26 @@ def test_declaring_a_column_the_schema_lacks_fails_at_declaration():
     with pytest.raises(TypeError, match="stage bad: reads prompts.text, which the prompts schema lacks"):
         Stage(name="bad", reads=(Read("prompts", "prompts", ("text",)),), writes="prompts",
               fingerprint=lambda cfg: "fp", build=lambda run: None)
+
+
+def test_the_readme_example_stage_runs_as_written(tmp_path):
+    """The README's worked example ("One way to be a stage"), executed as the module it shows."""
+    import types
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("# pipeline/flag.py\n", 1)[1].split("```", 1)[0]
+    module = types.ModuleType("flag")
+    exec(compile(code, "README.md:pipeline/flag.py", "exec"), module.__dict__)
+    rows = [
+        {"prompt_id": "a", "messages": [{"role": "user", "content": "I want a Refund now"}], "source": "t"},
+        {"prompt_id": "b", "messages": [{"role": "user", "content": "hello"}], "source": "t"},
+        {"prompt_id": "c", "messages": [{"role": "user", "content": "refund please"}], "source": "t"},
+    ]
+    table = schemas.from_rows(rows, "prompts")
+    schemas.write_table(table, tmp_path / "tables" / "prompt_filter.parquet", "prompts")
+    logs = []
+    meta = module.STAGE.run(tmp_path, _cfg(), "fp", log=logs.append)
+    flagged = schemas.read_table(tmp_path / "tables" / "flag.parquet", "prompts")
+    assert flagged.column("prompt_id").to_pylist() == ["a", "c"] and meta["rows"] == 2
+    assert "flag: 2 of 3 prompts flagged" in logs
+    check_order((*STAGES, module.STAGE))

@@ -5,12 +5,12 @@ the fix. `--set a.b=value` overrides are parsed as YAML scalars and applied befo
 they are checked exactly like file values. Each field is documented once, here; `prefsynth run
 --help` and the README point at this module.
 
-Fingerprints: `RunConfig.stage_fields(stage)` returns only the fields that change that stage's
-output (DESIGN rule 4): batch sizes, progress bars and paths of the run dir are left out.
+Fingerprints: each stage owns the fields that change its output (`fields(cfg)` in the stage's
+module, DESIGN rule 4): batch sizes, progress bars and paths of the run dir are left out.
 
 Modules, one way down: base (the section base, fingerprint) <- generation, judging, curation,
-sources (each stage's sections) <- run (RunConfig, stage fingerprint fields) <- loading (YAML,
-overrides, error formatting). Import from `pipeline.config`; the names below are its surface.
+sources (each stage's sections) <- run (RunConfig) <- loading (YAML, overrides, error formatting).
+Import from `pipeline.config`; the names below are its surface.
 """
 
 from pipeline.config.base import _Section, fingerprint

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -10,7 +10,6 @@ from pipeline.config.base import _Section
 from pipeline.config.curation import CurateConfig, PairConfig, PublishConfig, RationaleConfig
 from pipeline.config.generation import GenerateConfig, OpenAIConfig
 from pipeline.config.judging import (
-    SCORING_FIELDS,
     BudgetConfig,
     JudgeConfig,
     LLMJudgeConfig,
@@ -232,67 +231,3 @@ class RunConfig(_Section):
     @property
     def ches_model(self) -> str:
         return self.curate.ches.model or self.generate.model
-
-    def stage_fields(self, stage: str) -> dict[str, Any]:
-        """The config fields that change `stage`'s output (never batch sizes or chunking)."""
-        g, j = self.generate, self.judge
-        if stage == "prompts":  # synth settings reach it through the synth stage's fingerprint
-            return {"seed": self.seed, **self.input.model_dump(exclude={"skip_invalid", "synth"})}
-        if stage == "synth":
-            return {"seed": self.seed, **self.input.synth.output_fields()} if self.input.synthesised else {}
-        if stage == "prompt_filter":
-            d = self.curate.dedup
-            dedup = d.model_dump(include={"near_duplicates", "model", "threshold"})
-            # fields added with the scalable search count only when changed: at their defaults a run's output is
-            # v0.1's (exact search up to exact_max_prompts), so runs made before keep their fingerprints
-            dedup |= d.model_dump(
-                exclude_defaults=True, exclude={"near_duplicates", "model", "threshold", "batch_size", "chunk_prompts"}
-            )
-            return {"dedup": dedup, "decontaminate": self.curate.decontaminate.model_dump()}
-        if stage == "generate":
-            return {
-                "seed": self.seed,
-                **g.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"}),
-            }
-        # vLLM's numerics differ from transformers'; the default is left out so older runs keep their fingerprints
-        judge_backend = {} if j.backend == "transformers" else {"backend": j.backend}
-        if stage == "judge":
-            fields = j.model_dump(
-                exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai", *SCORING_FIELDS}
-            )
-            # judges given as mappings count without their endpoint (operational); scoring options of served judges
-            # count only when changed, so runs made before they existed keep their fingerprints
-            for name in ("templates", "pairwise_templates", "reward_models"):
-                fields[name] = [
-                    t if isinstance(t, str) else t.model_dump(exclude={"openai"}, exclude_none=True)
-                    for t in getattr(j, name)
-                ]
-            return {
-                "model": self.judge_model,
-                **judge_backend,
-                **fields,
-                **j.model_dump(include=SCORING_FIELDS, exclude_defaults=True),
-            }
-        if stage == "pair":
-            return {
-                "seed": self.seed,
-                "aggregate": j.aggregate,
-                "min_agreement": j.min_agreement,
-                **self.pair.model_dump(),
-                "reward_augmented": self.sources.reward_augmented.model_dump(),
-            }
-        if stage == "self_critique":
-            sc = self.sources.self_critique
-            return {
-                "seed": self.seed,
-                "model": sc.model or g.model,
-                "reward_model": self.critique_reward_model,
-                **sc.model_dump(exclude={"batch_size", "model", "reward_model"}),
-            }
-        if stage == "ches":
-            return {"model": self.ches_model, **self.curate.ches.model_dump(exclude={"batch_size", "model"})}
-        if stage == "rationale":
-            return {"model": self.judge_model, **judge_backend, **self.rationale.model_dump(exclude={"batch_size"})}
-        if stage == "publish":
-            return self.publish.model_dump(exclude={"shard_rows", "chunk_prompts"})
-        raise KeyError(stage)

@@ -119,8 +119,10 @@ def test_funnel_chains_from_requests_to_kept_prompts():
 
 
 def test_synth_config_fingerprint_only_changes_with_what_it_makes():
+    from pipeline import prompts, synth
+
     base = load_config(TINY, ["input.path=synth:", "input.synth.mode=topics"])
-    assert base.input.synthesised and base.stage_fields("synth")["mode"] == "topics"
+    assert base.input.synthesised and synth.fields(base)["mode"] == "topics"
     same = load_config(
         TINY,
         [
@@ -130,11 +132,11 @@ def test_synth_config_fingerprint_only_changes_with_what_it_makes():
             "input.synth.seeds=elsewhere.jsonl",
         ],
     )  # operational / another mode's field
-    assert same.stage_fields("synth") == base.stage_fields("synth")
+    assert synth.fields(same) == synth.fields(base)
     other = load_config(TINY, ["input.path=synth:", "input.synth.mode=topics", "input.synth.topics=[chess]"])
-    assert other.stage_fields("synth") != base.stage_fields("synth")
+    assert synth.fields(other) != synth.fields(base)
     plain = load_config(TINY)
-    assert plain.stage_fields("synth") == {} and "synth" not in plain.stage_fields("prompts")
+    assert synth.fields(plain) == {} and "synth" not in prompts.fields(plain)
 
 
 @pytest.mark.slow
