@@ -165,6 +165,25 @@ def _usage_md(m: dict) -> str:
                if usage.get("unpriced_models") else "") + ".")
 
 
+def _label_quality_md(m: dict, figs: dict) -> str:
+    """How often each judge and the ensemble prefer the verified-correct answer (pipeline/label_quality.py)."""
+    q = m.get("label_quality")
+    if not q:
+        return ("No prompt of this run has a `verify` spec, so label accuracy is not measured (agreement between "
+                "judges is not accuracy); add verifiable prompts, e.g. `bundled:prompts/verifiable.jsonl`.")
+    rows = "\n".join(f"| `{r['judge']}` | {r['category']} | {r['pairs']} | {r['prompts']} | {r['accuracy']:.3f} | "
+                     f"[{r['low']:.3f}, {r['high']:.3f}] |" for r in q["table"])
+    plot = f"\n\n![label quality]({figs['label_quality']})" if "label_quality" in figs else ""
+    return f"""The verifier checked {q['verified_candidates']} candidates ({q['passed']} passed). On the
+{q['verified_pairs']} verified pairs (one candidate passes, the other fails, same prompt; from
+{q['prompts_with_pairs']} prompts) a judge is right when it prefers the passing one (a tie counts half); the
+ensemble is the aggregated score. Intervals: 95% bootstrap over prompts.
+
+| judge | family | pairs | prompts | accuracy | 95% interval |
+|---|---|---|---|---|---|
+{rows or '| (no verified pairs) | | 0 | 0 | | |'}{plot}"""
+
+
 def _review_md(m: dict) -> str:
     """The human review section (pipeline/review.py): what the labels changed and how the judges agree with them."""
     r = m.get("review")
@@ -212,6 +231,9 @@ def _figures(run_dir: Path, pairs, manifest: dict) -> dict[str, str]:
             cut = (manifest.get("ches") or {}).get("cut")
             figs["ches"] = plots.histogram(ln, out / "ln_ches.png", title="LN-CHES of all scored pairs", xlabel="LN-CHES",
                                            cut=cut, cut_label=None if cut is None else f"filter cut {cut:.4g}")
+    overall = [r for r in (manifest.get("label_quality") or {}).get("table", []) if r["category"] == "all"]
+    if overall:
+        figs["label_quality"] = plots.accuracy_bars(overall, out / "label_quality.png")
     return {k: str(v.relative_to(run_dir)) for k, v in figs.items()}
 
 
@@ -291,6 +313,9 @@ chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
 Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=false) {m.get('judge_failure_rate')}.
 
 {_judges_md(m)}
+
+## Label quality
+{_label_quality_md(m, figs)}
 
 ## Requests and cost
 {_usage_md(m)}

@@ -119,6 +119,19 @@ def _prompt_drops(run_dir, m: dict, limit: int = 10) -> Table:
     return t
 
 
+def _label_quality(m: dict) -> Table | str:
+    q = m.get("label_quality")
+    if not q:
+        return "label quality: not measured (no prompt has a `verify` spec)"
+    t = Table(title=f"label quality: accuracy on {q['verified_pairs']} verified pairs (tie = half; 95% bootstrap)")
+    for col in ("judge", "family", "pairs", "prompts", "accuracy", "95% interval"):
+        t.add_column(col, justify="right" if col in ("pairs", "prompts", "accuracy") else "left")
+    for r in q["table"]:
+        t.add_row(r["judge"], r["category"], str(r["pairs"]), str(r["prompts"]), f"{r['accuracy']:.3f}",
+                  f"[{r['low']:.3f}, {r['high']:.3f}]")
+    return t
+
+
 def _scores(df: pl.DataFrame) -> Table:
     t = Table(title="scores over published pairs")
     for col in ("column", "mean", "min", "median", "max"):
@@ -151,6 +164,7 @@ def inspect_run(
     console.print(_summary(m))
     console.print(_funnel(m))
     console.print(_prompt_drops(run_dir, m))
+    console.print(_label_quality(m))
     console.print(_scores(df))
     console.print(f"{chosen.height} pair(s) shown" + (f" matching {where!r}" if where else "") + f" of {df.height}")
     for row in chosen.iter_rows(named=True):

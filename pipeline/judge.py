@@ -38,9 +38,12 @@ from pipeline.funnel import step
 from pipeline.models import resolve
 from pipeline.request_log import LoggedBackend, RequestLog
 from pipeline.stage import Chunked, Read, Stage, StageRun
+from pipeline.verify_spec import verifier_rows, wants_verifier
 
 VERSION = "4"
 EMPTY = json.dumps({"error": "empty response, not judged"})
+# verifier options enter the fingerprint only when changed: runs made before the verifier keep theirs
+VERIFIER = {"verifiers", "verifier_timeout_s", "verifier_memory_mb"}
 
 
 def _row(pid, cid, judge, score, ok, raw, consistent=None, rationale=None, mode=None) -> dict:
@@ -59,6 +62,9 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
     scoreable = [c for c in cands if c["text"].strip()]
     rows = []
     for judge in judges:
+        if judge.kind == "verifier":  # every candidate against its prompt's spec; not counted in the progress bar
+            rows += verifier_rows(judge, prompts, cands)
+            continue
         if judge.kind == "pairwise":
             pairs = [(x, y) for pid in dict.fromkeys(c["prompt_id"] for c in scoreable)
                      for x, y in combinations([c for c in scoreable if c["prompt_id"] == pid], 2)]
@@ -230,7 +236,7 @@ def fields(cfg: RunConfig) -> dict:
     """The config fields that change this stage's output."""
     j = cfg.judge
     out = j.model_dump(
-        exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai", *SCORING_FIELDS}
+        exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai", *SCORING_FIELDS, *VERIFIER}
     )
     # judges given as mappings count without their endpoint (operational); scoring options of served judges
     # count only when changed, so runs made before they existed keep their fingerprints
@@ -242,7 +248,7 @@ def fields(cfg: RunConfig) -> dict:
         "model": cfg.judge_model,
         **backend_field(cfg),
         **out,
-        **j.model_dump(include=SCORING_FIELDS, exclude_defaults=True),
+        **j.model_dump(include=SCORING_FIELDS | VERIFIER, exclude_defaults=True),
     }
 
 
@@ -298,6 +304,11 @@ def _make_work(run: StageRun):  # judge models load only when a chunk is left to
         else None
     )
     prompts = run.read("prompts")
+    if wants_verifier(cfg.judge.verifiers, prompts):
+        from judges.verifier import VerifierJudge
+
+        j = cfg.judge
+        judges = [*judges, VerifierJudge(timeout_s=j.verifier_timeout_s, memory_mb=j.verifier_memory_mb)]
     return lambda subset: (
         judge_candidates(
             prompts,
@@ -322,7 +333,7 @@ def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
     kinds = dict(zip(table.column("judge").to_pylist(), table.column("kind").to_pylist()))  # in judge order
     judge_ids = list(kinds)  # read off the table: a gathering call loads no judge
     same_model = _same_model(cfg.judge_model, cfg.generate.model)
-    self_pref = [j for j, kind in kinds.items() if kind != "reward_model"] if same_model else []
+    self_pref = [j for j, kind in kinds.items() if kind not in ("reward_model", "verifier")] if same_model else []
     run.log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
     return table, {
         "judges": judge_ids,
@@ -338,7 +349,7 @@ def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
 STAGE = Stage(
     name="judge",
     reads=(
-        Read("prompts", "prompts", ("prompt_id", "messages", "reference")),
+        Read("prompts", "prompts", ("prompt_id", "messages", "reference", "verify")),
         Read("generate", "candidates", ("prompt_id", "candidate_id", "text")),
     ),
     writes="judgments",

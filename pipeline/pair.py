@@ -36,6 +36,7 @@ from pipeline.aggregate import agreement, candidate_scores
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
 from pipeline.funnel import step
+from pipeline.label_quality import label_quality
 from pipeline.length_bias import length_bias
 from pipeline.reward_augment import augment
 from pipeline.stage import Read, Stage, StageRun
@@ -323,6 +324,12 @@ def _build(run: StageRun):
         min_agreement=cfg.judge.min_agreement,
     )
     bias = length_bias(scored, pairs)
+    quality = label_quality(
+        judgments,
+        dict(zip(scored["candidate_id"].to_list(), scored["score"].to_list())),
+        dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("category").to_pylist())),
+        seed=cfg.seed,
+    )
     schemas.write_table(
         schemas.from_rows(
             [
@@ -354,13 +361,14 @@ def _build(run: StageRun):
         "length_bias": bias,
         "aggregate": method,
         "agreement": figures,
+        "label_quality": quality,
     }
 
 
 STAGE = Stage(
     name="pair",
     reads=(
-        Read("prompts", "prompts", ("prompt_id", "messages")),
+        Read("prompts", "prompts", ("prompt_id", "messages", "category")),
         Read("generate", "candidates", ("prompt_id", "candidate_id", "text", "n_tokens")),
         Read(
             "judge", "judgments", ("prompt_id", "candidate_id", "judge", "kind", "score", "ok", "position_consistent")

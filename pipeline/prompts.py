@@ -1,7 +1,8 @@
 """Prompt input: JSONL, parquet, a folder of such files, or a `datasets` dataset, into the `prompts` table.
 
 Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, with optional
-`prompt_id`, `category`, `source` and `reference` (a reference answer for rubric judges). A row is
+`prompt_id`, `category`, `source`, `reference` (a reference answer for rubric judges) and `verify` (a
+machine-checkable spec for the verifier judge, judges/verifier.py: numeric, exact or tests). A row is
 invalid when it has neither field, an empty or non-string content, an unknown role, or a conversation
 that does not end with a user turn; the error names the file, the line (or row) and the problem.
 With `skip_invalid` such rows are skipped and counted instead (a line that is not UTF-8 is one invalid
@@ -29,6 +30,7 @@ from pipeline.config import InputConfig, fingerprint
 from pipeline.errors import InputError
 from pipeline.funnel import step
 from pipeline.stage import Stage
+from pipeline.verify_spec import verify_spec
 
 ROLES = {"system", "user", "assistant"}
 VERSION = "2"
@@ -112,7 +114,9 @@ def normalise_row(row: Any, where: str) -> dict:
         "source": row.get("source"),
         "category": None if category is None else str(category),
         "reference": reference,
+        "verify": verify_spec(row.get("verify"), where),
     }
+
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:

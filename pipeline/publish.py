@@ -147,6 +147,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         # tokens of every request to an OpenAI-compatible endpoint, per stage, model and endpoint; dollars at `prices`
         "usage": accounting.summary(metas, cfg.prices, cfg.budget.usd),
         "length_bias": metas["pair"].get("length_bias"),
+        "label_quality": metas["pair"].get("label_quality"),
         # counts only: the per-prompt list is a table (a million prompts would make this file hundreds of MB)
         "prompt_drops": {
             "counts": metas["prompt_filter"].get("drops", {}),

@@ -45,8 +45,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from judges.agreement import cohen_kappa, krippendorff_alpha_nominal, outcome
+from judges.agreement import cohen_kappa, krippendorff_alpha_nominal
 from pipeline import schemas
+from pipeline.aggregate import judge_preferences
 from pipeline.errors import InputError
 from pipeline.funnel import step
 from pipeline.rundir import load_manifest, load_pairs, shard_path, verify_shards
@@ -58,7 +59,6 @@ FLIP_PREFIX = "review_flip:"
 REVIEWER = re.compile(r"^[\w.@-][\w .@-]{0,63}$")
 PAIR_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_NOTE = 2000
-SCORE_KINDS = ("absolute", "reward_model")
 
 
 @dataclass(frozen=True)
@@ -286,40 +286,6 @@ def judgments(srcs: list[Source]) -> pa.Table:
     found = [schemas.read_table(s.tables / "judge.parquet", "judgments") for s in srcs
              if (s.tables / "judge.parquet").is_file()]
     return schemas.concat(found, "judgments")
-
-
-def judge_preferences(pairs: dict[str, tuple[str, str]], judgments: pa.Table) -> dict[str, dict[str, str]]:
-    """{judge: {pair_id: "chosen" | "rejected" | "tie"}} for `pairs` = {pair_id: (chosen_id, rejected_id)}:
-    a score judge compares its ok scores of the two, a pairwise judge gives its verdict (a
-    position-inconsistent one is a tie). Pairs a judge did not score both sides of are left out."""
-    wanted = {c for ids in pairs.values() for c in ids}
-    keys = wanted | {f"{c}|{r}" for c, r in pairs.values()} | {f"{r}|{c}" for c, r in pairs.values()}
-    judgments = judgments.filter(pc.is_in(judgments.column("candidate_id"),
-                                          value_set=pa.array(sorted(keys), pa.string())))
-    scores: dict[tuple[str, str], float] = {}
-    verdicts: dict[tuple[str, str, str], int] = {}
-    for r in judgments.select(["candidate_id", "judge", "kind", "score", "ok", "position_consistent"]).to_pylist():
-        if not r["ok"] or r["score"] is None:
-            continue
-        if r["kind"] in SCORE_KINDS and r["candidate_id"] in wanted:
-            scores[(r["judge"], r["candidate_id"])] = r["score"]
-        elif r["kind"] == "pairwise":
-            x, _, y = r["candidate_id"].partition("|")
-            if x in wanted and y in wanted:
-                verdicts[(r["judge"], x, y)] = outcome(r["score"], 0.5) if r["position_consistent"] else 0
-    judges = {j for j, _ in scores} | {k[0] for k in verdicts}
-    names = {1: "chosen", -1: "rejected", 0: "tie"}
-    out: dict[str, dict[str, str]] = {}
-    for judge in sorted(judges):
-        mine = out.setdefault(judge, {})
-        for pid, (c, r) in pairs.items():
-            if (judge, c) in scores and (judge, r) in scores:
-                mine[pid] = names[outcome(scores[(judge, c)], scores[(judge, r)])]
-            elif (judge, c, r) in verdicts:
-                mine[pid] = names[verdicts[(judge, c, r)]]
-            elif (judge, r, c) in verdicts:
-                mine[pid] = names[-verdicts[(judge, r, c)]]
-    return out
 
 
 def _round(x: float | None) -> float | None:

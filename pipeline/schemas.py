@@ -37,6 +37,7 @@ PROMPTS = pa.schema(
         pa.field("source", pa.string()),
         pa.field("category", pa.string()),
         pa.field("reference", pa.string()),  # optional reference answer, shown to rubric judges that use one
+        pa.field("verify", pa.string()),  # optional machine-checkable spec (JSON), checked by the verifier judge
     ]
 )
 
@@ -182,7 +183,7 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 # nullable columns added after tables of that kind were first written: an older table (a run directory of an
 # earlier version) reads with the column all null, so its stages are reused rather than redone
-ADDED_LATER: dict[str, tuple[str, ...]] = {"judgments": ("score_mode",)}
+ADDED_LATER: dict[str, tuple[str, ...]] = {"judgments": ("score_mode",), "prompts": ("verify",)}
 
 
 def check(table: pa.Table, name: str) -> pa.Table:

@@ -128,6 +128,15 @@ class JudgeConfig(_Section):
         "at the answer position; below it the judge did not answer with a score and the row is ok=false.",
     )
     max_input_tokens: int = Field(2048, ge=64, description="Judge inputs longer than this are ok=false.")
+    verifiers: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="The verifier judge (judges/verifier.py): checks each candidate against its prompt's `verify` "
+        "spec (numeric or exact answer, or python tests in a sandbox) and scores 1 or 0 (ok=false when it cannot "
+        "check). 'auto' runs it when any prompt has a spec. Verdicts are not averaged into scores; they give the "
+        "card's label quality and the 'verified' pair strategy.",
+    )
+    verifier_timeout_s: float = Field(5.0, gt=0, le=120, description="Time limit of one sandboxed code check.")
+    verifier_memory_mb: int = Field(512, ge=64, le=16384, description="Address-space limit of one code check.")
     batch_size: int = Field(8, ge=1, description="Judge inputs per forward pass (operational).")
 
     @model_validator(mode="after")

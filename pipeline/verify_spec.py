@@ -1,0 +1,82 @@
+"""The `verify` field of a prompt: a machine-checkable spec the verifier judge (judges/verifier.py) checks
+a candidate against. Three kinds:
+
+  {"kind": "numeric", "answer": 42.5, "abs_tol": 1e-6, "rel_tol": 0}   the last number of the extracted answer
+  {"kind": "exact", "answer": "2024-03-15"}                            the extracted answer, case and spaces aside
+  {"kind": "tests", "entry_point": "f", "tests": "assert f(2) == 4"}   the response's python code run with the tests
+
+Optional keys: `family` (a label, e.g. the generator's family), `timeout_s` for tests. Specs are
+stored as canonical JSON in the prompts table's `verify` column.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.errors import InputError
+
+VERIFY_KEYS = {
+    "numeric": {"answer": (int, float)},
+    "exact": {"answer": str},
+    "tests": {"tests": str, "entry_point": str},
+}
+
+
+def verify_spec(spec: Any, where: str) -> str | None:
+    """A row's `verify` as canonical JSON, or None; InputError naming the field when it is malformed."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError:
+            raise InputError(f"{where}: 'verify' is not JSON; fix: give an object such as "
+                             '{"kind": "numeric", "answer": 42}') from None
+    if not isinstance(spec, dict) or spec.get("kind") not in VERIFY_KEYS:
+        raise InputError(
+            f"{where}: 'verify' must be an object whose 'kind' is one of {sorted(VERIFY_KEYS)} (got "
+            f"{str(spec)[:60]!r}); fix: e.g. {{\"kind\": \"numeric\", \"answer\": 42}}"
+        )
+    for key, types in VERIFY_KEYS[spec["kind"]].items():
+        value = spec.get(key)
+        if not isinstance(value, types) or isinstance(value, bool) or (isinstance(value, str) and not value.strip()):
+            raise InputError(
+                f"{where}: verify.{key} is {str(value)[:60]!r}; fix: a {spec['kind']} spec needs "
+                f"'{key}' ({' or '.join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))})"
+            )
+    for key in ("abs_tol", "rel_tol", "timeout_s"):
+        value = spec.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise InputError(f"{where}: verify.{key} is {value!r}; fix: a number >= 0 or drop it")
+    return json.dumps(spec, sort_keys=True)
+
+
+def wants_verifier(mode: str, prompts: pa.Table) -> bool:
+    """judge.verifiers: 'on', or 'auto' when any prompt has a `verify` spec."""
+    return mode == "on" or (mode == "auto" and prompts.column("verify").null_count < prompts.num_rows)
+
+
+def verifier_rows(judge, prompts: pa.Table, cands: list[dict]) -> list[dict]:
+    """Judgments of the verifier judge, one per candidate: score 1.0 (passes its prompt's spec) or 0.0, ok=false
+    when it cannot check (no spec, no answer found); `raw` holds the verdict and the reason."""
+    specs = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("verify").to_pylist()))
+    found = judge.verify([json.loads(specs[c["prompt_id"]] or "null") for c in cands], [c["text"] for c in cands])
+    return [
+        {
+            "prompt_id": c["prompt_id"],
+            "candidate_id": c["candidate_id"],
+            "judge": judge.id,
+            "kind": judge.kind,
+            "aspect": judge.aspect,
+            "score": None if v.passed is None else float(v.passed),
+            "rationale": None,
+            "raw": json.dumps({"verdict": v.passed, "reason": v.reason}),
+            "ok": v.passed is not None,
+            "position_consistent": None,
+            "score_mode": None,
+        }
+        for c, v in zip(cands, found)
+    ]
