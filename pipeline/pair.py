@@ -36,7 +36,7 @@ from pipeline.aggregate import agreement, candidate_scores
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
 from pipeline.funnel import step
-from pipeline.label_quality import label_quality
+from pipeline.label_quality import label_quality, verdicts
 from pipeline.length_bias import length_bias
 from pipeline.reward_augment import augment
 from pipeline.stage import Read, Stage, StageRun
@@ -77,6 +77,10 @@ def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: in
     by_best = ["prompt_id", "score", "candidate_id"]
     if cfg.strategy == "all_above_margin":
         return pairs
+    if cfg.strategy == "verified":  # the best-scored passing answer vs the best-scored failing one (hardest negative)
+        return (pairs.sort(["prompt_id", "score", "score_r", "candidate_id", "candidate_id_r"],
+                           descending=[False, True, True, False, False])
+                .group_by("prompt_id", maintain_order=True).first())
     if cfg.strategy == "best_vs_worst":
         return (pairs.sort(["prompt_id", "score", "score_r", "candidate_id", "candidate_id_r"],
                            descending=[False, True, False, False, False])
@@ -109,10 +113,11 @@ def candidate_prompts(candidates: pa.Table) -> list[str]:
 
 
 def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[str, float | None], cfg: PairConfig, *,
-                      prompt_ids: Collection[str], seed: int = 0,
-                      min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
+                      prompt_ids: Collection[str], seed: int = 0, min_agreement: float | None = None,
+                      passed: dict[str, bool] | None = None) -> tuple[pa.Table, list[dict]]:
     """Pure core: pairs from aggregated candidate scores (`scored_candidates`) and per-prompt agreement;
-    `prompt_ids` are the prompts that have candidates, where the funnel starts."""
+    `prompt_ids` are the prompts that have candidates, where the funnel starts. `passed`: the verifier's
+    verdict per candidate_id, for strategy 'verified'."""
     funnel: list[dict] = []
     present = set(prompt_ids)
     scored = scored.filter(pl.col("prompt_id").is_in(sorted(present)))
@@ -138,16 +143,20 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
         "every two scored candidates of a prompt form a candidate pair",
         unit_in="prompts",
     )
-    pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
-        pl.col("score") - pl.col("score_r") > cfg.tie_epsilon
-    )
-    _step(
-        funnel,
-        "ties",
-        total,
-        pairs.height,
-        f"candidate pairs scored within pair.tie_epsilon={cfg.tie_epsilon} (ties are not paired)",
-    )
+    if cfg.strategy == "verified":  # ordered by the verifier, not by the judges' scores
+        good = [c for c, ok in (passed or {}).items() if ok]
+        bad = [c for c, ok in (passed or {}).items() if not ok]
+        pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
+            pl.col("candidate_id").is_in(good) & pl.col("candidate_id_r").is_in(bad)
+        )
+        _step(funnel, "not_verified_split", total, pairs.height,
+              "candidate pairs that the verifier does not split into one passing and one failing answer")
+    else:
+        pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
+            pl.col("score") - pl.col("score_r") > cfg.tie_epsilon
+        )
+        _step(funnel, "ties", total, pairs.height,
+              f"candidate pairs scored within pair.tie_epsilon={cfg.tie_epsilon} (ties are not paired)")
     before = pairs.height
     sims = [similarity(a, b) for a, b in zip(pairs["text"].to_list(), pairs["text_r"].to_list())]
     pairs = (
@@ -163,9 +172,10 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
         f"chosen and rejected near-identical (5-gram Jaccard > {cfg.max_similarity})",
     )
     pairs = pairs.with_columns((pl.col("score") - pl.col("score_r")).alias("margin"))
-    before = pairs.height
-    pairs = pairs.filter(pl.col("margin") >= cfg.min_margin)
-    _step(funnel, "min_margin", before, pairs.height, f"margin below pair.min_margin={cfg.min_margin}")
+    if cfg.strategy != "verified":  # a verified pair's margin may be negative: the judges were wrong on it
+        before = pairs.height
+        pairs = pairs.filter(pl.col("margin") >= cfg.min_margin)
+        _step(funnel, "min_margin", before, pairs.height, f"margin below pair.min_margin={cfg.min_margin}")
     if cfg.max_length_ratio is not None:
         before = pairs.height
         pairs = pairs.filter(pl.col("n_tokens") <= cfg.max_length_ratio * pl.col("n_tokens_r"))
@@ -254,8 +264,8 @@ def check_pairs(table: pa.Table) -> None:
     """The invariants every published pairs table holds; raise SchemaError on the first broken one.
     Judge-ranked pairs have chosen_score > rejected_score; pairs labelled by construction do not
     need to: self-critique (revision chosen; the reward model's view is in label_confidence), the
-    low-goal rows of reward-augmented pairs (chosen matches the stated lower score) and pairs a human
-    reviewer flipped (pair_strategy `review_flip:...`)."""
+    low-goal rows of reward-augmented pairs (chosen matches the stated lower score), verified pairs
+    (chosen passes its prompt's check) and pairs a human reviewer flipped (pair_strategy `review_flip:...`)."""
     df = pl.from_arrow(
         table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "pair_strategy"])
     )
@@ -263,6 +273,7 @@ def check_pairs(table: pa.Table) -> None:
         pl.col("pair_strategy").str.starts_with("self_critique:")
         | pl.col("pair_strategy").str.starts_with("reward_augmented:low:")
         | pl.col("pair_strategy").str.starts_with("review_flip:")
+        | (pl.col("pair_strategy") == "verified")
     )
     bad = df.filter(
         ((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
@@ -322,6 +333,7 @@ def _build(run: StageRun):
         prompt_ids=candidate_prompts(candidates),
         seed=cfg.seed,
         min_agreement=cfg.judge.min_agreement,
+        passed={cid: ok for cid, (_, ok) in verdicts(judgments).items()},
     )
     bias = length_bias(scored, pairs)
     quality = label_quality(

@@ -10,10 +10,12 @@ from pipeline.config.base import _Section
 
 
 class PairConfig(_Section):
-    strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin", "top_k_vs_bottom_k"] = Field(
+    strategy: Literal["best_vs_worst", "best_vs_random", "all_above_margin", "top_k_vs_bottom_k", "verified"] = Field(
         "best_vs_worst",
         description="How pairs are formed per prompt: best vs worst; best vs a seeded random lower-scored "
-        "candidate; every pair above the margin; or each of the top k vs each of the bottom k.",
+        "candidate; every pair above the margin; each of the top k vs each of the bottom k; or 'verified': the "
+        "best-scored answer that passes its prompt's verify spec vs the best-scored one that fails (prompts "
+        "without such a split give no pair; min_margin does not apply, the judges may have ranked them wrongly).",
     )
     k: int = Field(2, ge=1, description="With strategy=top_k_vs_bottom_k, the k.")
     min_margin: float = Field(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import _Section
 from pipeline.config.generation import OpenAIConfig
@@ -138,6 +138,11 @@ class JudgeConfig(_Section):
     verifier_timeout_s: float = Field(5.0, gt=0, le=120, description="Time limit of one sandboxed code check.")
     verifier_memory_mb: int = Field(512, ge=64, le=16384, description="Address-space limit of one code check.")
     batch_size: int = Field(8, ge=1, description="Judge inputs per forward pass (operational).")
+
+    @field_validator("verifiers", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):  # YAML 1.1 reads a bare on/off as a boolean
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _judges_make_sense(self):

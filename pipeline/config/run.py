@@ -127,6 +127,15 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _verified_pairs_need_the_verifier(self):
+        if self.pair.strategy == "verified" and self.judge.verifiers == "off":
+            raise ValueError(
+                "pair.strategy 'verified' needs the verifier judge, but judge.verifiers is 'off'; fix: set "
+                "judge.verifiers to auto (or on) and give prompts a verify spec"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _critique_has_a_reward_model(self):
         sc = self.sources.self_critique
         if sc.enabled and not (sc.reward_model or self.judge.reward_models):

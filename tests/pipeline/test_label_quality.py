@@ -38,7 +38,8 @@ def test_accuracy_per_judge_family_and_ensemble_matches_a_hand_count():
     q = label_quality(_judgments(), ensemble, {"p1": "arithmetic", "p2": "date", "p3": "date"}, seed=0)
     got = {(r["judge"], r["category"]): (r["pairs"], r["accuracy"]) for r in q["table"]}
     # J1: a>b right (1), a vs c tie (0.5), d<e wrong (0); P: a|b right, c|a wrong; ensemble: 1, 1, tie
-    assert got[("J1", "all")] == (3, 0.5) and got[("J1", "arithmetic")] == (2, 0.75) and got[("J1", "date")] == (1, 0.0)
+    assert got[("J1", "all")] == (3, 0.5) and got[("J1", "arithmetic")] == (2, 0.75)
+    assert got[("J1", "date")] == (1, 0.0)
     assert got[("P", "all")] == (2, 0.5) and ("P", "date") not in got
     assert got[(ENSEMBLE, "all")] == (3, round(2.5 / 3, 4))
     assert ("verifier-v1", "all") not in got  # the verifier is the ground truth, not a judge under test
@@ -59,3 +60,36 @@ def test_bootstrap_resamples_prompts_and_is_seeded():
     # with p1 drawn every time the accuracy is 1, with p2 every time 0: both ends are reachable
     assert 0.0 <= low < acc < high <= 1.0
     assert bootstrap_accuracy({"p": [1.0, 0.0]}, seed=0) == (0.5, 0.5, 0.5)  # one prompt: nothing to resample
+
+
+def test_verified_strategy_pairs_the_best_passing_with_the_best_failing_answer():
+    """Strategy 'verified' orders pairs by the verifier, not the scores: on p2 the judge prefers the failing e."""
+    from pipeline.config import PairConfig
+    from pipeline.label_quality import verdicts
+    from pipeline.pair import pairs_from_scores, scored_candidates
+
+    judgments = _judgments()
+    words = {"a": "twelve", "b": "seven apples", "c": "nine pears now", "d": "Friday", "e": "a Monday it is",
+             "f": "ok then", "g": "fine, sure", "h": "no idea"}
+    pid = {r["candidate_id"]: r["prompt_id"] for r in judgments.to_pylist()}
+    candidates = schemas.from_rows(
+        [
+            {"prompt_id": pid[c], "candidate_id": c, "generator": "g", "text": t, "n_tokens": len(t),
+             "finish_reason": "stop"}
+            for c, t in words.items()
+        ],
+        "candidates",
+    )
+    prompts = schemas.from_rows(
+        [{"prompt_id": p, "messages": [{"role": "user", "content": p}]} for p in ("p1", "p2", "p3")], "prompts")
+    pairs, funnel = pairs_from_scores(
+        prompts, scored_candidates(candidates, judgments, "mean"), {}, PairConfig(strategy="verified"),
+        prompt_ids=["p1", "p2", "p3"], passed={c: ok for c, (_, ok) in verdicts(judgments).items()},
+    )
+    got = sorted(zip(pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist()))
+    assert got == [("a", "c"), ("d", "e")]  # p1: a passes, c is the failing answer the judge liked best; p3: no split
+    assert set(pairs.column("pair_strategy").to_pylist()) == {"verified"}
+    assert dict(zip(pairs.column("chosen_id").to_pylist(), pairs.column("margin").to_pylist()))["d"] == -2.0
+    steps = {f["filter"]: (f["rows_in"], f["rows_out"]) for f in funnel}
+    # candidate pairs: p1 3 + p2 3 (h is scored by J1) + p3 1 = 7; split by the verifier: a-b, a-c, d-e
+    assert steps["not_verified_split"] == (7, 3) and "ties" not in steps and "min_margin" not in steps
