@@ -4,8 +4,9 @@ Reads `prompts.{prompt_id, messages}`, `candidates.{prompt_id, candidate_id, tex
 `judgments.{candidate_id, score, ok}`; writes the `pairs` table of shared/DESIGN.md.
 
 Rules (DESIGN rule 7). A candidate's score is its judges' aggregate (`judge.aggregate`, see
-pipeline/aggregate.py; a single judge's score by default); empty candidates and candidates with no
-ok judgment are never paired. Prompts whose judges agree less than `judge.min_agreement`
+pipeline/aggregate.py; a single judge's score by default; under `learned` the fit's report is the
+meta's `aggregate_fit`); empty candidates and candidates with no ok judgment are never paired.
+Prompts whose judges agree less than `judge.min_agreement`
 (Krippendorff alpha) are dropped first. Within a prompt every two scored candidates form
 a candidate pair, oriented so the higher score is chosen. The funnel (pipeline/funnel.py) is one
 chain: prompts with candidates -> low_agreement -> too_few_scored (prompts) -> candidate_pairs
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.aggregate import agreement, candidate_scores
+from pipeline.aggregate import aggregate_scores, agreement
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.errors import SchemaError
 from pipeline.funnel import step
@@ -54,17 +55,24 @@ def similarity(a: str, b: str) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
-def scored_candidates(candidates: pa.Table, judgments: pa.Table, method: str = "mean") -> pl.DataFrame:
+def scored_candidates(candidates: pa.Table, judgments: pa.Table, method: str = "mean", *,
+                      seed: int = 0) -> pl.DataFrame:
     """Non-empty candidates with their aggregated `score` (only candidates some judge scored)."""
+    return aggregated_candidates(candidates, judgments, method, seed=seed)[0]
+
+
+def aggregated_candidates(candidates: pa.Table, judgments: pa.Table, method: str, *,
+                          seed: int = 0) -> tuple[pl.DataFrame, dict | None]:
+    """(`scored_candidates`, the aggregation's fit report: `learned`'s weights and held-out accuracy, else None)."""
     cands = pl.from_arrow(candidates.select(["prompt_id", "candidate_id", "text", "n_tokens"]))
     cands = cands.filter(pl.col("text").str.strip_chars() != "")
     ids: dict[str, list[str]] = {}
     for pid, cid in zip(cands["prompt_id"].to_list(), cands["candidate_id"].to_list()):
         ids.setdefault(pid, []).append(cid)
-    scores = candidate_scores(judgments, ids, method)
+    scores, fit = aggregate_scores(judgments, ids, method, seed=seed)
     table = pl.DataFrame({"candidate_id": list(scores), "score": list(scores.values())},
                          schema={"candidate_id": pl.String, "score": pl.Float64})
-    return cands.join(table, on="candidate_id", how="inner")
+    return cands.join(table, on="candidate_id", how="inner"), fit
 
 
 def _step(funnel: list, name: str, before: int, after: int, reason: str, *, unit: str = "candidate pairs",
@@ -98,7 +106,8 @@ def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: in
 def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig, *, seed: int = 0,
                method: str = "mean", min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
     """(pairs table, funnel entries) straight from the judgments."""
-    return pairs_from_scores(prompts, scored_candidates(candidates, judgments, method), agreement(judgments)[0], cfg,
+    scored = scored_candidates(candidates, judgments, method, seed=seed)
+    return pairs_from_scores(prompts, scored, agreement(judgments)[0], cfg,
                              prompt_ids=candidate_prompts(candidates), seed=seed, min_agreement=min_agreement)
 
 
@@ -311,7 +320,7 @@ def _build(run: StageRun):
     cfg, run_dir = run.cfg, run.run_dir
     candidates, judgments, prompts = run.read("generate"), run.read("judge"), run.read("prompts")
     method = cfg.judge.aggregate
-    scored = scored_candidates(candidates, judgments, method)
+    scored, fit = aggregated_candidates(candidates, judgments, method, seed=cfg.seed)
     per_prompt, figures = agreement(judgments)
     pairs, funnel = pairs_from_scores(
         prompts,
@@ -353,6 +362,7 @@ def _build(run: StageRun):
         "strategy": cfg.pair.strategy,
         "length_bias": bias,
         "aggregate": method,
+        "aggregate_fit": fit,  # judge.aggregate learned: weights, pair counts, held-out accuracy (else None)
         "agreement": figures,
     }
 
