@@ -13,6 +13,9 @@ Aggregation (per prompt, over its candidates):
   compared only through the virtual opponent, i.e. by how decisively each won or lost within its
   own component (two 1-0 components place both winners at the same strength). Returned as
   log-strengths centred at 0.
+- `logistic_fit`: L2-penalised logistic regression without intercept by Newton steps (Eq. LR),
+  the fit behind `judge.aggregate: learned`: with x the difference of two candidates' features it
+  is Bradley-Terry whose strengths are linear in the features (pipeline/aggregate.py).
 Agreement:
 - `kendall_tau_b`: rank correlation of two judges over the same candidates, tie-corrected (tau-b);
   values within 1e-9 of each other are ties.
@@ -165,6 +168,56 @@ def bradley_terry(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, pri
                                "(a candidate that wins or loses every game, or a disconnected graph); "
                                "fix: use prior > 0")
     return fit.log_strengths
+
+
+@dataclass(frozen=True)
+class LogitFit:
+    """A logistic regression fit: weights and how the solver got there."""
+    weights: list[float]
+    converged: bool
+    iterations: int
+    step: float  # max |full Newton step| of the last iteration
+
+
+def logistic_fit(x: Sequence[Sequence[float]], y: Sequence[int], *, l2: float, max_iter: int = 100,
+                 tol: float = 1e-10) -> LogitFit:
+    """Logistic regression without intercept, P(y=1 | x) = sigmoid(w . x), by Newton steps:
+        min_w  (1/n) sum_i [log(1 + e^{w.x_i}) - y_i w.x_i] + (l2 / 2) |w|^2               (Eq. LR)
+    For l2 > 0 the objective is strictly convex, so it has one minimum, finite even when the data are
+    separable (where the unpenalised maximum likelihood runs off to infinity); Newton steps with
+    backtracking (never accepting a step that raises the objective) reach it from w = 0.
+    Deterministic: no random start, no sampling. Converged means the last full Newton step moved
+    no weight by more than `tol`.
+    """
+    xs = np.asarray(x, dtype=float).reshape(len(y), -1)
+    ys = np.asarray(y, dtype=float)
+    n, d = xs.shape
+
+    def objective(w: np.ndarray) -> float:
+        m = xs @ w
+        return float(np.mean(np.logaddexp(0.0, m) - ys * m)) + l2 / 2 * float(w @ w)
+
+    w = np.zeros(d)
+    value = objective(w)
+    step, it, converged = math.inf, 0, False
+    for it in range(1, max_iter + 1):
+        p = 1.0 / (1.0 + np.exp(-(xs @ w)))
+        grad = xs.T @ (p - ys) / n + l2 * w
+        hess = (xs * (p * (1 - p))[:, None]).T @ xs / n + l2 * np.eye(d)
+        delta = np.linalg.solve(hess, -grad)
+        step = float(np.max(np.abs(delta))) if d else 0.0
+        t = 1.0
+        while True:
+            candidate = w + t * delta
+            new_value = objective(candidate)
+            if new_value <= value + 1e-12 * abs(value) or t < 1e-8:
+                break
+            t /= 2
+        w, value = candidate, new_value
+        if step < tol:
+            converged = True
+            break
+    return LogitFit([float(v) for v in w], converged, it, step)
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:

@@ -10,6 +10,26 @@ position-inconsistent). Only ok judgments count. Methods (`judge.aggregate`):
                    comparing their scores); a candidate's score is (wins - losses) / (n - 1)
   bradley_terry    Bradley-Terry log-strengths over every judge's pairwise outcome of the prompt
                    (a fit that misses its tolerance raises ConvergenceError naming the prompt)
+  learned          sum_j w_j z_j over the score judges' z-scores, w fitted on the run's verified
+                   pairs (below; `fit_learned`)
+`learned` is supervised by verifier judgments (kind "verifier": score 1.0 verified correct, 0.0
+wrong, ok false when the answer could not be checked), which are no score judge: no other method
+reads them. A verified pair is two candidates of one prompt (among the candidates the pair stage
+may pair), both with an ok verdict and an ok score from some score judge, that the verifier passes
+one of and fails the other. With x_j = z_j(a) - z_j(b), the
+difference of judge j's z-scores (as mean_normalised; a judge that did not score a candidate
+contributes z = 0, its run mean, both in the fit and when scoring), the model is
+    P(a passes, b fails | one of them passes) = sigmoid(w . x)        (logistic regression, Cox 1958)
+i.e. Bradley-Terry (Bradley & Terry 1952) with strengths linear in the judges' z-scores, as reward
+models are fitted to preferences. No intercept (swapping a and b flips the label); L2 penalty
+LEARNED_L2 / 2 |w|^2 on the mean log-loss, solved by Newton steps (judges/agreement.py
+`logistic_fit`, numpy, deterministic). Prompts, not pairs, are split (a prompt is held out when
+sha256(seed, prompt_id) falls in the top HELD_OUT of [0, 1)), so a held-out pair never shares a
+prompt with a fitted one. Pairwise judges are left out of the features (they give no score per
+candidate; the report lists them). Fewer than MIN_FIT_PAIRS fitted pairs is a ConfigError. The
+report (pair stage meta `aggregate_fit`) gives the weights, the pair counts and the held-out pairwise
+accuracy (share of held-out verified pairs whose passing candidate scores higher, a tie counting
+half) of learned, mean_normalised and each judge alone (its z-score, 0 where missing).
 A pairwise judgment is a win for the candidate with P > 0.5, a tie at exactly 0.5 (within 1e-9)
 or when position-inconsistent. Agreement (judges/agreement.py): per prompt, Krippendorff's alpha
 (interval) over its candidates x score judges on per-judge z-scores (not raw scores: a 1-5 judge
@@ -22,7 +42,9 @@ disconnected (Bradley-Terry orders its components only through the prior; judges
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
+from dataclasses import dataclass
 from itertools import combinations
 
 import pyarrow as pa
@@ -33,15 +55,22 @@ from judges.agreement import (
     components,
     kendall_tau_b,
     krippendorff_alpha_interval,
+    logistic_fit,
     majority,
     median,
     outcome,
     zscore,
 )
-from pipeline.errors import ConvergenceError
+from pipeline.errors import ConfigError, ConvergenceError
 
 SCORE_KINDS = ("absolute", "reward_model")
+# the methods that need nothing but the judges; `learned` also needs verifier judgments
 METHODS = ("mean", "mean_normalised", "median", "majority", "bradley_terry")
+LEARNED = "learned"
+VERIFIER_KIND = "verifier"
+LEARNED_L2 = 0.01  # on the mean log-loss: small, so it only keeps separable data finite
+HELD_OUT = 0.3  # share of prompts whose verified pairs are held out of the fit
+MIN_FIT_PAIRS = 10
 
 
 def _rows(judgments: pa.Table) -> list[dict]:
@@ -87,8 +116,21 @@ def _pair_votes(rows: list[dict], candidates: dict[str, list[str]]) -> dict[str,
     return games
 
 
-def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], method: str) -> dict[str, float]:
-    """{candidate_id: aggregated score} for candidates with at least one ok judgment."""
+def aggregate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], method: str, *,
+                     seed: int = 0) -> tuple[dict[str, float], dict | None]:
+    """({candidate_id: aggregated score}, the fit report of `learned` or None for the other methods)."""
+    if method == LEARNED:
+        fit = fit_learned(judgments, candidate_ids, seed=seed)
+        return fit.scores, fit.report
+    return candidate_scores(judgments, candidate_ids, method), None
+
+
+def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], method: str, *,
+                     seed: int = 0) -> dict[str, float]:
+    """{candidate_id: aggregated score} for candidates with at least one ok judgment (of a score judge for the
+    pointwise methods); `seed` splits the prompts of `learned` only."""
+    if method == LEARNED:
+        return fit_learned(judgments, candidate_ids, seed=seed).scores
     rows = _rows(judgments)
     if method in ("mean", "mean_normalised", "median"):
         values: dict[str, list[float]] = defaultdict(list)
@@ -125,6 +167,108 @@ def candidate_scores(judgments: pa.Table, candidate_ids: dict[str, list[str]], m
             net[j] -= m
         out.update({cands[i]: net[i] / max(len(cands) - 1, 1) for i in {k for pair in by_pair for k in pair}})
     return out
+
+
+@dataclass(frozen=True)
+class LearnedFit:
+    """`learned`: the judges' weights, every scored candidate's score and the report for the pair stage's meta."""
+    weights: dict[str, float]
+    scores: dict[str, float]
+    report: dict
+
+
+def held_out(prompt_id: str, seed: int) -> bool:
+    """The seeded prompt split of `learned`: about HELD_OUT of the prompts are held out."""
+    digest = hashlib.sha256(f"{seed}\0{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - HELD_OUT
+
+
+def verified_pairs(judgments: pa.Table, candidate_ids: dict[str, list[str]]) -> list[tuple[str, str, str, int]]:
+    """(prompt_id, a, b, label) per verified pair, a before b in candidate_ids order, label 1 when a passes.
+    A candidate whose ok verifier judgments disagree has no verdict."""
+    rows = _rows(judgments)
+    verdicts: dict[str, set[bool]] = defaultdict(set)
+    scored = set()
+    for r in rows:
+        if r["ok"] and r["kind"] == VERIFIER_KIND:
+            verdicts[r["candidate_id"]].add(r["score"] >= 0.5)
+        elif r["ok"] and r["kind"] in SCORE_KINDS:
+            scored.add(r["candidate_id"])
+    out = []
+    for prompt, cands in candidate_ids.items():
+        known = [c for c in cands if c in scored and len(verdicts.get(c, ())) == 1]
+        for a, b in combinations(known, 2):
+            passes_a, passes_b = next(iter(verdicts[a])), next(iter(verdicts[b]))
+            if passes_a != passes_b:
+                out.append((prompt, a, b, int(passes_a)))
+    return out
+
+
+def pairwise_accuracy(scores: dict[str, float], pairs: list[tuple[str, str, str, int]]) -> float | None:
+    """Share of verified pairs whose passing candidate scores higher (a tie within 1e-9 counts half)."""
+    if not pairs:
+        return None
+    won = 0.0
+    for _, a, b, label in pairs:
+        good, bad = (a, b) if label else (b, a)
+        won += (outcome(scores[good], scores[bad]) + 1) / 2
+    return won / len(pairs)
+
+
+def fit_learned(judgments: pa.Table, candidate_ids: dict[str, list[str]], *, seed: int) -> LearnedFit:
+    """Weights of the score judges fitted on the verified pairs of the fit prompts (see the module docstring)."""
+    rows = _rows(judgments)
+    norm = _normalised(rows)
+    judges = sorted({j for j, _ in norm})
+    if not judges:
+        raise ConfigError("judge.aggregate learned: no ok score from an absolute judge or reward model to weight; "
+                          "fix: add judge.templates or judge.reward_models")
+    pairs = verified_pairs(judgments, candidate_ids)
+    fit = [p for p in pairs if not held_out(p[0], seed)]
+    test = [p for p in pairs if held_out(p[0], seed)]
+    if len(fit) < MIN_FIT_PAIRS:
+        raise ConfigError(
+            f"judge.aggregate learned: {len(fit)} verified candidate pairs to fit on ({len(pairs)} in all, "
+            f"{int(HELD_OUT * 100)}% of prompts held out), at least {MIN_FIT_PAIRS} needed (two candidates of a "
+            "prompt that the verifier passes and fails); fix: use judge.aggregate mean_normalised, or add "
+            "verifiable prompts"
+        )
+
+    def z(judge: str, cid: str) -> float:
+        return norm.get((judge, cid), 0.0)  # a judge that did not score the candidate: its run mean
+
+    x = [[z(j, a) - z(j, b) for j in judges] for _, a, b, _ in fit]
+    solved = logistic_fit(x, [label for *_, label in fit], l2=LEARNED_L2)
+    if not solved.converged:
+        raise ConvergenceError(
+            f"judge.aggregate learned: the logistic fit over {len(fit)} pairs did not converge ({solved.iterations} "
+            f"Newton steps, last step {solved.step:.3g}); this is a bug, please report it with the run's judge table"
+        )
+    weights = dict(zip(judges, solved.weights))
+    candidates = sorted({c for _, c in norm})
+    scores = {c: sum(w * z(j, c) for j, w in weights.items()) for c in candidates}
+    single = {j: pairwise_accuracy({c: z(j, c) for c in candidates}, test) for j in judges}
+    report = {
+        "method": LEARNED,
+        "model": "logistic regression without intercept on per-judge z-score differences of verified pairs",
+        "weights": weights,
+        "l2": LEARNED_L2,
+        "iterations": solved.iterations,
+        "seed": seed,
+        "heldout_fraction": HELD_OUT,
+        "fit_prompts": len({p[0] for p in fit}),
+        "heldout_prompts": len({p[0] for p in test}),
+        "fit_pairs": len(fit),
+        "heldout_pairs": len(test),
+        "fit_accuracy": pairwise_accuracy(scores, fit),
+        "heldout_accuracy": {
+            LEARNED: pairwise_accuracy(scores, test),
+            "mean_normalised": pairwise_accuracy(candidate_scores(judgments, candidate_ids, "mean_normalised"), test),
+            "judges": single,
+        },
+        "left_out_judges": sorted({r["judge"] for r in rows if r["kind"] == "pairwise"}),
+    }
+    return LearnedFit(weights, scores, report)
 
 
 def _compared(rows: list[dict]) -> dict[str, list[str]]:

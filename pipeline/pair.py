@@ -4,8 +4,9 @@ Reads `prompts.{prompt_id, messages}`, `candidates.{prompt_id, candidate_id, tex
 `judgments.{candidate_id, score, ok}`; writes the `pairs` table of shared/DESIGN.md.
 
 Rules (DESIGN rule 7). A candidate's score is its judges' aggregate (`judge.aggregate`, see
-pipeline/aggregate.py; a single judge's score by default); empty candidates and candidates with no
-ok judgment are never paired. Prompts whose judges agree less than `judge.min_agreement`
+pipeline/aggregate.py; a single judge's score by default; under `learned` the fit's report is the
+meta's `aggregate_fit`); empty candidates and candidates with no ok judgment are never paired.
+Prompts whose judges agree less than `judge.min_agreement`
 (Krippendorff alpha) are dropped first. Within a prompt every two scored candidates form
 a candidate pair, oriented so the higher score is chosen. The funnel (pipeline/funnel.py) is one
 chain: prompts with candidates -> low_agreement -> too_few_scored (prompts) -> candidate_pairs
@@ -32,40 +33,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.aggregate import agreement, candidate_scores
+from pipeline.aggregate import aggregate_scores, agreement
 from pipeline.config import PairConfig, RunConfig, fingerprint
-from pipeline.errors import SchemaError
 from pipeline.funnel import step
 from pipeline.label_quality import label_quality, verdicts
 from pipeline.length_bias import length_bias
+from pipeline.pair_rules import check_pairs, similarity
 from pipeline.reward_augment import augment
 from pipeline.stage import Read, Stage, StageRun
 
 VERSION = "5"
 
 
-def _shingles(text: str, n: int = 5) -> set[str]:
-    t = " ".join(text.lower().split())
-    return {t[i : i + n] for i in range(max(1, len(t) - n + 1))}
-
-
-def similarity(a: str, b: str) -> float:
-    """Character 5-gram Jaccard similarity (1.0 for texts equal up to case and whitespace)."""
-    sa, sb = _shingles(a), _shingles(b)
-    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
-
-
-def scored_candidates(candidates: pa.Table, judgments: pa.Table, method: str = "mean") -> pl.DataFrame:
+def scored_candidates(candidates: pa.Table, judgments: pa.Table, method: str = "mean", *,
+                      seed: int = 0) -> pl.DataFrame:
     """Non-empty candidates with their aggregated `score` (only candidates some judge scored)."""
+    return aggregated_candidates(candidates, judgments, method, seed=seed)[0]
+
+
+def aggregated_candidates(candidates: pa.Table, judgments: pa.Table, method: str, *,
+                          seed: int = 0) -> tuple[pl.DataFrame, dict | None]:
+    """(`scored_candidates`, the aggregation's fit report: `learned`'s weights and held-out accuracy, else None)."""
     cands = pl.from_arrow(candidates.select(["prompt_id", "candidate_id", "text", "n_tokens"]))
     cands = cands.filter(pl.col("text").str.strip_chars() != "")
     ids: dict[str, list[str]] = {}
     for pid, cid in zip(cands["prompt_id"].to_list(), cands["candidate_id"].to_list()):
         ids.setdefault(pid, []).append(cid)
-    scores = candidate_scores(judgments, ids, method)
+    scores, fit = aggregate_scores(judgments, ids, method, seed=seed)
     table = pl.DataFrame({"candidate_id": list(scores), "score": list(scores.values())},
                          schema={"candidate_id": pl.String, "score": pl.Float64})
-    return cands.join(table, on="candidate_id", how="inner")
+    return cands.join(table, on="candidate_id", how="inner"), fit
 
 
 def _step(funnel: list, name: str, before: int, after: int, reason: str, *, unit: str = "candidate pairs",
@@ -103,7 +100,8 @@ def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: in
 def make_pairs(prompts: pa.Table, candidates: pa.Table, judgments: pa.Table, cfg: PairConfig, *, seed: int = 0,
                method: str = "mean", min_agreement: float | None = None) -> tuple[pa.Table, list[dict]]:
     """(pairs table, funnel entries) straight from the judgments."""
-    return pairs_from_scores(prompts, scored_candidates(candidates, judgments, method), agreement(judgments)[0], cfg,
+    scored = scored_candidates(candidates, judgments, method, seed=seed)
+    return pairs_from_scores(prompts, scored, agreement(judgments)[0], cfg,
                              prompt_ids=candidate_prompts(candidates), seed=seed, min_agreement=min_agreement)
 
 
@@ -260,41 +258,6 @@ def ranked_candidates(prompts: pa.Table, scored: pl.DataFrame) -> pa.Table:
     return schemas.from_rows(rows, "ranked")
 
 
-def check_pairs(table: pa.Table) -> None:
-    """The invariants every published pairs table holds; raise SchemaError on the first broken one.
-    Judge-ranked pairs have chosen_score > rejected_score; pairs labelled by construction do not
-    need to: self-critique (revision chosen; the reward model's view is in label_confidence), the
-    low-goal rows of reward-augmented pairs (chosen matches the stated lower score), verified pairs
-    (chosen passes its prompt's check) and pairs a human reviewer flipped (pair_strategy `review_flip:...`)."""
-    df = pl.from_arrow(
-        table.select(["prompt_id", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "pair_strategy"])
-    )
-    by_construction = (
-        pl.col("pair_strategy").str.starts_with("self_critique:")
-        | pl.col("pair_strategy").str.starts_with("reward_augmented:low:")
-        | pl.col("pair_strategy").str.starts_with("review_flip:")
-        | (pl.col("pair_strategy") == "verified")
-    )
-    bad = df.filter(
-        ((pl.col("chosen_score") <= pl.col("rejected_score")) & ~by_construction)
-        | (pl.col("chosen_id") == pl.col("rejected_id"))
-    )
-    if bad.height:
-        raise SchemaError(
-            "pairs table breaks chosen_score > rejected_score / chosen != rejected for prompt_id "
-            f"{bad['prompt_id'][0]}"
-        )
-    dup = df.filter(df.select(["prompt_id", "chosen_id", "rejected_id", "pair_strategy"]).is_duplicated())
-    if dup.height:
-        raise SchemaError(
-            f"pairs table holds the pair ({dup['chosen_id'][0]}, {dup['rejected_id'][0]}) more than once"
-        )
-    chosen = [m[0]["content"] for m in table.column("chosen").to_pylist()]
-    rejected = [m[0]["content"] for m in table.column("rejected").to_pylist()]
-    if any(c.strip() == r.strip() for c, r in zip(chosen, rejected)):
-        raise SchemaError("pairs table has a row whose chosen text equals its rejected text")
-
-
 def scores_path(run_dir) -> Path:
     return Path(run_dir) / "tables" / "pair.scores.parquet"
 
@@ -323,7 +286,7 @@ def _build(run: StageRun):
     cfg, run_dir = run.cfg, run.run_dir
     candidates, judgments, prompts = run.read("generate"), run.read("judge"), run.read("prompts")
     method = cfg.judge.aggregate
-    scored = scored_candidates(candidates, judgments, method)
+    scored, fit = aggregated_candidates(candidates, judgments, method, seed=cfg.seed)
     per_prompt, figures = agreement(judgments)
     pairs, funnel = pairs_from_scores(
         prompts,
@@ -372,6 +335,7 @@ def _build(run: StageRun):
         "strategy": cfg.pair.strategy,
         "length_bias": bias,
         "aggregate": method,
+        "aggregate_fit": fit,  # judge.aggregate learned: weights, pair counts, held-out accuracy (else None)
         "agreement": figures,
         "label_quality": quality,
     }

@@ -45,6 +45,8 @@ SCALES: dict[str, tuple[str, float | None, float | None]] = {
                  "vote minus the share it loses to (1 beats every other answer)", -1.0, 1.0),
     "bradley_terry": ("as a Bradley-Terry log-strength among the answers to this prompt (0 is their average; "
                       "each +1 multiplies the odds of beating another answer by e)", None, None),
+    "learned": ("as a weighted sum of the judges' z-scores, weighted so that answers verified correct outscore "
+                "wrong ones (0 is average, higher is better)", None, None),
 }
 
 

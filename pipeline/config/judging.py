@@ -101,10 +101,13 @@ class JudgeConfig(_Section):
         description="top_logprobs asked for at the verdict position in logprobs "
         "mode (OpenAI and vLLM allow at most 20); score tokens outside them count as 0.",
     )
-    aggregate: Literal["mean", "mean_normalised", "median", "majority", "bradley_terry"] = Field(
+    aggregate: Literal["mean", "mean_normalised", "median", "majority", "bradley_terry", "learned"] = Field(
         "mean",
         description="How judges combine into one score per candidate (see pipeline/aggregate.py); "
-        "'mean' averages raw scores and suits judges on one scale.",
+        "'mean' averages raw scores and suits judges on one scale; 'learned' weights each absolute judge's and "
+        "reward model's z-score by a logistic regression fitted on the run's verified candidate pairs (a verifier "
+        "passes one, fails the other; about 70% of prompts fit, 30% held out), and needs at least 10 such pairs "
+        "to fit on; the pair stage's meta `aggregate_fit` reports the weights and held-out accuracy.",
     )
     min_agreement: float | None = Field(
         None,
@@ -159,7 +162,9 @@ class JudgeConfig(_Section):
             raise ValueError(
                 "no judge configured; fix: set judge.templates, judge.pairwise_templates or judge.reward_models"
             )
-        if self.aggregate in ("mean", "mean_normalised", "median") and not (self.templates or self.reward_models):
+        if self.aggregate in ("mean", "mean_normalised", "median", "learned") and not (
+            self.templates or self.reward_models
+        ):
             raise ValueError(
                 f"judge.aggregate '{self.aggregate}' needs an absolute template or a reward model; "
                 "fix: use majority or bradley_terry with pairwise judges only"
