@@ -165,6 +165,22 @@ def _usage_md(m: dict) -> str:
                if usage.get("unpriced_models") else "") + ".")
 
 
+def _learned_md(fit: dict | None) -> str:
+    """`judge.aggregate: learned`: the fitted weights and their held-out accuracy against mean_normalised."""
+    if not fit:
+        return ""
+    held = fit["heldout_accuracy"]
+    weights = ", ".join(f"`{j}` {w:.3f}" for j, w in fit["weights"].items())
+    return (f"\nWeights fitted by logistic regression on {fit['fit_pairs']} verified pairs ({fit['fit_prompts']} "
+            f"prompts): {weights}. On {fit['heldout_pairs']} held-out verified pairs ({fit['heldout_prompts']} "
+            f"prompts) the share `learned` orders right is {_share(held['learned'])}, `mean_normalised`'s "
+            f"{_share(held['mean_normalised'])} (a tie counts half).\n")
+
+
+def _share(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
 def _label_quality_md(m: dict, figs: dict) -> str:
     """How often each judge and the ensemble prefer the verified-correct answer (pipeline/label_quality.py)."""
     q = m.get("label_quality")
@@ -311,7 +327,7 @@ chosen is longer in {lb.get('chosen_longer_fraction')} of pairs.
 
 ## Judges
 Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=false) {m.get('judge_failure_rate')}.
-
+{_learned_md(m.get('judge_aggregate_fit'))}
 {_judges_md(m)}
 
 ## Label quality

@@ -141,6 +141,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         "funnel_errors": funnel_errors,
         "judge_failure_rate": metas["judge"].get("failure_rate"),
         "judge_aggregate": metas["pair"].get("aggregate"),
+        "judge_aggregate_fit": metas["pair"].get("aggregate_fit"),  # judge.aggregate learned: weights, held-out
         "judge_agreement": metas["pair"].get("agreement"),
         "self_preference": metas["judge"].get("self_preference", []),
         "judge_modes": metas["judge"].get("modes", {}),
