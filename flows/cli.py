@@ -111,6 +111,20 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_judge_eval(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.judge_eval import run_judge_eval, summary_text
+
+    config_path = Path(args.config) if args.config else _default_config()
+    cfg = load_config(config_path, args.overrides)
+    summary = run_judge_eval(cfg, args.labels, args.out, config_label=str(config_path),
+                             log=logging.getLogger("prefsynth").info)
+    print(summary_text(summary))
+    print(f"wrote {Path(args.out) / 'judge_eval.md'} (per category, what the numbers mean), judge_eval.parquet, "
+          "judge_eval_pairs.parquet")
+    return 0
+
+
 def cmd_review(args) -> int:
     from flows.review_app import serve
 
@@ -202,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 "train": cmd_train,
                 "serve": cmd_serve,
                 "review": cmd_review,
+                "judge-eval": cmd_judge_eval,
             }[args.command](args)
     except BudgetExceeded as exc:  # not an input error: the run stopped itself, and a rerun continues
         print(f"prefsynth: budget: {exc}", file=sys.stderr)

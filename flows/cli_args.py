@@ -95,6 +95,25 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--where", metavar="SQL", help='filter pairs, e.g. "margin < 0.5 AND chosen_len > rejected_len"')
     insp.add_argument("--seed", type=int, default=0, help="seed of the --sample draw")
 
+    jev = sub.add_parser(
+        "judge-eval",
+        help="score the configured judges on your human-labelled preference pairs, before a large run",
+        description=JUDGE_EVAL_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    jev.add_argument(
+        "--labels", required=True, metavar="FILE",
+        help="labelled pairs, .jsonl or .parquet: prompt, chosen, rejected (TRL preference format); optional "
+        "category, id",
+    )
+    jev.add_argument("--config", metavar="FILE", help="YAML config whose judge.* to check (default: the bundled one)")
+    jev.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one config key, e.g. --set judge.pairwise_templates=[pairwise-ab-v1] (repeatable)",
+    )
+    jev.add_argument("--out", required=True, metavar="DIR", help="where judge_eval.parquet, judge_eval_pairs.parquet "
+                     "and judge_eval.md go")
+
     rev = sub.add_parser(
         "review",
         help="review a run in the browser: page, filter, read judgments, label pairs",
@@ -192,6 +211,23 @@ def _distributed_overrides(args) -> list[str]:
     if args.shards is not None:
         out.append(f"distributed.shards={args.shards}")
     return out
+
+
+JUDGE_EVAL_HELP = """\
+Score the judges a run would use (the config's judge.*: absolute templates, pairwise templates,
+reward models, and their ensemble by judge.aggregate) on pairs that people labelled.
+
+Accuracy is the share of pairs where a judge prefers the labelled `chosen` (a tie counts 0.5;
+0.5 is chance), overall and per `category`, with a 95% bootstrap interval over the pairs. Pairs a
+judge could not judge (not ok) are counted as failed and left out. Pairwise judges run in both
+orders; their position consistency is the share of pairs where both orders agree.
+Results: OUT/judge_eval.parquet, OUT/judge_eval_pairs.parquet, OUT/judge_eval.md.
+
+examples:
+  prefsynth judge-eval --labels labelled.jsonl --out runs/judge-check
+  prefsynth judge-eval --labels labelled.parquet --config my.yaml --out runs/check \\
+      --set judge.reward_models=[my/rm] --set judge.aggregate=mean_normalised
+"""
 
 
 TRAIN_HELP = """\

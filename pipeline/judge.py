@@ -252,13 +252,17 @@ def fields(cfg: RunConfig) -> dict:
     }
 
 
-def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
+def judge_revisions(cfg: RunConfig) -> list[str]:
+    """The revisions of the judge models (LLM judges, then reward models) that the fingerprint counts."""
     revisions = [model_revision(s.model, s.backend, "judge.model") for _, s in cfg.llm_judge_specs()] or [
         model_revision(cfg.judge_model, cfg.judge.backend, "judge.model")
     ]
     revisions = revisions[:1] if len(set(revisions)) == 1 else revisions  # one judge model: as before mappings existed
-    revisions += [model_revision(r.model, r.backend, "judge.reward_models") for r in cfg.reward_model_specs()]
-    return fingerprint("judge", VERSION, fields(cfg), candidates_fp, revisions)
+    return revisions + [model_revision(r.model, r.backend, "judge.reward_models") for r in cfg.reward_model_specs()]
+
+
+def stage_fingerprint(cfg: RunConfig, candidates_fp: str) -> str:
+    return fingerprint("judge", VERSION, fields(cfg), candidates_fp, judge_revisions(cfg))
 
 
 def judge_modes(table: pa.Table) -> dict[str, dict]:

@@ -167,6 +167,37 @@ SYNTH = pa.schema(
     ]
 )
 
+# `prefsynth judge-eval` (pipeline/judge_eval.py): judges scored on human-labelled pairs, one row per judge and
+# category ('all' overall); accuracy and its 95% bootstrap interval are null when no pair was judged
+JUDGE_EVAL = pa.schema(
+    [
+        pa.field("judge", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # absolute | reward_model | pairwise | ensemble
+        pa.field("category", pa.string(), nullable=False),
+        pa.field("n", pa.int64(), nullable=False),  # pairs judged (ok)
+        pa.field("accuracy", pa.float64()),
+        pa.field("low", pa.float64()),
+        pa.field("high", pa.float64()),
+        pa.field("failed", pa.int64(), nullable=False),  # pairs not judged (a judgment not ok), left out of accuracy
+        pa.field("position_consistency", pa.float64()),  # pairwise judges only
+    ]
+)
+
+# ... and one row per (labelled pair, judge); a pairwise judge's scores are P(chosen better) and 1 - it
+JUDGE_EVAL_PAIRS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("category", pa.string()),
+        pa.field("judge", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("score_chosen", pa.float64()),
+        pa.field("score_rejected", pa.float64()),
+        pa.field("correct", pa.float64()),  # 1, 0.5 (tie) or 0; null when not ok
+        pa.field("ok", pa.bool_(), nullable=False),
+        pa.field("position_consistent", pa.bool_()),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -178,6 +209,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "prompt_drops": PROMPT_DROPS,
     "embeddings": EMBEDDINGS,
     "synth": SYNTH,
+    "judge_eval": JUDGE_EVAL,
+    "judge_eval_pairs": JUDGE_EVAL_PAIRS,
 }
 
 
