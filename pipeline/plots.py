@@ -54,14 +54,14 @@ def histogram(
 
 def accuracy_bars(rows: list[dict], path: Path) -> Path:
     """Label quality: each judge's accuracy against the verifier, with its 95% bootstrap interval."""
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(rows)))
+    fig, ax = plt.subplots(figsize=(7, 1.6 + 0.45 * len(rows)))
     names = [r["judge"] for r in rows]
     acc = [r["accuracy"] for r in rows]
     err = [[a - r["low"] for a, r in zip(acc, rows)], [r["high"] - a for a, r in zip(acc, rows)]]
     ax.barh(range(len(rows)), acc, xerr=err, color="tab:blue", alpha=0.85, capsize=3)
     ax.axvline(0.5, color="grey", linestyle=":", label="chance")
     ax.set_yticks(range(len(rows)), [n if len(n) <= 40 else n[:37] + "..." for n in names])
-    ax.set(xlim=(0, 1), xlabel="accuracy on verified pairs (95% bootstrap interval)", title="Label quality")
+    ax.set(xlim=(0, 1), xlabel="accuracy on verified pairs, 95% interval", title="Label quality")
     ax.invert_yaxis()
     ax.legend(loc="lower right")
     return _save(fig, path)
