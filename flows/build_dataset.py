@@ -33,7 +33,6 @@ from pipeline.funnel import unit_label
 from pipeline.incremental import increment_config, merge
 from pipeline.incremental import plan as incremental_plan
 from pipeline.rundir import check_kind
-from pipeline.stage import Stage
 from pipeline.stages import STAGES
 from pipeline.store import run_lock
 
@@ -50,16 +49,15 @@ OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_del
                retry_condition_fn=_transient)
 
 
-def _task(stage: Stage):
-    """A Prefect task calling the stage's runner (pipeline/stage.py) with its upstream fingerprints."""
-
-    def run(run_dir: str, cfg: RunConfig, upstream: tuple, *, log=print, shard: tuple[int, int] | None = None) -> dict:
-        return stage.run(run_dir, cfg, *upstream, log=log, shard=shard)
-
-    return task(run, name=stage.name, **OPTIONS)
+def _run_stage(run_dir: str, cfg: RunConfig, upstream: tuple, stage: str, *, log=None,
+               shard: tuple[int, int] | None = None) -> dict:
+    """A stage task's body: the declared stage `stage` through its runner (pipeline/stage.py), given the
+    fingerprints of its upstream stages. Module-level, so Ray workers import it rather than unpickle it."""
+    return STAGE_BY_NAME[stage].run(run_dir, cfg, *upstream, log=log or print, shard=shard)
 
 
-STAGE_TASKS = {stage.name: _task(stage) for stage in STAGES}  # one Prefect task per declared stage
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+STAGE_TASKS = {stage.name: task(_run_stage, name=stage.name, **OPTIONS) for stage in STAGES}  # one per stage
 generate_task = STAGE_TASKS["generate"]
 publish_task = task(publish.run, name="publish", **OPTIONS)
 
@@ -113,9 +111,9 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
                 upstream = tuple(None if u is None else metas[u]["fingerprint"] for u in stage.upstream(cfg))
                 stage_task = STAGE_TASKS[stage.name]
                 metas[stage.name] = (
-                    run_stage(stage_task, runner, out_dir, cfg, upstream, log=say)
+                    run_stage(stage_task, runner, out_dir, cfg, upstream, stage.name, log=say)
                     if stage.shardable
-                    else stage_task(out_dir, cfg, upstream, log=say)
+                    else stage_task(out_dir, cfg, upstream, stage.name, log=say)
                 )
             done(n)
     manifest = publish_task(out_dir, cfg, metas, given=given, started_at=started, log=say)

@@ -208,7 +208,13 @@ STAGE = Stage(
     after=("prompt_filter",),
     fields=fields,
     fingerprint=stage_fingerprint,
-    chunked=Chunked(rows="prompt_filter", make_work=_make_work, summarise=_summarise, chunk=_chunk),
+    chunked=Chunked(
+        rows="prompt_filter",
+        make_work=_make_work,
+        summarise=_summarise,
+        chunk=_chunk,
+        logs_requests=lambda cfg: cfg.generate.request_log,
+    ),
     shardable=True,
 )
 run = STAGE.run

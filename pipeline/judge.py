@@ -361,7 +361,13 @@ STAGE = Stage(
     fields=fields,
     fingerprint=stage_fingerprint,
     chunked=Chunked(
-        rows="generate", make_work=_make_work, summarise=_summarise, unit="cand", weight=_n_judges, chunk=_chunk
+        rows="generate",
+        make_work=_make_work,
+        summarise=_summarise,
+        unit="cand",
+        weight=_n_judges,
+        chunk=_chunk,
+        logs_requests=_served,
     ),
     shardable=True,
 )

@@ -115,7 +115,15 @@ STAGE = Stage(
     after=("ches",),
     fields=fields,
     fingerprint=stage_fingerprint,
-    chunked=Chunked(rows="ches", make_work=_make_work, summarise=_summarise, unit="pair", chunk=_chunk, skip=_skip),
+    chunked=Chunked(
+        rows="ches",
+        make_work=_make_work,
+        summarise=_summarise,
+        unit="pair",
+        chunk=_chunk,
+        skip=_skip,
+        logs_requests=lambda cfg: cfg.judge.backend == "openai",
+    ),
     shardable=True,
 )
 run = STAGE.run

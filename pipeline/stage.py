@@ -57,7 +57,9 @@ class Chunked:
     loads models and returns the work function. `summarise(run, table, extras)` turns the
     concatenated parts (and each part's extras, in input order) into (table, meta). `skip(run)`:
     (table, meta) to commit without any work (a disabled stage), else None. `weight`: progress
-    units per row; `chunk(run, rows)`: prompts per part (default publish.chunk_prompts)."""
+    units per row; `chunk(run, rows)`: prompts per part (default publish.chunk_prompts).
+    `logs_requests(cfg)`: the stage's requests go through RUN/requests/<stage>.jsonl (pipeline/request_log.py),
+    opened before the work, also when none is left, and closed before the summary."""
 
     rows: str | Callable[[StageRun], pa.Table]
     make_work: Callable[[StageRun], Work]
@@ -66,6 +68,7 @@ class Chunked:
     weight: Callable[[RunConfig], int] = lambda cfg: 1
     chunk: Callable[[StageRun, pa.Table], int] | None = None
     skip: Callable[[StageRun], tuple[pa.Table, dict] | None] | None = None
+    logs_requests: Callable[[RunConfig], bool] = lambda cfg: False
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ class Stage:
         if c.skip is not None and (out := c.skip(run)) is not None:
             return out
         rows = run.read(c.rows) if isinstance(c.rows, str) else c.rows(run)
+        if c.logs_requests(run.cfg):
+            run.request_log()
         weight = c.weight(run.cfg)
         initial = weight * done_rows(run.store, rows)
         with bar(total=weight * rows.num_rows, initial=initial, desc=self.name, unit=c.unit) as run.pbar:
@@ -148,6 +153,7 @@ class StageRun:
         self._started = time.perf_counter()
         self._ledger = None
         self._tables: dict[str, pa.Table] = {}
+        self._request_log = None
         self._closers: list[Callable[[], None]] = []
 
     def seconds(self) -> float:
@@ -189,14 +195,16 @@ class StageRun:
             self._ledger = accounting.Ledger.for_stage(self.run_dir, self.cfg, self.stage.name, done)
         return self._ledger
 
-    def request_log(self, name: str | None = None):
-        """RUN/requests/<name>.jsonl (default: the stage's name), closed when the work ends."""
+    def request_log(self):
+        """RUN/requests/<stage>.jsonl (one file per shard), opened once and closed when the work ends."""
         from pipeline.request_log import RequestLog
 
-        log = RequestLog(f"{self.run_dir}/requests/{name or self.stage.name}.jsonl", writer=self.writer)
-        self._closers.append(log.close)
-        return log
+        if self._request_log is None:
+            self._request_log = RequestLog(f"{self.run_dir}/requests/{self.stage.name}.jsonl", writer=self.writer)
+            self._closers.append(self._request_log.close)
+        return self._request_log
 
     def close(self) -> None:
         while self._closers:
             self._closers.pop()()
+        self._request_log = None

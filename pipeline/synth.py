@@ -329,6 +329,7 @@ STAGE = Stage(
         make_work=_make_work,
         summarise=_summarise,
         chunk=lambda run, slots: run.cfg.input.synth.chunk_requests,
+        logs_requests=lambda cfg: cfg.generate.request_log,
     ),
     when=lambda cfg: cfg.input.synthesised,  # prompts made by a model, before the prompts stage
     shardable=True,
