@@ -128,11 +128,13 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _verified_pairs_need_the_verifier(self):
-        if self.pair.strategy == "verified" and self.judge.verifiers == "off":
-            raise ValueError(
-                "pair.strategy 'verified' needs the verifier judge, but judge.verifiers is 'off'; fix: set "
-                "judge.verifiers to auto (or on) and give prompts a verify spec"
-            )
+        for name, value, wants in (("pair.strategy", self.pair.strategy, "verified"),
+                                   ("judge.aggregate", self.judge.aggregate, "learned")):
+            if value == wants and self.judge.verifiers == "off":
+                raise ValueError(
+                    f"{name} '{wants}' needs the verifier judge, but judge.verifiers is 'off'; fix: set "
+                    "judge.verifiers to auto (or on) and give prompts a verify spec"
+                )
         return self
 
     @model_validator(mode="after")
