@@ -114,8 +114,11 @@ class Stage:
             out = self.build(run) if self.build is not None else self._chunked(run)
         finally:
             run.close()
-        if out is None or shard is not None:  # a shard's parts are on disk; the gathering call commits
+        if shard is not None:  # a shard's parts are on disk; the gathering call commits
             return store.shard_meta(shard)
+        if out is None:
+            raise ContractError(f"stage {self.name}: returned no (table, meta) to commit; a stage returns None "
+                                "only for a shard")
         table, meta = out
         missing = [c for c in schemas.SCHEMAS[self.writes].names if c not in table.column_names]
         if missing:
