@@ -38,6 +38,7 @@ import yaml
 
 from pipeline import accounting, funnel, review, schemas
 from pipeline.config import RunConfig
+from pipeline.label_quality import label_quality
 from pipeline.prompts import load_prompts, messages_hash
 from pipeline.publish import STAGES, reviewed
 from pipeline.rundir import prompt_drops
@@ -119,6 +120,25 @@ def _sum_prompt_drops(out: Path, increments: list[dict], manifests: list[dict]) 
     return {"counts": counts, "tables": tables}
 
 
+def _label_quality(out: Path, increments: list[dict], seed: int) -> dict | None:
+    """Label quality over every increment's verified prompts (pipeline/label_quality.py), not the last one's only."""
+    judgments, ensemble, categories = [], {}, {}
+    for inc in increments:
+        tables = out / inc["dir"] / "tables"
+        table = schemas.read_table(tables / "judge.parquet", "judgments")
+        checked = table.filter(pc.equal(table.column("kind"), "verifier")).column("prompt_id").unique()
+        if not len(checked):
+            continue
+        judgments.append(table.filter(pc.is_in(table.column("prompt_id"), value_set=checked)))
+        scores = schemas.read_table(tables / "pair.scores.parquet", "scores")
+        ensemble.update(zip(scores.column("candidate_id").to_pylist(), scores.column("score").to_pylist()))
+        prompts = schemas.read_table(tables / "prompts.parquet", "prompts")
+        categories.update(zip(prompts.column("prompt_id").to_pylist(), prompts.column("category").to_pylist()))
+    if not judgments:
+        return None
+    return label_quality(schemas.concat(judgments, "judgments"), ensemble, categories, seed=seed)
+
+
 def _sum_usage(manifests: list[dict], cfg: RunConfig) -> dict:
     """Tokens and dollars of every increment's requests, summed per stage, model and endpoint."""
     per_stage = {
@@ -183,6 +203,7 @@ def merge(
         "increments": increments,
         "incremental": True,
         "usage": _sum_usage(all_manifests, cfg),
+        "label_quality": _label_quality(out, increments, cfg.seed),
         "edited_prompts_skipped": {"count": len(edited or []), "prompt_ids": (edited or [])[:50]},
         "config": {"given": given or {}, "resolved": cfg.model_dump()},
     }

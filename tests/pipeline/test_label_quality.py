@@ -93,3 +93,31 @@ def test_verified_strategy_pairs_the_best_passing_with_the_best_failing_answer()
     steps = {f["filter"]: (f["rows_in"], f["rows_out"]) for f in funnel}
     # candidate pairs: p1 3 + p2 3 (h is scored by J1) + p3 1 = 7; split by the verifier: a-b, a-c, d-e
     assert steps["not_verified_split"] == (7, 3) and "ties" not in steps and "min_margin" not in steps
+
+
+def test_a_grown_dataset_reports_label_quality_over_every_increment(tmp_path):
+    """pipeline/incremental.py: the merged manifest's label quality counts the verified pairs of all increments,
+    equal to one report over the same judgments (the increments split the prompts)."""
+    from pipeline.incremental import _label_quality
+
+    judgments = _judgments()
+    ensemble = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 1.0, "e": 1.0, "f": 2.0, "g": 1.0, "h": 0.5}
+    categories = {"p1": "arithmetic", "p2": "date", "p3": "date"}
+    increments = []
+    for i, prompts in enumerate((["p1"], ["p2", "p3"])):
+        tables = tmp_path / "increments" / f"{i:05d}" / "tables"
+        mine = [r for r in judgments.to_pylist() if r["prompt_id"] in prompts]
+        schemas.write_table(schemas.from_rows(mine, "judgments"), tables / "judge.parquet", "judgments")
+        scores = [
+            {"prompt_id": r["prompt_id"], "candidate_id": r["candidate_id"], "score": ensemble[r["candidate_id"]]}
+            for r in mine
+            if r["kind"] == "verifier"
+        ]
+        schemas.write_table(schemas.from_rows(scores, "scores"), tables / "pair.scores.parquet", "scores")
+        rows = [{"prompt_id": p, "messages": [{"role": "user", "content": p}], "category": categories[p]}
+                for p in prompts]
+        schemas.write_table(schemas.from_rows(rows, "prompts"), tables / "prompts.parquet", "prompts")
+        increments.append({"dir": f"increments/{i:05d}"})
+    grown = _label_quality(tmp_path, increments, seed=0)
+    assert grown == label_quality(judgments, ensemble, categories, seed=0)
+    assert grown["verified_pairs"] == 3
