@@ -491,6 +491,25 @@ def cases() -> list[Case]:
             env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"},
         )
     )
+    # verifiable prompts and judge checks
+    verify_bad = (("verify kind unknown", {"kind": "regex", "answer": "x"}, "'kind' is one of"),
+                  ("verify numeric answer text", {"kind": "numeric", "answer": "four"}, "verify.answer"),
+                  ("verify tests, no entry_point", {"kind": "tests", "tests": "assert f(1)"}, "verify.entry_point"),
+                  ("verify not JSON", "{kind: numeric", "'verify' is not JSON"),
+                  ("verify negative tolerance", {"kind": "numeric", "answer": 1, "abs_tol": -1}, "verify.abs_tol"))
+    for name, spec, expect in verify_bad:
+        add(Case(name, lambda d, spec=spec: run_args(
+            d, "--set", f"input.path={jsonl(d, [{**PROMPT, 'verify': spec}])}"), expect))
+    add(Case("--set judge.verifiers bogus", lambda d: run_args(d, "--set", "judge.verifiers=sometimes"),
+             "judge.verifiers"))
+    add(Case("verified pairs without the verifier",
+             lambda d: run_args(d, "--set", "pair.strategy=verified", "--set", "judge.verifiers=off"),
+             "needs the verifier judge"))
+    add(Case("judge-eval: labels missing rejected",
+             lambda d: ["judge-eval", "--labels", jsonl(d, [{"prompt": "q", "chosen": "a"}]), "--out", str(d / "je")],
+             "missing 'rejected'"))
+    add(Case("judge-eval: labels file empty",
+             lambda d: ["judge-eval", "--labels", jsonl(d, []), "--out", str(d / "je")], "no labelled pairs"))
     # training data
     add(
         Case(
