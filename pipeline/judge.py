@@ -201,8 +201,8 @@ def judge_funnel(n_candidates: int, judgments: pa.Table) -> list[dict]:
             "judgments",
             n_candidates,
             judgments.num_rows,
-            "each candidate scored by every absolute "
-            "judge and reward model, each candidate pair by every pairwise judge",
+            "each candidate scored by every absolute judge and reward model (and checked by the verifier when "
+            "prompts carry verify specs), each candidate pair by every pairwise judge",
             unit="judgments",
             unit_in="candidates",
         ),
@@ -211,7 +211,7 @@ def judge_funnel(n_candidates: int, judgments: pa.Table) -> list[dict]:
             "judge_failed",
             judgments.num_rows,
             judgments.num_rows - failed,
-            "judgment not scoreable (ok=false)",
+            "judgment not scoreable (ok=false; for the verifier: an answer it cannot check)",
             unit="judgments",
         ),
     ]
