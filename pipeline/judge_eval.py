@@ -33,7 +33,7 @@ from pipeline.aggregate import SCORE_KINDS, candidate_scores
 from pipeline.config import RunConfig, fingerprint
 from pipeline.errors import ConfigError, InputError
 from pipeline.preflight import check_endpoint, check_model, offline_unless_hub
-from pipeline.prompts import ROLES, _iter_files
+from pipeline.prompts import ROLES, iter_files
 from pipeline.rundir import check_out_dir
 from pipeline.train.metrics import bootstrap
 
@@ -114,7 +114,7 @@ def load_labels(path: str | os.PathLike) -> list[LabelledPair]:
                          "in TRL preference format (prompt, chosen, rejected)")
     pairs: list[LabelledPair] = []
     seen: dict[str, str] = {}
-    for i, (where, row) in enumerate(_iter_files([p])):
+    for i, (where, row) in enumerate(iter_files([p])):
         if isinstance(row, InputError):
             raise row
         pair = _pair(row, where, f"row-{i}")

@@ -164,7 +164,7 @@ def source_files(folder: Path) -> list[Path]:
     )
 
 
-def _iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
+def iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
     for f in files:
         if f.suffix == ".parquet":
             try:
@@ -216,7 +216,7 @@ def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[st
                 f"input.path {cfg.path!r} is a folder with no .jsonl/.json/.parquet files and no saved "
                 "dataset; fix: put prompt files in it or point at a file"
             )
-        return path.name, _iter_files(files)
+        return path.name, iter_files(files)
     if path.is_dir():
         import datasets
 
