@@ -165,6 +165,7 @@ def source_files(folder: Path) -> list[Path]:
 
 
 def iter_files(files: list[Path]) -> Iterator[tuple[str, Any]]:
+    """(where, row) of every row of jsonl / json / parquet files, in order; a bad line is a row to report."""
     for f in files:
         if f.suffix == ".parquet":
             try:
