@@ -36,7 +36,7 @@ def test_jsonl_messages_and_prompt_rows(tmp_path):
     rows = table.to_pylist()
     assert rows[0]["prompt_id"] == prompt_id_of(rows[0]["messages"]) and rows[0]["category"] == "x"
     assert rows[1] == {"prompt_id": "mine", "messages": [{"role": "user", "content": "what is 2+2?"}],
-                       "source": "p.jsonl", "category": None, "reference": None}
+                       "source": "p.jsonl", "category": None, "reference": None, "verify": None}
 
 
 @pytest.mark.parametrize(
