@@ -183,24 +183,26 @@ def held_out(prompt_id: str, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - HELD_OUT
 
 
+def verdicts(judgments: pa.Table) -> dict[str, tuple[str, bool]]:
+    """{candidate_id: (prompt_id, passed)} of the candidates the verifier could check (its ok judgments, score
+    1.0 pass, 0.0 fail). A candidate whose ok verifier judgments disagree has no verdict. Only verifier rows
+    are turned into Python objects."""
+    mine = judgments.filter(pc.and_(pc.equal(judgments.column("kind"), VERIFIER_KIND), judgments.column("ok")))
+    seen: dict[str, tuple[str, set[bool]]] = {}
+    for r in mine.select(["prompt_id", "candidate_id", "score"]).to_pylist():
+        seen.setdefault(r["candidate_id"], (r["prompt_id"], set()))[1].add(r["score"] >= 0.5)
+    return {c: (p, next(iter(v))) for c, (p, v) in seen.items() if len(v) == 1}
+
+
 def verified_pairs(judgments: pa.Table, candidate_ids: dict[str, list[str]]) -> list[tuple[str, str, str, int]]:
-    """(prompt_id, a, b, label) per verified pair, a before b in candidate_ids order, label 1 when a passes.
-    A candidate whose ok verifier judgments disagree has no verdict."""
-    rows = _rows(judgments)
-    verdicts: dict[str, set[bool]] = defaultdict(set)
-    scored = set()
-    for r in rows:
-        if r["ok"] and r["kind"] == VERIFIER_KIND:
-            verdicts[r["candidate_id"]].add(r["score"] >= 0.5)
-        elif r["ok"] and r["kind"] in SCORE_KINDS:
-            scored.add(r["candidate_id"])
+    """(prompt_id, a, b, label) per verified pair of candidates some score judge scored, a before b in
+    candidate_ids order, label 1 when a passes (`verdicts`)."""
+    passed = {c: ok for c, (_, ok) in verdicts(judgments).items()}
+    scored = {r["candidate_id"] for r in _rows(judgments) if r["ok"] and r["kind"] in SCORE_KINDS}
     out = []
     for prompt, cands in candidate_ids.items():
-        known = [c for c in cands if c in scored and len(verdicts.get(c, ())) == 1]
-        for a, b in combinations(known, 2):
-            passes_a, passes_b = next(iter(verdicts[a])), next(iter(verdicts[b]))
-            if passes_a != passes_b:
-                out.append((prompt, a, b, int(passes_a)))
+        known = [c for c in cands if c in scored and c in passed]
+        out += [(prompt, a, b, int(passed[a])) for a, b in combinations(known, 2) if passed[a] != passed[b]]
     return out
 
 

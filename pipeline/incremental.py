@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 import yaml
 
 from pipeline import accounting, funnel, review, schemas
+from pipeline.aggregate import VERIFIER_KIND
 from pipeline.config import RunConfig
 from pipeline.label_quality import label_quality
 from pipeline.prompts import load_prompts, messages_hash
@@ -126,7 +127,7 @@ def _label_quality(out: Path, increments: list[dict], seed: int) -> dict | None:
     for inc in increments:
         tables = out / inc["dir"] / "tables"
         table = schemas.read_table(tables / "judge.parquet", "judgments")
-        checked = table.filter(pc.equal(table.column("kind"), "verifier")).column("prompt_id").unique()
+        checked = table.filter(pc.equal(table.column("kind"), VERIFIER_KIND)).column("prompt_id").unique()
         if not len(checked):
             continue
         judgments.append(table.filter(pc.is_in(table.column("prompt_id"), value_set=checked)))

@@ -30,6 +30,7 @@ from judges.pairwise import PairwiseJudge
 from judges.reward_model import reward_judge
 from judges.served import Endpoint, ServedPairwiseJudge, ServedScoreJudge
 from pipeline import accounting, schemas
+from pipeline.aggregate import VERIFIER_KIND
 from pipeline.backends.hf import load_causal_lm
 from pipeline.backends.openai_backend import endpoint_backend
 from pipeline.config import SCORING_FIELDS, RunConfig, fingerprint
@@ -62,7 +63,7 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
     scoreable = [c for c in cands if c["text"].strip()]
     rows = []
     for judge in judges:
-        if judge.kind == "verifier":  # every candidate against its prompt's spec; not counted in the progress bar
+        if judge.kind == VERIFIER_KIND:  # every candidate against its prompt's spec; not counted in the progress bar
             rows += verifier_rows(judge, prompts, cands)
             continue
         if judge.kind == "pairwise":
@@ -337,7 +338,7 @@ def _summarise(run: StageRun, table: pa.Table, extras: list[dict]):
     kinds = dict(zip(table.column("judge").to_pylist(), table.column("kind").to_pylist()))  # in judge order
     judge_ids = list(kinds)  # read off the table: a gathering call loads no judge
     same_model = _same_model(cfg.judge_model, cfg.generate.model)
-    self_pref = [j for j, kind in kinds.items() if kind not in ("reward_model", "verifier")] if same_model else []
+    self_pref = [j for j, kind in kinds.items() if kind not in ("reward_model", VERIFIER_KIND)] if same_model else []
     run.log(f"judge: {table.num_rows} judgments from {len(judge_ids)} judge(s), {failed} not ok")
     return table, {
         "judges": judge_ids,

@@ -23,19 +23,13 @@ from itertools import product
 import numpy as np
 import pyarrow as pa
 
-from pipeline.aggregate import judge_preferences
+from judges.agreement import outcome
+from pipeline.aggregate import judge_preferences, verdicts
 
 ENSEMBLE = "ensemble"
 CREDIT = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
+SIDE = {1: "chosen", 0: "tie", -1: "rejected"}
 RESAMPLES = 1000
-
-
-def verdicts(judgments: pa.Table) -> dict[str, tuple[str, bool]]:
-    """{candidate_id: (prompt_id, passed)} of the candidates the verifier could check."""
-    rows = judgments.select(["prompt_id", "candidate_id", "kind", "score", "ok"]).to_pylist()
-    return {
-        r["candidate_id"]: (r["prompt_id"], r["score"] >= 0.5) for r in rows if r["kind"] == "verifier" and r["ok"]
-    }
 
 
 def verified_pairs(judgments: pa.Table) -> dict[str, tuple[str, str]]:
@@ -51,9 +45,8 @@ def preferences(pairs: dict[str, tuple[str, str]], judgments: pa.Table, ensemble
     out = judge_preferences(pairs, judgments)
     mine = {}
     for pid, (good, bad) in pairs.items():
-        if good in ensemble and bad in ensemble:
-            a, b = ensemble[good], ensemble[bad]
-            mine[pid] = "chosen" if a > b else "rejected" if a < b else "tie"
+        if good in ensemble and bad in ensemble:  # the tie rule of every judge (judges/agreement.py `outcome`)
+            mine[pid] = SIDE[outcome(ensemble[good], ensemble[bad])]
     out[ENSEMBLE] = mine
     return out
 

@@ -33,10 +33,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.aggregate import aggregate_scores, agreement
+from pipeline.aggregate import aggregate_scores, agreement, verdicts
 from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.funnel import step
-from pipeline.label_quality import label_quality, verdicts
+from pipeline.label_quality import label_quality
 from pipeline.length_bias import length_bias
 from pipeline.pair_rules import check_pairs, similarity
 from pipeline.reward_augment import augment

@@ -62,8 +62,11 @@ def wants_verifier(mode: str, prompts: pa.Table) -> bool:
 def verifier_rows(judge, prompts: pa.Table, cands: list[dict]) -> list[dict]:
     """Judgments of the verifier judge, one per candidate: score 1.0 (passes its prompt's spec) or 0.0, ok=false
     when it cannot check (no spec, no answer found); `raw` holds the verdict and the reason."""
-    specs = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("verify").to_pylist()))
-    found = judge.verify([json.loads(specs[c["prompt_id"]] or "null") for c in cands], [c["text"] for c in cands])
+    wanted = {c["prompt_id"] for c in cands}
+    specs = {p: json.loads(v) if v else None
+             for p, v in zip(prompts.column("prompt_id").to_pylist(), prompts.column("verify").to_pylist())
+             if p in wanted}  # each spec parsed once, for the prompts of this chunk only
+    found = judge.verify([specs[c["prompt_id"]] for c in cands], [c["text"] for c in cands])
     return [
         {
             "prompt_id": c["prompt_id"],
