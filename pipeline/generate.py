@@ -114,10 +114,11 @@ def generate_funnel(n_prompts: int, skipped: dict[str, str], candidates: pa.Tabl
 
 def fields(cfg: RunConfig) -> dict:
     """The config fields that change this stage's output (the backend enters the fingerprint by its
-    resolved name; engine and endpoint options, batch size and the request log do not count)."""
+    resolved name; engine and endpoint options, batch size and the request log do not count; `turns` shapes
+    the prompts, so it enters through the prompts stage's fingerprint)."""
     return {
         "seed": cfg.seed,
-        **cfg.generate.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log"}),
+        **cfg.generate.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log", "turns"}),
     }
 
 

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from pipeline import schemas
 from pipeline.aggregate import aggregate_scores, agreement, verdicts
 from pipeline.config import PairConfig, RunConfig, fingerprint
+from pipeline.conversation import with_turns
 from pipeline.funnel import step
 from pipeline.label_quality import label_quality
 from pipeline.length_bias import length_bias
@@ -326,6 +327,7 @@ def _build(run: StageRun):
     sources_fp = run.upstream[1] if len(run.upstream) > 1 else None
     critiqued = None if sources_fp is None else run.read("self_critique")
     pairs = add_sources(pairs, funnel, aggregate=method, augment_cfg=cfg.sources.reward_augmented, critiqued=critiqued)
+    pairs = with_turns(pairs, prompts)
     run.log(
         f"pair: {pairs.num_rows} pairs ({cfg.pair.strategy}); score-length correlation "
         f"{bias['score_length_spearman']}, chosen longer in {bias['chosen_longer_fraction']} of pairs"
@@ -344,7 +346,7 @@ def _build(run: StageRun):
 STAGE = Stage(
     name="pair",
     reads=(
-        Read("prompts", "prompts", ("prompt_id", "messages", "category")),
+        Read("prompts", "prompts", ("prompt_id", "messages", "category", "turn")),
         Read("generate", "candidates", ("prompt_id", "candidate_id", "text", "n_tokens")),
         Read(
             "judge", "judgments", ("prompt_id", "candidate_id", "judge", "kind", "score", "ok", "position_consistent")

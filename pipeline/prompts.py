@@ -4,7 +4,8 @@ Each row is `{"messages": [{"role", "content"}, ...]}` or `{"prompt": "..."}`, w
 `prompt_id`, `category`, `source`, `reference` (a reference answer for rubric judges) and `verify` (a
 machine-checkable spec for the verifier judge, judges/verifier.py: numeric, exact or tests). A row is
 invalid when it has neither field, an empty or non-string content, an unknown role, or a conversation
-that does not end with a user turn; the error names the file, the line (or row) and the problem.
+that cannot be branched as `generate.turns` asks (pipeline/conversation.py; by default it must end with a
+user turn); the error names the file, the line (or row) and the problem.
 With `skip_invalid` such rows are skipped and counted instead (a line that is not UTF-8 is one invalid
 row, not a bad file).
 Exact duplicates (same prompt_id, same messages) keep their first occurrence. A prompt_id reused
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 
 from pipeline import schemas
 from pipeline.config import InputConfig, fingerprint
+from pipeline.conversation import LAST, branches
 from pipeline.errors import InputError
 from pipeline.funnel import step
 from pipeline.stage import Stage
@@ -51,6 +53,7 @@ class LoadReport:
     invalid: list[str] = field(default_factory=list)
     duplicates: int = 0
     conflicts: list[str] = field(default_factory=list)  # a reused prompt_id with other messages (skipped)
+    conversations: int = 0  # input rows kept after the limit, before branching at generate.turns
 
 
 def prompt_id_of(messages: list[dict]) -> str:
@@ -90,11 +93,6 @@ def normalise_row(row: Any, where: str) -> dict:
             if not isinstance(content, str) or not content.strip():
                 raise InputError(f"{where}: messages[{i}].content must be a non-empty string; fix: give it text")
             clean.append({"role": role, "content": content})
-        if clean[-1]["role"] != "user":
-            raise InputError(
-                f"{where}: the last message must have role 'user' (it is {clean[-1]['role']!r}); fix: end "
-                "the conversation with the user turn to answer"
-            )
     elif "prompt" in row:
         prompt = row["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
@@ -248,12 +246,13 @@ def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[st
     )
 
 
-def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.Table, LoadReport]:
-    """Read, validate, dedup, shuffle and limit prompts. Pure apart from reading the source (`run_dir`: where
-    a `synth:` source's table is)."""
+def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None, turns=LAST) -> tuple[pa.Table, LoadReport]:
+    """Read, validate, dedup, shuffle and limit conversations, then branch each at `turns` (generate.turns).
+    Pure apart from reading the source (`run_dir`: where a `synth:` source's table is)."""
     source, rows = _iter_source(cfg, run_dir)
     report = LoadReport()
     out: list[dict] = []
+    branched: dict[int, list[dict]] = {}  # id(conversation row) -> its prompts
     seen: dict[str, tuple[str, str]] = {}  # prompt_id -> (messages hash, where it was first seen)
     for where, row in rows:
         report.rows_read += 1
@@ -261,6 +260,8 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.T
             if isinstance(row, InputError):
                 raise row
             clean = normalise_row(row, where)
+            clean["source"] = clean["source"] or source
+            branched[id(clean)] = branches(clean, turns, where)
         except InputError as exc:
             if not cfg.skip_invalid:
                 raise InputError(f"{exc}; or pass --skip-invalid to skip and count invalid rows") from None
@@ -281,7 +282,6 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.T
             report.conflicts.append(msg)
             continue
         seen[pid] = (text_id, where)
-        clean["source"] = clean["source"] or source
         out.append(clean)
     if not out:
         detail = f" ({len(report.invalid)} invalid rows skipped)" if report.invalid else ""
@@ -292,11 +292,18 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None) -> tuple[pa.T
         random.Random(seed).shuffle(out)
     if cfg.limit is not None:
         out = out[: cfg.limit]
+    report.conversations = len(out)
+    out = [b for conv in out for b in branched[id(conv)]]
+    if not out:
+        raise InputError(
+            f"generate.turns={turns}: no conversation of input.path {cfg.path!r} has such an assistant turn; fix: "
+            "pick turns the conversations have (turn 0 is the first assistant reply) or use 'all'"
+        )
     return schemas.from_rows(out, "prompts"), report
 
 
-def funnel(report: LoadReport, kept: int) -> list[dict]:
-    """The drop-funnel entries of the input stage."""
+def funnel(report: LoadReport, kept: int, turns=LAST) -> list[dict]:
+    """The drop-funnel entries of the input stage (a `turns` step when conversations branch)."""
     valid = report.rows_read - len(report.invalid)
     unique = valid - report.duplicates
     distinct = unique - len(report.conflicts)
@@ -325,8 +332,11 @@ def funnel(report: LoadReport, kept: int) -> list[dict]:
             "prompt_id reused for different messages (skipped with --skip-invalid)",
             unit="prompts",
         ),
-        step("prompts", "limit", distinct, kept, "input.limit", unit="prompts"),
-    ]
+        step("prompts", "limit", distinct, report.conversations, "input.limit", unit="prompts"),
+    ] + ([] if turns == LAST else [step(
+        "prompts", "turns", report.conversations, kept,
+        f"each conversation becomes one prompt per assistant turn generate.turns={turns} picks (none when it has "
+        "none of them)", unit="prompts")])
 
 
 def input_identity(ref: str):
@@ -339,8 +349,10 @@ def input_identity(ref: str):
 
 def fields(cfg) -> dict:
     """The config fields that change this stage's output (synth settings reach it through the synth stage's
-    fingerprint; how invalid rows are treated does not change the rows kept)."""
-    return {"seed": cfg.seed, **cfg.input.model_dump(exclude={"skip_invalid", "synth"})}
+    fingerprint; how invalid rows are treated does not change the rows kept); generate.turns only when it
+    branches, so configs from before it keep their fingerprints."""
+    turns = {} if cfg.generate.turns == LAST else {"turns": cfg.generate.turns}
+    return {"seed": cfg.seed, **cfg.input.model_dump(exclude={"skip_invalid", "synth"}), **turns}
 
 
 def stage_fingerprint(cfg, synth_fp: str | None = None) -> str:
@@ -351,7 +363,7 @@ def stage_fingerprint(cfg, synth_fp: str | None = None) -> str:
 
 def _build(run):
     cfg, log = run.cfg, run.log
-    table, report = load_prompts(cfg.input, seed=cfg.seed, run_dir=run.run_dir)
+    table, report = load_prompts(cfg.input, seed=cfg.seed, run_dir=run.run_dir, turns=cfg.generate.turns)
     if report.invalid:
         log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
     if report.conflicts:
@@ -364,7 +376,7 @@ def _build(run):
         "source": cfg.input.path,
         "invalid_rows": report.invalid[:20],
         "prompt_id_conflicts": report.conflicts[:20],
-        "funnel": funnel(report, table.num_rows),
+        "funnel": funnel(report, table.num_rows, cfg.generate.turns),
     }
 
 

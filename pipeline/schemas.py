@@ -38,6 +38,9 @@ PROMPTS = pa.schema(
         pa.field("category", pa.string()),
         pa.field("reference", pa.string()),  # optional reference answer, shown to rubric judges that use one
         pa.field("verify", pa.string()),  # optional machine-checkable spec (JSON), checked by the verifier judge
+        # the assistant turn of the input conversation this prompt branches at (pipeline/conversation.py); null
+        # under generate.turns 'last', where the conversation is answered as given
+        pa.field("turn", pa.int32()),
     ]
 )
 
@@ -93,6 +96,9 @@ PAIRS = pa.schema(
         pa.field("rejected_len", pa.int32(), nullable=False),
         # sigmoid(r(chosen) - r(rejected)) from an external reward model (self-critique pairs; rDPO's soft target)
         pa.field("label_confidence", pa.float64()),
+        # the prompt's `turn` (the assistant turn the pair is a preference over; null under generate.turns 'last');
+        # last, so readers that select columns by name, TRL's included, read the shard as before
+        pa.field("turn", pa.int32()),
     ]
 )
 
@@ -216,7 +222,9 @@ SCHEMAS: dict[str, pa.Schema] = {
 
 # nullable columns added after tables of that kind were first written: an older table (a run directory of an
 # earlier version) reads with the column all null, so its stages are reused rather than redone
-ADDED_LATER: dict[str, tuple[str, ...]] = {"judgments": ("score_mode",), "prompts": ("verify",)}
+ADDED_LATER: dict[str, tuple[str, ...]] = {
+    "judgments": ("score_mode",), "prompts": ("verify", "turn"), "pairs": ("turn",)
+}
 
 
 def check(table: pa.Table, name: str) -> pa.Table:

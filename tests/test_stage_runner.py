@@ -19,7 +19,9 @@ from tests.conftest import TINY
 # Built by the code before the stage runner (commit 501c3ca plus a test fix) with
 # `prefsynth run --config data/configs/tiny.yaml --out RUN`: every stage table and the pairs shard.
 BEFORE = Path(__file__).parent / "fixtures" / "tiny_outputs"
-ADDED_SINCE = {"verify"}  # nullable columns added after the fixture was built (prompts.verify)
+# nullable columns added after the fixture was built (prompts.verify; prompts.turn and pairs.turn, null under the
+# default generate.turns 'last')
+ADDED_SINCE = {"verify", "turn"}
 
 
 def _same_column(name: str, col: str, old: pa.ChunkedArray, new: pa.ChunkedArray) -> None:

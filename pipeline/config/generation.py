@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import _Section
 
@@ -145,6 +145,30 @@ class GenerateConfig(_Section):
     verbalized_max_new_tokens: int = Field(
         384, ge=16, le=8192, description="Token cap of each verbalized-sampling reply."
     )
+    turns: Literal["last", "all"] | list[int] = Field(
+        "last",
+        description="Assistant turns of each input conversation to branch at (pipeline/conversation.py): 'last' "
+        "answers the conversation as given (it must end with a user turn); 'all' makes one prompt per assistant "
+        "turn (the history before it, ending with a user turn); a list such as [0, 2] picks assistant turns by "
+        "0-based index (turn k is the (k+1)-th assistant reply; a conversation ending with a user turn has one "
+        "more, the open turn). Each branch is a prompt of its own (prompt_id '<id>-t<k>', column `turn`); "
+        "applied when prompts are read.",
+    )
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _turns(cls, v):
+        if isinstance(v, str) or v is None:
+            if v not in ("last", "all"):
+                raise ValueError("must be 'last', 'all' or a list of assistant turn indices such as [0, 2]")
+            return v
+        if not isinstance(v, (list, tuple)) or not v:
+            raise ValueError("must be 'last', 'all' or a non-empty list of assistant turn indices such as [0, 2]")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in v):
+            raise ValueError("turn indices must be integers >= 0 (turn 0 is the first assistant reply)")
+        if len(set(v)) != len(v):
+            raise ValueError("turn indices must not repeat")
+        return sorted(v)
 
     @model_validator(mode="after")
     def _pool_size(self):

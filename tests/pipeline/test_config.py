@@ -82,3 +82,20 @@ def test_backend_engine_and_endpoint_options_are_operational():
         load_config(None, ["generate.openai.concurrency=0"])
     with pytest.raises(ConfigError, match="generate.backend"):
         load_config(None, ["generate.backend=sglang"])
+
+
+def test_generate_turns_default_leaves_fingerprints_and_bad_values_are_named():
+    """At 'last' no stage's fields name turns (run dirs from before it are reused: config_fingerprint of the
+    tiny config was f50add5c9aac6cf6 before and after); branching changes the prompts stage's fields."""
+    from pipeline.stages import STAGES
+
+    a, b = RunConfig(), load_config(None, ["generate.turns=all"])
+    assert all("turns" not in stage.fields(a) for stage in STAGES)
+    changed = {s.name for s in STAGES if s.fields(a) != s.fields(b)}
+    assert changed == {"prompts"}  # the rest see it through the prompts fingerprint
+    assert load_config(None, ["generate.turns=[2, 0]"]).generate.turns == [0, 2]
+    for bad, says in (("first", "must be 'last', 'all'"), ("[-1]", "integers >= 0"), ("[1, 1]", "not repeat"),
+                      ("[]", "non-empty list")):
+        with pytest.raises(ConfigError) as err:
+            load_config(None, [f"generate.turns={bad}"])
+        assert "generate.turns" in str(err.value) and says in str(err.value) and "fix:" in str(err.value)

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import InputConfig
 from pipeline.errors import InputError
-from pipeline.prompts import bundled_data_dir, load_prompts, prompt_id_of
+from pipeline.prompts import bundled_data_dir, funnel, load_prompts, prompt_id_of
 from tests.conftest import write_jsonl
 
 USER = {"role": "user", "content": "hi"}
@@ -36,7 +36,7 @@ def test_jsonl_messages_and_prompt_rows(tmp_path):
     rows = table.to_pylist()
     assert rows[0]["prompt_id"] == prompt_id_of(rows[0]["messages"]) and rows[0]["category"] == "x"
     assert rows[1] == {"prompt_id": "mine", "messages": [{"role": "user", "content": "what is 2+2?"}],
-                       "source": "p.jsonl", "category": None, "reference": None, "verify": None}
+                       "source": "p.jsonl", "category": None, "reference": None, "verify": None, "turn": None}
 
 
 @pytest.mark.parametrize(
@@ -179,3 +179,51 @@ def test_a_non_utf8_line_is_one_invalid_row(tmp_path):
     table, report = load_prompts(cfg(f, skip_invalid=True))
     assert [m[0]["content"] for m in table.column("messages").to_pylist()] == ["a", "b"]
     assert len(report.invalid) == 1 and ":2: not UTF-8" in report.invalid[0]
+
+
+def _chat(n: int, *, open_end: bool = False) -> list[dict]:
+    """A conversation of n user/assistant exchanges (plus a final unanswered user turn with open_end)."""
+    msgs = [{"role": "system", "content": "be brief"}]
+    for i in range(n):
+        msgs += [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]
+    return msgs + ([{"role": "user", "content": f"q{n}"}] if open_end else [])
+
+
+def test_turns_all_branches_a_three_turn_conversation_at_each_assistant_turn(tmp_path):
+    f = write_jsonl(tmp_path / "c.jsonl", [{"messages": _chat(3), "prompt_id": "c", "reference": "a2 is right"}])
+    table, report = load_prompts(cfg(f), turns="all")
+    rows = table.to_pylist()
+    assert [r["prompt_id"] for r in rows] == ["c-t0", "c-t1", "c-t2"] and [r["turn"] for r in rows] == [0, 1, 2]
+    for t, r in enumerate(rows):  # the history before turn t, ending with the user turn it answers
+        assert r["messages"] == _chat(3)[: 2 + 2 * t]
+        assert r["messages"][-1] == {"role": "user", "content": f"q{t}"}
+    assert [r["reference"] for r in rows] == [None, None, "a2 is right"]  # the reference is the last turn's
+    assert report.conversations == 1
+    steps = {s["filter"]: s for s in funnel(report, table.num_rows, "all")}
+    assert (steps["turns"]["rows_in"], steps["turns"]["rows_out"]) == (1, 3)
+
+
+def test_turn_indices_pick_turns_and_the_open_turn_counts(tmp_path):
+    f = write_jsonl(tmp_path / "c.jsonl", [{"messages": _chat(2, open_end=True), "prompt_id": "c"},
+                                           {"messages": _chat(1), "prompt_id": "d"}])
+    table, _ = load_prompts(cfg(f), turns=[1, 2])
+    assert [(r["prompt_id"], r["turn"], len(r["messages"])) for r in table.to_pylist()] == [
+        ("c-t1", 1, 4), ("c-t2", 2, 6)]  # d has no turn 1 or 2: no prompt
+    last, _ = load_prompts(cfg(write_jsonl(tmp_path / "o.jsonl", [{"messages": _chat(2, open_end=True)}])))
+    assert last.column("turn").to_pylist() == [None] and len(last.column("messages")[0]) == 6  # as before turns
+
+
+@pytest.mark.parametrize(
+    "messages,turns,problem",
+    [
+        (_chat(2), [5], "no conversation of input.path"),
+        ([{"role": "assistant", "content": "hi"}, {"role": "user", "content": "q"}], "all",
+         "assistant turn 0 (messages[0]) does not answer a user message"),
+        (_chat(1), "last", "last message must have role 'user'"),
+    ],
+)
+def test_bad_turns_are_one_line_errors(tmp_path, messages, turns, problem):
+    f = write_jsonl(tmp_path / "c.jsonl", [{"messages": messages}])
+    with pytest.raises(InputError) as err:
+        load_prompts(cfg(f), turns=turns)
+    assert problem in str(err.value) and "fix:" in str(err.value) and "\n" not in str(err.value)

@@ -6,7 +6,7 @@ from pipeline import schemas
 from pipeline.errors import SchemaError
 
 PROMPT = {"prompt_id": "p1", "messages": [{"role": "user", "content": "hi"}], "source": "s", "category": None,
-          "reference": None, "verify": None}
+          "reference": None, "verify": None, "turn": None}
 
 
 def test_from_rows_fills_optional_columns_and_checks():
