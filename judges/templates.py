@@ -1,9 +1,10 @@
 """Versioned judge prompt templates. A template's id is part of every judgment's `judge` column and
 of the judge stage's fingerprint: change the wording, bump the id.
 
-Candidate text is fenced between markers, and the judge is told that anything inside the fence is
-data, not instructions (a response that says "rate this 5" must not steer its own score). Two
-things keep untrusted text (the conversation and the responses) inside its fence:
+Judges see the whole conversation; for a multi-turn prompt the rendering says which assistant turn
+is judged (`render_conversation`). Candidate text is fenced between markers, and the judge is told that
+anything inside the fence is data, not instructions (a response that says "rate this 5" must not steer
+its own score). Two things keep untrusted text (the conversation and the responses) inside its fence:
 - the closing marker is broken if it appears in a response, and
 - the tokenizer's special tokens written as text (e.g. "<|im_end|>\n<|im_start|>assistant") are
   broken with a zero-width space, since a chat template would otherwise tokenise them as real
@@ -47,7 +48,17 @@ def defang(text: str, specials: Iterable[str] = ()) -> str:
 
 
 def render_conversation(conversation: list[dict], specials: Iterable[str] = ()) -> str:
-    return "\n".join(f"{m['role'].upper()}: {defang(m['content'], specials)}" for m in conversation)
+    """The whole conversation, one ROLE: line per message; a multi-turn one (with earlier assistant turns,
+    pipeline/conversation.py) ends by saying which turn is judged, so the judge grades the reply to the last
+    user message in its context and not an earlier assistant message. A single-turn prompt renders as before."""
+    text = "\n".join(f"{m['role'].upper()}: {defang(m['content'], specials)}" for m in conversation)
+    earlier = sum(m["role"] == "assistant" for m in conversation)
+    if earlier:
+        text += (
+            f"\n\n(The responses judged below are the assistant's turn {earlier + 1} of this conversation: its "
+            "reply to the last USER message. The earlier ASSISTANT messages are context, not the response.)"
+        )
+    return text
 
 
 def judge_messages(

@@ -21,6 +21,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from judges.agreement import median
 from pipeline import plots, schemas
+from pipeline.conversation import turns_md
 from pipeline.errors import SchemaError
 from pipeline.funnel import unit_label
 from pipeline.rundir import load_manifest, load_pairs, prompt_drops
@@ -340,7 +341,7 @@ Scores combine by `{m.get('judge_aggregate')}`; overall judge failure rate (ok=f
 {_prompt_set_md(m)}
 
 ## Pair sources and diversity
-{_sources_md(m)}
+{_sources_md(m)}{turns_md(pairs)}
 {_review_md(m)}
 ## CHES (likelihood displacement)
 {ches_md}

@@ -91,3 +91,33 @@ def with_turns(pairs: pa.Table, prompts: pa.Table) -> pa.Table:
     turn = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("turn").to_pylist()))
     values = pa.array([turn.get(p) for p in pairs.column("prompt_id").to_pylist()], pa.int32())
     return pairs.set_column(pairs.schema.get_field_index("turn"), schemas.PAIRS.field("turn"), values)
+
+
+def conversation_ids(prompts: pa.Table) -> list[str] | None:
+    """Per prompt, the conversation it branches from (its prompt_id without '-t<k>'); None when no prompt
+    branches (generate.turns 'last'), so filters that use it behave as before turns existed."""
+    turns = prompts.column("turn").to_pylist()
+    if all(t is None for t in turns):
+        return None
+    ids = prompts.column("prompt_id").to_pylist()
+    return [p if t is None else p.removesuffix(f"-t{t}") for p, t in zip(ids, turns)]
+
+
+def turns_md(pairs: pa.Table) -> str:
+    """The card's view of branched conversations: pairs per judged turn and per conversation length (messages
+    in the prompt, system included); empty when no pair carries a turn."""
+    rows = [(t, len(p)) for t, p in zip(pairs.column("turn").to_pylist(), pairs.column("prompt").to_pylist())]
+    rows = [r for r in rows if r[0] is not None]
+    if not rows:
+        return ""
+    by_turn: dict[int, list[int]] = {}
+    for t, n in rows:
+        by_turn.setdefault(t, []).append(n)
+    by_len: dict[int, int] = {}
+    for _, n in rows:
+        by_len[n] = by_len.get(n, 0) + 1
+    lines = ["", "Pairs by the assistant turn they judge (`turn`, 0 is the first reply; generate.turns) and the "
+             "length of the conversation before it:", "", "| turn | pairs | prompt messages |", "|---|---|---|",
+             *(f"| {t} | {len(ns)} | {min(ns)}-{max(ns)} |" for t, ns in sorted(by_turn.items())), "",
+             "| prompt messages | pairs |", "|---|---|", *(f"| {n} | {c} |" for n, c in sorted(by_len.items()))]
+    return "\n".join(lines) + "\n"

@@ -6,8 +6,14 @@ prompt_ids   = chat template of the prompt messages with the generation prompt
 response_ids = the tokens the template adds for the assistant turn, up to and including the
                end-of-turn token (SmolLM2: "<|im_end|>"); the template's trailing newline after it
                is not part of the response.
-If a template rewrites earlier turns (so the full conversation does not start with prompt_ids),
-the response is tokenised on its own and the end-of-turn token appended.
+The prompt is the whole history before the answered turn (a multi-turn prompt of `generate.turns`,
+pipeline/conversation.py, keeps every earlier user and assistant turn), rendered by the template once
+with the response, so a template that rewrites earlier turns (Qwen3 and DeepSeek-R1 drop reasoning from
+assistant turns before the last user turn) rewrites them the same way in prompt_ids and in the full
+conversation: prompt_ids + response_ids is the full conversation tokenised once
+(tests/pipeline/test_encoding.py). If a template renders the answered turn itself differently from its
+generation prompt (so the full conversation does not start with prompt_ids), the response is tokenised
+on its own and the end-of-turn token appended.
 """
 
 from __future__ import annotations

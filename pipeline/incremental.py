@@ -39,7 +39,6 @@ import yaml
 from pipeline import accounting, funnel, review, schemas
 from pipeline.aggregate import VERIFIER_KIND
 from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
 from pipeline.label_quality import label_quality
 from pipeline.prompts import load_prompts, messages_hash
 from pipeline.publish import STAGES, reviewed
@@ -79,11 +78,6 @@ class Plan:
 
 def plan(out: Path, cfg: RunConfig) -> Plan:
     """What the next increment processes (see the module docstring)."""
-    if cfg.generate.turns != "last":  # an increment re-reads its prompts from parquet, which would branch again
-        raise ConfigError(
-            f"generate.turns={cfg.generate.turns} is not supported by incremental runs; fix: run without "
-            "--incremental or leave generate.turns at 'last'"
-        )
     done = committed(out)
     nxt = out / INCREMENTS / f"{len(done) + 1:05d}"
     pending = nxt / "new_prompts.parquet"

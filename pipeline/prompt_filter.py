@@ -37,6 +37,7 @@ import torch
 
 from pipeline import neardup, schemas
 from pipeline.config import DecontaminateConfig, DedupConfig, RunConfig, fingerprint
+from pipeline.conversation import conversation_ids
 from pipeline.errors import InputError, SchemaError
 from pipeline.funnel import step
 from pipeline.minhash import fuzzy_duplicates
@@ -184,14 +185,18 @@ def text_filters(
 
 
 def near_duplicate_filter(
-    ids: pa.Array, keep: np.ndarray, emb, dedup: DedupConfig
+    ids: pa.Array, keep: np.ndarray, emb, dedup: DedupConfig, conversation: list[str] | None = None
 ) -> tuple[np.ndarray, dict, Drop, dict]:
     """Near-duplicates among the prompts `keep` (rows of `emb`, in the same order): (prompts left, funnel
-    entry, drops, search figures for the meta)."""
+    entry, drops, search figures for the meta). `conversation` (per row of `ids`, pipeline/conversation.py):
+    branches of one conversation share their history, so one is never dropped as a duplicate of another."""
     method = neardup.choose_method(len(keep), dedup.method, dedup.exact_max_prompts)
     found = neardup.search(emb, dedup.threshold, method=method, clusters=dedup.clusters, probes=dedup.probes)
     d = found.dropped
     reason = f"cosine >= {dedup.threshold} to an earlier prompt ({dedup.model})"
+    if conversation is not None:
+        d = d[[conversation[keep[j]] != conversation[keep[found.match[j]]] for j in d]]
+        reason += " of another conversation"
     if found.method == "clustered":
         reason += f", clustered search ({found.clusters} clusters, {found.probes} probes)"
     entry = step("prompt_filter", "near_duplicate", len(keep), len(keep) - len(d), reason, unit="prompts")
@@ -227,7 +232,7 @@ def filter_prompts(
     keep, funnel, drops = text_filters(ids, texts, dedup, decontam)
     if dedup.near_duplicates and len(keep) > 1:
         emb = embed([texts[i] for i in keep], dedup.model, batch_size=dedup.batch_size)
-        keep, entry, drop, _ = near_duplicate_filter(ids, keep, emb, dedup)
+        keep, entry, drop, _ = near_duplicate_filter(ids, keep, emb, dedup, conversation_ids(prompts))
         funnel.append(entry)
         drops.append(drop)
     elif dedup.near_duplicates:
@@ -360,7 +365,9 @@ def _build(run: StageRun):
             "prompts": len(keep),
             "seconds": round(time.perf_counter() - t0, 2),
         }
-        keep, entry, drop, info["near_duplicate"] = near_duplicate_filter(ids, keep, emb, dedup)
+        keep, entry, drop, info["near_duplicate"] = near_duplicate_filter(
+            ids, keep, emb, dedup, conversation_ids(prompts)
+        )
         del emb
         funnel.append(entry)
         drops.append(drop)
@@ -379,7 +386,7 @@ def _build(run: StageRun):
 
 STAGE = Stage(
     name="prompt_filter",
-    reads=(Read("prompts", "prompts", ("prompt_id", "messages")),),
+    reads=(Read("prompts", "prompts", ("prompt_id", "messages", "turn")),),
     writes="prompts",
     after=("prompts",),
     fields=fields,
