@@ -27,7 +27,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.errors import BudgetExceeded
 
-METERED = ("synth", "generate", "judge", "rationale")  # stages that send requests to endpoints, in flow order
+# stages that send requests to endpoints, in flow order
+METERED = ("synth", "conversation", "generate", "judge", "rationale")
 FIELDS = ("requests", "input_tokens", "output_tokens")
 
 

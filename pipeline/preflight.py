@@ -95,8 +95,15 @@ def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
     for key, ref in refs.items():
         check_model(ref, field=key)
     check_served(cfg)
+    if incremental and (cfg.generate.turns != "last" or cfg.sources.conversation.enabled):
+        raise ConfigError(  # an increment re-reads its prompts from parquet, which would branch or grow them again
+            f"generate.turns={cfg.generate.turns} / sources.conversation cannot grow a dataset (--incremental / "
+            "serve); fix: leave generate.turns at 'last' and sources.conversation off, or make a plain run"
+        )
     if not cfg.input.synthesised:
-        load_prompts(cfg.input, seed=cfg.seed)
+        # simulated conversations are branched after they are grown; their seeds only need to be prompts
+        simulated = cfg.sources.conversation.enabled
+        load_prompts(cfg.input, seed=cfg.seed, turns="last" if simulated else cfg.generate.turns)
     elif incremental:
         raise ConfigError(
             "input.path 'synth:' cannot grow a dataset (--incremental / serve): synthesis has no "

@@ -35,6 +35,7 @@ from pipeline.stage import Stage
 from pipeline.verify_spec import verify_spec
 
 ROLES = {"system", "user", "assistant"}
+CONVERSATIONS = "conversation:"  # the source path of a run with sources.conversation on
 VERSION = "2"
 
 
@@ -184,6 +185,9 @@ def _iter_table(table: pa.Table, label: str) -> Iterator[tuple[str, Any]]:
 
 def _iter_source(cfg: InputConfig, run_dir=None) -> tuple[str, Iterator[tuple[str, Any]]]:
     ref = cfg.path
+    if ref == CONVERSATIONS:  # the run's simulated conversations (pipeline/simulate.py)
+        table = schemas.read_table(Path(run_dir) / "tables" / "conversation.parquet", "prompts")
+        return "conversation", _iter_table(table.select(["prompt_id", "messages", "source", "category"]), ref)
     if cfg.synthesised:  # the kept rows of the run's synth stage (pipeline/synth.py)
         if run_dir is None:
             raise InputError("input.path 'synth:' is made by a run's synth stage; fix: load it inside a run")
@@ -308,30 +312,12 @@ def funnel(report: LoadReport, kept: int, turns=LAST) -> list[dict]:
     unique = valid - report.duplicates
     distinct = unique - len(report.conflicts)
     return [
-        step(
-            "prompts",
-            "invalid_rows",
-            report.rows_read,
-            valid,
-            "row failed validation (skipped with --skip-invalid)",
-            unit="prompts",
-        ),
-        step(
-            "prompts",
-            "duplicate_prompts",
-            valid,
-            unique,
-            "exact duplicate of an earlier prompt (same prompt_id and messages)",
-            unit="prompts",
-        ),
-        step(
-            "prompts",
-            "prompt_id_conflicts",
-            unique,
-            distinct,
-            "prompt_id reused for different messages (skipped with --skip-invalid)",
-            unit="prompts",
-        ),
+        step("prompts", "invalid_rows", report.rows_read, valid, "row failed validation (skipped with --skip-invalid)",
+             unit="prompts"),
+        step("prompts", "duplicate_prompts", valid, unique,
+             "exact duplicate of an earlier prompt (same prompt_id and messages)", unit="prompts"),
+        step("prompts", "prompt_id_conflicts", unique, distinct,
+             "prompt_id reused for different messages (skipped with --skip-invalid)", unit="prompts"),
         step("prompts", "limit", distinct, report.conversations, "input.limit", unit="prompts"),
     ] + ([] if turns == LAST else [step(
         "prompts", "turns", report.conversations, kept,
@@ -355,15 +341,18 @@ def fields(cfg) -> dict:
     return {"seed": cfg.seed, **cfg.input.model_dump(exclude={"skip_invalid", "synth"}), **turns}
 
 
-def stage_fingerprint(cfg, synth_fp: str | None = None) -> str:
-    """The input's identity (a file's size and mtime, a dataset's revision), or the synth stage's fingerprint."""
-    source_id = synth_fp if cfg.input.synthesised else input_identity(cfg.input.path)
+def stage_fingerprint(cfg, source_fp: str | None = None) -> str:
+    """The input's identity (a file's size and mtime, a dataset's revision), or the fingerprint of the stage
+    that made the prompts (synth, or conversation when sources.conversation is on)."""
+    made = cfg.input.synthesised or cfg.sources.conversation.enabled
+    source_id = source_fp if made else input_identity(cfg.input.path)
     return fingerprint("prompts", VERSION, fields(cfg), source_id)
 
 
 def _build(run):
     cfg, log = run.cfg, run.log
-    table, report = load_prompts(cfg.input, seed=cfg.seed, run_dir=run.run_dir, turns=cfg.generate.turns)
+    source = InputConfig(path=CONVERSATIONS, shuffle=False) if cfg.sources.conversation.enabled else cfg.input
+    table, report = load_prompts(source, seed=cfg.seed, run_dir=run.run_dir, turns=cfg.generate.turns)
     if report.invalid:
         log(f"prompts: skipped {len(report.invalid)} invalid rows, first: {report.invalid[0]}")
     if report.conflicts:
@@ -381,7 +370,7 @@ def _build(run):
 
 
 def _after(cfg) -> tuple[str | None]:
-    return ("synth",) if cfg.input.synthesised else (None,)
+    return ("conversation",) if cfg.sources.conversation.enabled else ("synth",) if cfg.input.synthesised else (None,)
 
 
 STAGE = Stage(

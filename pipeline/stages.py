@@ -7,11 +7,12 @@ sure every stage's inputs and upstream fingerprints come from stages earlier in 
 
 from __future__ import annotations
 
-from pipeline import ches, generate, judge, pair, prompt_filter, prompts, rationale, self_critique, synth
+from pipeline import ches, generate, judge, pair, prompt_filter, prompts, rationale, self_critique, simulate, synth
 from pipeline.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
     synth.STAGE,  # only when input.path is synth: (prompts made by a model)
+    simulate.STAGE,  # only with sources.conversation (prompts grown into simulated conversations)
     prompts.STAGE,
     prompt_filter.STAGE,
     self_critique.STAGE,  # a pair source; commits an empty table when off

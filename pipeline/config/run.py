@@ -156,6 +156,8 @@ class RunConfig(_Section):
         }
         if self.input.synthesised:
             refs["input.synth.model"] = self.input.synth.model or self.generate.model
+        if self.sources.conversation.enabled:
+            refs["sources.conversation.simulator"] = self.sources.conversation.simulator or self.generate.model
         if self.generate.backend != "openai":  # a served generator is checked at its endpoint (preflight)
             refs.update({f"generate.pool[{i}].model": m.model for i, m in enumerate(self.generate.pool)})
         specs = self.llm_judge_specs()

@@ -1,4 +1,4 @@
-"""Config of the extra pair sources: self-critique revisions and reward-augmented rewrites."""
+"""Config of the extra sources: self-critique revisions, reward-augmented rewrites and simulated conversations."""
 
 from __future__ import annotations
 
@@ -51,6 +51,37 @@ class RewardAugmentedConfig(_Section):
     keep_original: bool = Field(False, description="Also keep the unconditioned pair (the paper replaces it).")
 
 
+class ConversationConfig(_Section):
+    """Simulated follow-ups (pipeline/simulate.py): each input prompt grows into a conversation."""
+
+    enabled: bool = Field(
+        False,
+        description="Grow each input prompt into a conversation before the prompts stage: the policy "
+        "(generate.model, generate's sampling) answers, a user simulator writes the next user turn, until "
+        "`user_turns`; the prompts stage then branches the conversations at generate.turns.",
+    )
+    user_turns: int = Field(3, ge=2, le=16, description="User turns per conversation, the input's own included.")
+    simulator: str | None = Field(
+        None, description="The user simulator's model (any backend); null is generate.model."
+    )
+    persona: str = Field(
+        "a curious person with little background in the topic",
+        min_length=1,
+        description="Who the simulated user is; goes into the simulator's system prompt (simulate.SIMULATOR_SYSTEM).",
+    )
+    goal: str = Field(
+        "understand the answer well enough to act on it, asking one short follow-up question at a time",
+        min_length=1,
+        description="What the simulated user wants from the conversation; goes into the same system prompt.",
+    )
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="The simulator's sampling temperature.")
+    max_new_tokens: int = Field(48, ge=4, le=1024, description="Token cap of each simulated user turn.")
+    batch_size: int = Field(8, ge=1, description="Requests per generate() call (operational).")
+
+
 class SourcesConfig(_Section):
     self_critique: SelfCritiqueConfig = SelfCritiqueConfig()
     reward_augmented: RewardAugmentedConfig = RewardAugmentedConfig()
+    conversation: ConversationConfig = Field(
+        default_factory=ConversationConfig, description="Simulated multi-turn conversations as the prompts."
+    )
