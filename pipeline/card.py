@@ -97,6 +97,11 @@ def _prompt_set_md(m: dict) -> str:
              f"Prompt-set diversity: distinct-1 {d.get('distinct_1')}, distinct-2 {d.get('distinct_2')}, embedding "
              f"distance {d.get('embedding_distance')} (mean pairwise 1 - cosine over {d.get('embedded')} prompts); the "
              "candidates' figures per prompt are in the next section."]
+    conv = ps.get("conversation")
+    if conv:
+        lines += ["", f"Simulated conversations (`sources.conversation`, template `{conv['template']}`): {conv['rows']} "
+                  f"grown to {conv['user_turns']} user turns ({conv['ended_early']} ended early); user simulator "
+                  f"`{conv['simulator']}`, policy `{conv['policy']}`."]
     made = ps.get("synth")
     if made:
         lines += ["", f"Synthesised by `{made['model']}` in mode `{made['mode']}` (template `{made['template']}`): "

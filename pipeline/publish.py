@@ -33,8 +33,8 @@ from pipeline.prompt_filter import drops_path as prompt_drops_path
 from pipeline.rundir import load_manifest
 from pipeline.store import run_lock, sha256, write_json
 
-# the stages of a run of prompts that are not synthesised, in order (pipeline/stages.py)
-STAGES = tuple(s.name for s in stages.STAGES if s.name != "synth")
+# the stages of a run of prompts that are not synthesised or simulated, in order (pipeline/stages.py)
+STAGES = tuple(s.name for s in stages.STAGES if s.name not in ("synth", "conversation"))
 
 
 def write_shards(table: pa.Table, out_dir: Path, *, folder: str, table_name: str, shard_rows: int,
@@ -162,7 +162,7 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
         },
         "sources": _sources(metas, pairs, cfg),
         "diversity": _diversity(out, cfg),
-        "prompt_set": _prompt_set(out, cfg, metas.get("synth")),
+        "prompt_set": _prompt_set(out, cfg, metas.get("synth"), metas.get("conversation")),
         "shards": shards,
         "ranked_shards": ranked_shards,
         "timings_s": timings,
@@ -255,9 +255,9 @@ def _diversity(out: Path, cfg: RunConfig) -> dict:
     return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model))
 
 
-def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None) -> dict:
+def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None, conversation: dict | None = None) -> dict:
     """The prompts the run answered (after the prompt filter): sources, categories, diversity; and, for
-    synthesised prompts, how they were made."""
+    synthesised prompts or simulated conversations, how they were made."""
     from pipeline.diversity import prompt_set_diversity
     from pipeline.prompt_filter import embed, prompt_text
 
@@ -278,6 +278,8 @@ def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None) -> dict:
         "categories": counted["category"],
         "diversity": prompt_set_diversity(texts, lambda t: embed(t, cfg.curate.dedup.model), seed=cfg.seed),
         "synth": made,
+        **({"conversation": {k: conversation.get(k) for k in ("simulator", "policy", "template", "user_turns", "rows",
+                                                              "ended_early")}} if conversation else {}),
     }
 
 

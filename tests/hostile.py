@@ -180,6 +180,10 @@ def cases() -> list[Case]:
     add(Case("--set without =", lambda d: run_args(d, "--set", "generate.n"), "not key=value"))
     add(Case("--set unknown template", lambda d: run_args(d, "--set", "judge.templates=[nope]"), "unknown ids"))
     add(Case("--set wrong type", lambda d: run_args(d, "--set", "generate.temperature=hot"), "generate.temperature"))
+    add(Case("--set bad generate.turns", lambda d: run_args(d, "--set", "generate.turns=first"),
+             "--set generate.turns=first"))
+    add(Case("generate.turns no conversation has", lambda d: run_args(d, "--set", "generate.turns=[7]"),
+             "no conversation of input.path"))
     add(
         Case(
             "threshold filter without threshold",

@@ -26,7 +26,7 @@ def conv_run(tmp_path_factory):
     out = d / "run"
     proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--set", f"input.path={f}",
                    "--set", "generate.turns=all", "--set", "pair.strategy=all_above_margin",
-                   "--set", "curate.ches.filter=none")
+                   "--set", "curate.ches.enabled=false", "--set", "rationale.enabled=false")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
 
@@ -78,7 +78,7 @@ def test_simulated_three_turn_conversations_on_the_tiny_config(tmp_path):
 
     out = tmp_path / "run"
     sets = ("input.limit=2", "sources.conversation.enabled=true", "sources.conversation.user_turns=3",
-            "generate.turns=all", "curate.ches.filter=none")
+            "generate.turns=all", "curate.ches.enabled=false", "rationale.enabled=false")
     proc = run_cli("run", "--config", str(TINY), "--out", str(out), *(a for s in sets for a in ("--set", s)))
     assert proc.returncode == 0, proc.stderr[-4000:]
     conversations = pq.read_table(out / "tables" / "conversation.parquet").to_pylist()
@@ -87,6 +87,8 @@ def test_simulated_three_turn_conversations_on_the_tiny_config(tmp_path):
     rows = pq.read_table(out / "pairs").to_pylist()
     assert rows and all(alternates(r["prompt"]) for r in rows)
     assert max(r["turn"] for r in rows) >= 1  # pairs on a simulated follow-up, with the history before it
+    assert "Simulated conversations (`sources.conversation`, template `user-simulator-v1`): 2" in (
+        out / "README.md").read_text()
     # seeded: the stage alone, in a fresh folder, grows the same conversations
     simulate.STAGE.run(tmp_path / "again", load_config(TINY, list(sets)), None, log=lambda *_: None)
     assert pq.read_table(tmp_path / "again" / "tables" / "conversation.parquet").to_pylist() == conversations
