@@ -311,6 +311,7 @@ def funnel(report: LoadReport, kept: int, turns=LAST) -> list[dict]:
     valid = report.rows_read - len(report.invalid)
     unique = valid - report.duplicates
     distinct = unique - len(report.conflicts)
+    conversations = kept if turns == LAST else report.conversations
     return [
         step("prompts", "invalid_rows", report.rows_read, valid, "row failed validation (skipped with --skip-invalid)",
              unit="prompts"),
@@ -318,9 +319,9 @@ def funnel(report: LoadReport, kept: int, turns=LAST) -> list[dict]:
              "exact duplicate of an earlier prompt (same prompt_id and messages)", unit="prompts"),
         step("prompts", "prompt_id_conflicts", unique, distinct,
              "prompt_id reused for different messages (skipped with --skip-invalid)", unit="prompts"),
-        step("prompts", "limit", distinct, report.conversations, "input.limit", unit="prompts"),
+        step("prompts", "limit", distinct, conversations, "input.limit", unit="prompts"),
     ] + ([] if turns == LAST else [step(
-        "prompts", "turns", report.conversations, kept,
+        "prompts", "turns", conversations, kept,
         f"each conversation becomes one prompt per assistant turn generate.turns={turns} picks (none when it has "
         "none of them)", unit="prompts")])
 
