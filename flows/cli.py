@@ -125,6 +125,31 @@ def cmd_judge_eval(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.evaluate import summary_text
+    from pipeline.preflight import check_model, offline_unless_hub
+    from pipeline.rundir import check_out_dir
+
+    config_path = Path(args.config) if args.config else _default_config()
+    cfg = load_config(config_path, args.overrides)
+    baseline = args.baseline or cfg.generate.model
+    offline_unless_hub([args.model, baseline])
+    for ref, field in ((args.model, "--model"), (baseline, "--baseline")):
+        check_model(ref, field=field)
+    check_out_dir(args.out)
+    from flows.runtime import flow_session
+
+    with flow_session():
+        from flows.evaluate import evaluate
+
+        summary = evaluate(cfg.model_dump(), args.model, str(args.out), baseline=baseline,
+                           config_label=str(config_path))
+    print(summary_text(summary))
+    print(f"wrote {Path(args.out) / 'report.md'}, eval_summary.parquet, eval_answers.parquet, eval_judgments.parquet")
+    return 0
+
+
 def cmd_review(args) -> int:
     from flows.review_app import serve
 
@@ -217,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 "serve": cmd_serve,
                 "review": cmd_review,
                 "judge-eval": cmd_judge_eval,
+                "eval": cmd_eval,
             }[args.command](args)
     except BudgetExceeded as exc:  # not an input error: the run stopped itself, and a rerun continues
         print(f"prefsynth: budget: {exc}", file=sys.stderr)
