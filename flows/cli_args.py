@@ -126,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override one config key, e.g. --set eval.limit=64 (repeatable)")
     ev.add_argument("--out", required=True, metavar="DIR", help="where report.md and the eval tables go")
 
+    it = sub.add_parser("iterate", help="rounds of generate -> judge -> curate -> train -> eval, each round's "
+                        "policy generating the next round's candidates", description=ITERATE_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    it.add_argument("--config", metavar="FILE", help="YAML run config with iterate.* and eval.* (default: the "
+                    "bundled one)")
+    it.add_argument("--rounds", type=int, metavar="K", help="rounds to run (same as --set iterate.rounds=K)")
+    it.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one config key, e.g. --set iterate.train='{steps: 20}' (repeatable)")
+    it.add_argument("--out", required=True, metavar="DIR", help="where rounds.parquet, prompts/ and round-R/ go")
+    it.add_argument("--quiet", action="store_true", help="no progress bars")
+
     rev = sub.add_parser(
         "review",
         help="review a run in the browser: page, filter, read judgments, label pairs",
@@ -254,6 +265,21 @@ examples:
   prefsynth eval --model runs/dpo/model --out runs/dpo-eval
   prefsynth eval --model runs/r2/model --baseline runs/r1/model --config my.yaml --out runs/eval \\
       --set eval.prompts=heldout.jsonl --set eval.limit=200
+"""
+
+
+ITERATE_HELP = """\
+Iterative preference optimisation: round r runs `prefsynth run` with policy r generating (round 0:
+generate.model) on the round's prompts (iterate.prompts: fresh or fixed), trains policy r+1 from
+policy r on the round's pairs (iterate.train), and evaluates policy r+1 against the base and
+against policy r on held-out prompts (eval.*). Rerunning the same command reuses finished rounds
+and resumes a killed one inside its stage or training step.
+Results: OUT/rounds.parquet (one row per round), OUT/round-R/{run,train,eval-base,eval-previous}.
+
+examples:
+  prefsynth iterate --rounds 3 --out runs/loop
+  prefsynth iterate --config my.yaml --rounds 2 --out runs/loop --set iterate.prompts=fixed \\
+      --set iterate.train='{steps: 50, batch_size: 8}'
 """
 
 

@@ -200,12 +200,14 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run_eval(cfg: RunConfig, model: str, out_dir: str | os.PathLike, *, baseline: str | None = None,
-             prompts: pa.Table | None = None, config_label: str = "defaults", log=None) -> dict:
+             prompts: pa.Table | str | None = None, config_label: str = "defaults", log=None) -> dict:
     """Generate, judge and summarise; write the four outputs under `out_dir`; return the summary row.
-    `baseline` defaults to generate.model; `prompts` (a prompts table) to `eval_prompts(cfg)`."""
+    `baseline` defaults to generate.model; `prompts` (a prompts table or its parquet file) to `eval_prompts(cfg)`."""
     baseline = baseline or cfg.generate.model
     resolve(model, field="--model")  # a missing folder fails before anything loads
     resolve(baseline, field="--baseline")
+    if isinstance(prompts, str):
+        prompts = schemas.read_table(prompts, "prompts")
     prompts = eval_prompts(cfg) if prompts is None else prompts
     say = log or (lambda msg: None)
     cands, sums = [], {}

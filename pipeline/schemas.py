@@ -217,6 +217,18 @@ EVAL_SUMMARY = pa.schema(
        for n in ("mean_tokens", "verifier_accuracy", "topk_entropy", "topk_mass")]
 )
 
+# `prefsynth iterate` (pipeline/iterate.py): one row per finished round r; `trained` (policy r+1) evaluated against
+# the base and against `policy` (policy r) on the held-out prompts; lengths, verifier accuracy and indicators vs base
+ROUNDS = pa.schema(
+    [pa.field("round", pa.int64(), nullable=False)]
+    + [pa.field(n, pa.string(), nullable=False) for n in ("policy", "trained", "run_dir", "train_dir")]
+    + [pa.field(n, pa.int64(), nullable=False) for n in ("pairs", "steps")]
+    + [pa.field(f"{n}_vs_{b}", pa.float64()) for b in ("base", "previous")
+       for n in ("win_rate", "win_low", "win_high", "lc_win_rate")]
+    + [pa.field(n, pa.float64()) for n in ("mean_tokens", "base_mean_tokens", "verifier_accuracy",
+                                           "base_verifier_accuracy", "topk_entropy", "topk_mass")]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -232,6 +244,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "judge_eval_pairs": JUDGE_EVAL_PAIRS,
     "eval_answers": EVAL_ANSWERS,
     "eval_summary": EVAL_SUMMARY,
+    "rounds": ROUNDS,
 }
 
 
