@@ -22,7 +22,9 @@ from pipeline.iterate import (
     round_config,
     round_dirs,
     round_row,
+    stop_reason,
     train_config,
+    write_card,
     write_rounds,
 )
 
@@ -55,7 +57,13 @@ def iterate(config: dict, out_dir: str, rounds: int, config_label: str = "defaul
         vs_prev = vs_base if policy == base else _eval(cfg, new, policy, dirs["eval-previous"], str(held_out),
                                                        config_label)
         rows.append(round_row(r, policy, new, dirs, manifest, prov, vs_base, vs_prev))
+        if cfg.iterate.early_stop:
+            rows[-1]["stop"] = stop_reason(rows[-1], prov)
         write_rounds(out_dir, rows)
+        write_card(out_dir, rows, config=config_label)
+        if rows[-1]["stop"]:
+            log.info(f"iterate: stopping after round {r}: {rows[-1]['stop']}")
+            break
         policy = new
     return rows
 

@@ -18,7 +18,10 @@ file under DIR/prompts/, the round's input.path. Every round uses the same `seed
 the same sampling seed in every round and differs between rounds only by the policy.
 Resume: each step resumes itself (stages skip or resume from their chunks, training from its last checkpoint, an
 evaluation whose summary names the same models is read back), so a rerun reuses finished rounds and continues a
-killed one inside its stage or training step. DIR/rounds.parquet (schemas.ROUNDS) ties the rounds together.
+killed one inside its stage or training step. DIR/rounds.parquet (schemas.ROUNDS) ties the rounds together;
+DIR/README.md (its card: a table and DIR/rounds.png, pipeline/plots.py) shows them per round.
+Early stop (iterate.early_stop): after a round whose policy does not beat the previous one on the held-out prompts
+(win rate <= 0.5) or whose training's over-optimisation watch fired (Shi et al. 2024's top-k indicators).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pydantic import ValidationError
 from pipeline import schemas
 from pipeline.config import InputConfig, RunConfig
 from pipeline.errors import ConfigError
+from pipeline.plots import rounds_plot
 from pipeline.prompts import load_prompts
 from pipeline.train.config import TrainConfig
 
@@ -118,7 +122,48 @@ def round_row(r: int, policy: str, new_policy: str, dirs: dict[str, Path], manif
     for name in ("mean_tokens", "verifier_accuracy"):
         out.update({name: vs_base[f"model_{name}"], f"base_{name}": vs_base[f"baseline_{name}"]})
     out.update({name: vs_base[f"model_{name}"] for name in ("topk_entropy", "topk_mass")})
+    out["stop"] = None
     return out
+
+
+def stop_reason(row: dict, prov: dict) -> str | None:
+    """Why iterate.early_stop ends the loop after this round, or None to go on."""
+    if prov.get("warnings"):
+        return f"the over-optimisation watch fired in training: {prov['warnings'][0]['warning']}"
+    win = row["win_rate_vs_previous"]
+    if row["round"] > 0 and win is not None and win <= 0.5:
+        return f"policy {row['round'] + 1} does not beat policy {row['round']} (win rate {win:.3f} <= 0.5)"
+    return None
+
+
+def write_card(out_dir, rows: list[dict], *, config: str) -> Path:
+    """DIR/README.md: per round the trained policy against the base and the previous one, with DIR/rounds.png."""
+    out = Path(out_dir)
+    rounds_plot(rows, out / "rounds.png")
+    f = lambda x, d=3: "n/a" if x is None else f"{x:.{d}f}"  # noqa: E731
+    lines = [f"# Iterative preference optimisation: {len(rows)} round(s)", "", f"Config: `{config}`. Round r "
+             "generates with policy r (policy 0: the base), trains policy r+1 from it, and evaluates policy r+1 on "
+             "held-out prompts (`prefsynth eval`: win rate with ties half and a 95% bootstrap interval; LC: "
+             "length-controlled, as AlpacaEval LC, Dubois et al. 2024).", "", "![per round](rounds.png)", "",
+             "| policy | pairs | steps | win vs base [95%] | LC vs base | win vs previous | mean tokens (base) | "
+             "verifier accuracy (base) | top-k entropy | top-k mass |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['round'] + 1} | {r['pairs']} | {r['steps']} | {f(r['win_rate_vs_base'])} "
+                     f"[{f(r['win_low_vs_base'])}, {f(r['win_high_vs_base'])}] | {f(r['lc_win_rate_vs_base'])} | "
+                     f"{f(r['win_rate_vs_previous'])} | {f(r['mean_tokens'], 1)} ({f(r['base_mean_tokens'], 1)}) | "
+                     f"{f(r['verifier_accuracy'])} ({f(r['base_verifier_accuracy'])}) | {f(r['topk_entropy'])} | "
+                     f"{f(r['topk_mass'])} |")
+    stops = [r for r in rows if r["stop"]]
+    if stops:
+        lines += ["", f"Stopped after round {stops[0]['round']} (iterate.early_stop): {stops[0]['stop']}."]
+    lines += ["", "Each round: `round-R/run` (a `prefsynth run` folder), `round-R/train` (its model in `model/`), "
+              "`round-R/eval-base` and `round-R/eval-previous` (report.md, answers and judgments); the held-out and "
+              "per-round prompts in `prompts/`.", ""]
+    path = out / "README.md"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
 
 
 def write_rounds(out_dir, rows: list[dict]) -> Path:

@@ -42,6 +42,11 @@ class IterateConfig(_Section):
         description="DPO reference of round r's training: 'previous' (policy r, the model training starts from; "
         "iterative DPO as Xu et al. 2023). A fixed base reference is not implemented yet.",
     )
+    early_stop: bool = Field(
+        False,
+        description="Stop after a round whose trained policy does not beat the previous one on the held-out prompts "
+        "(win rate vs previous <= 0.5) or whose training's over-optimisation watch fired (pipeline/train/metrics.py).",
+    )
     train: dict[str, Any] = Field(
         {},
         description="Trainer keys (pipeline/train/config.py) for every round, e.g. {steps: 20, batch_size: 8}; "

@@ -227,6 +227,7 @@ ROUNDS = pa.schema(
        for n in ("win_rate", "win_low", "win_high", "lc_win_rate")]
     + [pa.field(n, pa.float64()) for n in ("mean_tokens", "base_mean_tokens", "verifier_accuracy",
                                            "base_verifier_accuracy", "topk_entropy", "topk_mass")]
+    + [pa.field("stop", pa.string())]  # why iterate.early_stop ended the loop after this round, else null
 )
 
 SCHEMAS: dict[str, pa.Schema] = {
