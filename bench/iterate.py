@@ -26,15 +26,16 @@ sys.path.insert(0, str(ROOT))
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--prompts", type=int, default=16, help="training prompts per round (input.limit)")
-    ap.add_argument("--held-out", type=int, default=24, help="held-out eval prompts (eval.limit)")
-    ap.add_argument("--n", type=int, default=4, help="candidates per prompt")
-    ap.add_argument("--tokens", type=int, default=64, help="max new tokens (generation and eval)")
-    ap.add_argument("--steps", type=int, default=8, help="DPO steps per round")
+    ap.add_argument("--prompts", type=int, default=8, help="training prompts per round (input.limit)")
+    ap.add_argument("--held-out", type=int, default=12, help="held-out eval prompts (eval.limit)")
+    ap.add_argument("--n", type=int, default=2, help="candidates per prompt")
+    ap.add_argument("--tokens", type=int, default=40, help="max new tokens (generation and eval)")
+    ap.add_argument("--steps", type=int, default=4, help="DPO steps per round")
     ap.add_argument("--work", default="/tmp/prefsynth-bench-iterate")
     args = ap.parse_args()
     sets = {"input.path": "bundled:prompts/verifiable.jsonl", "input.limit": args.prompts, "generate.n": args.n,
-            "generate.max_new_tokens": args.tokens, "eval.limit": args.held_out, "eval.max_new_tokens": args.tokens,
+            "generate.max_new_tokens": args.tokens, "generate.batch_size": 16,
+            "eval.limit": args.held_out, "eval.max_new_tokens": args.tokens,
             "rationale.enabled": "false", "iterate.prompts": "fresh",
             "iterate.train": f"{{steps: {args.steps}, batch_size: 4, learning_rate: 5e-5, eval_fraction: 0.0, "
                              "tensorboard: false}"}
