@@ -24,11 +24,11 @@ FIGURES = ("win_rate", "win_low", "win_high", "lc_win_rate", "model_mean_tokens"
 
 @flow(name="eval", log_prints=False, persist_result=False)
 def evaluate(config: dict, model: str, out_dir: str, baseline: str | None = None, config_label: str = "defaults",
-             prompts: str | None = None) -> dict:
+             prompts: str | None = None, answers_dir: str | None = None) -> dict:
     """Evaluate `model` against `baseline` (default generate.model) on `prompts` (a prompts parquet file; default
-    eval.prompts or input.path); returns the eval_summary row."""
+    eval.prompts or input.path); `answers_dir` keeps answers for later evaluations; returns the eval_summary row."""
     summary = eval_task(RunConfig.model_validate(config), model, out_dir, baseline=baseline, prompts=prompts,
-                        config_label=config_label, log=log.info)
+                        config_label=config_label, answers_dir=answers_dir, log=log.info)
     create_table_artifact(key="prefsynth-eval", table=[{"figure": k, "value": summary[k]} for k in FIGURES],
                           description=f"prefsynth eval: {model} vs {summary['baseline']}")
     return summary

@@ -9,6 +9,7 @@ Example on the bundled sample: `python -m flows.iterate` (2 tiny rounds under ru
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from prefect import flow
 
@@ -37,7 +38,7 @@ def _eval(cfg: RunConfig, model: str, baseline: str, folder, held_out: str, conf
         log.info(f"iterate: {folder} already holds {model} vs {baseline}")
         return done
     return evaluate(cfg.model_dump(), model, str(folder), baseline=baseline, config_label=config_label,
-                    prompts=held_out)
+                    prompts=held_out, answers_dir=str(Path(held_out).parent.parent / "answers"))
 
 
 @flow(name="iterate", log_prints=False, persist_result=False)

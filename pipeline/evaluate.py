@@ -23,10 +23,14 @@ interval and a length control, using the judges a run uses (pipeline/judge.py `b
 - Top-k entropy / mass (Shi et al. 2024; pipeline/train/metrics.py INDICATORS) of each model on its own answers,
   token-weighted means over the answers (transformers backend only; eval.top_k: 0 turns them off).
 Writes eval_answers.parquet, eval_judgments.parquet (the judgments, kept), eval_summary.parquet and report.md.
+With `answers_dir` (iterate passes one per loop) a model's answers are kept there, keyed by the model's path and
+revision, the prompts, the seed and the sampling fields, and read back by a later evaluation of the same model:
+iterate's base answers are generated once, and policy r's once for both evaluations that involve it.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -60,13 +64,25 @@ def eval_prompts(cfg: RunConfig) -> pa.Table:
     return table
 
 
-def answers(cfg: RunConfig, prompts: pa.Table, model: str, side: str, field: str, *, top_k: int) -> tuple[pa.Table,
-                                                                                                          dict]:
+def answers(cfg: RunConfig, prompts: pa.Table, model: str, side: str, field: str, *, top_k: int,
+            answers_dir: Path | None = None) -> tuple[pa.Table, dict]:
     """One answer per prompt from `model` (candidate_id PROMPT-side) and, with top_k, {prompt_id: (entropy sum,
-    mass sum, tokens)} of the model on its own answers."""
+    mass sum, tokens)} of the model on its own answers; kept in and read back from `answers_dir` when given."""
     g = cfg.generate
     gen = g.model_copy(update={"model": model, "n": 1, "pool": [], "verbalized_k": 0,
                                "max_new_tokens": cfg.eval.max_new_tokens or g.max_new_tokens})
+    resolved = resolve(model, field=field)
+    key = fingerprint("eval-answers", resolved.path, resolved.revision, resolve_backend_name(g.backend), cfg.seed,
+                      top_k,
+                      gen.model_dump(include={"temperature", "top_p", "max_new_tokens", "max_prompt_tokens",
+                                              "system_prompt"}), prompts.column("prompt_id").to_pylist())
+    kept = None if answers_dir is None else Path(answers_dir) / f"{key}.parquet"
+    if kept is not None and kept.exists():
+        rows = schemas.read_table(kept, "candidates").to_pylist()
+        for r in rows:
+            r["candidate_id"] = f"{r['prompt_id']}-{side}"
+        sums = json.loads(kept.with_suffix(".json").read_text())
+        return schemas.from_rows(rows, "candidates"), {p: tuple(v) for p, v in sums.items()}
     backend = make_backend(resolve_backend_name(g.backend), model, dtype=g.dtype, batch_size=g.batch_size, field=field,
                            vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
     table, _ = generate_candidates(prompts, gen, backend, seed=cfg.seed)
@@ -75,7 +91,14 @@ def answers(cfg: RunConfig, prompts: pa.Table, model: str, side: str, field: str
         r["candidate_id"] = f"{r['prompt_id']}-{side}"
     in_process = top_k and hasattr(backend, "model")
     sums = indicator_sums(backend, prompts, rows, g.system_prompt, top_k) if in_process else {}
-    return schemas.from_rows(rows, "candidates"), sums
+    table = schemas.from_rows(rows, "candidates")
+    if kept is not None:  # the sums first: the parquet file is what says the answers are kept
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp = kept.with_name(f".{kept.stem}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(sums))
+        os.replace(tmp, kept.with_suffix(".json"))
+        schemas.write_table(table, kept, "candidates")
+    return table, sums
 
 
 @torch.inference_mode()
@@ -200,7 +223,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def run_eval(cfg: RunConfig, model: str, out_dir: str | os.PathLike, *, baseline: str | None = None,
-             prompts: pa.Table | str | None = None, config_label: str = "defaults", log=None) -> dict:
+             prompts: pa.Table | str | None = None, config_label: str = "defaults", answers_dir=None,
+             log=None) -> dict:
     """Generate, judge and summarise; write the four outputs under `out_dir`; return the summary row.
     `baseline` defaults to generate.model; `prompts` (a prompts table or its parquet file) to `eval_prompts(cfg)`."""
     baseline = baseline or cfg.generate.model
@@ -213,7 +237,7 @@ def run_eval(cfg: RunConfig, model: str, out_dir: str | os.PathLike, *, baseline
     cands, sums = [], {}
     for side, ref, field in (("model", model, "--model"), ("baseline", baseline, "--baseline")):
         say(f"eval: {side} {ref} answers {prompts.num_rows} prompts")
-        table, sums[side] = answers(cfg, prompts, ref, side, field, top_k=cfg.eval.top_k)
+        table, sums[side] = answers(cfg, prompts, ref, side, field, top_k=cfg.eval.top_k, answers_dir=answers_dir)
         cands.append(table)
     cands = schemas.concat(cands, "candidates")
     judges = build_judges(cfg)

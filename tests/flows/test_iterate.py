@@ -74,6 +74,8 @@ def test_sigkill_in_round_two_training_resumes_to_the_same_weights(loop, tmp_pat
     rerun = run_cli("iterate", *ARGS, "--out", str(out))
     assert rerun.returncode == 0, rerun.stderr[-4000:]
     assert "resuming from step" in rerun.stderr
+    assert "already holds this finished run" in rerun.stderr  # round 0's training is reused, not redone
+    assert f"{out / 'round-0' / 'eval-base'} already holds" in rerun.stderr  # ... and its evaluation
     a = load_file(str(loop / "round-1" / "train" / "model" / "model.safetensors"))
     b = load_file(str(out / "round-1" / "train" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
