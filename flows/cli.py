@@ -19,7 +19,8 @@ from flows.runtime import Terminated, signals
 from pipeline.errors import BudgetExceeded, InputError, PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
-           "checkpoint", "push": "; rerun the same command to push", "review": " (labels are saved as they are made)"}
+           "checkpoint", "push": "; rerun the same command to push", "review": " (labels are saved as they are made)",
+           "iterate": "; rerun the same command to resume the round"}
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
@@ -125,6 +126,56 @@ def cmd_judge_eval(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.evaluate import summary_text
+    from pipeline.preflight import check_model, offline_unless_hub
+    from pipeline.rundir import check_out_dir
+
+    config_path = Path(args.config) if args.config else _default_config()
+    cfg = load_config(config_path, args.overrides)
+    baseline = args.baseline or cfg.generate.model
+    offline_unless_hub([args.model, baseline])
+    for ref, field in ((args.model, "--model"), (baseline, "--baseline")):
+        check_model(ref, field=field)
+    check_out_dir(args.out)
+    from flows.runtime import flow_session
+
+    with flow_session():
+        from flows.evaluate import evaluate
+
+        summary = evaluate(cfg.model_dump(), args.model, str(args.out), baseline=baseline,
+                           config_label=str(config_path))
+    print(summary_text(summary))
+    print(f"wrote {Path(args.out) / 'report.md'}, eval_summary.parquet, eval_answers.parquet, eval_judgments.parquet")
+    return 0
+
+
+def cmd_iterate(args) -> int:
+    from pipeline.config import load_config
+    from pipeline.iterate import rounds_text, train_config
+    from pipeline.preflight import check_model, offline_unless_hub
+    from pipeline.rundir import check_out_dir
+
+    config_path = Path(args.config) if args.config else _default_config()
+    cfg = load_config(config_path, args.overrides + ([f"iterate.rounds={args.rounds}"] if args.rounds else []))
+    offline_unless_hub([cfg.generate.model, cfg.judge_model])
+    check_model(cfg.generate.model, field="generate.model")
+    train_config(cfg, cfg.generate.model)  # a bad iterate.train key fails here, before any model loads
+    check_out_dir(args.out)
+    if args.quiet:
+        os.environ["PREFSYNTH_PROGRESS"] = "0"
+    from flows.runtime import flow_session
+
+    with flow_session():
+        from flows.iterate import iterate
+
+        rows = iterate(cfg.model_dump(), str(args.out), cfg.iterate.rounds, config_label=str(config_path))
+    print(rounds_text(rows))
+    print(f"wrote {Path(args.out) / 'rounds.parquet'}; each round under {Path(args.out) / 'round-R'}")
+    return 0
+
+
 def cmd_review(args) -> int:
     from flows.review_app import serve
 
@@ -217,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                 "serve": cmd_serve,
                 "review": cmd_review,
                 "judge-eval": cmd_judge_eval,
+                "eval": cmd_eval,
+                "iterate": cmd_iterate,
             }[args.command](args)
     except BudgetExceeded as exc:  # not an input error: the run stopped itself, and a rerun continues
         print(f"prefsynth: budget: {exc}", file=sys.stderr)

@@ -114,6 +114,29 @@ def build_parser() -> argparse.ArgumentParser:
     jev.add_argument("--out", required=True, metavar="DIR", help="where judge_eval.parquet, judge_eval_pairs.parquet "
                      "and judge_eval.md go")
 
+    ev = sub.add_parser("eval", help="a trained policy against a baseline on held-out prompts: win rate, LC win "
+                        "rate, length, verifier accuracy", description=EVAL_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ev.add_argument("--model", required=True, metavar="MODEL", help="policy to evaluate (A): a model folder, e.g. "
+                    "a `prefsynth train` OUT/model, bundled:NAME or a Hub id")
+    ev.add_argument("--baseline", metavar="MODEL", help="what A is compared with (B; default: generate.model)")
+    ev.add_argument("--config", metavar="FILE", help="YAML config: judge.*, generate.* sampling, eval.* (default: "
+                    "the bundled one)")
+    ev.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one config key, e.g. --set eval.limit=64 (repeatable)")
+    ev.add_argument("--out", required=True, metavar="DIR", help="where report.md and the eval tables go")
+
+    it = sub.add_parser("iterate", help="rounds of generate -> judge -> curate -> train -> eval, each round's "
+                        "policy generating the next round's candidates", description=ITERATE_HELP,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    it.add_argument("--config", metavar="FILE", help="YAML run config with iterate.* and eval.* (default: the "
+                    "bundled one)")
+    it.add_argument("--rounds", type=int, metavar="K", help="rounds to run (same as --set iterate.rounds=K)")
+    it.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one config key, e.g. --set iterate.train='{steps: 20}' (repeatable)")
+    it.add_argument("--out", required=True, metavar="DIR", help="where rounds.parquet, prompts/ and round-R/ go")
+    it.add_argument("--quiet", action="store_true", help="no progress bars")
+
     rev = sub.add_parser(
         "review",
         help="review a run in the browser: page, filter, read judgments, label pairs",
@@ -227,6 +250,36 @@ examples:
   prefsynth judge-eval --labels labelled.jsonl --out runs/judge-check
   prefsynth judge-eval --labels labelled.parquet --config my.yaml --out runs/check \\
       --set judge.reward_models=[my/rm] --set judge.aggregate=mean_normalised
+"""
+
+
+EVAL_HELP = """\
+Evaluate a policy (A) against a baseline (B) on held-out prompts (eval.prompts, else input.path;
+eval.limit of them): one answer each per prompt with the same seed, judged by the config's judges
+(pairwise judges in both orders, combined by judge.aggregate). Reports A's win rate (ties half)
+with a 95% bootstrap interval, a length-controlled win rate (as AlpacaEval LC), mean answer tokens,
+verifier accuracy on prompts with verify specs, and the top-k entropy / mass indicators.
+Results: OUT/report.md, OUT/eval_summary.parquet, OUT/eval_answers.parquet, OUT/eval_judgments.parquet.
+
+examples:
+  prefsynth eval --model runs/dpo/model --out runs/dpo-eval
+  prefsynth eval --model runs/r2/model --baseline runs/r1/model --config my.yaml --out runs/eval \\
+      --set eval.prompts=heldout.jsonl --set eval.limit=200
+"""
+
+
+ITERATE_HELP = """\
+Iterative preference optimisation: round r runs `prefsynth run` with policy r generating (round 0:
+generate.model) on the round's prompts (iterate.prompts: fresh or fixed), trains policy r+1 from
+policy r on the round's pairs (iterate.train), and evaluates policy r+1 against the base and
+against policy r on held-out prompts (eval.*). Rerunning the same command reuses finished rounds
+and resumes a killed one inside its stage or training step.
+Results: OUT/rounds.parquet (one row per round), OUT/round-R/{run,train,eval-base,eval-previous}.
+
+examples:
+  prefsynth iterate --rounds 3 --out runs/loop
+  prefsynth iterate --config my.yaml --rounds 2 --out runs/loop --set iterate.prompts=fixed \\
+      --set iterate.train='{steps: 50, batch_size: 8}'
 """
 
 

@@ -65,3 +65,36 @@ def accuracy_bars(rows: list[dict], path: Path) -> Path:
     ax.invert_yaxis()
     ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def rounds_plot(rows: list[dict], path: Path) -> Path:
+    """`prefsynth iterate`: per round, the trained policy's win rate against the base (95% interval) and against the
+    previous policy, its mean answer tokens, verifier accuracy and top-k indicators (pipeline/iterate.py)."""
+    x = [r["round"] + 1 for r in rows]  # round r trains policy r+1
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.0))
+    win = [r["win_rate_vs_base"] for r in rows]
+    err = [[0 if w is None else w - r["win_low_vs_base"] for w, r in zip(win, rows)],
+           [0 if w is None else r["win_high_vs_base"] - w for w, r in zip(win, rows)]]
+    axes[0].errorbar(x, [w if w is not None else float("nan") for w in win], yerr=err, marker="o", capsize=3,
+                     label="vs base")
+    axes[0].plot(x, [r["win_rate_vs_previous"] for r in rows], marker="s", linestyle="--", label="vs previous")
+    axes[0].axhline(0.5, color="grey", linestyle=":")
+    axes[0].set(ylim=(0, 1), title="win rate (95% interval)", xlabel="policy")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(x, [r["mean_tokens"] for r in rows], marker="o", label="policy")
+    axes[1].plot(x, [r["base_mean_tokens"] for r in rows], color="grey", linestyle=":", label="base")
+    axes[1].set(title="mean answer tokens", xlabel="policy")
+    axes[1].legend(fontsize=8)
+    acc = [r["verifier_accuracy"] for r in rows]
+    axes[2].plot(x, [a if a is not None else float("nan") for a in acc], marker="o", label="policy")
+    axes[2].plot(x, [r["base_verifier_accuracy"] if r["base_verifier_accuracy"] is not None else float("nan")
+                     for r in rows], color="grey", linestyle=":", label="base")
+    axes[2].set(ylim=(0, 1), title="verifier accuracy", xlabel="policy")
+    axes[2].legend(fontsize=8)
+    for name in ("topk_entropy", "topk_mass"):
+        axes[3].plot(x, [r[name] if r[name] is not None else float("nan") for r in rows], marker="o", label=name)
+    axes[3].set(title="top-k indicators (own answers)", xlabel="policy")
+    axes[3].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xticks(x)
+    return _save(fig, path)

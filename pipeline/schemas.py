@@ -204,6 +204,38 @@ JUDGE_EVAL_PAIRS = pa.schema(
     ]
 )
 
+# `prefsynth eval` (pipeline/evaluate.py): per held-out prompt, model A's and baseline B's answers (same seed), the
+# judges' combined score of each, the win of A (1, 0.5 tie, 0; null when not judged) and the verifier's verdicts
+EVAL_ANSWERS = pa.schema(
+    [pa.field("prompt_id", pa.string(), nullable=False), pa.field("win", pa.float64())]
+    + [f for s in ("model", "baseline") for f in (
+        pa.field(f"{s}_text", pa.string(), nullable=False), pa.field(f"{s}_tokens", pa.int64(), nullable=False),
+        pa.field(f"{s}_score", pa.float64()), pa.field(f"{s}_verified", pa.float64()))]
+)
+
+# ... and one summary row; null where a figure has nothing to stand on (no judged prompt, no verify spec)
+EVAL_SUMMARY = pa.schema(
+    [pa.field(n, pa.string(), nullable=False) for n in ("model", "baseline", "aggregate", "judge_fingerprint")]
+    + [pa.field(n, pa.int64(), nullable=False) for n in ("prompts", "n", "wins", "ties", "losses", "failed")]
+    + [pa.field(n, pa.float64()) for n in ("win_rate", "win_low", "win_high", "lc_win_rate", "length_coef")]
+    + [pa.field("verifier_n", pa.int64(), nullable=False)]
+    + [pa.field(f"{s}_{n}", pa.float64()) for s in ("model", "baseline")
+       for n in ("mean_tokens", "verifier_accuracy", "topk_entropy", "topk_mass")]
+)
+
+# `prefsynth iterate` (pipeline/iterate.py): one row per finished round r; `trained` (policy r+1) evaluated against
+# the base and against `policy` (policy r) on the held-out prompts; lengths, verifier accuracy and indicators vs base
+ROUNDS = pa.schema(
+    [pa.field("round", pa.int64(), nullable=False)]
+    + [pa.field(n, pa.string(), nullable=False) for n in ("policy", "trained", "run_dir", "train_dir")]
+    + [pa.field(n, pa.int64(), nullable=False) for n in ("pairs", "steps")]
+    + [pa.field(f"{n}_vs_{b}", pa.float64()) for b in ("base", "previous")
+       for n in ("win_rate", "win_low", "win_high", "lc_win_rate")]
+    + [pa.field(n, pa.float64()) for n in ("mean_tokens", "base_mean_tokens", "verifier_accuracy",
+                                           "base_verifier_accuracy", "topk_entropy", "topk_mass")]
+    + [pa.field("stop", pa.string())]  # why iterate.early_stop ended the loop after this round, else null
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "prompts": PROMPTS,
     "candidates": CANDIDATES,
@@ -217,6 +249,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "synth": SYNTH,
     "judge_eval": JUDGE_EVAL,
     "judge_eval_pairs": JUDGE_EVAL_PAIRS,
+    "eval_answers": EVAL_ANSWERS,
+    "eval_summary": EVAL_SUMMARY,
+    "rounds": ROUNDS,
 }
 
 

@@ -514,6 +514,13 @@ def cases() -> list[Case]:
              "missing 'rejected'"))
     add(Case("judge-eval: labels file empty",
              lambda d: ["judge-eval", "--labels", jsonl(d, []), "--out", str(d / "je")], "no labelled pairs"))
+    add(Case("eval: model folder missing",
+             lambda d: ["eval", "--model", str(d / "no-model"), "--out", str(d / "ev")], "--model"))
+    add(Case("iterate: unknown trainer key",
+             lambda d: ["iterate", "--out", str(d / "it"), "--set", "iterate.train={stepz: 3}"],
+             "iterate.train.stepz"))
+    add(Case("iterate: bogus iterate.prompts",
+             lambda d: ["iterate", "--out", str(d / "it"), "--set", "iterate.prompts=sometimes"], "iterate.prompts"))
     # training data
     add(
         Case(

@@ -17,6 +17,7 @@ from pipeline.config.judging import (
     RewardModelConfig,
 )
 from pipeline.config.sources import SourcesConfig
+from pipeline.loop_config import EvalConfig, IterateConfig
 from pipeline.synth_config import SynthConfig
 
 
@@ -115,6 +116,8 @@ class RunConfig(_Section):
         "Operational.",
     )
     budget: BudgetConfig = BudgetConfig()
+    eval: EvalConfig = EvalConfig()
+    iterate: IterateConfig = IterateConfig()
 
     @model_validator(mode="after")
     def _budget_has_prices(self):

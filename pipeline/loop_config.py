@@ -1,0 +1,54 @@
+"""Config of the closed loop: `eval` (a trained policy against a baseline) and `iterate` (rounds of generate ->
+judge -> curate -> train -> eval), beside pipeline/evaluate.py and pipeline/iterate.py which they drive.
+
+Kept out of pipeline/config/ so the stage sections stay as they are; RunConfig imports these two sections.
+Neither enters a stage fingerprint: eval and iterate run stages, they change no stage's output.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pipeline.config.base import _Section
+
+
+class EvalConfig(_Section):
+    prompts: str | None = Field(
+        None,
+        description="Held-out prompts for `prefsynth eval` (same forms as input.path); null: input.path. `iterate` "
+        "holds out the first eval.limit prompts of its source instead and never trains on them.",
+    )
+    limit: int = Field(32, ge=1, description="Held-out prompts evaluated (after shuffling with `seed`).")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Answer length cap of the eval generations; null: generate.max_new_tokens."
+    )
+    resamples: int = Field(1000, ge=100, description="Bootstrap resamples of the win rate's 95% interval.")
+    top_k: int = Field(
+        10, ge=0, description="k of the top-k entropy / mass indicators on the held-out answers; 0 turns them off."
+    )
+
+
+class IterateConfig(_Section):
+    rounds: int = Field(2, ge=1, description="Rounds of `prefsynth iterate` (--rounds overrides).")
+    prompts: Literal["fresh", "fixed"] = Field(
+        "fresh",
+        description="Training prompts per round: 'fresh' takes the next input.limit prompts of the shuffled "
+        "source each round, 'fixed' reuses round 0's prompts every round.",
+    )
+    reference: Literal["previous"] = Field(
+        "previous",
+        description="DPO reference of round r's training: 'previous' (policy r, the model training starts from; "
+        "iterative DPO as Xu et al. 2023). A fixed base reference is not implemented yet.",
+    )
+    early_stop: bool = Field(
+        False,
+        description="Stop after a round whose trained policy does not beat the previous one on the held-out prompts "
+        "(win rate vs previous <= 0.5) or whose training's over-optimisation watch fired (pipeline/train/metrics.py).",
+    )
+    train: dict[str, Any] = Field(
+        {},
+        description="Trainer keys (pipeline/train/config.py) for every round, e.g. {steps: 20, batch_size: 8}; "
+        "`model` is set per round. Validated when iterate starts.",
+    )
