@@ -11,6 +11,8 @@ Round r (policy 0 is generate.model, the base):
      step-0 policy; `iterate.reference: previous`); the result DIR/round-r/train/model is policy r+1;
   3. `prefsynth eval` of policy r+1 against the base (DIR/round-r/eval-base) and against policy r
      (DIR/round-r/eval-previous; in round 0 the two are one evaluation) on the held-out prompts.
+Mixture (iterate.mixture, IPO-MD's sampling from a mixture of the policy and the reference, Calandriello et al.
+2024): from round 1 on, a share of each prompt's candidates comes from the base model, the rest from policy r.
 Prompts: the source (input.path, shuffled with `seed`) is split once: held-out prompts for eval (eval.prompts, or
 else the first eval.limit of the source, never trained on), then input.limit training prompts per round, the next
 ones each round (`iterate.prompts: fresh`) or round 0's every round ('fixed'). Each round's prompts are a parquet
@@ -77,11 +79,30 @@ def plan_prompts(cfg: RunConfig, out_dir, rounds: int) -> tuple[Path, list[Path]
     return held_path, paths
 
 
+def mixture_pool(cfg: RunConfig, policy: str) -> list[dict]:
+    """generate.pool of a round with iterate.mixture: round(mixture * n) members are the base, the rest policy r,
+    so the pool has exactly n members and every prompt gets that many candidates from each (pipeline/pools.py
+    draws all n, in a seeded order per prompt)."""
+    g, m = cfg.generate, cfg.iterate.mixture
+    k = round(m * g.n)
+    if g.pool:
+        raise ConfigError("iterate.mixture is set together with generate.pool; fix: drop one (the mixture makes the "
+                          "pool: the base and policy r)")
+    if not 1 <= k <= g.n - 1:
+        raise ConfigError(f"iterate.mixture={m}: round({m} * generate.n={g.n}) = {k} base candidates per prompt, "
+                          f"not between 1 and {g.n - 1}; fix: raise generate.n or pick a share that gives at least "
+                          "one candidate from each model")
+    return [{"model": g.model}] * k + [{"model": policy}] * (g.n - k)
+
+
 def round_config(cfg: RunConfig, r: int, policy: str, prompts: Path) -> RunConfig:
-    """Round r's run config: the base config with policy r generating on the round's prompts."""
+    """Round r's run config: the base config with policy r generating on the round's prompts (with
+    iterate.mixture, a share of each prompt's candidates from the base: `mixture_pool`)."""
     data = cfg.model_dump()
     data["name"] = f"{cfg.name}-round-{r}"
     data["input"].update(path=str(prompts), limit=None, shuffle=False)
+    if cfg.iterate.mixture and policy != cfg.generate.model:
+        data["generate"]["pool"] = mixture_pool(cfg, policy)
     data["generate"]["model"] = policy
     data["judge"]["model"] = cfg.judge_model  # the base's judge, whatever the policy
     return RunConfig.model_validate(data)

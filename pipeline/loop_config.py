@@ -37,6 +37,15 @@ class IterateConfig(_Section):
         description="Training prompts per round: 'fresh' takes the next input.limit prompts of the shuffled "
         "source each round, 'fixed' reuses round 0's prompts every round.",
     )
+    mixture: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each prompt's generate.n candidates that the base model (generate.model) writes in "
+        "rounds after the first, the rest coming from policy r: the sampling mixture of IPO-MD (Calandriello et "
+        "al. 2024, 'Human Alignment of Large Language Models through Online Preference Optimisation'). "
+        "round(mixture * n) must be between 1 and n - 1 when set; 0: every candidate from policy r.",
+    )
     reference: Literal["previous"] = Field(
         "previous",
         description="DPO reference of round r's training: 'previous' (policy r, the model training starts from; "

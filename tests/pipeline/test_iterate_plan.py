@@ -9,6 +9,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.iterate import plan_prompts, round_config, stop_reason, train_config, write_card
+from pipeline.pools import pool_plan
 from tests.conftest import TINY
 
 
@@ -61,3 +62,20 @@ def test_early_stop_and_card(tmp_path):
     card = write_card(tmp_path, rows, config="tiny.yaml").read_text()
     assert (tmp_path / "rounds.png").stat().st_size > 0 and "| 2 | 3 | 2 | 0.600 [0.400, 0.800]" in card
     assert "Stopped after round 1" in card
+
+
+def test_mixture_gives_each_prompt_its_share_of_base_candidates(tmp_path):
+    """iterate.mixture (IPO-MD): from round 1, round(mixture * n) of each prompt's candidates come from the base."""
+    cfg = load_config(TINY, ["generate.n=4", "iterate.mixture=0.25"])
+    base = cfg.generate.model
+    assert round_config(cfg, 0, base, tmp_path / "p.parquet").generate.pool == []  # round 0: the policy is the base
+    g = round_config(cfg, 1, "some/policy", tmp_path / "p.parquet").generate
+    assert g.model == "some/policy" and sorted(m.model for m in g.pool) == [base] + ["some/policy"] * 3
+    for pid in ("a", "b", "c"):
+        models = [g.pool[m].model for m, _, _ in pool_plan(pid, g, cfg.seed)]
+        assert models.count(base) == 1 and len(models) == 4
+    with pytest.raises(ConfigError, match=r"iterate.mixture=0.1: .*fix: raise generate.n"):
+        round_config(load_config(TINY, ["generate.n=2", "iterate.mixture=0.1"]), 1, "p", tmp_path / "p.parquet")
+    with pytest.raises(ConfigError, match=r"iterate.mixture .*generate.pool"):
+        pooled = ["generate.n=2", "iterate.mixture=0.5", "generate.pool=[{model: a}, {model: b}]"]
+        round_config(load_config(TINY, pooled), 1, "p", tmp_path / "p.parquet")
