@@ -166,6 +166,11 @@ def cmd_train(args) -> int:
     check_degenerate(source, lambda msg: None)  # a dataset of only chosen == rejected fails here; the flow warns
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
+    if int(os.environ.get("RANK") or 0):  # torchrun's other ranks train beside rank 0, which runs the flow
+        from pipeline.train.trainer import train as train_core
+
+        train_core(cfg, args.data, args.out, log=lambda msg: None)
+        return 0
     from flows.runtime import flow_session
 
     with flow_session():
