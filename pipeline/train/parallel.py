@@ -156,6 +156,14 @@ def wrap(model, dist: Dist, *, bf16: bool = False):
     return fwd
 
 
+def reshard(fwd) -> None:
+    """FSDP keeps the root's parameters gathered after a forward, until a backward reshards them; after forwards
+    without one (reference pre-pass, eval) reshard them here, or the next optimiser, clip or checkpoint would see
+    the gathered copies instead of the sharded parameters."""
+    if fwd is not None and hasattr(fwd, "reshard"):
+        fwd.reshard()
+
+
 def no_sync(wrapped, dist: Dist, last: bool):
     """Skip the gradient all-reduce on all but the last micro batch of a step."""
     if dist.mode == "ddp" and not last:

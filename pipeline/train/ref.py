@@ -123,6 +123,8 @@ def reference_logps(model, source: DataSource, stream: Iterable[Example], *, pat
         flush()
     if round_:
         run_round()
+    if forward.get("fwd") is not None and hasattr(forward["fwd"], "reshard"):
+        forward["fwd"].reshard()  # FSDP: the root's gathered weights back to shards (pipeline/train/parallel.py)
     if dist is not None and dist.on:
         for part in dist.gather(refs):
             refs.update(part)

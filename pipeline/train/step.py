@@ -19,7 +19,7 @@ from pipeline.train.config import TrainConfig
 from pipeline.train.logps import build_batch, forward_logps
 from pipeline.train.losses import PairLogps, combined_loss, reward_metrics
 from pipeline.train.metrics import INDICATORS, bootstrap
-from pipeline.train.parallel import no_sync
+from pipeline.train.parallel import no_sync, reshard
 from pipeline.train.ref import pair_sequences
 
 
@@ -127,6 +127,7 @@ def evaluate(
               for k in ("topk_entropy", "topk_mass", "tokens")}
         if keep:
             mine.append((c, loss, vals, pp))
+    reshard(fwd)
     if dist is not None and dist.on:
         mine = sorted((r for part in dist.gather(mine) for r in part), key=lambda r: r[0])
     model.train(was)
