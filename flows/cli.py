@@ -162,6 +162,9 @@ def cmd_train(args) -> int:
     offline_unless_hub([cfg.model])
     check_model(cfg.model, field="--model" if args.model else "model")  # preflight: fail in a second
     check_out_dir(args.out)
+    from pipeline.train.parallel import plan
+
+    plan(cfg)  # train.parallel against torchrun's WORLD_SIZE and the batch split
     source = open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
     check_degenerate(source, lambda msg: None)  # a dataset of only chosen == rejected fails here; the flow warns
     if args.quiet:

@@ -77,8 +77,9 @@ def _env_int(name: str) -> int | None:
     return int(v) if v not in (None, "") else None
 
 
-def setup(cfg) -> Dist:
-    """The run's Dist from `train.parallel` and torchrun's environment; joins the process group when distributed."""
+def plan(cfg) -> tuple[str, int | None]:
+    """(mode, world size) from `train.parallel` and torchrun's environment; raises ConfigError on a bad pairing
+    (the CLI calls it before the flow starts, so the error comes in a second)."""
     world = _env_int("WORLD_SIZE")
     mode = cfg.parallel
     if mode == "auto":
@@ -89,13 +90,12 @@ def setup(cfg) -> Dist:
                 f"train.parallel 'none' under torchrun with WORLD_SIZE {world}: every process would train alone; "
                 "fix: set train.parallel to ddp, fsdp or auto"
             )
-        return Dist("none", device="cuda" if torch.cuda.is_available() else "cpu")
+        return mode, world
     if world is None:
         raise ConfigError(
             f"train.parallel {mode!r} needs processes started by torchrun (WORLD_SIZE is not set); fix: launch "
             "`torchrun --nproc-per-node N -m flows.cli train ...`, or set train.parallel to none"
         )
-    rank, local = _env_int("RANK") or 0, _env_int("LOCAL_RANK") or 0
     step_pairs = world * cfg.micro_batch_size
     if cfg.batch_size % step_pairs:
         raise ConfigError(
@@ -103,6 +103,15 @@ def setup(cfg) -> Dist:
             f"{cfg.micro_batch_size} = {step_pairs}; fix: set batch_size to a multiple of {step_pairs} "
             "or lower micro_batch_size"
         )
+    return mode, world
+
+
+def setup(cfg) -> Dist:
+    """The run's Dist from `train.parallel` and torchrun's environment; joins the process group when distributed."""
+    mode, world = plan(cfg)
+    if mode == "none":
+        return Dist("none", device="cuda" if torch.cuda.is_available() else "cpu")
+    rank, local = _env_int("RANK") or 0, _env_int("LOCAL_RANK") or 0
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local)
