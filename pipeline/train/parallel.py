@@ -15,6 +15,7 @@ one chunk per round, a rank without a chunk left repeats one and drops its resul
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -116,7 +117,8 @@ def setup(cfg) -> Dist:
     if cuda:
         torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        # an hour: rank 0 alone saves the final model (an 8B one takes minutes) while the others wait
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=1))
     if rank:
         os.environ["PREFSYNTH_PROGRESS"] = "0"  # one progress bar: rank 0's
     return Dist(mode, rank, world, f"cuda:{local}" if cuda else "cpu")

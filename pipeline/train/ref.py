@@ -96,6 +96,8 @@ def reference_logps(model, source: DataSource, stream: Iterable[Example], *, pat
 
     def run_round():
         for i, keep in dist.rounds(len(round_)) if dist is not None else [(0, True)]:
+            if not keep and forward.get("fwd") is None:  # only FSDP needs the filler forward
+                continue
             got = compute(model, round_[i], micro_batch=micro_batch, progress=progress, **forward)
             if keep:
                 refs.update(got)

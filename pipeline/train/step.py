@@ -106,6 +106,8 @@ def evaluate(
     chunks = [eval_set[s : s + cfg.micro_batch_size] for s in range(0, len(eval_set), cfg.micro_batch_size)]
     mine = []
     for c, keep in dist.rounds(len(chunks)) if dist is not None else [(c, True) for c in range(len(chunks))]:
+        if not keep and fwd is None:  # a round's filler forward keeps FSDP's collectives in step; DDP needs none
+            continue
         chunk = chunks[c]
         n = len(chunk)
         with autocast():

@@ -12,6 +12,9 @@
 Resume is exact: a checkpoint holds the trainable weights, optimiser and scheduler state, RNG
 state and the data position; the data order is a pure function of (seed, epoch), so the resumed
 run sees the pairs the uninterrupted one would have.
+Under torchrun (`train.parallel`, pipeline/train/parallel.py) every rank runs this loop on the same global
+batches, trains on its share, and reduces the step's metrics; rank 0 alone logs and writes. The step and the
+eval are in pipeline/train/step.py.
 """
 
 from __future__ import annotations

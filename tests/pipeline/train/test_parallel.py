@@ -44,13 +44,14 @@ def _torchrun(data: Path, out: Path, log: Path, **overrides) -> subprocess.Popen
 
 
 def _assert_same_run(one: Path, two: Path) -> None:
-    """Per-step training loss and eval loss, and every final weight, within 1e-5 (float32)."""
+    """Per-step training loss and eval loss, and every final weight, within 1e-5 (float32); the gradient norm
+    within 1e-4 relative (FSDP's reduce-scatter adds the shards' gradients in another order: ~1e-5 relative)."""
     ra, rb = _records(one), _records(two)
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == [0, 1, 2, 3]
     for a, b in zip(ra, rb):
-        for k in ("loss", "eval/loss", "grad_norm"):
+        for k, rel in (("loss", 1e-5), ("eval/loss", 1e-5), ("grad_norm", 1e-4)):
             if k in a:
-                assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-5), (a["step"], k)
+                assert b[k] == pytest.approx(a[k], rel=rel, abs=1e-5), (a["step"], k)
     wa = load_file(str(one / "model" / "model.safetensors"))
     wb = load_file(str(two / "model" / "model.safetensors"))
     assert wa.keys() == wb.keys()
