@@ -43,11 +43,11 @@ def _torchrun(data: Path, out: Path, log: Path, **overrides) -> subprocess.Popen
         )
 
 
-def _assert_same_run(one: Path, two: Path) -> None:
+def _assert_same_run(one: Path, two: Path, steps: int = 3) -> None:
     """Per-step training loss and eval loss, and every final weight, within 1e-5 (float32); the gradient norm
     within 1e-4 relative (FSDP's reduce-scatter adds the shards' gradients in another order: ~1e-5 relative)."""
     ra, rb = _records(one), _records(two)
-    assert [r["step"] for r in ra] == [r["step"] for r in rb] == [0, 1, 2, 3]
+    assert [r["step"] for r in ra] == [r["step"] for r in rb] == list(range(steps + 1))
     for a, b in zip(ra, rb):
         for k, rel in (("loss", 1e-5), ("eval/loss", 1e-5), ("grad_norm", 1e-4)):
             if k in a:
@@ -144,3 +144,15 @@ def test_rank_shares_and_rounds_cover_a_batch_once():
     assert rounds == [[(0, True), (2, True)], [(1, True), (0, False)]]
     assert sorted(i for r in rounds for i, keep in r if keep) == [0, 1, 2]
     assert torch.distributed.is_available()
+
+
+@pytest.mark.slow
+def test_lora_with_gradient_checkpointing_under_ddp_matches_one_process(pairs_run, tmp_path):
+    lora = dict(steps=2, lora={"r": 4, "alpha": 8}, gradient_checkpointing=True, learning_rate=5e-4)
+    one = tmp_path / "one"
+    train(TrainConfig(**{**SMALL, **lora}), shutil.copytree(pairs_run, tmp_path / "run1"), one, log=lambda m: None)
+    proc = _torchrun(shutil.copytree(pairs_run, tmp_path / "run2"), tmp_path / "ddp", tmp_path / "log",
+                     parallel="ddp", **lora)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "log").read_text()[-4000:]
+    _assert_same_run(one, tmp_path / "ddp", steps=2)
+    assert not any("lora" in k for k in load_file(str(tmp_path / "ddp" / "model" / "model.safetensors")))
