@@ -7,9 +7,11 @@ gradients and AdamW state sharded, ZeRO-3 style, Rajbhandari et al. 2020; bf16 M
 Why the update is the single-process one: every rank reads the same seeded pair order and builds the same global
 batch of `batch_size` pairs; rank r takes the r-th contiguous share (`share()`), each micro loss is divided by the
 *global* pair count and multiplied by the world size, and DDP/FSDP average the gradients across ranks, so the
-summed gradient equals the one process's accumulated gradient (a power-of-two scale, exact in floating point).
+summed gradient equals the one process's accumulated gradient (the scale is exact in floating point when the
+world size is a power of two; tests/pipeline/train/test_parallel.py checks losses and weights to 1e-5).
 Forwards outside the training step (reference pre-pass, eval) are spread in rounds (`rounds()`): every rank runs
-one chunk per round, a rank without a chunk left repeats one and drops its result, so FSDP's collectives match.
+one chunk per round; under FSDP a rank without a chunk left repeats one and drops its result, so the collectives
+inside FSDP's forward match. Checkpoints: pipeline/train/checkpoint.py (rank 0 under DDP, DCP under FSDP).
 """
 
 from __future__ import annotations
