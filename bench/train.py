@@ -187,7 +187,7 @@ def run_world(a, model: str, shard: Path, work: Path) -> None:
     """`--world N`: this script again under torchrun, one worker per rank; print the figures they wrote."""
     import subprocess
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(a.world), __file__,
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.world), __file__,
            "--rank-worker", "--model", model, "--shard", str(shard), "--report", str(work), "--world", str(a.world),
            "--parallel", a.parallel, "--batch", str(a.batch), "--prompt-tokens", str(a.prompt_tokens),
            "--completion-tokens", str(a.completion_tokens), "--steps", str(a.steps), "--warmup", str(a.warmup)]

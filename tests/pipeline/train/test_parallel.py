@@ -32,13 +32,14 @@ def _records(out: Path) -> list[dict]:
 
 
 def _torchrun(data: Path, out: Path, log: Path, **overrides) -> subprocess.Popen:
-    """Two CPU ranks of `prefsynth train`; stdout and stderr go to `log` (a pipe nobody reads could fill up)."""
+    """Two CPU ranks of `prefsynth train` (`--standalone`: a free port, so runs side by side do not collide);
+    stdout and stderr go to `log` (a pipe nobody reads could fill up)."""
     sets = [a for k, v in {**SMALL, **overrides}.items() for a in ("--set", f"{k}={json.dumps(v)}")]
     env = {**cli_env(), "OMP_NUM_THREADS": "1"}
     with log.open("w") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "flows.cli", "train",
-             "--data", str(data), "--out", str(out), "--quiet", *sets],
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "flows.cli",
+             "train", "--data", str(data), "--out", str(out), "--quiet", *sets],
             cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
