@@ -15,6 +15,11 @@ or padding differs between the two.
 
     python bench/train.py                      # CPU, tiny: bundled SmolLM2-135M, batch 2, 32/64 tokens
     python bench/train.py --gpu-1b             # GPU: Llama-shaped 1B (random init), batch 8, 128/256
+    python bench/train.py --gpu-1b --world 8 --parallel fsdp   # prefsynth alone on 8 ranks (torchrun)
+
+`--world N` runs only prefsynth's trainer, under `torchrun --nproc-per-node N` (`train.parallel` from
+`--parallel`, batch `--batch` pairs per step in all): tokens/s of the whole run and per rank, and each rank's
+peak memory (GPU: max_memory_allocated; CPU: peak RSS as above).
 """
 
 from __future__ import annotations
@@ -100,12 +105,13 @@ class Memory:
         raise RuntimeError(field)
 
 
-def run_prefsynth(model: str, shard: Path, out: Path, a) -> list[float]:
+def run_prefsynth(model: str, shard: Path, out: Path, a, parallel: str = "none") -> list[float]:
     from pipeline.train import TrainConfig, train
 
     cfg = TrainConfig(model=model, steps=a.steps, batch_size=a.batch, learning_rate=1e-6, eval_fraction=0.0,
                       tensorboard=False, save_every=10**6, max_prompt_tokens=4 * a.prompt_tokens,
-                      max_length=8 * (a.prompt_tokens + a.completion_tokens))
+                      max_length=8 * (a.prompt_tokens + a.completion_tokens), parallel=parallel,
+                      micro_batch_size=a.batch // a.world)
     train(cfg, shard, out, log=lambda *_: None)
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()[1:]]
     return [r["time"] for r in recs], sum(r["tokens"] for r in recs) / len(recs)
@@ -163,6 +169,37 @@ def rate(ends: list[float], warmup: int, tokens: float) -> float:
     return tokens * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
+def rank_worker(a) -> None:
+    """One torchrun rank of `--world N`: train, then write this rank's figures to `--report`/rank-R.json."""
+    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(local)
+    mem = Memory(device)
+    mem.start()
+    ends, step_tokens = run_prefsynth(a.model, Path(a.shard), Path(a.report) / "out", a, a.parallel)
+    figures = {"rank": rank, "peak_mib": mem.peak_mib(), "tok_s": rate(ends, a.warmup, step_tokens) if rank == 0
+               else None, "step_tokens": step_tokens}
+    (Path(a.report) / f"rank-{rank}.json").write_text(json.dumps(figures))
+
+
+def run_world(a, model: str, shard: Path, work: Path) -> None:
+    """`--world N`: this script again under torchrun, one worker per rank; print the figures they wrote."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(a.world), __file__,
+           "--rank-worker", "--model", model, "--shard", str(shard), "--report", str(work), "--world", str(a.world),
+           "--parallel", a.parallel, "--batch", str(a.batch), "--prompt-tokens", str(a.prompt_tokens),
+           "--completion-tokens", str(a.completion_tokens), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])
+    ranks = [json.loads((work / f"rank-{r}.json").read_text()) for r in range(a.world)]
+    total = ranks[0]["tok_s"]  # rank 0 logs the whole step's tokens (summed over ranks) and its time
+    print(f"prefsynth trainer, {a.world} ranks, train.parallel={a.parallel}: {total:.0f} tok/s in all, "
+          f"{total / a.world:.0f} tok/s per rank ({ranks[0]['step_tokens']:.0f} tokens/step)")
+    for r in ranks:
+        print(f"  rank {r['rank']}: peak memory {r['peak_mib']:8.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gpu-1b", action="store_true", help="the GPU figure: Llama-shaped 1B, batch 8, 128/256 tokens")
@@ -171,7 +208,15 @@ def main() -> None:
     ap.add_argument("--completion-tokens", type=int)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--world", type=int, default=1, help="ranks under torchrun (prefsynth only); 1: no torchrun")
+    ap.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp", help="train.parallel with --world N")
+    ap.add_argument("--rank-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--shard", help=argparse.SUPPRESS)
+    ap.add_argument("--report", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.rank_worker:
+        return rank_worker(a)
     big = a.gpu_1b
     a.batch = a.batch or (8 if big else 2)
     a.prompt_tokens = a.prompt_tokens or (128 if big else 32)
@@ -195,6 +240,10 @@ def main() -> None:
         prompt_tokens=a.prompt_tokens,
         completion_tokens=a.completion_tokens,
     )
+    if a.world > 1:
+        if a.batch % a.world:
+            raise SystemExit(f"--batch {a.batch} is not a multiple of --world {a.world}; fix: make it one")
+        return run_world(a, model, shard, work)
     mem = Memory(device)
     results = {}
     for name, fn in (

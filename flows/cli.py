@@ -215,8 +215,16 @@ def cmd_train(args) -> int:
     check_out_dir(args.out)
     source = open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
     check_degenerate(source, lambda msg: None)  # a dataset of only chosen == rejected fails here; the flow warns
+    from pipeline.train.parallel import plan  # (imports torch: after the data checks, which fail faster without it)
+
+    plan(cfg)  # train.parallel against torchrun's WORLD_SIZE and the batch split
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
+    if int(os.environ.get("RANK") or 0):  # torchrun's other ranks train beside rank 0, which runs the flow
+        from pipeline.train.trainer import train as train_core
+
+        train_core(cfg, args.data, args.out, log=lambda msg: None)
+        return 0
     from flows.runtime import flow_session
 
     with flow_session():

@@ -566,6 +566,23 @@ def cases() -> list[Case]:
     )
     add(
         Case(
+            "train: parallel ddp without torchrun",
+            lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"), "--set", "parallel=ddp"],
+            "train.parallel 'ddp' needs processes started by torchrun",
+            env={"WORLD_SIZE": ""},
+        )
+    )
+    add(
+        Case(
+            "train: batch not divisible by the ranks",
+            lambda d: ["train", "--data", str(fake_run(d)), "--out", str(d / "t"), "--set", "batch_size=6",
+                       "--set", "micro_batch_size=2"],
+            "is not a multiple of world size 2 x micro_batch_size 2 = 4",
+            env={"WORLD_SIZE": "2"},
+        )
+    )
+    add(
+        Case(
             "train: shard lacks columns",
             lambda d: ["train", "--data", _parquet_without_columns(d), "--out", str(d / "t")],
             "lacks column",

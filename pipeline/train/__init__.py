@@ -4,6 +4,7 @@ One module per concern: config.py (TrainConfig), data.py (streaming shards, toke
 ref.py (reference log-probs from shards or a cached pre-pass), logps.py (packed/padded forward,
 chunked log-probs), losses.py (DPO family), metrics.py (JSONL/TensorBoard, over-optimisation
 watch), checkpoint.py (checkpoints, resume, final model, provenance), card.py (the model's card),
+step.py (a step's accumulated forwards, the eval), parallel.py (torchrun: DDP, FSDP2, rank shares),
 trainer.py (the loop).
 """
 

@@ -10,6 +10,12 @@ Layout of a training `--out` folder:
                               over-optimisation alarms and the watch's settings
 Every directory and file is written under a temporary name and renamed when complete, so a kill
 never leaves a checkpoint or model folder that looks whole but is not.
+Several ranks (pipeline/train/parallel.py): under DDP the trainable weights and AdamW state are the same on every
+rank, so rank 0 writes them as above (the one-process layout; a DDP checkpoint resumes at any world size) and
+optimizer.pt also holds every rank's RNG state. Under FSDP each rank holds a shard: weights and optimiser state go
+through torch.distributed.checkpoint (DCP) into `dcp/` of the same temporary folder, every rank writing its part
+(several nodes need a shared filesystem for --out), then rank 0 adds the rest and renames. The final model is
+gathered whole on rank 0 (`full_state`) and saved as one ordinary safetensors folder.
 """
 
 from __future__ import annotations
@@ -62,16 +68,43 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(out_dir: Path, model, opt, sched, watch, *, step: int, epoch: int, consumed: int, keep: int) -> Path:
-    final = out_dir / "checkpoints" / f"step-{step:06d}"
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_trainable(model), str(tmp / "trainable.safetensors"))
+def _rng() -> dict:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng}, tmp / "optimizer.pt")
+    return rng
+
+
+def _dcp_state(model, opt) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, optim = get_state_dict(model, opt)
+    return {"model": weights, "optim": optim}
+
+
+def save(out_dir: Path, model, opt, sched, watch, *, step: int, epoch: int, consumed: int, keep: int,
+         dist=None) -> Path:
+    final = out_dir / "checkpoints" / f"step-{step:06d}"
+    tmp = final.with_name(f".{final.name}.tmp")
+    main, fsdp = dist is None or dist.main, dist is not None and dist.mode == "fsdp"
+    rngs = dist.gather(_rng()) if dist is not None and dist.on else None
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if fsdp:
+        import torch.distributed.checkpoint as dcp
+
+        dist.barrier()  # the folder exists before any rank writes into it
+        dcp.save(_dcp_state(model, opt), checkpoint_id=str(tmp / "dcp"))
+    if not main:
+        return final
+    blob = {"scheduler": sched.state_dict(), "rng": _rng()}
+    if rngs is not None:
+        blob["rng_ranks"] = rngs
+    if not fsdp:
+        save_file(_trainable(model), str(tmp / "trainable.safetensors"))
+        blob["optimizer"] = opt.state_dict()
+    torch.save(blob, tmp / "optimizer.pt")
     write_json(tmp / "state.json", {"step": step, "epoch": epoch, "consumed": consumed, "watch": watch.state()})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -80,25 +113,49 @@ def save(out_dir: Path, model, opt, sched, watch, *, step: int, epoch: int, cons
     return final
 
 
-def load_latest(out_dir: Path, run_key: str, model, opt, sched, watch) -> dict:
+def load_latest(out_dir: Path, run_key: str, model, opt, sched, watch, dist=None) -> dict:
     dirs = _ckpt_dirs(out_dir)
+    if dist is not None:  # every rank resumes from the checkpoint rank 0 sees
+        dirs = [Path(p) for p in dist.first([str(d) for d in dirs])]
     if not dirs:
         return {"step": 0, "epoch": 0, "consumed": 0}
     last = dirs[-1]
-    weights = load_file(str(last / "trainable.safetensors"), device=str(model.device))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value)
     blob = torch.load(last / "optimizer.pt", weights_only=False)
-    opt.load_state_dict(blob["optimizer"])
+    if (last / "dcp").is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        if dist is None or dist.mode != "fsdp":
+            raise InputError(f"--out {out_dir}: checkpoint {last.name} was written by FSDP (train.parallel: fsdp); "
+                             "fix: resume it under torchrun with train.parallel fsdp")
+        state = _dcp_state(model, opt)
+        dcp.load(state, checkpoint_id=str(last / "dcp"))
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    else:
+        weights = load_file(str(last / "trainable.safetensors"), device=str(model.device))
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in weights.items():
+                params[name].copy_(value)
+        opt.load_state_dict(blob["optimizer"])
     sched.load_state_dict(blob["scheduler"])
-    torch.set_rng_state(blob["rng"]["torch"])
-    if "cuda" in blob["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+    rngs = blob.get("rng_ranks")
+    rng = rngs[dist.rank] if rngs and dist is not None and len(rngs) == dist.world else blob["rng"]
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     state = json.loads((last / "state.json").read_text())
     watch.load(state["watch"])
     return state
+
+
+def full_state(model, dist) -> dict | None:
+    """FSDP: the whole model state dict on rank 0's CPU (a collective: every rank calls it); else None."""
+    if dist is None or dist.mode != "fsdp":
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def finish(

@@ -108,6 +108,12 @@ class TrainConfig(_Section):
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest removed).")
     tensorboard: bool = Field(True, description="Also write metrics for TensorBoard (needs the tensorboard package).")
+    parallel: Literal["auto", "none", "ddp", "fsdp"] = Field(
+        "auto",
+        description="Several processes under torchrun: ddp (replicated weights), fsdp (FSDP2 fully_shard: weights, "
+        "gradients and AdamW state sharded); none: one process; auto: ddp when WORLD_SIZE > 1, else none. "
+        "batch_size must be a multiple of world size x micro_batch_size (pipeline/train/parallel.py).",
+    )
 
     @model_validator(mode="after")
     def _check(self):
@@ -141,6 +147,7 @@ class TrainConfig(_Section):
             "tensorboard",
             "gradient_checkpointing",
             "packing",
+            "parallel",
         }
         return self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
 

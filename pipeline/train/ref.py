@@ -55,7 +55,7 @@ def pair_sequences(chunk: list[Example], ld_alpha: float | None) -> tuple[list, 
 
 @torch.no_grad()
 def compute(model, todo: list[Example], *, ld_alpha: float | None, packed: bool, micro_batch: int, logit_chunk: int,
-            autocast, pad_id: int, progress=None) -> dict[str, tuple[float, float]]:
+            autocast, pad_id: int, progress=None, fwd=None) -> dict[str, tuple[float, float]]:
     was_training = model.training
     model.eval()
     out = {}
@@ -65,7 +65,8 @@ def compute(model, todo: list[Example], *, ld_alpha: float | None, packed: bool,
             seqs, weights = pair_sequences(chunk, ld_alpha)
             batch = build_batch(seqs, packed=packed, pad_id=pad_id, token_weights=weights, device=model.device)
             with autocast():
-                logp = forward_logps(model, batch, logit_chunk=logit_chunk)["logp"].double().cpu()
+                res = forward_logps(model, batch, logit_chunk=logit_chunk) if fwd is None else fwd(batch, logit_chunk)
+                logp = res["logp"].double().cpu()
             for k, ex in enumerate(chunk):
                 out[ex.key] = (float(logp[2 * k]), float(logp[2 * k + 1]))
             if progress:
@@ -76,9 +77,12 @@ def compute(model, todo: list[Example], *, ld_alpha: float | None, packed: bool,
 
 
 def reference_logps(model, source: DataSource, stream: Iterable[Example], *, path: Path, use_shards: bool,
-                    micro_batch: int, log=print, progress=None, **forward) -> dict[str, tuple[float, float]]:
+                    micro_batch: int, log=print, progress=None, dist=None,
+                    **forward) -> dict[str, tuple[float, float]]:
     """{example key: (ref_chosen_logp, ref_rejected_logp)} for every example of `stream`, cached at
-    `path`. Streams: only the keys and two floats per pair are held, never the examples."""
+    `path`. Streams: only the keys and two floats per pair are held, never the examples. Under several ranks
+    (`dist`, pipeline/train/parallel.py) the pre-pass chunks go round-robin, the results are gathered on every
+    rank and rank 0 writes the cache (after the gather, so no rank reads a cache another is writing)."""
     cached: dict[str, tuple[float, float]] = {}
     if path.exists():
         table = schemas.read_table(path, "ref_logps")
@@ -86,13 +90,26 @@ def reference_logps(model, source: DataSource, stream: Iterable[Example], *, pat
                                                            table["ref_rejected_logp"].to_pylist())))
     refs: dict[str, tuple[float, float]] = {}
     pending: list[Example] = []
+    round_: list[list[Example]] = []  # chunks of one round: one per rank
     from_shards = computed = 0
+    world = dist.world if dist is not None else 1
+
+    def run_round():
+        for i, keep in dist.rounds(len(round_)) if dist is not None else [(0, True)]:
+            if not keep and forward.get("fwd") is None:  # only FSDP needs the filler forward
+                continue
+            got = compute(model, round_[i], micro_batch=micro_batch, progress=progress, **forward)
+            if keep:
+                refs.update(got)
+        round_.clear()
 
     def flush():
         nonlocal computed
-        refs.update(compute(model, pending, micro_batch=micro_batch, progress=progress, **forward))
+        round_.append(list(pending))
         computed += len(pending)
         pending.clear()
+        if len(round_) == world:
+            run_round()
 
     for ex in stream:
         if ex.key in cached:
@@ -106,9 +123,16 @@ def reference_logps(model, source: DataSource, stream: Iterable[Example], *, pat
                 flush()
     if pending:
         flush()
+    if round_:
+        run_round()
+    if forward.get("fwd") is not None and hasattr(forward["fwd"], "reshard"):
+        forward["fwd"].reshard()  # FSDP: the root's gathered weights back to shards (pipeline/train/parallel.py)
+    if dist is not None and dist.on:
+        for part in dist.gather(refs):
+            refs.update(part)
     if len(refs) - from_shards - computed:
         log(f"train: reference log-probs of {len(refs) - from_shards - computed} pairs from the cache {path}")
-    if from_shards or computed:
+    if (from_shards or computed) and (dist is None or dist.main):
         log(f"train: reference log-probs: {from_shards} from the shards, {computed} computed in a pre-pass")
         keys = sorted(refs)
         schemas.write_table(

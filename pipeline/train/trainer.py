@@ -12,6 +12,9 @@
 Resume is exact: a checkpoint holds the trainable weights, optimiser and scheduler state, RNG
 state and the data position; the data order is a pure function of (seed, epoch), so the resumed
 run sees the pairs the uninterrupted one would have.
+Under torchrun (`train.parallel`, pipeline/train/parallel.py) every rank runs this loop on the same global
+batches, trains on its share, and reduces the step's metrics; rank 0 alone logs and writes. The step and the
+eval are in pipeline/train/step.py.
 """
 
 from __future__ import annotations
@@ -21,19 +24,22 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline.config import fingerprint
 from pipeline.errors import InputError
 from pipeline.progress import bar
 from pipeline.train import checkpoint as ckpt
+from pipeline.train import parallel
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import check_degenerate, eval_prompts, examples, open_source, shuffled
-from pipeline.train.logps import build_batch, forward_logps
-from pipeline.train.losses import PairLogps, combined_loss, reward_metrics
-from pipeline.train.metrics import INDICATORS, MetricsLog, OverOptimisationWatch, bootstrap
-from pipeline.train.ref import cache_path, pair_sequences, reference_logps, shard_refs_usable
+from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
+from pipeline.train.ref import cache_path, reference_logps, shard_refs_usable
+from pipeline.train.step import accumulate, boot_seed, evaluate, mean, noise
+
+_noise = noise  # its old home (tests/pipeline/train/test_metrics.py imports it from here)
+
+__all__ = ["accumulate", "load_policy", "precision", "train"]
 
 VERSION = "1"
 
@@ -42,7 +48,7 @@ def precision(cfg: TrainConfig, device: str) -> tuple[torch.dtype, object, str]:
     """(weights dtype, autocast context factory, compute dtype name) for a config and device."""
     if cfg.dtype == "bfloat16":
         return torch.bfloat16, contextlib.nullcontext, "bfloat16"
-    if cfg.dtype == "auto" and device == "cuda":  # float32 master weights, bf16 matmuls
+    if cfg.dtype == "auto" and device.startswith("cuda"):  # float32 master weights, bf16 matmuls
         return torch.float32, lambda: torch.autocast("cuda", dtype=torch.bfloat16), "bfloat16"
     return torch.float32, contextlib.nullcontext, "float32"
 
@@ -56,7 +62,7 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
     hf_logging.disable_progress_bar()
     resolved = resolve(cfg.model, field="train.model")
     attn = "sdpa"
-    if device == "cuda" and cfg.packing:
+    if device.startswith("cuda") and cfg.packing:
         try:
             import flash_attn  # noqa: F401  (varlen kernels for packed rows)
             attn = "flash_attention_2"
@@ -88,120 +94,21 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
     return model, tokenizer, resolved.label
 
 
-def _pair_forward(model, chunk, refs, cfg: TrainConfig, pad_id: int, *, rationales: bool, top_k: int = 0):
-    seqs, weights = pair_sequences(chunk, cfg.ld_alpha)
-    with_rat = [ex for ex in chunk if rationales and ex.rationale is not None]
-    seqs += [ex.rationale for ex in with_rat]
-    weights += [None] * len(with_rat)
-    batch = build_batch(seqs, packed=cfg.packing, pad_id=pad_id, token_weights=weights, device=model.device)
-    out = forward_logps(model, batch, logit_chunk=cfg.logit_chunk, top_k=top_k)
-    n = len(chunk)
-    ref = torch.tensor([refs[ex.key] for ex in chunk], dtype=torch.float32, device=model.device)
-    lp = PairLogps(
-        out["logp"][0 : 2 * n : 2],
-        out["logp"][1 : 2 * n : 2],
-        ref[:, 0],
-        ref[:, 1],
-        out["tokens"][0 : 2 * n : 2],
-        out["tokens"][1 : 2 * n : 2],
-        out["logp"][2 * n :] if with_rat else None,
-        torch.tensor([1.0 if ex.confidence is None else ex.confidence for ex in chunk], device=model.device),
-    )
-    return lp, out, batch.n_tokens
-
-
-def accumulate(model, batch, refs, cfg: TrainConfig, pad_id: int, autocast, *, n_rationales: int):
-    """Forward + backward of one step's pairs in micro batches; gradients add up to those of the
-    whole batch (each micro loss is divided by the step's counts). Returns (loss sums, metrics, tokens)."""
-    sums: dict[str, float] = {}
-    vals: dict[str, list] = {}
-    tokens = 0
-    for s in range(0, len(batch), cfg.micro_batch_size):
-        chunk = batch[s : s + cfg.micro_batch_size]
-        with autocast():
-            lp, _, n_tok = _pair_forward(model, chunk, refs, cfg, pad_id, rationales=bool(n_rationales))
-            loss, part = combined_loss(
-                lp,
-                cfg.losses,
-                beta=cfg.beta,
-                label_smoothing=cfg.label_smoothing,
-                ipo_length_average=cfg.ipo_length_average,
-                n_pairs=len(batch),
-                n_rationales=n_rationales,
-            )
-        loss.backward()
-        tokens += n_tok
-        for k, v in part.items():
-            sums[k] = sums.get(k, 0.0) + v
-        for k, v in reward_metrics(lp, cfg.beta).items():
-            vals.setdefault(k, []).append(v.cpu())
-    return sums, vals, tokens
-
-
-def _mean(values: dict[str, list]) -> dict[str, float]:
-    return {k: float(torch.cat(v).float().mean()) for k, v in values.items() if v}
-
-
-@torch.no_grad()
-def evaluate(
-    model, eval_set, refs, cfg: TrainConfig, pad_id: int, autocast, *, step: int = 0
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Eval metrics (means over the eval pairs, each with its bootstrap `_se`; the indicators also with a
-    95% interval) and, for the over-optimisation watch, the indicators' per-pair sums and tokens."""
-    if not eval_set:
-        return {}, {}
-    was = model.training
-    model.eval()
-    vals: dict[str, list] = {}
-    per_pair: dict[str, list] = {"topk_entropy": [], "topk_mass": [], "tokens": []}
-    loss = 0.0
-    for s in range(0, len(eval_set), cfg.micro_batch_size):
-        chunk = eval_set[s : s + cfg.micro_batch_size]
-        n = len(chunk)
-        with autocast():
-            lp, out, _ = _pair_forward(model, chunk, refs, cfg, pad_id, rationales=False, top_k=cfg.top_k)
-        loss += float(
-            combined_loss(
-                lp,
-                {k: w for k, w in cfg.losses.items() if k != "rationale"},
-                beta=cfg.beta,
-                label_smoothing=cfg.label_smoothing,
-                ipo_length_average=cfg.ipo_length_average,
-                n_pairs=len(eval_set),
-                n_rationales=0,
-            )[0]
-        )
-        for k, v in reward_metrics(lp, cfg.beta).items():
-            vals.setdefault(k, []).append(v.float().cpu())
-        for k in per_pair:  # chosen + rejected of each pair: the pair is the bootstrap's unit
-            v = out[k].float()
-            per_pair[k].append((v[0 : 2 * n : 2] + v[1 : 2 * n : 2]).cpu())
-    model.train(was)
-    boot = dict(resamples=cfg.overopt.resamples, seed=_boot_seed(cfg, step))
-    sums = {k: torch.cat(v).double().numpy() for k, v in per_pair.items()}
-    record = {"loss": loss, "pairs": len(eval_set)}
-    for k, v in vals.items():
-        e = bootstrap(torch.cat(v).numpy(), **boot)
-        record.update({k: e.value, **_noise(k, se=e.se)})
-    for k in INDICATORS:
-        e = bootstrap(sums[k], sums["tokens"], **boot)
-        record.update({k: e.value, **_noise(k, se=e.se, lo=e.lo, hi=e.hi)})
-    return record, sums
-
-
-def _noise(name: str, *, se: float, **interval: float) -> dict[str, float]:
-    """`name_se` (and `_lo`, `_hi`); none for a single eval pair, which has no spread to resample (its NaN would
-    make metrics.jsonl invalid JSON)."""
-    return {f"{name}_{k}": v for k, v in {"se": se, **interval}.items()} if math.isfinite(se) else {}
-
-
-def _boot_seed(cfg: TrainConfig, step: int) -> int:
-    return cfg.seed * 1_000_003 + step  # reproducible, and the same after a resume
-
-
 def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print) -> dict:
-    """Train (or resume, or report a finished run); return the provenance record."""
+    """Train (or resume, or report a finished run); return the provenance record. Under torchrun every rank
+    calls it (pipeline/train/parallel.py); rank 0 alone logs and writes, and every rank returns the record."""
     out_dir = Path(out_dir)
+    dist = parallel.setup(cfg)
+    ok = False
+    try:
+        prov = _train(cfg, data, out_dir, dist, log=log if dist.main else lambda msg: None)
+        ok = True
+        return prov
+    finally:
+        parallel.teardown(dist, ok=ok)
+
+
+def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -> dict:
     source = open_source(data)
     check_degenerate(source, log)
     run_key = fingerprint("train", VERSION, cfg.weight_fields(), source.fingerprint)
@@ -209,9 +116,11 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
     if done is not None:
         log(f"train: {out_dir} already holds this finished run ({done['steps']} steps); nothing to do")
         return done
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = dist.device
     weights_dtype, autocast, compute_dtype = precision(cfg, device)
     model, tokenizer, label = load_policy(cfg, device, weights_dtype)
+    wrapped = parallel.wrap(model, dist, bf16=compute_dtype == "bfloat16" and weights_dtype == torch.float32)
+    every = wrapped if dist.mode == "fsdp" else None  # FSDP: every forward through the sharded module
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_length=cfg.max_length)
     held = eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction)
@@ -244,6 +153,8 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
             logit_chunk=cfg.logit_chunk,
             autocast=autocast,
             pad_id=pad_id,
+            dist=dist,
+            fwd=every,
         )
     if n_train == 0:
         raise InputError(
@@ -253,15 +164,17 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
     total_steps = cfg.steps or math.ceil(cfg.epochs * n_train / cfg.batch_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=device == "cuda")
+    cuda = device.startswith("cuda")
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=cuda)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
     watch = OverOptimisationWatch(cfg.overopt)
-    state = ckpt.load_latest(out_dir, run_key, model, opt, sched, watch)
+    state = ckpt.load_latest(out_dir, run_key, model, opt, sched, watch, dist=dist)
     step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
     if step:
         log(f"train: resuming from step {step} (epoch {epoch}, {consumed} pairs into it)")
-    ckpt.begin(out_dir, run_key, cfg, label, source)
-    mlog = MetricsLog(out_dir, tensorboard=cfg.tensorboard, resume_step=step)
+    if dist.main:
+        ckpt.begin(out_dir, run_key, cfg, label, source)
+    mlog = MetricsLog(out_dir, tensorboard=cfg.tensorboard, resume_step=step) if dist.main else None
     if getattr(mlog, "note", None):
         log(f"train: {mlog.note}")
 
@@ -275,12 +188,12 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
 
     def evaluate_and_watch(record: dict) -> bool:
         """Evaluate into `record`, feed the watch, log an alarm; True when early_stop ends the run here."""
-        ev, sums = evaluate(model, eval_set, refs, cfg, pad_id, autocast, step=record["step"])
+        ev, sums = evaluate(model, eval_set, refs, cfg, pad_id, autocast, step=record["step"], dist=dist, fwd=every)
         record.update({f"eval/{k}": v for k, v in ev.items()})
         first = watch.eval_pairs is None
-        changes, alarms = watch.observe(record["step"], sums, sums["tokens"], seed=_boot_seed(cfg, record["step"]))
+        changes, alarms = watch.observe(record["step"], sums, sums["tokens"], seed=boot_seed(cfg, record["step"]))
         for k, e in changes.items():  # what the watch judges: the paired change since the first evaluation
-            record.update({f"eval/{k}_change": e.value, **_noise(f"eval/{k}_change", se=e.se)})
+            record.update({f"eval/{k}_change": e.value, **noise(f"eval/{k}_change", se=e.se)})
         if first and watch.note():
             log(f"train: {watch.note()}")
         if watch.holding:
@@ -300,7 +213,8 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
         record = {"step": 0}
         if eval_set:
             evaluate_and_watch(record)
-        mlog.write(record)
+        if mlog:
+            mlog.write(record)
     with bar(total=total_steps, initial=step, desc="train", unit="step") as pbar:
         while step < total_steps:
             batch = []
@@ -314,7 +228,10 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
             t0 = time.perf_counter()
             n_rat = sum(ex.rationale is not None for ex in batch) if cfg.losses.get("rationale") else 0
             opt.zero_grad(set_to_none=True)
-            sums, vals, tokens = accumulate(model, batch, refs, cfg, pad_id, autocast, n_rationales=n_rat)
+            sums, vals, tokens = accumulate(model, dist.share(batch), refs, cfg, pad_id, autocast,
+                                            n_rationales=n_rat, n_pairs=len(batch), fwd=wrapped, dist=dist)
+            if dist.on:  # every rank's loss sums, per-pair metrics and tokens, in rank order
+                sums, vals, tokens = parallel.reduce_step(dist, sums, vals, tokens)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             opt.step()
             sched.step()
@@ -326,8 +243,8 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
                 "epoch": epoch,
                 "loss": sum(cfg.losses[k] * v for k, v in terms.items()),
                 **{f"loss/{k}": v for k, v in terms.items()},
-                **_mean(vals),
-                "grad_norm": float(norm),
+                **mean(vals),
+                "grad_norm": parallel.full_norm(norm),
                 "learning_rate": sched.get_last_lr()[0],
                 "tokens": tokens,
                 "tokens_per_second": tokens / max(seconds, 1e-9),
@@ -336,7 +253,8 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
             stop = False
             if eval_set and (step % cfg.eval_every == 0 or step == total_steps):
                 stop = evaluate_and_watch(record)
-            mlog.write(record)
+            if mlog:
+                mlog.write(record)
             pbar.advance(1, tokens)
             if step % cfg.save_every == 0 or step == total_steps or stop:
                 ckpt.save(
@@ -349,15 +267,23 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
                     epoch=epoch,
                     consumed=consumed,
                     keep=cfg.keep_checkpoints,
+                    dist=dist,
                 )
             if stop:
                 break
-    mlog.close()
+    if mlog:
+        mlog.close()
     final = {k: v for k, v in record.items() if k.startswith("eval/")}
     if not final and eval_set:  # resumed after the last checkpoint but before the model was written
-        ev, _ = evaluate(model, eval_set, refs, cfg, pad_id, autocast, step=step)
+        ev, _ = evaluate(model, eval_set, refs, cfg, pad_id, autocast, step=step, dist=dist, fwd=every)
         final = {f"eval/{k}": v for k, v in ev.items()}
-    return ckpt.finish(
+    full = ckpt.full_state(model, dist)  # FSDP: the whole state dict gathered on rank 0 (collective)
+    if not dist.main:
+        return dist.first(None)
+    if full is not None:  # FSDP: a plain copy of the policy on rank 0's CPU takes the gathered weights
+        model = load_policy(cfg, "cpu", weights_dtype)[0]
+        model.load_state_dict(full)
+    return dist.first(ckpt.finish(
         out_dir,
         run_key,
         model,
@@ -372,4 +298,4 @@ def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print)
         watch=watch.summary(),
         seconds=time.time() - started,
         log=log,
-    )
+    ))
