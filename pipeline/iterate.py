@@ -8,7 +8,8 @@ Round r (policy 0 is generate.model, the base):
      judged by the base config's judges (judge.model stays the base's: the judge does not drift with the policy),
      paired and CHES-filtered with policy r (curate.ches.model follows generate.model unless set);
   2. `prefsynth train` into DIR/round-r/train, starting from policy r; its reference is policy r (the trainer's
-     step-0 policy; `iterate.reference: previous`); the result DIR/round-r/train/model is policy r+1;
+     step-0 policy; `iterate.reference: previous`) or the base (`base`: train.reference, a fixed KL anchor);
+     the result DIR/round-r/train/model is policy r+1;
   3. `prefsynth eval` of policy r+1 against the base (DIR/round-r/eval-base) and against policy r
      (DIR/round-r/eval-previous; in round 0 the two are one evaluation) on the held-out prompts.
 Mixture (iterate.mixture, IPO-MD's sampling from a mixture of the policy and the reference, Calandriello et al.
@@ -110,11 +111,12 @@ def round_config(cfg: RunConfig, r: int, policy: str, prompts: Path) -> RunConfi
 
 def train_config(cfg: RunConfig, policy: str) -> TrainConfig:
     """iterate.train with `model` = policy r and the run's seed unless given; a bad key is a ConfigError."""
-    if "model" in cfg.iterate.train:
-        raise ConfigError("iterate.train.model is set; fix: drop it (round r trains policy r; round 0 starts from "
-                          "generate.model)")
+    if "model" in cfg.iterate.train or "reference" in cfg.iterate.train:
+        raise ConfigError("iterate.train.model or iterate.train.reference is set; fix: drop it (round r trains "
+                          "policy r, round 0 starts from generate.model; iterate.reference picks the reference)")
     try:
-        return TrainConfig.model_validate({"seed": cfg.seed, **cfg.iterate.train, "model": policy})
+        ref = cfg.generate.model if cfg.iterate.reference == "base" and policy != cfg.generate.model else None
+        return TrainConfig.model_validate({"seed": cfg.seed, **cfg.iterate.train, "model": policy, "reference": ref})
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])

@@ -46,10 +46,11 @@ class IterateConfig(_Section):
         "al. 2024, 'Human Alignment of Large Language Models through Online Preference Optimisation'). "
         "round(mixture * n) must be between 1 and n - 1 when set; 0: every candidate from policy r.",
     )
-    reference: Literal["previous"] = Field(
+    reference: Literal["previous", "base"] = Field(
         "previous",
         description="DPO reference of round r's training: 'previous' (policy r, the model training starts from; "
-        "iterative DPO as Xu et al. 2023). A fixed base reference is not implemented yet.",
+        "iterative DPO as Xu et al. 2023) or 'base' (generate.model in every round, train.reference: the KL anchor "
+        "stays at the base, as online IPO / IPO-MD, Calandriello et al. 2024).",
     )
     early_stop: bool = Field(
         False,

@@ -49,6 +49,24 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def perturbed_model(model, tmp_path_factory):
+    """A copy of the bundled model with seeded noise on its final norm: answers differ from the original's."""
+    import torch
+
+    m, tokenizer, _ = model
+    out = tmp_path_factory.mktemp("perturbed")
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        norm = m.model.norm.weight
+        norm.add_(torch.randn(norm.shape, generator=gen).to(norm) * 0.5)
+        m.save_pretrained(out)
+        m.load_state_dict(state)  # the shared fixture is left as it was
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One complete CLI run of the tiny config; several tests read its outputs."""
     out = tmp_path_factory.mktemp("tiny-run")

@@ -66,6 +66,7 @@ def render(prov: dict) -> str:
     run = f"the prefsynth run `{data['run_name']}`" if data.get("run_name") else "preference pairs"
     stopped = f" (stopped early of {prov['planned_steps']} planned)" if prov.get("stopped_early") else ""
     lora = f"LoRA r={cfg['lora']['r']} (merged)" if cfg.get("lora") else "full fine-tuning"
+    reference = f"`{cfg['reference']}`" if cfg.get("reference") else "the policy at step 0"
     body = f"""
 # DPO model trained by prefsynth
 
@@ -74,7 +75,7 @@ Trained from `{prov['model']['base']}` on {run} (data fingerprint `{data['finger
 
 ## Training
 
-- losses {json.dumps(prov['losses'])}, beta {prov['beta']:g}; {lora}
+- losses {json.dumps(prov['losses'])}, beta {prov['beta']:g}; {lora}; reference {reference}
 - {prov['steps']} steps{stopped}, batch {cfg['batch_size']} pairs, learning rate {cfg['learning_rate']:g},
   seed {cfg['seed']}; {prov['seconds']:g} s
 - the full config, the shards and the run key are in `provenance.json` beside this folder

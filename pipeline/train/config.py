@@ -32,6 +32,13 @@ class TrainConfig(_Section):
     model: str = Field(
         "bundled:smollm2-135m-instruct", description="Policy to train: bundled:NAME, a local model folder or a Hub id."
     )
+    reference: str | None = Field(
+        None,
+        description="DPO reference model (bundled:NAME, a local folder or a Hub id) whose log-probs the loss "
+        "compares against, computed once in the pre-pass; it must share train.model's tokenizer. null: the policy "
+        "at step 0 (train.model). `iterate.reference: base` sets it to the base model (a fixed reference across "
+        "rounds). Not with parallel: fsdp yet.",
+    )
     seed: int = Field(0, description="Seed for data order, the eval split and initialisation of LoRA weights.")
     losses: dict[str, float] = Field(
         default_factory=lambda: {"sigmoid": 1.0},
@@ -129,6 +136,11 @@ class TrainConfig(_Section):
                 f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
                 f"{self.micro_batch_size}; fix: make it one"
             )
+        if self.reference is not None and self.parallel == "fsdp":
+            raise ValueError(
+                f"reference {self.reference!r} with parallel 'fsdp': a separate reference model is not sharded yet; "
+                "fix: use parallel: ddp, or drop reference (the policy at step 0 is the reference)"
+            )
         if self.max_prompt_tokens >= self.max_length:
             raise ValueError(
                 f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a response under "
@@ -149,6 +161,8 @@ class TrainConfig(_Section):
             "packing",
             "parallel",
         }
+        if self.reference is None:
+            ops.add("reference")  # the default reference is train.model: keys of runs from before the field hold
         return self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
 
 

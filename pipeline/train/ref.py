@@ -5,10 +5,11 @@ The training loop never runs a reference model. Before it starts, every pair get
 - from the shards, when the run's CHES stage computed them with the same model revision and
   dtype as training and the pair was not truncated (CHES scores full responses) and LD-DPO is off
   (LD-DPO weights tail tokens, so the reference must be weighted the same way);
-- otherwise from a pre-pass with the policy at step 0, in eval mode and without gradients, through
-  the very forward the trainer uses. The pre-pass result is cached beside the shards in
-  `ref_logps/<key>.parquet`, keyed by model revision, chat template, dtype, truncation limits,
-  LD-DPO alpha and the data's fingerprint; a second `prefsynth train` on the same data reuses it.
+- otherwise from a pre-pass with the policy at step 0 (or train.reference, a separate model), in
+  eval mode and without gradients, through the very forward the trainer uses. The pre-pass result is
+  cached beside the shards in `ref_logps/<key>.parquet`, keyed by the reference's revision, chat
+  template, dtype, truncation limits, LD-DPO alpha and the data's fingerprint; a second `prefsynth train`
+  on the same data reuses it.
 """
 
 from __future__ import annotations

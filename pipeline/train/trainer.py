@@ -2,7 +2,8 @@
 
 `train(cfg, data, out_dir)` runs, or resumes, one training run under `out_dir`:
   1. open the shards (pipeline/train/data.py), hold out eval prompts, stream the rest;
-  2. reference log-probs from the shards or one cached pre-pass (pipeline/train/ref.py);
+  2. reference log-probs from the shards or one cached pre-pass (pipeline/train/ref.py) with the policy at step 0
+     or train.reference;
   3. steps of `batch_size` pairs, as `batch_size / micro_batch_size` accumulated forwards of
      chosen + rejected (+ rationales) together (pipeline/train/logps.py), losses from
      pipeline/train/losses.py; AdamW, linear warmup then constant learning rate;
@@ -94,6 +95,23 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
     return model, tokenizer, resolved.label
 
 
+def load_reference(cfg: TrainConfig, tokenizer, device: str, weights_dtype: torch.dtype):
+    """(model in eval mode, label) of train.reference; it reads the policy's token ids, so its tokenizer must
+    have the same vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.models import resolve
+
+    resolved = resolve(cfg.reference, field="train.reference")
+    if AutoTokenizer.from_pretrained(resolved.path).get_vocab() != tokenizer.get_vocab():
+        raise InputError(
+            f"train.reference {cfg.reference!r} has another tokenizer than train.model {cfg.model!r}; fix: pick a "
+            "reference of the same model family (same vocabulary), or drop train.reference"
+        )
+    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=weights_dtype, attn_implementation="sdpa")
+    return model.to(device).eval(), resolved.label
+
+
 def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print) -> dict:
     """Train (or resume, or report a finished run); return the provenance record. Under torchrun every rank
     calls it (pipeline/train/parallel.py); rank 0 alone logs and writes, and every rank returns the record."""
@@ -127,9 +145,9 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
     is_train = lambda p: p not in held  # noqa: E731
     eval_set = list(examples(source, tokenizer, keep=held.__contains__, **enc))
 
-    path = cache_path(
-        source, model_label=label, template=tokenizer.chat_template, dtype=compute_dtype, ld_alpha=cfg.ld_alpha, **enc
-    )
+    ref_model, ref_label = load_reference(cfg, tokenizer, device, weights_dtype) if cfg.reference else (model, label)
+    path = cache_path(source, model_label=ref_label, template=tokenizer.chat_template, dtype=compute_dtype,
+                      ld_alpha=cfg.ld_alpha, **enc)
     n_train = 0
 
     def counted():  # every pair once, counting the training ones on the way
@@ -140,11 +158,11 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
 
     with bar(total=None, desc="reference log-probs", unit="pair") as pbar:
         refs = reference_logps(
-            model,
+            ref_model,
             source,
             counted(),
             path=path,
-            use_shards=shard_refs_usable(source, model_label=label, dtype=compute_dtype, ld_alpha=cfg.ld_alpha),
+            use_shards=shard_refs_usable(source, model_label=ref_label, dtype=compute_dtype, ld_alpha=cfg.ld_alpha),
             micro_batch=cfg.micro_batch_size,
             log=log,
             progress=pbar.advance,
@@ -154,8 +172,9 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
             autocast=autocast,
             pad_id=pad_id,
             dist=dist,
-            fwd=every,
+            fwd=every,  # FSDP's wrapped policy; train.reference is refused under FSDP (config)
         )
+    del ref_model  # a separate reference is needed only for the pre-pass
     if n_train == 0:
         raise InputError(
             f"--data {data}: no training pairs after holding out {len(held)} eval prompts; "

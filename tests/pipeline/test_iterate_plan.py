@@ -42,6 +42,10 @@ def test_too_few_prompts_and_bad_trainer_keys_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="iterate.train.model"):
         train_config(load_config(TINY, ["iterate.train={model: x}"]), "m")
     assert train_config(load_config(TINY, ["iterate.train={steps: 3}"]), "pol").model_dump()["model"] == "pol"
+    base = load_config(TINY, ["iterate.reference=base"])
+    assert train_config(base, "pol").reference == base.generate.model  # a fixed KL anchor from round 1 on
+    assert train_config(base, base.generate.model).reference is None  # round 0: the policy is the base
+    assert train_config(load_config(TINY), "pol").reference is None  # previous: the policy at step 0
 
 
 def _row(r: int, win_prev: float | None) -> dict:

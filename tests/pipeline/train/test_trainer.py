@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -218,3 +219,34 @@ def test_cli_trains_through_the_prefect_flow(data, tmp_path):
     assert "Flow run" in proc.stderr and "train" in proc.stderr  # it ran as the Prefect `train` flow
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["steps"] == 2 and (out / "model" / "config.json").exists()
+
+
+def test_a_separate_reference_model_supplies_the_reference_logps(data, perturbed_model, tmp_path):
+    """train.reference: the pre-pass runs the reference model, not the policy: the cached reference log-probs equal
+    this test's own forward of the perturbed copy (sum of response-token log-probs) and differ from the policy's."""
+    cfg = TrainConfig(steps=1, reference=str(perturbed_model), **FAST)
+    prov = train(cfg, data, tmp_path / "out", log=lambda msg: None)
+    assert prov["config"]["reference"] == str(perturbed_model)
+    caches = list((data / "ref_logps").glob("*.parquet"))
+    assert len(caches) == 1
+    cached = pq.read_table(caches[0]).to_pylist()
+    tok = AutoTokenizer.from_pretrained(resolve("bundled:smollm2-135m-instruct").path)
+    ref = AutoModelForCausalLM.from_pretrained(perturbed_model, dtype=torch.float32).eval()
+    exs = {ex.key: ex for ex in examples(open_source(data), tok, max_prompt_tokens=cfg.max_prompt_tokens,
+                                        max_length=cfg.max_length)}
+
+    def own(prompt, response):
+        ids = torch.tensor([prompt + response])
+        with torch.no_grad():
+            logp = torch.log_softmax(ref(ids).logits[0, :-1].double(), -1)
+        return float(logp[len(prompt) - 1:].gather(-1, ids[0, len(prompt):, None]).sum())
+
+    moved = 0
+    for row in cached[:3]:
+        ex = exs[row["key"]]
+        assert abs(own(ex.prompt, ex.chosen) - row["ref_chosen_logp"]) < 1e-3
+        assert abs(own(ex.prompt, ex.rejected) - row["ref_rejected_logp"]) < 1e-3
+        moved += ex.shard_ref is not None and abs(ex.shard_ref[0] - row["ref_chosen_logp"]) > 1e-2
+    assert moved  # the shards hold the policy's (CHES) log-probs; the reference's differ
+    with pytest.raises(ValueError, match="parallel 'fsdp'.*fix:"):
+        TrainConfig(reference="x", parallel="fsdp")
