@@ -153,15 +153,18 @@ def cmd_eval(args) -> int:
 
 def cmd_iterate(args) -> int:
     from pipeline.config import load_config
-    from pipeline.iterate import rounds_text, train_config
+    from pipeline.iterate import mixture_pool, rounds_text, train_config
     from pipeline.preflight import check_model, offline_unless_hub
     from pipeline.rundir import check_out_dir
 
     config_path = Path(args.config) if args.config else _default_config()
-    cfg = load_config(config_path, args.overrides + ([f"iterate.rounds={args.rounds}"] if args.rounds else []))
+    rounds = [] if args.rounds is None else [f"iterate.rounds={args.rounds}"]  # --rounds 0 is refused, not ignored
+    cfg = load_config(config_path, args.overrides + rounds)
     offline_unless_hub([cfg.generate.model, cfg.judge_model])
     check_model(cfg.generate.model, field="generate.model")
     train_config(cfg, cfg.generate.model)  # a bad iterate.train key fails here, before any model loads
+    if cfg.iterate.mixture:
+        mixture_pool(cfg, "policy")  # so does a mixture that cannot be made
     check_out_dir(args.out)
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"

@@ -521,6 +521,9 @@ def cases() -> list[Case]:
              "iterate.train.stepz"))
     add(Case("iterate: bogus iterate.prompts",
              lambda d: ["iterate", "--out", str(d / "it"), "--set", "iterate.prompts=sometimes"], "iterate.prompts"))
+    add(Case("iterate: zero rounds", lambda d: ["iterate", "--out", str(d / "it"), "--rounds", "0"], "iterate.rounds"))
+    add(Case("iterate: a mixture share that gives no base candidate",
+             lambda d: ["iterate", "--out", str(d / "it"), "--set", "iterate.mixture=0.1"], "iterate.mixture=0.1"))
     # training data
     add(
         Case(
