@@ -25,6 +25,7 @@ from pipeline.conversation import turns_md
 from pipeline.errors import SchemaError
 from pipeline.funnel import unit_label
 from pipeline.rundir import load_manifest, load_pairs, prompt_drops
+from pipeline.store import write_text
 
 SPLIT_NAME = re.compile(r"^\w+(\.\w+)*$")
 
@@ -381,8 +382,5 @@ policy's summed response log-probs (token rule in prefsynth's `pipeline/encoding
 
 def write(run_dir: str | Path, manifest: dict | None = None) -> Path:
     path = Path(run_dir) / "README.md"
-    text = render(run_dir, manifest)
-    tmp = path.with_name(".README.md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, render(run_dir, manifest))
     return path

@@ -48,6 +48,7 @@ from pipeline.generate import generate_candidates
 from pipeline.judge import VERSION, build_judges, fields, judge_candidates, judge_revisions
 from pipeline.models import resolve
 from pipeline.prompts import load_prompts
+from pipeline.store import write_text
 from pipeline.train.logps import build_batch, forward_logps
 from pipeline.train.metrics import INDICATORS, bootstrap
 from pipeline.verify_spec import wants_verifier
@@ -93,10 +94,7 @@ def answers(cfg: RunConfig, prompts: pa.Table, model: str, side: str, field: str
     sums = indicator_sums(backend, prompts, rows, g.system_prompt, top_k) if in_process else {}
     table = schemas.from_rows(rows, "candidates")
     if kept is not None:  # the sums first: the parquet file is what says the answers are kept
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        tmp = kept.with_name(f".{kept.stem}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(sums))
-        os.replace(tmp, kept.with_suffix(".json"))
+        write_text(kept.with_suffix(".json"), json.dumps(sums))
         schemas.write_table(table, kept, "candidates")
     return table, sums
 
@@ -216,11 +214,6 @@ def report(s: dict, *, config: str) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def run_eval(cfg: RunConfig, model: str, out_dir: str | os.PathLike, *, baseline: str | None = None,
              prompts: pa.Table | str | None = None, config_label: str = "defaults", answers_dir=None,
@@ -258,7 +251,7 @@ def run_eval(cfg: RunConfig, model: str, out_dir: str | os.PathLike, *, baseline
     schemas.write_table(schemas.from_rows(rows, "eval_answers"), out / "eval_answers.parquet", "eval_answers")
     schemas.write_table(judgments, out / "eval_judgments.parquet", "judgments")
     schemas.write_table(schemas.from_rows([summary], "eval_summary"), out / "eval_summary.parquet", "eval_summary")
-    _write_text(out / "report.md", report(summary, config=config_label))
+    write_text(out / "report.md", report(summary, config=config_label))
     return summary
 
 

@@ -40,6 +40,7 @@ from pipeline.config import InputConfig, RunConfig
 from pipeline.errors import ConfigError
 from pipeline.plots import rounds_plot
 from pipeline.prompts import load_prompts
+from pipeline.store import write_text
 from pipeline.train.config import TrainConfig
 
 HELD_OUT = "held_out.parquet"
@@ -183,9 +184,7 @@ def write_card(out_dir, rows: list[dict], *, config: str) -> Path:
               "`round-R/eval-base` and `round-R/eval-previous` (report.md, answers and judgments); the held-out and "
               "per-round prompts in `prompts/`.", ""]
     path = out / "README.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_text(path, "\n".join(lines))
     return path
 
 

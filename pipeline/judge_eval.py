@@ -35,6 +35,7 @@ from pipeline.errors import ConfigError, InputError
 from pipeline.preflight import check_endpoint, check_model, offline_unless_hub
 from pipeline.prompts import ROLES, iter_files
 from pipeline.rundir import check_out_dir
+from pipeline.store import write_text
 from pipeline.train.metrics import bootstrap
 
 OVERALL = "all"
@@ -276,11 +277,6 @@ def summary_text(summary: pa.Table) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in [head, *body])
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
 
 def run_judge_eval(cfg: RunConfig, labels: str | os.PathLike, out_dir: str | os.PathLike, *,
                    config_label: str = "defaults", resamples: int = 1000, log=None) -> pa.Table:
@@ -297,7 +293,7 @@ def run_judge_eval(cfg: RunConfig, labels: str | os.PathLike, out_dir: str | os.
     out = Path(out_dir)
     schemas.write_table(per_pair, out / "judge_eval_pairs.parquet", "judge_eval_pairs")
     schemas.write_table(summary, out / "judge_eval.parquet", "judge_eval")
-    _write_text(out / "judge_eval.md", report(summary, labels=str(labels), n_pairs=len(pairs), judge_fp=judge_fp,
+    write_text(out / "judge_eval.md", report(summary, labels=str(labels), n_pairs=len(pairs), judge_fp=judge_fp,
                                               config=config_label, aggregate=cfg.judge.aggregate, seed=cfg.seed,
                                               resamples=resamples))
     return summary

@@ -48,12 +48,17 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file + rename)."""
+def write_text(path: Path, text: str) -> None:
+    """Atomic text write (temp file + rename): a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Atomic JSON write (temp file + rename)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 class StageStore:
