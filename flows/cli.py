@@ -153,7 +153,7 @@ def cmd_eval(args) -> int:
 
 def cmd_iterate(args) -> int:
     from pipeline.config import load_config
-    from pipeline.iterate import mixture_pool, rounds_text, train_config
+    from pipeline.iterate import rounds_text, train_config
     from pipeline.preflight import check_model, offline_unless_hub
     from pipeline.rundir import check_out_dir
 
@@ -163,8 +163,6 @@ def cmd_iterate(args) -> int:
     offline_unless_hub([cfg.generate.model, cfg.judge_model])
     check_model(cfg.generate.model, field="generate.model")
     train_config(cfg, cfg.generate.model)  # a bad iterate.train key fails here, before any model loads
-    if cfg.iterate.mixture:
-        mixture_pool(cfg, "policy")  # so does a mixture that cannot be made
     check_out_dir(args.out)
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"

@@ -19,7 +19,6 @@ from flows.train import train
 from pipeline.config import RunConfig
 from pipeline.iterate import (
     finished_eval,
-    mixture_pool,
     plan_prompts,
     round_config,
     round_dirs,
@@ -46,8 +45,6 @@ def _eval(cfg: RunConfig, model: str, baseline: str, folder, held_out: str, conf
 def iterate(config: dict, out_dir: str, rounds: int, config_label: str = "defaults") -> list[dict]:
     """Run `rounds` rounds under `out_dir`; return the rounds table's rows."""
     cfg = RunConfig.model_validate(config)
-    if cfg.iterate.mixture:
-        mixture_pool(cfg, "policy")  # a mixture that cannot be made fails before round 0, not after it
     held_out, prompt_files = plan_prompts(cfg, out_dir, rounds)
     base = policy = cfg.generate.model
     rows = []

@@ -84,16 +84,9 @@ def plan_prompts(cfg: RunConfig, out_dir, rounds: int) -> tuple[Path, list[Path]
 def mixture_pool(cfg: RunConfig, policy: str) -> list[dict]:
     """generate.pool of a round with iterate.mixture: round(mixture * n) members are the base, the rest policy r,
     so the pool has exactly n members and every prompt gets that many candidates from each (pipeline/pools.py
-    draws all n, in a seeded order per prompt)."""
-    g, m = cfg.generate, cfg.iterate.mixture
-    k = round(m * g.n)
-    if g.pool:
-        raise ConfigError("iterate.mixture is set together with generate.pool; fix: drop one (the mixture makes the "
-                          "pool: the base and policy r)")
-    if not 1 <= k <= g.n - 1:
-        raise ConfigError(f"iterate.mixture={m}: round({m} * generate.n={g.n}) = {k} base candidates per prompt, "
-                          f"not between 1 and {g.n - 1}; fix: raise generate.n or pick a share that gives at least "
-                          "one candidate from each model")
+    draws all n, in a seeded order per prompt). RunConfig checks at load that the share fits n."""
+    g = cfg.generate
+    k = round(cfg.iterate.mixture * g.n)
     return [{"model": g.model}] * k + [{"model": policy}] * (g.n - k)
 
 
@@ -105,6 +98,7 @@ def round_config(cfg: RunConfig, r: int, policy: str, prompts: Path) -> RunConfi
     data["input"].update(path=str(prompts), limit=None, shuffle=False)
     if cfg.iterate.mixture and policy != cfg.generate.model:
         data["generate"]["pool"] = mixture_pool(cfg, policy)
+        data["iterate"]["mixture"] = 0.0  # realised as the round's pool; the round's run does not iterate
     data["generate"]["model"] = policy
     data["judge"]["model"] = cfg.judge_model  # the base's judge, whatever the policy
     return RunConfig.model_validate(data)

@@ -130,6 +130,23 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _mixture_fits(self):
+        """iterate.mixture becomes a generate.pool of exactly generate.n members (pipeline/iterate.py
+        `mixture_pool`): it needs at least one candidate from the base and one from the policy, and no pool."""
+        m, g = self.iterate.mixture, self.generate
+        if not m:
+            return self
+        if g.pool:
+            raise ValueError("iterate.mixture is set together with generate.pool; fix: drop one (the mixture makes "
+                             "the pool: the base and policy r)")
+        k = round(m * g.n)
+        if not 1 <= k <= g.n - 1:
+            raise ValueError(f"iterate.mixture={m}: round({m} * generate.n={g.n}) = {k} base candidates per prompt, "
+                             f"not between 1 and {g.n - 1}; fix: raise generate.n or pick a share that gives at "
+                             "least one candidate from each model")
+        return self
+
+    @model_validator(mode="after")
     def _verified_pairs_need_the_verifier(self):
         for name, value, wants in (("pair.strategy", self.pair.strategy, "verified"),
                                    ("judge.aggregate", self.judge.aggregate, "learned")):
