@@ -255,8 +255,7 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None, turns=LAST) -
     Pure apart from reading the source (`run_dir`: where a `synth:` source's table is)."""
     source, rows = _iter_source(cfg, run_dir)
     report = LoadReport()
-    out: list[dict] = []
-    branched: dict[int, list[dict]] = {}  # id(conversation row) -> its prompts
+    out: list[list[dict]] = []  # per kept conversation, its prompts at `turns`
     seen: dict[str, tuple[str, str]] = {}  # prompt_id -> (messages hash, where it was first seen)
     for where, row in rows:
         report.rows_read += 1
@@ -265,7 +264,7 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None, turns=LAST) -
                 raise row
             clean = normalise_row(row, where)
             clean["source"] = clean["source"] or source
-            branched[id(clean)] = branches(clean, turns, where)
+            picked = branches(clean, turns, where)
         except InputError as exc:
             if not cfg.skip_invalid:
                 raise InputError(f"{exc}; or pass --skip-invalid to skip and count invalid rows") from None
@@ -286,7 +285,7 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None, turns=LAST) -
             report.conflicts.append(msg)
             continue
         seen[pid] = (text_id, where)
-        out.append(clean)
+        out.append(picked)
     if not out:
         detail = f" ({len(report.invalid)} invalid rows skipped)" if report.invalid else ""
         raise InputError(
@@ -297,7 +296,7 @@ def load_prompts(cfg: InputConfig, *, seed: int = 0, run_dir=None, turns=LAST) -
     if cfg.limit is not None:
         out = out[: cfg.limit]
     report.conversations = len(out)
-    out = [b for conv in out for b in branched[id(conv)]]
+    out = [p for conv in out for p in conv]
     if not out:
         raise InputError(
             f"generate.turns={turns}: no conversation of input.path {cfg.path!r} has such an assistant turn; fix: "
