@@ -24,6 +24,7 @@ from pipeline import schemas
 from pipeline.config import fingerprint
 from pipeline.train.data import DataSource, Example
 from pipeline.train.logps import build_batch, forward_logps, ld_weights
+from pipeline.train.parallel import reshard
 
 ENCODING_VERSION = "2"  # bump when pipeline/encoding.py or the truncation rule changes
 
@@ -126,8 +127,7 @@ def reference_logps(model, source: DataSource, stream: Iterable[Example], *, pat
         flush()
     if round_:
         run_round()
-    if forward.get("fwd") is not None and hasattr(forward["fwd"], "reshard"):
-        forward["fwd"].reshard()  # FSDP: the root's gathered weights back to shards (pipeline/train/parallel.py)
+    reshard(forward.get("fwd"))  # FSDP: the root's gathered weights back to shards
     if dist is not None and dist.on:
         for part in dist.gather(refs):
             refs.update(part)

@@ -54,14 +54,12 @@ def precision(cfg: TrainConfig, device: str) -> tuple[torch.dtype, object, str]:
     return torch.float32, contextlib.nullcontext, "float32"
 
 
-def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+def _causal_lm(path: str, cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
+    """A causal LM on `device` with the attention the trainer's batches need: flash-attention's varlen kernels
+    for packed rows on CUDA when installed, else SDPA. The policy and a separate reference load alike, so the
+    pre-pass runs the forward training runs."""
+    from transformers import AutoModelForCausalLM
 
-    from pipeline.models import resolve
-
-    hf_logging.disable_progress_bar()
-    resolved = resolve(cfg.model, field="train.model")
     attn = "sdpa"
     if device.startswith("cuda") and cfg.packing:
         try:
@@ -69,12 +67,21 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
             attn = "flash_attention_2"
         except ImportError:
             pass
+    return AutoModelForCausalLM.from_pretrained(path, dtype=weights_dtype, attn_implementation=attn).to(device)
+
+
+def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.models import resolve
+
+    hf_logging.disable_progress_bar()
+    resolved = resolve(cfg.model, field="train.model")
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     if not tokenizer.chat_template:
         raise InputError(f"train.model {cfg.model!r} has no chat template; fix: train an instruct/chat model")
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=weights_dtype, attn_implementation=attn).to(
-        device
-    )
+    model = _causal_lm(resolved.path, cfg, device, weights_dtype)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora is not None:
@@ -98,7 +105,7 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
 def load_reference(cfg: TrainConfig, tokenizer, device: str, weights_dtype: torch.dtype):
     """(model in eval mode, label) of train.reference; it reads the policy's token ids, so its tokenizer must
     have the same vocabulary."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from pipeline.models import resolve
 
@@ -108,8 +115,7 @@ def load_reference(cfg: TrainConfig, tokenizer, device: str, weights_dtype: torc
             f"train.reference {cfg.reference!r} has another tokenizer than train.model {cfg.model!r}; fix: pick a "
             "reference of the same model family (same vocabulary), or drop train.reference"
         )
-    model = AutoModelForCausalLM.from_pretrained(resolved.path, dtype=weights_dtype, attn_implementation="sdpa")
-    return model.to(device).eval(), resolved.label
+    return _causal_lm(resolved.path, cfg, device, weights_dtype).eval(), resolved.label
 
 
 def train(cfg: TrainConfig, data: str | Path, out_dir: str | Path, *, log=print) -> dict:
