@@ -65,6 +65,13 @@ def eval_prompts(cfg: RunConfig) -> pa.Table:
     return table
 
 
+def _as_side(cands: pa.Table, side: str) -> pa.Table:
+    """The candidates with candidate_id PROMPT-side, the id the judging and the verdicts look answers up by."""
+    ids = [f"{p}-{side}" for p in cands.column("prompt_id").to_pylist()]
+    i = cands.schema.get_field_index("candidate_id")
+    return cands.set_column(i, cands.schema.field(i), pa.array(ids, pa.string()))
+
+
 def answers(cfg: RunConfig, prompts: pa.Table, model: str, side: str, field: str, *, top_k: int,
             answers_dir: Path | None = None) -> tuple[pa.Table, dict]:
     """One answer per prompt from `model` (candidate_id PROMPT-side) and, with top_k, {prompt_id: (entropy sum,
@@ -79,20 +86,13 @@ def answers(cfg: RunConfig, prompts: pa.Table, model: str, side: str, field: str
                                               "system_prompt"}), prompts.column("prompt_id").to_pylist())
     kept = None if answers_dir is None else Path(answers_dir) / f"{key}.parquet"
     if kept is not None and kept.exists():
-        rows = schemas.read_table(kept, "candidates").to_pylist()
-        for r in rows:
-            r["candidate_id"] = f"{r['prompt_id']}-{side}"
         sums = json.loads(kept.with_suffix(".json").read_text())
-        return schemas.from_rows(rows, "candidates"), {p: tuple(v) for p, v in sums.items()}
+        return _as_side(schemas.read_table(kept, "candidates"), side), {p: tuple(v) for p, v in sums.items()}
     backend = make_backend(resolve_backend_name(g.backend), model, dtype=g.dtype, batch_size=g.batch_size, field=field,
                            vllm=g.vllm.model_dump(), openai=g.openai.model_dump())
-    table, _ = generate_candidates(prompts, gen, backend, seed=cfg.seed)
-    rows = table.to_pylist()
-    for r in rows:
-        r["candidate_id"] = f"{r['prompt_id']}-{side}"
+    table = _as_side(generate_candidates(prompts, gen, backend, seed=cfg.seed)[0], side)
     in_process = top_k and hasattr(backend, "model")
-    sums = indicator_sums(backend, prompts, rows, g.system_prompt, top_k) if in_process else {}
-    table = schemas.from_rows(rows, "candidates")
+    sums = indicator_sums(backend, prompts, table.to_pylist(), g.system_prompt, top_k) if in_process else {}
     if kept is not None:  # the sums first: the parquet file is what says the answers are kept
         write_text(kept.with_suffix(".json"), json.dumps(sums))
         schemas.write_table(table, kept, "candidates")
