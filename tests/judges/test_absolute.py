@@ -36,6 +36,6 @@ def test_overlong_and_low_mass_inputs_are_not_ok(model):
     assert not strict.ok and strict.score is None
 
 
-def test_unknown_template_is_a_config_error(model):
-    with pytest.raises(ConfigError, match="judge.templates: 'nope'"):
-        judge(model, template_id="nope")
+def test_unknown_template_is_a_config_error():
+    with pytest.raises(ConfigError, match="judge.templates: 'nope'"):  # refused before the model is touched
+        judge((None, None, "m"), template_id="nope")

@@ -1,6 +1,7 @@
 import pytest
 
 from judges.pairwise import PairwiseJudge, combine, to_candidates
+from pipeline.errors import ConfigError
 
 CONV = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -52,7 +53,6 @@ def test_both_orders_on_the_real_model(model):
     assert '"p_a_swapped_order"' in forward.raw and judge.id.endswith("#pairwise-ab-v1")
 
 
-def test_unknown_pairwise_template(model):
-    m, tok, label = model
-    with pytest.raises(Exception, match="judge.pairwise_templates: 'nope'"):
-        PairwiseJudge(m, tok, label, template_id="nope", min_mass=0.01, max_input_tokens=64, batch_size=1)
+def test_unknown_pairwise_template():
+    with pytest.raises(ConfigError, match="judge.pairwise_templates: 'nope'"):  # refused before the model is touched
+        PairwiseJudge(None, None, "m", template_id="nope", min_mass=0.01, max_input_tokens=64, batch_size=1)

@@ -46,6 +46,7 @@ def test_hub_ids_pass_through_without_network():
     assert m.path == "HuggingFaceTB/SmolLM2-135M-Instruct" and m.revision == "hub"
 
 
+@pytest.mark.slow  # loads all-MiniLM-L6-v2
 def test_bundled_minilm_embeds():
     from sentence_transformers import SentenceTransformer
 

@@ -21,12 +21,14 @@ def table(texts):
                               for i, t in enumerate(texts)], "prompts")
 
 
+@pytest.mark.slow  # all-MiniLM-L6-v2
 def test_embeddings_are_normalised_and_semantic():
     e = embed(TEXTS, "bundled:minilm-l6")
     assert e.shape == (5, 384) and abs(float(e[0] @ e[0]) - 1) < 1e-5
     assert float(e[0] @ e[2]) > 0.9 > float(e[0] @ e[4]) > float(e[0] @ e[1])
 
 
+@pytest.mark.slow  # all-MiniLM-L6-v2
 def test_embeddings_match_sentence_transformers():
     from sentence_transformers import SentenceTransformer
 
@@ -41,6 +43,7 @@ def rows(drops):
     return drops.select(["prompt_id", "filter", "match"]).to_pylist()
 
 
+@pytest.mark.slow  # all-MiniLM-L6-v2
 def test_near_duplicates_drop_the_later_prompt():
     kept, funnel, dropped = filter_prompts(table(TEXTS), DedupConfig(), DecontaminateConfig())
     assert kept.column("prompt_id").to_pylist() == ["p0", "p1", "p3", "p4"]
@@ -121,6 +124,7 @@ def _cfg(*overrides):
     return load_config(None, ["curate.dedup.chunk_prompts=2", *overrides])
 
 
+@pytest.mark.slow  # all-MiniLM-L6-v2
 def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
     from pipeline import prompt_filter
 
@@ -159,6 +163,7 @@ def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
     assert third["drops"] == {"near_duplicate": 2}
 
 
+@pytest.mark.slow  # all-MiniLM-L6-v2
 def test_a_v01_meta_moves_its_drop_list_into_the_table(tmp_path):
     from pipeline import prompt_filter
     from pipeline.store import write_json
@@ -179,6 +184,7 @@ def test_a_v01_meta_moves_its_drop_list_into_the_table(tmp_path):
     ]
 
 
+@pytest.mark.slow  # all-MiniLM-L6-v2
 def test_shards_embed_their_parts_and_the_gathering_call_embeds_nothing(tmp_path, monkeypatch):
     from pipeline import prompt_filter
 
@@ -202,15 +208,16 @@ KILL_SCRIPT = """
 import sys
 from pipeline import prompt_filter
 from pipeline.config import load_config
-cfg = load_config(None, ["curate.dedup.chunk_prompts=2500"])
-prompt_filter.run(sys.argv[1], cfg, "fp-50k", log=lambda m: print(m, flush=True))
+cfg = load_config(None, [f"curate.dedup.chunk_prompts={sys.argv[2]}"])
+prompt_filter.run(sys.argv[1], cfg, "fp-kill", log=lambda m: print(m, flush=True))
 """
 
 
-@pytest.mark.slow
-def test_sigkill_while_embedding_50k_prompts_then_rerun_resumes_from_the_parts(tmp_path):
-    """A real SIGKILL after some embedding parts of a 50k-prompt input are written: the rerun keeps those
-    part files untouched (same inode and mtime), embeds only the rest and commits the stage."""
+def kill_while_embedding_then_rerun(folder, n: int, chunk: int) -> dict:
+    """Embed `n` prompts in parts of `chunk` in a subprocess, SIGKILL it once two parts are written, rerun it.
+    Asserts the rerun keeps the finished parts untouched (same inode and mtime), embeds only the rest and
+    commits the stage; returns the parts done before the kill and the rerun's seconds (bench/prompt_filter_kill.py
+    calls it at 50k prompts)."""
     import signal
     import subprocess
     import sys
@@ -218,38 +225,47 @@ def test_sigkill_while_embedding_50k_prompts_then_rerun_resumes_from_the_parts(t
 
     from tests.conftest import ROOT, cli_env
 
-    n = 50_000
     schemas.write_table(
         schemas.from_rows(
             [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(n)], "prompts"
         ),
-        tmp_path / "tables" / "prompts.parquet",
+        folder / "tables" / "prompts.parquet",
         "prompts",
     )
     env = {
-        **cli_env(),
+        **cli_env(shared_api=False),
         "OMP_NUM_THREADS": "1",
     }  # one thread: short inputs gain little from two, and it keeps time steady on busy machines
-    cmd = [sys.executable, "-c", KILL_SCRIPT, str(tmp_path)]
+    cmd = [sys.executable, "-c", KILL_SCRIPT, str(folder), str(chunk)]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 600
-    while len(list((tmp_path / "tables").glob("prompt_filter.embed.parts-*/part-*.json"))) < 2:
+    while len(list((folder / "tables").glob("prompt_filter.embed.parts-*/part-*.json"))) < 2:
         assert proc.poll() is None and time.time() < deadline, "the stage ended before two parts were written"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "tables" / "prompt_filter.json").exists()
-    parts_dir = next((tmp_path / "tables").glob("prompt_filter.embed.parts-*"))
+    assert not (folder / "tables" / "prompt_filter.json").exists()
+    parts_dir = next((folder / "tables").glob("prompt_filter.embed.parts-*"))
     finished = {p.stem for p in parts_dir.glob("part-*.json")}
     before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in parts_dir.iterdir() if p.stem in finished}
 
+    start = time.perf_counter()
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    seconds = time.perf_counter() - start
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"prompt_filter.embed: resuming, {2500 * len(finished)} of {n} prompts already done" in again.stdout
+    assert f"prompt_filter.embed: resuming, {chunk * len(finished)} of {n} prompts already done" in again.stdout
     assert {
         name: (p.stat().st_ino, p.stat().st_mtime_ns) for name, p in ((name, parts_dir / name) for name in before)
     } == before  # finished parts were not embedded again
     keys = [k for p in parts_dir.glob("part-*.json") for k in json.loads(p.read_text())["keys"]]
     assert len(keys) == len(set(keys)) == n
-    meta = json.loads((tmp_path / "tables" / "prompt_filter.json").read_text())
+    meta = json.loads((folder / "tables" / "prompt_filter.json").read_text())
     assert meta["embed"]["prompts"] == n and meta["rows"] + sum(meta["drops"].values()) == n
+    return {"parts_done": len(finished), "rerun_s": seconds}
+
+
+@pytest.mark.slow
+def test_sigkill_while_embedding_then_rerun_resumes_from_the_parts(tmp_path):
+    """A real SIGKILL after some embedding parts of a 5k-prompt input are written: the rerun keeps those part
+    files untouched, embeds only the rest and commits the stage (50k: bench/prompt_filter_kill.py)."""
+    kill_while_embedding_then_rerun(tmp_path, 5_000, 500)

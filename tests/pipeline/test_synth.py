@@ -14,15 +14,6 @@ LLAMA3 = ("{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|
           "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}")
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from pipeline.models import resolve
-
-    return AutoTokenizer.from_pretrained(resolve("bundled:smollm2-135m-instruct").path)
-
-
 def test_pre_query_text_of_chatml_and_llama3(tokenizer):
     chatml = pre_query_template(tokenizer, "You are a curious chef.")
     assert chatml == "<|im_start|>system\nYou are a curious chef.<|im_end|>\n<|im_start|>user\n"

@@ -3,18 +3,16 @@
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from transformers import AutoTokenizer
 
 from pipeline.errors import InputError
-from pipeline.models import resolve
 from pipeline.train.data import encode_row, eval_prompts, examples, open_source, shuffled
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(resolve("bundled:smollm2-135m-instruct").path)
+def tok(tokenizer):
+    return tokenizer
 
 
 def _row(i, prompt="What is the capital of France?", chosen="Paris.", rejected="Lyon, I think.", **extra):
