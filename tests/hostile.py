@@ -1,12 +1,14 @@
 """Hostile inputs: bad configs, inputs, run directories, shards and endpoints against the real CLI.
 
-Each case builds its bad input in a scratch folder, runs `python -m flows.cli ...` in a subprocess
-and counts as handled when the command exits with the expected non-zero status, prints no Python
+Each case builds its bad input in a scratch folder, runs the CLI's `main(argv)` in this process (or
+`python -m flows.cli ...` in a subprocess: with --subprocess, and always for a case that sets a variable
+read at import) and counts as handled when the command exits with the expected non-zero status, prints no Python
 traceback (Prefect's logged ones included), ends with one `prefsynth...: error: ...` line naming
 the fix (argparse's own usage errors name the argument instead), and leaves what was there intact.
 No case loads a model: every one must fail in the preflight, in seconds.
 
-    python tests/hostile.py            # prints one line per case, then "N/N handled"
+    python tests/hostile.py              # prints one line per case, then "N/N handled"
+    python tests/hostile.py --subprocess # the same, every case through a fresh `python -m flows.cli`
 tests/test_hostile.py runs the same cases in the suite.
 """
 
@@ -641,13 +643,37 @@ def _parquet_without_columns(d: Path) -> str:
 
 
 # -- running them --------------------------------------------------------------------------------------------
+# Variables read once at import (huggingface_hub reads HF_ENDPOINT then): a case that sets one needs a fresh process.
+IMPORT_TIME_ENV = ("HF_",)
+
+
 def _env(extra: dict) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_ENDPOINT", "HF_TOKEN", "PREFECT_API_URL"))}
     return {**env, "PYTHONUNBUFFERED": "1", "PREFSYNTH_PROGRESS": "0", **extra}
 
 
-def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
-    """(handled, one line saying why not / the error line)."""
+def needs_subprocess(case: Case) -> bool:
+    return any(k.startswith(IMPORT_TIME_ENV) for k in case.env)
+
+
+def _in_subprocess(argv: list[str], env: dict) -> tuple[int, str, str]:
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _in_process(argv: list[str], env: dict) -> tuple[int, str, str]:
+    """`flows.cli.main(argv)` here (tests/cli_inproc.py); a case that reaches a flow fails, since every case must
+    stop in the preflight and nothing Prefect would log outside the captured streams may go unseen."""
+    from tests.cli_inproc import run_main
+
+    proc = run_main(argv, env=env, allow_flows=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def run_case(case: Case, scratch: Path, *, fresh_process: bool = False) -> tuple[bool, str]:
+    """(handled, one line saying why not / the error line). In process unless `fresh_process` or the case sets a
+    variable read at import; the checks are the same either way."""
     d = scratch / case.name.replace(" ", "_").replace("/", "_")
     d.mkdir(parents=True)
     with read_only(d / "ro"):
@@ -655,20 +681,14 @@ def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
             argv = case.argv(d)
         except Exception as exc:  # a broken case is a failure of the script, reported as such
             return False, f"case setup failed: {exc!r}"
-        proc = subprocess.run(
-            [sys.executable, "-m", "flows.cli", *argv],
-            cwd=ROOT,
-            env=_env(case.env),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    out = proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        runner = _in_subprocess if fresh_process or needs_subprocess(case) else _in_process
+        rc, stdout, stderr = runner(argv, _env(case.env))
+    out = stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
     last = lines[-1] if lines else ""
     problems = []
-    if proc.returncode != case.rc:
-        problems.append(f"exit {proc.returncode}, expected {case.rc}")
+    if rc != case.rc:
+        problems.append(f"exit {rc}, expected {case.rc}")
     if "Traceback (most recent call last)" in out:
         problems.append("a Python traceback was printed")
     if not last.startswith("prefsynth") or ": error:" not in last:
@@ -676,7 +696,7 @@ def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
     error_text = "\n".join(lines[next((i for i, line in enumerate(lines) if ": error:" in line), len(lines)) :])
     if case.expect not in error_text:
         problems.append(f"error does not name {case.expect!r}: {error_text[:200]!r}")
-    if "fix" not in error_text and "usage:" not in proc.stderr:
+    if "fix" not in error_text and "usage:" not in stderr:
         problems.append("error names no fix")
     if "hf_hostile_secret" in out:
         problems.append("the token was printed")
@@ -685,8 +705,12 @@ def run_case(case: Case, scratch: Path) -> tuple[bool, str]:
     return not problems, "; ".join(problems) or last
 
 
-def run_all(cases_: list[Case] | None = None, *, workers: int = 2, echo=print) -> tuple[int, int, list[str]]:
-    """Run every case; return (handled, total, failure lines)."""
+def run_all(
+    cases_: list[Case] | None = None, *, fresh_process: bool = False, workers: int = 2, echo=print
+) -> tuple[int, int, list[str]]:
+    """Run every case; return (handled, total, failure lines). Cases run in this process one after another (the
+    CLI's signal handlers need the main thread), those needing a fresh interpreter in `workers` subprocesses;
+    `fresh_process=True` runs every case as `python -m flows.cli`, as a user's shell would."""
     cases_ = cases_ or cases()
     for case in [c for c in cases_ if not c.possible()]:
         echo(f"n/a  {case.name}: this machine cannot build the case (not counted)")
@@ -694,9 +718,15 @@ def run_all(cases_: list[Case] | None = None, *, workers: int = 2, echo=print) -
     scratch = Path(tempfile.mkdtemp(prefix="prefsynth-hostile-"))
     failures = []
     try:
+        apart = [c for c in cases_ if fresh_process or needs_subprocess(c)]
         with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(lambda c: (c, *run_case(c, scratch)), cases_))
-        for case, ok, why in results:
+            done = {id(c): r for c, r in zip(apart, pool.map(lambda c: run_case(c, scratch, fresh_process=True),
+                                                             apart))}
+        for c in cases_:
+            if id(c) not in done:
+                done[id(c)] = run_case(c, scratch)
+        for case in cases_:
+            ok, why = done[id(case)]
             echo(f"{'ok  ' if ok else 'FAIL'} {case.name}: {why}")
             if not ok:
                 failures.append(f"{case.name}: {why}")
@@ -709,5 +739,5 @@ def run_all(cases_: list[Case] | None = None, *, workers: int = 2, echo=print) -
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    handled, total, _ = run_all()
+    handled, total, _ = run_all(fresh_process="--subprocess" in sys.argv[1:])
     sys.exit(0 if handled == total else 1)

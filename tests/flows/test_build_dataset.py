@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY, cli_env, run_cli
+from tests.conftest import ROOT, TINY, cli_env, run_cli, use_shared_prefect_api
 
 pytestmark = pytest.mark.slow
 
@@ -101,16 +101,10 @@ def test_rerun_reuses_every_stage(tiny_run):
     assert pq.read_table(tiny_run / "pairs").to_pylist() == before
 
 
+# one prompt per checkpointed chunk, so a stage is killed half done; publish.chunk_prompts is operational (outside
+# every fingerprint, and candidates are seeded per prompt and sample), so the uninterrupted run the killed ones
+# must reproduce row for row is the tiny_run fixture, made with the default chunking
 KILL_ARGS = ["--config", str(TINY), "--set", "publish.chunk_prompts=1", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    """The uninterrupted run the killed ones must reproduce row for row."""
-    out = tmp_path_factory.mktemp("clean")
-    proc = run_cli("run", *KILL_ARGS, "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
 
 
 # (stage killed half-way, its output table and key column, rows it must end with, the stages before it)
@@ -122,7 +116,7 @@ KILL_POINTS = [
 
 
 @pytest.mark.parametrize("stage,table,key,rows,before", KILL_POINTS, ids=[k[0] for k in KILL_POINTS])
-def test_sigkill_mid_stage_then_rerun(clean_run, tmp_path, stage, table, key, rows, before):
+def test_sigkill_mid_stage_then_rerun(tiny_run, tmp_path, stage, table, key, rows, before):
     """A real SIGKILL while a stage is half done (one checkpointed chunk written); the rerun must
     not redo the finished stages, must resume that one, and must end with exactly the rows of an
     uninterrupted run: nothing lost, nothing twice."""
@@ -150,9 +144,9 @@ def test_sigkill_mid_stage_then_rerun(clean_run, tmp_path, stage, table, key, ro
         assert f"{done}: complete output exists" in again.stderr, done
     assert f"{stage}: resuming" in again.stderr
     killed = pq.read_table(out / "pairs").to_pylist()
-    assert killed == pq.read_table(clean_run / "pairs").to_pylist() and len(killed) >= 1
+    assert killed == pq.read_table(tiny_run / "pairs").to_pylist() and len(killed) >= 1
     got = pq.read_table(out / "tables" / table)
-    want = pq.read_table(clean_run / "tables" / table)
+    want = pq.read_table(tiny_run / "tables" / table)
     assert got.to_pylist() == want.to_pylist()
     if rows is not None:
         keys = got.column(key).to_pylist()
@@ -191,7 +185,7 @@ def test_many_pairs_per_prompt_with_ranked_view(tmp_path):
 
 
 def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
-    """Runs the flow in-process on Prefect's ephemeral API, then reads the artifacts back from it."""
+    """Runs the flow in-process on the session's shared Prefect API, then reads the artifacts back from it."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -200,6 +194,7 @@ def test_flow_leaves_summary_and_funnel_artifacts(tmp_path):
     from flows.build_dataset import build_dataset
     from pipeline.config import load_config
 
+    use_shared_prefect_api()
     state = build_dataset(load_config(TINY).model_dump(), str(tmp_path / "run"), return_state=True)
     manifest, run_id = state.result(), state.state_details.flow_run_id
 
@@ -229,6 +224,7 @@ def test_only_transient_backend_errors_are_retried():
     from flows.build_dataset import generate_task
     from pipeline.errors import BackendError, TransientBackendError
 
+    use_shared_prefect_api()
     attempts = []
 
     def failing(exc):
@@ -255,11 +251,9 @@ def test_only_transient_backend_errors_are_retried():
     assert generate_task.retries >= 1
 
 
-def test_judge_ensemble_run(tmp_path):
+def test_judge_ensemble_run(seeded_rm, tmp_path):
     """Two LLM-judge templates, a both-order pairwise judge and a reward model in one run."""
-    from judges.reward_model import build_seeded_reward_model
-
-    rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm"), seed=0)
+    rm = seeded_rm
     out = tmp_path / "run"
     proc = run_cli(
         "run",
@@ -313,15 +307,14 @@ def test_flow_file_runs_as_an_example(tmp_path):
     assert list((tmp_path / "runs" / "example-tiny" / "pairs").glob("train-*.parquet"))
 
 
-def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(tmp_path):
+def test_mixed_pair_sources_stay_distinguishable_and_train_with_rdpo(seeded_rm, tmp_path):
     """Best-vs-worst, self-critique revisions and reward-augmented rewrites in one run; the shards
     load with datasets, every source is counted, and the trainer's rdpo loss runs on them."""
     import datasets
 
-    from judges.reward_model import build_seeded_reward_model
     from pipeline.train import TrainConfig, train
 
-    rm = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm"), seed=0)
+    rm = seeded_rm
     out = tmp_path / "run"
     proc = run_cli(
         "run",

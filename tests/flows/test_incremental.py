@@ -102,7 +102,7 @@ def _increments(out):
 def test_served_deployment_runs_twice_on_schedule_with_only_new_prompts(tmp_path):
     port = _free_port()
     home = tmp_path / "prefect-home"
-    env = {**cli_env(), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**cli_env(shared_api=False), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

@@ -47,7 +47,7 @@ def browser():
 def review_server(run: Path, *args: str):
     """`prefsynth review RUN --port 0 ...` in a subprocess; yields (the URL it printed, its stdout lines, process)."""
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "review", str(run), "--port", "0", *args], cwd=ROOT,
-                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=cli_env(shared_api=False), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     printed: list[str] = []
     threading.Thread(target=lambda: [(printed.append(x), lines.put(x)) for x in proc.stdout], daemon=True).start()

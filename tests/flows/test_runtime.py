@@ -55,5 +55,6 @@ def test_the_console_filter_is_in_place_before_any_flow_module_is_imported():
             "hs = [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()] "
             "for h in getattr(lg, 'handlers', []) if isinstance(h, PrefectConsoleHandler)]\n"
             "assert hs and all(any(type(f).__name__ == '_QuietUserErrors' for f in h.filters) for h in hs), hs\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(), capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(shared_api=False), capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -6,7 +6,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow
 ARGS = ["--set", "input.path=synth:", "--set", "input.synth.mode=topics", "--set", "input.synth.n=6",
@@ -35,5 +35,5 @@ def test_a_run_on_synthesised_prompts_builds_pairs(tmp_path):
 
 
 def test_synthesis_cannot_grow_an_incremental_dataset(tmp_path):
-    proc = run_cli("run", "--config", str(TINY), "--out", str(tmp_path / "grow"), "--incremental", *ARGS)
+    proc = cli_in_process("run", "--config", str(TINY), "--out", str(tmp_path / "grow"), "--incremental", *ARGS)
     assert proc.returncode == 2 and "cannot grow a dataset" in proc.stderr and "Traceback" not in proc.stderr

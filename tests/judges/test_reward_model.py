@@ -7,13 +7,8 @@ pytestmark = pytest.mark.slow
 CONV = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    return build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path_factory.mktemp("rm")), seed=3)
-
-
-def test_rewards_are_batch_invariant_and_match_a_plain_forward(rm_dir):
-    judge = RewardModelJudge(rm_dir, batch_size=3)
+def test_rewards_are_batch_invariant_and_match_a_plain_forward(seeded_rm):
+    judge = RewardModelJudge(seeded_rm, batch_size=3)
     items = [(CONV, "Paris."), (CONV, "The capital of France is Paris, a city on the Seine."), (CONV, "no idea")]
     batched = judge.score(items)
     assert all(j.ok for j in batched) and len({round(j.score, 6) for j in batched}) == 3
@@ -29,12 +24,12 @@ def test_rewards_are_batch_invariant_and_match_a_plain_forward(rm_dir):
         assert abs(j.score - want) < 1e-4
 
 
-def test_same_seed_same_head(rm_dir, tmp_path):
+def test_same_seed_same_head(seeded_rm, tmp_path):
     again = build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path / "rm2"), seed=3)
-    a, b = RewardModelJudge(rm_dir), RewardModelJudge(again)
+    a, b = RewardModelJudge(seeded_rm), RewardModelJudge(again)
     assert torch.equal(a.model.score.weight, b.model.score.weight)
 
 
-def test_overlong_input_is_not_ok(rm_dir):
-    j = RewardModelJudge(rm_dir, max_input_tokens=16).score([(CONV, "word " * 50)])[0]
+def test_overlong_input_is_not_ok(seeded_rm):
+    j = RewardModelJudge(seeded_rm, max_input_tokens=16).score([(CONV, "word " * 50)])[0]
     assert j.score is None and not j.ok and "judge.max_input_tokens=16" in j.raw

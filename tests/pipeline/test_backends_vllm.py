@@ -82,15 +82,15 @@ def test_vllm_in_process_backend(tmp_path):
             assert json.loads(v["raw"])["mass"] == pytest.approx(json.loads(h["raw"])["mass"], abs=2e-3)
 
 
-def test_reward_model_on_vllm_pooling_runner(tmp_path):
+def test_reward_model_on_vllm_pooling_runner(seeded_rm, tmp_path):
     """A reward model on vLLM's in-process pooling runner (runner=pooling, convert=classify, raw scores) scores as the
     transformers reward model does: the seeded head on the bundled weights, float32, within 1e-3. Runs before the
     module's server starts (one engine at a time)."""
-    from judges.reward_model import RewardModelJudge, build_seeded_reward_model
+    from judges.reward_model import RewardModelJudge
     from tests.pipeline.vllm_job import RM_ITEMS
 
     need_venv()
-    rm = build_seeded_reward_model(MODEL, str(tmp_path / "rm"), seed=3)
+    rm = seeded_rm
     proc = subprocess.run(
         [str(VPY), str(ROOT / "tests/pipeline/vllm_job.py"), "--reward", rm, str(tmp_path / "rm.json")],
         cwd=ROOT,
@@ -286,7 +286,7 @@ def test_429_and_500_are_retried_through_a_fault_proxy(server):
 
 
 def test_prefect_global_limits_bound_requests_across_processes(server):
-    """Prefect's global limits (on the ephemeral API) hold an 8-way backend to 2 requests in flight at
+    """Prefect's global limits (on the session's shared Prefect API) hold an 8-way backend to 2 requests in flight at
     the real server, space request starts by a decaying rate limit, and a missing limit is an error."""
     import asyncio
 
@@ -294,6 +294,9 @@ def test_prefect_global_limits_bound_requests_across_processes(server):
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     from pipeline.errors import ConfigError
+    from tests.conftest import use_shared_prefect_api
+
+    use_shared_prefect_api()
 
     async def create_limits():
         async with get_client() as client:

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.evaluate import lc_win_rate
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, cli_in_process, run_cli
 
 MODEL = "bundled:smollm2-135m-instruct"
 
@@ -59,6 +59,7 @@ def test_lc_win_rate_removes_a_length_effect():
 
 
 def test_eval_missing_model_fails_in_one_line(tmp_path):
-    proc = run_cli("eval", "--model", str(tmp_path / "nope"), "--config", str(TINY), "--out", str(tmp_path / "o"))
+    proc = cli_in_process("eval", "--model", str(tmp_path / "nope"), "--config", str(TINY),
+                          "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--model" in proc.stderr and "fix:" in proc.stderr

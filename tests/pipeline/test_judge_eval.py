@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.judge_eval import OVERALL, judge_pairs, load_labels, run_judge_eval, summarise
-from tests.conftest import TINY, run_cli, write_jsonl
+from tests.conftest import TINY, cli_in_process, write_jsonl
 
 MODEL = "bundled:smollm2-135m-instruct"
 LABELS = [
@@ -45,10 +45,10 @@ def _check_summary(summary: list[dict], pairs: list[dict]) -> int:
 
 
 @pytest.mark.slow
-def test_reward_model_accuracy_and_interval_match_the_per_pair_scores(tmp_path):
-    from judges.reward_model import RewardModelJudge, build_seeded_reward_model
+def test_reward_model_accuracy_and_interval_match_the_per_pair_scores(seeded_rm, tmp_path):
+    from judges.reward_model import RewardModelJudge
 
-    rm = build_seeded_reward_model(MODEL, str(tmp_path / "rm"), seed=3)
+    rm = seeded_rm
     labels = write_jsonl(tmp_path / "labels.jsonl", [*LABELS, LONG])
     cfg = load_config(TINY, ["judge.templates=[]", f"judge.reward_models=[{rm}]", "judge.aggregate=mean_normalised",
                              "judge.max_input_tokens=64"])
@@ -134,7 +134,7 @@ def test_labels_in_parquet_with_message_lists(tmp_path):
 )
 def test_bad_labels_fail_in_one_line_without_traceback(tmp_path, name, rows, needle):
     labels = write_jsonl(tmp_path / name, rows)
-    proc = run_cli("judge-eval", "--labels", str(labels), "--out", str(tmp_path / "out"), timeout=120)
+    proc = cli_in_process("judge-eval", "--labels", str(labels), "--out", str(tmp_path / "out"))
     errors = [x for x in proc.stderr.splitlines() if x.startswith("prefsynth: error")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert needle in errors[0] and not (tmp_path / "out").exists()

@@ -201,14 +201,14 @@ def test_budget_stops_the_run_and_a_larger_budget_continues(served_run, server, 
     assert "## Requests and cost" in card and f"${usage['total']['usd']:.6f}" in card
 
 
-def test_reward_model_served_by_vllm(tmp_path):
+def test_reward_model_served_by_vllm(seeded_rm, tmp_path):
     """A reward model behind `vllm serve --runner pooling --convert classify` (its /classify route, use_activation
     false), configured as a judge.reward_models mapping, scores within 1e-3 of the transformers reward model."""
-    from judges.reward_model import RewardModelJudge, build_seeded_reward_model, reward_judge
+    from judges.reward_model import RewardModelJudge, reward_judge
     from pipeline.request_log import RequestLog
     from tests.pipeline.vllm_job import RM_ITEMS
 
-    rm = build_seeded_reward_model(MODEL, str(tmp_path / "rm"), seed=3)
+    rm = seeded_rm
     srv = Server(tmp_path / "rm-serve.log", folder=rm, name="seeded-rm", extra=("--runner", "pooling", "--convert",
                                                                                   "classify"), memory=0.1)
     srv.start()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from judges.reward_model import RewardModelJudge, build_seeded_reward_model
+from judges.reward_model import RewardModelJudge
 from pipeline import schemas
 from pipeline.backends.hf import TransformersBackend
 from pipeline.config import ConfigError, PrincipleConfig, RunConfig, load_config
@@ -14,11 +14,6 @@ from pipeline.self_critique import BUILTIN, critique_pairs, principles
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    return build_seeded_reward_model("bundled:smollm2-135m-instruct", str(tmp_path_factory.mktemp("rm")), seed=3)
-
-
 def _prompts(n):
     rows = [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": q}], "source": "t", "category": "c"}
             for i, q in enumerate(["How do I pick a strong password?", "Is it fine to skip breakfast every day?",
@@ -26,12 +21,12 @@ def _prompts(n):
     return schemas.from_rows(rows, "prompts")
 
 
-def test_revision_pairs_carry_principle_critique_and_reward_model_confidence(rm_dir):
+def test_revision_pairs_carry_principle_critique_and_reward_model_confidence(seeded_rm):
     backend = TransformersBackend("bundled:smollm2-135m-instruct", batch_size=4)
     custom = PrincipleConfig(name="brevity", critique="Say what in your answer is longer than needed.",
                              revision="Rewrite your answer in at most two sentences. Reply with it only.")
     rules = principles(["safety", custom])
-    pairs, drops = critique_pairs(_prompts(3), backend, RewardModelJudge(rm_dir), rules=rules, seed=1,
+    pairs, drops = critique_pairs(_prompts(3), backend, RewardModelJudge(seeded_rm), rules=rules, seed=1,
                                   temperature=0.7, max_new_tokens=24)
     rows = pairs.to_pylist()
     assert len(rows) + drops["revision_identical"] + drops["no_answer"] + drops["no_critique_or_revision"] == 3
@@ -49,7 +44,7 @@ def test_revision_pairs_carry_principle_critique_and_reward_model_confidence(rm_
         assert r["chosen_len"] > 0 and r["rejected_len"] > 0
     # same seed, same pairs (sampling is seeded per prompt; critique and revision are greedy)
     again, _ = critique_pairs(
-        _prompts(3), backend, RewardModelJudge(rm_dir), rules=rules, seed=1, temperature=0.7, max_new_tokens=24
+        _prompts(3), backend, RewardModelJudge(seeded_rm), rules=rules, seed=1, temperature=0.7, max_new_tokens=24
     )
     assert again.to_pylist() == rows
 

@@ -20,7 +20,7 @@ from pipeline.train import TrainConfig, train
 from pipeline.train.data import examples, open_source
 from pipeline.train.metrics import OverOptConfig
 from pipeline.train.trainer import accumulate, load_policy
-from tests.conftest import ROOT, cli_env, run_cli
+from tests.conftest import ROOT, cli_env, cli_in_process, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -121,7 +121,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(data, tmp_path):
     killed = tmp_path / "killed"
     code = ("import sys; from pipeline.train import TrainConfig, train; "
             f"train(TrainConfig.model_validate_json(sys.argv[1]), {str(data)!r}, {str(killed)!r})")
-    proc = subprocess.Popen([sys.executable, "-c", code, cfg.model_dump_json()], cwd=ROOT, env=cli_env(),
+    proc = subprocess.Popen([sys.executable, "-c", code, cfg.model_dump_json()], cwd=ROOT,
+                            env=cli_env(shared_api=False),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step-000002").exists():
@@ -186,9 +187,9 @@ def test_lora_with_rationale_term_trains_and_merges(data, tmp_path):
 
 
 def test_cli_errors_name_the_field_and_the_fix(tmp_path):
-    proc = run_cli("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    proc = cli_in_process("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "not a prefsynth run directory" in proc.stderr
-    proc = run_cli("train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "losses={dpo: 1}")
+    proc = cli_in_process("train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "losses={dpo: 1}")
     assert proc.returncode == 2 and "unknown term(s) ['dpo']" in proc.stderr
 
 
