@@ -59,9 +59,10 @@ run: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# everything: vLLM and browser tests included (CI runs this). CONTRIBUTING.md explains the tiers and markers.
+# everything: vLLM and browser tests included (CI runs this), on two pytest-xdist workers, one file per worker at a
+# time (tests/conftest.py groups them). CONTRIBUTING.md explains the tiers, markers and the measured figures.
 test: lint models setup-vllm setup-browser
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(ARGS)
 
 # what needs no model, no Prefect server, no vLLM and no browser (tests/tier_guard.py fails a test that does)
 test-fast: lint models

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,6 +18,11 @@ from tests.cli_inproc import run_main
 
 # tier_guard: an unmarked test that loads a model fails (make test-fast); pytester: tests/test_tier_guard.py
 pytest_plugins = ["tests.tier_guard", "pytester"]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one torch thread each (and in every subprocess they start), not two threads each
+    # contending for both cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "data" / "configs" / "tiny.yaml"
@@ -84,6 +91,35 @@ def cli_in_process(*args: str) -> subprocess.CompletedProcess:
     return run_main(list(args))
 
 
+def _close(a, b, path: str) -> None:
+    if isinstance(a, float) and isinstance(b, float):
+        same = (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-4)
+        assert same, f"{path}: {a} != {b}"
+    elif isinstance(a, dict) and isinstance(b, dict):
+        assert a.keys() == b.keys(), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), f"{path}: {len(a)} rows != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, str) and isinstance(b, str) and a != b and a[:1] in "{[" and b[:1] in "{[":
+        try:  # a JSON column (a judge's raw distribution) prints its floats rounded
+            x, y = json.loads(a), json.loads(b)
+        except ValueError:
+            x, y = a, b
+        assert not isinstance(x, str), f"{path}: {a!r} != {b!r}"
+        _close(x, y, path)
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def assert_same_rows(got: list, want: list, name: str = "rows") -> None:
+    """Rows equal field by field: ids, texts and counts exactly, floats to 1e-4 (a reward model or a reference
+    scoring prompts in batches of another size pads differently, which moves the last bits of a score)."""
+    _close(got, want, name)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
@@ -118,8 +154,10 @@ def seeded_rm(tmp_path_factory) -> str:
     for every test that needs a reward model folder; tests only read it."""
     from judges.reward_model import build_seeded_reward_model
 
-    out = tmp_path_factory.mktemp("seeded-rm")
-    return build_seeded_reward_model("bundled:smollm2-135m-instruct", str(out), seed=3)
+    def build(out: Path) -> None:
+        build_seeded_reward_model("bundled:smollm2-135m-instruct", str(out / "rm"), seed=3)
+
+    return str(built_once(tmp_path_factory, "seeded-rm", build) / "rm")
 
 
 @pytest.fixture(scope="session")
@@ -140,12 +178,54 @@ def perturbed_model(model, tmp_path_factory):
     return out
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `build(folder)` fills, built once per pytest session: under pytest-xdist the first worker that
+    asks builds it under a file lock in the temporary root all workers share, and the others wait and read it.
+    Tests only read it (copy it to change it)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        out = tmp_path_factory.mktemp(name)
+        build(out)
+        return out
+    from filelock import FileLock
+
+    out = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{out}.lock"):
+        if not (out / ".built").exists():
+            shutil.rmtree(out, ignore_errors=True)  # a worker that failed half-way
+            out.mkdir()
+            build(out)
+            (out / ".built").touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One complete CLI run of the tiny config; several tests read its outputs."""
-    out = tmp_path_factory.mktemp("tiny-run")
-    proc = run_cli("run", "--config", str(TINY), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    (out / "cli-stdout.txt").write_text(proc.stdout)
-    (out / "cli-stderr.txt").write_text(proc.stderr)
-    return out
+
+    def build(out: Path) -> None:
+        proc = run_cli("run", "--config", str(TINY), "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        (out / "cli-stdout.txt").write_text(proc.stdout)
+        (out / "cli-stderr.txt").write_text(proc.stderr)
+
+    return built_once(tmp_path_factory, "tiny-run", build)
+
+
+# Under pytest-xdist (make test: -n 2 --dist loadgroup) each file runs on one worker, so a module's fixtures are built
+# once; files that share a session resource that cannot cross workers (one `vllm serve`) also share a worker.
+# Folders both workers read (tiny_run, pairs_run, seeded_rm) are built once across workers by `built_once`.
+SAME_WORKER = {"server": "vllm-serve"}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("dist", "no") == "loadgroup":
+        return
+    group: dict = {}
+    for item in items:
+        shared = next((g for fixture, g in SAME_WORKER.items() if fixture in item.fixturenames), None)
+        if shared or item.path not in group:
+            group[item.path] = shared or str(item.path.relative_to(ROOT))
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group[item.path]))

@@ -69,6 +69,7 @@ def test_trl_dpo_trainer_steps_on_the_multi_turn_pairs(conv_run, tmp_path):
     assert loss and loss[0] == loss[0]  # a finite number, not NaN
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_simulated_three_turn_conversations_on_the_tiny_config(tmp_path):
     """sources.conversation: the bundled model plays policy and user simulator for 3 user turns; every pair's
     prompt alternates roles and ends with a user turn; the seeded simulation is the same when run again."""

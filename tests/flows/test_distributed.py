@@ -51,6 +51,7 @@ def runs(tmp_path_factory):
     return base / "local", base / "ray", ray
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_a_ray_run_writes_the_rows_of_a_local_run(runs):
     local, ray, proc = runs
     for stage in ("generate", "judge", "ches", "rationale"):
@@ -94,6 +95,7 @@ def _ray_processes() -> list[str]:
     return out
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_a_killed_ray_run_resumes_to_the_same_rows(runs, tmp_path):
     """SIGKILL the driver while Ray workers judge (`kill -9` of the CLI alone): Ray's daemons and workers
     exit after it (Ray's own watchers; its agents take about a minute), and the rerun keeps the generate

@@ -66,6 +66,7 @@ def _interrupt(out: Path, *, when: str, sig: int, group: bool) -> tuple[int, str
         return proc.returncode, log.read_text(), time.time() - sent, marker
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_ctrl_c_sigterm_and_sigkill_stop_cleanly_and_the_rerun_completes(tiny_run, tmp_path):
     """One run directory, interrupted three ways at three stages, then finished: each interrupt exits
     promptly with its status and message, every process the run started is gone within 10 s (the

@@ -41,6 +41,7 @@ def _args(src, out):
             "--incremental", "--quiet"]
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_incremental_runs_append_only_new_prompts(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -99,6 +100,7 @@ def _increments(out):
     return json.loads(path.read_text()).get("increments", []) if path.exists() else []
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_served_deployment_runs_twice_on_schedule_with_only_new_prompts(tmp_path):
     port = _free_port()
     home = tmp_path / "prefect-home"

@@ -39,6 +39,7 @@ def _win_rate(folder: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_two_rounds_each_from_its_policy(loop):
     rows = pq.read_table(loop / "rounds.parquet").to_pylist()
     assert [r["round"] for r in rows] == [0, 1] and rows[1]["policy"] == rows[0]["trained"]
@@ -59,6 +60,7 @@ def test_two_rounds_each_from_its_policy(loop):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_sigkill_in_round_two_training_resumes_to_the_same_weights(loop, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "iterate", *ARGS, "--out", str(out)], cwd=ROOT,

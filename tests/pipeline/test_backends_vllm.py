@@ -45,6 +45,7 @@ def openai_backend(base_url: str, **kw) -> OpenAIBackend:
     return OpenAIBackend(MODEL, base_url=f"{base_url}/v1", label=resolve(MODEL).label, **opts)
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_vllm_in_process_backend(tmp_path):
     """Runs first in this module (no server yet): the in-process engine, then it exits."""
     _need_venv()

@@ -231,6 +231,7 @@ def test_reward_model_served_by_vllm(seeded_rm, tmp_path):
     assert [j.score for j in served] == pytest.approx([j.score for j in want], abs=1e-3)
 
 
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_batch_mode_with_vllm_run_batch(served_run, tmp_path):
     """judge.openai.mode batch: the judge's requests as one OpenAI batch input file, answered by the real
     `vllm run-batch` and ingested into the request log; two answers expired (moved to the error file by the runner

@@ -265,6 +265,7 @@ def kill_while_embedding_then_rerun(folder, n: int, chunk: int) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_sigkill_while_embedding_then_rerun_resumes_from_the_parts(tmp_path):
     """A real SIGKILL after some embedding parts of a 5k-prompt input are written: the rerun keeps those part
     files untouched, embeds only the rest and commits the stage (50k: bench/prompt_filter_kill.py)."""

@@ -4,12 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, built_once, run_cli
 
 
 @pytest.fixture(scope="session")
 def pairs_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pairs-run")
-    proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--set", "input.limit=12", "--quiet")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    def build(out: Path) -> None:
+        proc = run_cli("run", "--config", str(TINY), "--out", str(out), "--set", "input.limit=12", "--quiet")
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    return built_once(tmp_path_factory, "pairs-run", build)

@@ -97,6 +97,7 @@ def _rank_pid(launcher: int, rank: int, deadline: float) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # minutes of work; more when a second xdist worker shares the cores
 def test_fsdp_resumes_after_sigkill_of_one_rank_and_matches_one_process(pairs_run, one_process, tmp_path):
     # FSDP2 (fully_shard) runs on CPU with gloo in the installed torch; its checkpoints go through DCP
     data = shutil.copytree(pairs_run, tmp_path / "run")
