@@ -60,9 +60,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # everything: vLLM and browser tests included (CI runs this), on two pytest-xdist workers, one file per worker at a
-# time (tests/conftest.py groups them). CONTRIBUTING.md explains the tiers, markers and the measured figures.
+# time (tests/conftest.py schedules them). CONTRIBUTING.md explains the tiers, markers and the measured figures.
 test: lint models setup-vllm setup-browser
-	$(PY) -m pytest -q -n 2 --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q -n 2 $(ARGS)
 
 # what needs no model, no Prefect server, no vLLM and no browser (tests/tier_guard.py fails a test that does)
 test-fast: lint models

@@ -212,20 +212,37 @@ def tiny_run(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "tiny-run", build)
 
 
-# Under pytest-xdist (make test: -n 2 --dist loadgroup) each file runs on one worker, so a module's fixtures are built
-# once; files that share a session resource that cannot cross workers (one `vllm serve`) also share a worker.
-# Folders both workers read (tiny_run, pairs_run, seeded_rm) are built once across workers by `built_once`.
-SAME_WORKER = {"server": "vllm-serve"}
+# Under pytest-xdist (make test: -n 2) each file runs on one worker, so a module's fixtures are built once; files that
+# share a session resource that cannot cross workers (one `vllm serve`) also share a worker. Folders that tests of
+# several files read (tiny_run, pairs_run, seeded_rm) are built once across workers by `built_once`.
+# (xdist's own --dist loadgroup cannot do this under pytest 9, whose node ids ignore the group xdist appends.)
+SAME_WORKER = {"tests/pipeline/test_backends_vllm.py": "vllm-serve",
+               "tests/pipeline/test_judges_served.py": "vllm-serve"}
+# the longest groups (minutes each) are handed out first, so neither worker is left with one at the end
+LONGEST_FIRST = ["vllm-serve", "tests/flows/test_build_dataset.py", "tests/pipeline/train/test_trainer.py",
+                 "tests/pipeline/train/test_parallel.py", "tests/flows/test_distributed.py",
+                 "tests/flows/test_iterate.py"]
+
+
+def worker_group(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SAME_WORKER.get(path, path)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid)
+
+    return ByGroup(config, log)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    if not config.getoption("dist", "no") == "loadgroup":
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
         return
-    group: dict = {}
-    for item in items:
-        shared = next((g for fixture, g in SAME_WORKER.items() if fixture in item.fixturenames), None)
-        if shared or item.path not in group:
-            group[item.path] = shared or str(item.path.relative_to(ROOT))
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group[item.path]))
+    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(worker_group(item.nodeid), len(rank)))  # stable: file order kept
