@@ -29,7 +29,7 @@ $(VENV)/.prefsynth-installed: pyproject.toml
 # the bundled GGUF converted once to a safetensors folder in the user cache (about 30 s the first time, then a check
 # of the folder): done here so that a test or a run's preflight reads files and never pays the conversion
 models: setup
-	$(PY) -c "from pipeline.models import resolve; resolve('bundled:smollm2-135m-instruct')"
+	$(PY) -c "from pipeline.backends.model_ref import resolve; resolve('bundled:smollm2-135m-instruct')"
 
 setup-vllm: $(VENV_VLLM)/.vllm-installed
 

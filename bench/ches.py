@@ -23,13 +23,13 @@ from itertools import combinations
 
 import torch
 
-from pipeline import schemas
 from pipeline.backends.hf import TransformersBackend
-from pipeline.ches import score_pairs
 from pipeline.config import GenerateConfig, InputConfig
-from pipeline.encoding import encode_pair
-from pipeline.generate import generate_candidates
-from pipeline.prompts import load_prompts
+from pipeline.core import schemas
+from pipeline.core.encoding import encode_pair
+from pipeline.stages.ches import score_pairs
+from pipeline.stages.generate import generate_candidates
+from pipeline.stages.prompts import load_prompts
 
 
 def make_pairs(n_prompts: int, k: int, backend) -> "schemas.pa.Table":

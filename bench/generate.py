@@ -36,8 +36,8 @@ from transformers import GenerationConfig
 
 from pipeline.backends.hf import TransformersBackend
 from pipeline.config import GenerateConfig, InputConfig
-from pipeline.generate import generate_candidates
-from pipeline.prompts import load_prompts
+from pipeline.stages.generate import generate_candidates
+from pipeline.stages.prompts import load_prompts
 
 MODEL = "bundled:smollm2-135m-instruct"
 
@@ -117,8 +117,8 @@ def compare_backends(args) -> None:
             b.llm.llm_engine.engine_core.shutdown()
             del b
         elif name == "openai":
+            from pipeline.backends.model_ref import resolve
             from pipeline.backends.openai_backend import OpenAIBackend
-            from pipeline.models import resolve
 
             sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
             from tests.pipeline.vllm_serving import Server  # the same launcher the tests use

@@ -1,10 +1,10 @@
 """Does iterating help the bundled 135M model? `prefsynth iterate` for 3 rounds on the bundled verifiable prompts.
 
-Runs the real CLI (pipeline/iterate.py: round r generates with policy r, judges with the base config's judge,
+Runs the real CLI (pipeline/loop/iterate.py: round r generates with policy r, judges with the base config's judge,
 pairs, CHES, trains policy r+1 from policy r, evaluates it against the base and against policy r on held-out
 prompts) and prints, per round, the win rate against the base with its 95% bootstrap interval, the win rate against
 the previous policy, the length-controlled win rate, the mean answer tokens and the verifier accuracy (the verifier
-checks every answer to a prompt with a verify spec). Writes the figure WORK/rounds.png (pipeline/plots.py).
+checks every answer to a prompt with a verify spec). Writes the figure WORK/rounds.png (pipeline/publish/plots.py).
 Whatever direction the model moves is reported as measured.
 
     python bench/iterate.py                       # 3 rounds, WORK=/tmp/prefsynth-bench-iterate (resumes)
@@ -49,7 +49,7 @@ def main() -> int:
 
     import pyarrow.parquet as pq
 
-    from pipeline.plots import rounds_plot
+    from pipeline.publish.plots import rounds_plot
 
     rows = pq.read_table(Path(args.work) / "rounds.parquet").to_pylist()
     f = lambda x, d=3: "  n/a" if x is None else f"{x:.{d}f}"  # noqa: E731

@@ -30,11 +30,11 @@ from bench.generate import timed  # noqa: E402  (the same per-call wall-time wra
 from judges import absolute  # noqa: E402
 from pipeline.backends.hf import TransformersBackend  # noqa: E402
 from pipeline.backends.openai_backend import OpenAIBackend  # noqa: E402
+from pipeline.backends.request_log import RequestLog  # noqa: E402
 from pipeline.config import GenerateConfig, InputConfig, load_config  # noqa: E402
-from pipeline.generate import generate_candidates  # noqa: E402
-from pipeline.judge import build_judges, judge_candidates  # noqa: E402
-from pipeline.prompts import load_prompts  # noqa: E402
-from pipeline.request_log import RequestLog  # noqa: E402
+from pipeline.stages.generate import generate_candidates  # noqa: E402
+from pipeline.stages.judge import build_judges, judge_candidates  # noqa: E402
+from pipeline.stages.prompts import load_prompts  # noqa: E402
 
 MODEL = "bundled:smollm2-135m-instruct"
 JUDGES = ["generate.dtype=float32", "judge.pairwise_templates=[pairwise-ab-v1]", "judge.aggregate=mean_normalised"]

@@ -77,7 +77,7 @@ def old_open_and_lookup(path: Path, keys: list[str]) -> int:
 
 def measure(mode: str, path: Path, keys: list[str], cap_bytes: int) -> None:
     """Child process: open + look up, print one JSON line (seconds, peak and import-level RSS in MiB)."""
-    from pipeline.request_log import RequestLog
+    from pipeline.backends.request_log import RequestLog
 
     base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if cap_bytes:

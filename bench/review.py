@@ -32,7 +32,7 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import review  # noqa: E402
+from pipeline.review import labels as review  # noqa: E402
 from tests.review_run import build  # noqa: E402
 
 

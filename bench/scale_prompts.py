@@ -1,6 +1,6 @@
 """Time and peak memory of the prompt filter at 10k, 100k and 1M synthetic prompts.
 
-Each case is the real stage (`pipeline.prompt_filter.run`) in a fresh process on a run folder whose
+Each case is the real stage (`pipeline.stages.prompt_filter.run`) in a fresh process on a run folder whose
 prompts table and embedding parts were written beforehand, as if the embedding parts had run: the
 stage finds every part done, loads no model, searches and commits. So the figures are the filter
 without the embedder; the embedder's own speed is measured apart on real text (`embed` row) and
@@ -39,8 +39,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipeline import schemas  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.core import schemas  # noqa: E402
 
 DIM, THRESHOLD, CHUNK = 384, 0.9, 8192
 
@@ -99,7 +99,7 @@ def prompts_table(texts: list[str]) -> pa.Table:
 
 def make(run_dir: Path, n: int, seed: int) -> None:
     """Write the prompts table, the finished embedding parts and the planted truth of one size."""
-    from pipeline.prompt_filter import embedding_store, embeddings_table
+    from pipeline.stages.prompt_filter import embedding_store, embeddings_table
 
     rng = np.random.default_rng(seed)
     texts, text_copies = planted_texts(n, rng)
@@ -120,7 +120,7 @@ def filter_case(run_dir: Path, n: int, overrides: list[str]) -> dict:
     """The stage on a prepared folder, in this (fresh) process."""
     import torch  # noqa: F401  (imported before the figure of the imports' memory)
 
-    from pipeline import prompt_filter
+    from pipeline.stages import prompt_filter
 
     imports = rss_mb()
     cfg = load_config(None, [f"curate.dedup.chunk_prompts={CHUNK}", *overrides])
@@ -148,7 +148,7 @@ def filter_case(run_dir: Path, n: int, overrides: list[str]) -> dict:
 def legacy_case(run_dir: Path) -> dict:
     import torch
 
-    from pipeline.neardup import legacy_near_duplicates
+    from pipeline.curation.neardup import legacy_near_duplicates
 
     emb = torch.from_numpy(np.load(run_dir / "emb.npy"))
     t0 = time.perf_counter()
@@ -160,7 +160,7 @@ def legacy_case(run_dir: Path) -> dict:
 
 def embed_case(n: int) -> dict:
     """The stage's embedding parts on n real-text prompts with the bundled MiniLM (prompts/s)."""
-    from pipeline.prompt_filter import embed_in_parts, embedding_store
+    from pipeline.stages.prompt_filter import embed_in_parts, embedding_store
 
     rng = np.random.default_rng(1)
     texts, _ = planted_texts(n, rng)
@@ -169,7 +169,7 @@ def embed_case(n: int) -> dict:
     cfg = load_config(None)
     with tempfile.TemporaryDirectory() as tmp:
         store = embedding_store(tmp, cfg, "bench-embed")
-        from pipeline.prompt_filter import embed
+        from pipeline.stages.prompt_filter import embed
 
         embed(texts[:64], cfg.curate.dedup.model)  # model load, not timed
         t0 = time.perf_counter()

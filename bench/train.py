@@ -227,7 +227,7 @@ def main() -> None:
     os.environ.setdefault("PREFSYNTH_PROGRESS", "0")
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     work = Path(tempfile.mkdtemp(prefix="prefsynth-bench-train-"))
     bundled = resolve("bundled:smollm2-135m-instruct").path

@@ -1,9 +1,9 @@
-"""The `build_dataset` flow: the stages of pipeline/stages.py in their order (synth when the input
+"""The `build_dataset` flow: the stages of pipeline/stages/order.py in their order (synth when the input
 is synthesised -> prompts -> prompt_filter -> self_critique -> generate -> judge -> pair -> ches ->
 rationale), then publish. With `distributed.runner: ray` the shardable stages' prompt shards run on
 a Ray cluster first (flows/distributed.py).
 
-Each stage is a Prefect task that only calls its declared runner (pipeline/stage.py), which
+Each stage is a Prefect task that only calls its declared runner (pipeline/core/runner.py), which
 decides to skip (complete output for its fingerprint), resume (checkpointed parts) or run. Tasks
 pass paths and fingerprints, never models or tables (everything between stages is on disk).
 Run it as an example on the bundled sample: `python -m flows.build_dataset`.
@@ -26,15 +26,15 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from flows.distributed import run_stage, task_runner
-from pipeline import publish
 from pipeline.config import RunConfig
+from pipeline.core.funnel import unit_label
+from pipeline.core.rundir import check_kind
+from pipeline.core.store import run_lock
 from pipeline.errors import TransientBackendError
-from pipeline.funnel import unit_label
-from pipeline.incremental import increment_config, merge
-from pipeline.incremental import plan as incremental_plan
-from pipeline.rundir import check_kind
-from pipeline.stages import STAGES
-from pipeline.store import run_lock
+from pipeline.publish import shards as publish
+from pipeline.publish.incremental import increment_config, merge
+from pipeline.publish.incremental import plan as incremental_plan
+from pipeline.stages.order import STAGES
 
 log = logging.getLogger("prefsynth")
 
@@ -51,7 +51,7 @@ OPTIONS = dict(cache_policy=NO_CACHE, persist_result=False, retries=3, retry_del
 
 def _run_stage(run_dir: str, cfg: RunConfig, upstream: tuple, stage: str, *, log=None,
                shard: tuple[int, int] | None = None) -> dict:
-    """A stage task's body: the declared stage `stage` through its runner (pipeline/stage.py), given the
+    """A stage task's body: the declared stage `stage` through its runner (pipeline/core/runner.py), given the
     fingerprints of its upstream stages. Module-level, so Ray workers import it rather than unpickle it."""
     return STAGE_BY_NAME[stage].run(run_dir, cfg, *upstream, log=log or print, shard=shard)
 
@@ -65,7 +65,7 @@ publish_task = task(publish.run, name="publish", **OPTIONS)
 @flow(name="build_dataset", log_prints=False, persist_result=False)
 def build_dataset(config: dict, out_dir: str, given: dict | None = None, incremental: bool = False) -> dict:
     """Build a preference dataset under `out_dir`; return the manifest. `incremental`: grow the
-    dataset with the source's new prompts only (pipeline/incremental.py)."""
+    dataset with the source's new prompts only (pipeline/publish/incremental.py)."""
     cfg = RunConfig.model_validate(config)
     with run_lock(out_dir):
         check_kind(out_dir, incremental=incremental)  # a plain run must not replace a grown dataset, nor the reverse
@@ -106,7 +106,7 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
 
     metas: dict[str, dict] = {}
     with task_runner(cfg.distributed) as runner:  # None: local; else the shardable stages' shards go to Ray
-        for n, stage in enumerate(STAGES, 1):  # the order is pipeline/stages.py's
+        for n, stage in enumerate(STAGES, 1):  # the order is pipeline/stages/order.py's
             if stage.when(cfg):
                 upstream = tuple(None if u is None else metas[u]["fingerprint"] for u in stage.upstream(cfg))
                 stage_task = STAGE_TASKS[stage.name]
@@ -140,7 +140,7 @@ def _build(cfg: RunConfig, out_dir: str, given: dict | None, say) -> dict:
 
 if __name__ == "__main__":
     from pipeline.config import load_config
-    from pipeline.prompts import bundled_data_dir
+    from pipeline.stages.prompts import bundled_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tiny = load_config(bundled_data_dir() / "configs" / "tiny.yaml")

@@ -4,7 +4,7 @@ With `distributed.runner: ray` the prompt-sharded stages (the prompt filter's em
 judge, self-critique, CHES, rationale) each run as `distributed.shards` Prefect tasks on a Ray cluster
 through prefect-ray's
 `RayTaskRunner`, every task reserving `cpus_per_task` / `gpus_per_task` (prefect_ray's
-`remote_options`). Shard i does chunks i, i+k, ... of the stage (pipeline/store.py) and writes
+`remote_options`). Shard i does chunks i, i+k, ... of the stage (pipeline/core/store.py) and writes
 checkpointed parts into the run's tables folder; the stage's ordinary call in the flow then finds
 every part done and commits the table without loading a model. So a Ray run writes the rows a
 local run writes, and a killed one resumes like a local one, with any shard count.

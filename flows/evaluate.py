@@ -1,6 +1,6 @@
-"""The `eval` flow: a trained policy against a baseline on held-out prompts (pipeline/evaluate.py), as one task.
+"""The `eval` flow: a trained policy against a baseline on held-out prompts (pipeline/loop/evaluate.py), as one task.
 
-Prefect adds the run record and an artifact with the figures; the work and its outputs are pipeline/evaluate.py's.
+Prefect adds the run record and an artifact with the figures; the work and its outputs are pipeline/loop/evaluate.py's.
 Example on the bundled sample: `python -m flows.evaluate` (the bundled model against itself: every prompt ties).
 """
 
@@ -13,7 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.config import RunConfig
-from pipeline.evaluate import run_eval
+from pipeline.loop.evaluate import run_eval
 
 log = logging.getLogger("prefsynth")
 
@@ -36,7 +36,7 @@ def evaluate(config: dict, model: str, out_dir: str, baseline: str | None = None
 
 if __name__ == "__main__":
     from pipeline.config import load_config
-    from pipeline.prompts import bundled_data_dir
+    from pipeline.stages.prompts import bundled_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tiny = load_config(bundled_data_dir() / "configs" / "tiny.yaml", ["eval.limit=4"])

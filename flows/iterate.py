@@ -1,5 +1,5 @@
 """The `iterate` flow: rounds of build_dataset -> train -> eval, each round's policy generating the next round's
-candidates (pipeline/iterate.py has the plan, the round configs and the rounds table; this module only wires).
+candidates (pipeline/loop/iterate.py has the plan, the round configs and the rounds table; this module only wires).
 
 Each round is subflows that resume themselves: a rerun of the same command skips finished stages, resumes a
 killed stage from its chunks and a killed training from its last checkpoint, and reads finished evaluations back.
@@ -17,7 +17,7 @@ from flows.build_dataset import build_dataset
 from flows.evaluate import evaluate
 from flows.train import train
 from pipeline.config import RunConfig
-from pipeline.iterate import (
+from pipeline.loop.iterate import (
     finished_eval,
     plan_prompts,
     round_config,
@@ -71,8 +71,8 @@ def iterate(config: dict, out_dir: str, rounds: int, config_label: str = "defaul
 
 if __name__ == "__main__":
     from pipeline.config import load_config
-    from pipeline.iterate import rounds_text
-    from pipeline.prompts import bundled_data_dir
+    from pipeline.loop.iterate import rounds_text
+    from pipeline.stages.prompts import bundled_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tiny = load_config(bundled_data_dir() / "configs" / "tiny.yaml",

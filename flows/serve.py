@@ -1,6 +1,6 @@
 """`prefsynth serve`: the build_dataset flow as a scheduled Prefect deployment that grows a dataset.
 
-Each scheduled run is incremental (pipeline/incremental.py): it processes only prompts not yet in
+Each scheduled run is incremental (pipeline/publish/incremental.py): it processes only prompts not yet in
 OUT and ends in seconds when nothing is new. `limit=1` on the runner and the run lock keep runs of
 one OUT serial. Schedules need a Prefect API with its scheduler (`prefect server start`, or Prefect
 Cloud): set PREFECT_API_URL. The ephemeral API that `prefsynth run` uses has no scheduler.

@@ -49,7 +49,7 @@ if __name__ == "__main__":
     from pathlib import Path
 
     from pipeline.config import load_config
-    from pipeline.prompts import bundled_data_dir
+    from pipeline.stages.prompts import bundled_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tiny = load_config(bundled_data_dir() / "configs" / "tiny.yaml")

@@ -15,7 +15,7 @@ Aggregation (per prompt, over its candidates):
   log-strengths centred at 0.
 - `logistic_fit`: L2-penalised logistic regression without intercept by Newton steps (Eq. LR),
   the fit behind `judge.aggregate: learned`: with x the difference of two candidates' features it
-  is Bradley-Terry whose strengths are linear in the features (pipeline/aggregate.py).
+  is Bradley-Terry whose strengths are linear in the features (pipeline/curation/aggregate.py).
 Agreement:
 - `kendall_tau_b`: rank correlation of two judges over the same candidates, tie-corrected (tau-b);
   values within 1e-9 of each other are ties.
@@ -25,7 +25,7 @@ Agreement:
   very values D_o is, so alpha would be 0 whatever the judges said.
 - `krippendorff_alpha_nominal`: the same alpha for categories (human review verdicts per pair and
   reviewer), from coincidence counts; `cohen_kappa`: chance-corrected agreement of two raters
-  (a judge against the human labels, pipeline/review.py).
+  (a judge against the human labels, pipeline/review/labels.py).
 """
 from __future__ import annotations
 

@@ -23,10 +23,10 @@ import torch
 
 from judges.absolute import Judgment
 from pipeline.backends.base import Skipped
+from pipeline.backends.model_ref import resolve
 from pipeline.backends.openai_backend import endpoint_backend, served_label
+from pipeline.backends.request_log import call_key, logged_calls
 from pipeline.errors import BackendError, ConfigError
-from pipeline.models import resolve
-from pipeline.request_log import call_key, logged_calls
 
 
 @lru_cache(maxsize=2)

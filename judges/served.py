@@ -32,9 +32,9 @@ from judges.parsing import expected_score, parse_verdict, verdict_schema
 from judges.templates import ABSOLUTE, PAIRWISE, special_strings
 from pipeline.backends.base import Reply, Skipped
 from pipeline.backends.openai_backend import ChatCall
+from pipeline.backends.request_log import call_key, logged_calls
 from pipeline.config import fingerprint
 from pipeline.errors import ConfigError
-from pipeline.request_log import call_key, logged_calls
 
 
 class Endpoint:

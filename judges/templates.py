@@ -49,7 +49,7 @@ def defang(text: str, specials: Iterable[str] = ()) -> str:
 
 def render_conversation(conversation: list[dict], specials: Iterable[str] = ()) -> str:
     """The whole conversation, one ROLE: line per message; a multi-turn one (with earlier assistant turns,
-    pipeline/conversation.py) ends by saying which turn is judged, so the judge grades the reply to the last
+    pipeline/stages/turns.py) ends by saying which turn is judged, so the judge grades the reply to the last
     user message in its context and not an earlier assistant message. A single-turn prompt renders as before."""
     text = "\n".join(f"{m['role'].upper()}: {defang(m['content'], specials)}" for m in conversation)
     earlier = sum(m["role"] == "assistant" for m in conversation)

@@ -1,4 +1,4 @@
-"""Verifier judges: check a response against a verifiable prompt's spec (pipeline/verifiable.py) by program.
+"""Verifier judges: check a response against a verifiable prompt's spec (pipeline/verifiable/generator.py) by program.
 
 Specs: `numeric` (the answer's last number within max(abs_tol, rel_tol * |answer|)), `exact` (case-insensitive,
 whitespace-collapsed equality; `case_sensitive: true` keeps case), `tests` (the response's code plus the spec's

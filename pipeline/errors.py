@@ -1,4 +1,4 @@
-"""The error hierarchy of prefsynth (DESIGN style rule 6).
+"""The error hierarchy of prefsynth (docs/architecture.md rule 6).
 
 Every error a user can cause says what is wrong, with which value, and how to fix it.
 Only `TransientBackendError` is retried by flows; everything else fails fast.

@@ -31,17 +31,17 @@ def _no_flow():
 
 
 def run_main(argv: list[str], *, env: dict | None = None, allow_flows: bool = True) -> subprocess.CompletedProcess:
-    import flows.runtime
+    import flows.cli.runtime
     from flows.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd, saved_session = dict(os.environ), os.getcwd(), flows.runtime.flow_session
+    saved_env, saved_cwd, saved_session = dict(os.environ), os.getcwd(), flows.cli.runtime.flow_session
     if env is not None:
         os.environ.clear()
         os.environ.update(env)
     os.chdir(ROOT)
     if not allow_flows:
-        flows.runtime.flow_session = _no_flow
+        flows.cli.runtime.flow_session = _no_flow
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
@@ -52,7 +52,7 @@ def run_main(argv: list[str], *, env: dict | None = None, allow_flows: bool = Tr
                 traceback.print_exc()
                 rc = 1
     finally:
-        flows.runtime.flow_session = saved_session
+        flows.cli.runtime.flow_session = saved_session
         os.chdir(saved_cwd)
         if env is not None:
             os.environ.clear()

@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests run on CPU with the real bundled model on tiny configs (DESIGN rule 9)."""
+"""Shared fixtures. Tests run on CPU with the real bundled model on tiny configs (docs/architecture.md rule 9)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", os.path.join(_PREFEC
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFSYNTH_PROGRESS"] = "0"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-# a drop funnel that does not chain is a bug: fail the run (pipeline/funnel.py), also in CLI subprocesses
+# a drop funnel that does not chain is a bug: fail the run (pipeline/core/funnel.py), also in CLI subprocesses
 os.environ["PREFSYNTH_STRICT_FUNNEL"] = "1"
 
 
@@ -45,12 +45,12 @@ def shared_prefect_api() -> str:
     """The URL of one Prefect API server for the whole pytest session, started on first use.
 
     Every `prefsynth` command that runs a flow otherwise starts its own ephemeral API server (about 20 s here);
-    a command given PREFECT_API_URL uses that server instead (flows/api_server.py), as it would a user's
-    `prefect server start`. The server is flows/api_server.py's guarded one, so it stops with pytest whatever
+    a command given PREFECT_API_URL uses that server instead (flows/cli/api_server.py), as it would a user's
+    `prefect server start`. The server is flows/cli/api_server.py's guarded one, so it stops with pytest whatever
     ends the session. Tests of the command's own server (interrupts, leftover processes) pass `shared_api=False`."""
     global _SHARED_API
     if _SHARED_API is None:
-        from flows.api_server import ApiServer
+        from flows.cli.api_server import ApiServer
 
         server = ApiServer().start()
         server.wait()
@@ -140,7 +140,7 @@ def tokenizer():
     (so tokenizer-only tests stay in the fast tier on a machine that never converted the model)."""
     from transformers import AutoTokenizer
 
-    from pipeline.models import GGUF_FILE, bundled_smollm2_paths
+    from pipeline.backends.model_ref import GGUF_FILE, bundled_smollm2_paths
 
     gguf_dir, converted = bundled_smollm2_paths()
     if (converted / "tokenizer_config.json").exists():

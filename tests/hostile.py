@@ -76,8 +76,8 @@ def pairs_rows(n: int = 3, same: bool = False) -> list[dict]:
 
 def fake_run(d: Path, *, n: int = 3, same: bool = False) -> Path:
     """A finished run directory written without a model: shards, manifest, card, config."""
-    from pipeline import schemas
-    from pipeline.store import sha256
+    from pipeline.core import schemas
+    from pipeline.core.store import sha256
 
     run = d / "run"
     (run / "pairs").mkdir(parents=True)
@@ -108,7 +108,7 @@ def shard_of(run: Path) -> Path:
 
 
 def truncated_model(d: Path) -> str:
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     src = Path(resolve("bundled:smollm2-135m-instruct").path)
     dst = d / "model"

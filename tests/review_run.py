@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import schemas
-from pipeline.store import sha256, write_json
+from pipeline.core import schemas
+from pipeline.core.store import sha256, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 JUDGES = ("judge-a@r1#absolute-1to5-v1", "judge-b@r1#absolute-1to5-v1")
@@ -187,7 +187,7 @@ def build(root: Path, n: int = 30, *, hostile: bool = False, card: bool = True, 
     write_json(run / "manifest.json", manifest)
     (run / "config.yaml").write_text(json.dumps(resolved))
     if card:
-        from pipeline.card import write
+        from pipeline.publish.card import write
 
         write(run, manifest)
     return run

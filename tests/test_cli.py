@@ -99,7 +99,7 @@ def test_bad_judge_configs_fail_in_preflight_with_one_line(capsys, tmp_path):
 
 
 def test_train_summary_names_the_alarm_and_a_watch_that_could_not_run(capsys):
-    from flows.cli import print_train_summary
+    from flows.cli.commands import print_train_summary
 
     alarm = ("top-k entropy decreased: from 1.2270 at step 0, below max(4.31 x noise (z 3 widened to Student's t "
              "for 10 eval pairs), 0.02 x the first value = 0.0245) on 2 evaluation(s) in a row: ...; likely "

@@ -93,8 +93,8 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_has_no_import_cycles():
     graph = import_graph()
-    assert {"pipeline.generate", "pipeline.candidate", "judges.absolute", "flows.cli"} <= set(graph)
-    assert "pipeline.candidate" in graph["pipeline.pools"]  # function-level and relative imports are read too
+    assert {"pipeline.stages.generate", "pipeline.sampling.candidate", "judges.absolute", "flows.cli"} <= set(graph)
+    assert "pipeline.sampling.candidate" in graph["pipeline.sampling.pools"]  # function-level, relative imports
     assert cycles(graph) == []
 
 
@@ -116,3 +116,101 @@ def test_no_package_module_passes_400_lines():
     lengths = {str(path.relative_to(ROOT)): len(path.read_text().splitlines()) for path in _modules().values()}
     assert len(lengths) > 50
     assert {path: n for path, n in lengths.items() if n > 400} == {}
+
+
+# The layers, top to bottom (docs/architecture.md): a module imports only from its own package or from packages in
+# lower layers; packages that share a layer are independent of each other. LEAVES import nothing from the project,
+# so any layer may use them.
+LAYERS = (
+    {"flows"},
+    {"pipeline.loop"},
+    {"pipeline.publish"},
+    {"pipeline.review"},
+    {"pipeline.stages", "pipeline.train"},
+    {"pipeline.sampling", "pipeline.curation", "pipeline.verifiable"},
+    {"judges"},
+    {"pipeline.backends"},
+    {"pipeline.core"},
+    {"pipeline.config"},
+)
+LEAVES = {"pipeline", "pipeline.errors", "judges.templates"}
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    for n in (2, 1):
+        if any(".".join(parts[:n]) in layer for layer in LAYERS):
+            return ".".join(parts[:n])
+    return None
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    rank = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+    found = []
+    for mod, deps in sorted(graph.items()):
+        if mod in LEAVES:
+            found += [f"{mod} -> {d} (a leaf imports nothing from the project)" for d in sorted(deps)]
+            continue
+        src = _package(mod)
+        if src is None:
+            found.append(f"{mod}: in no layer; add its package to LAYERS")
+            continue
+        for dep in sorted(deps - LEAVES):
+            dst = _package(dep)
+            if dst is None or dst == src:
+                continue
+            if rank[dst] < rank[src]:
+                found.append(f"{mod} -> {dep} (up: {src} is below {dst})")
+            elif rank[dst] == rank[src]:
+                found.append(f"{mod} -> {dep} ({src} and {dst} share a layer and stay independent)")
+    return found
+
+
+def test_imports_go_down_the_layers():
+    """flows above the products and the loop, above the stages, above judges, backends, core and config."""
+    graph = import_graph()
+    assert {_package(m) for m in graph if m not in LEAVES} == set().union(*LAYERS)  # every package is placed
+    assert layer_violations(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import_a_sibling_import_and_an_unplaced_module(tmp_path):
+    graph = {
+        "pipeline.core.store": {"pipeline.stages.generate"},  # core must not know a stage
+        "pipeline.curation.aggregate": {"pipeline.sampling.pools", "pipeline.errors"},  # siblings; a leaf is fine
+        "judges.templates": {"pipeline.core.store"},  # a leaf that imports
+        "pipeline.newthing": set(),
+        "pipeline.stages.generate": {"pipeline.core.store", "judges.absolute"},  # down: fine
+    }
+    found = layer_violations(graph)
+    assert len(found) == 4, found
+    assert any("up: pipeline.core is below pipeline.stages" in f for f in found)
+    assert any("share a layer" in f for f in found)
+    assert any("a leaf imports nothing" in f for f in found)
+    assert any("pipeline.newthing: in no layer" in f for f in found)
+
+
+def test_only_the_backend_factory_builds_backends():
+    """No stage, flow or judge calls `make_backend`: pipeline/backends/factory.py gives every backend the stage's
+    ledger, batch-file folder and request log (a stage that built its own once skipped the ledger and the budget)."""
+    users = []
+    for mod, path in _modules().items():
+        if mod.startswith("pipeline.backends"):
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        if "make_backend" in names:
+            users.append(mod)
+    assert users == []
+
+
+def test_every_package_maps_its_modules_and_no_module_cites_a_file_outside_the_repository():
+    for init in sorted({p.parent / "__init__.py" for p in _modules().values()}):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        modules = sorted(p.name for p in init.parent.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+        unmapped = [m for m in modules if m not in doc]
+        assert unmapped == [], f"{init.relative_to(ROOT)}: its docstring does not map {unmapped}"
+    for mod, path in _modules().items():
+        text = path.read_text()
+        assert "DESIGN.md" not in text and "shared/ENVIRONMENT" not in text, f"{mod} cites a file users do not have"

@@ -24,7 +24,7 @@ HEAVY_MARKS = ("slow", "vllm", "browser", "gpu")
 # programs and `python -m` modules that start a model, a server or a browser (prefect's own ephemeral API runs
 # as `python -m uvicorn ... prefect.server...`)
 HEAVY_PROGRAMS = ("prefsynth", "torchrun", "vllm", "prefect", "chromium", "node")
-HEAVY_MODULES = ("flows.cli", "flows.api_server", "torch.distributed.run", "vllm", "prefect", "uvicorn")
+HEAVY_MODULES = ("flows.cli", "flows.cli.api_server", "torch.distributed.run", "vllm", "prefect", "uvicorn")
 FIX = "mark it @pytest.mark.slow (or vllm / browser), or make it work without the load"
 
 

@@ -1,4 +1,18 @@
-"""Generation backends behind one interface (pipeline.backends.base.GeneratorBackend)."""
+"""Generation backends behind one interface, and the one place stages build them.
+
+  base.py            the interface every backend implements (docs/architecture.md rule 5: batch in, batch out,
+                     same order): Request, SamplingParams, Completion, Skipped
+  factory.py         how a stage builds its backends from its config section: ledger, batch files, request log
+  hf.py              transformers: batched `model.generate` with per-sample seeded sampling
+  vllm_backend.py    vLLM in process (`vllm.LLM`), one engine shared per model
+  openai_backend.py  any OpenAI-compatible server (vllm serve, SGLang, TGI, OpenAI), online or batch files
+  chat.py            the shapes of chat calls and answers (online and batch paths)
+  batch.py           OpenAI batch files: write, have a runner answer, read back
+  request_log.py     the durable request log and `LoggedBackend` (a resume re-sends nothing answered)
+  model_ref.py       model references (`bundled:NAME`, a folder, a Hub id) resolved to a folder and a revision
+
+`make_backend` below builds a bare backend by name; stages go through factory.py instead.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +46,7 @@ def make_backend(
     batch_dir=None,
 ) -> GeneratorBackend:
     """`vllm`/`openai`: the `generate.vllm` / `generate.openai` config sections as dicts; `meter`: the stage's
-    ledger (pipeline/accounting.py), which an openai backend asks before and tells after each request."""
+    ledger (pipeline/core/accounting.py), which an openai backend asks before and tells after each request."""
     name = resolve_backend_name(name)
     if name == "transformers":
         from pipeline.backends.hf import TransformersBackend

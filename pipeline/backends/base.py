@@ -1,8 +1,9 @@
-"""The one small interface every generation backend implements (DESIGN: batch in, batch out, same order).
+"""The one small interface every generation backend implements (docs/architecture.md rule 5: batch in, batch
+out, same order).
 
 A backend turns chat requests into completions. It applies the model's chat template itself, so
 callers pass messages, never strings; the one exception is a request with a raw `prefix` (prompt
-synthesis, pipeline/synth.py), which the model continues as text (OpenAI-compatible servers: the
+synthesis, pipeline/stages/synth.py), which the model continues as text (OpenAI-compatible servers: the
 completions endpoint). Each sample of a request carries its own seed: a backend
 that can honour per-sample seeds (transformers here, vLLM's per-request seed) makes a candidate
 depend only on (model, messages, sampling, seed), not on how requests were batched.

@@ -18,8 +18,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from pipeline.backends.base import Completion, Request, Result, SamplingParams, Skipped
+from pipeline.backends.model_ref import resolve
 from pipeline.errors import BackendError
-from pipeline.models import resolve
 
 
 def torch_dtype(name: str, device: str) -> torch.dtype:

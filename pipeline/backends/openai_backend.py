@@ -10,7 +10,7 @@ request parameter the server refuses (`n`, `response_format`, `logprobs`, vLLM's
 `continue_final_message`) is dropped for this endpoint from then on and the request is resent
 without it, so a judge learns what an endpoint supports from its answers. Replies carry the
 server's `usage` (input/output tokens) for the request log and the run's accounting; a `meter`
-(pipeline/accounting.py) is asked before each request whether the budget allows it, and once it
+(pipeline/core/accounting.py) is asked before each request whether the budget allows it, and once it
 says no, requests already in flight finish (and are logged) before the stop is raised.
 
 Limits across processes (Ray workers, several runs, a schedule) come from Prefect's global
@@ -32,8 +32,8 @@ from typing import Sequence
 from pipeline.backends import batch
 from pipeline.backends.base import Reply, Request, Result, SamplingParams, Skipped
 from pipeline.backends.chat import CONTEXT_ERROR, OPTIONAL, ChatCall, input_bound, reply_of, sum_usage, usage_of
+from pipeline.backends.model_ref import resolve
 from pipeline.errors import BackendError, BudgetExceeded, ConfigError, ModelNotFoundError, TransientBackendError
-from pipeline.models import resolve
 
 
 class OpenAIBackend:

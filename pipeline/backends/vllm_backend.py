@@ -20,8 +20,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from pipeline.backends.base import Completion, Request, Result, SamplingParams, Skipped
+from pipeline.backends.model_ref import resolve
 from pipeline.errors import BackendError, ConfigError
-from pipeline.models import resolve
 
 
 def vllm_available() -> bool:

@@ -1,4 +1,4 @@
-"""Run configuration: one typed model per stage, validated at load (DESIGN style rule 3).
+"""Run configuration: one typed model per stage, validated at load (docs/architecture.md rule 3).
 
 A config is YAML. Unknown keys and bad values raise `ConfigError` naming the key, the value and
 the fix. `--set a.b=value` overrides are parsed as YAML scalars and applied before validation, so
@@ -6,10 +6,18 @@ they are checked exactly like file values. Each field is documented once, here; 
 --help` and the README point at this module.
 
 Fingerprints: each stage owns the fields that change its output (`fields(cfg)` in the stage's
-module, DESIGN rule 4): batch sizes, progress bars and paths of the run dir are left out.
+module, docs/architecture.md rule 4): batch sizes, progress bars and paths of the run dir are left out.
 
-Modules, one way down: base (the section base, fingerprint) <- generation, judging, curation,
-sources (each stage's sections) <- run (RunConfig) <- loading (YAML, overrides, error formatting).
+Modules, one way down (each imports only those above it in this list):
+  base.py        what every section shares (no unknown keys, checked assignments) and the fingerprint hash
+  generation.py  generate: backends, engine and endpoint options, pools
+  judging.py     judge: LLM judges, reward models, verifiers, prices and budget
+  curation.py    pair strategy, CHES, dedup, decontamination, rationales, shards
+  sources.py     self-critique, reward-augmented rewrites, simulated conversations
+  synth.py       input.synth: prompt synthesis
+  loop.py        eval and iterate
+  run.py         RunConfig: the whole run, and each stage's fingerprint fields
+  loading.py     YAML files, `--set` overrides, errors that name the key, the value and the fix
 Import from `pipeline.config`; the names below are its surface.
 """
 

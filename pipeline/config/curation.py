@@ -71,7 +71,7 @@ class CHESConfig(_Section):
 
 
 class MinHashConfig(_Section):
-    """Fuzzy text dedup (pipeline/minhash.py): near-copies by MinHash LSH over word shingles, before embeddings."""
+    """Fuzzy text dedup (curation/minhash.py): near-copies by MinHash LSH over word shingles, before embeddings."""
 
     enabled: bool = Field(
         False,
@@ -119,7 +119,7 @@ class DedupConfig(_Section):
     )
     method: Literal["auto", "exact", "clustered"] = Field(
         "auto",
-        description="Near-duplicate search (pipeline/neardup.py): 'exact' compares each prompt with every "
+        description="Near-duplicate search (pipeline/curation/neardup.py): 'exact' compares each prompt with every "
         "earlier prompt blockwise (memory linear, time quadratic: 4 min for 100k prompts on 2 busy cores); "
         "'clustered' clusters the embeddings (k-means) and compares each prompt only with the prompts of its "
         "`probes` nearest clusters (approximate: 24 s for 100k, 9.5 min for 1M, recall 0.99; bench/README.md); "

@@ -147,7 +147,7 @@ class GenerateConfig(_Section):
     )
     turns: Literal["last", "all"] | list[int] = Field(
         "last",
-        description="Assistant turns of each input conversation to branch at (pipeline/conversation.py): 'last' "
+        description="Assistant turns of each input conversation to branch at (pipeline/stages/turns.py): 'last' "
         "answers the conversation as given (it must end with a user turn); 'all' makes one prompt per assistant "
         "turn (the history before it, ending with a user turn); a list such as [0, 2] picks assistant turns by "
         "0-based index (turn k is the (k+1)-th assistant reply; a conversation ending with a user turn has one "

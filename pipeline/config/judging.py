@@ -103,7 +103,7 @@ class JudgeConfig(_Section):
     )
     aggregate: Literal["mean", "mean_normalised", "median", "majority", "bradley_terry", "learned"] = Field(
         "mean",
-        description="How judges combine into one score per candidate (see pipeline/aggregate.py); "
+        description="How judges combine into one score per candidate (see pipeline/curation/aggregate.py); "
         "'mean' averages raw scores and suits judges on one scale; 'learned' weights each absolute judge's and "
         "reward model's z-score by a logistic regression fitted on the run's verified candidate pairs (a verifier "
         "passes one, fails the other; about 70% of prompts fit, 30% held out), and needs at least 10 such pairs "

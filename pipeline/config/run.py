@@ -16,9 +16,9 @@ from pipeline.config.judging import (
     PriceConfig,
     RewardModelConfig,
 )
+from pipeline.config.loop import EvalConfig, IterateConfig
 from pipeline.config.sources import SourcesConfig
-from pipeline.loop_config import EvalConfig, IterateConfig
-from pipeline.synth_config import SynthConfig
+from pipeline.config.synth import SynthConfig
 
 
 class InputConfig(_Section):
@@ -131,7 +131,7 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _mixture_fits(self):
-        """iterate.mixture becomes a generate.pool of exactly generate.n members (pipeline/iterate.py
+        """iterate.mixture becomes a generate.pool of exactly generate.n members (pipeline/loop/iterate.py
         `mixture_pool`): it needs at least one candidate from the base and one from the policy, and no pool."""
         m, g = self.iterate.mixture, self.generate
         if not m:

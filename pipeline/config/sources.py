@@ -52,7 +52,7 @@ class RewardAugmentedConfig(_Section):
 
 
 class ConversationConfig(_Section):
-    """Simulated follow-ups (pipeline/simulate.py): each input prompt grows into a conversation."""
+    """Simulated follow-ups (pipeline/stages/conversation.py): each input prompt grows into a conversation."""
 
     enabled: bool = Field(
         False,

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.core.store import write_json
 from pipeline.errors import InputError
-from pipeline.store import write_json
 from pipeline.train import card
 
 

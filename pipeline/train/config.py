@@ -1,4 +1,4 @@
-"""Trainer configuration: one typed model, each field documented once (DESIGN style rule 3).
+"""Trainer configuration: one typed model, each field documented once (docs/architecture.md rule 3).
 
 YAML (`prefsynth train --config FILE`) plus `--set key=value` overrides, validated like the run
 config: an unknown key or a bad value raises `ConfigError` naming the key, the value and the fix.

@@ -3,7 +3,7 @@
 - Sources: a finished run directory (its manifest's shards, each verified by sha256 and rows), a
   folder of parquet shards, or one parquet file. Shards are read batch by batch with pyarrow
   (`ParquetFile.iter_batches`), never loaded whole.
-- Tokens: `pipeline.encoding.encode_pair`, the rule CHES used for the reference log-probs.
+- Tokens: `pipeline.core.encoding.encode_pair`, the rule CHES used for the reference log-probs.
 - Truncation rule: a prompt longer than `max_prompt_tokens` keeps its last `max_prompt_tokens`
   tokens (the question usually ends the conversation); a response is then cut at the end so that
   prompt + response fits `max_length` (a cut response loses its end-of-turn token).
@@ -27,9 +27,9 @@ from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline.encoding import encode_pair
+from pipeline.core.encoding import encode_pair
+from pipeline.core.store import sha256
 from pipeline.errors import InputError
-from pipeline.store import sha256
 
 REQUIRED = ("prompt", "chosen", "rejected", "prompt_id")
 OPTIONAL = ("chosen_id", "rejected_id", "rationale", "ref_chosen_logp", "ref_rejected_logp", "label_confidence")
@@ -61,7 +61,7 @@ class Example:
 def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
     """The shards at `path`, checked for the columns training needs. `verify=False` (the CLI's
     preflight) skips hashing: no shard is checked against the manifest and no fingerprint is made."""
-    from pipeline.rundir import load_manifest, shard_path, verify_shards
+    from pipeline.core.rundir import load_manifest, shard_path, verify_shards
 
     path = Path(path).expanduser()
     manifest = None

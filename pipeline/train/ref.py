@@ -20,13 +20,13 @@ from typing import Iterable
 
 import torch
 
-from pipeline import schemas
 from pipeline.config import fingerprint
+from pipeline.core import schemas
 from pipeline.train.data import DataSource, Example
 from pipeline.train.logps import build_batch, forward_logps, ld_weights
 from pipeline.train.parallel import reshard
 
-ENCODING_VERSION = "2"  # bump when pipeline/encoding.py or the truncation rule changes
+ENCODING_VERSION = "2"  # bump when pipeline/core/encoding.py or the truncation rule changes
 
 
 def cache_path(source: DataSource, *, model_label: str, template: str, dtype: str, max_prompt_tokens: int,

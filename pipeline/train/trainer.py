@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from pipeline.config import fingerprint
+from pipeline.core.progress import bar
 from pipeline.errors import InputError
-from pipeline.progress import bar
 from pipeline.train import checkpoint as ckpt
 from pipeline.train import parallel
 from pipeline.train.config import TrainConfig
@@ -74,7 +74,7 @@ def load_policy(cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     hf_logging.disable_progress_bar()
     resolved = resolve(cfg.model, field="train.model")
@@ -107,7 +107,7 @@ def load_reference(cfg: TrainConfig, tokenizer, device: str, weights_dtype: torc
     have the same vocabulary."""
     from transformers import AutoTokenizer
 
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     resolved = resolve(cfg.reference, field="train.reference")
     if AutoTokenizer.from_pretrained(resolved.path).get_vocab() != tokenizer.get_vocab():

@@ -24,7 +24,7 @@ def test_pairs_load_with_datasets_and_trl(tiny_run, tmp_path):
     from transformers import AutoTokenizer
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     cache = str(tmp_path / "hf-cache")  # datasets' cache can hold an older run at a reused path
     ds = datasets.load_dataset(
@@ -309,7 +309,7 @@ def test_judge_ensemble_run(seeded_rm, tmp_path):
 
 
 def test_flow_file_runs_as_an_example(tmp_path):
-    """DESIGN rule 10: `python -m flows.build_dataset` runs the flow on the bundled tiny sample."""
+    """docs/architecture.md rule 10: `python -m flows.build_dataset` runs the flow on the bundled tiny sample."""
     proc = subprocess.run(
         [sys.executable, "-m", "flows.build_dataset"],
         cwd=tmp_path,

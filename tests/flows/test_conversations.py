@@ -52,7 +52,7 @@ def test_trl_dpo_trainer_steps_on_the_multi_turn_pairs(conv_run, tmp_path):
     from trl import DPOConfig, DPOTrainer
     from trl.data_utils import is_conversational
 
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     ds = datasets.load_dataset("parquet", data_files=str(conv_run / "pairs" / "*.parquet"), split="train",
                                cache_dir=str(tmp_path / "hf-cache"))
@@ -73,9 +73,9 @@ def test_trl_dpo_trainer_steps_on_the_multi_turn_pairs(conv_run, tmp_path):
 def test_simulated_three_turn_conversations_on_the_tiny_config(tmp_path):
     """sources.conversation: the bundled model plays policy and user simulator for 3 user turns; every pair's
     prompt alternates roles and ends with a user turn; the seeded simulation is the same when run again."""
-    from pipeline import simulate
     from pipeline.config import load_config
-    from pipeline.conversation import alternates
+    from pipeline.stages import conversation as simulate
+    from pipeline.stages.turns import alternates
 
     out = tmp_path / "run"
     sets = ("input.limit=2", "sources.conversation.enabled=true", "sources.conversation.user_turns=3",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.rundir import load_pairs
+from pipeline.core.rundir import load_pairs
 from tests.conftest import ROOT, TINY, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ def _write(path: Path, lines):
 
 
 def _ids(lines):
-    from pipeline.prompts import normalise_row
+    from pipeline.stages.prompts import normalise_row
 
     return {normalise_row(json.loads(line), "t")["prompt_id"] for line in lines}
 

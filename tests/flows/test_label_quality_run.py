@@ -1,7 +1,7 @@
 """A run over verifiable prompts with the bundled model: the verifier's verdicts, the manifest's and the card's
 label-quality table, `inspect`, and pair strategy `verified`, checked against the test's own count.
 
-The prompts are easy sums written here: on the bundled verifiable set (pipeline/verifiable.py) the 135M model
+The prompts are easy sums written here: on the bundled verifiable set (pipeline/verifiable/generator.py) the 135M model
 passed 0 of 30 checked candidates in a 10-prompt sample, which leaves no verified pair to count."""
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import funnel, review
+from pipeline.core import funnel
+from pipeline.review import labels as review
 from tests.conftest import ROOT, TINY, cli_env, run_cli
 from tests.review_run import build
 

@@ -3,7 +3,7 @@
 import io
 import logging
 
-from flows.runtime import _QuietUserErrors
+from flows.cli.runtime import _QuietUserErrors
 from pipeline.errors import InputError
 
 
@@ -50,7 +50,7 @@ def test_the_console_filter_is_in_place_before_any_flow_module_is_imported():
 
     from tests.conftest import ROOT, cli_env
 
-    code = ("import logging\nfrom flows.runtime import quiet_prefect_console\nquiet_prefect_console()\n"
+    code = ("import logging\nfrom flows.cli.runtime import quiet_prefect_console\nquiet_prefect_console()\n"
             "from prefect.logging.handlers import PrefectConsoleHandler\n"
             "hs = [h for lg in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()] "
             "for h in getattr(lg, 'handlers', []) if isinstance(h, PrefectConsoleHandler)]\n"

@@ -66,9 +66,9 @@ def test_reference_answer_only_in_templates_that_use_it():
 def test_judgment_rationales(model):
     from judges.absolute import ScoreTokenJudge
     from judges.reward_model import RewardModelJudge  # noqa: F401  (judge kinds share the score() signature)
-    from pipeline import schemas
     from pipeline.backends.hf import TransformersBackend
-    from pipeline.judge import judge_candidates
+    from pipeline.core import schemas
+    from pipeline.stages.judge import judge_candidates
 
     m, tok, label = model
     judge = ScoreTokenJudge(m, tok, label, template_id="ultrafeedback-honesty-v1", min_mass=0.0,

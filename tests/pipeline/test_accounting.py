@@ -1,10 +1,10 @@
-"""Token and dollar accounting, and the budget (pipeline/accounting.py), without a server."""
+"""Token and dollar accounting, and the budget (pipeline/core/accounting.py), without a server."""
 
 import json
 
 import pytest
 
-from pipeline import accounting
+from pipeline.core import accounting
 from pipeline.errors import BudgetExceeded
 
 

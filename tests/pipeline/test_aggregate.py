@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from pipeline import schemas
-from pipeline.aggregate import agreement, candidate_scores
 from pipeline.config import load_config
+from pipeline.core import schemas
+from pipeline.curation.aggregate import agreement, candidate_scores
 from pipeline.errors import ConfigError
 
 IDS = {"p": ["p-0", "p-1", "p-2"]}
@@ -93,7 +93,7 @@ def test_judge_config_errors(overrides, match):
 def test_single_candidate_prompt_has_no_alpha_and_is_dropped_as_too_few_scored():
     """Two judges on a prompt with one candidate: alpha is undefined (it used to be 0.0, a 'low_agreement')."""
     from pipeline.config import PairConfig
-    from pipeline.pair import make_pairs
+    from pipeline.stages.pair import make_pairs
 
     rows = [
         j("A", "absolute", "p-0", 5.0),

@@ -18,13 +18,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas
 from pipeline.backends.base import SamplingParams
+from pipeline.backends.model_ref import resolve
 from pipeline.backends.openai_backend import OpenAIBackend
+from pipeline.backends.request_log import LoggedBackend, RequestLog
 from pipeline.config import GenerateConfig
-from pipeline.generate import candidate_seed, generate_candidates
-from pipeline.models import resolve
-from pipeline.request_log import LoggedBackend, RequestLog
+from pipeline.core import schemas
+from pipeline.stages.generate import candidate_seed, generate_candidates
 from tests.conftest import ROOT
 from tests.pipeline.vllm_serving import MODEL, VPY, FaultProxy, Server, need_venv, vllm_env  # noqa: F401 (bench/)
 
@@ -112,7 +112,7 @@ def test_reward_model_on_vllm_pooling_runner(seeded_rm, tmp_path):
 
 def _check_pair_sources(out: Path) -> None:
     """Verbalized candidates and self-critique pairs from a vLLM engine pass the checks transformers' pass."""
-    from pipeline.pair import check_pairs
+    from pipeline.stages.pair import check_pairs
 
     verbalized = pq.read_table(out / "verbalized.parquet")
     assert verbalized.schema.equals(schemas.CANDIDATES)
@@ -241,8 +241,9 @@ def test_magpie_synthesis_on_the_openai_backend(server, tmp_path):
 def test_synth_stage_on_the_openai_backend_is_metered(server, tmp_path):
     """The synth stage on generate.backend openai books each completions request's tokens (the server's usage) in
     its meta; the manifest's accounting lists the stage, and the next stage's budget starts from its dollars."""
-    from pipeline import accounting, synth
     from pipeline.config import load_config
+    from pipeline.core import accounting
+    from pipeline.stages import synth
 
     price = f"prices={{'{MODEL}': {{input: 1000, output: 2000}}}}"  # USD per million tokens
     cfg = load_config(
@@ -393,8 +394,8 @@ def test_generate_stage_on_openai_backend_resumes_from_its_request_log(server, t
     """The stage as `prefsynth run` drives it (config -> make_backend -> request log under the run dir)."""
     import shutil
 
-    from pipeline import generate
     from pipeline.config import load_config
+    from pipeline.stages import generate
 
     proxy = FaultProxy(server.url, [])
     try:

@@ -4,11 +4,11 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline import schemas
-from pipeline.ches import apply_filter, score_pairs
 from pipeline.config import CHESConfig, load_config
-from pipeline.encoding import encode_pair
+from pipeline.core import schemas
+from pipeline.core.encoding import encode_pair
 from pipeline.errors import ConfigError
+from pipeline.stages.ches import apply_filter, score_pairs
 
 
 def pairs_table(items):

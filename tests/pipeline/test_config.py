@@ -48,8 +48,8 @@ def test_missing_config_file(tmp_path):
 
 
 def test_fingerprint_fields_skip_operational_knobs():
-    from pipeline.publish import config_fingerprint
-    from pipeline.stages import STAGES
+    from pipeline.publish.shards import config_fingerprint
+    from pipeline.stages.order import STAGES
 
     a, b = RunConfig(), load_config(None, ["generate.batch_size=3", "judge.batch_size=2", "publish.chunk_prompts=1"])
     for stage in STAGES:
@@ -62,7 +62,7 @@ def test_fingerprint_fields_skip_operational_knobs():
 
 
 def test_backend_engine_and_endpoint_options_are_operational():
-    from pipeline.generate import stage_fingerprint
+    from pipeline.stages.generate import stage_fingerprint
 
     a = RunConfig()
     b = load_config(
@@ -87,7 +87,7 @@ def test_backend_engine_and_endpoint_options_are_operational():
 def test_generate_turns_default_leaves_fingerprints_and_bad_values_are_named():
     """At 'last' no stage's fields name turns (run dirs from before it are reused: config_fingerprint of the
     tiny config was f50add5c9aac6cf6 before and after); branching changes the prompts stage's fields."""
-    from pipeline.stages import STAGES
+    from pipeline.stages.order import STAGES
 
     a, b = RunConfig(), load_config(None, ["generate.turns=all"])
     assert all("turns" not in stage.fields(a) for stage in STAGES)

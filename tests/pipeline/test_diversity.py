@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from pipeline import schemas
-from pipeline.diversity import distinct_n, diversity_by_mode, embedding_distance
-from pipeline.verbalized import parse, request_messages
+from pipeline.core import schemas
+from pipeline.curation.diversity import distinct_n, diversity_by_mode, embedding_distance
+from pipeline.sampling.verbalized import parse, request_messages
 
 
 def test_distinct_n_counts_unique_ngrams():

@@ -1,4 +1,4 @@
-"""Multi-turn prompts are encoded by one rule (pipeline/encoding.py): CHES's log-probs and the trainer's
+"""Multi-turn prompts are encoded by one rule (pipeline/core/encoding.py): CHES's log-probs and the trainer's
 equal a one-sequence computation written here (the full conversation rendered and tokenised once, the
 response's tokens found by character offsets, their log-probs summed), also under a chat template that
 rewrites earlier turns (drops reasoning from earlier assistant turns, as Qwen3's and DeepSeek-R1's do)."""
@@ -6,8 +6,8 @@ rewrites earlier turns (drops reasoning from earlier assistant turns, as Qwen3's
 import pytest
 import torch
 
-from pipeline import schemas
-from pipeline.ches import score_pairs
+from pipeline.core import schemas
+from pipeline.stages.ches import score_pairs
 from pipeline.train.data import encode_row
 from pipeline.train.logps import build_batch, forward_logps
 

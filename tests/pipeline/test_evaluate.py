@@ -8,7 +8,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.evaluate import lc_win_rate
+from pipeline.loop.evaluate import lc_win_rate
 from tests.conftest import TINY, cli_in_process, run_cli
 
 MODEL = "bundled:smollm2-135m-instruct"

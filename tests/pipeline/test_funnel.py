@@ -4,7 +4,7 @@ pair strategy and aggregation, sources mixed, incremental increments summed).
 
 No model runs: each stage's funnel comes from its real pure core (prompt loading, decontamination,
 pairing, reward augmentation, the CHES filter) or its real funnel function over tables built here
-with the schemas of pipeline/schemas.py, where the stage itself would need a model (generation,
+with the schemas of pipeline/core/schemas.py, where the stage itself would need a model (generation,
 judging, self-critique).
 """
 
@@ -15,19 +15,19 @@ from itertools import combinations
 import pyarrow as pa
 import pytest
 
-from pipeline import funnel, schemas
-from pipeline.aggregate import METHODS
-from pipeline.ches import apply_filter
 from pipeline.config import load_config
+from pipeline.core import funnel, schemas
+from pipeline.curation.aggregate import METHODS
 from pipeline.errors import FunnelError
-from pipeline.generate import generate_funnel
-from pipeline.judge import judge_funnel
-from pipeline.pair import add_sources, make_pairs
-from pipeline.prompt_filter import filter_prompts
-from pipeline.prompts import funnel as prompts_funnel
-from pipeline.prompts import load_prompts
-from pipeline.publish import STAGES
-from pipeline.self_critique import critique_funnel
+from pipeline.publish.shards import STAGES
+from pipeline.stages.ches import apply_filter
+from pipeline.stages.generate import generate_funnel
+from pipeline.stages.judge import judge_funnel
+from pipeline.stages.pair import add_sources, make_pairs
+from pipeline.stages.prompt_filter import filter_prompts
+from pipeline.stages.prompts import funnel as prompts_funnel
+from pipeline.stages.prompts import load_prompts
+from pipeline.stages.self_critique import critique_funnel
 from tests.conftest import ROOT, TINY
 
 SEED_ROWS = [json.loads(line) for line in (ROOT / "data" / "prompts" / "seed.jsonl").read_text().splitlines()]

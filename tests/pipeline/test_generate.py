@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from pipeline import schemas
 from pipeline.backends.hf import SeededSampler, TransformersBackend
 from pipeline.config import GenerateConfig
-from pipeline.generate import candidate_seed, generate_candidates
+from pipeline.core import schemas
+from pipeline.stages.generate import candidate_seed, generate_candidates
 
 PROMPTS = schemas.from_rows(
     [
@@ -77,7 +77,7 @@ def test_prompt_over_context_budget_is_skipped_with_reason():
 
 @pytest.mark.slow
 def test_model_pool_draws_distinct_members_principles_and_sampling_ranges():
-    from pipeline.pools import pool_plan
+    from pipeline.sampling.pools import pool_plan
 
     m = "bundled:smollm2-135m-instruct"
     cfg = GenerateConfig(

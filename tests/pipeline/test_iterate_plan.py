@@ -1,4 +1,4 @@
-"""pipeline/iterate.py without a model: held-out and per-round prompts, round configs, the trainer keys, the early
+"""pipeline/loop/iterate.py without a model: held-out and per-round prompts, round configs, the trainer keys, the early
 stop and the rounds card."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-from pipeline.iterate import plan_prompts, round_config, stop_reason, train_config, write_card
-from pipeline.pools import pool_plan
+from pipeline.loop.iterate import plan_prompts, round_config, stop_reason, train_config, write_card
+from pipeline.sampling.pools import pool_plan
 from tests.conftest import TINY
 
 

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import load_config
-from pipeline.judge_eval import OVERALL, judge_pairs, load_labels, run_judge_eval, summarise
+from pipeline.loop.judge_eval import OVERALL, judge_pairs, load_labels, run_judge_eval, summarise
 from tests.conftest import TINY, cli_in_process, write_jsonl
 
 MODEL = "bundled:smollm2-135m-instruct"

@@ -22,8 +22,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas
 from pipeline.config import load_config
+from pipeline.core import schemas
 from tests.conftest import ROOT, TINY, cli_env
 from tests.pipeline.vllm_serving import MODEL, FaultProxy, Server, strip_logprobs
 
@@ -71,7 +71,7 @@ def test_served_judges_match_in_process_judges(served_run):
     """logprobs mode: the same ok flags as the in-process transformers judges and scores within 2e-2 (float32 server),
     for an absolute and a pairwise template; each judgment requested once; the API key reached the server and
     nothing else (run directory, logs, output)."""
-    from pipeline.judge import build_judges, judge_candidates
+    from pipeline.stages.judge import build_judges, judge_candidates
 
     out, proxy, proc = served_run
     served = rows(out, "judge")
@@ -205,7 +205,7 @@ def test_reward_model_served_by_vllm(seeded_rm, tmp_path):
     """A reward model behind `vllm serve --runner pooling --convert classify` (its /classify route, use_activation
     false), configured as a judge.reward_models mapping, scores within 1e-3 of the transformers reward model."""
     from judges.reward_model import RewardModelJudge, reward_judge
-    from pipeline.request_log import RequestLog
+    from pipeline.backends.request_log import RequestLog
     from tests.pipeline.vllm_job import RM_ITEMS
 
     rm = seeded_rm
@@ -239,10 +239,10 @@ def test_batch_mode_with_vllm_run_batch(served_run, tmp_path):
     served judge's ok flags and scores within 2e-2; judging again sends nothing. Generation in batch mode gives the
     same candidates' shape as online."""
     from pipeline.backends import make_backend
+    from pipeline.backends.request_log import LoggedBackend, RequestLog
     from pipeline.config import GenerateConfig
-    from pipeline.generate import generate_candidates
-    from pipeline.judge import build_judges, judge_candidates
-    from pipeline.request_log import LoggedBackend, RequestLog
+    from pipeline.stages.generate import generate_candidates
+    from pipeline.stages.judge import build_judges, judge_candidates
 
     out = served_run[0]
     runner = [sys.executable, str(ROOT / "tests" / "pipeline" / "batch_runner.py"), "{input}", "{output}"]

@@ -1,4 +1,4 @@
-"""Label quality against the verifier (pipeline/label_quality.py), on a judgments table written by hand."""
+"""Label quality against the verifier (pipeline/curation/label_quality.py), on a judgments table written by hand."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from pipeline import schemas
-from pipeline.label_quality import ENSEMBLE, bootstrap_accuracy, label_quality, verified_pairs
+from pipeline.core import schemas
+from pipeline.curation.label_quality import ENSEMBLE, bootstrap_accuracy, label_quality, verified_pairs
 
 
 def _row(pid, cid, judge, kind, score, ok=True, consistent=None):
@@ -65,8 +65,8 @@ def test_bootstrap_resamples_prompts_and_is_seeded():
 def test_verified_strategy_pairs_the_best_passing_with_the_best_failing_answer():
     """Strategy 'verified' orders pairs by the verifier, not the scores: on p2 the judge prefers the failing e."""
     from pipeline.config import PairConfig
-    from pipeline.label_quality import verdicts
-    from pipeline.pair import pairs_from_scores, scored_candidates
+    from pipeline.curation.label_quality import verdicts
+    from pipeline.stages.pair import pairs_from_scores, scored_candidates
 
     judgments = _judgments()
     words = {"a": "twelve", "b": "seven apples", "c": "nine pears now", "d": "Friday", "e": "a Monday it is",
@@ -96,9 +96,9 @@ def test_verified_strategy_pairs_the_best_passing_with_the_best_failing_answer()
 
 
 def test_a_grown_dataset_reports_label_quality_over_every_increment(tmp_path):
-    """pipeline/incremental.py: the merged manifest's label quality counts the verified pairs of all increments,
+    """publish/incremental.py: the merged manifest's label quality counts the verified pairs of all increments,
     equal to one report over the same judgments (the increments split the prompts)."""
-    from pipeline.incremental import _label_quality
+    from pipeline.publish.incremental import _label_quality
 
     judgments = _judgments()
     ensemble = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 1.0, "e": 1.0, "f": 2.0, "g": 1.0, "h": 0.5}

@@ -1,4 +1,4 @@
-"""judge.aggregate learned: judge weights fitted on verified candidate pairs (pipeline/aggregate.py).
+"""judge.aggregate learned: judge weights fitted on verified candidate pairs (pipeline/curation/aggregate.py).
 
 Synthetic runs, no models: a seeded-random absolute judge (uniform noise), a reward model whose score
 follows the verifier's verdict, and verifier rows (kind "verifier", score 1.0 / 0.0, ok false when the
@@ -13,13 +13,13 @@ import pyarrow.compute as pc
 import pytest
 
 from judges.agreement import logistic_fit
-from pipeline import schemas
-from pipeline.aggregate import MIN_FIT_PAIRS, SCORE_KINDS, aggregate_scores, candidate_scores, fit_learned
 from pipeline.config import PairConfig, load_config
+from pipeline.core import schemas
+from pipeline.curation.aggregate import MIN_FIT_PAIRS, SCORE_KINDS, aggregate_scores, candidate_scores, fit_learned
+from pipeline.curation.reward_augment import augment
 from pipeline.errors import ConfigError
-from pipeline.pair import aggregated_candidates, make_pairs
-from pipeline.pair import run as run_pair_stage
-from pipeline.reward_augment import augment
+from pipeline.stages.pair import aggregated_candidates, make_pairs
+from pipeline.stages.pair import run as run_pair_stage
 
 SEED = 7
 

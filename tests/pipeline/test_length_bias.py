@@ -1,7 +1,7 @@
 import polars as pl
 
-from pipeline import schemas
-from pipeline.length_bias import length_bias
+from pipeline.core import schemas
+from pipeline.curation.length_bias import length_bias
 
 
 def pairs(lens):

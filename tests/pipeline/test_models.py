@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
+from pipeline.backends.model_ref import resolve
 from pipeline.errors import ModelNotFoundError
-from pipeline.models import resolve
 from tests.conftest import ROOT
 
 
@@ -57,7 +57,7 @@ def test_bundled_minilm_embeds():
 
 
 CONVERT = """
-import json, sys, pipeline.models as m
+import json, sys, pipeline.backends.model_ref as m
 calls = []
 orig = m._convert_gguf
 m._convert_gguf = lambda *a: (calls.append(1), orig(*a))[1]
@@ -88,7 +88,7 @@ def test_two_processes_convert_once(tmp_path):
 
 
 def test_damaged_weights_are_named_before_loading(tmp_path):
-    from pipeline.models import weights_problem
+    from pipeline.backends.model_ref import weights_problem
 
     src = resolve("bundled:smollm2-135m-instruct").path
     (tmp_path / "config.json").write_text(open(os.path.join(src, "config.json")).read())
@@ -114,7 +114,7 @@ def test_damaged_weights_are_named_before_loading(tmp_path):
 def test_torch_bin_without_its_zip_directory_is_truncated(tmp_path):
     import torch
 
-    from pipeline.models import weights_problem
+    from pipeline.backends.model_ref import weights_problem
 
     torch.save({"w": torch.zeros(64)}, tmp_path / "pytorch_model.bin")
     assert weights_problem(tmp_path) is None
@@ -124,7 +124,7 @@ def test_torch_bin_without_its_zip_directory_is_truncated(tmp_path):
 
 
 def test_uses_hub_only_for_hub_ids(tmp_path):
-    from pipeline.models import uses_hub
+    from pipeline.backends.model_ref import uses_hub
 
     assert uses_hub("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert not uses_hub("bundled:smollm2-135m-instruct") and not uses_hub(str(tmp_path)) and not uses_hub("/x/y/z")

@@ -1,4 +1,5 @@
-"""Near-duplicate search (pipeline/neardup.py) against v0.1's full-matrix search, and MinHash (pipeline/minhash.py)."""
+"""Near-duplicate search (pipeline/curation/neardup.py) against v0.1's full-matrix search, and MinHash
+(pipeline/curation/minhash.py)."""
 
 import subprocess
 import sys
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.minhash import fuzzy_duplicates, signatures
-from pipeline.neardup import choose_method, legacy_near_duplicates, search
+from pipeline.curation.minhash import fuzzy_duplicates, signatures
+from pipeline.curation.neardup import choose_method, legacy_near_duplicates, search
 
 
 def planted(n: int, *, seed: int = 0, d: int = 384, dup_frac: float = 0.1, lo: float = 0.82, hi: float = 0.995):
@@ -126,7 +127,7 @@ def test_minhash_clusters_by_connected_components():
 
 
 def test_minhash_signatures_are_the_same_in_every_process():
-    code = ("from pipeline.minhash import signatures; "
+    code = ("from pipeline.curation.minhash import signatures; "
             "print(signatures(['Hello world, again'], ngram=2, n_hashes=4).tolist())")
     outs = {
         subprocess.run(

@@ -1,10 +1,10 @@
 import pyarrow as pa
 import pytest
 
-from pipeline import schemas
 from pipeline.config import PairConfig
+from pipeline.core import schemas
 from pipeline.errors import SchemaError
-from pipeline.pair import check_pairs, make_pairs
+from pipeline.stages.pair import check_pairs, make_pairs
 
 
 def build(spec):
@@ -122,7 +122,7 @@ def test_length_ratio_control():
 
 
 def test_ranked_view_lists_every_scored_candidate_best_first():
-    from pipeline.pair import ranked_candidates, scored_candidates
+    from pipeline.stages.pair import ranked_candidates, scored_candidates
 
     p, c, j = build({"a": [("x", 2.0), ("y", 5.0), ("z", None), ("w", 2.0)], "b": [("q", 1.0), ("r", 3.0)]})
     ranked = ranked_candidates(p, scored_candidates(c, j)).to_pylist()

@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from pipeline import schemas
 from pipeline.config import DecontaminateConfig, DedupConfig
+from pipeline.core import schemas
 from pipeline.errors import InputError
-from pipeline.prompt_filter import contaminated, embed, filter_prompts, ngrams
+from pipeline.stages.prompt_filter import contaminated, embed, filter_prompts, ngrams
 
 TEXTS = [
     "What is the capital of France?",
@@ -32,7 +32,7 @@ def test_embeddings_are_normalised_and_semantic():
 def test_embeddings_match_sentence_transformers():
     from sentence_transformers import SentenceTransformer
 
-    from pipeline.models import resolve
+    from pipeline.backends.model_ref import resolve
 
     st = SentenceTransformer(resolve("bundled:minilm-l6").path, device="cpu")
     want = st.encode(TEXTS, normalize_embeddings=True, convert_to_tensor=True)
@@ -86,8 +86,8 @@ V01_CONFIG_FINGERPRINT = "f50add5c9aac6cf6"  # v0.1's publish.config_fingerprint
 
 def test_default_config_keeps_the_v01_fingerprint():
     from pipeline.config import load_config
-    from pipeline.prompt_filter import stage_fingerprint
-    from pipeline.publish import config_fingerprint
+    from pipeline.publish.shards import config_fingerprint
+    from pipeline.stages.prompt_filter import stage_fingerprint
     from tests.conftest import TINY
 
     tiny = load_config(TINY)
@@ -126,7 +126,7 @@ def _cfg(*overrides):
 
 @pytest.mark.slow  # all-MiniLM-L6-v2
 def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
-    from pipeline import prompt_filter
+    from pipeline.stages import prompt_filter
 
     run_dir = _run_dir(tmp_path)
     logs = []
@@ -165,8 +165,8 @@ def test_stage_lists_drops_in_a_table_and_counts_them_in_the_meta(tmp_path):
 
 @pytest.mark.slow  # all-MiniLM-L6-v2
 def test_a_v01_meta_moves_its_drop_list_into_the_table(tmp_path):
-    from pipeline import prompt_filter
-    from pipeline.store import write_json
+    from pipeline.core.store import write_json
+    from pipeline.stages import prompt_filter
 
     run_dir = _run_dir(tmp_path)
     meta = prompt_filter.run(run_dir, _cfg(), "fp")
@@ -186,7 +186,7 @@ def test_a_v01_meta_moves_its_drop_list_into_the_table(tmp_path):
 
 @pytest.mark.slow  # all-MiniLM-L6-v2
 def test_shards_embed_their_parts_and_the_gathering_call_embeds_nothing(tmp_path, monkeypatch):
-    from pipeline import prompt_filter
+    from pipeline.stages import prompt_filter
 
     run_dir = _run_dir(tmp_path, TEXTS)  # 5 prompts, parts of 2: shard 0 does chunks 0 and 2, shard 1 chunk 1
     cfg = _cfg()
@@ -206,7 +206,7 @@ def test_shards_embed_their_parts_and_the_gathering_call_embeds_nothing(tmp_path
 
 KILL_SCRIPT = """
 import sys
-from pipeline import prompt_filter
+from pipeline.stages import prompt_filter
 from pipeline.config import load_config
 cfg = load_config(None, [f"curate.dedup.chunk_prompts={sys.argv[2]}"])
 prompt_filter.run(sys.argv[1], cfg, "fp-kill", log=lambda m: print(m, flush=True))

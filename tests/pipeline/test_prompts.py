@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.config import InputConfig
 from pipeline.errors import InputError
-from pipeline.prompts import bundled_data_dir, funnel, load_prompts, prompt_id_of
+from pipeline.stages.prompts import bundled_data_dir, funnel, load_prompts, prompt_id_of
 from tests.conftest import write_jsonl
 
 USER = {"role": "user", "content": "hi"}
@@ -165,7 +165,7 @@ def test_reused_prompt_id_with_other_text_is_an_error_not_a_duplicate(tmp_path):
     table, report = load_prompts(cfg(f, skip_invalid=True))
     assert table.column("prompt_id").to_pylist() == ["x"] and table.to_pylist()[0]["messages"][0]["content"] == "a?"
     assert report.duplicates == 1 and len(report.conflicts) == 1 and not report.invalid
-    from pipeline.prompts import funnel
+    from pipeline.stages.prompts import funnel
 
     steps = {s["filter"]: (s["rows_in"], s["rows_out"]) for s in funnel(report, table.num_rows)}
     assert steps["duplicate_prompts"] == (3, 2) and steps["prompt_id_conflicts"] == (2, 1) and steps["limit"] == (1, 1)

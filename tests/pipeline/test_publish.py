@@ -1,4 +1,4 @@
-from pipeline.publish import summary
+from pipeline.publish.shards import summary
 
 
 def manifest(pairs, funnel):
@@ -19,9 +19,9 @@ def test_summary_warns_when_nothing_was_published():
 
 
 def test_prompt_drops_come_from_the_table_the_manifest_names(tmp_path):
-    from pipeline import schemas
-    from pipeline.incremental import _sum_prompt_drops
-    from pipeline.rundir import prompt_drops
+    from pipeline.core import schemas
+    from pipeline.core.rundir import prompt_drops
+    from pipeline.publish.incremental import _sum_prompt_drops
 
     rows = [{"prompt_id": f"p{i}", "filter": "near_duplicate", "match": "p0", "score": 0.95} for i in range(1, 31)]
     schemas.write_table(

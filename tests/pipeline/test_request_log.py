@@ -9,14 +9,15 @@ import time
 
 import pytest
 
-from pipeline import generate, schemas
 from pipeline.backends import make_backend
 from pipeline.backends.base import Completion, Request, SamplingParams, Skipped
+from pipeline.backends.model_ref import resolve
+from pipeline.backends.request_log import LogEntry, LoggedBackend, RequestLog, request_key
 from pipeline.config import load_config
+from pipeline.core import schemas
+from pipeline.core.store import StageStore
 from pipeline.errors import TransientBackendError
-from pipeline.models import resolve
-from pipeline.request_log import LogEntry, LoggedBackend, RequestLog, request_key
-from pipeline.store import StageStore
+from pipeline.stages import generate
 from tests.conftest import ROOT
 
 REQ = Request([{"role": "user", "content": "Name a colour."}], (1, 2))
@@ -152,7 +153,7 @@ def test_concurrent_writer_processes_share_one_index(tmp_path):
 
 BUILD = """
 import sys
-from pipeline.request_log import RequestLog
+from pipeline.backends.request_log import RequestLog
 log = RequestLog(sys.argv[1])
 print("ready", flush=True)
 log.lookup(["k0"])
@@ -248,7 +249,7 @@ def test_a_run_directory_of_the_old_layout_resumes_without_resending(tmp_path, s
     label = resolve(g.model).label
     sampling = SamplingParams(g.temperature, g.top_p, g.max_new_tokens)
 
-    def key(pid: str) -> str:  # what the stage asks the log for (pipeline/generate.py)
+    def key(pid: str) -> str:  # what the stage asks the log for (pipeline/stages/generate.py)
         seeds = tuple(generate.candidate_seed(cfg.seed, pid, k) for k in range(g.n))
         messages = [{"role": "user", "content": f"Question {pid}?"}]
         return request_key(f"openai:{label}", Request(messages, seeds), sampling)
@@ -290,7 +291,7 @@ def test_judge_replies_keep_their_payload_and_a_logged_call_is_not_sent_again(tm
     """A judge call's record keeps what the judge reads beyond the text (top log-probs) and its usage; a second
     pass over the same keys is answered from the log and books the logged usage with the backend's meter."""
     from pipeline.backends.base import Reply
-    from pipeline.request_log import logged_calls
+    from pipeline.backends.request_log import logged_calls
 
     class Meter:
         booked: list = []

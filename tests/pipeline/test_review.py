@@ -1,5 +1,6 @@
-"""Review labels (pipeline/review.py), re-publishing with them (pipeline/publish.py) and the review app's data
-(pipeline/review_view.py), on run directories written without a model (tests/review_run.py)."""
+"""Review labels (pipeline/review/labels.py), re-publishing with them (pipeline/publish/shards.py) and the review
+app's data
+(pipeline/review/view.py), on run directories written without a model (tests/review_run.py)."""
 
 import json
 import shutil
@@ -7,12 +8,13 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import funnel, review
 from pipeline.config import load_config
+from pipeline.core import funnel
 from pipeline.errors import InputError
-from pipeline.incremental import merge
-from pipeline.publish import republish
-from pipeline.review_view import ReviewView
+from pipeline.publish.incremental import merge
+from pipeline.publish.shards import republish
+from pipeline.review import labels as review
+from pipeline.review.view import ReviewView
 from tests.review_run import JUDGES, ROOT, build, judge_scores
 
 N = 12

@@ -6,12 +6,12 @@ from itertools import combinations
 import pytest
 
 from judges.templates import ABSOLUTE
-from pipeline import schemas
-from pipeline.aggregate import METHODS
 from pipeline.config import PairConfig
+from pipeline.core import schemas
+from pipeline.curation.aggregate import METHODS
+from pipeline.curation.reward_augment import SCALES, augment
 from pipeline.errors import ConfigError
-from pipeline.pair import check_pairs, make_pairs
-from pipeline.reward_augment import SCALES, augment
+from pipeline.stages.pair import check_pairs, make_pairs
 
 
 def _pairs():

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from pipeline import schemas
 from pipeline.config import RunConfig
+from pipeline.core import schemas
+from pipeline.core.rundir import check_kind, check_out_dir, load_manifest, run_kind
 from pipeline.errors import InputError
-from pipeline.incremental import plan
-from pipeline.rundir import check_kind, check_out_dir, load_manifest, run_kind
+from pipeline.publish.incremental import plan
 from tests.conftest import write_jsonl
 
 

@@ -2,7 +2,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas
+from pipeline.core import schemas
 from pipeline.errors import SchemaError
 
 PROMPT = {"prompt_id": "p1", "messages": [{"role": "user", "content": "hi"}], "source": "s", "category": None,

@@ -5,11 +5,11 @@ import math
 import pytest
 
 from judges.reward_model import RewardModelJudge
-from pipeline import schemas
 from pipeline.backends.hf import TransformersBackend
 from pipeline.config import ConfigError, PrincipleConfig, RunConfig, load_config
-from pipeline.pair import check_pairs
-from pipeline.self_critique import BUILTIN, critique_pairs, principles
+from pipeline.core import schemas
+from pipeline.stages.pair import check_pairs
+from pipeline.stages.self_critique import BUILTIN, critique_pairs, principles
 
 pytestmark = pytest.mark.slow
 

@@ -1,11 +1,11 @@
-"""The user simulator's pure parts (pipeline/simulate.py); the stage end to end is in
+"""The user simulator's pure parts (pipeline/stages/conversation.py); the stage end to end is in
 tests/flows/test_conversations.py."""
 
 import pytest
 
 from pipeline.config import RunConfig, load_config
-from pipeline.conversation import alternates
-from pipeline.simulate import SIMULATOR_SYSTEM, clean, fields, transcript
+from pipeline.stages.conversation import SIMULATOR_SYSTEM, clean, fields, transcript
+from pipeline.stages.turns import alternates
 
 
 @pytest.mark.parametrize("raw,want", [

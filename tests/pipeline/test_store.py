@@ -1,7 +1,7 @@
 import pytest
 
-from pipeline import schemas
-from pipeline.store import StageStore, done_rows, run_in_parts
+from pipeline.core import schemas
+from pipeline.core.store import StageStore, done_rows, run_in_parts
 
 
 def rows(keys):
@@ -61,15 +61,15 @@ def test_run_lock_excludes_a_second_writer_and_dies_with_its_holder(tmp_path):
     import subprocess
     import sys
 
+    from pipeline.core.store import run_lock
     from pipeline.errors import InputError
-    from pipeline.store import run_lock
     from tests.conftest import ROOT
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys, time\nfrom pipeline.store import run_lock\n"
+            "import sys, time\nfrom pipeline.core.store import run_lock\n"
             f"with run_lock({str(tmp_path)!r}):\n    print('held', flush=True)\n    time.sleep(60)",
         ],
         cwd=ROOT,

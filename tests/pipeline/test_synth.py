@@ -1,12 +1,12 @@
-"""Prompt synthesis (pipeline/synth.py): Magpie's pre-query text per template family, the filters and
+"""Prompt synthesis (pipeline/stages/synth.py): Magpie's pre-query text per template family, the filters and
 Evol-Instruct's elimination rules on hand-made outputs, the funnel, and each mode on the bundled model."""
 
 import pytest
 
-from pipeline import schemas
 from pipeline.config import load_config
-from pipeline.funnel import problems
-from pipeline.synth import clean, funnel, pre_query_template, verdict
+from pipeline.core import schemas
+from pipeline.core.funnel import problems
+from pipeline.stages.synth import clean, funnel, pre_query_template, verdict
 from tests.conftest import TINY
 
 LLAMA3 = ("{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
@@ -110,7 +110,7 @@ def test_funnel_chains_from_requests_to_kept_prompts():
 
 
 def test_synth_config_fingerprint_only_changes_with_what_it_makes():
-    from pipeline import prompts, synth
+    from pipeline.stages import prompts, synth
 
     base = load_config(TINY, ["input.path=synth:", "input.synth.mode=topics"])
     assert base.input.synthesised and synth.fields(base)["mode"] == "topics"
@@ -133,7 +133,7 @@ def test_synth_config_fingerprint_only_changes_with_what_it_makes():
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["magpie", "evol", "topics"])
 def test_each_mode_makes_at_least_50_prompts_on_the_bundled_model(tmp_path, mode):
-    from pipeline import synth
+    from pipeline.stages import synth
 
     cfg = load_config(
         TINY,

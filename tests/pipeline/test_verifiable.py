@@ -1,4 +1,5 @@
-"""pipeline/verifiable.py: deterministic rows, the bundled file, and every spec checked against an answer worked out
+"""pipeline/verifiable/generator.py: deterministic rows, the bundled file, and
+every spec checked against an answer worked out
 here from the prompt's text alone, by code that shares nothing with the generator (SI base units, date ordinals,
 decimals); python rows run their reference solution against their tests."""
 
@@ -16,8 +17,8 @@ import pytest
 from judges.verifier import check
 from pipeline.config import InputConfig
 from pipeline.errors import ConfigError
-from pipeline.prompts import load_prompts
-from pipeline.verifiable import FAMILIES, make, reference_solution
+from pipeline.stages.prompts import load_prompts
+from pipeline.verifiable.generator import FAMILIES, make, reference_solution
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "data" / "prompts" / "verifiable.jsonl"
@@ -114,7 +115,8 @@ def test_rows_are_deterministic_interleaved_and_prefix_stable():
 def test_bundled_file_is_make_300_seed_0_and_loads_as_prompts():
     rows = bundled_rows()
     assert len(rows) >= 300
-    assert rows == make(300, seed=0), f"regenerate: python -m pipeline.verifiable --n 300 --seed 0 --out {BUNDLED}"
+    assert rows == make(300, seed=0), (
+        f"regenerate: python -m pipeline.verifiable.generator --n 300 --seed 0 --out {BUNDLED}")
     assert {r["category"] for r in rows} == set(FAMILIES)
     assert len({r["prompt"] for r in rows}) == len(rows)
     table, report = load_prompts(InputConfig(path="bundled:prompts/verifiable.jsonl", shuffle=False))
@@ -168,6 +170,6 @@ def test_a_sample_of_python_rows_passes_the_sandbox_and_a_wrong_function_fails()
 
 def test_cli_writes_the_same_rows(tmp_path):
     out = tmp_path / "v.jsonl"
-    subprocess.run([sys.executable, "-m", "pipeline.verifiable", "--n", "12", "--seed", "4", "--out", str(out)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=60)
+    cmd = [sys.executable, "-m", "pipeline.verifiable.generator", "--n", "12", "--seed", "4", "--out", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=60)
     assert [json.loads(line) for line in out.read_text().splitlines()] == make(12, seed=4)

@@ -19,10 +19,10 @@ import sys
 
 import pyarrow.parquet as pq
 
-from pipeline import schemas
 from pipeline.backends.vllm_backend import shared
 from pipeline.config import GenerateConfig
-from pipeline.generate import generate_candidates
+from pipeline.core import schemas
+from pipeline.stages.generate import generate_candidates
 
 PROMPTS = [
     {"prompt_id": "short", "messages": [{"role": "user", "content": "Name a colour."}]},
@@ -43,7 +43,7 @@ def run_pair_sources(backend, out: str) -> None:
     import json
 
     from judges.reward_model import RewardModelJudge, build_seeded_reward_model
-    from pipeline.self_critique import critique_pairs, principles
+    from pipeline.stages.self_critique import critique_pairs, principles
 
     cfg = GenerateConfig(n=2, max_new_tokens=12, temperature=0.9, verbalized_k=3, verbalized_max_new_tokens=160)
     table, _ = generate_candidates(schemas.from_rows(SOURCE_PROMPTS, "prompts"), cfg, backend, seed=5)
@@ -77,9 +77,9 @@ SOURCE_PROMPTS = [
 
 
 def run_synth(backend, tokenizer, out: str) -> None:
-    """Six Magpie prompts (pipeline/synth.py: raw pre-query text continued by the model) from `backend`."""
-    from pipeline import synth
+    """Six Magpie prompts (pipeline/stages/synth.py: raw pre-query text continued by the model) from `backend`."""
     from pipeline.config import load_config
+    from pipeline.stages import synth
 
     cfg = load_config(
         None, ["input.path=synth:", "input.synth.mode=magpie", "input.synth.n=6", "input.synth.max_new_tokens=40"]
@@ -94,7 +94,7 @@ def judge_on_both_backends(candidates, out: str) -> None:
     """An absolute and a pairwise LLM judge over `candidates` on vLLM (build_judges finds this process's
     engine: same model, dtype and options) and on transformers, both float32."""
     from pipeline.config import load_config
-    from pipeline.judge import build_judges, judge_candidates
+    from pipeline.stages.judge import build_judges, judge_candidates
 
     prompts = schemas.from_rows(PROMPTS, "prompts")
     common = ["generate.dtype=float32", "judge.pairwise_templates=[pairwise-ab-v1]"]
@@ -144,8 +144,8 @@ def reward(rm_folder: str, out: str) -> None:
 def stage(run_dir: str) -> None:
     from pathlib import Path
 
-    from pipeline import generate
     from pipeline.config import load_config
+    from pipeline.stages import generate
 
     tiny = Path(__file__).resolve().parents[2] / "data" / "configs" / "tiny.yaml"
     cfg = load_config(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models import resolve
+from pipeline.backends.model_ref import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 VPY = ROOT / ".venv-vllm" / "bin" / "python"

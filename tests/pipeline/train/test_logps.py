@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pipeline.models import resolve
+from pipeline.backends.model_ref import resolve
 from pipeline.train.logps import build_batch, forward_logps, ld_weights
 from pipeline.train.losses import PairLogps, combined_loss
 

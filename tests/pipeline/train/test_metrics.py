@@ -228,7 +228,7 @@ def test_a_resumed_log_drops_records_past_the_checkpoint(tmp_path):
 
 
 def test_bundled_example_train_config_is_valid():
-    from pipeline.prompts import bundled_data_dir
+    from pipeline.stages.prompts import bundled_data_dir
     from pipeline.train.config import load_train_config
 
     cfg = load_train_config(bundled_data_dir() / "configs" / "train.yaml")

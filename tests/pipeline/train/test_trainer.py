@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.backends.model_ref import resolve
 from pipeline.errors import InputError
-from pipeline.models import resolve
 from pipeline.train import TrainConfig, train
 from pipeline.train.data import examples, open_source
 from pipeline.train.metrics import OverOptConfig

@@ -1,0 +1,114 @@
+"""How a CLI command runs a flow: its own guarded Prefect API, clean interrupts, one-line errors.
+
+- `signals()` wraps every command: SIGTERM becomes an exception like Ctrl-C's.
+- `flow_session()` wraps every command that runs a flow (`run`, `train`): a Prefect API that dies
+  with the command (flows/cli/api_server.py), and on the way out Prefect's log and event workers drained
+  while the API still answers (otherwise Prefect retries its log shipping against a stopped server for minutes).
+- Interrupts: the first Ctrl-C or SIGTERM raises in the main thread, where the stage work runs;
+  Prefect records the flow run as crashed, finished stage parts stay on disk (they were written
+  atomically), and the CLI exits 130 (143 for SIGTERM) saying how to resume. A second Ctrl-C
+  while that happens exits at once.
+- Prefect's console handler prints tracebacks of every exception a task raises. An error the user
+  caused (a `PrefsynthError`) or an interrupt is already reported by the CLI in one line, so for
+  those the console record loses its traceback (the API still stores it). Bugs keep theirs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+
+from pipeline.errors import PrefsynthError
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt (not an Exception: nothing may swallow it)."""
+
+
+QUIET = (PrefsynthError, KeyboardInterrupt, Terminated)
+
+
+def _user_caused(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # Prefect may wrap the stage's error
+        if isinstance(exc, QUIET):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _QuietUserErrors(logging.Filter):
+    """Drop the traceback of user-caused errors and interrupts from Prefect's console output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _user_caused(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        msg = record.getMessage()
+        if msg.startswith("View at http://127.0.0.1:") and os.environ.get("PREFSYNTH_EPHEMERAL_API"):
+            return False  # our ephemeral API serves no UI: the link would lead nowhere
+        return True
+
+
+def quiet_prefect_console() -> None:
+    """Attach the filter to every Prefect console handler (Prefect configures logging at import)."""
+    import prefect.main  # noqa: F401  (sets up Prefect's logging config; `import prefect` alone defers it)
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, _QuietUserErrors) for f in handler.filters
+            ):
+                handler.addFilter(_QuietUserErrors())
+
+
+def _drain_prefect() -> None:
+    """Ship Prefect's queued logs and events while the API still answers."""
+    try:
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=5)
+    except Exception:  # draining is best effort: the command's own result is already decided
+        pass
+
+
+@contextlib.contextmanager
+def signals():
+    """First Ctrl-C raises KeyboardInterrupt, first SIGTERM raises Terminated; a second one of either
+    (while Prefect records the crash and the server stops) exits at once."""
+    hits = []
+
+    def handler(signum, frame):
+        code = 130 if signum == signal.SIGINT else 143
+        if hits:
+            os._exit(hits[0])
+        hits.append(code)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def flow_session():
+    """Run the block (which calls flows) with a guarded Prefect API and quiet user errors."""
+    from flows.cli.api_server import prefect_api
+
+    with prefect_api() as server:
+        if server is not None:
+            os.environ["PREFSYNTH_EPHEMERAL_API"] = "1"
+        quiet_prefect_console()
+        try:
+            yield
+        finally:
+            _drain_prefect()
