@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config.base import _Section
+from pipeline.config.base import _Section, operational
 
 
 class PairConfig(_Section):
@@ -58,7 +58,7 @@ class CHESConfig(_Section):
     threshold: float | None = Field(
         None, description="With filter=threshold, keep pairs with LN-CHES at or below this value."
     )
-    batch_size: int = Field(8, ge=1, description="Sequences per forward pass (operational).")
+    batch_size: int = operational(8, ge=1, description="Sequences per forward pass.")
 
     @model_validator(mode="after")
     def _threshold_given(self):
@@ -140,12 +140,12 @@ class DedupConfig(_Section):
         "borders and costs proportionally more time.",
     )
     minhash: MinHashConfig = Field(default_factory=MinHashConfig, description="Fuzzy text dedup (MinHash LSH).")
-    batch_size: int = Field(64, ge=1, description="Prompts per embedding batch (operational).")
-    chunk_prompts: int = Field(
+    batch_size: int = operational(64, ge=1, description="Prompts per embedding batch.")
+    chunk_prompts: int = operational(
         8192,
         ge=1,
         description="Prompts per checkpointed part of the embeddings; a killed run "
-        "resumes from its finished parts, and Ray shards split these parts (operational).",
+        "resumes from its finished parts, and Ray shards split these parts.",
     )
 
 
@@ -172,13 +172,13 @@ class CurateConfig(_Section):
 class RationaleConfig(_Section):
     enabled: bool = Field(True, description="Write a short judge rationale for each published pair.")
     max_new_tokens: int = Field(48, ge=1, le=1024, description="Token cap per rationale.")
-    batch_size: int = Field(16, ge=1, description="Pairs per generate() call (operational).")
+    batch_size: int = operational(16, ge=1, description="Pairs per generate() call.")
 
 
 class PublishConfig(_Section):
-    shard_rows: int = Field(5000, ge=1, description="Rows per parquet shard (operational).")
+    shard_rows: int = operational(5000, ge=1, description="Rows per parquet shard.")
     compression: Literal["zstd", "snappy", "gzip", "none"] = Field("zstd", description="Parquet codec.")
     license: str = Field("other", description="License written into the dataset card.")
-    chunk_prompts: int = Field(
-        8, ge=1, description="Prompts per checkpointed chunk of generate/judge work (operational)."
+    chunk_prompts: int = operational(
+        8, ge=1, description="Prompts per checkpointed chunk of generate/judge work."
     )

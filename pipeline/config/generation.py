@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.base import _Section
+from pipeline.config.base import _Section, operational
 
 
 class VllmEngineConfig(_Section):
@@ -119,17 +119,19 @@ class GenerateConfig(_Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; 'auto' is float32 on CPU and bfloat16 on GPU."
     )
-    batch_size: int = Field(16, ge=1, description="Prompts per generate() call (operational, not fingerprinted).")
-    vllm: VllmEngineConfig = Field(
+    batch_size: int = operational(16, ge=1, description="Prompts per generate() call.")
+    vllm: VllmEngineConfig = operational(
         default_factory=VllmEngineConfig, description="vLLM engine options (backend 'vllm')."
     )
-    openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="Endpoint options (backend 'openai').")
+    openai: OpenAIConfig = operational(
+        default_factory=OpenAIConfig, description="Endpoint options (backend 'openai')."
+    )
     pool: list[PoolMember] = Field(
         [],
         description="Model pool; when set, each prompt gets `n` candidates, one from "
         "each of n members drawn (seeded) from the pool, instead of n from generate.model.",
     )
-    request_log: bool = Field(
+    request_log: bool = operational(
         True,
         description="Append each completed request to runs/<run>/requests/generate.jsonl "
         "and answer repeats from it (resume without re-requesting).",

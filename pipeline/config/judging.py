@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from pipeline.config.base import _Section
+from pipeline.config.base import _Section, operational
 from pipeline.config.generation import OpenAIConfig
 
 SCORING_FIELDS = {"score_mode", "samples", "sample_temperature", "sample_max_tokens", "top_logprobs"}
@@ -29,7 +29,7 @@ class LLMJudgeConfig(_Section):
     model: str | None = Field(None, description="Judge model; null is judge.model. On backend 'openai' any name the "
                               "server serves (a local folder or bundled model also gives a tokenizer and a revision).")
     backend: Literal["transformers", "vllm", "openai"] | None = Field(None, description="null is judge.backend.")
-    openai: JudgeOpenAIConfig | None = Field(None, description="This judge's endpoint; null is judge.openai.")
+    openai: JudgeOpenAIConfig | None = operational(None, description="This judge's endpoint; null is judge.openai.")
 
 
 class RewardModelConfig(_Section):
@@ -41,7 +41,8 @@ class RewardModelConfig(_Section):
         "transformers", description="'transformers' in process; 'vllm' an in-process vLLM pooling runner "
         "(runner=pooling, convert=classify; engine options from generate.vllm); 'openai' a `vllm serve --runner "
         "pooling --convert classify` endpoint (its /classify route, use_activation false: the raw reward).")
-    openai: JudgeOpenAIConfig | None = Field(None, description="This reward model's endpoint; null is judge.openai.")
+    openai: JudgeOpenAIConfig | None = operational(
+        None, description="This reward model's endpoint; null is judge.openai.")
 
 
 class PriceConfig(_Section):
@@ -50,9 +51,9 @@ class PriceConfig(_Section):
 
 
 class BudgetConfig(_Section):
-    usd: float | None = Field(None, gt=0, description="Stop the run cleanly before its requests to OpenAI-compatible "
-                              "endpoints would cost more than this (USD, at `prices`); finished work is kept and a "
-                              "rerun with a larger budget continues. Operational: never fingerprinted.")
+    usd: float | None = operational(None, gt=0, description="Stop the run cleanly before its requests to "
+                                    "OpenAI-compatible endpoints would cost more than this (USD, at `prices`); "
+                                    "finished work is kept and a rerun with a larger budget continues.")
 
 
 class JudgeConfig(_Section):
@@ -66,8 +67,8 @@ class JudgeConfig(_Section):
         "an in-process vLLM engine with generate.vllm's options (shared with generation when it uses the same model); "
         "or 'openai', any OpenAI-compatible endpoint (judge.openai). A judge given as a mapping may override it.",
     )
-    openai: JudgeOpenAIConfig = Field(
-        default_factory=JudgeOpenAIConfig, description="Endpoint of judges on backend 'openai' (operational)."
+    openai: JudgeOpenAIConfig = operational(
+        default_factory=JudgeOpenAIConfig, description="Endpoint of judges on backend 'openai'."
     )
     templates: list[str | LLMJudgeConfig] = Field(
         ["absolute-1to5-v1"],
@@ -140,7 +141,7 @@ class JudgeConfig(_Section):
     )
     verifier_timeout_s: float = Field(5.0, gt=0, le=120, description="Time limit of one sandboxed code check.")
     verifier_memory_mb: int = Field(512, ge=64, le=16384, description="Address-space limit of one code check.")
-    batch_size: int = Field(8, ge=1, description="Judge inputs per forward pass (operational).")
+    batch_size: int = operational(8, ge=1, description="Judge inputs per forward pass.")
 
     @field_validator("verifiers", mode="before")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline.config.base import _Section
+from pipeline.config.base import _Section, operational
 
 
 class PrincipleConfig(_Section):
@@ -38,7 +38,7 @@ class SelfCritiqueConfig(_Section):
         description="Drop pairs the reward model prefers the other way "
         "(label_confidence < 0.5); they are always counted in the manifest.",
     )
-    batch_size: int = Field(8, ge=1, description="Requests per generate() call (operational).")
+    batch_size: int = operational(8, ge=1, description="Requests per generate() call.")
 
 
 class RewardAugmentedConfig(_Section):
@@ -76,7 +76,7 @@ class ConversationConfig(_Section):
     )
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="The simulator's sampling temperature.")
     max_new_tokens: int = Field(48, ge=4, le=1024, description="Token cap of each simulated user turn.")
-    batch_size: int = Field(8, ge=1, description="Requests per generate() call (operational).")
+    batch_size: int = operational(8, ge=1, description="Requests per generate() call.")
 
 
 class SourcesConfig(_Section):

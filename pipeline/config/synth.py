@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from pipeline.config.base import operational
+
 EVOL_OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "breadth")
 
 
@@ -55,8 +57,8 @@ class SynthConfig(BaseModel):
     difficulties: list[str] = Field(
         ["simple", "detailed", "expert-level"], min_length=1, description="topics: the difficulty axis of the grid."
     )
-    batch_size: int = Field(16, ge=1, description="Requests per generate() call (operational, not fingerprinted).")
-    chunk_requests: int = Field(32, ge=1, description="Requests per checkpointed part (operational).")
+    batch_size: int = operational(16, ge=1, description="Requests per generate() call.")
+    chunk_requests: int = operational(32, ge=1, description="Requests per checkpointed part.")
 
     @model_validator(mode="after")
     def _words(self):

@@ -88,7 +88,7 @@ def run_stages(cfg: RunConfig) -> tuple[str, ...]:
 def config_fingerprint(cfg: RunConfig) -> str:
     """A hash of the config fields that change the run's output: every stage's `fields`, and publish's."""
     run = {s.name: s.fields(cfg) for s in stages.STAGES if s.when(cfg)}
-    return fingerprint({**run, "publish": cfg.publish.model_dump(exclude={"shard_rows", "chunk_prompts"})})
+    return fingerprint({**run, "publish": cfg.publish.fingerprinted()})
 
 
 def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None = None, started_at: float | None = None,

@@ -173,7 +173,7 @@ def scored_path(run_dir) -> Path:
 
 def fields(cfg: RunConfig) -> dict:
     """The config fields that change this stage's output."""
-    return {"model": cfg.ches_model, **cfg.curate.ches.model_dump(exclude={"batch_size", "model"})}
+    return {"model": cfg.ches_model, **cfg.curate.ches.fingerprinted(exclude={"model"})}
 
 
 def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:

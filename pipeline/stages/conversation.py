@@ -108,7 +108,7 @@ def fields(cfg: RunConfig) -> dict:
     return {
         "seed": cfg.seed,
         "input": cfg.input.model_dump(exclude={"skip_invalid", "synth"}),
-        "conversation": cfg.sources.conversation.model_dump(exclude={"batch_size"}),
+        "conversation": cfg.sources.conversation.fingerprinted(),
         "policy": g.model_dump(include={"model", "temperature", "top_p", "max_new_tokens", "system_prompt",
                                         "max_prompt_tokens"}),
     }

@@ -117,7 +117,7 @@ def fields(cfg: RunConfig) -> dict:
     the prompts, so it enters through the prompts stage's fingerprint)."""
     return {
         "seed": cfg.seed,
-        **cfg.generate.model_dump(exclude={"batch_size", "backend", "vllm", "openai", "request_log", "turns"}),
+        **cfg.generate.fingerprinted(exclude={"backend", "turns"}),
     }
 
 

@@ -218,14 +218,12 @@ def backend_field(cfg: RunConfig) -> dict:
 def fields(cfg: RunConfig) -> dict:
     """The config fields that change this stage's output."""
     j = cfg.judge
-    out = j.model_dump(
-        exclude={"batch_size", "model", "aggregate", "min_agreement", "backend", "openai", *SCORING_FIELDS, *VERIFIER}
-    )
+    out = j.fingerprinted(exclude={"model", "aggregate", "min_agreement", "backend", *SCORING_FIELDS, *VERIFIER})
     # judges given as mappings count without their endpoint (operational); scoring options of served judges
     # count only when changed, so runs made before they existed keep their fingerprints
     for name in ("templates", "pairwise_templates", "reward_models"):
         out[name] = [
-            t if isinstance(t, str) else t.model_dump(exclude={"openai"}, exclude_none=True) for t in getattr(j, name)
+            t if isinstance(t, str) else t.fingerprinted(exclude_none=True) for t in getattr(j, name)
         ]
     return {
         "model": cfg.judge_model,

@@ -259,9 +259,7 @@ def fields(cfg: RunConfig) -> dict:
     dedup = d.model_dump(include={"near_duplicates", "model", "threshold"})
     # fields added with the scalable search count only when changed: at their defaults a run's output is
     # v0.1's (exact search up to exact_max_prompts), so runs made before keep their fingerprints
-    dedup |= d.model_dump(
-        exclude_defaults=True, exclude={"near_duplicates", "model", "threshold", "batch_size", "chunk_prompts"}
-    )
+    dedup |= d.fingerprinted(exclude_defaults=True, exclude={"near_duplicates", "model", "threshold"})
     return {"dedup": dedup, "decontaminate": cfg.curate.decontaminate.model_dump()}
 
 

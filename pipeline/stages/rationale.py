@@ -53,7 +53,7 @@ def add_rationales(pairs: pa.Table, backend: GeneratorBackend, *, max_new_tokens
 
 def fields(cfg: RunConfig) -> dict:
     """The config fields that change this stage's output."""
-    return {"model": cfg.judge_model, **backend_field(cfg), **cfg.rationale.model_dump(exclude={"batch_size"})}
+    return {"model": cfg.judge_model, **backend_field(cfg), **cfg.rationale.fingerprinted()}
 
 
 def stage_fingerprint(cfg: RunConfig, pairs_fp: str) -> str:

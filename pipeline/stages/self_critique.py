@@ -197,7 +197,7 @@ def fields(cfg: RunConfig) -> dict:
         "seed": cfg.seed,
         "model": sc.model or cfg.generate.model,
         "reward_model": cfg.critique_reward_model,
-        **sc.model_dump(exclude={"batch_size", "model", "reward_model"}),
+        **sc.fingerprinted(exclude={"model", "reward_model"}),
     }
 
 

@@ -25,7 +25,7 @@ from pipeline.backends.request_log import LoggedBackend, RequestLog
 from pipeline.config import GenerateConfig
 from pipeline.core import schemas
 from pipeline.stages.generate import candidate_seed, generate_candidates
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY
 from tests.pipeline.vllm_serving import MODEL, VPY, FaultProxy, Server, need_venv, vllm_env  # noqa: F401 (bench/)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -173,7 +173,7 @@ def test_tiny_config_generate_stage_on_the_vllm_backend(tiny_run, tmp_path):
 
 def test_tiny_config_through_the_cli_on_the_openai_backend(server, tiny_run, tmp_path):
     """`prefsynth run` end to end with generation served by the real `vllm serve` (judge and CHES local)."""
-    from tests.conftest import TINY, run_cli
+    from tests.conftest import run_cli
 
     out = tmp_path / "run"
     proc = run_cli(
@@ -424,3 +424,42 @@ def test_generate_stage_on_openai_backend_resumes_from_its_request_log(server, t
         assert "api_key" not in log_text and "EMPTY" not in log_text
     finally:
         proxy.close()
+
+
+def test_self_critique_on_the_openai_backend_is_metered_and_budgeted(server, seeded_rm, tiny_run, tmp_path):
+    """Self-critique's teacher requests on generate.backend openai are booked in the stage's meta and in the
+    manifest's accounting, and a budget.usd below their cost stops the stage before it passes it. (Its backend was
+    once built outside pipeline/backends/factory.py, without the stage's ledger: neither counted nor budgeted.)"""
+    import shutil
+
+    from pipeline.config import load_config
+    from pipeline.core import accounting
+    from pipeline.errors import BudgetExceeded
+    from pipeline.stages import self_critique
+
+    price = f"prices={{'{MODEL}': {{input: 1000, output: 1000}}}}"  # USD per million tokens
+    sets = ["sources.self_critique.enabled=true", f"sources.self_critique.reward_model={seeded_rm}",
+            "sources.self_critique.max_new_tokens=16", "generate.backend=openai", price,
+            f"generate.openai.base_url={server.url}/v1", "generate.openai.concurrency=2"]
+
+    def run_dir(name: str) -> Path:
+        out = tmp_path / name / "tables"
+        out.mkdir(parents=True)
+        shutil.copy(tiny_run / "tables" / "prompt_filter.parquet", out)
+        return out.parent
+
+    cfg = load_config(TINY, sets)
+    meta = self_critique.run(str(run_dir("metered")), cfg, "pf-fingerprint", log=lambda *a: None)
+    (row,) = meta["usage"]
+    n_prompts = pq.read_table(tiny_run / "tables" / "prompt_filter.parquet").num_rows
+    assert (row["served"], row["model"]) == (MODEL, resolve(MODEL).label)
+    assert row["requests"] >= n_prompts and row["output_tokens"] > 0 and not row.get("estimated")
+    usage = accounting.summary({"self_critique": meta}, cfg.prices, None)
+    cost = (row["input_tokens"] + row["output_tokens"]) * 1000 / 1e6
+    assert list(usage["stages"]) == ["self_critique"] and usage["total"]["usd"] == pytest.approx(cost)
+
+    budget = float(f"{cost / 2:.4g}")  # the message prints it with :g
+    with pytest.raises(BudgetExceeded, match=rf"budget\.usd={budget:g} would be passed.*fix: raise budget\.usd"):
+        budgeted = load_config(TINY, [*sets, f"budget.usd={budget}"])
+        self_critique.run(str(run_dir("budgeted")), budgeted, "pf-fingerprint", log=lambda *a: None)
+    assert not (tmp_path / "budgeted" / "tables" / "self_critique.parquet").exists()

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import RunConfig, load_config
@@ -99,3 +101,68 @@ def test_generate_turns_default_leaves_fingerprints_and_bad_values_are_named():
         with pytest.raises(ConfigError) as err:
             load_config(None, [f"generate.turns={bad}"])
         assert "generate.turns" in str(err.value) and says in str(err.value) and "fix:" in str(err.value)
+
+
+
+def _operational_paths(model, prefix=""):
+    """Dotted paths of every field declared with `operational(...)`, through nested sections."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from pipeline.config.base import operational_fields
+
+    ops = operational_fields(model)
+    found = {f"{prefix}{name}" for name in ops}
+    for name, field in model.model_fields.items():
+        for arg in (field.annotation, *typing.get_args(field.annotation)):
+            if name not in ops and isinstance(arg, type) and issubclass(arg, BaseModel):
+                found |= _operational_paths(arg, f"{prefix}{name}.")
+    return found
+
+
+# a changed value for every operational field (a new one must be added here)
+OPERATIONAL_CHANGES = {
+    "generate.batch_size": "3", "generate.request_log": "false", "generate.vllm": "{max_model_len: 1024}",
+    "generate.openai": "{concurrency: 3}", "judge.batch_size": "3", "judge.openai": "{concurrency: 3}",
+    "curate.ches.batch_size": "3", "curate.dedup.batch_size": "3", "curate.dedup.chunk_prompts": "100",
+    "rationale.batch_size": "3", "publish.shard_rows": "7", "publish.chunk_prompts": "3",
+    "sources.self_critique.batch_size": "3", "sources.conversation.batch_size": "3",
+    "input.synth.batch_size": "3", "input.synth.chunk_requests": "5", "budget.usd": "5",
+}
+
+
+def test_an_operational_field_is_marked_once_and_moves_no_fingerprint(monkeypatch):
+    """Every field declared `operational(...)` says so in its description and, changed, leaves the config
+    fingerprint and every stage's fingerprint as they were (so a rerun with another batch size reuses the work)."""
+    from pipeline.backends import model_ref
+    from pipeline.config import RunConfig
+    from pipeline.publish.shards import config_fingerprint
+    from pipeline.stages.order import STAGES
+
+    assert _operational_paths(RunConfig) == set(OPERATIONAL_CHANGES)
+    model_ref.resolve.cache_clear()
+    monkeypatch.setattr(model_ref, "_folder_revision", lambda folder: "0" * 12)
+    for name in list(model_ref.BUNDLED):
+        monkeypatch.setitem(model_ref.BUNDLED, name, lambda: Path("/nonexistent-bundled"))
+
+    def prints(cfg):
+        fps = {}
+        for s in STAGES:
+            fps[s.name] = s.fingerprint(cfg, *(None if u is None else fps.get(u) for u in s.upstream(cfg)))
+        return config_fingerprint(cfg), fps
+
+    base = ["prices={'bundled:smollm2-135m-instruct': {input: 1, output: 1}}", "sources.conversation.enabled=true"]
+    try:
+        before = prints(load_config(None, base))
+        for path, value in OPERATIONAL_CHANGES.items():
+            cfg = load_config(None, [*base, f"{path}={value}"])
+            assert prints(cfg) == before, path
+            section = cfg
+            for part in path.split(".")[:-1]:
+                section = getattr(section, part)
+            leaf = path.split(".")[-1]
+            assert type(section).model_fields[leaf].description.endswith("(operational)"), path
+        assert prints(load_config(None, [*base, "generate.max_new_tokens=17"])) != before  # a real field does move
+    finally:
+        model_ref.resolve.cache_clear()
