@@ -202,8 +202,8 @@ def _validate_one(index: int, spec: Any) -> tuple[Constraint, dict[str, Any]]:
 
 
 def _parse(constraints: list[dict]) -> list[tuple[Constraint, dict[str, Any]]]:
-    if not isinstance(constraints, list | tuple):
-        raise ValueError(f"constraints = {constraints!r:.80} is not a list; fix: pass a list of "
+    if not isinstance(constraints, list | tuple) or not constraints:
+        raise ValueError(f"constraints = {constraints!r:.80} is not a non-empty list; fix: pass a list of "
                          "{\"id\": ..., \"kwargs\": {...}} dicts")
     return [_validate_one(index, spec) for index, spec in enumerate(constraints)]
 
@@ -244,3 +244,16 @@ def check_all(constraints: list[dict], response: str, prompt: str | None = None)
         loose = strict or any(_passes(constraint, variant, kwargs) for variant in variants)
         results.append({"id": constraint.id, "strict": strict, "loose": loose})
     return results
+
+
+def verdict(spec: dict, response: str) -> tuple[bool | None, float | None, str, list[dict]]:
+    """A `verify` spec of kind 'constraints' ({"kind": "constraints", "constraints": [...], optional "prompt"})
+    against a response: (all pass strict, or None for a bad spec; the fraction that pass strict; a reason; the
+    per-constraint results of `check_all`). The fraction is what lets a pair prefer the answer that follows more."""
+    try:
+        validate(spec.get("constraints"))
+        results = check_all(spec["constraints"], response, prompt=spec.get("prompt"))
+    except ValueError as exc:
+        return None, None, f"bad spec: {exc}", []
+    strict = sum(r["strict"] for r in results)
+    return strict == len(results), strict / len(results), f"{strict}/{len(results)} constraints pass (strict)", results

@@ -1,8 +1,8 @@
-"""Verifier judges: check a response against a verifiable prompt's spec (pipeline/verifiable/generator.py) by program.
-
-Specs: `numeric` (the answer's last number within max(abs_tol, rel_tol * |answer|)), `exact` (case-insensitive,
+"""Verifier judges: a response checked against its prompt's spec (pipeline/verifiable/spec.py) by program. Specs:
+`numeric` (the answer's last number within max(abs_tol, rel_tol * |answer|)), `exact` (case-insensitive,
 whitespace-collapsed equality; `case_sensitive: true` keeps case), `tests` (the response's code plus the spec's
-asserts, run in a sandbox). A verdict is True, False, or None when nothing can be checked (no answer, no code
+asserts, run in a sandbox), `constraints` (IFEval-style instructions, judges/constraints.py: passes when all do,
+scored by the fraction that do). A verdict is True, False, or None when nothing can be checked (no answer, no code
 block, a bad spec): verifiable rewards as in RLVR (Tulu 3), never a guessed default.
 
 Sandbox threat model: candidates are model-written code, usually wrong, sometimes careless (endless loops, huge
@@ -37,6 +37,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
+from judges import constraints
 from pipeline.errors import ConfigError
 
 MARK = "prefsynth-verifier:"  # the runner's lines on stdout/stderr start with this
@@ -47,6 +48,8 @@ FSIZE_MB = 4  # largest file the candidate may write, stdout and stderr included
 class Verdict:
     passed: bool | None  # None: cannot be checked (no answer, no code block, bad spec)
     reason: str
+    score: float | None = None  # constraints: the fraction that pass (else 1.0 or 0.0 from passed)
+    details: tuple = ()  # constraints: {"id", "strict", "loose"} per constraint
 
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -351,13 +354,16 @@ def _check(spec: dict | None, response: str, timeout_s: float, memory_mb: int) -
         case = bool(spec.get("case_sensitive", False))
         ok = _norm(extracted, case) == _norm(answer, case)
         return Verdict(ok, f"{extracted[:80]!r} {'matches' if ok else 'does not match'} {answer[:80]!r}")
-    return Verdict(None, f"bad spec: unknown kind {kind!r} (numeric, exact or tests)")
+    if kind == "constraints":  # instruction-following constraints, IFEval-style (judges/constraints.py)
+        passed, score, reason, details = constraints.verdict(spec, response)
+        return Verdict(passed, reason, score, tuple(details))
+    return Verdict(None, f"bad spec: unknown kind {kind!r} (numeric, exact, tests or constraints)")
 
 
 def check(spec: dict | None, response: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Verdict:
     """The verdict of one response against its spec; never raises for a bad spec or an odd response."""
     verdict = _check(spec, response, timeout_s, memory_mb)
-    return Verdict(verdict.passed, _redact(verdict.reason))
+    return Verdict(verdict.passed, _redact(verdict.reason), verdict.score, verdict.details)
 
 
 class VerifierJudge:
@@ -370,10 +376,8 @@ class VerifierJudge:
 
     def __init__(self, *, timeout_s: float = 5.0, memory_mb: int = 512, workers: int = 2):
         if timeout_s <= 0 or memory_mb < 64 or workers < 1:
-            raise ConfigError(
-                f"verifier: timeout_s={timeout_s}, memory_mb={memory_mb}, workers={workers}; fix: timeout_s > 0, "
-                "memory_mb >= 64 (the interpreter itself needs some), workers >= 1"
-            )
+            raise ConfigError(f"verifier: timeout_s={timeout_s}, memory_mb={memory_mb}, workers={workers}; fix: "
+                              "timeout_s > 0, memory_mb >= 64 (the interpreter itself needs some), workers >= 1")
         self.timeout_s, self.memory_mb, self.workers = timeout_s, memory_mb, workers
 
     def verify(self, specs: list[dict | None], responses: list[str], progress=None) -> list[Verdict]:
@@ -387,10 +391,8 @@ class VerifierJudge:
             tick(1)
         if code:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="verifier") as pool:
-                futures = {
-                    pool.submit(check, specs[i], responses[i], timeout_s=self.timeout_s, memory_mb=self.memory_mb): i
-                    for i in code
-                }
+                limits = {"timeout_s": self.timeout_s, "memory_mb": self.memory_mb}
+                futures = {pool.submit(check, specs[i], responses[i], **limits): i for i in code}
                 for future in as_completed(futures):
                     out[futures[future]] = future.result()
                     tick(1)

@@ -183,15 +183,20 @@ def held_out(prompt_id: str, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - HELD_OUT
 
 
-def verdicts(judgments: pa.Table) -> dict[str, tuple[str, bool]]:
-    """{candidate_id: (prompt_id, passed)} of the candidates the verifier could check (its ok judgments, score
-    1.0 pass, 0.0 fail). A candidate whose ok verifier judgments disagree has no verdict. Only verifier rows
-    are turned into Python objects."""
+def verifier_scores(judgments: pa.Table) -> dict[str, tuple[str, float]]:
+    """{candidate_id: (prompt_id, score)} of the candidates the verifier could check (its ok judgments: 1.0 pass,
+    0.0 fail; for instruction constraints the fraction that pass). A candidate whose ok verifier judgments
+    disagree has none. Only verifier rows are turned into Python objects."""
     mine = judgments.filter(pc.and_(pc.equal(judgments.column("kind"), VERIFIER_KIND), judgments.column("ok")))
-    seen: dict[str, tuple[str, set[bool]]] = {}
+    seen: dict[str, tuple[str, set[float]]] = {}
     for r in mine.select(["prompt_id", "candidate_id", "score"]).to_pylist():
-        seen.setdefault(r["candidate_id"], (r["prompt_id"], set()))[1].add(r["score"] >= 0.5)
+        seen.setdefault(r["candidate_id"], (r["prompt_id"], set()))[1].add(r["score"])
     return {c: (p, next(iter(v))) for c, (p, v) in seen.items() if len(v) == 1}
+
+
+def verdicts(judgments: pa.Table) -> dict[str, tuple[str, bool]]:
+    """{candidate_id: (prompt_id, passed)}: `verifier_scores`, passed when the score is full (every check holds)."""
+    return {c: (p, s >= 1.0) for c, (p, s) in verifier_scores(judgments).items()}
 
 
 def verified_pairs(judgments: pa.Table, candidate_ids: dict[str, list[str]]) -> list[tuple[str, str, str, int]]:

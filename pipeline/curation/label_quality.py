@@ -17,14 +17,16 @@ overall (`category` "all") and per prompt family (the prompt's `category`).
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from itertools import product
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from judges.agreement import outcome
-from pipeline.curation.aggregate import judge_preferences, verdicts
+from pipeline.curation.aggregate import VERIFIER_KIND, judge_preferences, verdicts
 
 ENSEMBLE = "ensemble"
 CREDIT = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
@@ -96,4 +98,18 @@ def label_quality(judgments: pa.Table, ensemble: dict[str, float], categories: d
         "verified_pairs": len(pairs),
         "prompts_with_pairs": len(set(prompt_of.values())),
         "table": rows,
+        "constraints": constraint_pass_rates(judgments),
     }
+
+
+def constraint_pass_rates(judgments: pa.Table) -> list[dict]:
+    """Per instruction-constraint type (judges/constraints.py): the candidates checked against it and how many
+    pass strict and loose, read from the verifier's per-constraint verdicts in `raw`; [] when none."""
+    mine = judgments.filter(pc.and_(pc.equal(judgments.column("kind"), VERIFIER_KIND), judgments.column("ok")))
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for raw in mine.column("raw").to_pylist():
+        for r in (json.loads(raw) if raw else {}).get("constraints", []):
+            c = counts[r["id"]]
+            c[0], c[1], c[2] = c[0] + 1, c[1] + bool(r["strict"]), c[2] + bool(r["loose"])
+    return [{"constraint": k, "checked": n, "strict": s, "loose": lo, "strict_rate": round(s / n, 4),
+             "loose_rate": round(lo / n, 4)} for k, (n, s, lo) in sorted(counts.items())]

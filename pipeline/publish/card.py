@@ -205,7 +205,17 @@ ensemble is the aggregated score. Intervals: 95% bootstrap over prompts.
 
 | judge | family | pairs | prompts | accuracy | 95% interval |
 |---|---|---|---|---|---|
-{rows or '| (no verified pairs) | | 0 | 0 | | |'}{plot}"""
+{rows or '| (no verified pairs) | | 0 | 0 | | |'}{plot}{_constraints_md(q.get("constraints"))}"""
+
+
+def _constraints_md(rates: list[dict] | None) -> str:
+    """Pass rates per instruction-constraint type (judges/constraints.py), over the checked candidates."""
+    if not rates:
+        return ""
+    rows = "".join(f"\n| `{r['constraint']}` | {r['checked']} | {r['strict_rate']:.3f} | {r['loose_rate']:.3f} |"
+                   for r in rates)
+    return ("\n\nInstruction constraints (IFEval-style, checked by program; loose as IFEval's loose accuracy):\n\n"
+            "| constraint | candidates checked | strict pass rate | loose pass rate |\n|---|---|---|---|" + rows)
 
 
 def _review_md(m: dict) -> str:

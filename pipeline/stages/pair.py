@@ -36,7 +36,7 @@ from pipeline.config import PairConfig, RunConfig, fingerprint
 from pipeline.core import schemas
 from pipeline.core.funnel import step
 from pipeline.core.runner import Read, Stage, StageRun
-from pipeline.curation.aggregate import aggregate_scores, agreement, verdicts
+from pipeline.curation.aggregate import aggregate_scores, agreement, verifier_scores
 from pipeline.curation.label_quality import label_quality
 from pipeline.curation.length_bias import length_bias
 from pipeline.curation.pair_rules import check_pairs, similarity
@@ -75,10 +75,11 @@ def _select(pairs: pl.DataFrame, scored: pl.DataFrame, cfg: PairConfig, seed: in
     by_best = ["prompt_id", "score", "candidate_id"]
     if cfg.strategy == "all_above_margin":
         return pairs
-    if cfg.strategy == "verified":  # the best-scored passing answer vs the best-scored failing one (hardest negative)
-        return (pairs.sort(["prompt_id", "score", "score_r", "candidate_id", "candidate_id_r"],
-                           descending=[False, True, True, False, False])
-                .group_by("prompt_id", maintain_order=True).first())
+    if cfg.strategy == "verified":  # the answer the verifier scores highest (then the judges), against the
+        # best-scored answer it scores lower (the hardest negative)
+        return (pairs.sort(["prompt_id", "_v", "score", "score_r", "candidate_id", "candidate_id_r"],
+                           descending=[False, True, True, True, False, False])
+                .group_by("prompt_id", maintain_order=True).first().drop("_v", "_v_r"))
     if cfg.strategy == "best_vs_worst":
         return (pairs.sort(["prompt_id", "score", "score_r", "candidate_id", "candidate_id_r"],
                            descending=[False, True, False, False, False])
@@ -113,10 +114,11 @@ def candidate_prompts(candidates: pa.Table) -> list[str]:
 
 def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[str, float | None], cfg: PairConfig, *,
                       prompt_ids: Collection[str], seed: int = 0, min_agreement: float | None = None,
-                      passed: dict[str, bool] | None = None) -> tuple[pa.Table, list[dict]]:
+                      passed: dict[str, float] | None = None) -> tuple[pa.Table, list[dict]]:
     """Pure core: pairs from aggregated candidate scores (`scored_candidates`) and per-prompt agreement;
     `prompt_ids` are the prompts that have candidates, where the funnel starts. `passed`: the verifier's
-    verdict per candidate_id, for strategy 'verified'."""
+    score per candidate_id (1.0 pass, 0.0 fail; the fraction of instruction constraints met), for strategy
+    'verified': chosen is the candidate the verifier scores higher."""
     funnel: list[dict] = []
     present = set(prompt_ids)
     scored = scored.filter(pl.col("prompt_id").is_in(sorted(present)))
@@ -143,13 +145,14 @@ def pairs_from_scores(prompts: pa.Table, scored: pl.DataFrame, per_prompt: dict[
         unit_in="prompts",
     )
     if cfg.strategy == "verified":  # ordered by the verifier, not by the judges' scores
-        good = [c for c, ok in (passed or {}).items() if ok]
-        bad = [c for c, ok in (passed or {}).items() if not ok]
-        pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
-            pl.col("candidate_id").is_in(good) & pl.col("candidate_id_r").is_in(bad)
-        )
+        passed = passed or {}
+        verified = pl.DataFrame({"candidate_id": list(passed), "_v": [float(v) for v in passed.values()]},
+                                schema={"candidate_id": pl.String, "_v": pl.Float64})
+        with_v = scored.join(verified, on="candidate_id", how="inner")
+        pairs = with_v.join(with_v, on="prompt_id", suffix="_r").filter(pl.col("_v") > pl.col("_v_r"))
         _step(funnel, "not_verified_split", total, pairs.height,
-              "candidate pairs that the verifier does not split into one passing and one failing answer")
+              "candidate pairs that the verifier does not split into a better and a worse answer (pass and fail, "
+              "or more and fewer instruction constraints met)")
     else:
         pairs = scored.join(scored, on="prompt_id", suffix="_r").filter(
             pl.col("score") - pl.col("score_r") > cfg.tie_epsilon
@@ -297,7 +300,7 @@ def _build(run: StageRun):
         prompt_ids=candidate_prompts(candidates),
         seed=cfg.seed,
         min_agreement=cfg.judge.min_agreement,
-        passed={cid: ok for cid, (_, ok) in verdicts(judgments).items()},
+        passed={cid: score for cid, (_, score) in verifier_scores(judgments).items()},
     )
     bias = length_bias(scored, pairs)
     quality = label_quality(

@@ -1,9 +1,11 @@
 """The `verify` field of a prompt: a machine-checkable spec the verifier judge (judges/verifier.py) checks
-a candidate against. Three kinds:
+a candidate against. Four kinds:
 
   {"kind": "numeric", "answer": 42.5, "abs_tol": 1e-6, "rel_tol": 0}   the last number of the extracted answer
   {"kind": "exact", "answer": "2024-03-15"}                            the extracted answer, case and spaces aside
   {"kind": "tests", "entry_point": "f", "tests": "assert f(2) == 4"}   the response's python code run with the tests
+  {"kind": "constraints", "constraints": [{"id": "punctuation:no_comma", "kwargs": {}}]}
+                                    IFEval-style instructions (judges/constraints.py), each checked by program
 
 Optional keys: `family` (a label, e.g. the generator's family), `timeout_s` for tests. Specs are
 stored as canonical JSON in the prompts table's `verify` column.
@@ -16,12 +18,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from judges import constraints
 from pipeline.errors import InputError
 
 VERIFY_KEYS = {
     "numeric": {"answer": (int, float)},
     "exact": {"answer": str},
     "tests": {"tests": str, "entry_point": str},
+    "constraints": {"constraints": list},
 }
 
 
@@ -47,6 +51,11 @@ def verify_spec(spec: Any, where: str) -> str | None:
                 f"{where}: verify.{key} is {str(value)[:60]!r}; fix: a {spec['kind']} spec needs "
                 f"'{key}' ({' or '.join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))})"
             )
+    if spec["kind"] == "constraints":
+        try:
+            constraints.validate(spec["constraints"])
+        except ValueError as exc:
+            raise InputError(f"{where}: verify.constraints: {exc}") from None
     for key in ("abs_tol", "rel_tol", "timeout_s"):
         value = spec.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
@@ -74,9 +83,10 @@ def verifier_rows(judge, prompts: pa.Table, cands: list[dict]) -> list[dict]:
             "judge": judge.id,
             "kind": judge.kind,
             "aspect": judge.aspect,
-            "score": None if v.passed is None else float(v.passed),
+            "score": None if v.passed is None else (v.score if v.score is not None else float(v.passed)),
             "rationale": None,
-            "raw": json.dumps({"verdict": v.passed, "reason": v.reason}),
+            "raw": json.dumps({"verdict": v.passed, "reason": v.reason, **({"constraints": list(v.details)}
+                                                                          if v.details else {})}),
             "ok": v.passed is not None,
             "position_consistent": None,
             "score_mode": None,

@@ -193,8 +193,10 @@ def test_validate_errors_name_the_field(spec: dict, names: list[str]) -> None:
 def test_validate_accepts_none_kwargs_and_rejects_non_lists() -> None:
     validate([{"id": "punctuation:no_comma", "kwargs": {"num_words": None, "relation": None}},
               {"id": "detectable_format:title"}])
-    with pytest.raises(ValueError, match="not a list"):
+    with pytest.raises(ValueError, match="not a non-empty list"):
         validate({"id": "punctuation:no_comma"})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a non-empty list"):
+        validate([])
     with pytest.raises(ValueError, match="'relation'"):
         check_all([{"id": "length_constraints:number_words", "kwargs": {"num_words": 3, "relation": None}}], "x")
 

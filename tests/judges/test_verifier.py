@@ -213,3 +213,15 @@ def test_judge_keeps_input_order_and_reports_progress(spawned):
         judge.verify([ADD], [])
     with pytest.raises(ConfigError, match="workers"):
         VerifierJudge(workers=0)
+
+
+def test_a_constraints_spec_passes_when_every_constraint_holds_and_scores_the_fraction():
+    spec = {"kind": "constraints", "constraints": [
+        {"id": "startend:start_checker", "kwargs": {"start_phrase": "Sure"}},
+        {"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": 6}}]}
+    both = check(spec, "Sure, here it is.")
+    assert (both.passed, both.score, both.reason) == (True, 1.0, "2/2 constraints pass (strict)")
+    one = check(spec, "Sure, here is a longer answer than allowed.")
+    assert (one.passed, one.score) == (False, 0.5) and [d["strict"] for d in one.details] == [True, False]
+    bad = check({"kind": "constraints", "constraints": [{"id": "keywords:existence", "kwargs": {}}]}, "x")
+    assert bad.passed is None and bad.score is None and "bad spec" in bad.reason and "keywords" in bad.reason

@@ -121,3 +121,49 @@ def test_a_grown_dataset_reports_label_quality_over_every_increment(tmp_path):
     grown = _label_quality(tmp_path, increments, seed=0)
     assert grown == label_quality(judgments, ensemble, categories, seed=0)
     assert grown["verified_pairs"] == 3
+
+
+def test_instruction_constraints_score_by_fraction_pair_by_more_met_and_report_per_type():
+    """A `constraints` verify spec (judges/constraints.py): the verifier's row carries each constraint's strict and
+    loose verdict in `raw` and scores the fraction met; strategy 'verified' pairs the answer that meets more over
+    the one that meets fewer (equal fractions are not paired); passed means all met; the card's per-type rates."""
+    from judges.verifier import VerifierJudge
+    from pipeline.config import PairConfig
+    from pipeline.curation.aggregate import verdicts, verifier_scores
+    from pipeline.curation.label_quality import constraint_pass_rates
+    from pipeline.publish.card import _constraints_md
+    from pipeline.stages.pair import pairs_from_scores, scored_candidates
+    from pipeline.verifiable.spec import verifier_rows, verify_spec
+
+    spec = verify_spec({"kind": "constraints", "constraints": [
+        {"id": "punctuation:no_comma", "kwargs": {}},
+        {"id": "change_case:english_lowercase", "kwargs": {}}]}, "test")
+    prompts = schemas.from_rows([{"prompt_id": "p", "messages": [{"role": "user", "content": "say hi"}],
+                                  "verify": spec}], "prompts")
+    texts = {"all": "hi there friend", "one": "Hi there friend", "one_b": "hi, there friend", "none": "Hi, there"}
+    cands = [{"prompt_id": "p", "candidate_id": c, "text": t} for c, t in texts.items()]
+    rows = verifier_rows(VerifierJudge(), prompts, cands)
+    assert [r["score"] for r in rows] == [1.0, 0.5, 0.5, 0.0] and all(r["ok"] for r in rows)
+    assert json.loads(rows[1]["raw"])["constraints"] == [
+        {"id": "punctuation:no_comma", "strict": True, "loose": True},
+        {"id": "change_case:english_lowercase", "strict": False, "loose": False}]
+    judge = {"all": 2.0, "one": 4.0, "one_b": 1.0, "none": 5.0}  # the judge prefers answers that meet fewer
+    judgments = schemas.from_rows(rows + [_row("p", c, "J1", "absolute", s) for c, s in judge.items()], "judgments")
+    assert {c: ok for c, (_, ok) in verdicts(judgments).items()} == {"all": True, "one": False, "one_b": False,
+                                                                      "none": False}
+    candidates = schemas.from_rows([{"prompt_id": "p", "candidate_id": c, "generator": "g", "text": t,
+                                     "n_tokens": len(t), "finish_reason": "stop"} for c, t in texts.items()],
+                                   "candidates")
+    pairs, funnel = pairs_from_scores(prompts, scored_candidates(candidates, judgments, "mean"), {},
+                                      PairConfig(strategy="verified", max_similarity=1.0), prompt_ids=["p"],
+                                      passed={c: s for c, (_, s) in verifier_scores(judgments).items()})
+    # split by the verifier: all > one, one_b, none; one > none; one_b > none (one and one_b tie: no pair)
+    assert {f["filter"]: f["rows_out"] for f in funnel}["not_verified_split"] == 5
+    # kept: the answer meeting the most constraints, against the one the judge likes best among those it beats
+    assert list(zip(pairs.column("chosen_id").to_pylist(), pairs.column("rejected_id").to_pylist())) == [
+        ("all", "none")]
+    assert pairs.column("margin").to_pylist() == [-3.0]
+    rates = {r["constraint"]: (r["checked"], r["strict"], r["loose"]) for r in constraint_pass_rates(judgments)}
+    assert rates == {"punctuation:no_comma": (4, 2, 2), "change_case:english_lowercase": (4, 2, 2)}
+    card = _constraints_md(constraint_pass_rates(judgments))
+    assert "| `punctuation:no_comma` | 4 | 0.500 | 0.500 |" in card
