@@ -12,7 +12,9 @@ Aggregation (per prompt, over its candidates):
   candidate finite and orders a disconnected comparison graph: candidates that never met are
   compared only through the virtual opponent, i.e. by how decisively each won or lost within its
   own component (two 1-0 components place both winners at the same strength). Returned as
-  log-strengths centred at 0.
+  log-strengths centred at 0. With `prior=0` (plain maximum likelihood) a fit exists only when the
+  win graph is strongly connected (Zermelo 1929, Ford 1957); otherwise ConvergenceError, not a
+  "converged" fit whose strengths are wherever the iteration stopped.
 - `logistic_fit`: L2-penalised logistic regression without intercept by Newton steps (Eq. LR),
   the fit behind `judge.aggregate: learned`: with x the difference of two candidates' features it
   is Bradley-Terry whose strengths are linear in the features (pipeline/curation/aggregate.py).
@@ -108,6 +110,32 @@ def components(pairs: Sequence[tuple[int, int]]) -> int:
     return count
 
 
+def _unreached(edges: np.ndarray, start: int) -> list[int]:
+    """Items no directed path of `edges` (edges[i, j]: an edge i -> j) leads to from `start`."""
+    seen, todo = {start}, [start]
+    while todo:
+        for j in np.flatnonzero(edges[todo.pop()]):
+            if int(j) not in seen:
+                seen.add(int(j))
+                todo.append(int(j))
+    return [k for k in range(len(edges)) if k not in seen]
+
+
+def _check_mle_exists(wins: np.ndarray) -> None:
+    """Zermelo's (Ford's) condition for the unpenalised fit: every item reaches every other along a chain
+    of wins (a tie is a half win each way, so an edge both ways); else some strength is +-infinite or free."""
+    edges = wins > 0
+    if missed := _unreached(edges, 0):
+        a, b = 0, missed[0]
+    elif missed := _unreached(edges.T, 0):
+        a, b = missed[0], 0
+    else:
+        return
+    raise ConvergenceError(f"Bradley-Terry with prior=0 over {len(wins)} items has no maximum-likelihood fit: no "
+                           f"chain of wins or ties leads from item {a} to item {b} (the win graph is not strongly "
+                           "connected); fix: use prior > 0")
+
+
 def bradley_terry_fit(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, prior: float = 0.1,
                       max_iter: int = 100, tol: float = 1e-10) -> BTFit:
     """Maximum of the penalised Bradley-Terry likelihood by damped Newton steps.
@@ -117,7 +145,9 @@ def bradley_terry_fit(n_items: int, outcomes: Sequence[tuple[int, int, int]], *,
                    + prior * sum_i [theta_i - 2 log(1 + e^theta_i)]                          (Eq. BT)
     the second line being `prior` wins and `prior` losses against a virtual opponent of strength 1
     (theta = 0). For prior > 0, l is strictly concave: one optimum, finite even for a candidate that
-    wins (or loses) everything, and Newton with backtracking reaches it. Converged means the last
+    wins (or loses) everything, and Newton with backtracking reaches it. For prior = 0, l has a
+    maximum only when the directed win graph (i -> j when w_ij > 0) is strongly connected (Zermelo's,
+    Ford's condition); otherwise ConvergenceError is raised before any step. Converged means the last
     Newton step moved no log-strength by more than `tol`.
     """
     if n_items == 0:
@@ -126,6 +156,8 @@ def bradley_terry_fit(n_items: int, outcomes: Sequence[tuple[int, int, int]], *,
     for i, j, r in outcomes:
         wins[i, j] += 1.0 if r > 0 else 0.5 if r == 0 else 0.0
         wins[j, i] += 1.0 if r < 0 else 0.5 if r == 0 else 0.0
+    if prior == 0:
+        _check_mle_exists(wins)
     games = wins + wins.T
     theta = np.zeros(n_items)
     value = _bt_objective(theta, wins, games, prior)
@@ -140,7 +172,7 @@ def bradley_terry_fit(n_items: int, outcomes: Sequence[tuple[int, int, int]], *,
             hess = hess - 1.0 / n_items
         try:
             delta = np.linalg.solve(hess, -grad)
-        except np.linalg.LinAlgError:  # prior 0 and a disconnected graph: no unique optimum
+        except np.linalg.LinAlgError:  # not expected once _check_mle_exists passed; reported as not converged
             break
         step = float(np.max(np.abs(delta)))
         t = 1.0
@@ -159,14 +191,13 @@ def bradley_terry_fit(n_items: int, outcomes: Sequence[tuple[int, int, int]], *,
 
 
 def bradley_terry(n_items: int, outcomes: Sequence[tuple[int, int, int]], *, prior: float = 0.1) -> list[float]:
-    """Centred log-strengths from (i, j, result), result +1 (i wins), -1 (j wins) or 0 (tie);
-    raises ConvergenceError when the optimum is not reached (only possible with prior=0)."""
+    """Centred log-strengths from (i, j, result), result +1 (i wins), -1 (j wins) or 0 (tie); raises
+    ConvergenceError when no maximum-likelihood fit exists (prior=0, see bradley_terry_fit) or it is not reached."""
     fit = bradley_terry_fit(n_items, outcomes, prior=prior)
     if not fit.converged:
-        raise ConvergenceError(f"Bradley-Terry over {n_items} items did not converge ({fit.iterations} Newton steps, "
-                               f"last step {fit.step:.3g}); with prior={prior} the maximum likelihood may not exist "
-                               "(a candidate that wins or loses every game, or a disconnected graph); "
-                               "fix: use prior > 0")
+        fix = "fix: use prior > 0" if prior == 0 else "this is a bug, please report it with the outcomes"
+        raise ConvergenceError(f"Bradley-Terry over {n_items} items with prior={prior} did not converge "
+                               f"({fit.iterations} Newton steps, last step {fit.step:.3g}); {fix}")
     return fit.log_strengths
 
 

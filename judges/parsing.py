@@ -6,6 +6,15 @@ of each score token, renormalise over the score alphabet and report E[k] = sum_k
 than `min_mass` of the full next-token distribution, the judge was not answering with a score:
 the judgment is `ok=false` with `score=None`, never a default.
 
+Verdict tokens in a served judge's `top_logprobs` (judges/served.py, `verdict_logprobs`): the endpoint names
+each entry by its text, and tokenizers spell one verdict several ways ("5", " 5", "5\n"; a server that
+returns raw pieces, "▁5" or "Ġ5"). An entry counts for a verdict when its text, with surrounding whitespace
+and one leading word-boundary marker (SentencePiece "▁", byte-level BPE "Ġ") removed, equals the verdict
+token exactly; the probability of every entry that counts for one verdict is summed (entries are distinct
+token ids, so two equal strings are two ids decoding alike: their mass adds). Nothing else is normalised:
+"10", "5.", "５" are other answers, and case is kept, since a lowercase "a" at the verdict position is as
+likely the article as the verdict and folding it would add that mass to A alone.
+
 Sampled verdicts (a served judge without log-probs, judges/served.py): `verdict_schema` is the
 JSON schema a server's structured output constrains them to, and `parse_verdict` reads one back:
 the JSON object, else the first answer token standing alone in free text; anything else is a
@@ -51,6 +60,27 @@ def expected_score(score_logprobs: Sequence[float], *, min_mass: float) -> Parse
         return ParsedScore(None, False, json.dumps(raw))
     score = sum((k + 1) * p for k, p in enumerate(probs)) / mass
     return ParsedScore(score, True, json.dumps(raw))
+
+
+WORD_MARKERS = "\u2581\u0120"  # SentencePiece "▁" and byte-level BPE "Ġ": a space before the token
+
+
+def verdict_text(token: str) -> str:
+    """The verdict a top-logprobs entry spells: its text without surrounding whitespace and one leading marker."""
+    text = token.strip()
+    return text[1:].strip() if text[:1] and text[0] in WORD_MARKERS else text
+
+
+def verdict_logprobs(tops: Sequence[tuple[str, float]], alphabet: Sequence[str]) -> tuple[list[float], int]:
+    """log of the summed probability of the entries counting for each alphabet token (-inf where none does),
+    and how many entries counted; see the module docstring for which count."""
+    mass = dict.fromkeys(alphabet, 0.0)
+    counted = 0
+    for token, logprob in tops:
+        if (verdict := verdict_text(token)) in mass:
+            mass[verdict] += math.exp(logprob)
+            counted += 1
+    return [math.log(m) if m > 0 else -math.inf for m in mass.values()], counted
 
 
 def verdict_schema(key: str, alphabet: Sequence[str]) -> dict:

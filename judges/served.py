@@ -6,8 +6,10 @@
   vLLM server returns exactly their log-probs (a server that refuses the parameter is asked
   without it from then on). The score is the expectation over the score tokens, renormalised
   over them, with `judge.min_score_mass` applied as in process (judges/parsing.py); a pairwise
-  order's P(A) is renormalised over {A, B}. Answer tokens outside the returned top-k count as 0;
-  the mass found and how many answer tokens were found are in `raw`.
+  order's P(A) is renormalised over {A, B}. A verdict's probability is the sum over every returned
+  entry that spells it, with or without a leading space (judges/parsing.py verdict_logprobs says
+  which count); answer tokens outside the returned top-k count as 0. The mass found, how many
+  answer tokens were found and how many entries counted are in `raw`.
 - `sampled`: for endpoints that give no log-probs, `judge.samples` verdicts in one call (n) at
   `judge.sample_temperature`, constrained by a JSON schema through `response_format` where the
   server accepts it, else parsed leniently (judges/parsing.py parse_verdict). The score is the
@@ -28,7 +30,7 @@ from typing import Sequence
 
 from judges.absolute import Judgment
 from judges.pairwise import PairJudgment, combine
-from judges.parsing import expected_score, parse_verdict, verdict_schema
+from judges.parsing import expected_score, parse_verdict, verdict_logprobs, verdict_schema
 from judges.templates import ABSOLUTE, PAIRWISE, special_strings
 from pipeline.backends.base import Reply, Skipped
 from pipeline.backends.openai_backend import ChatCall
@@ -98,9 +100,10 @@ class Endpoint:
         return out  # type: ignore[return-value]
 
 
-def _tops(reply: Reply) -> dict[str, float] | None:
+def _tops(reply: Reply) -> list[tuple[str, float]] | None:
+    """The (token text, log-prob) entries at the verdict position, every one kept (equal texts included)."""
     tops = (reply.payload or {}).get("top_logprobs") or [None]
-    return None if tops[0] is None else {tok: lp for tok, lp in tops[0]}
+    return None if tops[0] is None else [(tok, lp) for tok, lp in tops[0]]
 
 
 def _sampled(reply: Reply, alphabet: Sequence[str], key: str) -> tuple[list[int | None], dict]:
@@ -166,9 +169,10 @@ class ServedScoreJudge(_ServedBase):
             return Judgment(None, False, json.dumps({"error": reply.result.reason, "mode": mode}), mode)
         tokens = self.template.score_tokens
         if mode == "logprobs":
-            tops = _tops(reply) or {}
-            parsed = expected_score([tops.get(t, -math.inf) for t in tokens], min_mass=self.min_mass)
-            raw = {**json.loads(parsed.raw), "mode": mode, "found": sum(t in tops for t in tokens)}
+            logprobs, counted = verdict_logprobs(_tops(reply) or [], tokens)
+            parsed = expected_score(logprobs, min_mass=self.min_mass)
+            raw = {**json.loads(parsed.raw), "mode": mode, "found": sum(lp > -math.inf for lp in logprobs),
+                   "entries": counted}
             return Judgment(parsed.score, parsed.ok, json.dumps(raw), mode)
         verdicts, info = _sampled(reply, tokens, "score")
         got = [v + 1 for v in verdicts if v is not None]  # score k is score_tokens[k-1]
@@ -207,8 +211,7 @@ class ServedPairwiseJudge(_ServedBase):
             if isinstance(reply.result, Skipped):
                 out[i] = (None, 0.0, mode, {"error": reply.result.reason})
             elif mode == "logprobs":
-                tops = _tops(reply) or {}
-                pa_, pb = (math.exp(tops.get(t, -math.inf)) for t in tokens)
+                pa_, pb = (math.exp(lp) for lp in verdict_logprobs(_tops(reply) or [], tokens)[0])
                 out[i] = (pa_ / (pa_ + pb) if pa_ + pb > 0 else None, pa_ + pb, mode, {})
             else:
                 verdicts, info = _sampled(reply, tokens, "verdict")

@@ -19,9 +19,9 @@ optimize = pytest.importorskip("scipy.optimize")
 PRIOR = 0.1
 
 
-def reference(n, games, prior=PRIOR):
-    """argmax over theta of sum_games [w log s(ti - tj) + (1 - w) log s(tj - ti)]
-    + prior * sum_i [log s(ti) + log s(-ti)] (one win and one loss against theta = 0), centred."""
+def likelihood(n, games, prior):
+    """Minus the log-likelihood sum_games [w log s(ti - tj) + (1 - w) log s(tj - ti)]
+    + prior * sum_i [log s(ti) + log s(-ti)] (one win and one loss against theta = 0), its gradient and Hessian."""
     i = np.array([g[0] for g in games], dtype=int)
     j = np.array([g[1] for g in games], dtype=int)
     w = np.array([1.0 if g[2] > 0 else 0.5 if g[2] == 0 else 0.0 for g in games])
@@ -51,6 +51,11 @@ def reference(n, games, prior=PRIOR):
         s = 1 / (1 + np.exp(-theta))
         return h + np.diag(2 * prior * s * (1 - s))
 
+    return negative, gradient, hessian
+
+
+def solve(n, negative, gradient, hessian):
+    """The minimum of a strongly convex objective, certified to within 1e-8."""
     res = optimize.minimize(negative, np.zeros(n), jac=gradient, hess=hessian, method="trust-exact",
                             options={"gtol": 1e-12, "maxiter": 1000})
     # trust-exact stops where objective values differ by float rounding; polish by solving
@@ -61,6 +66,25 @@ def reference(n, games, prior=PRIOR):
     # certificate that the reference itself is within 1e-8
     bound = np.linalg.norm(gradient(x)) / np.linalg.eigvalsh(hessian(x))[0]
     assert bound < 1e-8, (res.message, root.message, bound)
+    return x
+
+
+def reference(n, games, prior=PRIOR):
+    """argmax of the penalised likelihood, centred."""
+    x = solve(n, *likelihood(n, games, prior))
+    return x - x.mean()
+
+
+def reference_mle(n, games):
+    """argmax of the plain likelihood (prior 0), centred: flat along theta + t, so solved with theta_0 pinned
+    at 0 over the other n - 1 strengths, where it is strongly convex when a maximum exists."""
+    negative, gradient, hessian = likelihood(n, games, 0.0)
+
+    def full(free):
+        return np.concatenate([[0.0], free])
+
+    x = full(solve(n - 1, lambda f: negative(full(f)), lambda f: gradient(full(f))[1:],
+                   lambda f: hessian(full(f))[1:, 1:]))
     return x - x.mean()
 
 
@@ -140,11 +164,60 @@ def test_disconnected_components_meet_only_through_the_prior():
 
 
 def test_non_convergence_is_reported():
-    # without the prior a candidate that wins everything has no finite maximum likelihood
-    fit = bradley_terry_fit(2, [(0, 1, 1)] * 3, prior=0.0)
-    assert not fit.converged
-    with pytest.raises(ConvergenceError, match="did not converge"):
-        bradley_terry(2, [(0, 1, 1)] * 3, prior=0.0)
+    fit = bradley_terry_fit(3, [(0, 1, 1), (0, 1, 1), (1, 2, 1)], max_iter=1)
+    assert not fit.converged and fit.iterations == 1
     # with a finite maximum it converges without the prior too: 3 wins to 1 -> ratio 3
     s = bradley_terry(2, [(0, 1, 1)] * 3 + [(0, 1, -1)], prior=0.0)
     assert abs((s[0] - s[1]) - math.log(3)) < 1e-9
+
+
+@pytest.mark.parametrize("n, games, a, b", [
+    (3, [(0, 1, 1), (0, 2, 1), (1, 2, 0)], 1, 0),  # 0 beats 1 and 2, 1 ties 2: 0's strength is infinite
+    (2, [(0, 1, 1)] * 3, 1, 0),                     # a candidate that wins every game
+    (3, [(0, 1, 1), (1, 0, 1)], 0, 2),               # item 2 never played: its strength is free
+    (4, [(0, 1, 0), (2, 3, 0)], 0, 2),               # two components that never met
+])
+def test_no_maximum_likelihood_without_the_prior_is_an_error(n, games, a, b):
+    """prior=0 and a win graph that is not strongly connected (Zermelo's condition fails): the maximum likelihood
+    does not exist, so an error naming the cause and the fix, not a 'converged' fit (this case once gave
+    [25.36, -12.68, -12.68] with converged=True)."""
+    for fit in (bradley_terry_fit, bradley_terry):
+        with pytest.raises(ConvergenceError) as err:
+            fit(n, games, prior=0.0)
+        message = str(err.value)
+        assert "\n" not in message and "not strongly connected" in message and message.endswith("fix: use prior > 0")
+        assert f"from item {a} to item {b}" in message
+    fit = bradley_terry_fit(n, games, prior=PRIOR)  # the prior keeps every strength finite
+    assert fit.converged and all(math.isfinite(x) for x in fit.log_strengths)
+    assert max(abs(x - y) for x, y in zip(fit.log_strengths, reference(n, games))) < 1e-6
+
+
+def test_plain_maximum_likelihood_matches_an_independent_optimiser():
+    """prior=0 on strongly connected win graphs (a cycle with ties by hand, then random prompts): the fit agrees to
+    1e-6 with scipy on the likelihood with one strength pinned; on random prompts it raises exactly where scipy's
+    strongly connected components say the graph is not strongly connected."""
+    from scipy.sparse.csgraph import connected_components
+
+    games = [(0, 1, 1), (0, 1, 1), (1, 2, 1), (2, 0, 1), (0, 2, 0), (1, 2, 0), (3, 0, 1), (1, 3, 1), (3, 2, 0)]
+    fit = bradley_terry_fit(4, games, prior=0.0)
+    assert fit.converged and fit.components == 1
+    assert max(abs(x - y) for x, y in zip(fit.log_strengths, reference_mle(4, games))) < 1e-6
+    rng, fitted, refused = random.Random(38), 0, 0
+    for case in range(100):
+        n, games = random_prompt(rng, ("random", "ties")[case % 2])
+        wins = np.zeros((n, n))
+        for i, j, r in games:
+            wins[i, j] += r >= 0
+            wins[j, i] += r <= 0
+        strong = connected_components(wins, directed=True, connection="strong")[0] == 1
+        if not strong:
+            with pytest.raises(ConvergenceError, match="not strongly connected"):
+                bradley_terry_fit(n, games, prior=0.0)
+            refused += 1
+            continue
+        fit = bradley_terry_fit(n, games, prior=0.0)
+        gap = max(abs(x - y) for x, y in zip(fit.log_strengths, reference_mle(n, games)))
+        assert fit.converged and gap < 1e-6, (n, games, fit, gap)
+        fitted += 1
+    print(f"prior=0 on random prompts: {fitted} fitted, {refused} refused")
+    assert fitted >= 20 and refused >= 20, (fitted, refused)

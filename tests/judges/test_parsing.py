@@ -42,3 +42,15 @@ def test_sampled_verdicts_parse_from_json_or_leniently():
     assert parse_verdict('{"score": 9}', digits, "score") is None and parse_verdict("no idea", digits, "score") is None
     assert parse_verdict('{"verdict": "B"}', ("A", "B"), "verdict") == 1
     assert parse_verdict("Response A is better.", ("A", "B"), "verdict") == 0
+
+
+def test_verdict_entries_match_after_stripping_whitespace_and_word_markers():
+    from judges.parsing import verdict_logprobs, verdict_text
+
+    assert [verdict_text(t) for t in ("5", " 5", "5\n", "\t 5 ", "\u25815", "\u01205", "\u2581 5")] == ["5"] * 7
+    tops = [("10", math.log(0.2)), ("5.", math.log(0.2)), ("\uff15", math.log(0.1)), ("a", math.log(0.1)),
+            ("5 5", math.log(0.1)), (" B", math.log(0.3))]
+    logprobs, counted = verdict_logprobs(tops, ("1", "2", "3", "4", "5"))
+    assert logprobs == [-math.inf] * 5 and counted == 0  # other answers, not the verdict "5"
+    logprobs, counted = verdict_logprobs(tops, ("A", "B"))
+    assert logprobs[0] == -math.inf and abs(logprobs[1] - math.log(0.3)) < 1e-12 and counted == 1  # case is kept

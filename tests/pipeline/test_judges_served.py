@@ -25,7 +25,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.core import schemas
 from tests.conftest import ROOT, TINY, cli_env
-from tests.pipeline.vllm_serving import MODEL, FaultProxy, Server, strip_logprobs
+from tests.pipeline.vllm_serving import MODEL, FaultProxy, Server, space_verdicts, strip_logprobs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 SECRET = "sk-prefsynth-test-secret-5f1c0ffee"
@@ -134,6 +134,21 @@ def test_no_logprobs_falls_back_to_sampled_mode(server, tmp_path):
     card = (tmp_path / "README.md").read_text()
     line = next(x for x in card.splitlines() if x.startswith(f"| `{judge_id}`"))
     assert line.rstrip(" |").endswith(f"| `sampled` | {mode['parse_failure_rate']}")
+
+
+def test_verdicts_after_a_space_are_read_as_the_verdict(served_run, server, tmp_path):
+    """Every log-prob entry renamed with a leading space (a proxy rewrites them: a vocabulary the session's model does
+    not have): the verdict " 5" is the verdict "5", so the judgments and pairs equal the unrenamed run's."""
+    proxy = FaultProxy(server.url, [], transform=space_verdicts)
+    try:
+        proc = cli(tmp_path, proxy.url)
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    uninterrupted = served_run[0]
+    judged = rows(tmp_path, "judge")
+    assert {r["score_mode"] for r in judged} == {"logprobs"} and sum(r["ok"] for r in judged) >= 20
+    assert judged == rows(uninterrupted, "judge") and pairs(tmp_path) == pairs(uninterrupted)
 
 
 def test_judge_stage_killed_and_resumed(served_run, server, tmp_path):

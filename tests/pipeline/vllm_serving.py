@@ -93,6 +93,19 @@ def strip_logprobs(path: str, data: bytes) -> bytes:
     return json.dumps(body).encode()
 
 
+def space_verdicts(path: str, data: bytes) -> bytes:
+    """A response whose log-prob entries all carry a leading space (" 5" for "5"): a tokenizer that emits the
+    verdict after a space. The served judge must read it as the same verdict (judges/parsing.py verdict_logprobs)."""
+    if not path.endswith("/chat/completions"):
+        return data
+    body = json.loads(data)
+    for choice in body.get("choices", []):
+        for position in (choice.get("logprobs") or {}).get("content") or []:
+            for entry in [position, *(position.get("top_logprobs") or [])]:
+                entry["token"] = " " + entry["token"]
+    return json.dumps(body).encode()
+
+
 class FaultProxy:
     """HTTP proxy in front of the real server, for faults the real server cannot show on demand: answers the first
     chat requests with the given statuses, rewrites responses (`transform(path, body) -> body`), or holds every
