@@ -214,3 +214,19 @@ def test_every_package_maps_its_modules_and_no_module_cites_a_file_outside_the_r
     for mod, path in _modules().items():
         text = path.read_text()
         assert "DESIGN.md" not in text and "shared/ENVIRONMENT" not in text, f"{mod} cites a file users do not have"
+
+
+def test_every_stage_that_builds_a_backend_is_metered_in_flow_order():
+    """A stage whose backends come from the factory gets a ledger; the accounting must know the stage (its place in
+    METERED orders what earlier stages spent). Self-critique once built its backend outside the factory and was
+    missing here."""
+    from pipeline.core.accounting import METERED
+    from pipeline.stages.order import STAGES
+
+    builders = set()
+    for mod, path in _modules().items():
+        if mod.startswith("pipeline.stages.") and "factory." in path.read_text():
+            builders.add(mod.rsplit(".", 1)[1])
+    names = [s.name for s in STAGES]
+    assert builders <= set(names) and builders <= set(METERED), builders - set(METERED)
+    assert list(METERED) == [n for n in names if n in METERED]

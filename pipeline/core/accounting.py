@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pipeline.errors import BudgetExceeded
 
 # stages that send requests to endpoints, in flow order
-METERED = ("synth", "conversation", "generate", "judge", "rationale")
+METERED = ("synth", "conversation", "self_critique", "generate", "judge", "rationale")
 FIELDS = ("requests", "input_tokens", "output_tokens")
 
 

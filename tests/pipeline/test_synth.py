@@ -131,6 +131,7 @@ def test_synth_config_fingerprint_only_changes_with_what_it_makes():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # 200 to 300 s each on a loaded core: 60 generations of 64-160 tokens
 @pytest.mark.parametrize("mode", ["magpie", "evol", "topics"])
 def test_each_mode_makes_at_least_50_prompts_on_the_bundled_model(tmp_path, mode):
     from pipeline.stages import synth
