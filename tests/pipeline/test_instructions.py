@@ -11,21 +11,16 @@ import pytest
 from judges.constraints import describe
 from pipeline.config import InputConfig
 from pipeline.stages.prompts import load_prompts
-from pipeline.verifiable.instructions import BASE_TASKS, MENU, make
+from pipeline.verifiable.instructions import MENU, make, task_of
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "prompts"
-
-
-def _task(row: dict) -> str:
-    text = row["messages"][0]["content"]
-    return next(t for t in BASE_TASKS if text.startswith(t + " "))
 
 
 def test_rows_are_seeded_split_by_task_and_carry_their_instruction_text():
     train, held = make(3, n_tasks=20, per_task=3)
     assert (train, held) == make(3, n_tasks=20, per_task=3) and (train, held) != make(4, n_tasks=20, per_task=3)
     assert len(train) + len(held) == 60 and len(held) == 18  # 30% of 20 tasks
-    assert not {_task(r) for r in train} & {_task(r) for r in held}  # no base task on both sides
+    assert not {task_of(r) for r in train} & {task_of(r) for r in held}  # no base task on both sides
     for row in train + held:
         spec = row["verify"]
         assert spec["kind"] == "constraints" and 1 <= len(spec["constraints"]) <= 2

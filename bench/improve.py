@@ -1,0 +1,384 @@
+"""Does DPO on verifier-labelled pairs make the bundled model better at instruction-following constraints?
+
+One seeded experiment, end to end, on the bundled SmolLM2-135M-Instruct (CPU is enough):
+
+1. Prompts: pipeline/verifiable/instructions.py (`make`): everyday base tasks crossed with one or two
+   IFEval-style constraints (judges/constraints.py) drawn from its MENU, the types the small model satisfies sometimes
+   (measured pass rates in the comments); prompt text = base task + " " + describe(constraints).
+   Split into train and held-out by BASE task (no base task on both sides). Written as JSONL rows
+   {"prompt_id", "messages", "verify": {"kind": "constraints", "constraints": [...]}} (prompts_train.jsonl,
+   prompts_heldout.jsonl; `prefsynth run` reads them: the verifier checks the constraints kind).
+2. Pairs: k sampled candidates per train prompt from the project's transformers backend
+   (pipeline/backends/hf.py, per-candidate seeds), scored by check_all (constraints passed, strict);
+   chosen = a candidate passing the most constraints, rejected = one passing fewer; prompts without
+   contrast are skipped. Written as a pairs shard (pipeline/core/schemas.py PAIRS) at pairs/pairs.parquet.
+3. Train: the bundled DPO trainer (pipeline/train) on that shard; the policy lands in DIR/model.
+4. Evaluate base and trained on the held-out prompts: greedy and/or `--eval-samples` sampled answers per
+   prompt; prompt-level accuracy (all constraints pass) and instruction-level accuracy (fraction of
+   constraints passed), strict and loose; a paired bootstrap over held-out prompts (seeded) gives the 95%
+   interval of trained - base; mean response length (words, tokens) of both. DIR/report.json + a table.
+
+    python bench/improve.py --out /tmp/improve            # defaults: see --help
+    python bench/improve.py --out /tmp/improve --seed 1   # another seed (prompts, split, sampling, training)
+
+Defaults (seed 0; 100 base tasks, 30 held out; 140 train / 60 held-out prompts; k=4, 64 new tokens; full fine-tuning,
+beta 0.1, lr 3e-5, 1 epoch of ~174 pairs = 22 steps of 8; greedy + 2 sampled answers per held-out prompt), measured
+with ONE torch thread on a 2-core CPU shared with other work: candidates 509 s, reference log-prob pre-pass 194 s,
+training 893 s (~40 s/step), evaluation 169 s (base) + 236 s (trained): ~34 min in all. Two threads: not measured;
+expect well under 30 min. The generation rate is ~75 tokens/s per thread (the model is compute-bound on CPU).
+
+Known failure mode (seed 0): the checkers reward gaming, and DPO finds it: "Sure, sure, sure, ..." for "start with
+Sure", "*highlighted section*" repeated, one-word answers to "fewer than 15 words". The report therefore carries
+"repetitive" (share of answers whose distinct word-trigram ratio is under 0.5) and "cut" (hit max_new_tokens) beside
+the accuracies and lengths. Nothing here checks that the answer still does the base task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.verifiable.instructions import BASE_TASKS, DEFAULT_MIX, MENU, make, task_of  # noqa: E402
+
+MODEL = "bundled:smollm2-135m-instruct"
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def score(row: dict, text: str) -> dict:
+    from judges.constraints import check_all
+
+    res = check_all(row["verify"]["constraints"], text, row["messages"][0]["content"])
+    return {"strict": sum(r["strict"] for r in res), "loose": sum(r["loose"] for r in res), "n": len(res),
+            "per": {r["id"]: r["strict"] for r in res}}
+
+
+def sample(model_ref: str, rows: list[dict], *, n: int, temperature: float, max_new_tokens: int, seed: int,
+           batch_size: int, tag: str, top_p: float = 1.0):
+    """For each row, `n` completions from the project's transformers backend (per-candidate seeds)."""
+    from pipeline.backends import Request, SamplingParams, make_backend
+
+    backend = make_backend("transformers", model_ref, batch_size=batch_size)
+    reqs = [Request(r["messages"], tuple(_seed(seed, tag, r["prompt_id"], k) for k in range(n))) for r in rows]
+    t0 = time.time()
+    out = backend.generate(reqs, sampling=SamplingParams(temperature, top_p, max_new_tokens), max_prompt_tokens=1024)
+    return out, time.time() - t0
+
+
+def _seed(seed: int, tag: str, pid: str, k: int) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"{seed}/{tag}/{pid}/{k}".encode()).digest()[:8], "little")
+
+
+def make_pairs(rows, results, *, max_pairs_per_prompt: int, rng: random.Random):
+    """Pairs from scored candidates: chosen passes the most constraints (preferring an answer that ended by
+    itself), rejected passes fewer. Returns (pair rows, stats)."""
+    pairs, stats = [], {"prompts": len(rows), "with_contrast": 0, "all_pass": 0, "none_pass": 0}
+    for row, comps in zip(rows, results):
+        scored = [(score(row, c.text), c, k) for k, c in enumerate(comps)]
+        best = max(s["strict"] for s, _, _ in scored)
+        worst = min(s["strict"] for s, _, _ in scored)
+        n = scored[0][0]["n"]
+        if best == worst:
+            stats["all_pass" if best == n else "none_pass"] += best in (0, n)
+            continue
+        stats["with_contrast"] += 1
+        top = [x for x in scored if x[0]["strict"] == best]
+        top.sort(key=lambda x: (x[1].finish_reason != "stop", rng.random()))
+        low = [x for x in scored if x[0]["strict"] < best]
+        rng.shuffle(low)
+        used = set()
+        for i in range(min(max_pairs_per_prompt, len(low))):
+            ch, rj = top[i % len(top)], low[i]
+            if ch[1].text.strip() == rj[1].text.strip() or (ch[2], rj[2]) in used:
+                continue
+            used.add((ch[2], rj[2]))
+            pairs.append({
+                "prompt": row["messages"],
+                "chosen": [{"role": "assistant", "content": ch[1].text}],
+                "rejected": [{"role": "assistant", "content": rj[1].text}],
+                "prompt_id": row["prompt_id"],
+                "chosen_id": f"{row['prompt_id']}-{ch[2]:02d}",
+                "rejected_id": f"{row['prompt_id']}-{rj[2]:02d}",
+                "chosen_score": float(ch[0]["strict"]),
+                "rejected_score": float(rj[0]["strict"]),
+                "margin": float(ch[0]["strict"] - rj[0]["strict"]),
+                "pair_strategy": "verifier_best_vs_fewer",
+                "chosen_len": ch[1].n_tokens,
+                "rejected_len": rj[1].n_tokens,
+            })
+    stats["pairs"] = len(pairs)
+    return pairs, stats
+
+
+def evaluate(model_ref: str, rows: list[dict], a, tag: str) -> dict:
+    """Per held-out prompt: greedy and/or sampled answers scored; per-prompt figures for the paired bootstrap."""
+    out: dict = {}
+    modes = []
+    if a.eval_greedy:
+        modes.append(("greedy", 1, 0.0))
+    if a.eval_samples:
+        modes.append(("sampled", a.eval_samples, a.temperature))
+    for mode, n, temp in modes:
+        results, secs = sample(model_ref, rows, n=n, temperature=temp, max_new_tokens=a.eval_max_new_tokens,
+                               seed=a.seed, batch_size=a.batch_size, tag=f"eval-{mode}")
+        per = []
+        for row, comps in zip(rows, results):
+            ss = [score(row, c.text) for c in comps]
+            per.append({
+                "prompt_id": row["prompt_id"],
+                "prompt_strict": sum(s["strict"] == s["n"] for s in ss) / len(ss),
+                "prompt_loose": sum(s["loose"] == s["n"] for s in ss) / len(ss),
+                "inst_strict": sum(s["strict"] / s["n"] for s in ss) / len(ss),
+                "inst_loose": sum(s["loose"] / s["n"] for s in ss) / len(ss),
+                "words": sum(len(c.text.split()) for c in comps) / len(comps),
+                "repetitive": sum(distinct_ngram_ratio(c.text) < 0.5 for c in comps) / len(comps),
+                "cut": sum(c.finish_reason == "length" for c in comps) / len(comps),
+                "tokens": sum(c.n_tokens for c in comps) / len(comps),
+                "per_type": [s["per"] for s in ss],
+                "example": comps[0].text[:300],
+            })
+        out[mode] = {"per_prompt": per, "seconds": secs}
+    return out
+
+
+METRICS = ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose", "words", "tokens", "repetitive", "cut")
+
+
+def distinct_ngram_ratio(text: str, n: int = 3) -> float:
+    """Distinct word n-grams / all word n-grams (1.0 for texts under n words): a cheap degeneration check, since
+    the constraint checkers reward "Sure, sure, sure, ..." for "start with Sure". Under 0.5 counts as repetitive."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def bootstrap(base: list[dict], trained: list[dict], *, resamples: int, seed: int) -> dict:
+    """Paired bootstrap over held-out prompts of mean(trained) - mean(base) for each metric."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = len(base)
+    idx = rng.integers(0, n, size=(resamples, n))
+    res = {}
+    for m in METRICS:
+        b = np.array([p[m] for p in base])
+        t = np.array([p[m] for p in trained])
+        d = t - b
+        boots = d[idx].mean(axis=1)
+        lo, hi = np.percentile(boots, [2.5, 97.5])
+        res[m] = {"base": float(b.mean()), "trained": float(t.mean()), "diff": float(d.mean()),
+                  "ci95": [float(lo), float(hi)], "excludes_0": bool(lo > 0 or hi < 0)}
+    return res
+
+
+def per_type_rates(per_prompt: list[dict], rows: list[dict]) -> dict:
+    from collections import defaultdict
+
+    acc = defaultdict(list)
+    for p, row in zip(per_prompt, rows):
+        for s in p["per_type"]:
+            for spec, name in zip(row["verify"]["constraints"], row["category"].split("+")):
+                acc[name].append(s[spec["id"]])
+    return {k: round(sum(v) / len(v), 3) for k, v in sorted(acc.items())}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0, help="Prompts, split, sampling, training order and bootstrap.")
+    p.add_argument("--mix", default=DEFAULT_MIX, help=f"Constraint types, comma-separated, of {list(MENU)}")
+    p.add_argument("--tasks", type=int, default=len(BASE_TASKS), help="Base tasks used (of the built-in list).")
+    p.add_argument("--per-task", type=int, default=2, help="Constraint sets per base task.")
+    p.add_argument("--two-prob", type=float, default=0.3, help="Chance a prompt carries two constraints.")
+    p.add_argument("--heldout-frac", type=float, default=0.3, help="Share of base tasks held out.")
+    p.add_argument("--k", type=int, default=4, help="Candidates per train prompt.")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="For the train candidates.")
+    p.add_argument("--eval-max-new-tokens", type=int, default=64)
+    p.add_argument("--max-pairs-per-prompt", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16, help="Prompts per generate batch.")
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=3e-5)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--lora-r", type=int, default=0, help="LoRA rank; 0: full fine-tuning.")
+    p.add_argument("--nll", type=float, default=0.0, help="Weight of an RPO-style NLL term on chosen.")
+    p.add_argument("--eval-greedy", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--eval-samples", type=int, default=2, help="Sampled answers per held-out prompt (0: none).")
+    p.add_argument("--resamples", type=int, default=4000)
+    p.add_argument("--reuse-pairs", type=Path, default=None,
+                   help="An earlier --out with the same prompt args and seed: reuse its pairs (skips sampling).")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    import torch
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    a.out.mkdir(parents=True, exist_ok=True)
+    timings, t_all = {}, time.time()
+    mix = [m.strip() for m in a.mix.split(",") if m.strip()]
+    bad = [m for m in mix if m not in MENU]
+    if bad:
+        raise SystemExit(f"--mix: unknown type(s) {bad}; fix: use any of {list(MENU)}")
+
+    train_rows, held_rows = make(a.seed, mix=mix, n_tasks=a.tasks, per_task=a.per_task,
+                                 two_prob=a.two_prob, heldout_frac=a.heldout_frac)
+    write_jsonl(a.out / "prompts_train.jsonl", train_rows)
+    write_jsonl(a.out / "prompts_heldout.jsonl", held_rows)
+    print(f"prompts: {len(train_rows)} train, {len(held_rows)} held-out "
+          f"({len({task_of(r) for r in held_rows})} held-out base tasks)", flush=True)
+
+    # 2. candidates and pairs
+    from pipeline.core import schemas
+
+    shard = a.out / "pairs" / "pairs.parquet"
+    t0 = time.time()
+    if a.reuse_pairs:  # the same prompts' pairs (and the trainer's reference log-prob cache) from an earlier --out
+        src = a.reuse_pairs
+        for name in ("prompts_train.jsonl", "prompts_heldout.jsonl"):
+            if (src / name).read_text() != (a.out / name).read_text():
+                raise SystemExit(f"--reuse-pairs {src}: its {name} differs from this run's; fix: same prompt args")
+        if (a.out / "pairs").resolve() != (src / "pairs").resolve():
+            shutil.rmtree(a.out / "pairs", ignore_errors=True)
+            shutil.copytree(src / "pairs", a.out / "pairs")
+        pstats = json.loads((a.out / "pairs" / "stats.json").read_text())
+    else:
+        results, _ = sample(MODEL, train_rows, n=a.k, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+                            seed=a.seed, batch_size=a.batch_size, tag="train")
+        pairs, pstats = make_pairs(train_rows, results, max_pairs_per_prompt=a.max_pairs_per_prompt,
+                                   rng=random.Random(f"pairs-{a.seed}"))
+        cand_pass = [score(r, c.text)["strict"] == len(r["verify"]["constraints"])
+                     for r, cs in zip(train_rows, results) for c in cs]
+        pstats["candidate_prompt_pass"] = sum(cand_pass) / len(cand_pass)
+        pstats["seconds"] = round(time.time() - t0, 1)
+        (a.out / "pairs").mkdir(exist_ok=True)
+        schemas.write_table(schemas.from_rows(pairs, "pairs"), shard, "pairs")
+        (a.out / "pairs" / "stats.json").write_text(json.dumps(pstats))
+        with open(a.out / "candidates.jsonl", "w") as f:
+            for r, cs in zip(train_rows, results):
+                f.write(json.dumps({"prompt_id": r["prompt_id"], "texts": [c.text for c in cs],
+                                    "strict": [score(r, c.text)["strict"] for c in cs]}) + "\n")
+    timings["candidates"] = time.time() - t0
+    print(f"pairs: {pstats} in {timings['candidates']:.0f}s", flush=True)
+
+    # 3. DPO
+    from pipeline.train import TrainConfig, train
+
+    t0 = time.time()
+    losses = {"sigmoid": 1.0, **({"nll": a.nll} if a.nll else {})}
+    cfg = TrainConfig(model=MODEL, seed=a.seed, beta=a.beta, learning_rate=a.lr, epochs=a.epochs,
+                      batch_size=a.train_batch, eval_fraction=0.0, tensorboard=False, save_every=10**6,
+                      max_prompt_tokens=256, max_length=512, losses=losses,
+                      lora={"r": a.lora_r, "alpha": 2 * a.lora_r} if a.lora_r else None)
+    train_dir = a.out / "train"
+    prov = train(cfg, shard, train_dir, log=lambda msg: print(msg, flush=True))
+    timings["train"] = time.time() - t0
+    model_dir = a.out / "model"  # the policy, a folder transformers loads; the checkpoints (optimizer state) go
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.move(str(train_dir / "model"), model_dir)
+    shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
+    recs = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in recs if "loss" in r][-5:]
+    train_summary = {"steps": prov.get("steps"), "last_loss": [round(r["loss"], 4) for r in last],
+                     "last_metrics": {k: v for k, v in last[-1].items() if isinstance(v, float)} if last else {}}
+    print(f"train: {train_summary['steps']} steps in {timings['train']:.0f}s, "
+          f"last losses {train_summary['last_loss']}", flush=True)
+
+    # 4. evaluation
+    t0 = time.time()
+    base_ev = evaluate(MODEL, held_rows, a, "base")
+    timings["eval_base"] = time.time() - t0
+    t0 = time.time()
+    trained_ev = evaluate(str(model_dir), held_rows, a, "trained")
+    timings["eval_trained"] = time.time() - t0
+    timings["total"] = time.time() - t_all
+
+    report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+              "threads": torch.get_num_threads(), "prompts": {"train": len(train_rows), "heldout": len(held_rows)},
+              "pairs": pstats, "train": train_summary, "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "eval": {}}
+    for mode in base_ev:
+        b, t = base_ev[mode]["per_prompt"], trained_ev[mode]["per_prompt"]
+        report["eval"][mode] = {
+            "bootstrap": bootstrap(b, t, resamples=a.resamples, seed=a.seed),
+            "per_type_strict": {"base": per_type_rates(b, held_rows), "trained": per_type_rates(t, held_rows)},
+            "examples": [{"prompt": r["messages"][0]["content"], "base": x["example"], "trained": y["example"]}
+                         for r, x, y in list(zip(held_rows, b, t))[:6]],
+        }
+    (a.out / "report.json").write_text(json.dumps(report, indent=1))
+    with open(a.out / "per_prompt.jsonl", "w") as f:
+        for mode in base_ev:
+            for x, y in zip(base_ev[mode]["per_prompt"], trained_ev[mode]["per_prompt"]):
+                f.write(json.dumps({"mode": mode, "base": x, "trained": y}) + "\n")
+    print_table(report)
+    print(f"plot: {plot(report, a.out / 'improve.png')}")
+    return 0
+
+
+def print_table(report: dict) -> None:
+    n = report["prompts"]["heldout"]
+    for mode, ev in report["eval"].items():
+        print(f"\nheld-out ({n} prompts, {mode}); 95% paired bootstrap interval of trained - base")
+        print(f"{'metric':14s} {'base':>8s} {'trained':>8s} {'diff':>8s}  {'95% CI':>20s}")
+        for m, r in ev["bootstrap"].items():
+            flag = " *" if r["excludes_0"] else ""
+            print(f"{m:14s} {r['base']:8.3f} {r['trained']:8.3f} {r['diff']:+8.3f}  "
+                  f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]{flag}")
+        print("per type (strict):", json.dumps(ev["per_type_strict"]))
+    print("timings (s):", report["timings_s"], "threads:", report["threads"])
+
+
+def plot(report: dict, path: Path) -> Path:
+    """Base against trained on the held-out prompts: prompt- and instruction-level strict accuracy (the trained bar
+    carries the 95% paired interval of the difference, drawn around the trained value) and strict pass rate per
+    constraint type, one panel per evaluation mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(report["eval"])
+    fig, axes = plt.subplots(len(modes), 2, figsize=(11, 3.4 * len(modes)), squeeze=False)
+    for row, mode in zip(axes, modes):
+        ev = report["eval"][mode]
+        metrics = ["prompt_strict", "inst_strict", "prompt_loose", "inst_loose"]
+        b = [ev["bootstrap"][m]["base"] for m in metrics]
+        t = [ev["bootstrap"][m]["trained"] for m in metrics]
+        err = [[ev["bootstrap"][m]["diff"] - ev["bootstrap"][m]["ci95"][0] for m in metrics],
+               [ev["bootstrap"][m]["ci95"][1] - ev["bootstrap"][m]["diff"] for m in metrics]]
+        x = range(len(metrics))
+        row[0].bar([i - 0.2 for i in x], b, 0.4, label="base")
+        row[0].bar([i + 0.2 for i in x], t, 0.4, yerr=err, capsize=3, label="trained")
+        row[0].set_xticks(list(x), metrics)
+        row[0].set_ylim(0, 1)
+        row[0].set_title(f"held-out, {mode}")
+        row[0].legend()
+        types = sorted(ev["per_type_strict"]["base"])
+        x = range(len(types))
+        row[1].bar([i - 0.2 for i in x], [ev["per_type_strict"]["base"][k] for k in types], 0.4, label="base")
+        row[1].bar([i + 0.2 for i in x], [ev["per_type_strict"]["trained"][k] for k in types], 0.4, label="trained")
+        row[1].set_xticks(list(x), types, rotation=30, ha="right")
+        row[1].set_ylim(0, 1)
+        row[1].set_title("strict pass rate per constraint type")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
