@@ -183,9 +183,9 @@ def test_the_readme_example_stage_runs_as_written(tmp_path):
     import types
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = readme.split("# pipeline/flag.py\n", 1)[1].split("```", 1)[0]
+    code = readme.split("# pipeline/stages/flag.py\n", 1)[1].split("```", 1)[0]
     module = types.ModuleType("flag")
-    exec(compile(code, "README.md:pipeline/flag.py", "exec"), module.__dict__)
+    exec(compile(code, "README.md:pipeline/stages/flag.py", "exec"), module.__dict__)
     rows = [
         {"prompt_id": "a", "messages": [{"role": "user", "content": "I want a Refund now"}], "source": "t"},
         {"prompt_id": "b", "messages": [{"role": "user", "content": "hello"}], "source": "t"},
