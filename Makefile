@@ -66,7 +66,7 @@ test: lint models setup-vllm setup-browser
 
 # what needs no model, no Prefect server, no vLLM and no browser (tests/tier_guard.py fails a test that does)
 test-fast: lint models
-	$(PY) -m pytest -q -m "not slow and not vllm and not browser and not gpu" $(ARGS)
+	$(PY) -m pytest -q -n 2 -m "not slow and not vllm and not browser and not gpu" $(ARGS)
 
 bench: setup
 	$(PY) bench/generate.py
