@@ -178,6 +178,33 @@ def perturbed_model(model, tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def pinned_revisions(monkeypatch):
+    """Model revisions pinned to zeros and bundled models resolved without converting: a revision hashes the
+    converted folder, which differs between transformers versions, so fingerprints compared against a fixture or
+    each other pin it on both sides."""
+    from pipeline.backends import model_ref
+
+    model_ref.resolve.cache_clear()
+    monkeypatch.setattr(model_ref, "_folder_revision", lambda folder: "0" * 12)
+    for name in list(model_ref.BUNDLED):
+        monkeypatch.setitem(model_ref.BUNDLED, name, lambda: Path("/nonexistent-bundled"))
+    yield
+    model_ref.resolve.cache_clear()
+
+
+def run_fingerprints(cfg) -> tuple[str, dict[str, str]]:
+    """(config fingerprint, {stage: fingerprint}) of `cfg`, each stage's chained from its upstream stages in flow
+    order, as a run's tables/<stage>.json record them."""
+    from pipeline.publish.shards import config_fingerprint
+    from pipeline.stages.order import STAGES
+
+    fps: dict[str, str] = {}
+    for s in STAGES:
+        fps[s.name] = s.fingerprint(cfg, *(None if u is None else fps.get(u) for u in s.upstream(cfg)))
+    return config_fingerprint(cfg), fps
+
+
 def built_once(tmp_path_factory, name: str, build) -> Path:
     """The folder `build(folder)` fills, built once per pytest session: under pytest-xdist the first worker that
     asks builds it under a file lock in the temporary root all workers share, and the others wait and read it.

@@ -15,7 +15,7 @@ from pipeline.config import load_config
 from pipeline.core import schemas
 from pipeline.core.runner import Chunked, ContractError, Read, Stage
 from pipeline.stages.order import STAGES, check_order
-from tests.conftest import TINY, assert_same_rows
+from tests.conftest import TINY, assert_same_rows, run_fingerprints
 
 # Built by the code before the stage runner (commit 501c3ca plus a test fix) with
 # `prefsynth run --config data/configs/tiny.yaml --out RUN`: every stage table and the pairs shard.
@@ -201,28 +201,15 @@ def test_the_readme_example_stage_runs_as_written(tmp_path):
     check_order((*STAGES, module.STAGE))
 
 
-def test_fingerprints_are_those_of_the_code_before_the_layout_move(monkeypatch):
+def test_fingerprints_are_those_of_the_code_before_the_layout_move(pinned_revisions):
     """The bundled configs' config fingerprint and every stage's fingerprint (chained in stage order, as a run's
     tables/<stage>.json record them) equal those the flat layout computed (tests/fixtures/fingerprints_before_layout
     .json, made before the move): moving modules reuses every finished run. A model's revision hashes its converted
     folder, which differs between transformers versions, so it is pinned here on both sides."""
     import json
 
-    from pipeline.backends import model_ref
-    from pipeline.publish.shards import config_fingerprint
-
-    model_ref.resolve.cache_clear()
-    monkeypatch.setattr(model_ref, "_folder_revision", lambda folder: "0" * 12)
-    for name in list(model_ref.BUNDLED):
-        monkeypatch.setitem(model_ref.BUNDLED, name, lambda: Path("/nonexistent-bundled"))
     before = json.loads((Path(__file__).parent / "fixtures" / "fingerprints_before_layout.json").read_text())
-    try:
-        for name, expected in before.items():
-            cfg = load_config(Path(__file__).parents[1] / "data" / "configs" / f"{name}.yaml")
-            fps: dict[str, str | None] = {}
-            for s in STAGES:
-                fps[s.name] = s.fingerprint(cfg, *(None if u is None else fps.get(u) for u in s.upstream(cfg)))
-            assert config_fingerprint(cfg) == expected["config"], name
-            assert fps == expected["stages"], name
-    finally:
-        model_ref.resolve.cache_clear()
+    for name, expected in before.items():
+        config, stages = run_fingerprints(load_config(Path(__file__).parents[1] / "data" / "configs" / f"{name}.yaml"))
+        assert config == expected["config"], name
+        assert stages == expected["stages"], name

@@ -183,11 +183,16 @@ def held_out(prompt_id: str, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 >= 1 - HELD_OUT
 
 
+def verifier_judgments(judgments: pa.Table) -> pa.Table:
+    """The verifier's ok judgments (it could check the candidate)."""
+    return judgments.filter(pc.and_(pc.equal(judgments.column("kind"), VERIFIER_KIND), judgments.column("ok")))
+
+
 def verifier_scores(judgments: pa.Table) -> dict[str, tuple[str, float]]:
     """{candidate_id: (prompt_id, score)} of the candidates the verifier could check (its ok judgments: 1.0 pass,
     0.0 fail; for instruction constraints the fraction that pass). A candidate whose ok verifier judgments
     disagree has none. Only verifier rows are turned into Python objects."""
-    mine = judgments.filter(pc.and_(pc.equal(judgments.column("kind"), VERIFIER_KIND), judgments.column("ok")))
+    mine = verifier_judgments(judgments)
     seen: dict[str, tuple[str, set[float]]] = {}
     for r in mine.select(["prompt_id", "candidate_id", "score"]).to_pylist():
         seen.setdefault(r["candidate_id"], (r["prompt_id"], set()))[1].add(r["score"])

@@ -23,10 +23,9 @@ from itertools import product
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from judges.agreement import outcome
-from pipeline.curation.aggregate import VERIFIER_KIND, judge_preferences, verdicts
+from pipeline.curation.aggregate import judge_preferences, verdicts, verifier_judgments
 
 ENSEMBLE = "ensemble"
 CREDIT = {"chosen": 1.0, "tie": 0.5, "rejected": 0.0}
@@ -105,9 +104,8 @@ def label_quality(judgments: pa.Table, ensemble: dict[str, float], categories: d
 def constraint_pass_rates(judgments: pa.Table) -> list[dict]:
     """Per instruction-constraint type (judges/constraints.py): the candidates checked against it and how many
     pass strict and loose, read from the verifier's per-constraint verdicts in `raw`; [] when none."""
-    mine = judgments.filter(pc.and_(pc.equal(judgments.column("kind"), VERIFIER_KIND), judgments.column("ok")))
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for raw in mine.column("raw").to_pylist():
+    for raw in verifier_judgments(judgments).column("raw").to_pylist():
         for r in (json.loads(raw) if raw else {}).get("constraints", []):
             c = counts[r["id"]]
             c[0], c[1], c[2] = c[0] + 1, c[1] + bool(r["strict"]), c[2] + bool(r["loose"])

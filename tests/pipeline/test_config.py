@@ -1,10 +1,8 @@
-from pathlib import Path
-
 import pytest
 
 from pipeline.config import RunConfig, load_config
 from pipeline.errors import ConfigError
-from tests.conftest import TINY
+from tests.conftest import TINY, run_fingerprints
 
 
 def test_defaults_validate_and_tiny_loads():
@@ -132,37 +130,19 @@ OPERATIONAL_CHANGES = {
 }
 
 
-def test_an_operational_field_is_marked_once_and_moves_no_fingerprint(monkeypatch):
+def test_an_operational_field_is_marked_once_and_moves_no_fingerprint(pinned_revisions):
     """Every field declared `operational(...)` says so in its description and, changed, leaves the config
     fingerprint and every stage's fingerprint as they were (so a rerun with another batch size reuses the work)."""
-    from pipeline.backends import model_ref
-    from pipeline.config import RunConfig
-    from pipeline.publish.shards import config_fingerprint
-    from pipeline.stages.order import STAGES
-
     assert _operational_paths(RunConfig) == set(OPERATIONAL_CHANGES)
-    model_ref.resolve.cache_clear()
-    monkeypatch.setattr(model_ref, "_folder_revision", lambda folder: "0" * 12)
-    for name in list(model_ref.BUNDLED):
-        monkeypatch.setitem(model_ref.BUNDLED, name, lambda: Path("/nonexistent-bundled"))
-
-    def prints(cfg):
-        fps = {}
-        for s in STAGES:
-            fps[s.name] = s.fingerprint(cfg, *(None if u is None else fps.get(u) for u in s.upstream(cfg)))
-        return config_fingerprint(cfg), fps
-
     base = ["prices={'bundled:smollm2-135m-instruct': {input: 1, output: 1}}", "sources.conversation.enabled=true"]
-    try:
-        before = prints(load_config(None, base))
-        for path, value in OPERATIONAL_CHANGES.items():
-            cfg = load_config(None, [*base, f"{path}={value}"])
-            assert prints(cfg) == before, path
-            section = cfg
-            for part in path.split(".")[:-1]:
-                section = getattr(section, part)
-            leaf = path.split(".")[-1]
-            assert type(section).model_fields[leaf].description.endswith("(operational)"), path
-        assert prints(load_config(None, [*base, "generate.max_new_tokens=17"])) != before  # a real field does move
-    finally:
-        model_ref.resolve.cache_clear()
+    before = run_fingerprints(load_config(None, base))
+    for path, value in OPERATIONAL_CHANGES.items():
+        cfg = load_config(None, [*base, f"{path}={value}"])
+        assert run_fingerprints(cfg) == before, path
+        section = cfg
+        for part in path.split(".")[:-1]:
+            section = getattr(section, part)
+        leaf = path.split(".")[-1]
+        assert type(section).model_fields[leaf].description.endswith("(operational)"), path
+    # a real field does move
+    assert run_fingerprints(load_config(None, [*base, "generate.max_new_tokens=17"])) != before
