@@ -18,7 +18,16 @@ One seeded experiment, end to end, on the bundled SmolLM2-135M-Instruct (CPU is 
    constraints passed), strict and loose; a paired bootstrap over held-out prompts (seeded) gives the 95%
    interval of trained - base; mean response length (words, tokens) of both. DIR/report.json + a table.
 
+5. `--labels verifier,judge,random` compares label sources on the same candidates and the same training budget (each
+   source's pairs capped at the verifier's count, so as many DPO steps): `judge` is the LLM-judge ensemble (two
+   absolute templates on the bundled model, through pipeline/stages/judge.py and the default judge.aggregate),
+   `random` a seeded random preference (the control: what training on the model's own samples does without labels).
+   Each source trains its own policy from the base (DIR/model-NAME, pairs in DIR/pairs-NAME) and is evaluated against
+   the same base figures; the report's "arms" hold each, with the share of its pairs the verifier agrees with (chosen
+   passes more constraints), ties and reversals: label quality beside what it does to the model. DIR/labels.png.
+
     python bench/improve.py --out /tmp/improve            # defaults: see --help
+    python bench/improve.py --out /tmp/improve --labels verifier,judge,random   # + two more arms (~15 min each)
     python bench/improve.py --out /tmp/improve --seed 1   # another seed (prompts, split, sampling, training)
 
 Defaults (seed 0; 100 base tasks, 30 held out; 140 train / 60 held-out prompts; k=4, 64 new tokens; full fine-tuning,
@@ -79,22 +88,29 @@ def _seed(seed: int, tag: str, pid: str, k: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{tag}/{pid}/{k}".encode()).digest()[:8], "little")
 
 
-def make_pairs(rows, results, *, max_pairs_per_prompt: int, rng: random.Random):
-    """Pairs from scored candidates: chosen passes the most constraints (preferring an answer that ended by
-    itself), rejected passes fewer. Returns (pair rows, stats)."""
+def make_pairs(rows, results, *, max_pairs_per_prompt: int, rng: random.Random, scores=None,
+               strategy: str = "verifier_best_vs_fewer"):
+    """Pairs from scored candidates: chosen has the top score (preferring an answer that ended by itself), rejected
+    a lower one. `scores` (one list per row, a float or None per candidate; None: unjudged, left out) default to the
+    verifier's count of constraints passed (strict). Returns (pair rows, stats)."""
     pairs, stats = [], {"prompts": len(rows), "with_contrast": 0, "all_pass": 0, "none_pass": 0}
-    for row, comps in zip(rows, results):
-        scored = [(score(row, c.text), c, k) for k, c in enumerate(comps)]
-        best = max(s["strict"] for s, _, _ in scored)
-        worst = min(s["strict"] for s, _, _ in scored)
-        n = scored[0][0]["n"]
+    for pi, (row, comps) in enumerate(zip(rows, results)):
+        verdicts = [score(row, c.text) for c in comps]
+        values = [float(v["strict"]) for v in verdicts] if scores is None else scores[pi]
+        scored = [(s, c, k, v) for k, (s, c, v) in enumerate(zip(values, comps, verdicts)) if s is not None]
+        if len(scored) < 2:
+            continue
+        best = max(x[0] for x in scored)
+        worst = min(x[0] for x in scored)
+        n = verdicts[0]["n"]
         if best == worst:
-            stats["all_pass" if best == n else "none_pass"] += best in (0, n)
+            if scores is None:
+                stats["all_pass" if best == n else "none_pass"] += best in (0, n)
             continue
         stats["with_contrast"] += 1
-        top = [x for x in scored if x[0]["strict"] == best]
+        top = [x for x in scored if x[0] == best]
         top.sort(key=lambda x: (x[1].finish_reason != "stop", rng.random()))
-        low = [x for x in scored if x[0]["strict"] < best]
+        low = [x for x in scored if x[0] < best]
         rng.shuffle(low)
         used = set()
         for i in range(min(max_pairs_per_prompt, len(low))):
@@ -109,15 +125,64 @@ def make_pairs(rows, results, *, max_pairs_per_prompt: int, rng: random.Random):
                 "prompt_id": row["prompt_id"],
                 "chosen_id": f"{row['prompt_id']}-{ch[2]:02d}",
                 "rejected_id": f"{row['prompt_id']}-{rj[2]:02d}",
-                "chosen_score": float(ch[0]["strict"]),
-                "rejected_score": float(rj[0]["strict"]),
-                "margin": float(ch[0]["strict"] - rj[0]["strict"]),
-                "pair_strategy": "verifier_best_vs_fewer",
+                "chosen_score": float(ch[0]),
+                "rejected_score": float(rj[0]),
+                "margin": float(ch[0] - rj[0]),
+                "pair_strategy": strategy,
                 "chosen_len": ch[1].n_tokens,
                 "rejected_len": rj[1].n_tokens,
+                # the verifier's constraint counts, whichever label source chose: label agreement (not in the shard)
+                "_verifier": (ch[3]["strict"], rj[3]["strict"]),
             })
     stats["pairs"] = len(pairs)
     return pairs, stats
+
+
+def cap_pairs(pairs: list[dict], budget: int | None, rng: random.Random) -> list[dict]:
+    """At most `budget` pairs, a seeded sample in the original order: every label source trains on as many pairs
+    (so as many steps) as the verifier's arm."""
+    if budget is None or len(pairs) <= budget:
+        return pairs
+    keep = sorted(rng.sample(range(len(pairs)), budget))
+    return [pairs[i] for i in keep]
+
+
+def label_agreement(pairs: list[dict]) -> dict:
+    """How a label source's pairs sit against the verifier: chosen passes more constraints than rejected (agree),
+    as many (tie), or fewer (reversed); shares of the pairs."""
+    n = len(pairs) or 1
+    agree = sum(p["_verifier"][0] > p["_verifier"][1] for p in pairs)
+    rev = sum(p["_verifier"][0] < p["_verifier"][1] for p in pairs)
+    return {"agree": round(agree / n, 3), "tie": round((len(pairs) - agree - rev) / n, 3),
+            "reversed": round(rev / n, 3)}
+
+
+JUDGE_TEMPLATES = ("absolute-1to5-v1", "ultrafeedback-instruction-following-v1")
+
+
+def judge_scores(rows: list[dict], results, *, templates=JUDGE_TEMPLATES, batch_size: int = 8):
+    """The LLM-judge ensemble's score of every candidate, through the pipeline's own judge stage core: judges built
+    by pipeline/stages/judge.py `build_judges` from a RunConfig on the defaults (the bundled model judges; absolute
+    templates `templates`), `judge_candidates` over prompt and candidate tables, combined by the default
+    `judge.aggregate` (pipeline/curation/aggregate.py). The verifier is not among the judges. Returns (scores per
+    row, the share of candidates with a score)."""
+    from pipeline.config.run import RunConfig
+    from pipeline.core import schemas
+    from pipeline.curation.aggregate import candidate_scores
+    from pipeline.stages.judge import build_judges, judge_candidates
+
+    cfg = RunConfig(judge={"templates": list(templates), "batch_size": batch_size})
+    prompts = schemas.from_rows([{"prompt_id": r["prompt_id"], "messages": r["messages"]} for r in rows], "prompts")
+    ids = {r["prompt_id"]: [f"{r['prompt_id']}-{k:02d}" for k in range(len(cs))] for r, cs in zip(rows, results)}
+    cands = schemas.from_rows([
+        {"prompt_id": r["prompt_id"], "candidate_id": cid, "generator": MODEL, "text": c.text,
+         "n_tokens": c.n_tokens, "finish_reason": c.finish_reason}
+        for r, cs in zip(rows, results) for cid, c in zip(ids[r["prompt_id"]], cs)], "candidates")
+    judgments = judge_candidates(prompts, cands, build_judges(cfg))
+    by_id = candidate_scores(judgments, ids, cfg.judge.aggregate)
+    out = [[by_id.get(cid) for cid in ids[r["prompt_id"]]] for r in rows]
+    flat = [x for xs in out for x in xs]
+    return out, sum(x is not None for x in flat) / max(len(flat), 1)
 
 
 def evaluate(model_ref: str, rows: list[dict], a, tag: str) -> dict:
@@ -217,9 +282,143 @@ def parse_args(argv=None):
     p.add_argument("--eval-samples", type=int, default=2, help="Sampled answers per held-out prompt (0: none).")
     p.add_argument("--resamples", type=int, default=4000)
     p.add_argument("--reuse-pairs", type=Path, default=None,
-                   help="An earlier --out with the same prompt args and seed: reuse its pairs (skips sampling).")
+                   help="An earlier --out with the same prompt args and seed: reuse its candidates (skips sampling).")
+    p.add_argument("--labels", default="verifier",
+                   help=f"Label sources compared on the same candidates and pair budget, comma-separated, of "
+                   f"{list(LABELS)}: each trains its own policy from the base model (judge: about 2 min of judging; "
+                   "every arm: training and a held-out evaluation, about 15 min on 2 CPU threads).")
+    p.add_argument("--rounds", type=int, default=2, help="Rounds of the `iterate` label source (--labels).")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     return p.parse_args(argv)
+
+
+LABELS = ("verifier", "judge", "random", "iterate")
+
+
+def label(name: str, rows, results, a, budget: int | None) -> tuple[list[dict], dict]:
+    """One label source's pairs on the shared candidates: `verifier` (constraints passed), `judge` (the LLM-judge
+    ensemble, judge_scores), `random` (a seeded random score per candidate: the control, which says how much of a
+    gain comes from training on the model's own samples at all). Capped at `budget` pairs."""
+    rng = random.Random(f"pairs-{a.seed}" if name == "verifier" else f"pairs-{name}-{a.seed}")
+    extra: dict = {}
+    if name == "verifier":
+        scores = None
+    elif name == "judge":
+        t0 = time.time()
+        scores, extra["judged_share"] = judge_scores(rows, results, batch_size=a.batch_size)
+        extra["templates"] = list(JUDGE_TEMPLATES)
+        extra["judge_seconds"] = round(time.time() - t0, 1)
+    else:
+        scores = [[rng.random() for _ in comps] for comps in results]
+    pairs, stats = make_pairs(rows, results, max_pairs_per_prompt=a.max_pairs_per_prompt, rng=rng, scores=scores,
+                              strategy=f"{name}_best_vs_lower" if scores is not None else "verifier_best_vs_fewer")
+    stats["uncapped"] = len(pairs)
+    pairs = cap_pairs(pairs, budget, rng)
+    stats["pairs"] = len(pairs)
+    stats["agreement_with_verifier"] = label_agreement(pairs)
+    return pairs, {**stats, **extra}
+
+
+def write_pairs(pairs: list[dict], stats: dict, pairs_dir: Path) -> None:
+    from pipeline.core import schemas
+
+    pairs_dir.mkdir(parents=True, exist_ok=True)
+    rows = [{k: v for k, v in p.items() if not k.startswith("_")} for p in pairs]
+    schemas.write_table(schemas.from_rows(rows, "pairs"), pairs_dir / "pairs.parquet", "pairs")
+    (pairs_dir / "stats.json").write_text(json.dumps(stats))
+
+
+def iterate_arm(a, rows, results, budget: int | None, model_dir: Path) -> tuple[dict, dict]:
+    """`--rounds` rounds of verifier-labelled DPO with the offline arm's pair budget split evenly between them (so the
+    same number of training steps): round 1 pairs the shared candidates of the base model and trains it; round r > 1
+    samples fresh candidates from policy r-1, pairs them and trains policy r-1 (its own reference, as `prefsynth
+    iterate` does by default). Pairs and policies of each round under DIR/iterate/round-R; the last policy moves to
+    `model_dir`. Returns (train summary, pair stats) with each round's."""
+    per_round = None if budget is None else max(budget // a.rounds, 1)
+    policy, rounds, round_pairs = MODEL, [], []
+    for r in range(1, a.rounds + 1):
+        t0 = time.time()
+        if r > 1:
+            results, _ = sample(policy, rows, n=a.k, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+                                seed=a.seed, batch_size=a.batch_size, tag=f"iterate-{r}")
+        rng = random.Random(f"pairs-iterate-{r}-{a.seed}")
+        pairs, stats = make_pairs(rows, results, max_pairs_per_prompt=a.max_pairs_per_prompt, rng=rng)
+        stats["uncapped"] = len(pairs)
+        pairs = cap_pairs(pairs, per_round, rng)
+        stats["pairs"] = len(pairs)
+        stats["agreement_with_verifier"] = label_agreement(pairs)
+        if not pairs:
+            raise SystemExit(f"--labels iterate: round {r} has no pair with a contrast; fix: more prompts or --k")
+        cand_pass = [score(x, c.text)["strict"] == len(x["verify"]["constraints"]) for x, cs in zip(rows, results)
+                     for c in cs]
+        stats["candidate_prompt_pass"] = sum(cand_pass) / max(len(cand_pass), 1)
+        round_pairs.append(pairs)
+        rdir = a.out / "iterate" / f"round-{r}"
+        write_pairs(pairs, stats, rdir / "pairs")
+        summary = train_arm(rdir / "pairs", rdir / "model", a, start=policy)
+        policy = str(rdir / "model")
+        rounds.append({"pairs": stats, "train": summary, "seconds": round(time.time() - t0, 1)})
+        print(f"iterate round {r}: {stats}, {summary['steps']} steps", flush=True)
+    shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.move(policy, model_dir)
+    total = {"pairs": sum(x["pairs"]["pairs"] for x in rounds), "rounds": rounds,
+             "agreement_with_verifier": label_agreement([p for x in round_pairs for p in x])}
+    return {"steps": sum(x["train"]["steps"] or 0 for x in rounds), "rounds": [x["train"] for x in rounds],
+            "last_loss": rounds[-1]["train"]["last_loss"]}, total
+
+
+def arm_dirs(out: Path, name: str) -> tuple[Path, Path]:
+    """(pairs folder, policy folder) of a label source: the verifier's at DIR/pairs and DIR/model, the others at
+    DIR/pairs-NAME and DIR/model-NAME."""
+    return (out / "pairs", out / "model") if name == "verifier" else (out / f"pairs-{name}", out / f"model-{name}")
+
+
+def train_arm(pairs_dir: Path, model_dir: Path, a, start: str = MODEL) -> dict:
+    """The bundled DPO trainer (pipeline/train) on one arm's shard, from the policy `start` (which is also the
+    reference, the trainer's default); the policy moved to `model_dir`."""
+    from pipeline.train import TrainConfig, train
+
+    losses = {"sigmoid": 1.0, **({"nll": a.nll} if a.nll else {})}
+    cfg = TrainConfig(model=start, seed=a.seed, beta=a.beta, learning_rate=a.lr, epochs=a.epochs,
+                      batch_size=a.train_batch, eval_fraction=0.0, tensorboard=False, save_every=10**6,
+                      max_prompt_tokens=256, max_length=512, losses=losses,
+                      lora={"r": a.lora_r, "alpha": 2 * a.lora_r} if a.lora_r else None)
+    train_dir = pairs_dir.parent / f"train-{model_dir.name}"
+    prov = train(cfg, pairs_dir / "pairs.parquet", train_dir, log=lambda msg: print(msg, flush=True))
+    shutil.rmtree(model_dir, ignore_errors=True)  # the policy, a folder transformers loads; checkpoints go
+    shutil.move(str(train_dir / "model"), model_dir)
+    shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
+    recs = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in recs if "loss" in r][-5:]
+    return {"steps": prov.get("steps"), "last_loss": [round(r["loss"], 4) for r in last],
+            "last_metrics": {k: v for k, v in last[-1].items() if isinstance(v, float)} if last else {}}
+
+
+def candidates(a, train_rows) -> tuple[list, float]:
+    """k sampled candidates per train prompt (or, with --reuse-pairs, the earlier run's), saved to
+    DIR/candidates.jsonl with their verifier counts."""
+    from pipeline.backends.base import Completion
+
+    t0 = time.time()
+    if a.reuse_pairs:
+        src = a.reuse_pairs
+        for name in ("prompts_train.jsonl", "prompts_heldout.jsonl"):
+            if (src / name).read_text() != (a.out / name).read_text():
+                raise SystemExit(f"--reuse-pairs {src}: its {name} differs from this run's; fix: same prompt args")
+        saved = [json.loads(x) for x in (src / "candidates.jsonl").read_text().splitlines()]
+        if any("n_tokens" not in r for r in saved):
+            raise SystemExit(f"--reuse-pairs {src}: candidates.jsonl predates token counts; fix: a fresh run")
+        results = [[Completion(t, n, f) for t, n, f in zip(r["texts"], r["n_tokens"], r["finish"])] for r in saved]
+    else:
+        results, _ = sample(MODEL, train_rows, n=a.k, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+                            seed=a.seed, batch_size=a.batch_size, tag="train")
+    if not a.reuse_pairs or a.reuse_pairs.resolve() != a.out.resolve():
+        with open(a.out / "candidates.jsonl", "w") as f:
+            for r, cs in zip(train_rows, results):
+                f.write(json.dumps({"prompt_id": r["prompt_id"], "texts": [c.text for c in cs],
+                                    "n_tokens": [c.n_tokens for c in cs], "finish": [c.finish_reason for c in cs],
+                                    "strict": [score(r, c.text)["strict"] for c in cs]}) + "\n")
+    return results, time.time() - t0
 
 
 def main(argv=None) -> int:
@@ -228,12 +427,16 @@ def main(argv=None) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    a.out.mkdir(parents=True, exist_ok=True)
-    timings, t_all = {}, time.time()
     mix = [m.strip() for m in a.mix.split(",") if m.strip()]
     bad = [m for m in mix if m not in MENU]
     if bad:
         raise SystemExit(f"--mix: unknown type(s) {bad}; fix: use any of {list(MENU)}")
+    labels = list(dict.fromkeys(x.strip() for x in a.labels.split(",") if x.strip()))
+    if not labels or any(x not in LABELS for x in labels):
+        raise SystemExit(f"--labels: {a.labels!r}; fix: a comma-separated list of {list(LABELS)}")
+    labels.sort(key=lambda x: x != "verifier")  # the verifier's pair count is every other arm's budget
+    a.out.mkdir(parents=True, exist_ok=True)
+    timings, t_all = {}, time.time()
 
     train_rows, held_rows = make(a.seed, mix=mix, n_tasks=a.tasks, per_task=a.per_task,
                                  two_prob=a.two_prob, heldout_frac=a.heldout_frac)
@@ -242,104 +445,124 @@ def main(argv=None) -> int:
     print(f"prompts: {len(train_rows)} train, {len(held_rows)} held-out "
           f"({len({task_of(r) for r in held_rows})} held-out base tasks)", flush=True)
 
-    # 2. candidates and pairs
-    from pipeline.core import schemas
-
-    shard = a.out / "pairs" / "pairs.parquet"
-    t0 = time.time()
-    if a.reuse_pairs:  # the same prompts' pairs (and the trainer's reference log-prob cache) from an earlier --out
-        src = a.reuse_pairs
-        for name in ("prompts_train.jsonl", "prompts_heldout.jsonl"):
-            if (src / name).read_text() != (a.out / name).read_text():
-                raise SystemExit(f"--reuse-pairs {src}: its {name} differs from this run's; fix: same prompt args")
-        if (a.out / "pairs").resolve() != (src / "pairs").resolve():
-            shutil.rmtree(a.out / "pairs", ignore_errors=True)
-            shutil.copytree(src / "pairs", a.out / "pairs")
-        pstats = json.loads((a.out / "pairs" / "stats.json").read_text())
-    else:
-        results, _ = sample(MODEL, train_rows, n=a.k, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
-                            seed=a.seed, batch_size=a.batch_size, tag="train")
-        pairs, pstats = make_pairs(train_rows, results, max_pairs_per_prompt=a.max_pairs_per_prompt,
-                                   rng=random.Random(f"pairs-{a.seed}"))
-        cand_pass = [score(r, c.text)["strict"] == len(r["verify"]["constraints"])
-                     for r, cs in zip(train_rows, results) for c in cs]
-        pstats["candidate_prompt_pass"] = sum(cand_pass) / len(cand_pass)
-        pstats["seconds"] = round(time.time() - t0, 1)
-        (a.out / "pairs").mkdir(exist_ok=True)
-        schemas.write_table(schemas.from_rows(pairs, "pairs"), shard, "pairs")
-        (a.out / "pairs" / "stats.json").write_text(json.dumps(pstats))
-        with open(a.out / "candidates.jsonl", "w") as f:
-            for r, cs in zip(train_rows, results):
-                f.write(json.dumps({"prompt_id": r["prompt_id"], "texts": [c.text for c in cs],
-                                    "strict": [score(r, c.text)["strict"] for c in cs]}) + "\n")
-    timings["candidates"] = time.time() - t0
-    print(f"pairs: {pstats} in {timings['candidates']:.0f}s", flush=True)
-
-    # 3. DPO
-    from pipeline.train import TrainConfig, train
-
-    t0 = time.time()
-    losses = {"sigmoid": 1.0, **({"nll": a.nll} if a.nll else {})}
-    cfg = TrainConfig(model=MODEL, seed=a.seed, beta=a.beta, learning_rate=a.lr, epochs=a.epochs,
-                      batch_size=a.train_batch, eval_fraction=0.0, tensorboard=False, save_every=10**6,
-                      max_prompt_tokens=256, max_length=512, losses=losses,
-                      lora={"r": a.lora_r, "alpha": 2 * a.lora_r} if a.lora_r else None)
-    train_dir = a.out / "train"
-    prov = train(cfg, shard, train_dir, log=lambda msg: print(msg, flush=True))
-    timings["train"] = time.time() - t0
-    model_dir = a.out / "model"  # the policy, a folder transformers loads; the checkpoints (optimizer state) go
-    shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.move(str(train_dir / "model"), model_dir)
-    shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
-    recs = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
-    last = [r for r in recs if "loss" in r][-5:]
-    train_summary = {"steps": prov.get("steps"), "last_loss": [round(r["loss"], 4) for r in last],
-                     "last_metrics": {k: v for k, v in last[-1].items() if isinstance(v, float)} if last else {}}
-    print(f"train: {train_summary['steps']} steps in {timings['train']:.0f}s, "
-          f"last losses {train_summary['last_loss']}", flush=True)
-
-    # 4. evaluation
+    # 2. candidates (shared by every label source), 4. the base model's evaluation (shared too)
+    results, timings["candidates"] = candidates(a, train_rows)
+    cand_pass = [score(r, c.text)["strict"] == len(r["verify"]["constraints"])
+                 for r, cs in zip(train_rows, results) for c in cs]
+    print(f"candidates: {sum(map(len, results))} in {timings['candidates']:.0f}s", flush=True)
     t0 = time.time()
     base_ev = evaluate(MODEL, held_rows, a, "base")
     timings["eval_base"] = time.time() - t0
-    t0 = time.time()
-    trained_ev = evaluate(str(model_dir), held_rows, a, "trained")
-    timings["eval_trained"] = time.time() - t0
-    timings["total"] = time.time() - t_all
 
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
               "threads": torch.get_num_threads(), "prompts": {"train": len(train_rows), "heldout": len(held_rows)},
-              "pairs": pstats, "train": train_summary, "timings_s": {k: round(v, 1) for k, v in timings.items()},
-              "eval": {}}
-    for mode in base_ev:
-        b, t = base_ev[mode]["per_prompt"], trained_ev[mode]["per_prompt"]
-        report["eval"][mode] = {
-            "bootstrap": bootstrap(b, t, resamples=a.resamples, seed=a.seed),
-            "per_type_strict": {"base": per_type_rates(b, held_rows), "trained": per_type_rates(t, held_rows)},
-            "examples": [{"prompt": r["messages"][0]["content"], "base": x["example"], "trained": y["example"]}
-                         for r, x, y in list(zip(held_rows, b, t))[:6]],
-        }
-    (a.out / "report.json").write_text(json.dumps(report, indent=1))
-    with open(a.out / "per_prompt.jsonl", "w") as f:
+              "candidate_prompt_pass": sum(cand_pass) / max(len(cand_pass), 1), "arms": {}}
+    budget = None
+    for name in labels:  # 2-4 per label source: pairs, DPO, the trained policy's evaluation against the base's
+        pairs_dir, model_dir = arm_dirs(a.out, name)
+        t0 = time.time()
+        if name == "iterate":
+            train_summary, pstats = iterate_arm(a, train_rows, results, budget, model_dir)
+        else:
+            pairs, pstats = label(name, train_rows, results, a, budget)
+            if not pairs:
+                raise SystemExit(f"--labels {name}: no pair has a contrast; fix: more prompts (--tasks) or --k")
+            if name == "verifier":
+                budget = len(pairs)
+                pstats["candidate_prompt_pass"] = report["candidate_prompt_pass"]
+            write_pairs(pairs, pstats, pairs_dir)
+            print(f"pairs ({name}): {pstats}", flush=True)
+            train_summary = train_arm(pairs_dir, model_dir, a)
+        timings[f"label_train_{name}"] = time.time() - t0
+        print(f"train ({name}): {train_summary['steps']} steps, {timings[f'label_train_{name}']:.0f}s with labelling, "
+              f"last losses {train_summary['last_loss']}", flush=True)
+        t0 = time.time()
+        trained_ev = evaluate(str(model_dir), held_rows, a, f"trained-{name}")
+        timings[f"eval_{name}"] = time.time() - t0
+        arm = {"pairs": pstats, "train": train_summary, "model": str(model_dir), "eval": {}}
         for mode in base_ev:
-            for x, y in zip(base_ev[mode]["per_prompt"], trained_ev[mode]["per_prompt"]):
-                f.write(json.dumps({"mode": mode, "base": x, "trained": y}) + "\n")
+            b, t = base_ev[mode]["per_prompt"], trained_ev[mode]["per_prompt"]
+            arm["eval"][mode] = {
+                "bootstrap": bootstrap(b, t, resamples=a.resamples, seed=a.seed),
+                "per_type_strict": {"base": per_type_rates(b, held_rows), "trained": per_type_rates(t, held_rows)},
+                "examples": [{"prompt": r["messages"][0]["content"], "base": x["example"], "trained": y["example"]}
+                             for r, x, y in list(zip(held_rows, b, t))[:6]],
+            }
+        report["arms"][name] = arm
+        with open(a.out / ("per_prompt.jsonl" if name == "verifier" else f"per_prompt-{name}.jsonl"), "w") as f:
+            for mode in base_ev:
+                for x, y in zip(base_ev[mode]["per_prompt"], trained_ev[mode]["per_prompt"]):
+                    f.write(json.dumps({"mode": mode, "base": x, "trained": y}) + "\n")
+    timings["total"] = time.time() - t_all
+    report["timings_s"] = {k: round(v, 1) for k, v in timings.items()}
+    first = report["arms"][labels[0]]
+    report.update(label_source=labels[0], pairs=first["pairs"], train=first["train"], eval=first["eval"])
+    (a.out / "report.json").write_text(json.dumps(report, indent=1))
     print_table(report)
     print(f"plot: {plot(report, a.out / 'improve.png')}")
+    if len(labels) > 1:
+        print(f"label sources: {plot_labels(report, a.out / 'labels.png')}")
     return 0
 
 
 def print_table(report: dict) -> None:
     n = report["prompts"]["heldout"]
-    for mode, ev in report["eval"].items():
-        print(f"\nheld-out ({n} prompts, {mode}); 95% paired bootstrap interval of trained - base")
-        print(f"{'metric':14s} {'base':>8s} {'trained':>8s} {'diff':>8s}  {'95% CI':>20s}")
-        for m, r in ev["bootstrap"].items():
-            flag = " *" if r["excludes_0"] else ""
-            print(f"{m:14s} {r['base']:8.3f} {r['trained']:8.3f} {r['diff']:+8.3f}  "
-                  f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]{flag}")
-        print("per type (strict):", json.dumps(ev["per_type_strict"]))
+    for name, arm in report["arms"].items():
+        for mode, ev in arm["eval"].items():
+            print(f"\nheld-out ({n} prompts, {mode}), pairs labelled by {name}; "
+                  "95% paired bootstrap interval of trained - base")
+            print(f"{'metric':14s} {'base':>8s} {'trained':>8s} {'diff':>8s}  {'95% CI':>20s}")
+            for m, r in ev["bootstrap"].items():
+                flag = " *" if r["excludes_0"] else ""
+                print(f"{m:14s} {r['base']:8.3f} {r['trained']:8.3f} {r['diff']:+8.3f}  "
+                      f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]{flag}")
+            print("per type (strict):", json.dumps(ev["per_type_strict"]))
+    if len(report["arms"]) > 1:
+        first = next(iter(report["arms"].values()))
+        print(f"\nlabel sources (same candidates, at most {first['pairs']['pairs']} pairs each); "
+              "prompt-level strict accuracy, trained - base [95% CI]")
+        modes = list(first["eval"])
+        print(f"{'source':10s} {'pairs':>5s} {'agree':>6s} {'tie':>5s} {'rev':>5s}  "
+              + "  ".join(f"{m:>24s}" for m in modes))
+        for name, arm in report["arms"].items():
+            ag = arm["pairs"]["agreement_with_verifier"]
+            cells = []
+            for m in modes:
+                r = arm["eval"][m]["bootstrap"]["prompt_strict"]
+                star = "*" if r["excludes_0"] else " "
+                cells.append(f"{r['diff']:+.3f} [{r['ci95'][0]:+.3f},{r['ci95'][1]:+.3f}]{star}")
+            print(f"{name:10s} {arm['pairs']['pairs']:5d} {ag['agree']:6.2f} {ag['tie']:5.2f} {ag['reversed']:5.2f}  "
+                  + "  ".join(f"{c:>24s}" for c in cells))
     print("timings (s):", report["timings_s"], "threads:", report["threads"])
+
+
+def plot_labels(report: dict, path: Path) -> Path:
+    """One bar per label source and evaluation mode: trained - base prompt-level strict accuracy with its 95% paired
+    interval; the share of each source's pairs the verifier agrees with is in the label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = report["arms"]
+    modes = list(next(iter(arms.values()))["eval"])
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    width = 0.8 / len(modes)
+    for j, mode in enumerate(modes):
+        rs = [arm["eval"][mode]["bootstrap"]["prompt_strict"] for arm in arms.values()]
+        xs = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(arms))]
+        ax.bar(xs, [r["diff"] for r in rs], width, label=mode,
+               yerr=[[r["diff"] - r["ci95"][0] for r in rs], [r["ci95"][1] - r["diff"] for r in rs]], capsize=3)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(len(arms)), [f"{n}\n(verifier agrees {a['pairs']['agreement_with_verifier']['agree']:.0%})"
+                                     for n, a in arms.items()])
+    ax.set_ylabel("held-out prompt strict: trained - base")
+    ax.set_title("label sources, same candidates and pair budget")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot(report: dict, path: Path) -> Path:
