@@ -108,8 +108,7 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     """Continued fraction of the regularised incomplete beta function (modified Lentz), converging for
     x < (a + 1) / (a + b + 2)."""
     tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
-    d = 1 / (d if abs(d) > tiny else tiny)
-    out = d
+    out = d = 1 / (d if abs(d) > tiny else tiny)
     for m in range(1, 10_000):
         for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
                     -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
@@ -158,9 +157,8 @@ def noise_multiple(z: float, n: int) -> float:
     return t_quantile(_upper_tail(z), n - 1) * math.sqrt(n / (n - 1))
 
 
-def _upper_tail(z: float) -> float:
+def _upper_tail(z: float) -> float:  # P(Z > z), standard normal
     return 0.5 * math.erfc(z / math.sqrt(2))
-
 
 def drift(series: list[dict]) -> tuple[float, int] | None:
     """(variance per evaluation, degrees of freedom) of the drift shared by every eval prompt, from the series'
@@ -284,8 +282,9 @@ class OverOptimisationWatch:
             "rule": "change c since the first evaluation, paired bootstrap se over the eval pairs; b is below a "
             "when c_a - c_b > max(sqrt(k^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b| tau^2), min_change * |first "
             "value|), k = z widened to Student's t for the eval pairs, tau^2 the shared drift per evaluation "
-            "(variance of successive changes; with `drift`), k_d its t multiple; mass: `window` evaluations in a row below the first; entropy: the "
-            "same, or below every one of `window` earlier evaluations in a row that stood above the first "
+            "(variance of successive changes; with `drift`), k_d its t multiple; mass: `window` evaluations in a "
+            "row below the first; entropy: the same, or below every one of `window` earlier evaluations in a row "
+            "that stood above the first "
             "(pipeline/train/metrics.py)",
             **self.cfg.model_dump(),
             "eval_pairs": self.eval_pairs,
