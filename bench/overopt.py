@@ -4,8 +4,8 @@ The bundled SmolLM2-135M-Instruct trained twice on a real run's pairs (pipeline/
 watch, nothing mocked), evaluating after every step on the same held-out prompts:
 - defaults: every trainer default (batch 8, lr 5e-6, sigmoid DPO, the default watch) for `--steps`
   (8) steps, except eval_every=1 (the watch sees every step, not step 0 and the last) and
-  eval_fraction `--eval-fraction` (0.25: the default 0.1 holds out 1 of the default run's 36
-  prompts, too few for a noise estimate, so the watch would be off; the script says so);
+  eval_fraction `--eval-fraction` (0.25, 10 pairs: the default 0.1 holds out 1 of the default run's 36
+  prompts, topped up to overopt.min_eval_pairs = 3 so the watch is on; 10 resolve more; the script says so);
 - over-optimised: lr `--lr` (default 1e-4, 20x the default), `--epochs` passes over only
   `--pairs` training pairs, batch 4. Its eval prompts are the defaults arm's (a subset shard that
   keeps every held-out pair: the split is a seeded hash of prompt_id).
@@ -232,7 +232,8 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(a.work / arm)], check=True)  # a fresh training folder per invocation
     from pipeline.train.data import eval_prompts, open_source
 
-    n_default = len(eval_prompts(open_source(data), seed=0, fraction=TrainConfig().eval_fraction))
+    n_default = len(eval_prompts(open_source(data), seed=0, fraction=TrainConfig().eval_fraction,
+                                 min_pairs=TrainConfig().overopt.min_eval_pairs))
     defaults = TrainConfig(steps=a.steps, eval_every=1, eval_fraction=a.eval_fraction, tensorboard=False,
                            save_every=10**6)
     on = n_default >= defaults.overopt.min_eval_pairs

@@ -257,8 +257,9 @@ EVAL_HELP = """\
 Evaluate a policy (A) against a baseline (B) on held-out prompts (eval.prompts, else input.path;
 eval.limit of them): one answer each per prompt with the same seed, judged by the config's judges
 (pairwise judges in both orders, combined by judge.aggregate). Reports A's win rate (ties half)
-with a 95% bootstrap interval, a length-controlled win rate (as AlpacaEval LC), mean answer tokens,
-verifier accuracy on prompts with verify specs, and the top-k entropy / mass indicators.
+with a 95% bootstrap interval, a length-controlled win rate (reduced AlpacaEval LC: length term
+only), mean answer tokens, verifier accuracy on prompts with verify specs, and the top-k entropy /
+mass indicators.
 Results: OUT/report.md, OUT/eval_summary.parquet, OUT/eval_answers.parquet, OUT/eval_judgments.parquet.
 
 examples:

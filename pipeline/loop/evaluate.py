@@ -14,11 +14,16 @@ interval and a length control, using the judges a run uses (pipeline/stages/judg
   0.5 for a tie (within 1e-9, judges/agreement.py `outcome`), 0 when lower; a prompt without both scores failed.
 - Win rate: mean win over the judged prompts (ties half), 95% percentile bootstrap over prompts
   (pipeline/train/metrics.py `bootstrap`, eval.resamples, seeded by `seed`).
-- Length-controlled win rate, in the spirit of AlpacaEval LC (Dubois et al. 2024, "Length-Controlled AlpacaEval:
-  A Simple Way to Debias Automatic Evaluators"): logistic regression of the win (soft label: a tie is 0.5) on
-  [1, tanh(d / sd(d))], d = A's answer tokens - B's (LC's length feature); the LC win rate is sigmoid(intercept),
-  the predicted win rate at equal length. Fit by judges/agreement.py `logistic_fit` with a small L2 (LC_L2) that
-  keeps it finite when every prompt is won.
+- Length-controlled win rate: a reduced form of AlpacaEval 2's LC win rate (Dubois et al. 2024, "Length-Controlled
+  AlpacaEval: A Simple Way to Debias Automatic Evaluators"): logistic regression of the win (soft label: a tie is
+  0.5) on [1, tanh(d / sd(d))], d = A's answer tokens - B's; the LC win rate is sigmoid(intercept), the predicted
+  win rate at equal length. Fit by judges/agreement.py `logistic_fit` with a fixed L2 (LC_L2, on both weights)
+  that keeps it finite when every prompt is won. AlpacaEval's GLM (alpaca_eval metrics/glm_winrate.py) also has
+  an instruction-difficulty term (its coefficient per model times a difficulty per instruction estimated from
+  many models), uses character lengths, an L1 penalty chosen by 5-fold cross-validation and rows of gamed
+  baselines that regularise towards the baseline, and averages the predicted win over instructions. Without the
+  difficulty term this lands within about 0.02 of AlpacaEval's figure, up to about 0.05 with it, and is biased
+  when length goes with difficulty (issue 38); do not compare it with a leaderboard's LC number.
 - Verifier accuracy (prompts with verify specs, judge.verifiers): share of A's and of B's checkable answers that pass.
 - Top-k entropy / mass (Shi et al. 2024; pipeline/train/metrics.py INDICATORS) of each model on its own answers,
   token-weighted means over the answers (transformers backend only; eval.top_k: 0 turns them off).
@@ -204,8 +209,10 @@ def report(s: dict, *, config: str) -> str:
               "- **win rate**: share of judged prompts where the judges prefer A's answer, a tie counting half; 0.5 "
               "is parity. The interval is a 95% percentile bootstrap over prompts; both answers share a seed.",
               "- **length-controlled win rate**: sigmoid of the intercept of a logistic regression of the win on "
-              "tanh(length difference / its sd), as AlpacaEval LC (Dubois et al. 2024): the win rate at equal "
-              f"length. Length coefficient {_num(s['length_coef'])}; positive means longer answers win more.",
+              "tanh(token length difference / its sd): the win rate at equal length. A reduced form of "
+              "AlpacaEval 2's LC (Dubois et al. 2024): no instruction-difficulty term, token not character "
+              "lengths, a fixed small L2 instead of cross-validated L1; not comparable with a leaderboard's LC. "
+              f"Length coefficient {_num(s['length_coef'])}; positive means longer answers win more.",
               "- **verifier accuracy**: share of answers to prompts with a verify spec that pass it.",
               "- **top-k entropy / mass**: each model on its own answers, per token (Shi et al. 2024); falling values "
               "warn of over-optimisation.", "",

@@ -162,7 +162,8 @@ def write_card(out_dir, rows: list[dict], *, config: str) -> Path:
     lines = [f"# Iterative preference optimisation: {len(rows)} round(s)", "", f"Config: `{config}`. Round r "
              "generates with policy r (policy 0: the base), trains policy r+1 from it, and evaluates policy r+1 on "
              "held-out prompts (`prefsynth eval`: win rate with ties half and a 95% bootstrap interval; LC: "
-             "length-controlled, as AlpacaEval LC, Dubois et al. 2024).", "", "![per round](rounds.png)", "",
+             "length-controlled, a reduced form of AlpacaEval 2's LC without its instruction-difficulty term, "
+             "Dubois et al. 2024; not comparable with a leaderboard's LC).", "", "![per round](rounds.png)", "",
              "| policy | pairs | steps | win vs base [95%] | LC vs base | win vs previous | mean tokens (base) | "
              "verifier accuracy (base) | top-k entropy | top-k mass |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -74,7 +74,8 @@ class TrainConfig(_Section):
         ge=0.0,
         lt=1.0,
         description="Share of prompt_ids held out for evaluation "
-        "(at least one prompt when > 0 and the data has two or more).",
+        "(at least one prompt when > 0 and the data has two or more; topped up in hash order to "
+        "overopt.min_eval_pairs pairs while that stays within a quarter of the pairs).",
     )
     batch_size: int = Field(8, ge=1, description="Pairs per optimiser step.")
     micro_batch_size: int | None = Field(
@@ -150,7 +151,8 @@ class TrainConfig(_Section):
 
     def weight_fields(self) -> dict:
         """The fields that change the trained weights (for provenance and the ref-logp cache). The watch's
-        settings and eval cadence do only when early_stop lets the watch end the run."""
+        settings and eval cadence do only when early_stop lets the watch end the run; overopt.min_eval_pairs
+        always does when there is an eval split, since it can grow the split."""
         ops = {
             "micro_batch_size",
             "logit_chunk",
@@ -163,7 +165,10 @@ class TrainConfig(_Section):
         }
         if self.reference is None:
             ops.add("reference")  # the default reference is train.model: keys of runs from before the field hold
-        return self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
+        fields = self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
+        if not self.early_stop and self.eval_fraction > 0:  # it sizes the eval split (data.eval_prompts)
+            fields["overopt"] = {"min_eval_pairs": self.overopt.min_eval_pairs}
+        return fields
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

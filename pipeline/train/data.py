@@ -8,7 +8,10 @@
   tokens (the question usually ends the conversation); a response is then cut at the end so that
   prompt + response fits `max_length` (a cut response loses its end-of-turn token).
 - Eval split: a prompt_id is held out when a seeded hash of it falls under `eval_fraction`, so all
-  pairs of one prompt land on the same side and the split does not depend on shard order.
+  pairs of one prompt land on the same side and the split does not depend on shard order. When that
+  holds fewer than `overopt.min_eval_pairs` pairs, the next prompts in hash order join it (up to a
+  quarter of the pairs), so the over-optimisation watch runs on small data (the default run's 36
+  pairs: 1 pair at 0.1, 3 with the top-up).
 - Order: a seeded shuffle buffer over the stream; epoch e uses seed (seed, e), so the order is
   reproducible and a resumed run skips exactly the pairs it already trained on.
 - Degenerate pairs: a pair whose chosen and rejected texts are equal carries no preference (its
@@ -153,6 +156,9 @@ def check_degenerate(source: DataSource, log=print) -> int:
     return same
 
 
+MAX_TOPUP_SHARE = 0.25  # the eval split grows to overopt.min_eval_pairs only while it holds at most this share
+
+
 def iter_rows(source: DataSource, *, batch_rows: int = 256) -> Iterator[dict]:
     for shard in source.shards:
         f = pq.ParquetFile(shard)
@@ -165,19 +171,30 @@ def _unit(seed: int, text: str) -> float:
     return int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:12], 16) / 16**12
 
 
-def eval_prompts(source: DataSource, *, seed: int, fraction: float) -> set[str]:
-    """prompt_ids held out for evaluation (reads only the prompt_id column)."""
+def eval_prompts(source: DataSource, *, seed: int, fraction: float, min_pairs: int = 0) -> set[str]:
+    """prompt_ids held out for evaluation (reads only the prompt_id column): those whose seeded hash falls under
+    `fraction`, at least one; then, while they hold fewer than `min_pairs` pairs (the watch's
+    overopt.min_eval_pairs), the next prompts in hash order, as long as the held-out pairs stay within
+    MAX_TOPUP_SHARE of all pairs (training keeps the large majority; with less data the watch stays off)."""
     if fraction <= 0:
         return set()
-    ids = set()
+    counts: dict[str, int] = {}
     for shard in source.shards:
         for batch in pq.ParquetFile(shard).iter_batches(columns=["prompt_id"]):
-            ids.update(batch.column(0).to_pylist())
+            for p in batch.column(0).to_pylist():
+                counts[p] = counts.get(p, 0) + 1
+    ids = set(counts)
     held = {p for p in ids if _unit(seed, p) < fraction}
     if not held and len(ids) >= 2:
         held = {min(ids, key=lambda p: _unit(seed, p))}
     if held == ids:
         raise InputError(f"train.eval_fraction={fraction} holds out every prompt of {len(ids)}; fix: lower it")
+    n_held, cap = sum(counts[p] for p in held), MAX_TOPUP_SHARE * sum(counts.values())
+    for p in sorted(ids - held, key=lambda p: (_unit(seed, p), p)):  # hash order: deterministic, prompt-disjoint
+        if n_held >= min_pairs or n_held + counts[p] > cap:
+            break
+        held.add(p)
+        n_held += counts[p]
     return held
 
 

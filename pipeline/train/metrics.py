@@ -21,9 +21,18 @@ Rule (`OverOptConfig`; defaults from bench/overopt.py, figures in bench/README.m
 change since the first evaluation (c = 0, se = 0 there) and se its paired standard error, b is
 below a "beyond the noise" when c_a - c_b > max(k * sqrt(se_a^2 + se_b^2), min_change * |v_first|):
 larger than the noise and than normal movement (the floor: a slightly lower value is healthy).
-k = noise_multiple(z, eval pairs): z, widened to Student's t because se comes from few pairs
+k = noise_multiple(z, eval pairs): z, widened to the exact Student's t because se comes from few pairs
 (measured: z = 3, window 1, no floor fired on 119 of 150 simulated flat runs with 10 pairs unwidened,
 on 22 widened; `bench/overopt.py --simulate` prints the rates of the rule as it is, bench/README.md).
+Shared drift (`drift`, on by default; issue 38): a shift common to every eval prompt moves the mean and
+not the paired se, so the noise also counts the series' own step-to-step movement, a random walk of
+variance tau^2 per evaluation (`drift`: the sample variance of successive changes, trend removed), over
+the evaluations between a and b: the threshold is max(sqrt(k^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b|
+tau^2), floor), k_d the exact t multiple for the differences' degrees of freedom. Measured
+(test_metrics.py): simulated healthy runs with a shared shift of 0.5% or 1.5% of the level per
+evaluation, independent or accumulating, fire on 0 of 100 each (0, 57, 46, 95 without it); a steady
+fall of 2% per evaluation fires at evaluation 3-13. The price: the watch needs three evaluations, and a
+decline whose speed changes (bench/overopt.py's recorded over-optimised run decelerates) reads as drift.
 With W = `window`, the watch fires when
 - top-k mass kept diminishing: the last W evaluations are each below the first beyond the noise;
 - top-k entropy decreased: the last W evaluations are each below the first beyond the noise, or
@@ -41,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +68,9 @@ class OverOptConfig(_Section):
                      "(paired over the eval pairs).")
     min_change: float = Field(0.02, ge=0.0, description="Normal movement, as a fraction of the indicator's first "
                               "value: smaller changes never count (a slightly lower likelihood is healthy).")
+    drift: bool = Field(True, description="Count the drift shared by every eval prompt (which the paired bootstrap "
+                        "cannot see) in the noise, estimated from the series' own step-to-step movement; the watch "
+                        "then needs three evaluations before it can fire.")
     min_eval_pairs: int = Field(3, ge=2, description="Eval pairs needed to estimate the noise; with fewer the "
                                 "watch is off (raise eval_fraction).")
     resamples: int = Field(1000, ge=100, description="Bootstrap resamples per eval mean (noise estimates).")
@@ -91,16 +104,72 @@ def bootstrap(sums, weights=None, *, resamples: int = 1000, seed: int = 0) -> Es
     return Estimate(value, float(stats.std(ddof=1)), float(lo), float(hi), n)
 
 
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularised incomplete beta function (modified Lentz), converging for
+    x < (a + 1) / (a + b + 2)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    out = d = 1 / (d if abs(d) > tiny else tiny)
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            out *= c * d
+        if abs(c * d - 1) < 1e-15:
+            break
+    return out
+
+
+def _beta_inc(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the regularised incomplete beta function."""
+    if x <= 0 or x >= 1:
+        return float(x >= 1)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_fraction(a, b, x) / a
+    return 1 - front * _beta_fraction(b, a, 1 - x) / b
+
+
+@lru_cache(maxsize=1024)
+def t_quantile(tail: float, df: float) -> float:
+    """The t with P(T > t) = tail for Student's t with `df` degrees of freedom (tail < 0.5): the upper tail
+    is I_{df / (df + t^2)}(df / 2, 1 / 2) / 2, solved by bisection to float precision (scipy is no dependency;
+    tests/pipeline/train/test_metrics.py checks it against scipy.stats.t.ppf)."""
+    upper = lambda t: _beta_inc(df / 2, 0.5, df / (df + t * t)) / 2  # noqa: E731
+    lo, hi = 0.0, 1.0
+    while upper(hi) > tail:
+        lo, hi = hi, hi * 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if upper(mid) > tail else (lo, mid)
+    return (lo + hi) / 2
+
+
 def noise_multiple(z: float, n: int) -> float:
     """The multiple of a bootstrap se over n pairs that has the tail of z known-noise standard errors.
     The se is itself estimated from n pairs, so z becomes Student's t quantile of the same tail with n - 1
-    degrees of freedom (Cornish-Fisher expansion, Abramowitz & Stegun 26.7.5; within 0.2% of the exact
-    quantile for z = 3 from n = 10, smaller than it below), times sqrt(n / (n - 1)): the bootstrap's
-    plug-in variance is (n - 1) / n of the unbiased one."""
-    v = n - 1
-    t = (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
-         + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
-    return t * math.sqrt(n / v)
+    degrees of freedom (exact: `t_quantile`), times sqrt(n / (n - 1)): the bootstrap's plug-in variance is
+    (n - 1) / n of the unbiased one. 3 pairs at z = 3: 23.5 (the Cornish-Fisher expansion used before gave 18.2)."""
+    return t_quantile(_upper_tail(z), n - 1) * math.sqrt(n / (n - 1))
+
+
+def _upper_tail(z: float) -> float:  # P(Z > z), standard normal
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+def drift(series: list[dict]) -> tuple[float, int] | None:
+    """(variance per evaluation, degrees of freedom) of the drift shared by every eval prompt, from the series'
+    own step-to-step movement: the sample variance of the successive changes c_i - c_(i-1) around their mean (a
+    steady trend is what the watch looks for, not noise). It also holds the eval pairs' own step noise, which the
+    se of the change counts too: conservative (subtracting it left healthy random-walk drift firing on 17-22% of
+    simulated runs, the estimate being too noisy at few evaluations). None below two differences."""
+    steps = np.diff([p["change"] for p in series])
+    if len(steps) < 2:
+        return None
+    return float(np.var(steps, ddof=1)), len(steps) - 1
 
 
 def decline(series: list[dict], *, window: int, threshold, after_rise: bool) -> list[dict] | None:
@@ -211,9 +280,11 @@ class OverOptimisationWatch:
         """For the provenance: the rule, its settings and whether it could run (alarms go in `fired`)."""
         return {
             "rule": "change c since the first evaluation, paired bootstrap se over the eval pairs; b is below a "
-            "when c_a - c_b > max(k * sqrt(se_a^2 + se_b^2), min_change * |first value|), k = z widened to "
-            "Student's t for the eval pairs; mass: `window` evaluations in a row below the first; entropy: the "
-            "same, or below every one of `window` earlier evaluations in a row that stood above the first "
+            "when c_a - c_b > max(sqrt(k^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b| tau^2), min_change * |first "
+            "value|), k = z widened to Student's t for the eval pairs, tau^2 the shared drift per evaluation "
+            "(variance of successive changes; with `drift`), k_d its t multiple; mass: `window` evaluations in a "
+            "row below the first; entropy: the same, or below every one of `window` earlier evaluations in a row "
+            "that stood above the first "
             "(pipeline/train/metrics.py)",
             **self.cfg.model_dump(),
             "eval_pairs": self.eval_pairs,
@@ -257,16 +328,31 @@ class OverOptimisationWatch:
         self.fired += new
         return new
 
-    def _threshold(self, name: str, a: dict, b: dict) -> float:
+    def _threshold(self, name: str, a: dict, b: dict, shared=None) -> float:
+        """max(sqrt(k_n^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b| tau^2), min_change * |first value|): the
+        between-prompt noise and, with `drift`, the shared drift over the evaluations between a and b (a random
+        walk of variance tau^2 per evaluation), each widened by its own exact Student t multiple."""
         floor = self.cfg.min_change * abs(self.series[name][0]["value"])
-        return max(noise_multiple(self.cfg.z, self.eval_pairs) * math.hypot(a["se"], b["se"]), floor)
+        noise = noise_multiple(self.cfg.z, self.eval_pairs) ** 2 * (a["se"] ** 2 + b["se"] ** 2)
+        if self.cfg.drift:
+            if shared is None:
+                return math.inf  # too few evaluations to know the drift: nothing is beyond it yet
+            index, (tau2, df) = shared
+            noise += t_quantile(_upper_tail(self.cfg.z), df) ** 2 * abs(index[id(a)] - index[id(b)]) * tau2
+        return max(math.sqrt(noise), floor)
+
+    def _shared(self, name: str):
+        """The drift of the series as `_threshold` reads it: ({id(point): evaluation index}, drift(series))."""
+        s = self.series[name]
+        d = drift(s) if self.cfg.drift else None
+        return None if d is None else ({id(p): i for i, p in enumerate(s)}, d)
 
     def _check(self, name: str) -> dict | None:
-        s = self.series[name]
+        s, shared = self.series[name], self._shared(name)
         ref = decline(
             s,
             window=self.cfg.window,
-            threshold=lambda a, b: self._threshold(name, a, b),
+            threshold=lambda a, b: self._threshold(name, a, b, shared),
             after_rise=name == "topk_entropy",
         )
         return None if ref is None else self._alarm(name, ref, s[-self.cfg.window :])
@@ -275,13 +361,19 @@ class OverOptimisationWatch:
         s, z, w = self.series[name], self.cfg.z, self.cfg.window
         first, risen = s[0], ref != [s[0]]
         fmt = lambda p: f"{p['value']:.4f} at step {p['step']}"  # noqa: E731
-        need = [min(r["change"] - self._threshold(name, r, p) for r in ref) for p in window]
+        shared = self._shared(name)
+        need = [min(r["change"] - self._threshold(name, r, p, shared) for r in ref) for p in window]
         shown = ", ".join(
             f"{fmt(p)} (change {p['change']:+.4f}, se {p['se']:.4f}, needed < {n:+.4f})" for p, n in zip(window, need)
         )
         k, n = noise_multiple(z, self.eval_pairs), self.eval_pairs
+        drifted = ""
+        if shared is not None:
+            tau2, df = shared[1]
+            drifted = (f" and {t_quantile(_upper_tail(z), df):.2f} x the shared drift (sd {math.sqrt(tau2):.4f} per "
+                       f"evaluation from {df + 1} step-to-step changes, times sqrt(evaluations apart))")
         rule = (
-            f"below max({k:.2f} x noise (z {z:g} widened to Student's t for {n} eval pairs), "
+            f"below max({k:.2f} x noise (z {z:g} widened to Student's t for {n} eval pairs){drifted}, "
             f"{self.cfg.min_change:g} x the first value = "
             f"{self.cfg.min_change * abs(first['value']):.4f}) on {w} evaluation(s) in a row"
         )

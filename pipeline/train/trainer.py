@@ -147,7 +147,7 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
     every = wrapped if dist.mode == "fsdp" else None  # FSDP: every forward through the sharded module
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_length=cfg.max_length)
-    held = eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction)
+    held = eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction, min_pairs=cfg.overopt.min_eval_pairs)
     is_train = lambda p: p not in held  # noqa: E731
     eval_set = list(examples(source, tokenizer, keep=held.__contains__, **enc))
 

@@ -63,3 +63,27 @@ def test_eval_missing_model_fails_in_one_line(tmp_path):
                           "--out", str(tmp_path / "o"))
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "--model" in proc.stderr and "fix:" in proc.stderr
+
+
+def test_lc_win_rate_recovers_the_length_neutral_win_rate_and_matches_a_reference_fit():
+    # wins drawn from a known logistic model with a length effect: P(A wins) = sigmoid(theta + phi tanh(d / sd));
+    # the length-neutral win rate is sigmoid(theta) = 0.6, the raw one higher because A is mostly longer
+    np = pytest.importorskip("numpy")
+    optimize = pytest.importorskip("scipy.optimize")
+    rng = np.random.default_rng(0)
+    theta, phi = math.log(0.6 / 0.4), 1.5
+    diffs = rng.normal(40, 60, 4000)
+    feature = np.tanh(diffs / diffs.std(ddof=1))
+    wins = (rng.random(4000) < 1 / (1 + np.exp(-(theta + phi * feature)))).astype(float)
+    wins[rng.random(4000) < 0.1] = 0.5  # some ties, soft labels
+    lc, coef = lc_win_rate(wins.tolist(), diffs.tolist())
+    assert wins.mean() > 0.65 and lc == pytest.approx(0.6, abs=0.03) and coef == pytest.approx(phi, abs=0.25)
+    # an independent fit of the same objective: mean logistic loss with soft labels + (1e-3 / 2) |w|^2
+    x = np.column_stack([np.ones_like(feature), feature])
+
+    def loss(w):
+        m = x @ w
+        return np.mean(np.logaddexp(0, m) - wins * m) + 1e-3 / 2 * w @ w
+
+    ref = optimize.minimize(loss, np.zeros(2), method="BFGS", options={"gtol": 1e-12}).x
+    assert lc == pytest.approx(1 / (1 + math.exp(-ref[0])), abs=1e-6) and coef == pytest.approx(ref[1], abs=1e-6)

@@ -22,14 +22,14 @@ def provenance(alarms=(), *, eval_pairs=10, base="bundled:smollm2-135m-instruct@
 def test_a_card_names_each_alarm_with_its_values_window_and_noise():
     # a real alarm from the watch, not a hand-written one
     w = OverOptimisationWatch(OverOptConfig())
-    for i, v in enumerate([1.20, 1.12, 1.05]):
+    for i, v in enumerate([1.20, 1.13, 1.06]):  # steady: the shared drift's estimate is 0
         alarms = w.update(i, {"topk_entropy": {"value": v, "change": v - 1.2, "se": 0.005 if i else 0.0},
                               "topk_mass": {"value": 0.8, "change": 0.0, "se": 0.001 if i else 0.0}}, eval_pairs=10)
     (alarm,) = alarms
     text = card.render(provenance([alarm], early_stop=True))
     assert "**1 alarm(s)**" in text and "The run stopped at the first (`train.early_stop`)" in text
     assert f"- step 2, `topk_entropy` (fell_below_first): {alarm['warning']}" in text
-    assert "1.0500 at step 2 (change -0.1500, se 0.0050" in text and "on 2 evaluation(s) in a row" in text
+    assert "1.0600 at step 2 (change -0.1400, se 0.0050" in text and "on 2 evaluation(s) in a row" in text
     assert "window 2, z 3, min_change 0.02, on 10 eval pair(s)" in text
     assert "| `topk_mass` | 0.8123 | 0.012 | [0.79, 0.83] |" in text and "topk_mass_change" not in text
     assert "2 steps (stopped early of 8 planned)" in text

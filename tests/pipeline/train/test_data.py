@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import InputError
+from pipeline.train import TrainConfig
 from pipeline.train.data import encode_row, eval_prompts, examples, open_source, shuffled
+from pipeline.train.metrics import INDICATORS, OverOptimisationWatch
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +55,32 @@ def test_eval_split_is_by_prompt_and_never_everything(tmp_path):
     assert eval_prompts(source, seed=0, fraction=0.3) == held  # stable
     assert eval_prompts(source, seed=0, fraction=0.0) == set()
     assert len(eval_prompts(source, seed=0, fraction=0.01)) == 1  # at least one prompt when asked for a split
+
+
+def test_the_default_runs_size_holds_out_enough_pairs_for_the_watch(tmp_path):
+    # the default run: 36 pairs over 36 prompts; eval_fraction 0.1 alone holds out 1 (the watch needs 3)
+    cfg = TrainConfig()
+    pq.write_table(pa.Table.from_pylist([_row(i, chosen=f"a{i}") for i in range(36)]), tmp_path / "pairs.parquet")
+    source = open_source(tmp_path / "pairs.parquet")
+    by_fraction = eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction)
+    held = eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction, min_pairs=cfg.overopt.min_eval_pairs)
+    assert len(by_fraction) < cfg.overopt.min_eval_pairs <= len(held) == 3  # the watch is on, training keeps 33
+    assert by_fraction < held  # the fraction's prompts stay; the top-up is the next in hash order
+    assert held == eval_prompts(source, seed=cfg.seed, fraction=cfg.eval_fraction, min_pairs=3)  # deterministic
+    watch = OverOptimisationWatch(cfg.overopt)
+    watch.update(0, {k: {"value": 1.0, "change": 0.0, "se": 0.0} for k in INDICATORS}, eval_pairs=len(held))
+    assert watch.active and watch.note() is None
+    # enough already: unchanged; too little data (the top-up would pass a quarter of the pairs): no top-up
+    assert eval_prompts(source, seed=0, fraction=0.3, min_pairs=3) == eval_prompts(source, seed=0, fraction=0.3)
+    pq.write_table(pa.Table.from_pylist([_row(i, chosen=f"a{i}") for i in range(8)]), tmp_path / "small.parquet")
+    small = open_source(tmp_path / "small.parquet")
+    assert len(eval_prompts(small, seed=0, fraction=0.1, min_pairs=3)) == 2  # 2 of 8 is the quarter
+    assert eval_prompts(small, seed=0, fraction=0.0, min_pairs=3) == set()  # no split asked: none
+    # several pairs per prompt: whole prompts join, never a part of one
+    rows = [_row(i % 12, chosen=f"a{i}") for i in range(36)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "grouped.parquet")
+    grouped = eval_prompts(open_source(tmp_path / "grouped.parquet"), seed=0, fraction=0.01, min_pairs=4)
+    assert sum(r["prompt_id"] in grouped for r in rows) >= 4 and len(grouped) == 2
 
 
 def test_shuffle_is_a_seeded_permutation():

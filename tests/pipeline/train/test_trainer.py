@@ -100,10 +100,10 @@ def test_default_training_raises_no_overoptimisation_warning(data, tmp_path):
     for r in evals:
         for k in ("topk_entropy", "topk_mass"):
             assert r[f"eval/{k}_lo"] <= r[f"eval/{k}"] <= r[f"eval/{k}_hi"] and r[f"eval/{k}_se"] > 0
-    # early_stop with a hair-trigger watch (window 1, no noise multiple, no floor) on the same run: the first
+    # early_stop with a hair-trigger watch (window 1, no noise multiple, no floor, no drift) on the same run: the first
     # indicator that falls below step 0 fires, and the run stops there
     trigger = cfg.model_copy(update={"steps": 4, "early_stop": True,
-                                     "overopt": OverOptConfig(window=1, z=1e-9, min_change=0.0)})
+                                     "overopt": OverOptConfig(window=1, z=1e-9, min_change=0.0, drift=False)})
     prov = train(trigger, data, tmp_path / "stop", log=lines.append)
     alarm = prov["warnings"][0]
     assert prov["stopped_early"] and prov["steps"] == alarm["step"] < 4
