@@ -3,9 +3,9 @@
 One module per concern: config.py (TrainConfig), data.py (streaming shards, tokens, eval split),
 ref.py (reference log-probs from shards or a cached pre-pass), logps.py (packed/padded forward,
 chunked log-probs), losses.py (DPO family), metrics.py (JSONL/TensorBoard, over-optimisation
-watch), checkpoint.py (checkpoints, resume, final model, provenance), card.py (the model's card),
-step.py (a step's accumulated forwards, the eval), parallel.py (torchrun: DDP, FSDP2, rank shares),
-trainer.py (the loop).
+watch), tdist.py (Student's t quantiles for the watch), checkpoint.py (checkpoints, resume, final
+model, provenance), card.py (the model's card), step.py (a step's accumulated forwards, the eval),
+parallel.py (torchrun: DDP, FSDP2, rank shares), trainer.py (the loop).
 """
 
 from pipeline.train.config import TrainConfig, load_train_config

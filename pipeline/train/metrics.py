@@ -24,7 +24,7 @@ larger than the noise and than normal movement (the floor: a slightly lower valu
 k = noise_multiple(z, eval pairs): z, widened to the exact Student's t because se comes from few pairs
 (measured: z = 3, window 1, no floor fired on 119 of 150 simulated flat runs with 10 pairs unwidened,
 on 22 widened; `bench/overopt.py --simulate` prints the rates of the rule as it is, bench/README.md).
-Shared drift (`drift`, on by default; issue 38): a shift common to every eval prompt moves the mean and
+Shared drift (`drift`, opt-in; issue 38): a shift common to every eval prompt moves the mean and
 not the paired se, so the noise also counts the series' own step-to-step movement, a random walk of
 variance tau^2 per evaluation (`drift`: the sample variance of successive changes, trend removed), over
 the evaluations between a and b: the threshold is max(sqrt(k^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b|
@@ -32,7 +32,8 @@ tau^2), floor), k_d the exact t multiple for the differences' degrees of freedom
 (test_metrics.py): simulated healthy runs with a shared shift of 0.5% or 1.5% of the level per
 evaluation, independent or accumulating, fire on 0 of 100 each (0, 57, 46, 95 without it); a steady
 fall of 2% per evaluation fires at evaluation 3-13. The price: the watch needs three evaluations, and a
-decline whose speed changes (bench/overopt.py's recorded over-optimised run decelerates) reads as drift.
+decline whose speed changes (bench/overopt.py's recorded over-optimised run decelerates) reads as drift, so
+that run no longer fires: the term is off by default until a drift estimate robust to a changing trend exists.
 With W = `window`, the watch fires when
 - top-k mass kept diminishing: the last W evaluations are each below the first beyond the noise;
 - top-k entropy decreased: the last W evaluations are each below the first beyond the noise, or
@@ -50,13 +51,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from pydantic import Field
 
 from pipeline.config import _Section
+from pipeline.train.tdist import t_quantile, upper_tail
 
 INDICATORS = ("topk_entropy", "topk_mass")
 
@@ -68,9 +69,10 @@ class OverOptConfig(_Section):
                      "(paired over the eval pairs).")
     min_change: float = Field(0.02, ge=0.0, description="Normal movement, as a fraction of the indicator's first "
                               "value: smaller changes never count (a slightly lower likelihood is healthy).")
-    drift: bool = Field(True, description="Count the drift shared by every eval prompt (which the paired bootstrap "
+    drift: bool = Field(False, description="Count the drift shared by every eval prompt (which the paired bootstrap "
                         "cannot see) in the noise, estimated from the series' own step-to-step movement; the watch "
-                        "then needs three evaluations before it can fire.")
+                        "then needs three evaluations before it can fire and misses a decline that decelerates "
+                        "(bench/overopt.py's over-optimised run), hence off by default.")
     min_eval_pairs: int = Field(3, ge=2, description="Eval pairs needed to estimate the noise; with fewer the "
                                 "watch is off (raise eval_fraction).")
     resamples: int = Field(1000, ge=100, description="Bootstrap resamples per eval mean (noise estimates).")
@@ -104,61 +106,13 @@ def bootstrap(sums, weights=None, *, resamples: int = 1000, seed: int = 0) -> Es
     return Estimate(value, float(stats.std(ddof=1)), float(lo), float(hi), n)
 
 
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz), converging for
-    x < (a + 1) / (a + b + 2)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
-    out = d = 1 / (d if abs(d) > tiny else tiny)
-    for m in range(1, 10_000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1 + num * d
-            d = 1 / (d if abs(d) > tiny else tiny)
-            c = 1 + num / c
-            c = c if abs(c) > tiny else tiny
-            out *= c * d
-        if abs(c * d - 1) < 1e-15:
-            break
-    return out
-
-
-def _beta_inc(a: float, b: float, x: float) -> float:
-    """I_x(a, b), the regularised incomplete beta function."""
-    if x <= 0 or x >= 1:
-        return float(x >= 1)
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1) / (a + b + 2):
-        return front * _beta_fraction(a, b, x) / a
-    return 1 - front * _beta_fraction(b, a, 1 - x) / b
-
-
-@lru_cache(maxsize=1024)
-def t_quantile(tail: float, df: float) -> float:
-    """The t with P(T > t) = tail for Student's t with `df` degrees of freedom (tail < 0.5): the upper tail
-    is I_{df / (df + t^2)}(df / 2, 1 / 2) / 2, solved by bisection to float precision (scipy is no dependency;
-    tests/pipeline/train/test_metrics.py checks it against scipy.stats.t.ppf)."""
-    upper = lambda t: _beta_inc(df / 2, 0.5, df / (df + t * t)) / 2  # noqa: E731
-    lo, hi = 0.0, 1.0
-    while upper(hi) > tail:
-        lo, hi = hi, hi * 2
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if mid in (lo, hi):
-            break
-        lo, hi = (mid, hi) if upper(mid) > tail else (lo, mid)
-    return (lo + hi) / 2
-
-
 def noise_multiple(z: float, n: int) -> float:
     """The multiple of a bootstrap se over n pairs that has the tail of z known-noise standard errors.
     The se is itself estimated from n pairs, so z becomes Student's t quantile of the same tail with n - 1
     degrees of freedom (exact: `t_quantile`), times sqrt(n / (n - 1)): the bootstrap's plug-in variance is
     (n - 1) / n of the unbiased one. 3 pairs at z = 3: 23.5 (the Cornish-Fisher expansion used before gave 18.2)."""
-    return t_quantile(_upper_tail(z), n - 1) * math.sqrt(n / (n - 1))
+    return t_quantile(upper_tail(z), n - 1) * math.sqrt(n / (n - 1))
 
-
-def _upper_tail(z: float) -> float:  # P(Z > z), standard normal
-    return 0.5 * math.erfc(z / math.sqrt(2))
 
 def drift(series: list[dict]) -> tuple[float, int] | None:
     """(variance per evaluation, degrees of freedom) of the drift shared by every eval prompt, from the series'
@@ -338,7 +292,7 @@ class OverOptimisationWatch:
             if shared is None:
                 return math.inf  # too few evaluations to know the drift: nothing is beyond it yet
             index, (tau2, df) = shared
-            noise += t_quantile(_upper_tail(self.cfg.z), df) ** 2 * abs(index[id(a)] - index[id(b)]) * tau2
+            noise += t_quantile(upper_tail(self.cfg.z), df) ** 2 * abs(index[id(a)] - index[id(b)]) * tau2
         return max(math.sqrt(noise), floor)
 
     def _shared(self, name: str):
@@ -370,7 +324,7 @@ class OverOptimisationWatch:
         drifted = ""
         if shared is not None:
             tau2, df = shared[1]
-            drifted = (f" and {t_quantile(_upper_tail(z), df):.2f} x the shared drift (sd {math.sqrt(tau2):.4f} per "
+            drifted = (f" and {t_quantile(upper_tail(z), df):.2f} x the shared drift (sd {math.sqrt(tau2):.4f} per "
                        f"evaluation from {df + 1} step-to-step changes, times sqrt(evaluations apart))")
         rule = (
             f"below max({k:.2f} x noise (z {z:g} widened to Student's t for {n} eval pairs){drifted}, "

@@ -248,7 +248,7 @@ def test_a_single_eval_pair_logs_no_noise_fields():
 
 def test_the_t_quantile_is_exact():
     stats = pytest.importorskip("scipy.stats")
-    from pipeline.train.metrics import t_quantile
+    from pipeline.train.tdist import t_quantile
 
     for df in (1, 2, 2.5, 9, 41.3, 1000):
         for tail in (0.5 * math.erfc(3 / math.sqrt(2)), 0.025, 0.3):
@@ -283,7 +283,7 @@ def simulate(runs, *, drift, shape, decline=0.0, n_evals=40, seed=0, drift_off=F
 
 @pytest.mark.parametrize("shape", ["iid", "walk"])
 @pytest.mark.parametrize("drift", [0.005, 0.015])
-def test_drift_shared_by_every_prompt_rarely_fires_at_the_defaults(drift, shape):
+def test_drift_shared_by_every_prompt_rarely_fires_with_the_drift_term(drift, shape):
     # issue 38: the paired bootstrap sees only the spread between prompts; a shift shared by all of them made
     # 54% of such runs fire (1.5%, with the floor). Counting the series' own step-to-step movement: <= 5%
     # (measured: 0 of 100 in each case; without it 0, 57, 46 and 95 of 100 for iid/walk at 0.5%/1.5%)
