@@ -117,9 +117,9 @@ def split_tests(tests: str) -> list[tuple[str, str, object]]:
     out = []
     for n, node in enumerate(ast.parse(tests).body, 1):
         test = node.test if isinstance(node, ast.Assert) else None
-        sides = [test.left, test.comparators[0]] if isinstance(test, ast.Compare) and len(test.ops) == 1 \
-            and isinstance(test.ops[0], ast.Eq) else []
-        for call, literal in (sides, sides[::-1]):
+        equal = isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+        orders = ((test.left, test.comparators[0]), (test.comparators[0], test.left)) if equal else ()
+        for call, literal in orders:
             try:
                 expected = ast.literal_eval(literal)
             except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):

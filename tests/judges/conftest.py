@@ -32,6 +32,7 @@ def in_namespace(ns: int) -> list[int]:
 @pytest.fixture
 def sandboxed(monkeypatch):
     """[(bwrap process, its sandbox's PID namespace inode)] for every sandbox started during the test."""
+    sandbox.require()  # the once-per-process probe runs before the watch starts
     seen = []
 
     class Watched(subprocess.Popen):
