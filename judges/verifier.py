@@ -195,8 +195,9 @@ def _ended(outcome: sandbox.Outcome, memory_mb: int) -> str:
     """Why the sandbox ended before every test had a result."""
     if outcome.unreadable:
         return "the results channel holds more than the harness wrote"
-    if outcome.rc < 0:
-        name = signal.Signals(-outcome.rc).name
+    killed = -outcome.rc if outcome.rc < 0 else outcome.rc - 128 if outcome.rc > 128 else 0  # bwrap: 128 + signal
+    if killed in signal.valid_signals():
+        name = signal.Signals(killed).name
         why = {"SIGXCPU": "CPU time limit", "SIGXFSZ": f"file size limit {sandbox.FSIZE_MB} MB"}.get(
             name, "memory or limits")
         return f"killed by {name} ({why})"

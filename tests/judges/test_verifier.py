@@ -109,6 +109,11 @@ def test_hostile_infinite_loop_times_out_and_its_sandbox_is_killed(sandboxed):
     assert len(sandboxed) == 1  # the fixture checks that nothing of its sandbox is left
 
 
+def test_a_candidate_killed_by_a_signal_names_it(sandboxed):
+    verdict = check(ADD, code("import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)"))
+    assert verdict == Verdict(False, "killed by SIGXCPU (CPU time limit)")
+
+
 def test_hostile_10_gb_allocation_fails_inside_the_memory_limit(sandboxed):
     verdict = check(ADD, code("x = bytearray(10**10)"), memory_mb=256)
     assert verdict.passed is False and "MemoryError" in verdict.reason and "256 MB" in verdict.reason
