@@ -20,7 +20,8 @@ import pytest
 
 from judges import sandbox
 from judges.verifier import Verdict, VerifierJudge, check, split_tests
-from pipeline.errors import SandboxUnavailable
+from pipeline.errors import InputError, SandboxUnavailable
+from pipeline.verifiable.spec import verify_spec
 
 HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "hostile_candidates"
 ADD = {"family": "python", "kind": "tests", "entry_point": "add",
@@ -130,6 +131,8 @@ def test_only_values_cross_the_boundary():
             split_tests(bad)
     verdict = check({**ADD, "tests": "assert add(1, 2)"}, code("def add(a, b):\n    return a + b"))
     assert verdict.passed is None and verdict.reason.startswith("bad spec: test 1")
+    with pytest.raises(InputError, match=r"row 7: verify.tests: test 1 .* fix: write each test as assert f"):
+        verify_spec({**ADD, "tests": "assert add(1, 2)"}, "row 7")  # refused when the prompts load
 
 
 def test_without_a_working_sandbox_the_verifier_refuses_to_run_code(monkeypatch):
