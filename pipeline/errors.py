@@ -49,3 +49,7 @@ class BudgetExceeded(PrefsynthError):
 
 class BatchPending(PrefsynthError):
     """A batch input file was written for a runner outside prefsynth: the rerun ingests its output file."""
+
+
+class SandboxUnavailable(PrefsynthError):
+    """The code verifier's OS sandbox (bubblewrap) is missing or does not work here: no code is run."""

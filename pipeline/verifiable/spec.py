@@ -7,6 +7,8 @@ a candidate against. Four kinds:
   {"kind": "constraints", "constraints": [{"id": "punctuation:no_comma", "kwargs": {}}]}
                                     IFEval-style instructions (judges/constraints.py), each checked by program
 
+Tests are `assert <call> == <literal>` statements (judges/verifier.py splits them: the calls run in the sandbox,
+the literals stay with the judge); other forms are refused when the prompts load.
 Optional keys: `family` (a label, e.g. the generator's family), `timeout_s` for tests. Specs are
 stored as canonical JSON in the prompts table's `verify` column.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from judges import constraints
+from judges.verifier import split_tests
 from pipeline.errors import InputError
 
 VERIFY_KEYS = {
@@ -56,6 +59,14 @@ def verify_spec(spec: Any, where: str) -> str | None:
             constraints.validate(spec["constraints"])
         except ValueError as exc:
             raise InputError(f"{where}: verify.constraints: {exc}") from None
+    if spec["kind"] == "tests":  # split here as the verifier will: calls into its sandbox, expected values kept out
+        try:
+            split_tests(spec["tests"])
+        except SyntaxError as exc:
+            raise InputError(f"{where}: verify.tests do not parse ({exc.msg}, line {exc.lineno}); fix: python "
+                             "statements, one `assert f(...) == value` per line") from None
+        except ValueError as exc:
+            raise InputError(f"{where}: verify.tests: {exc}") from None
     for key in ("abs_tol", "rel_tol", "timeout_s"):
         value = spec.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):

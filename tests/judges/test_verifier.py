@@ -1,14 +1,10 @@
 """judges/verifier.py: answer extraction, numeric and exact checks, code tests, and the sandbox against hostile
-candidates (each must fail or be uncheckable, with a reason, and leave the host as it was)."""
+candidates that are merely careless (the hostile ones: tests/judges/test_verifier_sandbox.py)."""
 
-import os
-import socket
-import subprocess
 import time
 
 import pytest
 
-from judges import verifier
 from judges.verifier import Verdict, VerifierJudge, check, extract_answer, parse_number
 from pipeline.errors import ConfigError
 
@@ -19,38 +15,6 @@ GOOD_ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 
 def code(src: str) -> str:
     return f"Here you go:\n```python\n{src}\n```\nHope it helps."
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live processes in process group `pgid` (from /proc/PID/stat: the fields after the command's ')')."""
-    members = []
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                with open(f"/proc/{stat}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid:
-                members.append(int(stat))
-    return members
-
-
-@pytest.fixture
-def spawned(monkeypatch):
-    """The sandbox processes' pids and working directories, recorded as the verifier starts them."""
-    seen = []
-
-    class Recording(subprocess.Popen):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            seen.append((self.pid, kwargs["cwd"]))
-
-    monkeypatch.setattr(verifier.subprocess, "Popen", Recording)
-    yield seen
-    for pid, cwd in seen:  # the host as it was: no process left in the sandbox's group, its directory gone
-        assert group_members(pid) == [], f"sandbox process group {pid} still has members"
-        assert not os.path.exists(cwd), f"sandbox directory {cwd} was not deleted"
 
 
 @pytest.mark.parametrize(
@@ -117,88 +81,52 @@ def test_uncheckable_specs_give_none():
     assert check(ADD, "def add(a, b): return a + b") == Verdict(None, "no ```python code block in the response")
 
 
-def test_a_correct_and_a_wrong_function(spawned):
+def test_a_correct_and_a_wrong_function(sandboxed):
     assert check(ADD, GOOD_ADD) == Verdict(True, "2 tests passed")
     wrong = check(ADD, code("def add(a, b):\n    return a - b"))
     assert wrong.passed is False and "assert add(1, 2) == 3" in wrong.reason and "got -1" in wrong.reason
     missing = check(ADD, code("def plus(a, b):\n    return a + b"))
     assert missing == Verdict(False, "the code defines no function add")
     assert check(ADD, code("def add(a, b) return a")).passed is False
-    # the standard library imports, the directory is writable, and the environment is PATH and LANG only
-    spec = {"family": "python", "kind": "tests", "entry_point": "env", "tests": "assert env() == ['LANG', 'PATH']"}
+    # the standard library imports, the folder is writable, and the environment is PATH, LANG and PWD only
+    spec = {"kind": "tests", "entry_point": "env", "tests": "assert env() == ['LANG', 'PATH', 'PWD']"}
     busy = ("import collections, json, re, datetime\nfrom collections import namedtuple\n"
             "open('scratch.txt', 'w').write('x')\nassert open('scratch.txt').read() == 'x'\n"
             "import os\ndef env():\n    return sorted(os.environ)")
     assert check(spec, code(busy)).passed is True
 
 
-def test_exiting_early_with_status_0_does_not_pass(spawned):
+def test_exiting_early_with_status_0_does_not_pass(sandboxed):
     for src in ("import os\nos._exit(0)", "import sys\nsys.exit(0)", "def add(a, b):\n    raise SystemExit(0)"):
         assert check(ADD, code(src)).passed is False, src
 
 
-def test_hostile_infinite_loop_times_out_and_its_group_is_killed(spawned):
+def test_hostile_infinite_loop_times_out_and_its_sandbox_is_killed(sandboxed):
     start = time.monotonic()
     verdict = check(ADD, code("while True:\n    pass"), timeout_s=1)
     assert verdict == Verdict(False, "timeout after 1s")
     assert time.monotonic() - start < 5
-    assert len(spawned) == 1  # the fixture checks that nothing of its group is left
+    assert len(sandboxed) == 1  # the fixture checks that nothing of its sandbox is left
 
 
-def test_hostile_fork_bomb_is_stopped_at_the_first_fork(spawned):
-    verdict = check(ADD, code("import os\nwhile True:\n    os.fork()"))
-    assert verdict == Verdict(False, "blocked: os.fork")
-    for src in ("import subprocess\nsubprocess.run(['true'])", "import os\nos.system('true')",
-                "import os\nos.posix_spawn('/bin/true', ['true'], {})", "import ctypes",
-                "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"):
-        verdict = check(ADD, code(src))
-        assert verdict.passed is False and verdict.reason.startswith("blocked: "), (src, verdict)
+def test_a_candidate_killed_by_a_signal_names_it(sandboxed):
+    verdict = check(ADD, code("import os, signal\nos.kill(os.getpid(), signal.SIGXCPU)"))
+    assert verdict == Verdict(False, "killed by SIGXCPU (CPU time limit)")
 
 
-def test_hostile_write_outside_the_sandbox_creates_nothing(spawned, tmp_path):
-    target = tmp_path / "escaped.txt"
-    for src in (f"open({str(target)!r}, 'w').write('pwned')",
-                f"import os\nos.open({str(target)!r}, os.O_WRONLY | os.O_CREAT)",
-                f"import os\nos.symlink({str(target)!r}, 'link')\nopen('link', 'w').write('pwned')",
-                f"import os\nos.mkdir({str(tmp_path / 'escaped_dir')!r})"):
-        verdict = check(ADD, code(src))
-        assert verdict.passed is False and verdict.reason.startswith("blocked: "), (src, verdict)
-    assert sorted(os.listdir(tmp_path)) == []
-
-
-def test_hostile_socket_connection_never_reaches_the_listener(spawned):
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        server.settimeout(0.5)
-        port = server.getsockname()[1]
-        for src in (f"import socket\ns = socket.socket()\ns.connect(('127.0.0.1', {port}))",
-                    f"import socket\nsocket.create_connection(('localhost', {port}))"):
-            verdict = check(ADD, code(src))
-            assert verdict.passed is False and "socket" in verdict.reason, verdict
-        with pytest.raises(TimeoutError):
-            server.accept()
-
-
-def test_hostile_10_gb_allocation_fails_inside_the_memory_limit(spawned):
+def test_hostile_10_gb_allocation_fails_inside_the_memory_limit(sandboxed):
     verdict = check(ADD, code("x = bytearray(10**10)"), memory_mb=256)
     assert verdict.passed is False and "MemoryError" in verdict.reason and "256 MB" in verdict.reason
 
 
-def test_hostile_reading_an_environment_secret_fails_and_the_secret_never_shows(spawned, monkeypatch):
+def test_a_reason_quoting_a_host_secret_is_redacted(sandboxed, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "sekrit")
-    reads = ("import os\nassert os.environ.get('HF_TOKEN') == 'sek' + 'rit', f\"got {os.environ.get('HF_TOKEN')}\"",
-             "import os\nraise ValueError(open(f'/proc/{os.getppid()}/environ').read())")
-    for src in reads:
-        verdict = check(ADD, code(src))
-        assert verdict.passed is False and "sekrit" not in verdict.reason, verdict
-    # a reason quoting the host's secret (here: a test written with it) is redacted
-    spec = {**ADD, "tests": "assert add('sek', 'rit') == 'sekrit!'"}
+    spec = {**ADD, "tests": "assert add('sek', 'rit') == 'sekrit!'"}  # a test written with the host's secret
     verdict = check(spec, GOOD_ADD)
     assert verdict.passed is False and "sekrit" not in verdict.reason and "***" in verdict.reason
 
 
-def test_judge_keeps_input_order_and_reports_progress(spawned):
+def test_judge_keeps_input_order_and_reports_progress(sandboxed):
     judge = VerifierJudge(timeout_s=5, workers=2)
     assert (judge.id, judge.kind, judge.aspect) == ("verifier-v1", "verifier", "correctness")
     numeric = {"family": "arithmetic", "kind": "numeric", "answer": 4.0, "abs_tol": 0.0, "rel_tol": 0.0}
