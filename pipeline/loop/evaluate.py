@@ -12,7 +12,7 @@ interval and a length control, using the judges a run uses (pipeline/stages/judg
   (pipeline/curation/aggregate.py `candidate_scores`; 'majority' when only pairwise judges are configured and the
   aggregate reads scores, or for 'learned', which needs verified pairs); win = 1 when A's score is higher,
   0.5 for a tie (within 1e-9, judges/agreement.py `outcome`), 0 when lower; a prompt without both scores failed.
-- Win rate: mean win over the judged prompts (ties half), 95% percentile bootstrap over prompts
+- Win rate: mean win over the judged prompts (ties half), 95% BCa bootstrap interval over prompts
   (pipeline/train/metrics.py `bootstrap`, eval.resamples, seeded by `seed`).
 - Length-controlled win rate: a reduced form of AlpacaEval 2's LC win rate (Dubois et al. 2024, "Length-Controlled
   AlpacaEval: A Simple Way to Debias Automatic Evaluators"): logistic regression of the win (soft label: a tie is
@@ -207,7 +207,7 @@ def report(s: dict, *, config: str) -> str:
               f"{_num(s[f'baseline_{name}'])} |" for name in INDICATORS]
     lines += ["", "## What the numbers mean", "",
               "- **win rate**: share of judged prompts where the judges prefer A's answer, a tie counting half; 0.5 "
-              "is parity. The interval is a 95% percentile bootstrap over prompts; both answers share a seed.",
+              "is parity. The interval is a 95% BCa bootstrap over prompts; both answers share a seed.",
               "- **length-controlled win rate**: sigmoid of the intercept of a logistic regression of the win on "
               "tanh(token length difference / its sd): the win rate at equal length. A reduced form of "
               "AlpacaEval 2's LC (Dubois et al. 2024): no instruction-difficulty term, token not character "

@@ -13,7 +13,7 @@ turn), `chosen` and `rejected` (text or a list with one assistant message), opti
 - The ensemble: `judge.aggregate` over the judges it combines (pipeline/curation/aggregate.py), as a run, when
   there are two or more (the means and the median combine absolute judges and reward models only).
 A pair with a judgment not ok is `failed`: counted, left out of n and accuracy, never a default score.
-Accuracy is the mean of `correct`, overall ('all') and per category, with a 95% percentile bootstrap
+Accuracy is the mean of `correct`, overall ('all') and per category, with a 95% BCa bootstrap
 interval over the pairs (pipeline/train/metrics.py `bootstrap`: 1000 resamples, seeded by `seed`).
 Writes judge_eval.parquet, judge_eval_pairs.parquet (schemas.JUDGE_EVAL*) and judge_eval.md atomically.
 """
@@ -244,7 +244,7 @@ def report(summary: pa.Table, *, labels: str, n_pairs: int, judge_fp: str, confi
               "- **accuracy**: the share of judged pairs where the judge prefers the labelled `chosen`: "
               "score(chosen) > score(rejected) for absolute judges and reward models, P(chosen better) averaged "
               "over both orders > 0.5 for pairwise judges; a tie counts 0.5. 0.5 is chance.",
-              f"- **95% interval**: percentile bootstrap over the pairs ({resamples} resamples, seed {seed}). Judges "
+              f"- **95% interval**: BCa bootstrap over the pairs ({resamples} resamples, seed {seed}). Judges "
               "whose intervals overlap are not told apart by these labels; more pairs narrow it.",
               "- **failed**: pairs the judge could not judge (a judgment not ok: input over judge.max_input_tokens, "
               "too little probability on the answer tokens, an endpoint error); left out of n and accuracy.",

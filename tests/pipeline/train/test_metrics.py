@@ -297,3 +297,29 @@ def test_a_steady_decline_under_shared_drift_still_fires():
     # over-optimisation as a steady fall of 2% of the level per evaluation, on top of 0.5% shared drift
     first = simulate(20, drift=0.005, shape="iid", decline=0.02, n_evals=20, seed=1)
     assert all(f is not None for f in first) and max(first) <= 15  # measured: evaluations 3-13, median 6.5
+
+
+def test_bootstrap_interval_is_bca_and_agrees_with_scipy():
+    """The interval is BCa: on skewed win data it matches scipy.stats.bootstrap(method='BCa') to Monte Carlo error,
+    and differs from the plain percentile interval."""
+    from scipy import stats
+
+    x = np.array([1.0] * 9 + [0.5] + [0.0] * 2)  # 12 prompts, mostly wins: a skewed bootstrap distribution
+    est = bootstrap(x, resamples=40_000, seed=0)
+    ref = stats.bootstrap((x,), np.mean, method="BCa", n_resamples=40_000, random_state=0).confidence_interval
+    assert est.lo == pytest.approx(ref.low, abs=0.02) and est.hi == pytest.approx(ref.high, abs=0.02)
+    idx = np.random.default_rng(0).integers(0, len(x), size=(40_000, len(x)))
+    plo, phi = np.percentile(x[idx].mean(1), [2.5, 97.5])
+    assert est.lo < plo - 0.02  # BCa moves the interval away from the bound the estimate sits near
+
+
+def test_bootstrap_interval_covers_at_small_counts():
+    """Issue 38: the percentile interval covered 0.82-0.93 at 12 prompts (nominal 0.95); BCa comes close to 0.95.
+    400 simulated eval sets of 12 prompts, wins 1 / ties 0.5 / losses 0 with a true win rate of 0.85."""
+    rng = np.random.default_rng(1)
+    probs, truth = [0.1, 0.1, 0.8], 0.85
+    covered = 0
+    for i in range(400):
+        est = bootstrap(rng.choice([0.0, 0.5, 1.0], size=12, p=probs), resamples=1000, seed=i)
+        covered += est.lo <= truth <= est.hi
+    assert covered / 400 >= 0.89  # measured 0.92 here, the percentile interval 0.79 on the same sets
