@@ -9,6 +9,7 @@ No case loads a model: every one must fail in the preflight, in seconds.
 
     python tests/hostile.py              # prints one line per case, then "N/N handled"
     python tests/hostile.py --subprocess # the same, every case through a fresh `python -m flows.cli`
+    python tests/hostile.py --only where # only the cases whose name contains "where"
 tests/test_hostile.py runs the same cases in the suite.
 """
 
@@ -488,6 +489,17 @@ def cases() -> list[Case]:
             "reads other tables",
         )
     )
+    # issue 39: filters are parsed (pipeline/review/where.py), never run as SQL, and bounded
+    add(Case("inspect: --where hides a subquery behind a quote in a comment",
+             lambda d: ["inspect", str(fake_run(d)), "--where",
+                        f"margin > 0 -- '\nOR margin > (SELECT 1 FROM read_csv('{config(d, 'a', 's.csv')}'))"],
+             "not a valid filter"))
+    add(Case("inspect: --where of 6,000 ORs", lambda d: ["inspect", str(fake_run(d)), "--where",
+                                                          " OR ".join(["margin = 1"] * 6000)], "over the limit"))
+    add(Case("inspect: --where of 300 ORs", lambda d: ["inspect", str(fake_run(d)), "--where",
+                                                        " OR ".join(["margin = 1"] * 300)], "columns and values"))
+    add(Case("review: --where of 3,000 ORs", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where",
+                                                         " OR ".join(["margin = 1"] * 3000)], "over the limit"))
     add(Case("push: bad repo id", lambda d: ["push", str(fake_run(d)), "--repo", "not a repo"], "ORG/NAME"))
     add(
         Case(
@@ -739,5 +751,8 @@ def run_all(
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    handled, total, _ = run_all(fresh_process="--subprocess" in sys.argv[1:])
+    # --only TEXT (repeatable): just the cases whose name contains one of the texts
+    only = [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--only"]
+    picked = [c for c in cases() if any(o in c.name for o in only)] if only else None
+    handled, total, _ = run_all(picked, fresh_process="--subprocess" in sys.argv[1:])
     sys.exit(0 if handled == total else 1)
