@@ -500,6 +500,9 @@ def cases() -> list[Case]:
                                                         " OR ".join(["margin = 1"] * 300)], "columns and values"))
     add(Case("review: --where of 3,000 ORs", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where",
                                                          " OR ".join(["margin = 1"] * 3000)], "over the limit"))
+    for name in ("../../outside", "..", ".hidden"):  # the reviewer's label file must stay inside RUN/reviews/
+        add(Case(f"review: --reviewer {name}", lambda d, name=name: ["review", str(fake_run(d)), "--port", "0",
+                                                                     "--reviewer", name], "reviewer name"))
     add(Case("push: bad repo id", lambda d: ["push", str(fake_run(d)), "--repo", "not a repo"], "ORG/NAME"))
     add(
         Case(

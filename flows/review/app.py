@@ -130,7 +130,8 @@ def _int(text: str | None, default: int = 1) -> int:
 async def summary(request: Request):
     view: ReviewView = request.app.state.view
     view.refresh()
-    plots = sorted(p.name for p in (view.run / "plots").glob("*.png")) if (view.run / "plots").is_dir() else []
+    folder = view.run / "plots"
+    plots = sorted(p.name for p in folder.glob("*.png") if plot_path(view.run, p.name)) if folder.is_dir() else []
     return _html(request, "Summary", pages.summary_page(view, plots), "summary")
 
 
@@ -189,11 +190,22 @@ async def unpaired(request: Request):
     return _html(request, "Prompts without a pair", pages.unpaired_page(items, total, page, 20), "unpaired")
 
 
+def plot_path(run: Path, name: str) -> Path | None:
+    """RUN/plots/NAME when it is a plain PNG file really inside the run's plots folder; a symbolic link (to any file
+    of the reviewer's machine) or a name that leaves the folder is not served."""
+    folder = run / "plots"
+    path = folder / name
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".png"):
+        return None
+    if folder.is_symlink() or path.is_symlink() or not path.is_file():
+        return None
+    return path if path.resolve().parent == folder.resolve() and folder.resolve().parent == run.resolve() else None
+
+
 async def plot(request: Request):
     view: ReviewView = request.app.state.view
-    name = request.path_params["name"]
-    path = view.run / "plots" / name
-    if "/" in name or not name.endswith(".png") or not path.is_file():
+    path = plot_path(view.run, request.path_params["name"])
+    if path is None:
         return PlainTextResponse("no such plot", 404)
     return FileResponse(path, media_type="image/png")
 
