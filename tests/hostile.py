@@ -249,6 +249,16 @@ def cases() -> list[Case]:
             "does not answer",
         )
     )
+    # issue 39: a password in a URL is never printed
+    add(Case("openai base_url with a password, nothing there",
+             lambda d: run_args(d, "--set", "generate.backend=openai",
+                                "--set", "generate.openai.base_url=http://user:hostile_pw@127.0.0.1:9/v1"),
+             "does not answer"))
+    add(Case("HF_ENDPOINT with a password, Hub model", lambda d: run_args(d, "--set", "generate.model=nobody-xyz/m"),
+             "nobody-xyz/m", env={"HF_ENDPOINT": "http://user:hostile_pw@127.0.0.1:9"}))
+    add(Case("push: HF_ENDPOINT with a password", lambda d: ["push", str(fake_run(d)), "--repo", "me/data"],
+             "cannot reach",
+             env={"HF_ENDPOINT": "http://user:hostile_pw@127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"}))
     add(
         Case(
             "synth: evol seeds missing",
@@ -715,6 +725,8 @@ def run_case(case: Case, scratch: Path, *, fresh_process: bool = False) -> tuple
         problems.append("error names no fix")
     if "hf_hostile_secret" in out:
         problems.append("the token was printed")
+    if "hostile_pw" in out:  # a password in a URL's userinfo (HF_ENDPOINT, openai base_url)
+        problems.append("a URL's password was printed")
     if case.intact is not None and not case.intact(d):
         problems.append("existing data was damaged")
     return not problems, "; ".join(problems) or last
