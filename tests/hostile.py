@@ -98,6 +98,22 @@ def fake_run(d: Path, *, n: int = 3, same: bool = False) -> Path:
     return run
 
 
+_SILENT: list = []
+
+
+def silent_port() -> int:
+    """The port of a socket that listens and never accepts (made once per process): the kernel completes the
+    handshake and takes the request, and nothing ever answers."""
+    if not _SILENT:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        _SILENT.append(sock)
+    return _SILENT[0].getsockname()[1]
+
+
 def edit_manifest(run: Path, change) -> Path:
     m = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps(change(m)))
@@ -522,6 +538,10 @@ def cases() -> list[Case]:
             env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"},
         )
     )
+    add(Case("push: endpoint accepts and never answers", lambda d: ["push", str(fake_run(d)), "--repo", "me/data",
+                                                                     "--timeout", "1"],
+             "did not answer within --timeout 1 s",
+             env={"HF_ENDPOINT": f"http://127.0.0.1:{silent_port()}", "HF_TOKEN": "hf_hostile_secret"}))
     # verifiable prompts and judge checks
     verify_bad = (("verify kind unknown", {"kind": "regex", "answer": "x"}, "'kind' is one of"),
                   ("verify numeric answer text", {"kind": "numeric", "answer": "four"}, "verify.answer"),

@@ -196,9 +196,8 @@ def cmd_review(args) -> int:
 def cmd_push(args) -> int:
     from pipeline.publish.hub import push
 
-    result = push(
-        args.run_dir, args.repo, private=args.private, revision=args.revision, log=logging.getLogger("prefsynth").info
-    )
+    result = push(args.run_dir, args.repo, private=args.private, revision=args.revision, timeout=args.timeout,
+                  log=logging.getLogger("prefsynth").info)
     print(result["commit_url"] or "nothing new to push")
     return 0
 
