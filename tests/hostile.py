@@ -194,6 +194,12 @@ def cases() -> list[Case]:
     add(Case("config not UTF-8", lambda d: ["run", "--config", config(d, b"name: \xff\xfe\n")], "UTF-8"))
     add(Case("config unknown key", lambda d: ["run", "--config", config(d, "generate:\n  nn: 3\n")],
              "unknown config key"))
+    bomb = ["a: &a [" + ", ".join(['"lol"'] * 9) + "]"]
+    bomb += [f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefgh", "bcdefghi")]
+    add(Case("config YAML alias bomb", lambda d: ["run", "--config", config(d, "\n".join(bomb) + "\nseed: *i\n")],
+             "expand to more than 100,000 values"))
+    add(Case("config YAML alias refers to itself", lambda d: ["run", "--config", config(d, "seed: &x [1, *x]\n")],
+             "refers to the value that contains it"))
     add(Case("--set value out of range", lambda d: run_args(d, "--set", "generate.n=1"), "--set generate.n=1"))
     add(Case("--set unknown key", lambda d: run_args(d, "--set", "judge.bogus=1"), "--set judge.bogus=1"))
     add(Case("--set without =", lambda d: run_args(d, "--set", "generate.n"), "not key=value"))

@@ -32,9 +32,7 @@ def _setup_logging() -> None:
 
 
 def cmd_run(args) -> int:
-    import yaml
-
-    from pipeline.config import apply_overrides
+    from pipeline.config import apply_overrides, load_yaml
 
     args.overrides = (
         list(args.overrides)
@@ -42,7 +40,7 @@ def cmd_run(args) -> int:
         + _distributed_overrides(args)
     )
     cfg, config_path, out_dir = _checked_config(args, incremental=args.incremental)
-    given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, args.overrides)
+    given = apply_overrides(load_yaml(config_path.read_text(), "--config") or {}, args.overrides)
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.cli.runtime import flow_session
