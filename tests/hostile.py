@@ -201,6 +201,15 @@ def cases() -> list[Case]:
     add(Case("config YAML alias refers to itself", lambda d: ["run", "--config", config(d, "seed: &x [1, *x]\n")],
              "refers to the value that contains it"))
     add(Case("--set value out of range", lambda d: run_args(d, "--set", "generate.n=1"), "--set generate.n=1"))
+    # issue 39: accepted when it should be refused
+    add(Case("--out ''", lambda d: ["run", "--config", str(TINY), "--out", ""], "--out '' is empty"))
+    add(Case("train: --out ''", lambda d: ["train", "--data", str(fake_run(d)), "--out", ""], "--out '' is empty"))
+    add(Case("--set seed=yes", lambda d: run_args(d, "--set", "seed=yes"), "is a boolean, not a number"))
+    add(Case("--set generate.n=true", lambda d: run_args(d, "--set", "generate.n=true"), "'generate.n'"))
+    add(Case("run name leaves ./runs", lambda d: ["run", "--config", str(TINY), "--set", "name=../../escaped"],
+             "not a folder name inside ./runs"))
+    add(Case("run name is '..'", lambda d: ["run", "--config", str(TINY), "--set", "name=.."],
+             "not a folder name inside ./runs"))
     add(Case("--set unknown key", lambda d: run_args(d, "--set", "judge.bogus=1"), "--set judge.bogus=1"))
     add(Case("--set without =", lambda d: run_args(d, "--set", "generate.n"), "not key=value"))
     add(Case("--set unknown template", lambda d: run_args(d, "--set", "judge.templates=[nope]"), "unknown ids"))

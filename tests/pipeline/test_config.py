@@ -168,3 +168,10 @@ def test_yaml_aliases_work_and_an_alias_bomb_is_refused_fast(tmp_path):
     loop.write_text("generate: &x {n: [1, *x]}\n")
     with pytest.raises(ConfigError, match="refers to the value that contains it"):
         load_config(loop)
+
+
+@pytest.mark.parametrize("override", ["seed=yes", "generate.n=true", "generate.temperature=on", "pair.min_margin=no"])
+def test_a_boolean_is_not_a_number(override):
+    with pytest.raises(ConfigError, match="is a boolean, not a number") as err:
+        load_config(TINY, [override])
+    assert override.split("=")[0] in str(err.value)
