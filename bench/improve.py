@@ -376,7 +376,15 @@ def arm_dirs(out: Path, name: str) -> tuple[Path, Path]:
 def train_arm(pairs_dir: Path, model_dir: Path, a, start: str = MODEL) -> dict:
     """The bundled DPO trainer (pipeline/train) on one arm's shard, from the policy `start` (which is also the
     reference, the trainer's default); the policy moved to `model_dir`."""
+    import hashlib
+
     from pipeline.train import TrainConfig, train
+
+    shard = pairs_dir / "pairs.parquet"
+    marker, digest = model_dir / ".trained_on", hashlib.sha256(shard.read_bytes()).hexdigest()
+    if marker.exists() and json.loads(marker.read_text()).get("pairs_sha256") == digest:
+        print(f"train: {model_dir} was trained on these exact pairs; reused", flush=True)
+        return json.loads(marker.read_text())["summary"]
 
     losses = {"sigmoid": 1.0, **({"nll": a.nll} if a.nll else {})}
     cfg = TrainConfig(model=start, seed=a.seed, beta=a.beta, learning_rate=a.lr, epochs=a.epochs,
@@ -390,8 +398,11 @@ def train_arm(pairs_dir: Path, model_dir: Path, a, start: str = MODEL) -> dict:
     shutil.rmtree(train_dir / "checkpoints", ignore_errors=True)
     recs = [json.loads(x) for x in (train_dir / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in recs if "loss" in r][-5:]
-    return {"steps": prov.get("steps"), "last_loss": [round(r["loss"], 4) for r in last],
-            "last_metrics": {k: v for k, v in last[-1].items() if isinstance(v, float)} if last else {}}
+    summary = {"steps": prov.get("steps"), "last_loss": [round(r["loss"], 4) for r in last],
+               "last_metrics": {k: v for k, v in last[-1].items() if isinstance(v, float)} if last else {}}
+    # a rerun of the same --out (e.g. after a crash in a later arm) reuses a policy trained on identical pairs
+    marker.write_text(json.dumps({"pairs_sha256": digest, "summary": summary}))
+    return summary
 
 
 def candidates(a, train_rows) -> tuple[list, float]:
