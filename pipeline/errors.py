@@ -6,9 +6,24 @@ Only `TransientBackendError` is retried by flows; everything else fails fast.
 
 from __future__ import annotations
 
+import re
+
+# the userinfo of a URL (`http://user:password@host`): a password in HF_ENDPOINT or an openai base_url
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s'\"<>@]*(?:@[^/\s'\"<>@]*)*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the user and password of every URL in it replaced by `***` (issue 39): for every place that
+    shows a URL or an error that may quote one."""
+    return _USERINFO.sub(r"\1***@", str(text))
+
 
 class PrefsynthError(Exception):
-    """Base class: anything prefsynth raises on purpose."""
+    """Base class: anything prefsynth raises on purpose. Its message never shows a URL's password, whoever wrote
+    the message (a transport's error text quoting the URL included)."""
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class ConfigError(PrefsynthError):

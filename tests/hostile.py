@@ -9,6 +9,7 @@ No case loads a model: every one must fail in the preflight, in seconds.
 
     python tests/hostile.py              # prints one line per case, then "N/N handled"
     python tests/hostile.py --subprocess # the same, every case through a fresh `python -m flows.cli`
+    python tests/hostile.py --only where # only the cases whose name contains "where"
 tests/test_hostile.py runs the same cases in the suite.
 """
 
@@ -97,6 +98,22 @@ def fake_run(d: Path, *, n: int = 3, same: bool = False) -> Path:
     return run
 
 
+_SILENT: list = []
+
+
+def silent_port() -> int:
+    """The port of a socket that listens and never accepts (made once per process): the kernel completes the
+    handshake and takes the request, and nothing ever answers."""
+    if not _SILENT:
+        import socket
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        _SILENT.append(sock)
+    return _SILENT[0].getsockname()[1]
+
+
 def edit_manifest(run: Path, change) -> Path:
     m = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps(change(m)))
@@ -177,7 +194,22 @@ def cases() -> list[Case]:
     add(Case("config not UTF-8", lambda d: ["run", "--config", config(d, b"name: \xff\xfe\n")], "UTF-8"))
     add(Case("config unknown key", lambda d: ["run", "--config", config(d, "generate:\n  nn: 3\n")],
              "unknown config key"))
+    bomb = ["a: &a [" + ", ".join(['"lol"'] * 9) + "]"]
+    bomb += [f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefgh", "bcdefghi")]
+    add(Case("config YAML alias bomb", lambda d: ["run", "--config", config(d, "\n".join(bomb) + "\nseed: *i\n")],
+             "expand to more than 100,000 values"))
+    add(Case("config YAML alias refers to itself", lambda d: ["run", "--config", config(d, "seed: &x [1, *x]\n")],
+             "refers to the value that contains it"))
     add(Case("--set value out of range", lambda d: run_args(d, "--set", "generate.n=1"), "--set generate.n=1"))
+    # issue 39: accepted when it should be refused
+    add(Case("--out ''", lambda d: ["run", "--config", str(TINY), "--out", ""], "--out '' is empty"))
+    add(Case("train: --out ''", lambda d: ["train", "--data", str(fake_run(d)), "--out", ""], "--out '' is empty"))
+    add(Case("--set seed=yes", lambda d: run_args(d, "--set", "seed=yes"), "is a boolean, not a number"))
+    add(Case("--set generate.n=true", lambda d: run_args(d, "--set", "generate.n=true"), "'generate.n'"))
+    add(Case("run name leaves ./runs", lambda d: ["run", "--config", str(TINY), "--set", "name=../../escaped"],
+             "not a folder name inside ./runs"))
+    add(Case("run name is '..'", lambda d: ["run", "--config", str(TINY), "--set", "name=.."],
+             "not a folder name inside ./runs"))
     add(Case("--set unknown key", lambda d: run_args(d, "--set", "judge.bogus=1"), "--set judge.bogus=1"))
     add(Case("--set without =", lambda d: run_args(d, "--set", "generate.n"), "not key=value"))
     add(Case("--set unknown template", lambda d: run_args(d, "--set", "judge.templates=[nope]"), "unknown ids"))
@@ -248,6 +280,16 @@ def cases() -> list[Case]:
             "does not answer",
         )
     )
+    # issue 39: a password in a URL is never printed
+    add(Case("openai base_url with a password, nothing there",
+             lambda d: run_args(d, "--set", "generate.backend=openai",
+                                "--set", "generate.openai.base_url=http://user:hostile_pw@127.0.0.1:9/v1"),
+             "does not answer"))
+    add(Case("HF_ENDPOINT with a password, Hub model", lambda d: run_args(d, "--set", "generate.model=nobody-xyz/m"),
+             "nobody-xyz/m", env={"HF_ENDPOINT": "http://user:hostile_pw@127.0.0.1:9"}))
+    add(Case("push: HF_ENDPOINT with a password", lambda d: ["push", str(fake_run(d)), "--repo", "me/data"],
+             "cannot reach",
+             env={"HF_ENDPOINT": "http://user:hostile_pw@127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"}))
     add(
         Case(
             "synth: evol seeds missing",
@@ -488,6 +530,20 @@ def cases() -> list[Case]:
             "reads other tables",
         )
     )
+    # issue 39: filters are parsed (pipeline/review/where.py), never run as SQL, and bounded
+    add(Case("inspect: --where hides a subquery behind a quote in a comment",
+             lambda d: ["inspect", str(fake_run(d)), "--where",
+                        f"margin > 0 -- '\nOR margin > (SELECT 1 FROM read_csv('{config(d, 'a', 's.csv')}'))"],
+             "not a valid filter"))
+    add(Case("inspect: --where of 6,000 ORs", lambda d: ["inspect", str(fake_run(d)), "--where",
+                                                          " OR ".join(["margin = 1"] * 6000)], "over the limit"))
+    add(Case("inspect: --where of 300 ORs", lambda d: ["inspect", str(fake_run(d)), "--where",
+                                                        " OR ".join(["margin = 1"] * 300)], "columns and values"))
+    add(Case("review: --where of 3,000 ORs", lambda d: ["review", str(fake_run(d)), "--port", "0", "--where",
+                                                         " OR ".join(["margin = 1"] * 3000)], "over the limit"))
+    for name in ("../../outside", "..", ".hidden"):  # the reviewer's label file must stay inside RUN/reviews/
+        add(Case(f"review: --reviewer {name}", lambda d, name=name: ["review", str(fake_run(d)), "--port", "0",
+                                                                     "--reviewer", name], "reviewer name"))
     add(Case("push: bad repo id", lambda d: ["push", str(fake_run(d)), "--repo", "not a repo"], "ORG/NAME"))
     add(
         Case(
@@ -497,6 +553,10 @@ def cases() -> list[Case]:
             env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_hostile_secret"},
         )
     )
+    add(Case("push: endpoint accepts and never answers", lambda d: ["push", str(fake_run(d)), "--repo", "me/data",
+                                                                     "--timeout", "1"],
+             "did not answer within --timeout 1 s",
+             env={"HF_ENDPOINT": f"http://127.0.0.1:{silent_port()}", "HF_TOKEN": "hf_hostile_secret"}))
     # verifiable prompts and judge checks
     verify_bad = (("verify kind unknown", {"kind": "regex", "answer": "x"}, "'kind' is one of"),
                   ("verify numeric answer text", {"kind": "numeric", "answer": "four"}, "verify.answer"),
@@ -700,6 +760,8 @@ def run_case(case: Case, scratch: Path, *, fresh_process: bool = False) -> tuple
         problems.append("error names no fix")
     if "hf_hostile_secret" in out:
         problems.append("the token was printed")
+    if "hostile_pw" in out:  # a password in a URL's userinfo (HF_ENDPOINT, openai base_url)
+        problems.append("a URL's password was printed")
     if case.intact is not None and not case.intact(d):
         problems.append("existing data was damaged")
     return not problems, "; ".join(problems) or last
@@ -739,5 +801,8 @@ def run_all(
 
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    handled, total, _ = run_all(fresh_process="--subprocess" in sys.argv[1:])
+    # --only TEXT (repeatable): just the cases whose name contains one of the texts
+    only = [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--only"]
+    picked = [c for c in cases() if any(o in c.name for o in only)] if only else None
+    handled, total, _ = run_all(picked, fresh_process="--subprocess" in sys.argv[1:])
     sys.exit(0 if handled == total else 1)

@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo", required=True, metavar="ORG/NAME", help="dataset repo id (created if missing)")
     push.add_argument("--private", action="store_true", help="create the repo as private")
     push.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
+    push.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="give up on a Hub request that sends or answers nothing for this long (default 60)")
 
     tr = sub.add_parser(
         "train",

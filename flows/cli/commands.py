@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flows.cli.args import _default_config, _distributed_overrides, build_parser
 from flows.cli.runtime import Terminated, signals
-from pipeline.errors import BudgetExceeded, InputError, PrefsynthError
+from pipeline.errors import BudgetExceeded, ConfigError, InputError, PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
            "checkpoint", "train-rm": "; rerun the same command to resume from the last checkpoint",
@@ -33,9 +33,7 @@ def _setup_logging() -> None:
 
 
 def cmd_run(args) -> int:
-    import yaml
-
-    from pipeline.config import apply_overrides
+    from pipeline.config import apply_overrides, load_yaml
 
     args.overrides = (
         list(args.overrides)
@@ -43,7 +41,7 @@ def cmd_run(args) -> int:
         + _distributed_overrides(args)
     )
     cfg, config_path, out_dir = _checked_config(args, incremental=args.incremental)
-    given = apply_overrides(yaml.safe_load(config_path.read_text()) or {}, args.overrides)
+    given = apply_overrides(load_yaml(config_path.read_text(), "--config") or {}, args.overrides)
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.cli.runtime import flow_session
@@ -69,6 +67,16 @@ def cmd_run(args) -> int:
     return 0
 
 
+def default_out(name: str) -> str:
+    """./runs/NAME, when NAME is one folder inside ./runs (not '..', '.', nor a path that leaves it)."""
+    runs = Path("runs").resolve()
+    out = (runs / name).resolve()
+    if out.parent != runs or Path(name).name != name:
+        raise ConfigError(f"name {name!r} is not a folder name inside ./runs (the run would be written to {out}); "
+                          "fix: a plain name without '/' or '..' (--set name=my-run), or pass --out")
+    return str(Path("runs") / name)
+
+
 def _checked_config(args, *, incremental: bool):
     """Load and validate the config, then preflight the output folder, every model and the input
     (pipeline/stages/preflight.py): a bad value fails in a second, before Prefect or a model starts."""
@@ -77,7 +85,7 @@ def _checked_config(args, *, incremental: bool):
 
     config_path = Path(args.config) if args.config else _default_config()
     cfg = load_config(config_path, args.overrides)
-    out_dir = args.out or str(Path("runs") / cfg.name)
+    out_dir = args.out if args.out is not None else default_out(cfg.name)
     check_run(cfg, out_dir, incremental=incremental)
     if cfg.distributed.runner == "ray":
         from flows.distributed import task_runner
@@ -197,9 +205,8 @@ def cmd_review(args) -> int:
 def cmd_push(args) -> int:
     from pipeline.publish.hub import push
 
-    result = push(
-        args.run_dir, args.repo, private=args.private, revision=args.revision, log=logging.getLogger("prefsynth").info
-    )
+    result = push(args.run_dir, args.repo, private=args.private, revision=args.revision, timeout=args.timeout,
+                  log=logging.getLogger("prefsynth").info)
     print(result["commit_url"] or "nothing new to push")
     return 0
 

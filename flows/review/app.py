@@ -12,6 +12,8 @@ Security, because the pages show model output and write into the run:
   server keeps no access log, so the token reaches no log and no page.
 - Every POST carries the per-start form token and, when the browser sends one, a same-origin
   Origin header (no cross-site form can label pairs).
+- Filters (`?where=`) are parsed, never run as SQL, and bounded (pipeline/review/where.py), and run in worker
+  threads, so one request's filter cannot crash the server or hold up the others.
 - Content-Security-Policy: scripts, styles and images from this server only, no inline script,
   no framing; nosniff; no referrer to other sites. Model output is escaped before that (review_pages).
 Errors a user causes (bad RUN_DIR, a port in use, a bad --where) are `InputError`s raised before
@@ -30,6 +32,7 @@ from urllib.parse import parse_qs, urlencode
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -127,7 +130,8 @@ def _int(text: str | None, default: int = 1) -> int:
 async def summary(request: Request):
     view: ReviewView = request.app.state.view
     view.refresh()
-    plots = sorted(p.name for p in (view.run / "plots").glob("*.png")) if (view.run / "plots").is_dir() else []
+    folder = view.run / "plots"
+    plots = sorted(p.name for p in folder.glob("*.png") if plot_path(view.run, p.name)) if folder.is_dir() else []
     return _html(request, "Summary", pages.summary_page(view, plots), "summary")
 
 
@@ -135,7 +139,7 @@ async def pairs(request: Request):
     view: ReviewView = request.app.state.view
     ctx = _ctx(request.query_params)
     try:
-        page = view.page(**ctx, page=_int(request.query_params.get("page")))
+        page = await run_in_threadpool(view.page, **ctx, page=_int(request.query_params.get("page")))
     except InputError as exc:
         return _html(request, "Pairs", pages.pairs_page(None, **ctx, error=str(exc)), "pairs", 400)
     return _html(request, "Pairs", pages.pairs_page(page, **ctx, error=None), "pairs")
@@ -150,9 +154,9 @@ async def pair(request: Request):
         return _html(request, "Not found", f"<p class='error'>No pair {pages.esc(pid)} in this run.</p>", status=404)
     ctx = _ctx(request.query_params)
     try:
-        nav = view.neighbours(pid, ctx["where"], ctx["sort"], ctx["desc"])
+        nav = await run_in_threadpool(view.neighbours, pid, ctx["where"], ctx["sort"], ctx["desc"])
     except InputError:
-        ctx, nav = _ctx({}), view.neighbours(pid, None, "row", False)
+        ctx, nav = _ctx({}), await run_in_threadpool(view.neighbours, pid, None, "row", False)
     body = pages.pair_page(item, ctx={**ctx, "desc": int(ctx["desc"])}, nav=nav, csrf=request.app.state.csrf,
                            reviewer=_reviewer(request), saved=request.query_params.get("saved"))
     return _html(request, f"Pair {pid}", body, "pairs")
@@ -171,7 +175,10 @@ async def label(request: Request):
     except InputError as exc:
         return _html(request, "Label refused", f"<p class='error'>{pages.esc(exc)}</p>", status=400)
     ctx = _ctx(form)
-    _, next_id, _, _ = view.neighbours(pid, ctx["where"], ctx["sort"], ctx["desc"])
+    try:
+        _, next_id, _, _ = await run_in_threadpool(view.neighbours, pid, ctx["where"], ctx["sort"], ctx["desc"])
+    except InputError:  # a form's filter is the page's: refused, the next pair is the next row
+        _, next_id, _, _ = await run_in_threadpool(view.neighbours, pid, None, "row", False)
     params = {"where": ctx["where"], "sort": ctx["sort"], "desc": int(ctx["desc"]),
               "saved": f"{form['verdict']} {pid}"}
     return RedirectResponse(f"/pair/{next_id or pid}{pages.query(**params)}", 303)
@@ -183,11 +190,22 @@ async def unpaired(request: Request):
     return _html(request, "Prompts without a pair", pages.unpaired_page(items, total, page, 20), "unpaired")
 
 
+def plot_path(run: Path, name: str) -> Path | None:
+    """RUN/plots/NAME when it is a plain PNG file really inside the run's plots folder; a symbolic link (to any file
+    of the reviewer's machine) or a name that leaves the folder is not served."""
+    folder = run / "plots"
+    path = folder / name
+    if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".png"):
+        return None
+    if folder.is_symlink() or path.is_symlink() or not path.is_file():
+        return None
+    return path if path.resolve().parent == folder.resolve() and folder.resolve().parent == run.resolve() else None
+
+
 async def plot(request: Request):
     view: ReviewView = request.app.state.view
-    name = request.path_params["name"]
-    path = view.run / "plots" / name
-    if "/" in name or not name.endswith(".png") or not path.is_file():
+    path = plot_path(view.run, request.path_params["name"])
+    if path is None:
         return PlainTextResponse("no such plot", 404)
     return FileResponse(path, media_type="image/png")
 

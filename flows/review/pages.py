@@ -133,7 +133,8 @@ def pairs_page(page, *, where: str, sort: str, desc: bool, error: str | None) ->
 <label>sort <select name="sort" id="sort">{options}</select></label>
 <label><input type="checkbox" name="desc" value="1"{" checked" if desc else ""}> descending</label>
 <button type="submit" id="apply">Filter</button></form>
-<p class="hint">SQL over {", ".join(where_columns())} (as <code>prefsynth inspect --where</code>).</p>"""
+<p class="hint">A condition (= &lt; &gt; AND OR NOT IN LIKE BETWEEN IS NULL, + - * /) over
+{", ".join(where_columns())} (as <code>prefsynth inspect --where</code>).</p>"""
     if error:
         return form + f'<p class="error" id="error">{esc(error)}</p>'
 

@@ -42,7 +42,7 @@ from pipeline.config.judging import (
                                       PriceConfig,
                                       RewardModelConfig,
 )
-from pipeline.config.loading import apply_overrides, describe_keys, load_config, load_model, parse_override
+from pipeline.config.loading import apply_overrides, describe_keys, load_config, load_model, load_yaml, parse_override
 from pipeline.config.run import DistributedConfig, InputConfig, RunConfig
 from pipeline.config.sources import PrincipleConfig, RewardAugmentedConfig, SelfCritiqueConfig, SourcesConfig
 from pipeline.errors import ConfigError
@@ -81,5 +81,6 @@ __all__ = [
     "fingerprint",
     "load_config",
     "load_model",
+    "load_yaml",
     "parse_override",
 ]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import types
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OPERATIONAL = "(operational)"
 
@@ -28,8 +29,27 @@ def operational_fields(model: type[BaseModel]) -> set[str]:
             if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("operational")}
 
 
+def _kinds(annotation) -> set:
+    """The plain types an annotation admits (through Optional, unions and Annotated)."""
+    if get_origin(annotation) in (Union, types.UnionType, Annotated):
+        args = get_args(annotation)
+        return set().union(*(_kinds(a) for a in (args[:1] if get_origin(annotation) is Annotated else args)))
+    return {annotation}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value, info):
+        """pydantic reads `true`/`yes` as 1 for a number (`--set seed=yes` ran with seed 1, issue 39): refused."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = _kinds(cls.model_fields[info.field_name].annotation)
+            if kinds & {int, float} and bool not in kinds:
+                raise ValueError(f"{str(value).lower()} is a boolean, not a number (YAML reads yes/no/on/off as "
+                                 "booleans); write a number")
+        return value
 
     def fingerprinted(self, *, exclude: set[str] = frozenset(), **kwargs: Any) -> dict:
         """`model_dump` without the operational fields (and `exclude`: fields that enter a fingerprint another

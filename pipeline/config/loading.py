@@ -12,6 +12,51 @@ from pydantic import BaseModel, ValidationError
 from pipeline.config.run import RunConfig
 from pipeline.errors import ConfigError
 
+MAX_YAML_NODES = 100_000  # values after aliases are expanded: a config has hundreds; an alias bomb, billions
+
+
+def _expanded_size(root: yaml.Node, limit: int) -> int | None:
+    """How many values the YAML graph holds once every alias is expanded (capped at limit + 1), counted over the
+    shared graph without expanding it; None when an alias refers to the value that contains it."""
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        kids = [] if isinstance(node, yaml.ScalarNode) else \
+            [x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else list(node.value)
+        if done:
+            busy.discard(id(node))
+            sizes[id(node)] = min(limit + 1, 1 + sum(sizes[id(k)] for k in kids))
+        elif id(node) not in sizes:
+            if any(id(k) in busy or k is node for k in kids):
+                return None
+            busy.add(id(node))
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in sizes)
+    return sizes[id(root)]
+
+
+def load_yaml(text: str, what: str):
+    """`yaml.safe_load`, refusing a document whose aliases expand past MAX_YAML_NODES values (an alias bomb: the
+    error names the limit, never the value) or refer to themselves."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, MAX_YAML_NODES)
+        if size is None:
+            raise ConfigError(f"{what}: a YAML alias refers to the value that contains it; fix: write the value out")
+        if size > MAX_YAML_NODES:
+            raise ConfigError(f"{what}: its YAML aliases expand to more than {MAX_YAML_NODES:,} values (an alias "
+                              "bomb?); fix: write the values out, or use fewer nested aliases")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{what}: the YAML is nested too deeply; fix: flatten it") from None
+    finally:
+        loader.dispose()
+
 
 def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
     """One line per config key with its default and description (for --help; never drifts)."""
@@ -88,7 +133,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r} has an empty key; fix: write it like generate.n=4")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw, f"--set {key}") if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(
             f"--set {key}: cannot parse value {raw!r} ({' '.join(str(exc).split())}); fix: quote it "
@@ -128,7 +173,7 @@ def load_model(root: type[BaseModel], path: str | Path | None = None, overrides:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist; fix: pass an existing YAML file to --config")
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = load_yaml(path.read_text(encoding="utf-8"), f"config file {path}")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason}); fix: save it as UTF-8") from None
         except yaml.YAMLError as exc:

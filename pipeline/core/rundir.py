@@ -138,6 +138,9 @@ def check_kind(out, *, incremental: bool) -> None:
 
 def check_out_dir(out) -> None:
     """`out` must be (or be creatable as) a writable folder: checked before any model loads."""
+    if not str(out).strip():  # Path("") is the current folder: an empty --out would write there
+        raise InputError(f"--out {str(out)!r} is empty; fix: pass a folder path (or leave --out out where the "
+                         "command has a default)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder; fix: pass a folder path (it is created if missing)")

@@ -10,7 +10,9 @@ run was last published are applied first (pipeline/publish/shards.py `republish`
 
 The token comes from `token=`, else `HF_TOKEN` or the Hugging Face login (huggingface_hub's own
 lookup); it is never logged, printed or written (errors are re-raised without request headers).
-`HF_ENDPOINT` is read at push time, so it is honoured even when set after import.
+`HF_ENDPOINT` is read at push time, so it is honoured even when set after import. Every Hub request has a
+timeout (`timeout=`, `prefsynth push --timeout`): huggingface_hub's own client waits forever on an endpoint that
+accepts and never answers (issue 39).
 """
 
 from __future__ import annotations
@@ -70,8 +72,19 @@ def plan(files: dict[str, Path], pushed: dict[str, str]) -> tuple[dict[str, str]
     return adds, deletes
 
 
+def use_timeout(seconds: float) -> None:
+    """A timeout on huggingface_hub's shared HTTP client (its default client has none): connecting, sending, or
+    waiting for the next bytes of an answer gives up after `seconds`. Set on the client itself, so a client
+    factory the user (or a test's stand-in) installed keeps its transport."""
+    import httpx2
+    from huggingface_hub import get_session
+
+    get_session().timeout = httpx2.Timeout(seconds, connect=min(seconds, 15.0))
+
+
 def push(
-    run_dir, repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None, log=print
+    run_dir, repo_id: str, *, private: bool = False, revision: str | None = None, token: str | None = None,
+    timeout: float = 60.0, log=print
 ) -> dict:
     """Push the run; return {"commit_url", "added", "deleted"} (commit_url None when nothing changed)."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
@@ -79,6 +92,9 @@ def push(
 
     if not HUB_ID.match(repo_id):
         raise ConfigError(f"--repo {repo_id!r} is not ORG/NAME; fix: e.g. --repo my-org/my-preferences")
+    if not timeout > 0:
+        raise ConfigError(f"--timeout {timeout}: not a positive number of seconds; fix: e.g. --timeout 60")
+    use_timeout(timeout)
     run_dir = Path(run_dir)
     manifest = republish(run_dir, only_if_changed=True, log=log)  # review labels not yet in the shards
     files = files_to_push(run_dir, manifest)
@@ -112,6 +128,11 @@ def push(
     except Exception as exc:  # the HTTP transport's own errors: refused, DNS, timeout, TLS (no request headers kept)
         endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        if "timeout" in type(exc).__name__.lower():
+            raise BackendError(
+                f"push to {repo_id}@{branch} failed: {endpoint} did not answer within --timeout {timeout:g} s "
+                f"({type(exc).__name__}); fix: check HF_ENDPOINT and the network, or pass a longer --timeout, then "
+                "rerun the same command (nothing was committed)") from None
         raise BackendError(
             f"push to {repo_id}@{branch} failed: cannot reach {endpoint} ({type(exc).__name__}: "
             f"{reason}); fix: check the network and HF_ENDPOINT, then rerun the same command (nothing "

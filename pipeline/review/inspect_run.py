@@ -2,14 +2,12 @@
 
 Shows the summary, the drop funnel, the first prompts the prompt filter dropped (with what they
 matched; all of them are in tables/prompt_filter.drops.parquet) and score statistics, then pairs side by side (chosen |
-rejected) with prompt and rationale. `--where` is a SQL boolean expression over the flat pair
-columns (polars SQL), e.g. "margin < 0.5 AND chosen_len > rejected_len"; `--sample N` picks N
-matching pairs at random (seeded). Shards are verified first (pipeline/core/rundir.py).
+rejected) with prompt and rationale. `--where` is a SQL-like condition over the flat pair columns
+(pipeline/review/where.py: parsed, never run as SQL), e.g. "margin < 0.5 AND chosen_len > rejected_len";
+`--sample N` picks N matching pairs at random (seeded). Shards are verified first (pipeline/core/rundir.py).
 """
 
 from __future__ import annotations
-
-import re
 
 import polars as pl
 from rich.console import Console
@@ -19,6 +17,7 @@ from rich.table import Table
 from pipeline.core.funnel import unit_label
 from pipeline.core.rundir import load_manifest, load_pairs, prompt_drops
 from pipeline.errors import InputError
+from pipeline.review.where import EXAMPLE, compile_where, shown
 
 FLAT_COLUMNS = (
     "prompt_id",
@@ -49,32 +48,17 @@ def flat_pairs(pairs) -> pl.DataFrame:
     ).select(FLAT_COLUMNS)
 
 
-_LITERALS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
-_TABLES = re.compile(r"\b(from|join)\b|\b(read|scan)_\w+", re.IGNORECASE)
-
-
-def check_where(where: str, columns=FLAT_COLUMNS) -> None:
-    """A filter may only read the pair columns: polars SQL would also run a subquery over a file
-    (`... (SELECT ... FROM read_csv('/etc/...'))`), which `prefsynth review` must not serve."""
-    found = _TABLES.search(_LITERALS.sub("''", where))
-    if found:
-        raise InputError(
-            f"--where {where!r} reads other tables ({found.group(0)!r}); fix: use a condition over the "
-            f"pair columns only ({', '.join(columns)}), e.g. \"margin < 0.5\""
-        )
-
-
 def select(df: pl.DataFrame, where: str | None, sample: int | None, seed: int = 0) -> pl.DataFrame:
+    """The rows matching `where` (pipeline/review/where.py: parsed to a polars expression over `df`'s own columns),
+    then `sample` of them at random."""
     if where:
-        check_where(where, df.columns)
+        expr = compile_where(where, df.schema)
         try:
-            df = pl.SQLContext(pairs=df).execute(f"SELECT * FROM pairs WHERE {where}", eager=True)
-        except Exception as exc:  # polars raises several error types for bad SQL
+            df = df.filter(expr)
+        except (Exception, pl.exceptions.PanicException) as exc:  # a type the parser let through, polars' to judge
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(
-                f"--where {where!r} is not a valid filter ({reason}); fix: use a SQL condition over "
-                f"{', '.join(df.columns)}, e.g. \"margin < 0.5\""
-            ) from None
+            raise InputError(f"--where {shown(where)} is not a valid filter ({reason}); fix: use a condition over "
+                             f"{', '.join(df.columns)}, e.g. {EXAMPLE}") from None
     if sample is not None and df.height > sample:
         df = df.sample(n=sample, seed=seed)
     return df

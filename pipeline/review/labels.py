@@ -56,7 +56,7 @@ from pipeline.errors import InputError
 VERDICTS = ("accept", "flip", "reject")
 FOLDER = "reviews"
 FLIP_PREFIX = "review_flip:"
-REVIEWER = re.compile(r"^[\w.@-][\w .@-]{0,63}$")
+REVIEWER = re.compile(r"[\w@-][\w .@-]{0,63}")  # fullmatch; no leading dot: the name becomes a file name
 PAIR_ID = re.compile(r"^[0-9a-f]{16}$")
 MAX_NOTE = 2000
 
@@ -100,9 +100,9 @@ def pair_ids(pairs: pa.Table) -> list[str]:
 
 def check_reviewer(name: str) -> str:
     name = (name or "").strip()
-    if not REVIEWER.match(name):
-        raise InputError(f"reviewer name {name!r} is not usable; fix: 1 to 64 letters, digits, spaces, '.', '@', "
-                         "'_' or '-', e.g. --reviewer alice")
+    if not REVIEWER.fullmatch(name):
+        raise InputError(f"reviewer name {name[:80]!r} is not usable; fix: 1 to 64 letters, digits, spaces, '.', "
+                         "'@', '_' or '-', not starting with '.' and without '/', e.g. --reviewer alice")
     return name
 
 
@@ -120,10 +120,16 @@ def new_label(reviewer: str, pair: dict, verdict: str, note: str = "") -> Label:
 def append(run_dir, label: Label) -> Path:
     """Append one label line to RUN/reviews/<reviewer>.jsonl (one write, fsync'd; nothing rewritten)."""
     folder = Path(run_dir) / FOLDER
+    if folder.is_symlink():  # labels are written inside the run, never through a link to elsewhere
+        raise InputError(f"{folder} is a symbolic link; fix: make it a plain folder inside the run")
     folder.mkdir(exist_ok=True)
-    path = folder / f"{re.sub(r'[^A-Za-z0-9_.@-]', '_', label.reviewer)}.jsonl"
+    path = folder / f"{re.sub(r'[^A-Za-z0-9_.@-]', '_', check_reviewer(label.reviewer))}.jsonl"
     line = (json.dumps(asdict(label), ensure_ascii=False, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise InputError(f"cannot write the label file {path} ({exc.strerror}); fix: make it a plain file (not a "
+                         "symbolic link) the reviewer can write") from None
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":  # an interrupted write left half a line: end it

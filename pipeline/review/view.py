@@ -5,8 +5,8 @@
   frame: the columns of `prefsynth inspect --where` plus `pair_id`, `label` (the latest verdict, or
   null) and `row`. Labels are re-read when a file under RUN/reviews/ changes (another reviewer's
   server may append too).
-- `page`: the filter (inspect's SQL language, same checks), sort and slice happen here, on the
-  server; only one page of rows, with texts cut short, goes to the browser. The filtered and sorted
+- `page`: the filter (inspect's language, pipeline/review/where.py: parsed, bounded), sort and slice happen
+  here, on the server; only one page of rows, with texts cut short, goes to the browser. The filtered and sorted
   order is cached per (filter, sort, labels), so paging through a filter is one slice
   (bench/review.py: 100k pairs).
 - `pair`: one pair in full, every judgment of its two candidates (pairwise verdicts included) and
@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,7 @@ class ReviewView:
             raise InputError(f"{run_dir} is one increment of a growing dataset; fix: review the dataset folder, "
                              f"`prefsynth review {parent.parent}`")
         self._cache: OrderedDict = OrderedDict()
+        self._lock = threading.RLock()
         self._load()
 
     def _load(self) -> None:
@@ -95,6 +97,10 @@ class ReviewView:
     def refresh(self) -> None:
         """Re-read the labels when a label file changed since the last read, and the manifest (and, when
         what it was published from changed, the pairs) when it was rewritten."""
+        with self._lock:  # the app filters in worker threads (`ordered`)
+            self._refresh()
+
+    def _refresh(self) -> None:
         if self._file_stamp(self.run / "manifest.json") != self._manifest_stamp:
             old, self.manifest = self.manifest, load_manifest(self.run)
             keys = ("increments", "stage_fingerprints")
@@ -133,18 +139,24 @@ class ReviewView:
 
     # -- the pairs table -------------------------------------------------------------------------------
     def ordered(self, where: str | None, sort: str = "row", desc: bool = False) -> pl.DataFrame:
+        """The frame filtered (pipeline/review/where.py) and sorted, cached. The app calls this from worker threads:
+        the lock guards the cache and the labels' reload, never the filtering, so one slow filter blocks no other
+        request."""
         if sort not in SORTABLE:
             raise InputError(f"sort column {sort!r} is not one of {', '.join(SORTABLE)}; fix: pick one of them")
-        self.refresh()
-        key = ((where or "").strip(), sort, desc)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        df = select(self.frame, key[0] or None, None)
+        with self._lock:
+            self.refresh()
+            key = ((where or "").strip(), sort, desc, self._stamp)
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            frame = self.frame
+        df = select(frame, key[0] or None, None)
         df = df.sort([sort, "row"], descending=[desc, False], nulls_last=True)
-        self._cache[key] = df
-        if len(self._cache) > 8:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[key] = df
+            if len(self._cache) > 8:
+                self._cache.popitem(last=False)
         return df
 
     def page(self, *, where: str | None = None, sort: str = "row", desc: bool = False, page: int = 1,

@@ -146,3 +146,32 @@ def test_an_operational_field_is_marked_once_and_moves_no_fingerprint(pinned_rev
         assert type(section).model_fields[leaf].description.endswith("(operational)"), path
     # a real field does move
     assert run_fingerprints(load_config(None, [*base, "generate.max_new_tokens=17"])) != before
+
+
+def test_yaml_aliases_work_and_an_alias_bomb_is_refused_fast(tmp_path):
+    """Anchors a config may use are kept; aliases that expand past the limit are refused in well under a second,
+    without the expanded value in the message (issue 39: 20-30 s and a 624 MB error before)."""
+    import time
+
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("generate: {n: &n 4, max_new_tokens: *n}\n")
+    assert load_config(ok).generate.max_new_tokens == 4
+    rows = ["a: &a [" + ", ".join(['"lol"'] * 9) + "]"]
+    rows += [f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefgh", "bcdefghi")]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(rows) + "\ngenerate:\n  n: *i\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expand to more than 100,000 values") as err:
+        load_config(bomb)
+    assert time.perf_counter() - start < 5 and len(str(err.value)) < 300 and "lol" not in str(err.value)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("generate: &x {n: [1, *x]}\n")
+    with pytest.raises(ConfigError, match="refers to the value that contains it"):
+        load_config(loop)
+
+
+@pytest.mark.parametrize("override", ["seed=yes", "generate.n=true", "generate.temperature=on", "pair.min_margin=no"])
+def test_a_boolean_is_not_a_number(override):
+    with pytest.raises(ConfigError, match="is a boolean, not a number") as err:
+        load_config(TINY, [override])
+    assert override.split("=")[0] in str(err.value)
