@@ -1,4 +1,4 @@
-"""The `train` and `build_and_train` flows: DPO on a run's shards, as one command or the last task.
+"""The `train`, `train_rm` and `build_and_train` flows: DPO (or a reward model) on a run's shards.
 
 `train` wraps pipeline.train.train in one task (the trainer checkpoints and resumes itself, so a
 re-run after a crash continues from its last checkpoint); `build_and_train` runs `build_dataset`
@@ -15,11 +15,14 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.train import TrainConfig
+from pipeline.train.config import RMConfig
+from pipeline.train.rm_trainer import train_rm as train_rm_core
 from pipeline.train.trainer import train as train_core
 
 log = logging.getLogger("prefsynth")
 
 train_task = task(train_core, name="train", cache_policy=NO_CACHE, persist_result=False)
+train_rm_task = task(train_rm_core, name="train-rm", cache_policy=NO_CACHE, persist_result=False)
 
 
 def _report(prov: dict) -> None:
@@ -33,6 +36,16 @@ def train(config: dict, data: str, out_dir: str) -> dict:
     """Train `config['model']` on the pairs at `data`; return the provenance record."""
     prov = train_task(TrainConfig.model_validate(config), data, out_dir, log=log.info)
     _report(prov)
+    return prov
+
+
+@flow(name="train_rm", log_prints=False, persist_result=False)
+def train_rm(config: dict, data: str, out_dir: str) -> dict:
+    """Train a Bradley-Terry reward model on `config['model']` from the pairs at `data`; return the provenance."""
+    prov = train_rm_task(RMConfig.model_validate(config), data, out_dir, log=log.info)
+    rows = [{"metric": k, "value": round(v, 6)} for k, v in sorted(prov["final_eval"].items())]
+    create_table_artifact(key="prefsynth-train-rm", table=rows or [{"metric": "steps", "value": prov["steps"]}],
+                          description=f"prefsynth train-rm: {prov['steps']} steps")
     return prov
 
 

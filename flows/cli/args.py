@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     from pipeline.config import describe_keys
-    from pipeline.train.config import TrainConfig
+    from pipeline.train.config import RMConfig, TrainConfig
 
     run = sub.add_parser("run", help="build a preference dataset",
                          description=RUN_HELP.format(keys="\n".join(describe_keys())),
@@ -196,6 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="override one trainer key, e.g. --set steps=20 (repeatable; values are YAML)",
     )
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    rm = sub.add_parser("train-rm", help="train a Bradley-Terry reward model from a run's pairs shards",
+                        description=TRAIN_RM_HELP.format(keys="\n".join(describe_keys(RMConfig))),
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rm.add_argument("--data", required=True, metavar="RUN_DIR_OR_SHARDS",
+                    help="a `prefsynth run` output folder, a folder of pairs shards, or one .parquet file")
+    rm.add_argument("--model", metavar="MODEL",
+                    help="base model under the reward head (default: bundled:smollm2-135m-instruct)")
+    rm.add_argument("--out", required=True, metavar="DIR", help="training folder: checkpoints, metrics, model/")
+    rm.add_argument("--config", metavar="FILE", help="YAML reward-model config (keys below)")
+    rm.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one key, e.g. --set steps=20 (repeatable; values are YAML)")
+    rm.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
 
 
@@ -302,4 +315,20 @@ examples:
   prefsynth train --data runs/smollm2-seed-default --out runs/dpo
   prefsynth train --data runs/my --model HuggingFaceTB/SmolLM2-360M-Instruct --out runs/dpo \\
       --set losses='{{sigmoid: 1.0, nll: 0.2}}' --set steps=200
+"""
+
+
+TRAIN_RM_HELP = """\
+Train a Bradley-Terry reward model (a one-label sequence-classification head on a base model) on
+prefsynth pairs, streaming the shards; held-out prompts give the eval pair accuracy (with a bootstrap
+interval), reward margin and the rewards' mean and std. Re-running the same command resumes from the
+last checkpoint in OUT. Results: OUT/model/ (a judge.reward_models entry as it is), OUT/metrics.jsonl,
+OUT/provenance.json (the data's fingerprint).
+
+Config keys (the same text lives beside each field in pipeline/train/config.py, RMConfig):
+{keys}
+
+examples:
+  prefsynth train-rm --data runs/my --out runs/rm --set steps=200
+  prefsynth run --config my.yaml --set judge.reward_models=[runs/rm/model]
 """

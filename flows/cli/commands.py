@@ -19,7 +19,8 @@ from flows.cli.runtime import Terminated, signals
 from pipeline.errors import BudgetExceeded, ConfigError, InputError, PrefsynthError
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
-           "checkpoint", "push": "; rerun the same command to push", "review": " (labels are saved as they are made)",
+           "checkpoint", "train-rm": "; rerun the same command to resume from the last checkpoint",
+           "push": "; rerun the same command to push", "review": " (labels are saved as they are made)",
            "iterate": "; rerun the same command to resume the round"}
 
 def _setup_logging() -> None:
@@ -243,6 +244,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_train_rm(args) -> int:
+    from pipeline.core.rundir import check_out_dir
+    from pipeline.stages.preflight import check_model, offline_unless_hub
+    from pipeline.train.config import load_rm_config
+    from pipeline.train.data import check_degenerate, open_source
+
+    cfg = load_rm_config(args.config, list(args.overrides) + ([f"model={args.model}"] if args.model else []))
+    offline_unless_hub([cfg.model])
+    check_model(cfg.model, field="--model" if args.model else "model")
+    check_out_dir(args.out)
+    check_degenerate(open_source(args.data, verify=False), lambda msg: None)
+    if args.quiet:
+        os.environ["PREFSYNTH_PROGRESS"] = "0"
+    from flows.cli.runtime import flow_session
+
+    with flow_session():
+        from flows.train import train_rm
+
+        prov = train_rm(cfg.model_dump(), str(args.data), str(args.out))
+    ev, first = prov["final_eval"], prov.get("initial_eval") or {}
+    print(f"trained a reward model for {prov['steps']} steps on {args.data}; model: {prov['model']['path']}")
+    if "eval/accuracy" in ev:
+        interval = f" [{ev['eval/accuracy_lo']:.3g}, {ev['eval/accuracy_hi']:.3g}]" if "eval/accuracy_lo" in ev else ""
+        print(f"eval on {ev['eval/pairs']} held-out pairs: accuracy {first.get('eval/accuracy', float('nan')):.3g} "
+              f"at step 0 -> {ev['eval/accuracy']:.3g}{interval}, margin {ev['eval/margin']:.4g}, reward mean "
+              f"{ev['eval/reward_mean']:.4g} std {ev['eval/reward_std']:.4g}")
+    return 0
+
+
 def print_train_summary(prov: dict, data) -> None:
     """What `prefsynth train` prints: steps, final eval values, the watch's note and every alarm."""
     ev = prov["final_eval"]
@@ -281,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 "inspect": cmd_inspect,
                 "push": cmd_push,
                 "train": cmd_train,
+                "train-rm": cmd_train_rm,
                 "serve": cmd_serve,
                 "review": cmd_review,
                 "judge-eval": cmd_judge_eval,

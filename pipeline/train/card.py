@@ -95,3 +95,54 @@ def write(model_dir: Path, prov: dict) -> Path:
     path = Path(model_dir) / "README.md"
     path.write_text(render(prov))
     return path
+
+
+def render_rm(prov: dict) -> str:
+    """A reward model's card: base, data (run fingerprint), loss, held-out pair accuracy at step 0 and at the end,
+    the rewards' mean and std (to centre its scores) and how to judge with it."""
+    data, cfg = prov["data"], prov["config"]
+    run = f"the prefsynth run `{data['run_name']}`" if data.get("run_name") else "preference pairs"
+    config_fp = data.get("manifest_config_fingerprint")
+    rows = ["| metric | step 0 | final | final 95% interval |", "|---|---|---|---|"]
+    first, final = prov.get("initial_eval") or {}, prov.get("final_eval") or {}
+    for k in ("accuracy", "margin", "loss", "reward_mean", "reward_std"):
+        a, b = first.get(f"eval/{k}"), final.get(f"eval/{k}")
+        lo, hi = final.get(f"eval/{k}_lo"), final.get(f"eval/{k}_hi")
+        cell = lambda v: "" if v is None else f"{v:.4g}"  # noqa: E731
+        rows.append(f"| `{k}` | {cell(a)} | {cell(b)} | {f'[{lo:.3g}, {hi:.3g}]' if lo is not None else ''} |")
+    pairs = final.get("eval/pairs")
+    held = (f"On {int(pairs)} held-out pair(s) (prompts never trained on; interval: bootstrap over the pairs):\n\n"
+            + "\n".join(rows)) if pairs else "No eval split (`eval_fraction: 0`): no held-out accuracy."
+    lora = f"LoRA r={cfg['lora']['r']} (merged)" if cfg.get("lora") else "full fine-tuning"
+    body = f"""
+# Reward model trained by prefsynth
+
+A Bradley-Terry reward model (`AutoModelForSequenceClassification`, one label: the score of the last token of the
+chat-templated conversation) trained from `{prov['model']['base']}` on {run} (data fingerprint
+`{data['fingerprint']}`{f', run config fingerprint `{config_fp}`' if config_fp else ''}; shards:
+{', '.join(f'`{Path(s).name}`' for s in data['shards'])}).
+
+## Training
+
+- loss {json.dumps(prov['loss'])}; {lora}
+- {prov['steps']} steps, batch {cfg['batch_size']} pairs, learning rate {cfg['learning_rate']:g}, seed {cfg['seed']};
+  {prov['seconds']:g} s; the full config is in `provenance.json` beside this folder
+
+## Held-out evaluation
+
+{held}
+
+## Use
+
+As a judge of a prefsynth run: `--set judge.reward_models=[<this folder>]` (in process, on vLLM's pooling runner
+or behind `vllm serve --runner pooling --convert classify`).
+"""
+    data_card = ModelCardData(library_name="transformers", tags=["prefsynth", "reward-model"],
+                              pipeline_tag="text-classification", base_model=card_data(prov).base_model)
+    return ModelCard(f"---\n{data_card.to_yaml()}\n---\n{body}").content
+
+
+def write_rm(model_dir: Path, prov: dict) -> Path:
+    path = Path(model_dir) / "README.md"
+    path.write_text(render_rm(prov))
+    return path

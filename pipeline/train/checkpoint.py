@@ -105,7 +105,8 @@ def save(out_dir: Path, model, opt, sched, watch, *, step: int, epoch: int, cons
         save_file(_trainable(model), str(tmp / "trainable.safetensors"))
         blob["optimizer"] = opt.state_dict()
     torch.save(blob, tmp / "optimizer.pt")
-    write_json(tmp / "state.json", {"step": step, "epoch": epoch, "consumed": consumed, "watch": watch.state()})
+    write_json(tmp / "state.json", {"step": step, "epoch": epoch, "consumed": consumed,
+                                     "watch": None if watch is None else watch.state()})
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in _ckpt_dirs(out_dir)[:-keep]:
@@ -145,7 +146,8 @@ def load_latest(out_dir: Path, run_key: str, model, opt, sched, watch, dist=None
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     state = json.loads((last / "state.json").read_text())
-    watch.load(state["watch"])
+    if watch is not None:  # the DPO trainer's over-optimisation watch; the reward-model trainer has none
+        watch.load(state["watch"])
     return state
 
 
@@ -176,21 +178,10 @@ def finish(
     log=print,
 ) -> dict:
     target = out_dir / "model"
-    tmp = out_dir / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-    to_save.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    manifest = source.manifest or {}
     prov = {
         "run_key": run_key,
         "model": {"base": label, "path": str(target)},
-        "data": {
-            "shards": [str(s) for s in source.shards],
-            "fingerprint": source.fingerprint,
-            "manifest_config_fingerprint": manifest.get("config_fingerprint"),
-            "run_name": manifest.get("name"),
-        },
+        "data": data_record(source),
         "losses": cfg.losses,
         "beta": cfg.beta,
         "steps": steps,
@@ -203,9 +194,33 @@ def finish(
         "seconds": round(seconds, 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    card.write(tmp, prov)  # the model's README.md: what was trained, held-out metrics, the watch and its alarms
+    # the model's README.md: what was trained, held-out metrics, the watch and its alarms
+    write_model(out_dir, model, tokenizer, prov, card.write)
+    log(f"train: {steps} steps done; model in {target}, provenance in {out_dir / 'provenance.json'}")
+    return prov
+
+
+def data_record(source) -> dict:
+    """What a model's provenance says about its data: shards, their fingerprint, the run's config fingerprint."""
+    manifest = source.manifest or {}
+    return {
+        "shards": [str(s) for s in source.shards],
+        "fingerprint": source.fingerprint,
+        "manifest_config_fingerprint": manifest.get("config_fingerprint"),
+        "run_name": manifest.get("name"),
+    }
+
+
+def write_model(out_dir: Path, model, tokenizer, prov: dict, write_card) -> Path:
+    """OUT/model (LoRA merged) with its card `write_card(folder, prov)`, written under a temporary name and
+    renamed, then OUT/provenance.json."""
+    target, tmp = out_dir / "model", out_dir / ".model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    to_save.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_card(tmp, prov)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     write_json(out_dir / "provenance.json", prov)
-    log(f"train: {steps} steps done; model in {target}, provenance in {out_dir / 'provenance.json'}")
-    return prov
+    return target

@@ -173,3 +173,77 @@ class TrainConfig(_Section):
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     return load_model(TrainConfig, path, overrides)
+
+
+class RMConfig(_Section):
+    """`prefsynth train-rm`: a Bradley-Terry reward model (pipeline/train/rm_trainer.py) from the same pairs shards."""
+
+    model: str = Field(
+        "bundled:smollm2-135m-instruct",
+        description="Base model under the reward head (a new linear score head, num_labels 1, on its last hidden "
+        "state; an existing one-label reward model keeps its head): bundled:NAME, a local folder or a Hub id.",
+    )
+    seed: int = Field(0, description="Seed for data order, the eval split and the score head's initialisation.")
+    margin: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the pairs' `margin` column in the loss -log s(r+ - r- - margin * row margin) (Llama "
+        "2's margin loss); 0 is the plain Bradley-Terry loss; rows without a margin use 0.",
+    )
+    label_confidence: bool = Field(
+        False,
+        description="Use the pairs' `label_confidence` column c as a soft label: -(c log s(d) + (1-c) log s(-d)); "
+        "rows without one use 1 - label_smoothing.",
+    )
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="Soft label 1 - e for every pair (or rows "
+                                   "without a label_confidence): the assumed probability that a label is flipped.")
+    center_rewards: float = Field(0.0, ge=0.0, description="Weight of the centring term mean((r+ + r-)^2) (TRL's "
+                                  "center_rewards_coefficient; 0.01 is usual): rewards stay near zero mean.")
+    max_prompt_tokens: int = Field(256, ge=8, description="Prompt tokens kept; longer prompts keep their last tokens.")
+    max_length: int = Field(768, ge=16, description="Prompt + response tokens kept; longer responses are cut.")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of prompt_ids held out for evaluation "
+                                 "(all pairs of a prompt on one side), topped up to min_eval_pairs pairs in hash "
+                                 "order while that stays within a quarter of the pairs.")
+    min_eval_pairs: int = Field(8, ge=0, description="Held-out pairs wanted for the eval accuracy "
+                                "(see eval_fraction).")
+    batch_size: int = Field(8, ge=1, description="Pairs per optimiser step.")
+    micro_batch_size: int | None = Field(None, ge=1, description="Pairs per forward pass (null: batch_size).")
+    learning_rate: float = Field(1e-5, gt=0, description="AdamW learning rate (constant after warmup).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping norm; null turns it off.")
+    epochs: int = Field(1, ge=1, description="Passes over the training split (ignored when steps is set).")
+    steps: int | None = Field(None, ge=1, description="Optimiser steps to run; overrides epochs.")
+    shuffle_buffer: int = Field(1024, ge=1, description="Pairs held in the streaming shuffle buffer.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="'auto': float32 weights with bf16 autocast on GPU, float32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    lora: LoraConfig | None = Field(None, description="Train LoRA adapters (peft, task SEQ_CLS; the score head "
+                                    "trained in full) instead of all weights; merged into the saved model.")
+    eval_every: int = Field(10, ge=1, description="Evaluate on the held-out split every N steps.")
+    resamples: int = Field(1000, ge=100, description="Bootstrap resamples for the eval accuracy's interval.")
+    save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest removed).")
+    tensorboard: bool = Field(True, description="Also write metrics for TensorBoard (needs the tensorboard package).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.batch_size
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size}; fix: make it one")
+        if self.max_prompt_tokens >= self.max_length:
+            raise ValueError(f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a response under "
+                             f"max_length {self.max_length}; fix: raise max_length")
+        return self
+
+    def weight_fields(self) -> dict:
+        """The fields that change the trained weights (the run key): not the batch split, cadence or logging."""
+        return self.model_dump(exclude={"micro_batch_size", "save_every", "keep_checkpoints", "tensorboard",
+                                        "gradient_checkpointing", "eval_every", "resamples"})
+
+
+def load_rm_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RMConfig:
+    return load_model(RMConfig, path, overrides)

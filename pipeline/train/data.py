@@ -35,7 +35,8 @@ from pipeline.core.store import sha256
 from pipeline.errors import InputError
 
 REQUIRED = ("prompt", "chosen", "rejected", "prompt_id")
-OPTIONAL = ("chosen_id", "rejected_id", "rationale", "ref_chosen_logp", "ref_rejected_logp", "label_confidence")
+OPTIONAL = ("chosen_id", "rejected_id", "rationale", "ref_chosen_logp", "ref_rejected_logp", "label_confidence",
+            "margin")
 RATIONALE_QUESTION = ("Two answers to the conversation above were compared.\n\nPreferred answer:\n{chosen}\n\n"
                       "Other answer:\n{rejected}\n\nExplain why the preferred answer is better.")
 
@@ -59,6 +60,7 @@ class Example:
     rationale: tuple[list[int], list[int]] | None  # (context ids, rationale ids) for the DCPO term
     shard_ref: tuple[float, float] | None  # ref log-probs from the shard, when it carries them
     confidence: float | None = None  # label_confidence (rdpo's soft target), when the row has one
+    margin: float | None = None  # the judged score gap (the reward model's margin loss), when the row has one
 
 
 def open_source(path: str | Path, *, verify: bool = True) -> DataSource:
@@ -239,7 +241,9 @@ def encode_row(tokenizer, row: dict, *, max_prompt_tokens: int, max_length: int)
     conf = row.get("label_confidence")
     if conf is not None and not 0.0 <= conf <= 1.0:
         raise InputError(f"pair {key}: label_confidence {conf!r} is not a probability; fix: write values in [0, 1]")
-    return Example(key, row["prompt_id"], prompt, chosen, rejected, truncated, rationale, ref, conf)
+    margin = row.get("margin")
+    margin = None if margin is None or margin != margin else float(margin)  # NaN: no margin
+    return Example(key, row["prompt_id"], prompt, chosen, rejected, truncated, rationale, ref, conf, margin)
 
 
 def examples(

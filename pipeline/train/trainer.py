@@ -20,7 +20,6 @@ eval are in pipeline/train/step.py.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from pipeline.train import checkpoint as ckpt
 from pipeline.train import parallel
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import check_degenerate, eval_prompts, examples, open_source, shuffled
+from pipeline.train.loop import Batches, optimizer, precision
 from pipeline.train.metrics import MetricsLog, OverOptimisationWatch
 from pipeline.train.ref import cache_path, reference_logps, shard_refs_usable
 from pipeline.train.step import accumulate, boot_seed, evaluate, mean, noise
@@ -43,15 +43,6 @@ _noise = noise  # its old home (tests/pipeline/train/test_metrics.py imports it 
 __all__ = ["accumulate", "load_policy", "precision", "train"]
 
 VERSION = "1"
-
-
-def precision(cfg: TrainConfig, device: str) -> tuple[torch.dtype, object, str]:
-    """(weights dtype, autocast context factory, compute dtype name) for a config and device."""
-    if cfg.dtype == "bfloat16":
-        return torch.bfloat16, contextlib.nullcontext, "bfloat16"
-    if cfg.dtype == "auto" and device.startswith("cuda"):  # float32 master weights, bf16 matmuls
-        return torch.float32, lambda: torch.autocast("cuda", dtype=torch.bfloat16), "bfloat16"
-    return torch.float32, contextlib.nullcontext, "float32"
 
 
 def _causal_lm(path: str, cfg: TrainConfig, device: str, weights_dtype: torch.dtype):
@@ -189,9 +180,7 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
     total_steps = cfg.steps or math.ceil(cfg.epochs * n_train / cfg.batch_size)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    cuda = device.startswith("cuda")
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=cuda)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (cfg.warmup_steps + 1)))
+    opt, sched = optimizer(params, cfg, device)
     watch = OverOptimisationWatch(cfg.overopt)
     state = ckpt.load_latest(out_dir, run_key, model, opt, sched, watch, dist=dist)
     step, epoch, consumed = state["step"], state["epoch"], state["consumed"]
@@ -203,13 +192,10 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
     if getattr(mlog, "note", None):
         log(f"train: {mlog.note}")
 
-    def stream_from(ep: int, skip: int):
-        it = shuffled(
+    def stream(ep: int):
+        return shuffled(
             examples(source, tokenizer, keep=is_train, **enc), seed=cfg.seed, epoch=ep, buffer=cfg.shuffle_buffer
         )
-        for _ in range(skip):
-            next(it)
-        return it
 
     def evaluate_and_watch(record: dict) -> bool:
         """Evaluate into `record`, feed the watch, log an alarm; True when early_stop ends the run here."""
@@ -232,7 +218,7 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
             )
         return bool(alarms) and cfg.early_stop
 
-    it = stream_from(epoch, consumed)
+    batches = Batches(stream, size=cfg.batch_size, epoch=epoch, consumed=consumed)
     started, record = time.time(), {}
     if step == 0:
         record = {"step": 0}
@@ -242,14 +228,8 @@ def _train(cfg: TrainConfig, data, out_dir: Path, dist: parallel.Dist, *, log) -
             mlog.write(record)
     with bar(total=total_steps, initial=step, desc="train", unit="step") as pbar:
         while step < total_steps:
-            batch = []
-            while len(batch) < cfg.batch_size:
-                try:
-                    batch.append(next(it))
-                    consumed += 1
-                except StopIteration:
-                    epoch, consumed = epoch + 1, 0
-                    it = stream_from(epoch, 0)
+            batch = batches.take()
+            epoch, consumed = batches.epoch, batches.consumed
             t0 = time.perf_counter()
             n_rat = sum(ex.rationale is not None for ex in batch) if cfg.losses.get("rationale") else 0
             opt.zero_grad(set_to_none=True)
