@@ -89,5 +89,11 @@ def fault_cases() -> list[Case]:
              env={"RANK": "3", "WORLD_SIZE": "2"}))
     add(Case("train: parallel fsdp without torchrun's rendezvous", lambda d: _train(d, "--set", "parallel=fsdp"),
              "needs MASTER_ADDR", env={"WORLD_SIZE": "1"}))
+    # errors name the key to fix (issue 39)
+    add(Case("iterate: eval.prompts missing", lambda d: ["iterate", "--out", str(d / "it"), "--set",
+                                                         f"eval.prompts={d}/none.jsonl"], "eval.prompts: '"))
+    add(Case("eval: eval.prompts with a NUL", lambda d: ["eval", "--model", "bundled:smollm2-135m-instruct", "--out",
+                                                         str(d / "ev"), "--set", "eval.prompts=" + jsonl(
+                                                             d, ['{"prompt": "a \\u0000"}'])], "eval.prompts: "))
     return c
 

@@ -137,7 +137,7 @@ def cmd_judge_eval(args) -> int:
 def cmd_eval(args) -> int:
     from pipeline.config import load_config
     from pipeline.core.rundir import check_out_dir
-    from pipeline.loop.evaluate import summary_text
+    from pipeline.loop.evaluate import eval_prompts, summary_text
     from pipeline.stages.preflight import check_model, offline_unless_hub
 
     config_path = Path(args.config) if args.config else _default_config()
@@ -147,6 +147,7 @@ def cmd_eval(args) -> int:
     for ref, field in ((args.model, "--model"), (baseline, "--baseline")):
         check_model(ref, field=field)
     check_out_dir(args.out)
+    eval_prompts(cfg)  # a missing or bad eval.prompts fails here, naming the key
     from flows.cli.runtime import flow_session
 
     with flow_session():
@@ -162,6 +163,7 @@ def cmd_eval(args) -> int:
 def cmd_iterate(args) -> int:
     from pipeline.config import load_config
     from pipeline.core.rundir import check_out_dir
+    from pipeline.loop.evaluate import eval_prompts
     from pipeline.loop.iterate import rounds_text, train_config
     from pipeline.stages.preflight import check_model, offline_unless_hub
 
@@ -172,6 +174,7 @@ def cmd_iterate(args) -> int:
     check_model(cfg.generate.model, field="generate.model")
     train_config(cfg, cfg.generate.model)  # a bad iterate.train key fails here, before any model loads
     check_out_dir(args.out)
+    eval_prompts(cfg)  # and a missing or bad eval.prompts
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.cli.runtime import flow_session

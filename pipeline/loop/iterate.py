@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from pipeline.config import InputConfig, RunConfig
 from pipeline.core import schemas
 from pipeline.core.store import write_text
-from pipeline.errors import ConfigError, SchemaError
+from pipeline.errors import ConfigError, InputError, SchemaError
 from pipeline.publish.plots import rounds_plot
 from pipeline.stages.prompts import load_prompts
 from pipeline.train.config import TrainConfig
@@ -57,8 +57,11 @@ def plan_prompts(cfg: RunConfig, out_dir, rounds: int) -> tuple[Path, list[Path]
     source, _ = load_prompts(InputConfig(path=cfg.input.path, split=cfg.input.split, shuffle=cfg.input.shuffle,
                                          skip_invalid=cfg.input.skip_invalid), seed=cfg.seed)
     if cfg.eval.prompts:
-        held, _ = load_prompts(InputConfig(path=cfg.eval.prompts, limit=cfg.eval.limit,
-                                           skip_invalid=cfg.input.skip_invalid), seed=cfg.seed)
+        try:
+            held, _ = load_prompts(InputConfig(path=cfg.eval.prompts, limit=cfg.eval.limit,
+                                               skip_invalid=cfg.input.skip_invalid), seed=cfg.seed)
+        except InputError as exc:
+            raise InputError(f"eval.prompts: {str(exc).removeprefix('input.path ')}") from None
         kept = set(held.column("prompt_id").to_pylist())
         pool = source.filter(pa.array([p not in kept for p in source.column("prompt_id").to_pylist()]))
     else:
