@@ -6,6 +6,7 @@ Only `TransientBackendError` is retried by flows; everything else fails fast.
 
 from __future__ import annotations
 
+import errno
 import re
 
 # the userinfo of a URL (`http://user:password@host`): a password in HF_ENDPOINT or an openai base_url
@@ -68,3 +69,19 @@ class BatchPending(PrefsynthError):
 
 class SandboxUnavailable(PrefsynthError):
     """The code verifier's OS sandbox (bubblewrap) is missing or does not work here: no code is run."""
+
+
+class DiskFull(PrefsynthError):
+    """The disk a run writes to is full or over quota: finished work is kept, a rerun resumes."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is a write that failed for want of space (pyarrow's OSError carries the errno in its text)."""
+    text = str(exc).lower()
+    return isinstance(exc, OSError) and (exc.errno in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text
+                                         or "errno 28]" in text)
+
+
+def no_space(path, exc: BaseException) -> DiskFull:
+    return DiskFull(f"no space left on the disk of {path} ({str(exc)[:120]}); finished stages are kept; fix: free "
+                    "space there (or pass --out on a larger disk) and rerun the same command to resume")

@@ -704,7 +704,7 @@ def _parquet_without_columns(d: Path) -> str:
 
 # -- running them --------------------------------------------------------------------------------------------
 # Variables read once at import (huggingface_hub reads HF_ENDPOINT then): a case that sets one needs a fresh process.
-IMPORT_TIME_ENV = ("HF_",)
+IMPORT_TIME_ENV = ("HF_", "PREFECT_API_URL")  # (a flow is reached to show a PREFECT_API_URL that answers nothing)
 
 
 def _env(extra: dict) -> dict:
@@ -803,6 +803,9 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     # --only TEXT (repeatable): just the cases whose name contains one of the texts
     only = [sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--only"]
-    picked = [c for c in cases() if any(o in c.name for o in only)] if only else None
+    from tests.hostile_faults import fault_cases  # (imports this module: after sys.path names the checkout)
+
+    everything = cases() + fault_cases()
+    picked = [c for c in everything if any(o in c.name for o in only)] if only else everything
     handled, total, _ = run_all(picked, fresh_process="--subprocess" in sys.argv[1:])
     sys.exit(0 if handled == total else 1)

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile import ROOT, _env, cases, needs_subprocess, run_all, run_case
+from tests.hostile import ROOT, _env, needs_subprocess, run_all, run_case
+from tests.hostile import cases as base_cases
+from tests.hostile_faults import fault_cases
+
+
+def cases():
+    return base_cases() + fault_cases()
 
 
 def test_every_hostile_input_is_handled_in_process():

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
             return resp.status == 200
@@ -84,7 +85,7 @@ class ApiServer:
     def wait(self, timeout: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _healthy(self.api_url):
+            if healthy(self.api_url):
                 return
             if self.proc.poll() is not None:
                 break
@@ -105,15 +106,42 @@ class ApiServer:
             self.proc.wait()
 
 
+def answers(url: str) -> bool:
+    """Whether anything answers HTTP at the API `url` (any status: Prefect Cloud's /health may want a key)."""
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=5).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def check_given_api(url: str, where: str) -> None:
+    """A Prefect API the user named must answer before a flow starts (else Prefect's client fails with a
+    traceback). Any HTTP answer will do (Prefect Cloud's /health may want a key); no answer at all fails."""
+    try:
+        urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=10).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise BackendError(f"{where} {url!r} does not answer ({reason}); fix: start that server (`prefect server "
+                           "start`), correct the URL, or unset PREFECT_API_URL to let prefsynth run its own") from None
+
+
 @contextlib.contextmanager
 def prefect_api():
-    """Use PREFECT_API_URL (env or profile) when set; else run a guarded ephemeral server for the block."""
+    """Use PREFECT_API_URL (env or profile) when set and answering; else run a guarded ephemeral server for the
+    block."""
     if os.environ.get("PREFECT_API_URL"):
+        check_given_api(os.environ["PREFECT_API_URL"], "PREFECT_API_URL")
         yield None
         return
     from prefect.settings import get_current_settings
 
     if get_current_settings().api.url:  # the active Prefect profile names a server (or Prefect Cloud)
+        check_given_api(str(get_current_settings().api.url), "the Prefect profile's PREFECT_API_URL")
         yield None
         return
     server = ApiServer().start()

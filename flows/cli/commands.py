@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flows.cli.args import _default_config, _distributed_overrides, build_parser
 from flows.cli.runtime import Terminated, signals
-from pipeline.errors import BudgetExceeded, ConfigError, InputError, PrefsynthError
+from pipeline.errors import BudgetExceeded, ConfigError, InputError, PrefsynthError, disk_full, no_space
 
 _RESUME = {"run": "; rerun the same command to resume", "train": "; rerun the same command to resume from the last "
            "checkpoint", "train-rm": "; rerun the same command to resume from the last checkpoint",
@@ -138,7 +138,7 @@ def cmd_judge_eval(args) -> int:
 def cmd_eval(args) -> int:
     from pipeline.config import load_config
     from pipeline.core.rundir import check_out_dir
-    from pipeline.loop.evaluate import summary_text
+    from pipeline.loop.evaluate import eval_prompts, summary_text
     from pipeline.stages.preflight import check_model, offline_unless_hub
 
     config_path = Path(args.config) if args.config else _default_config()
@@ -148,6 +148,7 @@ def cmd_eval(args) -> int:
     for ref, field in ((args.model, "--model"), (baseline, "--baseline")):
         check_model(ref, field=field)
     check_out_dir(args.out)
+    eval_prompts(cfg)  # a missing or bad eval.prompts fails here, naming the key
     from flows.cli.runtime import flow_session
 
     with flow_session():
@@ -163,6 +164,7 @@ def cmd_eval(args) -> int:
 def cmd_iterate(args) -> int:
     from pipeline.config import load_config
     from pipeline.core.rundir import check_out_dir
+    from pipeline.loop.evaluate import eval_prompts
     from pipeline.loop.iterate import rounds_text, train_config
     from pipeline.stages.preflight import check_model, offline_unless_hub
 
@@ -173,6 +175,7 @@ def cmd_iterate(args) -> int:
     check_model(cfg.generate.model, field="generate.model")
     train_config(cfg, cfg.generate.model)  # a bad iterate.train key fails here, before any model loads
     check_out_dir(args.out)
+    eval_prompts(cfg)  # and a missing or bad eval.prompts
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
     from flows.cli.runtime import flow_session
@@ -224,12 +227,15 @@ def cmd_train(args) -> int:
     check_out_dir(args.out)
     source = open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
     check_degenerate(source, lambda msg: None)  # a dataset of only chosen == rejected fails here; the flow warns
-    from pipeline.train.parallel import plan  # (imports torch: after the data checks, which fail faster without it)
+    from pipeline.train.parallel import (  # (imports torch: after the data checks, which fail faster)
+        plan,
+        torchrun_rank,
+    )
 
-    plan(cfg)  # train.parallel against torchrun's WORLD_SIZE and the batch split
+    plan(cfg)  # train.parallel against torchrun's variables and the batch split
     if args.quiet:
         os.environ["PREFSYNTH_PROGRESS"] = "0"
-    if int(os.environ.get("RANK") or 0):  # torchrun's other ranks train beside rank 0, which runs the flow
+    if torchrun_rank():  # torchrun's other ranks train beside rank 0, which runs the flow
         from pipeline.train.trainer import train as train_core
 
         train_core(cfg, args.data, args.out, log=lambda msg: None)
@@ -323,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except PrefsynthError as exc:
         print(f"prefsynth: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write outside the tables' own (a model, a log) on a full disk
+        if not disk_full(exc):
+            raise
+        print(f"prefsynth: error: {no_space(getattr(exc, 'filename', None) or 'the output', exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"prefsynth: interrupted; finished work is kept{_RESUME.get(args.command, '')}", file=sys.stderr)

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 
-from pipeline.errors import PrefsynthError
+from pipeline.errors import BackendError, PrefsynthError, disk_full
 
 
 class Terminated(BaseException):
@@ -33,7 +33,7 @@ QUIET = (PrefsynthError, KeyboardInterrupt, Terminated)
 def _user_caused(exc: BaseException | None) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:  # Prefect may wrap the stage's error
-        if isinstance(exc, QUIET):
+        if isinstance(exc, QUIET) or disk_full(exc):
             return True
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
@@ -102,7 +102,7 @@ def signals():
 @contextlib.contextmanager
 def flow_session():
     """Run the block (which calls flows) with a guarded Prefect API and quiet user errors."""
-    from flows.cli.api_server import prefect_api
+    from flows.cli.api_server import answers, prefect_api
 
     with prefect_api() as server:
         if server is not None:
@@ -110,5 +110,15 @@ def flow_session():
         quiet_prefect_console()
         try:
             yield
+        except Exception as exc:
+            url = os.environ.get("PREFECT_API_URL")
+            if isinstance(exc, PrefsynthError) or not url or answers(url):
+                raise
+            # the API died under the run (killed, its machine gone): Prefect's client fails wherever it was
+            raise BackendError(
+                f"the Prefect API at {url} stopped answering during the run ({type(exc).__name__}: {str(exc)[:120]}); "
+                "finished stages are kept; fix: restart that server (or unset PREFECT_API_URL) and rerun the same "
+                "command to resume"
+            ) from None
         finally:
             _drain_prefect()

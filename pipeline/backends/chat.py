@@ -7,10 +7,12 @@ generated position (what a logprobs judge reads), and the request's token usage.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from pipeline.backends.base import Completion, Reply
+from pipeline.errors import BackendError
 
 CONTEXT_ERROR = re.compile(r"context length|maximum context|too long|max_model_len|prompt is too long", re.I)
 # a 400 that names one of these parameters means the server does not take it (sent again without it)
@@ -44,9 +46,36 @@ def usage_of(resp) -> dict | None:
     return None if u is None else {"input_tokens": u.prompt_tokens, "output_tokens": u.completion_tokens}
 
 
+def not_an_api(field: str, base_url: str, what: str) -> BackendError:
+    """The error of an endpoint whose answer is not an OpenAI-compatible one (a proxy's HTML page, a body that is
+    not JSON, a reply of another shape): one line naming the key and the fix, never a parser's traceback."""
+    return BackendError(f"{field}.base_url {base_url!r} answered {what[:300]}, not an OpenAI-compatible reply; fix: "
+                        f"point {field}.base_url at the server's OpenAI API (e.g. http://HOST:8000/v1 of `vllm "
+                        "serve`), or fix the proxy in front of it"
+                        + (", or set judge.score_mode=sampled (log-probs not read)" if "top_logprobs" in what else ""))
+
+
+def _top(entry) -> list:
+    """[token, log-prob] of one top_logprobs entry; a ValueError for any other shape (a judge would read it)."""
+    token, logprob = getattr(entry, "token", None), getattr(entry, "logprob", None)
+    if not isinstance(token, str) or isinstance(logprob, bool) or not isinstance(logprob, (int, float)) \
+            or math.isnan(logprob) or logprob > 1e-6:
+        raise ValueError(f"a top_logprobs entry {entry!r} that is not a token with its log-prob")
+    return [token, float(logprob)]
+
+
 def reply_of(resp, n: int, *, structured: bool) -> Reply:
     """Completions (chat or completions endpoint), the top log-probs at each choice's first generated position,
-    and usage."""
+    and usage; a ValueError naming what is wrong when the reply has another shape."""
+    try:
+        return _reply_of(resp, n, structured=structured)
+    except (AttributeError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(f"a reply of another shape ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _reply_of(resp, n: int, *, structured: bool) -> Reply:
+    if isinstance(resp, (str, bytes)):
+        raise ValueError(f"a page, not JSON ({str(resp)[:80]!r})")
     choices = sorted(resp.choices, key=lambda c: c.index)
     out, tops = [], []
     for c in choices:
@@ -58,7 +87,9 @@ def reply_of(resp, n: int, *, structured: bool) -> Reply:
             tokens = len(content)  # exact per-choice count; usage only sums over choices
         else:
             tokens = (resp.usage.completion_tokens // max(n, 1)) if resp.usage else 0
-        out.append(Completion(text.strip(), tokens, c.finish_reason or "length"))
-        tops.append([[t.token, t.logprob] for t in content[0].top_logprobs] if content and content[0].top_logprobs
-                    else None)
+        out.append(Completion(text.strip(), int(tokens), c.finish_reason or "length"))
+        top = content[0].top_logprobs if content else None
+        if top and not isinstance(top, list):
+            raise ValueError(f"top_logprobs {top!r:.60} that is not a list of tokens with their log-probs")
+        tops.append([_top(t) for t in top] if top else None)
     return Reply(out, {"top_logprobs": tops, "structured": structured}, usage_of(resp))

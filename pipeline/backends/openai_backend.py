@@ -29,7 +29,7 @@ import re
 import threading
 from typing import Sequence
 
-from pipeline.backends import batch
+from pipeline.backends import batch, chat  # chat.not_an_api: an answer that is not an OpenAI one
 from pipeline.backends.base import Reply, Request, Result, SamplingParams, Skipped
 from pipeline.backends.chat import CONTEXT_ERROR, OPTIONAL, ChatCall, input_bound, reply_of, sum_usage, usage_of
 from pipeline.backends.model_ref import resolve
@@ -188,7 +188,10 @@ class OpenAIBackend:
                 if isinstance(resp, Skipped):
                     reply = Reply(resp)
                 else:
-                    probs = resp["data"][0]["probs"]
+                    try:
+                        probs = [float(p) for p in resp["data"][0]["probs"]]
+                    except (TypeError, KeyError, IndexError, ValueError):
+                        raise chat.not_an_api(self.field, url, f"a /classify reply {resp!r:.80}") from None
                     if len(probs) != 1:
                         raise BackendError(
                             f"{self.field}: {self.model!r} at {url} has {len(probs)} classes; a reward "
@@ -240,7 +243,7 @@ class OpenAIBackend:
                 continue
             if isinstance(resp, Skipped):
                 return Reply(resp)
-            return reply_of(resp, n, structured="response_format" in params)
+            return self._reply(resp, n, structured="response_format" in params)
 
     async def _complete(self, client, sem, prompt: str, params: dict) -> Reply:
         """One completions-endpoint answer for raw text to continue (prompt synthesis), n = 1."""
@@ -253,7 +256,13 @@ class OpenAIBackend:
             usage_fn=usage_of,
             sent=set(),
         )
-        return Reply(resp) if isinstance(resp, Skipped) else reply_of(resp, 1, structured=False)
+        return Reply(resp) if isinstance(resp, Skipped) else self._reply(resp, 1, structured=False)
+
+    def _reply(self, resp, n: int, *, structured: bool) -> Reply:
+        try:
+            return reply_of(resp, n, structured=structured)
+        except ValueError as exc:  # a reply of another shape (a top_logprobs entry that is no log-prob, ...)
+            raise chat.not_an_api(self.field, self.base_url, str(exc)) from None
 
     async def _send(self, client, sem, make_call, *, chars: int, max_out: int, usage_fn, sent: set[str]):
         """The server's answer to `make_call()`, retried on transient errors; a Skipped for a context error.
@@ -272,6 +281,8 @@ class OpenAIBackend:
                         if ticket is not None:
                             self.meter.release(ticket, None if resp is None else usage_fn(resp))
                 self.requests += 1
+                if isinstance(resp, str):  # a 200 that is not JSON (text/html): the client hands back its text
+                    raise chat.not_an_api(self.field, self.base_url, f"a page ({resp[:80]!r})")
                 return resp
             except o.BadRequestError as exc:
                 msg = _message(exc)
@@ -285,7 +296,8 @@ class OpenAIBackend:
                 if attempt == self.max_retries:
                     raise TransientBackendError(
                         f"{self.field}: {self.base_url} still failing after {self.max_retries} "
-                        f"retries: {type(exc).__name__}: {_message(exc)[:200]}"
+                        f"retries: {type(exc).__name__}: {_message(exc)[:200]}; fix: start or repair the server at "
+                        f"{self.field}.base_url (a proxy's 502/503: the server behind it is down), then rerun"
                     ) from exc
                 self.retries += 1
                 await asyncio.sleep(random.uniform(0, min(self.max_backoff_s, self.backoff_s * 2**attempt)))
@@ -293,6 +305,8 @@ class OpenAIBackend:
                 raise BackendError(
                     f"{self.field}: {self.base_url} answered {exc.status_code}: {_message(exc)[:300]}"
                 ) from exc
+            except ValueError as exc:  # a body that is not JSON (json.JSONDecodeError), after a 200
+                raise chat.not_an_api(self.field, self.base_url, f"a body that is not JSON ({exc})") from None
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
@@ -376,5 +390,7 @@ def _message(exc) -> str:
     return str(getattr(exc, "message", None) or exc)
 
 
-def _classify_usage(resp: dict) -> dict:
+def _classify_usage(resp) -> dict | None:
+    if not isinstance(resp, dict):  # a reply of another shape, refused by the caller
+        return None
     return {"input_tokens": (resp.get("usage") or {}).get("prompt_tokens"), "output_tokens": 0}

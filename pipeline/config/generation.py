@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -71,6 +72,21 @@ class OpenAIConfig(_Section):
         "says where to put the output file (submit it yourself, then rerun).",
     )
     batch_rounds: int = Field(3, ge=1, le=100, description="Batch rounds at most; each resubmits only what failed.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        """An http(s) URL with a host and a valid port: anything else failed as a traceback in the client."""
+        if value is None:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (raises for a port that is not a number or out of range)
+        except ValueError as exc:
+            raise ValueError(f"not a URL ({exc}); write http://HOST:PORT/v1") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() or c < " " for c in value):
+            raise ValueError("not an http(s) URL with a host and no spaces; write http://HOST:PORT/v1")
+        return value
 
 
 class PoolMember(_Section):

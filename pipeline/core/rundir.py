@@ -122,6 +122,7 @@ def run_kind(out) -> str | None:
 
 def check_kind(out, *, incremental: bool) -> None:
     """Refuse a mode that would damage what `out` already holds (a growing dataset vs a plain run)."""
+    check_tables(out)
     kind = run_kind(out)
     if incremental and kind == "plain":
         raise InputError(
@@ -136,12 +137,29 @@ def check_kind(out, *, incremental: bool) -> None:
         )
 
 
+def check_tables(out) -> None:
+    """Every stage table and meta under OUT/tables must be a plain file: a folder (or a link to one) in its place
+    fails the stage's write after its work is done, or its read with a traceback."""
+    tables = Path(out) / "tables"
+    if not tables.is_dir():
+        return
+    for entry in sorted(tables.iterdir()):
+        if entry.suffix in (".parquet", ".json") and not entry.is_file():
+            raise InputError(f"{entry} is not a file but a {'folder' if entry.is_dir() else 'broken link'} where a "
+                             f"stage table belongs; fix: remove it (rm -r '{entry}') and rerun: that stage is redone")
+
+
 def check_out_dir(out) -> None:
     """`out` must be (or be creatable as) a writable folder: checked before any model loads."""
     if not str(out).strip():  # Path("") is the current folder: an empty --out would write there
         raise InputError(f"--out {str(out)!r} is empty; fix: pass a folder path (or leave --out out where the "
                          "command has a default)")
     out = Path(out)
+    try:
+        out.resolve()
+    except (RuntimeError, OSError) as exc:  # a symbolic link loop (RuntimeError in Python 3.11, OSError ELOOP later)
+        raise InputError(f"--out {out} cannot be used ({exc}); fix: remove the symbolic link loop, or pass another "
+                         "folder") from None
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file, not a folder; fix: pass a folder path (it is created if missing)")
     parent = out

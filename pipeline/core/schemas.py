@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import SchemaError
+from pipeline.errors import SchemaError, disk_full, no_space
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -313,6 +313,10 @@ def write_table(table: pa.Table, path: str | os.PathLike, name: str, *, compress
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if disk_full(exc):
+            raise no_space(path, exc) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import schemas
-from pipeline.errors import InputError
+from pipeline.errors import InputError, disk_full, no_space
 
 
 def sha256(path: Path) -> str:
@@ -52,8 +52,14 @@ def write_text(path: Path, text: str) -> None:
     """Atomic text write (temp file + rename): a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if disk_full(exc):
+            raise no_space(path, exc) from None
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -72,6 +78,10 @@ class StageStore:
     # -- complete output -------------------------------------------------------------------
     def _checked_meta(self) -> tuple[dict | None, str | None]:
         """(meta of a complete, intact output for this fingerprint, else None; why it is not usable)."""
+        for path in (self.table_path, self.meta_path):
+            if (path.exists() or path.is_symlink()) and not path.is_file():  # else a traceback after the work
+                raise InputError(f"{path} is not a file but a folder or a broken link where the {self.stage} "
+                                 f"stage's table belongs; fix: remove it (rm -r '{path}') and rerun")
         if not (self.meta_path.exists() and self.table_path.exists()):
             return None, None
         try:

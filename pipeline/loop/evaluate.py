@@ -50,6 +50,7 @@ from pipeline.config import InputConfig, RunConfig, fingerprint
 from pipeline.core import schemas
 from pipeline.core.store import write_text
 from pipeline.curation.aggregate import LEARNED, SCORE_KINDS, VERIFIER_KIND, candidate_scores
+from pipeline.errors import InputError
 from pipeline.sampling.candidate import with_system
 from pipeline.stages.generate import generate_candidates
 from pipeline.stages.judge import VERSION, build_judges, fields, judge_candidates, judge_revisions
@@ -66,7 +67,11 @@ def eval_prompts(cfg: RunConfig) -> pa.Table:
     """The held-out prompts: eval.prompts (else input.path), eval.limit of them, shuffled with `seed`."""
     source = InputConfig(path=cfg.eval.prompts or cfg.input.path, split=cfg.input.split, limit=cfg.eval.limit,
                          skip_invalid=cfg.input.skip_invalid)
-    table, _ = load_prompts(source, seed=cfg.seed)
+    try:
+        table, _ = load_prompts(source, seed=cfg.seed)
+    except InputError as exc:  # the message names the file; the key names what to change
+        key = "eval.prompts" if cfg.eval.prompts else "input.path"
+        raise InputError(f"{key}: {str(exc).removeprefix('input.path ')}") from None
     return table
 
 

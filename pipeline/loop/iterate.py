@@ -38,7 +38,7 @@ from pydantic import ValidationError
 from pipeline.config import InputConfig, RunConfig
 from pipeline.core import schemas
 from pipeline.core.store import write_text
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, InputError, SchemaError
 from pipeline.publish.plots import rounds_plot
 from pipeline.stages.prompts import load_prompts
 from pipeline.train.config import TrainConfig
@@ -57,8 +57,11 @@ def plan_prompts(cfg: RunConfig, out_dir, rounds: int) -> tuple[Path, list[Path]
     source, _ = load_prompts(InputConfig(path=cfg.input.path, split=cfg.input.split, shuffle=cfg.input.shuffle,
                                          skip_invalid=cfg.input.skip_invalid), seed=cfg.seed)
     if cfg.eval.prompts:
-        held, _ = load_prompts(InputConfig(path=cfg.eval.prompts, limit=cfg.eval.limit,
-                                           skip_invalid=cfg.input.skip_invalid), seed=cfg.seed)
+        try:
+            held, _ = load_prompts(InputConfig(path=cfg.eval.prompts, limit=cfg.eval.limit,
+                                               skip_invalid=cfg.input.skip_invalid), seed=cfg.seed)
+        except InputError as exc:
+            raise InputError(f"eval.prompts: {str(exc).removeprefix('input.path ')}") from None
         kept = set(held.column("prompt_id").to_pylist())
         pool = source.filter(pa.array([p not in kept for p in source.column("prompt_id").to_pylist()]))
     else:
@@ -73,12 +76,23 @@ def plan_prompts(cfg: RunConfig, out_dir, rounds: int) -> tuple[Path, list[Path]
             "fix: lower input.limit or eval.limit, set iterate.prompts=fixed, or give more prompts"
         )
     folder = Path(out_dir) / "prompts"
-    held_path = schemas.write_table(held, folder / HELD_OUT, "prompts")
+    held_path = _write_if_changed(held, folder / HELD_OUT)
     paths = []
     for r in range(rounds):
         start = r * per_round if cfg.iterate.prompts == "fresh" else 0
-        paths.append(schemas.write_table(pool.slice(start, per_round), folder / f"round-{r}.parquet", "prompts"))
+        paths.append(_write_if_changed(pool.slice(start, per_round), folder / f"round-{r}.parquet"))
     return held_path, paths
+
+
+def _write_if_changed(table: pa.Table, path: Path) -> Path:
+    """Write a prompts table unless the file already holds exactly these rows: a round's run fingerprints its
+    input by the file's size and mtime, so rewriting an identical file made a rerun redo every stage (issue 39)."""
+    try:
+        if path.is_file() and schemas.read_table(path, "prompts").equals(schemas.check(table, "prompts")):
+            return path
+    except (OSError, ValueError, pa.ArrowException, SchemaError):  # unreadable or damaged: written again
+        pass
+    return schemas.write_table(table, path, "prompts")
 
 
 def mixture_pool(cfg: RunConfig, policy: str) -> list[dict]:

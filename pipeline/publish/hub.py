@@ -64,6 +64,23 @@ def record_path(run_dir: Path, repo_id: str, revision: str) -> Path:
     return run_dir / ".push" / f"{repo_id.replace('/', '__')}@{revision}.json"
 
 
+def read_record(record: Path) -> dict[str, str]:
+    """What an earlier push to this repo and branch sent ({path: sha256}); {} when none did. A record that is not
+    that (cut short, edited, a folder) is refused with its fix, not read as a traceback or as 'all pushed'."""
+    if not record.exists() and not record.is_symlink():
+        return {}
+    try:
+        pushed = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        pushed = exc
+    if not isinstance(pushed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in pushed.items()):
+        what = f"unreadable ({type(pushed).__name__}: {pushed})" if isinstance(pushed, Exception) else "not a JSON " \
+            "object of file paths and sha256 digests"
+        raise InputError(f"push record {record} is {what[:200]}; fix: delete it (the next push then sends every file "
+                         "again and the Hub keeps only what changed)")
+    return pushed
+
+
 def plan(files: dict[str, Path], pushed: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     """(adds {path: sha256} of new or changed files, deletes [paths pushed before, gone now])."""
     now = {path: sha256(local) for path, local in files.items()}
@@ -101,7 +118,7 @@ def push(
     check_card(run_dir)
     branch = revision or "main"
     record = record_path(run_dir, repo_id, branch)
-    pushed = json.loads(record.read_text()) if record.exists() else {}
+    pushed = read_record(record)
     adds, deletes = plan(files, pushed)
     if not adds and not deletes:
         log(f"push: {repo_id}@{branch} already has this run (fingerprint {manifest['config_fingerprint']}); no commit")
@@ -124,7 +141,11 @@ def push(
         )
     except HfHubHTTPError as exc:
         status = getattr(exc.response, "status_code", "?")
-        raise BackendError(f"push to {repo_id}@{branch} failed (HTTP {status}): {str(exc).splitlines()[0]}") from None
+        fix = ("; fix: set HF_TOKEN (or `hf auth login`) to a token with write access to " + repo_id
+               if status in (401, 403) else f"; fix: check --repo {repo_id} and that the token in HF_TOKEN may write "
+               "to it, then rerun the same command (nothing was committed)")
+        raise BackendError(f"push to {repo_id}@{branch} failed (HTTP {status}): {str(exc).splitlines()[0]}{fix}") \
+            from None
     except Exception as exc:  # the HTTP transport's own errors: refused, DNS, timeout, TLS (no request headers kept)
         endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]

@@ -11,6 +11,7 @@
   pair.py           pair: preference pairs from judged candidates
   ches.py           ches: likelihood-displacement scores and reference log-probs
   rationale.py      rationale: why chosen beat rejected, in a sentence
+  input_text.py     not a stage: JSON too deep to read, characters no prompt may hold (NUL, lone surrogates)
   turns.py          not a stage: which assistant turns of a conversation input generate branches at
   preflight.py      not a stage: the checks `prefsynth run` makes before any stage starts
 

@@ -67,9 +67,14 @@ def check_endpoint(openai_cfg, *, field: str, model: str) -> None:
                 f"a valid key in the environment variable {openai_cfg.api_key_env!r} "
                 f"({field}.api_key_env)"
             ) from None
+        if exc.code >= 500:  # a proxy's 502/503 page: the server behind it is down; failing now beats the retries
+            raise ConfigError(
+                f"{field}.base_url {openai_cfg.base_url!r} answered HTTP {exc.code} ({exc.reason}) to GET /models; "
+                f"fix: start the server behind it (e.g. `vllm serve MODEL`) or correct {field}.base_url"
+            ) from None
         return  # a server without /models (some proxies): the stage's own requests will tell
-    except (OSError, ValueError) as exc:  # refused, DNS, timeout, TLS; or not JSON
-        reason = getattr(exc, "reason", None) or exc
+    except (OSError, ValueError) as exc:  # refused, DNS, timeout, TLS, a URL urllib cannot send; or not JSON
+        reason = getattr(exc, "reason", None) or (f"not JSON: {exc}" if isinstance(exc, ValueError) else exc)
         raise ConfigError(
             f"{field}.base_url {openai_cfg.base_url!r} does not answer ({reason}); fix: start the server "
             f"(e.g. `vllm serve MODEL`) or correct {field}.base_url"

@@ -16,7 +16,6 @@ the row gives one.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from pipeline.core import schemas
 from pipeline.core.funnel import step
 from pipeline.core.runner import Stage
 from pipeline.errors import InputError
+from pipeline.stages.input_text import bad_char, loads
 from pipeline.stages.turns import LAST, branches
 from pipeline.verifiable.spec import verify_spec
 
@@ -101,6 +101,10 @@ def normalise_row(row: Any, where: str) -> dict:
         clean = [{"role": "user", "content": prompt}]
     else:
         raise InputError(f"{where}: row has neither 'messages' nor 'prompt'; fix: add one of them")
+    for i, msg in enumerate(clean):
+        if bad := bad_char(msg["content"]):
+            raise InputError(f"{where}: {'messages[%d].content' % i if 'messages' in row else 'prompt'} holds {bad}"
+                             "; fix: remove it from the text (no table, tokenizer or server takes it)")
     pid = row.get("prompt_id")
     if pid is not None and (not isinstance(pid, str) or not pid):
         raise InputError(f"{where}: 'prompt_id' must be a non-empty string when given; fix: give a string or drop it")
@@ -124,16 +128,13 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     data = path.read_bytes()
     if path.suffix == ".json" and data.lstrip()[:1] == b"[":
         try:
-            rows = json.loads(data.decode("utf-8"))
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise InputError(
                 f"{path}:{line}: not UTF-8 text ({exc.reason}); fix: re-encode the file as UTF-8"
             ) from None
-        except json.JSONDecodeError as exc:
-            raise InputError(
-                f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); fix: correct that line"
-            ) from None
+        rows = loads(text, str(path), at_line=True)
         yield from ((f"{path} item {i}", row) for i, row in enumerate(rows))
         return
     for lineno, raw in enumerate(data.split(b"\n"), 1):
@@ -151,9 +152,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield where, InputError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); fix: correct that line")
+            yield where, loads(line, where)
+        except InputError as exc:
+            yield where, exc
 
 
 def source_files(folder: Path) -> list[Path]:

@@ -75,15 +75,48 @@ class Dist:
         return [(i, True) if i < n else (0, False) for i in (r * self.world + self.rank for r in range(per))]
 
 
-def _env_int(name: str) -> int | None:
+_TORCHRUN_FIX = "fix: launch with `torchrun --nproc-per-node N -m flows.cli train ...`, or unset it for one process"
+
+
+def _env_int(name: str, *, low: int = 0) -> int | None:
+    """torchrun's integer variable `name` (None when unset); a ConfigError naming it for any other value."""
     v = os.environ.get(name)
-    return int(v) if v not in (None, "") else None
+    if v in (None, ""):
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = None
+    if n is None or n < low:
+        raise ConfigError(f"environment variable {name}={v[:40]!r} is not an integer >= {low} (torchrun sets it); "
+                          f"{_TORCHRUN_FIX}")
+    return n
+
+
+def torchrun_rank() -> int:
+    """This process's torchrun RANK (0 without torchrun)."""
+    return _env_int("RANK") or 0
+
+
+def check_torchrun_env() -> int | None:
+    """WORLD_SIZE, RANK and LOCAL_RANK as torchrun sets them (integers, RANK < WORLD_SIZE, LOCAL_RANK <
+    LOCAL_WORLD_SIZE when given), checked before a process group is joined; returns WORLD_SIZE (None without
+    torchrun)."""
+    world, r, local = _env_int("WORLD_SIZE", low=1), _env_int("RANK"), _env_int("LOCAL_RANK")
+    local_world = _env_int("LOCAL_WORLD_SIZE", low=1)
+    if r is not None and r >= (world or 1):
+        raise ConfigError(f"environment variable RANK={r} is not below WORLD_SIZE={world or 'unset'}; {_TORCHRUN_FIX}")
+    if local is not None and local_world is not None and local >= local_world:
+        raise ConfigError(f"environment variable LOCAL_RANK={local} is not below LOCAL_WORLD_SIZE={local_world}; "
+                          f"{_TORCHRUN_FIX}")
+    return world
 
 
 def plan(cfg) -> tuple[str, int | None]:
     """(mode, world size) from `train.parallel` and torchrun's environment; raises ConfigError on a bad pairing
-    (the CLI calls it before the flow starts, so the error comes in a second)."""
-    world = _env_int("WORLD_SIZE")
+    or a torchrun variable that is not what torchrun sets (the CLI calls it before the flow starts, so the error
+    comes in a second)."""
+    world = check_torchrun_env()
     mode = cfg.parallel
     if mode == "auto":
         mode = "ddp" if (world or 1) > 1 else "none"
@@ -106,6 +139,11 @@ def plan(cfg) -> tuple[str, int | None]:
             f"{cfg.micro_batch_size} = {step_pairs}; fix: set batch_size to a multiple of {step_pairs} "
             "or lower micro_batch_size"
         )
+    for var in ("MASTER_ADDR", "MASTER_PORT"):  # the rendezvous of torch.distributed's env:// (torchrun sets both)
+        if not os.environ.get(var) or (var == "MASTER_PORT" and not (_env_int(var) or 0) <= 65535):
+            raise ConfigError(f"train.parallel {mode!r} with WORLD_SIZE {world} needs {var} (now "
+                              f"{os.environ.get(var)!r:.40}) to join the process group; fix: launch with "
+                              "`torchrun --nproc-per-node N -m flows.cli train ...`, or set train.parallel to none")
     return mode, world
 
 
@@ -114,7 +152,7 @@ def setup(cfg) -> Dist:
     mode, world = plan(cfg)
     if mode == "none":
         return Dist("none", device="cuda" if torch.cuda.is_available() else "cpu")
-    rank, local = _env_int("RANK") or 0, _env_int("LOCAL_RANK") or 0
+    rank, local = torchrun_rank(), _env_int("LOCAL_RANK") or 0
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local)

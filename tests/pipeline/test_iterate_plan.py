@@ -10,6 +10,7 @@ from pipeline.config import load_config
 from pipeline.errors import ConfigError
 from pipeline.loop.iterate import plan_prompts, round_config, stop_reason, train_config, write_card
 from pipeline.sampling.pools import pool_plan
+from pipeline.stages.prompts import stage_fingerprint
 from tests.conftest import TINY
 
 
@@ -83,3 +84,18 @@ def test_mixture_gives_each_prompt_its_share_of_base_candidates(tmp_path):
     with pytest.raises(ConfigError, match=r"iterate.mixture .*generate.pool"):
         pooled = ["generate.n=2", "iterate.mixture=0.5", "generate.pool=[{model: a}, {model: b}]"]
         round_config(load_config(TINY, pooled), 1, "p", tmp_path / "p.parquet")
+
+
+def test_planning_again_leaves_identical_prompt_files_untouched(tmp_path):
+    """Issue 39: a rerun of a finished iterate rewrote prompts/round-0.parquet, whose mtime is in the round's prompts
+    fingerprint, so every run stage of round 0 was redone. Identical files are kept; changed ones rewritten."""
+    cfg = load_config(TINY, ["eval.limit=5"])
+    held, rounds = plan_prompts(cfg, tmp_path, 2)
+    stamps = [p.stat().st_mtime_ns for p in (held, *rounds)]
+    fps = [stage_fingerprint(round_config(cfg, 0, "bundled:smollm2-135m-instruct", p)) for p in rounds]
+    held2, rounds2 = plan_prompts(cfg, tmp_path, 2)
+    assert [p.stat().st_mtime_ns for p in (held2, *rounds2)] == stamps
+    assert [stage_fingerprint(round_config(cfg, 0, "bundled:smollm2-135m-instruct", p)) for p in rounds2] == fps
+    rounds[1].write_bytes(b"damaged")
+    plan_prompts(cfg, tmp_path, 2)
+    assert pq.read_table(rounds[1]).num_rows == 4

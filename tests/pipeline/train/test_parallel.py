@@ -125,17 +125,40 @@ def test_fsdp_resumes_after_sigkill_of_one_rank_and_matches_one_process(pairs_ru
 
 
 def test_parallel_settings_fail_in_one_line(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
     assert plan(TrainConfig()) == ("none", None)
     with pytest.raises(ConfigError, match=r"train.parallel 'ddp' needs processes started by torchrun.*fix:"):
         plan(TrainConfig(parallel="ddp"))
     monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"needs MASTER_ADDR \(now None\).*fix: launch with `torchrun"):
+        plan(TrainConfig(batch_size=4, micro_batch_size=2))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
     assert plan(TrainConfig(batch_size=4, micro_batch_size=2)) == ("ddp", 2)
     with pytest.raises(ConfigError, match=r"train.batch_size 6 is not a multiple of world size 2 x micro_batch_size "
                                           r"2 = 4; fix: set batch_size to a multiple of 4"):
         plan(TrainConfig(batch_size=6, micro_batch_size=2))
     with pytest.raises(ConfigError, match="train.parallel 'none' under torchrun with WORLD_SIZE 2"):
         plan(TrainConfig(parallel="none"))
+
+
+@pytest.mark.parametrize("env, named", [
+    ({"RANK": "x"}, "RANK='x' is not an integer >= 0"), ({"WORLD_SIZE": "two"}, "WORLD_SIZE='two' is not an integer"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0' is not an integer >= 1"), ({"LOCAL_RANK": "-1"}, "LOCAL_RANK='-1'"),
+    ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+    ({"LOCAL_WORLD_SIZE": "1", "LOCAL_RANK": "1"}, "LOCAL_RANK=1 is not below LOCAL_WORLD_SIZE=1"),
+    ({"WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "http"}, "MASTER_PORT='http' is not an integer"),
+])
+def test_garbage_torchrun_variables_fail_in_one_line(monkeypatch, env, named):
+    """Issue 39: torchrun's variables with values torchrun never sets were int() tracebacks."""
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match="fix: ") as err:
+        plan(TrainConfig(batch_size=4, micro_batch_size=2))
+    assert named in str(err.value) and "\n" not in str(err.value)
 
 
 def test_rank_shares_and_rounds_cover_a_batch_once():
