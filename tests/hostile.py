@@ -708,7 +708,10 @@ IMPORT_TIME_ENV = ("HF_", "PREFECT_API_URL")  # (a flow is reached to show a PRE
 
 
 def _env(extra: dict) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_ENDPOINT", "HF_TOKEN", "PREFECT_API_URL"))}
+    # HF_HUB_OFFLINE too: an in-process CLI run earlier in the same pytest worker sets it (preflight's
+    # offline_unless_hub), and a case about a Hub endpoint must reach that endpoint as a user's shell would
+    drop = ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_OFFLINE", "PREFECT_API_URL")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return {**env, "PYTHONUNBUFFERED": "1", "PREFSYNTH_PROGRESS": "0", **extra}
 
 
