@@ -138,6 +138,13 @@ def make_pairs(rows, results, *, max_pairs_per_prompt: int, rng: random.Random, 
     return pairs, stats
 
 
+def prompt_pass_rate(rows, results) -> float:
+    """Share of candidates that meet every constraint of their prompt (strict)."""
+    passed = [score(r, c.text)["strict"] == len(r["verify"]["constraints"])
+              for r, cs in zip(rows, results) for c in cs]
+    return sum(passed) / max(len(passed), 1)
+
+
 def cap_pairs(pairs: list[dict], budget: int | None, rng: random.Random) -> list[dict]:
     """At most `budget` pairs, a seeded sample in the original order: every label source trains on as many pairs
     (so as many steps) as the verifier's arm."""
@@ -349,9 +356,7 @@ def iterate_arm(a, rows, results, budget: int | None, model_dir: Path) -> tuple[
         stats["agreement_with_verifier"] = label_agreement(pairs)
         if not pairs:
             raise SystemExit(f"--labels iterate: round {r} has no pair with a contrast; fix: more prompts or --k")
-        cand_pass = [score(x, c.text)["strict"] == len(x["verify"]["constraints"]) for x, cs in zip(rows, results)
-                     for c in cs]
-        stats["candidate_prompt_pass"] = sum(cand_pass) / max(len(cand_pass), 1)
+        stats["candidate_prompt_pass"] = prompt_pass_rate(rows, results)
         round_pairs.append(pairs)
         rdir = a.out / "iterate" / f"round-{r}"
         write_pairs(pairs, stats, rdir / "pairs")
@@ -458,8 +463,6 @@ def main(argv=None) -> int:
 
     # 2. candidates (shared by every label source), 4. the base model's evaluation (shared too)
     results, timings["candidates"] = candidates(a, train_rows)
-    cand_pass = [score(r, c.text)["strict"] == len(r["verify"]["constraints"])
-                 for r, cs in zip(train_rows, results) for c in cs]
     print(f"candidates: {sum(map(len, results))} in {timings['candidates']:.0f}s", flush=True)
     t0 = time.time()
     base_ev = evaluate(MODEL, held_rows, a, "base")
@@ -467,7 +470,7 @@ def main(argv=None) -> int:
 
     report = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
               "threads": torch.get_num_threads(), "prompts": {"train": len(train_rows), "heldout": len(held_rows)},
-              "candidate_prompt_pass": sum(cand_pass) / max(len(cand_pass), 1), "arms": {}}
+              "candidate_prompt_pass": prompt_pass_rate(train_rows, results), "arms": {}}
     budget = None
     for name in labels:  # 2-4 per label source: pairs, DPO, the trained policy's evaluation against the base's
         pairs_dir, model_dir = arm_dirs(a.out, name)
