@@ -17,7 +17,9 @@ al. 2024, "Human Alignment of Large Language Models through Online Preference Op
 Checkpoints (pipeline/train/checkpoint.py) every train.save_every steps hold weights, optimiser, scheduler and the
 step; the sampling seeds are a pure function of the step, so a resumed run draws, labels and trains exactly what the
 uninterrupted one would (tests/pipeline/train/test_online.py kills one with SIGKILL).
-Judge calls (candidates x judges) are counted per step in metrics.jsonl and in provenance.json.
+Judge calls (candidates x judges) and served judges' tokens are counted per step in metrics.jsonl and in
+provenance.json (dollars at the run's `prices`); the run's `budget.usd` stops the run before a request would pass it,
+the steps already taken checkpointed (pipeline/core/accounting.py).
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.config import InputConfig, RunConfig, fingerprint
-from pipeline.core import schemas
+from pipeline.core import accounting, schemas
 from pipeline.core.progress import bar
 from pipeline.core.store import write_json, write_text
 from pipeline.curation.aggregate import agreement, verifier_scores
-from pipeline.errors import InputError
+from pipeline.errors import BudgetExceeded, InputError
 from pipeline.sampling.candidate import candidate_row
 from pipeline.stages.judge import build_judges, judge_candidates
 from pipeline.stages.pair import aggregated_candidates, pairs_from_scores
@@ -89,16 +91,18 @@ class Labeller:
     """The run's judges (or the verifier alone), aggregation and pair rules, built once; `__call__` turns one step's
     candidates into pairs."""
 
-    def __init__(self, run_cfg: RunConfig, prompts: pa.Table, labels: str):
+    def __init__(self, run_cfg: RunConfig, prompts: pa.Table, labels: str, *, spent: list[dict] | None = None):
         from judges.verifier import VerifierJudge
 
         self.cfg, self.labels = run_cfg, labels
+        # served judges' tokens and dollars, and the run's budget.usd, from what earlier steps spent (a resume)
+        self.ledger = accounting.Ledger("online", prices=run_cfg.prices, budget_usd=run_cfg.budget.usd, spent=spent)
         has_specs = prompts.column("verify").null_count < prompts.num_rows
         if labels == "verifier" and not has_specs:
             raise InputError("train.online.labels 'verifier': no prompt of --data carries a `verify` spec; fix: give "
                              "prompts with verify specs (see pipeline/verifiable/) or use labels: run")
         j = run_cfg.judge
-        self.judges = [] if labels == "verifier" else build_judges(run_cfg)  # judge models load here, once
+        self.judges = [] if labels == "verifier" else build_judges(run_cfg, meter=self.ledger)  # models load once
         if labels == "verifier" or wants_verifier(j.verifiers, prompts):
             self.judges.append(VerifierJudge(timeout_s=j.verifier_timeout_s, memory_mb=j.verifier_memory_mb))
         if not self.judges:
@@ -118,7 +122,7 @@ class Labeller:
         pairs, _ = pairs_from_scores(prompts, scored, agreement(judgments)[0], self.pair_cfg,
                                      prompt_ids=prompts.column("prompt_id").to_pylist(), seed=self.cfg.seed,
                                      min_agreement=self.cfg.judge.min_agreement, passed=passed)
-        stats = {"judge_calls": judgments.num_rows, "scored": scored.height}
+        stats = {"judge_calls": judgments.num_rows, "scored": scored.height, "usage": self.ledger.take()}
         if passed:
             stats["verifier_pass"] = sum(passed.values()) / len(passed)
         return pairs, stats
@@ -168,7 +172,6 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
     else:  # the policy at step 0, frozen
         ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
-    labeller = Labeller(run_cfg, prompts, on.labels)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_ids(model, tokenizer)
     n = prompts.num_rows
@@ -180,9 +183,11 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
     if step:
         log(f"train: resuming the online run from step {step}")
     ckpt.begin(out_dir, run_key, cfg, label, source)
+    calls, usage = _spent_so_far(out_dir, step)
+    labeller = Labeller(run_cfg, prompts, on.labels, spent=usage)
     mlog = MetricsLog(out_dir, tensorboard=cfg.tensorboard, resume_step=step)
     rows = prompts.to_pylist()
-    started, calls = time.time(), _calls_so_far(out_dir, step)
+    started = time.time()
     enc = dict(max_prompt_tokens=cfg.max_prompt_tokens, max_length=cfg.max_length)
     with bar(total=total_steps, initial=step, desc="train online", unit="step") as pbar:
         while step < total_steps:
@@ -202,8 +207,16 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
                               for i, a in enumerate(answers)]
             t1 = time.perf_counter()
             sub = schemas.from_rows(picked, "prompts")
-            pairs, stats = labeller(sub, schemas.from_rows(cand_rows, "candidates"))
+            try:
+                pairs, stats = labeller(sub, schemas.from_rows(cand_rows, "candidates"))
+            except BudgetExceeded:  # the steps taken stay: checkpoint them (if not yet), then stop with the reason
+                if step and step % cfg.save_every:
+                    ckpt.save(out_dir, model, opt, sched, None, step=step, epoch=0, consumed=0,
+                              keep=cfg.keep_checkpoints)
+                mlog.close()
+                raise
             calls += stats["judge_calls"]
+            usage = accounting.merge(usage, stats["usage"])
             t2 = time.perf_counter()
             if pairs.num_rows:  # a step without pairs writes no shard (readers such as `datasets` refuse empty files)
                 schemas.write_table(pairs, out_dir / "pairs" / f"step-{step + 1:06d}.parquet", "pairs")
@@ -237,20 +250,22 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
     prov = ckpt.finish(out_dir, run_key, model, tokenizer, cfg=cfg, label=label, source=source, steps=step,
                        total_steps=total_steps, final={}, warnings=[], watch={}, seconds=time.time() - started,
                        log=log)
-    prov.update({"online": {**on.model_dump(), "judge_calls": calls, "pairs": n_pairs,
+    prov.update({"online": {**on.model_dump(), "judge_calls": calls, "pairs": n_pairs, "usage": usage,
+                            "usd": round(accounting.rows_usd(usage, run_cfg.prices), 6),
                             "judges": [j.id for j in labeller.judges], "pairs_dir": str(out_dir / "pairs")}})
     write_json(out_dir / "provenance.json", prov)
     write_text(out_dir / "pairs" / "README.md", card(prov, run_cfg))
     return prov
 
 
-def _calls_so_far(out_dir: Path, step: int) -> int:
-    """The judge calls of the steps a resumed run already took (from metrics.jsonl, which keeps steps <= `step`)."""
+def _spent_so_far(out_dir: Path, step: int) -> tuple[int, list[dict]]:
+    """(judge calls, served judges' usage rows) of the steps a resumed run already took, from metrics.jsonl."""
     path = out_dir / "metrics.jsonl"
     if not step or not path.exists():
-        return 0
-    recs = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return max((r.get("judge_calls_total", 0) for r in recs if r.get("step", 0) <= step), default=0)
+        return 0, []
+    recs = [r for r in (json.loads(x) for x in path.read_text().splitlines() if x.strip()) if r.get("step", 0) <= step]
+    return (max((r.get("judge_calls_total", 0) for r in recs), default=0),
+            accounting.merge(*(r.get("usage") or [] for r in recs)))
 
 
 def card(prov: dict, run_cfg: RunConfig) -> str:

@@ -4,6 +4,7 @@ bundled tokenizer (its chat template)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
@@ -116,3 +117,32 @@ def test_each_epoch_visits_every_prompt_once_in_a_new_seeded_order():
     assert plan == [step_prompts(n, per, s, seed=0) for s in range(7)]
     assert plan != [step_prompts(n, per, s, seed=1) for s in range(7)]
     assert sample_seed(0, 1, "a") != sample_seed(0, 2, "a") != sample_seed(0, 2, "b")
+
+
+def test_verifier_labels_pair_the_answer_that_meets_more_constraints_against_one_that_meets_fewer():
+    """The online labeller on verifier labels (no model): the 'verified' pair per prompt, chosen scoring higher; a
+    prompt whose answers all score alike gives none; judge calls count every checked answer."""
+    from pipeline.config import RunConfig
+    from pipeline.core import schemas
+    from pipeline.loop.online import Labeller
+
+    spec = {"kind": "constraints", "constraints": [{"id": "change_case:english_lowercase", "kwargs": {}},
+                                                   {"id": "punctuation:no_comma", "kwargs": {}}]}
+    prompts = schemas.from_rows([
+        {"prompt_id": p, "messages": [{"role": "user", "content": "Describe rain."}], "verify": json.dumps(spec)}
+        for p in ("a", "b")], "prompts")
+    texts = {"a": ["rain falls from clouds", "Rain falls, gently", "rain falls, gently"],
+             "b": ["Rain, falls", "Clouds, rain"]}
+    cands = schemas.from_rows([
+        {"prompt_id": p, "candidate_id": f"{p}-{i}", "generator": "m", "text": t, "n_tokens": 4,
+         "finish_reason": "stop"} for p, ts in texts.items() for i, t in enumerate(ts)], "candidates")
+    pairs, stats = Labeller(RunConfig(), prompts, "verifier")(prompts, cands)
+    rows = pairs.to_pylist()
+    assert [(r["prompt_id"], r["chosen_id"]) for r in rows] == [("a", "a-0")]
+    # strategy 'verified' takes the hardest negative: 'a-2' (one constraint missed), not 'a-1' (both missed)
+    assert rows[0]["rejected_id"] == "a-2"
+    assert rows[0]["chosen_score"] == 1.0 and rows[0]["rejected_score"] == 0.5
+    assert stats["judge_calls"] == 5 and stats["usage"] == []
+    with pytest.raises(Exception, match="no prompt of --data carries a `verify` spec"):
+        Labeller(RunConfig(), schemas.from_rows([{"prompt_id": "c", "messages": [{"role": "user", "content": "x"}]}],
+                                                "prompts"), "verifier")
