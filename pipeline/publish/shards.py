@@ -251,12 +251,13 @@ def _verbalized_template(cfg: RunConfig) -> str | None:
 
 
 def _diversity(out: Path, cfg: RunConfig) -> dict:
-    """Per generation mode: distinct-1/2 and MiniLM embedding distance of each prompt's candidates."""
+    """Per generation mode: distinct-1/2 and MiniLM embedding distance of each prompt's candidates (the distance
+    over a seeded sample of 500 prompts per mode where a run has more)."""
     from pipeline.curation.diversity import diversity_by_mode
     from pipeline.stages.prompt_filter import embed
 
     candidates = schemas.read_table(out / "tables" / "generate.parquet", "candidates")
-    return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model))
+    return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model), seed=cfg.seed)
 
 
 def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None, conversation: dict | None = None) -> dict:
