@@ -26,6 +26,7 @@ import contextlib
 import os
 import random
 import re
+import ssl
 import threading
 from typing import Sequence
 
@@ -67,6 +68,7 @@ class OpenAIBackend:
         self.in_flight = 0
         self.retries = 0
         self.requests = 0  # requests answered by the server (not retries)
+        self._ssl, self._chat_type = None, openai.types.chat.ChatCompletion
 
     @property
     def use_n(self) -> bool:
@@ -75,7 +77,9 @@ class OpenAIBackend:
     def _client(self):
         # "EMPTY" is what vllm serve accepts without --api-key; the key itself is never logged or stored.
         key = os.environ.get(self.api_key_env) or "EMPTY"
-        return self.openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.timeout_s)
+        self._ssl = self._ssl or ssl.create_default_context()  # the CA store loads in 10-60 ms: once, not per chunk
+        return self.openai.AsyncOpenAI(base_url=self.base_url, api_key=key, max_retries=0, timeout=self.timeout_s,
+                                       http_client=self.openai.DefaultAsyncHttpxClient(verify=self._ssl))
 
     def _run_sync(self, coro_fn):
         """Runs an async batch on a private event loop (callers may already be inside one, e.g. Prefect)."""
@@ -230,9 +234,9 @@ class OpenAIBackend:
                 resp = await self._send(
                     client,
                     sem,
-                    lambda: client.chat.completions.create(
-                        model=self.model, messages=call.messages, extra_body=extra or None, **params
-                    ),
+                    # the client's post: `create` walks the parameters' TypedDicts first, ~10% of a request's CPU
+                    lambda: client.post("/chat/completions", cast_to=self._chat_type,
+                                        body={"model": self.model, "messages": call.messages, **params, **extra}),
                     chars=input_bound(call.messages),
                     max_out=n * params.get("max_tokens", 256),
                     usage_fn=usage_of,

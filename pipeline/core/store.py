@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.core import schemas
+from pipeline.core.rowindex import RowIndex
 from pipeline.errors import InputError, disk_full, no_space
 
 
@@ -224,8 +224,8 @@ def run_in_parts(
     the parts itself (`iter_parts`, one at a time). `positions`: key -> number naming the part that starts
     with it, for a `table` that is a subset of an input that changes between runs (default: the place in
     `table`). `log` gets one line saying what is reused."""
-    pid = table.column("prompt_id")
-    keys = list(dict.fromkeys(pid.to_pylist()))  # a prompt may own several rows (candidates, pairs)
+    by_key = RowIndex(table)  # a prompt may own several rows (candidates, pairs); grouped once, not per chunk
+    keys = by_key.keys
     position = positions if positions is not None else {k: i for i, k in enumerate(keys)}
     done = store.done_keys()
     if shard is None:
@@ -245,6 +245,6 @@ def run_in_parts(
         )
     work = make_work() if plan else None
     for chunk in plan:
-        out, extra = work(table.filter(pc.is_in(pid, value_set=pa.array(chunk))))
+        out, extra = work(by_key.take(chunk))
         store.write_part(out, chunk, extra, position=position[chunk[0]])
     return [] if shard is not None or not gather else store.parts()

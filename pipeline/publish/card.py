@@ -83,7 +83,9 @@ def _sources_md(m: dict) -> str:
                   "embedding distance = mean pairwise 1 - cosine of MiniLM embeddings):", "",
                   "| mode | prompts | distinct-1 | distinct-2 | embedding distance |", "|---|---|---|---|---|",
                   *(f"| {mode} | {v['prompts']} | {v.get('distinct_1')} | {v.get('distinct_2')} | "
-                    f"{v.get('embedding_distance')} |" for mode, v in div.items())]
+                    f"{v.get('embedding_distance')}"
+                    f"{f' (seeded sample of {n} prompts)' if (n := v.get('embedded_prompts')) else ''} |"
+                    for mode, v in div.items())]
     return "\n".join(lines)
 
 

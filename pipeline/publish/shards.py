@@ -16,6 +16,7 @@ unreviewed pairs, so a label changes a shard exactly once however often the run 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -165,8 +166,9 @@ def run(run_dir, cfg: RunConfig, metas: dict[str, dict], *, given: dict | None =
             "verbalized_template": _verbalized_template(cfg),
         },
         "sources": _sources(metas, pairs, cfg),
-        "diversity": _diversity(out, cfg),
-        "prompt_set": _prompt_set(out, cfg, metas.get("synth"), metas.get("conversation")),
+        "diversity": _diversity(out, cfg, metas["generate"]["fingerprint"]),
+        "prompt_set": _prompt_set(out, cfg, metas["prompt_filter"]["fingerprint"], metas.get("synth"),
+                                  metas.get("conversation")),
         "shards": shards,
         "ranked_shards": ranked_shards,
         "timings_s": timings,
@@ -250,16 +252,37 @@ def _verbalized_template(cfg: RunConfig) -> str | None:
     return TEMPLATE_ID if cfg.generate.verbalized_k else None
 
 
-def _diversity(out: Path, cfg: RunConfig) -> dict:
-    """Per generation mode: distinct-1/2 and MiniLM embedding distance of each prompt's candidates."""
+def _cached(out: Path, name: str, key: str, compute):
+    """A whole-run figure that loads the embedder, kept in RUN/tables/publish.<name>.json under `key` (its input
+    stage's fingerprint, the embedder, the seed): a rerun of a finished run publishes without embedding again."""
+    path = out / "tables" / f"publish.{name}.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved["value"]
+    except (OSError, ValueError):  # none yet, or damaged: computed again
+        pass
+    value = compute()
+    write_json(path, {"key": key, "value": value})
+    return value
+
+
+def _diversity(out: Path, cfg: RunConfig, candidates_fp: str) -> dict:
+    """Per generation mode: distinct-1/2 and MiniLM embedding distance of each prompt's candidates (the distance
+    over a seeded sample of 500 prompts per mode where a run has more)."""
     from pipeline.curation.diversity import diversity_by_mode
     from pipeline.stages.prompt_filter import embed
 
-    candidates = schemas.read_table(out / "tables" / "generate.parquet", "candidates")
-    return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model))
+    def compute():
+        candidates = schemas.read_table(out / "tables" / "generate.parquet", "candidates")
+        return diversity_by_mode(candidates, lambda texts: embed(texts, cfg.curate.dedup.model), seed=cfg.seed)
+
+    key = fingerprint("diversity", candidates_fp, cfg.curate.dedup.model, cfg.seed)
+    return _cached(out, "diversity", key, compute)
 
 
-def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None, conversation: dict | None = None) -> dict:
+def _prompt_set(out: Path, cfg: RunConfig, prompts_fp: str, synth: dict | None,
+                conversation: dict | None = None) -> dict:
     """The prompts the run answered (after the prompt filter): sources, categories, diversity; and, for
     synthesised prompts or simulated conversations, how they were made."""
     from pipeline.curation.diversity import prompt_set_diversity
@@ -280,7 +303,10 @@ def _prompt_set(out: Path, cfg: RunConfig, synth: dict | None, conversation: dic
         "prompts": prompts.num_rows,
         "sources": counted["source"],
         "categories": counted["category"],
-        "diversity": prompt_set_diversity(texts, lambda t: embed(t, cfg.curate.dedup.model), seed=cfg.seed),
+        "diversity": _cached(out, "prompt_set_diversity", fingerprint("prompt-set", prompts_fp, cfg.curate.dedup.model,
+                                                                       cfg.seed),
+                             lambda: prompt_set_diversity(texts, lambda t: embed(t, cfg.curate.dedup.model),
+                                                          seed=cfg.seed)),
         "synth": made,
         **({"conversation": {k: conversation.get(k) for k in ("simulator", "policy", "template", "user_turns", "rows",
                                                               "ended_early")}} if conversation else {}),

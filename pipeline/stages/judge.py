@@ -24,6 +24,7 @@ import json
 from itertools import combinations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from judges.absolute import ScoreTokenJudge, explain
 from judges.pairwise import PairwiseJudge
@@ -37,6 +38,7 @@ from pipeline.backends.request_log import RequestLog
 from pipeline.config import SCORING_FIELDS, RunConfig, fingerprint
 from pipeline.core import schemas
 from pipeline.core.funnel import step
+from pipeline.core.rowindex import RowIndex
 from pipeline.core.runner import Chunked, Read, Stage, StageRun
 from pipeline.curation.aggregate import VERIFIER_KIND
 from pipeline.errors import ConfigError, ModelNotFoundError
@@ -56,7 +58,8 @@ def _row(pid, cid, judge, score, ok, raw, consistent=None, rationale=None, mode=
 
 def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, progress=None, *,
                      explainer=None, rationale_tokens: int = 32) -> pa.Table:
-    """Pure core over tables: the judgments of every judge, judge by judge, in candidate order.
+    """Pure core over tables: the judgments of every judge, judge by judge, in candidate order. `prompts` needs
+    only the candidates' prompts (the stage passes a chunk's own; its dicts cost the chunk, not the run).
     With `explainer` (a generation backend on the judge model) absolute judgments get rationales."""
     conversations = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("messages").to_pylist()))
     references = dict(zip(prompts.column("prompt_id").to_pylist(), prompts.column("reference").to_pylist()))
@@ -68,8 +71,10 @@ def judge_candidates(prompts: pa.Table, candidates: pa.Table, judges: list, prog
             rows += verifier_rows(judge, prompts, cands)
             continue
         if judge.kind == "pairwise":
-            pairs = [(x, y) for pid in dict.fromkeys(c["prompt_id"] for c in scoreable)
-                     for x, y in combinations([c for c in scoreable if c["prompt_id"] == pid], 2)]
+            by_pid: dict[str, list[dict]] = {}
+            for c in scoreable:
+                by_pid.setdefault(c["prompt_id"], []).append(c)
+            pairs = [(x, y) for group in by_pid.values() for x, y in combinations(group, 2)]
             verdicts = judge.judge([(conversations[x["prompt_id"]], x["text"], y["text"]) for x, y in pairs])
             rows += [
                 _row(
@@ -292,9 +297,10 @@ def _make_work(run: StageRun):  # judge models load only when a chunk is left to
 
         j = cfg.judge
         judges = [*judges, VerifierJudge(timeout_s=j.verifier_timeout_s, memory_mb=j.verifier_memory_mb)]
+    by_prompt = RowIndex(prompts)  # once per stage run: a chunk looks up its own prompts only
     return lambda subset: (
         judge_candidates(
-            prompts,
+            by_prompt.take(pc.unique(subset.column("prompt_id")).to_pylist()),
             subset,
             judges,
             progress=run.pbar.advance,

@@ -80,3 +80,23 @@ def test_pairwise_verdicts_with_leading_spaces_and_both_forms():
     assert j.ok and raw["p_a_first_order"] == pytest.approx(7 / 9) and raw["p_a_swapped_order"] == 0.0
     assert raw["mass"] == [pytest.approx(0.9), pytest.approx(0.9)] and j.outcome == 1 and j.position_consistent
     assert j.p_first_wins == pytest.approx((7 / 9 + 1) / 2)
+
+
+def test_too_long_inputs_are_counted_by_the_tokenizer_and_short_ones_skip_the_encoding():
+    from pipeline.backends.openai_backend import local_tokenizer
+
+    tokenizer = local_tokenizer("bundled:smollm2-135m-instruct")  # a tokenizer, no weights
+    encoded = []
+    real = tokenizer.apply_chat_template
+
+    def counting(messages, **kw):
+        encoded.append(kw.get("tokenize"))
+        return real(messages, **kw)
+
+    tokenizer.apply_chat_template = counting
+    judge = ServedScoreJudge(FakeEndpoint([("5", 0.9)]), "served", template_id="absolute-1to5-v1",
+                             tokenizer=tokenizer, min_mass=0.5, max_input_tokens=512)
+    short, long = judge.score([(CONVERSATION, "fine"), (CONVERSATION, "word " * 600)])
+    assert short.ok and not long.ok and "judge.max_input_tokens=512" in long.raw
+    assert int(json.loads(long.raw)["error"].split()[3]) > 512  # the count is the tokenizer's, over the limit
+    assert encoded.count(True) == 1  # only the input whose text bytes could be over was encoded

@@ -37,6 +37,24 @@ def test_diversity_by_mode_groups_by_prompt_and_mode():
     assert out["verbalized"] == {"prompts": 1, "distinct_1": 1.0, "distinct_2": 1.0, "embedding_distance": 1.0}
 
 
+def test_diversity_by_mode_embeds_a_seeded_sample_of_prompts_and_counts_words_over_all():
+    rows = [{"prompt_id": f"p{i}", "candidate_id": f"p{i}-{k}", "generator": "g", "text": f"w{i} same", "n_tokens": 2,
+             "finish_reason": "stop", "sampling": None} for i in range(6) for k in range(2)]
+    embedded = []
+
+    def embed(texts):
+        embedded.append(texts)
+        return torch.nn.functional.normalize(torch.ones(len(texts), 2), dim=-1)
+
+    table = schemas.from_rows(rows, "candidates")
+    out = diversity_by_mode(table, embed, max_prompts=2, seed=3)["sample"]
+    assert len(embedded[0]) == 4  # 2 prompts x 2 candidates, not all 12 candidates
+    assert out["prompts"] == 6 and out["embedded_prompts"] == 2 and out["distinct_1"] == 0.5
+    assert diversity_by_mode(table, embed, max_prompts=2, seed=3)["sample"] == out  # seeded: the same sample
+    assert embedded[1] == embedded[0]
+    assert "embedded_prompts" not in diversity_by_mode(table, embed, max_prompts=6)["sample"]
+
+
 def test_parse_reads_tagged_blocks_json_and_tolerates_truncation():
     reply = ("<response><text>Paris is the capital.</text><probability>0.6</probability></response>\n"
              "<response><text>It is Paris.</text><probability>1.7</probability></response>\n"

@@ -41,3 +41,20 @@ def test_prompt_drops_come_from_the_table_the_manifest_names(tmp_path):
         "tables": ["inc/tables/prompt_filter.drops.parquet"],
     }
     assert prompt_drops(tmp_path, {"prompt_drops": merged}, limit=3)[1] == rows[:3]
+
+
+def test_publish_keeps_embedder_figures_for_their_key_and_recomputes_on_change(tmp_path):
+    from pipeline.publish.shards import _cached
+
+    (tmp_path / "tables").mkdir()
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"sample": {"prompts": 3, "embedding_distance": 0.25}}
+
+    first = _cached(tmp_path, "diversity", "k1", compute)
+    assert _cached(tmp_path, "diversity", "k1", compute) == first and len(calls) == 1  # a rerun embeds nothing
+    assert _cached(tmp_path, "diversity", "k2", compute) == first and len(calls) == 2  # new candidates: again
+    (tmp_path / "tables" / "publish.diversity.json").write_text("{torn")
+    assert _cached(tmp_path, "diversity", "k2", compute) == first and len(calls) == 3  # damaged: computed again
