@@ -28,6 +28,12 @@ One seeded experiment, end to end, on the bundled SmolLM2-135M-Instruct (CPU is 
 
     python bench/improve.py --out /tmp/improve            # defaults: see --help
     python bench/improve.py --out /tmp/improve --labels verifier,judge,random   # + two more arms (~15 min each)
+    python bench/improve.py --out /tmp/improve --labels verifier,online,iterate  # offline vs online vs rounds
+
+6. `online` trains with `prefsynth train --online` (pipeline/loop/online.py) on the train prompts, verifier labels, one
+   epoch of --online-prompts prompts per step with k fresh answers each from the current policy: as many verifier
+   calls as the offline arms' shared candidates (`iterate` makes --rounds times as many). The report's "judge_calls"
+   per arm says so.
     python bench/improve.py --out /tmp/improve --seed 1   # another seed (prompts, split, sampling, training)
 
 Defaults (seed 0; 100 base tasks, 30 held out; 140 train / 60 held-out prompts; k=4, 64 new tokens; full fine-tuning,
@@ -295,11 +301,12 @@ def parse_args(argv=None):
                    f"{list(LABELS)}: each trains its own policy from the base model (judge: about 2 min of judging; "
                    "every arm: training and a held-out evaluation, about 15 min on 2 CPU threads).")
     p.add_argument("--rounds", type=int, default=2, help="Rounds of the `iterate` label source (--labels).")
+    p.add_argument("--online-prompts", type=int, default=8, help="Prompts per step of the `online` arm (--labels).")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default).")
     return p.parse_args(argv)
 
 
-LABELS = ("verifier", "judge", "random", "iterate")
+LABELS = ("verifier", "judge", "random", "iterate", "online")
 
 
 def label(name: str, rows, results, a, budget: int | None) -> tuple[list[dict], dict]:
@@ -370,6 +377,36 @@ def iterate_arm(a, rows, results, budget: int | None, model_dir: Path) -> tuple[
              "agreement_with_verifier": label_agreement([p for x in round_pairs for p in x])}
     return {"steps": sum(x["train"]["steps"] or 0 for x in rounds), "rounds": [x["train"] for x in rounds],
             "last_loss": rounds[-1]["train"]["last_loss"]}, total
+
+
+def online_arm(a, rows: list[dict]) -> tuple[dict, dict]:
+    """Online DPO (`prefsynth train --online`, pipeline/loop/online.py) on the train prompts with verifier labels and
+    as many verifier calls as the offline arms' candidates: one epoch of `--online-prompts` prompts per step, k answers
+    each sampled from the current policy, the 'verified' pair of each prompt, one DPO step per step. Under DIR/online
+    (its pairs shards in DIR/online/pairs, the policy in DIR/online/model). Returns (train summary, pair stats)."""
+    import math
+
+    import pyarrow.parquet as pq
+
+    from pipeline.loop.online import train_online
+    from pipeline.train import TrainConfig
+
+    losses = {"sigmoid": 1.0, **({"nll": a.nll} if a.nll else {})}
+    cfg = TrainConfig(model=MODEL, seed=a.seed, beta=a.beta, learning_rate=a.lr, tensorboard=False, save_every=5,
+                      steps=math.ceil(len(rows) / a.online_prompts), max_prompt_tokens=256, max_length=512,
+                      losses=losses, lora={"r": a.lora_r, "alpha": 2 * a.lora_r} if a.lora_r else None,
+                      online={"prompts_per_step": a.online_prompts, "k": a.k, "max_new_tokens": a.max_new_tokens,
+                              "temperature": a.temperature, "labels": "verifier"})
+    prov = train_online(cfg, a.out / "prompts_train.jsonl", a.out / "online", log=lambda m: print(m, flush=True))
+    shards = sorted((a.out / "online" / "pairs").glob("*.parquet"))
+    pairs = [r for s in shards for r in pq.read_table(s, columns=["chosen_score", "rejected_score"]).to_pylist()]
+    agree = sum(r["chosen_score"] > r["rejected_score"] for r in pairs) / max(len(pairs), 1)
+    recs = [json.loads(x) for x in (a.out / "online" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in recs if "loss" in r][-5:]
+    stats = {"pairs": len(pairs), "judge_calls": prov["online"]["judge_calls"], "steps": prov["steps"],
+             "steps_with_pairs": sum(1 for r in recs if r["pairs"]),
+             "agreement_with_verifier": {"agree": round(agree, 3), "tie": round(1 - agree, 3), "reversed": 0.0}}
+    return {"steps": prov["steps"], "last_loss": [round(r["loss"], 4) for r in last]}, stats
 
 
 def arm_dirs(out: Path, name: str) -> tuple[Path, Path]:
@@ -477,6 +514,10 @@ def main(argv=None) -> int:
         t0 = time.time()
         if name == "iterate":
             train_summary, pstats = iterate_arm(a, train_rows, results, budget, model_dir)
+            pstats["judge_calls"] = a.rounds * sum(map(len, results))
+        elif name == "online":
+            train_summary, pstats = online_arm(a, train_rows)
+            model_dir = a.out / "online" / "model"
         else:
             pairs, pstats = label(name, train_rows, results, a, budget)
             if not pairs:
@@ -484,6 +525,7 @@ def main(argv=None) -> int:
             if name == "verifier":
                 budget = len(pairs)
                 pstats["candidate_prompt_pass"] = report["candidate_prompt_pass"]
+                pstats["judge_calls"] = sum(map(len, results))
             write_pairs(pairs, pstats, pairs_dir)
             print(f"pairs ({name}): {pstats}", flush=True)
             train_summary = train_arm(pairs_dir, model_dir, a)
@@ -536,7 +578,7 @@ def print_table(report: dict) -> None:
         print(f"\nlabel sources (same candidates, at most {first['pairs']['pairs']} pairs each); "
               "prompt-level strict accuracy, trained - base [95% CI]")
         modes = list(first["eval"])
-        print(f"{'source':10s} {'pairs':>5s} {'agree':>6s} {'tie':>5s} {'rev':>5s}  "
+        print(f"{'source':10s} {'pairs':>5s} {'calls':>5s} {'agree':>6s} {'tie':>5s} {'rev':>5s}  "
               + "  ".join(f"{m:>24s}" for m in modes))
         for name, arm in report["arms"].items():
             ag = arm["pairs"]["agreement_with_verifier"]
@@ -545,7 +587,9 @@ def print_table(report: dict) -> None:
                 r = arm["eval"][m]["bootstrap"]["prompt_strict"]
                 star = "*" if r["excludes_0"] else " "
                 cells.append(f"{r['diff']:+.3f} [{r['ci95'][0]:+.3f},{r['ci95'][1]:+.3f}]{star}")
-            print(f"{name:10s} {arm['pairs']['pairs']:5d} {ag['agree']:6.2f} {ag['tie']:5.2f} {ag['reversed']:5.2f}  "
+            calls = arm["pairs"].get("judge_calls", -1)
+            print(f"{name:10s} {arm['pairs']['pairs']:5d} {calls:5d} {ag['agree']:6.2f} {ag['tie']:5.2f} "
+                  f"{ag['reversed']:5.2f}  "
                   + "  ".join(f"{c:>24s}" for c in cells))
     print("timings (s):", report["timings_s"], "threads:", report["threads"])
 

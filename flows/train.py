@@ -1,4 +1,5 @@
-"""The `train`, `train_rm` and `build_and_train` flows: DPO (or a reward model) on a run's shards.
+"""The `train`, `train_online`, `train_rm` and `build_and_train` flows: DPO (offline on a run's shards, or online on
+its prompts and judges) or a reward model.
 
 `train` wraps pipeline.train.train in one task (the trainer checkpoints and resumes itself, so a
 re-run after a crash continues from its last checkpoint); `build_and_train` runs `build_dataset`
@@ -14,6 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.loop.online import train_online as train_online_core
 from pipeline.train import TrainConfig
 from pipeline.train.config import RMConfig
 from pipeline.train.rm_trainer import train_rm as train_rm_core
@@ -22,6 +24,7 @@ from pipeline.train.trainer import train as train_core
 log = logging.getLogger("prefsynth")
 
 train_task = task(train_core, name="train", cache_policy=NO_CACHE, persist_result=False)
+train_online_task = task(train_online_core, name="train-online", cache_policy=NO_CACHE, persist_result=False)
 train_rm_task = task(train_rm_core, name="train-rm", cache_policy=NO_CACHE, persist_result=False)
 
 
@@ -36,6 +39,17 @@ def train(config: dict, data: str, out_dir: str) -> dict:
     """Train `config['model']` on the pairs at `data`; return the provenance record."""
     prov = train_task(TrainConfig.model_validate(config), data, out_dir, log=log.info)
     _report(prov)
+    return prov
+
+
+@flow(name="train_online", log_prints=False, persist_result=False)
+def train_online(config: dict, data: str, out_dir: str) -> dict:
+    """Online DPO/IPO: sample from the policy, label with `data`'s judges, train, step after step."""
+    prov = train_online_task(TrainConfig.model_validate(config), data, out_dir, log=log.info)
+    on = prov["online"]
+    create_table_artifact(key="prefsynth-train-online",
+                          table=[{"metric": k, "value": on[k]} for k in ("pairs", "judge_calls")],
+                          description=f"prefsynth train --online: {prov['steps']} steps")
     return prov
 
 

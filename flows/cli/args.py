@@ -195,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override one trainer key, e.g. --set steps=20 (repeatable; values are YAML)",
     )
+    tr.add_argument("--online", action="store_true",
+                    help="online DPO/IPO: --data gives prompts (a run folder, whose judges label, or a prompts file); "
+                    "each step samples from the policy, labels, pairs and trains (keys online.*)")
     tr.add_argument("--quiet", action="store_true", help="no progress bars")
 
     rm = sub.add_parser("train-rm", help="train a Bradley-Terry reward model from a run's pairs shards",
@@ -315,6 +318,13 @@ examples:
   prefsynth train --data runs/smollm2-seed-default --out runs/dpo
   prefsynth train --data runs/my --model HuggingFaceTB/SmolLM2-360M-Instruct --out runs/dpo \\
       --set losses='{{sigmoid: 1.0, nll: 0.2}}' --set steps=200
+  prefsynth train --online --data runs/my --out runs/online --set steps=50   # online DPO, the run's judges
+  prefsynth train --online --data prompts.jsonl --out runs/ipo-md --set online.labels=verifier \\
+      --set losses='{{ipo: 1.0}}' --set online.mixture=0.125    # online IPO-MD, verifier labels
+
+Online (--online, pipeline/loop/online.py): every step samples online.k answers to online.prompts_per_step prompts
+from the current policy (or the Nash-MD mixture with the reference), labels them with --data's judges, pairs them
+with its pair strategy and takes one step on those pairs; the pairs stay as shards in OUT/pairs/ (with a card).
 """
 
 

@@ -222,9 +222,13 @@ def cmd_train(args) -> int:
 
     overrides = list(args.overrides) + ([f"model={args.model}"] if args.model else [])
     cfg = load_train_config(args.config, overrides)
+    if getattr(args, "online", False) and cfg.online is None:
+        cfg = load_train_config(args.config, ["online={}", *overrides])
     offline_unless_hub([cfg.model])
     check_model(cfg.model, field="--model" if args.model else "model")  # preflight: fail in a second
     check_out_dir(args.out)
+    if cfg.online is not None:
+        return _train_online(cfg, args)
     source = open_source(args.data, verify=False)  # the flow verifies every shard; no need to hash them twice
     check_degenerate(source, lambda msg: None)  # a dataset of only chosen == rejected fails here; the flow warns
     from pipeline.train.parallel import (  # (imports torch: after the data checks, which fail faster)
@@ -247,6 +251,25 @@ def cmd_train(args) -> int:
 
         prov = train(cfg.model_dump(), str(args.data), str(args.out))
     print_train_summary(prov, args.data)
+    return 0
+
+
+def _train_online(cfg, args) -> int:
+    from pipeline.loop.online import open_prompts
+
+    open_prompts(args.data)  # preflight: the prompts and the run's config read before any model loads
+    if args.quiet:
+        os.environ["PREFSYNTH_PROGRESS"] = "0"
+    from flows.cli.runtime import flow_session
+
+    with flow_session():
+        from flows.train import train_online
+
+        prov = train_online(cfg.model_dump(), str(args.data), str(args.out))
+    on = prov["online"]
+    print(f"trained online for {prov['steps']} steps on {args.data}: {on['pairs']} on-policy pairs from "
+          f"{on['judge_calls']} judge calls ({', '.join(on['judges'])}); model: {prov['model']['path']}; "
+          f"pairs: {on['pairs_dir']}")
     return 0
 
 

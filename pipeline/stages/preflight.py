@@ -108,7 +108,8 @@ def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
     if not cfg.input.synthesised:
         # simulated conversations are branched after they are grown; their seeds only need to be prompts
         simulated = cfg.sources.conversation.enabled
-        load_prompts(cfg.input, seed=cfg.seed, turns="last" if simulated else cfg.generate.turns)
+        table, _ = load_prompts(cfg.input, seed=cfg.seed, turns="last" if simulated else cfg.generate.turns)
+        check_sandbox(cfg, table)
     elif incremental:
         raise ConfigError(
             "input.path 'synth:' cannot grow a dataset (--incremental / serve): synthesis has no "
@@ -119,6 +120,17 @@ def check_run(cfg: RunConfig, out_dir: str, *, incremental: bool) -> None:
             load_prompts(InputConfig(path=cfg.input.synth.seeds), seed=cfg.seed)
         except InputError as exc:
             raise InputError(f"input.synth.seeds: {exc}") from None
+
+
+def check_sandbox(cfg: RunConfig, prompts) -> None:
+    """Prompts with code tests (`verify` kind 'tests') need the code verifier's sandbox (judges/sandbox.py): a machine
+    without a working one fails here, before any answer is generated, rather than at the judge stage."""
+    if cfg.judge.verifiers == "off":
+        return
+    if any(v and json.loads(v).get("kind") == "tests" for v in prompts.column("verify").to_pylist()):
+        from judges.sandbox import require
+
+        require()
 
 
 def check_served(cfg: RunConfig) -> None:

@@ -8,7 +8,8 @@ watch), tdist.py (Student's t quantiles for the watch), checkpoint.py (checkpoin
 model, provenance), card.py (the model's card), step.py (a step's accumulated forwards, the eval),
 parallel.py (torchrun: DDP, FSDP2, rank shares), loop.py (precision, optimiser and schedule, the batch stream:
 shared by both trainers), trainer.py (the DPO loop), rm_losses.py (Bradley-Terry with margin, soft labels,
-centring), rm_trainer.py (the reward-model loop).
+centring), rm_trainer.py (the reward-model loop), sample.py (on-policy sampling for online training, the Nash-MD
+mixture; pipeline/loop/online.py runs the online loop).
 """
 
 from pipeline.train.config import TrainConfig, load_train_config

@@ -28,6 +28,28 @@ class LoraConfig(_Section):
     )
 
 
+class OnlineConfig(_Section):
+    """`prefsynth train --online` (pipeline/train/online.py): each step samples, labels, pairs and trains."""
+
+    prompts_per_step: int = Field(4, ge=1, description="Prompts sampled per step (in a seeded order per epoch).")
+    k: int = Field(4, ge=2, description="Answers sampled per prompt per step from the current policy.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled answer, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (applied after the mixture).")
+    mixture: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Nash-MD geometric mixture weight b: tokens are drawn from pi^(1-b) * pi_ref^b, renormalised "
+        "(online IPO-MD with losses {ipo: 1}); 0 samples the policy (online DPO / online IPO).",
+    )
+    labels: Literal["run", "verifier"] = Field(
+        "run",
+        description="Who labels the sampled answers: 'run' the judges of the --data run's config (in process or "
+        "served, reward models, the verifier where prompts carry a `verify` spec) aggregated and paired as that "
+        "run's judge.aggregate and pair.strategy say; 'verifier' the verifier alone (pair strategy 'verified').",
+    )
+
+
 class TrainConfig(_Section):
     model: str = Field(
         "bundled:smollm2-135m-instruct", description="Policy to train: bundled:NAME, a local model folder or a Hub id."
@@ -116,6 +138,12 @@ class TrainConfig(_Section):
     save_every: int = Field(50, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (oldest removed).")
     tensorboard: bool = Field(True, description="Also write metrics for TensorBoard (needs the tensorboard package).")
+    online: OnlineConfig | None = Field(
+        None,
+        description="Online DPO/IPO (`prefsynth train --online`): prompts from --data, answers sampled from the "
+        "current policy every step and labelled by the run's judges; null trains offline on --data's pairs. "
+        "Keys: prompts_per_step, k, max_new_tokens, temperature, mixture, labels.",
+    )
     parallel: Literal["auto", "none", "ddp", "fsdp"] = Field(
         "auto",
         description="Several processes under torchrun: ddp (replicated weights), fsdp (FSDP2 fully_shard: weights, "
@@ -147,6 +175,11 @@ class TrainConfig(_Section):
                 f"max_prompt_tokens {self.max_prompt_tokens} leaves no room for a response under "
                 f"max_length {self.max_length}; fix: raise max_length"
             )
+        if self.online is not None and self.parallel in ("ddp", "fsdp"):
+            raise ValueError(
+                f"online with parallel {self.parallel!r}: online training samples in one process; fix: drop "
+                "parallel (or set it to none) and run without torchrun"
+            )
         return self
 
     def weight_fields(self) -> dict:
@@ -165,6 +198,8 @@ class TrainConfig(_Section):
         }
         if self.reference is None:
             ops.add("reference")  # the default reference is train.model: keys of runs from before the field hold
+        if self.online is None:
+            ops.add("online")  # offline runs keep the keys they had before the field existed
         fields = self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
         if not self.early_stop and self.eval_fraction > 0:  # it sizes the eval split (data.eval_prompts)
             fields["overopt"] = {"min_eval_pairs": self.overopt.min_eval_pairs}

@@ -1,0 +1,98 @@
+"""`prefsynth train --online` end to end on the bundled model: verifier labels on instruction-constraint prompts,
+the on-policy pairs kept as shards, and a real SIGKILL after the first checkpoint resumed to identical weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.verifiable.instructions import make
+from tests.conftest import ROOT, cli_env, run_cli, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+STEPS = 2
+SETTINGS = [f"steps={STEPS}", "save_every=1", "learning_rate=1e-4", "tensorboard=false", "online.labels=verifier",
+            "online.k=4", "online.prompts_per_step=2", "online.max_new_tokens=12"]
+ARGS = [x for kv in SETTINGS for x in ("--set", kv)] + ["--quiet"]
+
+
+def _prompts(tmp_path: Path) -> Path:
+    train, _ = make(0, n_tasks=6, per_task=1, two_prob=0.0)
+    return write_jsonl(tmp_path / "prompts.jsonl", train[:3])
+
+
+def _cmd(data: Path, out: Path) -> list[str]:
+    return ["train", "--online", "--data", str(data), "--out", str(out), *ARGS]
+
+
+@pytest.mark.timeout(1200)
+def test_online_dpo_keeps_its_pairs_and_resumes_after_sigkill_to_identical_weights(tmp_path):
+    data = _prompts(tmp_path)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    res = run_cli(*_cmd(data, whole))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"trained online for {STEPS} steps" in res.stdout
+
+    prov = json.loads((whole / "provenance.json").read_text())
+    recs = [json.loads(x) for x in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, STEPS + 1))
+    shards = sorted((whole / "pairs").glob("step-*.parquet"))
+    # one shard per step that formed pairs (none for a step without: readers refuse empty parquet files)
+    assert [s.name for s in shards] == [f"step-{r['step']:06d}.parquet" for r in recs if r["pairs"]]
+    rows = [r for s in shards for r in pq.read_table(s).to_pylist()]
+    assert len(rows) == prov["online"]["pairs"] == sum(r["pairs"] for r in recs) >= 1
+    # verifier labels: the chosen answer meets more of the prompt's constraints than the rejected one
+    assert all(r["pair_strategy"] == "verified" and r["chosen_score"] > r["rejected_score"] for r in rows)
+    assert prov["online"]["judge_calls"] == sum(r["candidates"] for r in recs) == recs[-1]["judge_calls_total"]
+    assert "verifier-v1" in prov["online"]["judges"] and (whole / "pairs" / "README.md").is_file()
+    # a dataset others read: datasets' parquet reader, and the offline trainer's own reader
+    from datasets import load_dataset
+
+    from pipeline.train.data import open_source
+
+    ds = load_dataset("parquet", data_files=[str(s) for s in shards], split="train")
+    assert ds.num_rows == len(rows) and ds[0]["chosen"][0]["role"] == "assistant"
+    assert open_source(whole / "pairs").shards == shards
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *_cmd(data, killed)], cwd=ROOT, env=cli_env(),
+                                stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
+        deadline = time.time() + 600
+        while not (killed / "checkpoints" / "step-000001").is_dir():
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (killed / "model").exists()
+    res = run_cli(*_cmd(data, killed))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "resuming the online run from step" in res.stderr + res.stdout
+
+    a, b = (load_file(str(d / "model" / "model.safetensors")) for d in (whole, killed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    start = load_file(str(_bundled_safetensors()))
+    assert any(not torch.equal(a[k], start[k]) for k in a if k in start)  # the weights did move
+    for s in shards:
+        assert pq.read_table(s).equals(pq.read_table(killed / "pairs" / s.name))
+    steps = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, STEPS + 1))
+    again = json.loads((killed / "provenance.json").read_text())
+    assert again["online"]["judge_calls"] == prov["online"]["judge_calls"]
+
+
+def _bundled_safetensors() -> Path:
+    from pipeline.backends.model_ref import resolve
+
+    return next(Path(resolve("bundled:smollm2-135m-instruct", field="model").path).glob("*.safetensors"))
