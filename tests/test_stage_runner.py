@@ -178,14 +178,14 @@ def test_declaring_a_column_the_schema_lacks_fails_at_declaration():
               fingerprint=lambda cfg: "fp", build=lambda run: None)
 
 
-def test_the_readme_example_stage_runs_as_written(tmp_path):
-    """The README's worked example ("One way to be a stage"), executed as the module it shows."""
+def test_the_documented_example_stage_runs_as_written(tmp_path):
+    """docs/stages.md's worked example ("One way to be a stage"), executed as the module it shows."""
     import types
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = readme.split("# pipeline/stages/flag.py\n", 1)[1].split("```", 1)[0]
+    page = (Path(__file__).parents[1] / "docs" / "stages.md").read_text()
+    code = page.split("# pipeline/stages/flag.py\n", 1)[1].split("```", 1)[0]
     module = types.ModuleType("flag")
-    exec(compile(code, "README.md:pipeline/stages/flag.py", "exec"), module.__dict__)
+    exec(compile(code, "docs/stages.md:pipeline/stages/flag.py", "exec"), module.__dict__)
     rows = [
         {"prompt_id": "a", "messages": [{"role": "user", "content": "I want a Refund now"}], "source": "t"},
         {"prompt_id": "b", "messages": [{"role": "user", "content": "hello"}], "source": "t"},

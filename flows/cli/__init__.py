@@ -4,6 +4,7 @@
   commands.py    `main(argv)`: runs the commands over the flows and pipeline/, one-line errors
   runtime.py     how a command runs a flow: its own guarded Prefect API, clean interrupts
   api_server.py  that Prefect API, in a process that cannot outlive the command
+  docs_gen.py    the docs' generated reference pages (config keys, commands) from the config models and args.py
 """
 
 from flows.cli.commands import main

@@ -3,7 +3,7 @@
 A config is YAML. Unknown keys and bad values raise `ConfigError` naming the key, the value and
 the fix. `--set a.b=value` overrides are parsed as YAML scalars and applied before validation, so
 they are checked exactly like file values. Each field is documented once, here; `prefsynth run
---help` and the README point at this module.
+--help` and docs/reference/config.md (generated: python -m flows.cli.docs_gen) read these fields.
 
 Fingerprints: each stage owns the fields that change its output (`fields(cfg)` in the stage's
 module, docs/architecture.md rule 4): batch sizes, progress bars and paths of the run dir are left out.
