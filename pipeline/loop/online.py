@@ -64,17 +64,20 @@ VERSION = "1"
 
 def open_prompts(data) -> tuple[pa.Table, RunConfig, dict | None]:
     """(prompts sorted by prompt_id, the run config whose judges label, the run's manifest) of --data: a `prefsynth
-    run` folder (its tables/prompts.parquet and its config), or a prompts file/folder as input.path reads it
+    run` folder (the prompts its prompt filter kept, and its config), or a prompts file/folder as input.path reads it
     (labelled with the default run config's judges)."""
     from pipeline.core.rundir import load_manifest
 
     path = Path(data).expanduser()
     if path.is_dir() and (path / "manifest.json").exists():
         manifest = load_manifest(path)
-        table = path / "tables" / "prompts.parquet"
-        if not table.is_file():
-            raise InputError(f"--data {path}: the run has no tables/prompts.parquet; fix: pass the --out folder of a "
-                             "`prefsynth run` that finished its prompts stage, or a prompts file")
+        # the prompts the run kept: after its prompt filter (dedup, decontamination), as its generate stage read them
+        table = next((t for t in (path / "tables" / "prompt_filter.parquet", path / "tables" / "prompts.parquet")
+                      if t.is_file()), None)
+        if table is None:
+            raise InputError(f"--data {path}: the run has no tables/prompt_filter.parquet or prompts.parquet; fix: "
+                             "pass the --out folder of a `prefsynth run` that finished its prompt stages, or a "
+                             "prompts file")
         prompts = schemas.read_table(table, "prompts")
         run_cfg = RunConfig.model_validate((manifest.get("config") or {}).get("resolved") or {})
     elif path.exists():
