@@ -54,7 +54,7 @@ from pipeline.train.data import encode_row
 from pipeline.train.loop import optimizer, precision
 from pipeline.train.metrics import MetricsLog
 from pipeline.train.ref import compute as reference_logps
-from pipeline.train.sample import sample, stop_ids
+from pipeline.train.sample import sample_many, stop_ids
 from pipeline.train.step import accumulate, mean
 from pipeline.train.trainer import load_policy, load_reference
 from pipeline.verifiable.spec import wants_verifier
@@ -197,17 +197,15 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
             t0 = time.perf_counter()
             picked = [rows[i] for i in step_prompts(n, on.prompts_per_step, step, cfg.seed)]
             picked = list({r["prompt_id"]: r for r in picked}.values())  # a prompt twice in one step: once
-            cand_rows = []
-            for r in picked:
-                seed = sample_seed(cfg.seed, step, r["prompt_id"])
-                answers = sample(model, ref, tokenizer, r["messages"], k=on.k, max_new_tokens=on.max_new_tokens,
-                                 temperature=on.temperature, mixture=on.mixture, seed=seed,
-                                 max_prompt_tokens=cfg.max_prompt_tokens, stops=stops)
-                cand_rows += [candidate_row(r["prompt_id"], f"{r['prompt_id']}-s{step + 1:06d}-{i:02d}", label,
-                                            text=a.text, n_tokens=a.n_tokens, finish_reason=a.finish_reason,
-                                            temperature=on.temperature, top_p=1.0, max_new_tokens=on.max_new_tokens,
-                                            seed=seed)
-                              for i, a in enumerate(answers)]
+            seeds = [sample_seed(cfg.seed, step, r["prompt_id"]) for r in picked]
+            drawn = sample_many(model, ref, tokenizer, [r["messages"] for r in picked], k=on.k,
+                                max_new_tokens=on.max_new_tokens, temperature=on.temperature, mixture=on.mixture,
+                                seeds=seeds, max_prompt_tokens=cfg.max_prompt_tokens, stops=stops)
+            cand_rows = [candidate_row(r["prompt_id"], f"{r['prompt_id']}-s{step + 1:06d}-{i:02d}", label,
+                                       text=a.text, n_tokens=a.n_tokens, finish_reason=a.finish_reason,
+                                       temperature=on.temperature, top_p=1.0, max_new_tokens=on.max_new_tokens,
+                                       seed=seed)
+                         for r, seed, answers in zip(picked, seeds, drawn) for i, a in enumerate(answers)]
             t1 = time.perf_counter()
             sub = schemas.from_rows(picked, "prompts")
             try:

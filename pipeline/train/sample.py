@@ -67,43 +67,68 @@ def prompt_ids(tokenizer, messages: list[dict], max_prompt_tokens: int) -> list[
     return list(ids)[-max_prompt_tokens:]
 
 
+def left_pad(rows: list[list[int]], pad: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask, position ids) of token rows left-padded to the longest: each row's real tokens
+    sit at positions 0.. whatever its padding, as they would alone."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
 @torch.no_grad()
 def sample(policy, ref, tokenizer, messages: list[dict], *, k: int, max_new_tokens: int, temperature: float,
            mixture: float, seed: int, max_prompt_tokens: int = 256, stops: set[int] | None = None) -> list[Answer]:
-    """`k` answers to one conversation, drawn together (one batch of k copies of the prompt, no padding). `ref` may be
-    None when `mixture` is 0."""
+    """`k` answers to one conversation (`sample_many` with one prompt). `ref` may be None when `mixture` is 0."""
+    return sample_many(policy, ref, tokenizer, [messages], k=k, max_new_tokens=max_new_tokens,
+                       temperature=temperature, mixture=mixture, seeds=[seed], max_prompt_tokens=max_prompt_tokens,
+                       stops=stops)[0]
+
+
+@torch.no_grad()
+def sample_many(policy, ref, tokenizer, conversations: list[list[dict]], *, k: int, max_new_tokens: int,
+                temperature: float, mixture: float, seeds: list[int], max_prompt_tokens: int = 256,
+                stops: set[int] | None = None) -> list[list[Answer]]:
+    """`k` answers to each conversation, all drawn in one batch (prompts left-padded, with their attention mask and
+    positions); each conversation's draws come from its own generator seeded by its entry of `seeds`, so they do not
+    depend on which other prompts share the batch."""
     was = policy.training
     policy.eval()
     try:
-        return _sample(policy, ref, tokenizer, messages, k=k, max_new_tokens=max_new_tokens, temperature=temperature,
-                       mixture=mixture, seed=seed, max_prompt_tokens=max_prompt_tokens,
+        return _sample(policy, ref, tokenizer, conversations, k=k, max_new_tokens=max_new_tokens,
+                       temperature=temperature, mixture=mixture, seeds=seeds, max_prompt_tokens=max_prompt_tokens,
                        stops=stop_ids(policy, tokenizer) if stops is None else stops)
     finally:
         policy.train(was)
 
 
-def _sample(policy, ref, tokenizer, messages, *, k, max_new_tokens, temperature, mixture, seed, max_prompt_tokens,
-            stops) -> list[Answer]:
+def _sample(policy, ref, tokenizer, conversations, *, k, max_new_tokens, temperature, mixture, seeds,
+            max_prompt_tokens, stops) -> list[list[Answer]]:
     device = next(policy.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    ids = torch.tensor([prompt_ids(tokenizer, messages, max_prompt_tokens)] * k, device=device)
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    prompts = [prompt_ids(tokenizer, m, max_prompt_tokens) for m in conversations]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    rows = [ids for ids in prompts for _ in range(k)]  # k copies of each prompt, left-padded to one width
+    step_in, mask, pos = left_pad(rows, pad, device)
     models = [policy] + ([ref] if mixture > 0 else [])
     caches: list = [None] * len(models)
     kwargs = [_forward_kwargs(m) for m in models]
-    out = torch.zeros((k, 0), dtype=torch.long)
-    done = torch.zeros(k, dtype=torch.bool)
+    n = len(rows)
+    out = torch.zeros((n, 0), dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
     stop = torch.tensor(sorted(stops), dtype=torch.long)
-    step_in = ids
     for _ in range(max_new_tokens):
         logits = []
         for i, m in enumerate(models):
             name, extra = kwargs[i]
-            res = m(input_ids=step_in, use_cache=True, **{name: caches[i]}, **extra)
+            res = m(input_ids=step_in, attention_mask=mask, position_ids=pos, use_cache=True, **{name: caches[i]},
+                    **extra)
             caches[i] = getattr(res, name)
             logits.append(res.logits[:, -1, :].cpu())
-        logp = next_token_logprobs(logits[0], logits[1] if mixture > 0 else None, mixture=mixture,
-                                   temperature=temperature)
-        tok = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(1)
+        probs = next_token_logprobs(logits[0], logits[1] if mixture > 0 else None, mixture=mixture,
+                                    temperature=temperature).exp()
+        tok = torch.cat([torch.multinomial(probs[j * k:(j + 1) * k], 1, generator=g).squeeze(1)
+                         for j, g in enumerate(gens)])
         if len(stop):
             tok = torch.where(done, stop[0], tok)  # a finished answer keeps feeding an end token, never read
             done |= torch.isin(tok, stop)
@@ -111,10 +136,12 @@ def _sample(policy, ref, tokenizer, messages, *, k, max_new_tokens, temperature,
         if bool(done.all()):
             break
         step_in = tok[:, None].to(device)
+        mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
+        pos = pos[:, -1:] + 1
     answers = []
     for row in out.tolist():
         end = next((i for i, t in enumerate(row) if t in stops), None)
         body = row if end is None else row[:end]
         answers.append(Answer(tokenizer.decode(body, skip_special_tokens=True), len(body),
                               "length" if end is None else "stop", tuple(row if end is None else row[: end + 1])))
-    return answers
+    return [answers[j * k:(j + 1) * k] for j in range(len(conversations))]

@@ -146,3 +146,30 @@ def test_verifier_labels_pair_the_answer_that_meets_more_constraints_against_one
     with pytest.raises(Exception, match="no prompt of --data carries a `verify` spec"):
         Labeller(RunConfig(), schemas.from_rows([{"prompt_id": "c", "messages": [{"role": "user", "content": "x"}]}],
                                                 "prompts"), "verifier")
+
+
+def test_prompts_sampled_in_one_padded_batch_draw_what_each_draws_alone(tokenizer):
+    """Left padding, the attention mask and the positions are right: a short and a long prompt drawn together (the
+    short one padded, its positions shifted) give, token for token, the answers each gives alone with its seed, with
+    and without the mixture (the reference's cache padded alike)."""
+    from pipeline.train.sample import sample_many
+
+    policy, ref = _tiny_lm(tokenizer, 1, 20.0), _tiny_lm(tokenizer, 2, 20.0)
+    convs = [MESSAGES, [{"role": "system", "content": "You answer in one short line, with care and no detail."},
+                        {"role": "user", "content": "Name a colour that is found in a rainbow, please."}]]
+    for b in (0.0, 0.5):
+        together = sample_many(policy, ref, tokenizer, convs, k=3, max_new_tokens=5, temperature=1.0, mixture=b,
+                               seeds=[11, 12], stops=set())
+        alone = [sample(policy, ref, tokenizer, c, k=3, max_new_tokens=5, temperature=1.0, mixture=b, seed=s,
+                        stops=set()) for c, s in zip(convs, [11, 12])]
+        assert [[a.token_ids for a in x] for x in together] == [[a.token_ids for a in x] for x in alone]
+    assert len(prompt_ids(tokenizer, convs[0], 256)) < len(prompt_ids(tokenizer, convs[1], 256))
+
+
+def test_left_padding_keeps_each_rows_positions():
+    from pipeline.train.sample import left_pad
+
+    ids, mask, pos = left_pad([[5, 6, 7], [8]], pad=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert pos[0].tolist() == [0, 1, 2] and pos[1, -1].item() == 0  # the short row's token at position 0
