@@ -12,6 +12,10 @@ the request asks for log-probs, is a number instead of a list), canned (no fault
 for benchmarks of prefsynth's own overhead: chat and completions with `n` choices of text drawn from a hash of the
 request body, top log-probs over the score tokens 1-5 and the verdicts A/B, /classify rewards; keep-alive).
 `python tests/fake_endpoint.py canned [--port P]` serves one from its own process and prints its URL.
+scripted (a model whose answers a test chooses: `answers` maps a text found in the request's last user message to
+the answers generation requests get, each in turn across requests; a judge's verdict request (log-probs, one token)
+is scored by `verdict(request text) -> score token`): what a real model cannot be made to write on demand, such as
+hostile programs.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HTML = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1><hr>nginx</body></html>"
-MODES = ("html502", "html200", "garbage", "badlogprobs", "canned")
+MODES = ("html502", "html200", "garbage", "badlogprobs", "canned", "scripted")
 WORDS = ("the model answer data prompt reason first then because value step result check simple way each "
          "every small large time work idea plan note fact case point list part good better best clear").split()
 VERDICTS = ("1", "2", "3", "4", "5", "A", "B")  # the absolute templates' score tokens and the pairwise verdicts
@@ -73,9 +77,13 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeEndpoint:
-    def __init__(self, mode: str, *, model: str = "served", port: int = 0):
+    def __init__(self, mode: str, *, model: str = "served", port: int = 0, answers: dict[str, list[str]] | None = None,
+                 verdict=None):
         assert mode in MODES, mode
         self.mode, self.model, self.requests = mode, model, 0
+        self.answers, self.verdict = answers or {}, verdict
+        self._turns: dict[str, int] = {}  # scripted: the next answer of each prompt, across requests
+        self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -103,6 +111,9 @@ class FakeEndpoint:
                 if self.path.endswith("/models"):
                     body = {"object": "list", "data": [{"id": fake.model, "object": "model"}]}
                     return self._send(200, json.dumps(body).encode(), "application/json")
+                if fake.mode == "scripted":
+                    return self._send(200, json.dumps(fake.scripted(json.loads(body or b"{}"))).encode(),
+                                      "application/json")
                 if fake.mode == "canned":
                     return self._send(200, json.dumps(_canned(self.path, body, fake.model)).encode(),
                                       "application/json")
@@ -116,6 +127,28 @@ class FakeEndpoint:
         self.server = _Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def scripted(self, req: dict) -> dict:
+        """A chat completion: the test's verdict for a judge's request, else the answers of the prompt it names."""
+        last = next((m["content"] for m in reversed(req.get("messages") or []) if m.get("role") == "user"), "")
+        usage = {"prompt_tokens": len(json.dumps(req)) // 4, "completion_tokens": 1, "total_tokens": 0}
+        if req.get("logprobs") and req.get("max_tokens") == 1:
+            token = self.verdict(last)
+            top = [{"token": t, "logprob": 0.0 if t == token else -20.0, "bytes": None} for t in VERDICTS]
+            entry = {"token": token, "logprob": 0.0, "bytes": None, "top_logprobs": top}
+            choices = [{"index": i, "finish_reason": "length", "message": {"role": "assistant", "content": token},
+                        "logprobs": {"content": [entry]}} for i in range(int(req.get("n") or 1))]
+        else:
+            key = next((k for k in self.answers if k in last), None)
+            texts = self.answers.get(key, ["no script for this prompt"])
+            with self._lock:  # one request of n, or n requests of one: each answer in turn
+                first = self._turns.get(key, 0)
+                self._turns[key] = first + int(req.get("n") or 1)
+            choices = [{"index": i, "finish_reason": "stop", "logprobs": None,
+                        "message": {"role": "assistant", "content": texts[(first + i) % len(texts)]}}
+                       for i in range(int(req.get("n") or 1))]
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": self.model, "choices": choices,
+                "usage": {**usage, "total_tokens": usage["prompt_tokens"] + 1}}
 
     def __enter__(self) -> str:
         threading.Thread(target=self.server.serve_forever, daemon=True, name="fake-endpoint").start()
