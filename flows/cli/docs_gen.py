@@ -14,10 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from flows.cli.args import build_parser
 from pipeline.config import RunConfig
+from pipeline.config.loading import config_keys
 from pipeline.train.config import RMConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,19 +30,6 @@ CONFIG_MODELS = (
     ("Trainer configuration", TrainConfig, ("train",)),
     ("Reward-model trainer configuration", RMConfig, ("train-rm",)),
 )
-
-
-def config_keys(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object, str]]:
-    """(key, default, description) per leaf field, in the order and with the nesting of `describe_keys`."""
-    rows = []
-    for name, field in model.model_fields.items():
-        key = f"{prefix}{name}"
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += config_keys(ann, key + ".")
-        else:
-            rows.append((key, field.get_default(call_default_factory=True), field.description or ""))
-    return rows
 
 
 def _text(s: str) -> str:

@@ -58,20 +58,23 @@ def load_yaml(text: str, what: str):
         loader.dispose()
 
 
-def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
-    """One line per config key with its default and description (for --help; never drifts)."""
-    model = model or RunConfig
-    lines = []
+def config_keys(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object, str]]:
+    """(key, default, description) per leaf field, nested sections flattened to dotted keys, in field order: what
+    `--help` (describe_keys) and the generated configuration reference (flows/cli/docs_gen.py) print."""
+    rows = []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
         ann = field.annotation
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            lines += describe_keys(ann, key + ".")
+            rows += config_keys(ann, key + ".")
         else:
-            lines.append(
-                f"  {key} (default {field.get_default(call_default_factory=True)!r}): {field.description or ''}"
-            )
-    return lines
+            rows.append((key, field.get_default(call_default_factory=True), field.description or ""))
+    return rows
+
+
+def describe_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """One line per config key with its default and description (for --help; never drifts)."""
+    return [f"  {key} (default {default!r}): {desc}" for key, default, desc in config_keys(model or RunConfig, prefix)]
 
 
 def _format_error(exc: ValidationError, root: type[BaseModel], where: dict[str, str] | None = None) -> str:

@@ -51,7 +51,7 @@ from pipeline.stages.prompts import load_prompts
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import encode_row
-from pipeline.train.loop import optimizer, precision
+from pipeline.train.loop import precision, start
 from pipeline.train.metrics import MetricsLog
 from pipeline.train.ref import compute as reference_logps
 from pipeline.train.sample import sample_many, stop_ids
@@ -179,9 +179,7 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
     stops = stop_ids(model, tokenizer)
     n = prompts.num_rows
     total_steps = cfg.steps or math.ceil(cfg.epochs * n / on.prompts_per_step)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = optimizer(params, cfg, device)
-    state = ckpt.load_latest(out_dir, run_key, model, opt, sched, None)
+    params, opt, sched, state = start(model, cfg, device, out_dir, run_key)
     step = state["step"]
     if step:
         log(f"train: resuming the online run from step {step}")

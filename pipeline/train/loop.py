@@ -1,7 +1,8 @@
 """What the DPO trainer (trainer.py) and the reward-model trainer (rm_trainer.py) share around their steps.
 
 - `precision`: weights dtype and autocast for a config's `dtype` and the device;
-- `optimizer`: AdamW with a linear warmup, then a constant learning rate;
+- `optimizer`: AdamW with a linear warmup, then a constant learning rate; `start`: it over the trainable weights, with
+  the latest checkpoint loaded (a resume);
 - `Batches`: global batches from the seeded shuffled stream, across epochs. Its position (epoch, pairs consumed
   in it) is what a checkpoint stores; the order is a pure function of (seed, epoch) (pipeline/train/data.py), so a
   resumed run skips exactly the pairs it already trained on.
@@ -23,6 +24,16 @@ def precision(cfg, device: str) -> tuple[torch.dtype, object, str]:
     if cfg.dtype == "auto" and device.startswith("cuda"):  # float32 master weights, bf16 matmuls
         return torch.float32, lambda: torch.autocast("cuda", dtype=torch.bfloat16), "bfloat16"
     return torch.float32, contextlib.nullcontext, "float32"
+
+
+def start(model, cfg, device: str, out_dir, run_key: str, watch=None, dist=None) -> tuple[list, object, object, dict]:
+    """(trainable parameters, optimiser, scheduler, resume state): the optimiser over the model's trainable weights,
+    then the latest checkpoint under `out_dir` of run `run_key` loaded into all of them (a fresh run: step 0)."""
+    from pipeline.train import checkpoint as ckpt
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt, sched = optimizer(params, cfg, device)
+    return params, opt, sched, ckpt.load_latest(out_dir, run_key, model, opt, sched, watch, dist=dist)
 
 
 def optimizer(params: list, cfg, device: str):

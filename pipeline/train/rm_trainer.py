@@ -33,7 +33,7 @@ from pipeline.train import card
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.config import RMConfig
 from pipeline.train.data import check_degenerate, eval_prompts, examples, open_source, shuffled
-from pipeline.train.loop import Batches, optimizer, precision
+from pipeline.train.loop import Batches, precision, start
 from pipeline.train.metrics import MetricsLog, bootstrap
 from pipeline.train.rm_losses import reward_spread, rm_loss, rm_metrics
 
@@ -182,9 +182,7 @@ def train_rm(cfg: RMConfig, data: str | Path, out_dir: str | Path, *, log=print,
         raise InputError(f"--data {data}: no training pairs after holding out {len(held)} eval prompts; "
                          "fix: lower eval_fraction or build more pairs")
     total_steps = cfg.steps or -(-cfg.epochs * n_train // cfg.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, sched = optimizer(params, cfg, device)
-    state = ckpt.load_latest(out_dir, run_key, model, opt, sched, None)
+    params, opt, sched, state = start(model, cfg, device, out_dir, run_key)
     step = state["step"]
     if step:
         log(f"train-rm: resuming from step {step} (epoch {state['epoch']}, {state['consumed']} pairs into it)")
