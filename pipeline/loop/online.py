@@ -100,8 +100,7 @@ class Labeller:
         self.cfg, self.labels = run_cfg, labels
         # served judges' tokens and dollars, and the run's budget.usd, from what earlier steps spent (a resume)
         self.ledger = accounting.Ledger("online", prices=run_cfg.prices, budget_usd=run_cfg.budget.usd, spent=spent)
-        has_specs = prompts.column("verify").null_count < prompts.num_rows
-        if labels == "verifier" and not has_specs:
+        if labels == "verifier" and not wants_verifier("auto", prompts):  # 'auto': some prompt has a spec
             raise InputError("train.online.labels 'verifier': no prompt of --data carries a `verify` spec; fix: give "
                              "prompts with verify specs (see pipeline/verifiable/) or use labels: run")
         j = run_cfg.judge
@@ -133,12 +132,14 @@ class Labeller:
 
 def step_prompts(n: int, per_step: int, step: int, seed: int) -> list[int]:
     """Indices of the prompts of `step` (0-based): positions step*per_step.. of the stream of epoch permutations."""
+    orders: dict[int, list[int]] = {}  # each epoch's permutation, made once (a step spans at most a few epochs)
     out = []
     for pos in range(step * per_step, (step + 1) * per_step):
         epoch, i = divmod(pos, n)
-        order = list(range(n))
-        random.Random(f"online-{seed}-{epoch}").shuffle(order)
-        out.append(order[i])
+        if epoch not in orders:
+            orders[epoch] = list(range(n))
+            random.Random(f"online-{seed}-{epoch}").shuffle(orders[epoch])
+        out.append(orders[epoch][i])
     return out
 
 
