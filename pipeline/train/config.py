@@ -29,7 +29,7 @@ class LoraConfig(_Section):
 
 
 class OnlineConfig(_Section):
-    """`prefsynth train --online` (pipeline/train/online.py): each step samples, labels, pairs and trains."""
+    """`prefsynth train --online` (pipeline/loop/online.py): each step samples, labels, pairs and trains."""
 
     prompts_per_step: int = Field(4, ge=1, description="Prompts sampled per step (in a seeded order per epoch).")
     k: int = Field(4, ge=2, description="Answers sampled per prompt per step from the current policy.")
