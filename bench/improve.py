@@ -32,8 +32,8 @@ One seeded experiment, end to end, on the bundled SmolLM2-135M-Instruct (CPU is 
 
 6. `online` trains with `prefsynth train --online` (pipeline/loop/online.py) on the train prompts, verifier labels, one
    epoch of --online-prompts prompts per step with k fresh answers each from the current policy: as many verifier
-   calls as the offline arms' shared candidates (`iterate` makes --rounds times as many). The report's "judge_calls"
-   per arm says so.
+   calls as the offline arms' shared candidates; `iterate` too (each round answers its own slice of the train prompts).
+   The report's "judge_calls" per arm says so.
     python bench/improve.py --out /tmp/improve --seed 1   # another seed (prompts, split, sampling, training)
 
 Defaults (seed 0; 100 base tasks, 30 held out; 140 train / 60 held-out prompts; k=4, 64 new tokens; full fine-tuning,
@@ -343,27 +343,36 @@ def write_pairs(pairs: list[dict], stats: dict, pairs_dir: Path) -> None:
 
 
 def iterate_arm(a, rows, results, budget: int | None, model_dir: Path) -> tuple[dict, dict]:
-    """`--rounds` rounds of verifier-labelled DPO with the offline arm's pair budget split evenly between them (so the
-    same number of training steps): round 1 pairs the shared candidates of the base model and trains it; round r > 1
-    samples fresh candidates from policy r-1, pairs them and trains policy r-1 (its own reference, as `prefsynth
-    iterate` does by default). Pairs and policies of each round under DIR/iterate/round-R; the last policy moves to
-    `model_dir`. Returns (train summary, pair stats) with each round's."""
+    """`--rounds` rounds of verifier-labelled DPO at the offline arm's number of verifier calls and pair budget: the
+    train prompts are split (seeded) into `--rounds` slices, one per round, and the pair budget evenly between rounds
+    (so the same number of training steps). Round 1 pairs the shared candidates of the base model on its slice and
+    trains it; round r > 1 samples k fresh candidates from policy r-1 on slice r, pairs them and trains policy r-1 (its
+    own reference, as `prefsynth iterate` does by default). Every train prompt is answered k times once, as in the
+    offline and online arms. Pairs and policies of each round under DIR/iterate/round-R; the last policy moves to
+    `model_dir`. Returns (train summary, pair stats) with each round's and the total verifier calls."""
     per_round = None if budget is None else max(budget // a.rounds, 1)
-    policy, rounds, round_pairs = MODEL, [], []
+    order = list(range(len(rows)))
+    random.Random(f"iterate-split-{a.seed}").shuffle(order)
+    slices = [sorted(order[r::a.rounds]) for r in range(a.rounds)]
+    policy, rounds, round_pairs, calls, shared = MODEL, [], [], 0, results
     for r in range(1, a.rounds + 1):
         t0 = time.time()
-        if r > 1:
-            results, _ = sample(policy, rows, n=a.k, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
+        rows_r = [rows[i] for i in slices[r - 1]]
+        if r == 1:
+            results = [shared[i] for i in slices[0]]
+        else:
+            results, _ = sample(policy, rows_r, n=a.k, temperature=a.temperature, max_new_tokens=a.max_new_tokens,
                                 seed=a.seed, batch_size=a.batch_size, tag=f"iterate-{r}")
+        calls += sum(map(len, results))
         rng = random.Random(f"pairs-iterate-{r}-{a.seed}")
-        pairs, stats = make_pairs(rows, results, max_pairs_per_prompt=a.max_pairs_per_prompt, rng=rng)
+        pairs, stats = make_pairs(rows_r, results, max_pairs_per_prompt=a.max_pairs_per_prompt, rng=rng)
         stats["uncapped"] = len(pairs)
         pairs = cap_pairs(pairs, per_round, rng)
         stats["pairs"] = len(pairs)
         stats["agreement_with_verifier"] = label_agreement(pairs)
         if not pairs:
             raise SystemExit(f"--labels iterate: round {r} has no pair with a contrast; fix: more prompts or --k")
-        stats["candidate_prompt_pass"] = prompt_pass_rate(rows, results)
+        stats["candidate_prompt_pass"] = prompt_pass_rate(rows_r, results)
         round_pairs.append(pairs)
         rdir = a.out / "iterate" / f"round-{r}"
         write_pairs(pairs, stats, rdir / "pairs")
@@ -373,7 +382,7 @@ def iterate_arm(a, rows, results, budget: int | None, model_dir: Path) -> tuple[
         print(f"iterate round {r}: {stats}, {summary['steps']} steps", flush=True)
     shutil.rmtree(model_dir, ignore_errors=True)
     shutil.move(policy, model_dir)
-    total = {"pairs": sum(x["pairs"]["pairs"] for x in rounds), "rounds": rounds,
+    total = {"pairs": sum(x["pairs"]["pairs"] for x in rounds), "rounds": rounds, "judge_calls": calls,
              "agreement_with_verifier": label_agreement([p for x in round_pairs for p in x])}
     return {"steps": sum(x["train"]["steps"] or 0 for x in rounds), "rounds": [x["train"] for x in rounds],
             "last_loss": rounds[-1]["train"]["last_loss"]}, total
@@ -514,7 +523,6 @@ def main(argv=None) -> int:
         t0 = time.time()
         if name == "iterate":
             train_summary, pstats = iterate_arm(a, train_rows, results, budget, model_dir)
-            pstats["judge_calls"] = a.rounds * sum(map(len, results))
         elif name == "online":
             train_summary, pstats = online_arm(a, train_rows)
             model_dir = a.out / "online" / "model"

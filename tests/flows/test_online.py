@@ -96,3 +96,22 @@ def _bundled_safetensors() -> Path:
     from pipeline.backends.model_ref import resolve
 
     return next(Path(resolve("bundled:smollm2-135m-instruct", field="model").path).glob("*.safetensors"))
+
+
+def test_online_dpo_on_a_run_folder_labels_with_the_runs_own_judges(tiny_run, tmp_path):
+    """`--data RUN_DIR` with the default `online.labels: run`: the run's prompts, its LLM judge (the bundled model with
+    the absolute template, in process), its aggregation and pair strategy; one step."""
+    out = tmp_path / "online"
+    res = run_cli("train", "--online", "--data", str(tiny_run), "--out", str(out), "--quiet",
+                  *[x for kv in ("steps=1", "online.k=2", "online.prompts_per_step=2", "online.max_new_tokens=8",
+                                 "tensorboard=false") for x in ("--set", kv)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    prov = json.loads((out / "provenance.json").read_text())["online"]
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    assert prov["labels"] == "run" and prov["judges"] == manifest["models"]["judges"]
+    assert prov["judge_calls"] == 2 * 2  # k answers for each prompt of the step, each judged once
+    rows = [r for s in sorted((out / "pairs").glob("step-*.parquet")) for r in pq.read_table(s).to_pylist()]
+    run_ids = {r["prompt_id"] for r in pq.read_table(tiny_run / "tables" / "prompt_filter.parquet").to_pylist()}
+    assert rows and len(rows) == prov["pairs"] <= 2
+    assert all(r["pair_strategy"] == "best_vs_worst" and r["chosen_score"] > r["rejected_score"]
+               and r["prompt_id"] in run_ids for r in rows)
