@@ -24,16 +24,23 @@ larger than the noise and than normal movement (the floor: a slightly lower valu
 k = noise_multiple(z, eval pairs): z, widened to the exact Student's t because se comes from few pairs
 (measured: z = 3, window 1, no floor fired on 119 of 150 simulated flat runs with 10 pairs unwidened,
 on 22 widened; `bench/overopt.py --simulate` prints the rates of the rule as it is, bench/README.md).
-Shared drift (`drift`, opt-in; issue 38): a shift common to every eval prompt moves the mean and
-not the paired se, so the noise also counts the series' own step-to-step movement, a random walk of
-variance tau^2 per evaluation (`drift`: the sample variance of successive changes, trend removed), over
-the evaluations between a and b: the threshold is max(sqrt(k^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b|
-tau^2), floor), k_d the exact t multiple for the differences' degrees of freedom. Measured
-(test_metrics.py): simulated healthy runs with a shared shift of 0.5% or 1.5% of the level per
-evaluation, independent or accumulating, fire on 0 of 100 each (0, 57, 46, 95 without it); a steady
-fall of 2% per evaluation fires at evaluation 3-13. The price: the watch needs three evaluations, and a
-decline whose speed changes (bench/overopt.py's recorded over-optimised run decelerates) reads as drift, so
-that run no longer fires: the term is off by default until a drift estimate robust to a changing trend exists.
+Shared drift (`drift`, on by default; issue 38): a shift common to every eval prompt moves the mean and
+not the paired se, so the watch also reads the series' own step-to-step movement as a random walk of
+variance tau^2 per evaluation. tau^2 is von Neumann's mean square successive difference (1941) of the
+steps, halved: mean((s_i - s_(i-1))^2) / 2 over the steps s_i = c_i - c_(i-1). A steady or slowly
+changing trend cancels in the differences of the steps, so a decline that decelerates (bench/overopt.py's
+over-optimised run) is not read as drift, as the plain variance of the steps read it; its degrees of
+freedom are Satterthwaite's 2m^2 / (3m - 1) for m differences. b is below a when c_a - c_b exceeds the
+largest of k * sqrt(se_a^2 + se_b^2) (between prompts), k_d * sqrt(|i_a - i_b| tau^2) (shared drift; k_d
+the exact t multiple for its degrees of freedom) and the floor: the larger noise, not the root sum of
+both, since the steps already hold each evaluation's between-prompt noise. Measured
+(tests/pipeline/train/test_metrics.py, 100 simulated healthy runs of 40 evaluations on 10 eval pairs per
+case): a shared shift of 0.5% or 1.5% of the level per evaluation, independent or accumulating, fires on 0
+of 100 in each case (0, 57, 46 and 95 of 100 without the drift term); a steady fall of 2% per evaluation
+under 0.5% drift fires on 20 of 20 runs, at evaluation 3-15; bench/overopt.py's recorded over-optimised
+series fires at step 11 (step 2 without the drift term). The price: the watch needs four evaluations (three
+steps) before it can fire, and fires later on a short, sharp decline. `drift: false` restores the
+between-prompt rule alone.
 With W = `window`, the watch fires when
 - top-k mass kept diminishing: the last W evaluations are each below the first beyond the noise;
 - top-k entropy decreased: the last W evaluations are each below the first beyond the noise, or
@@ -70,10 +77,10 @@ class OverOptConfig(_Section):
                      "(paired over the eval pairs).")
     min_change: float = Field(0.02, ge=0.0, description="Normal movement, as a fraction of the indicator's first "
                               "value: smaller changes never count (a slightly lower likelihood is healthy).")
-    drift: bool = Field(False, description="Count the drift shared by every eval prompt (which the paired bootstrap "
-                        "cannot see) in the noise, estimated from the series' own step-to-step movement; the watch "
-                        "then needs three evaluations before it can fire and misses a decline that decelerates "
-                        "(bench/overopt.py's over-optimised run), hence off by default.")
+    drift: bool = Field(True, description="Count the drift shared by every eval prompt (which the paired bootstrap "
+                        "cannot see), estimated from the series' own step-to-step movement (mean square successive "
+                        "difference of the steps); the watch then needs four evaluations before it can fire. false: "
+                        "the between-prompt rule alone, which fires earlier and also on shared drift.")
     min_eval_pairs: int = Field(3, ge=2, description="Eval pairs needed to estimate the noise; with fewer the "
                                 "watch is off (raise eval_fraction).")
     resamples: int = Field(1000, ge=100, description="Bootstrap resamples per eval mean (noise estimates).")
@@ -132,16 +139,19 @@ def noise_multiple(z: float, n: int) -> float:
     return t_quantile(upper_tail(z), n - 1) * math.sqrt(n / (n - 1))
 
 
-def drift(series: list[dict]) -> tuple[float, int] | None:
+def drift(series: list[dict]) -> tuple[float, float] | None:
     """(variance per evaluation, degrees of freedom) of the drift shared by every eval prompt, from the series'
-    own step-to-step movement: the sample variance of the successive changes c_i - c_(i-1) around their mean (a
-    steady trend is what the watch looks for, not noise). It also holds the eval pairs' own step noise, which the
-    se of the change counts too: conservative (subtracting it left healthy random-walk drift firing on 17-22% of
-    simulated runs, the estimate being too noisy at few evaluations). None below two differences."""
+    own step-to-step movement: half the mean square successive difference of the steps c_i - c_(i-1) (von
+    Neumann 1941), in which a steady or slowly changing trend cancels (the plain variance of the steps read a
+    decelerating decline as drift). For m differences of iid steps it is unbiased with variance
+    (3m - 1) / m^2 tau^4, so Satterthwaite's 2m^2 / (3m - 1) degrees of freedom. It also holds the eval pairs'
+    own step noise: conservative. None below two differences (four evaluations)."""
     steps = np.diff([p["change"] for p in series])
-    if len(steps) < 2:
+    if len(steps) < 3:
         return None
-    return float(np.var(steps, ddof=1)), len(steps) - 1
+    d = np.diff(steps)
+    m = len(d)
+    return float(np.mean(d**2) / 2), 2 * m * m / (3 * m - 1)
 
 
 def decline(series: list[dict], *, window: int, threshold, after_rise: bool) -> list[dict] | None:
@@ -252,9 +262,10 @@ class OverOptimisationWatch:
         """For the provenance: the rule, its settings and whether it could run (alarms go in `fired`)."""
         return {
             "rule": "change c since the first evaluation, paired bootstrap se over the eval pairs; b is below a "
-            "when c_a - c_b > max(sqrt(k^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b| tau^2), min_change * |first "
+            "when c_a - c_b > max(k sqrt(se_a^2 + se_b^2), k_d sqrt(|i_a - i_b| tau^2), min_change * |first "
             "value|), k = z widened to Student's t for the eval pairs, tau^2 the shared drift per evaluation "
-            "(variance of successive changes; with `drift`), k_d its t multiple; mass: `window` evaluations in a "
+            "(half the mean square successive difference of the steps; with `drift`), k_d its t multiple; mass: "
+            "`window` evaluations in a "
             "row below the first; entropy: the same, or below every one of `window` earlier evaluations in a row "
             "that stood above the first "
             "(pipeline/train/metrics.py)",
@@ -301,17 +312,18 @@ class OverOptimisationWatch:
         return new
 
     def _threshold(self, name: str, a: dict, b: dict, shared=None) -> float:
-        """max(sqrt(k_n^2 (se_a^2 + se_b^2) + k_d^2 |i_a - i_b| tau^2), min_change * |first value|): the
-        between-prompt noise and, with `drift`, the shared drift over the evaluations between a and b (a random
-        walk of variance tau^2 per evaluation), each widened by its own exact Student t multiple."""
+        """max(k_n sqrt(se_a^2 + se_b^2), k_d sqrt(|i_a - i_b| tau^2), min_change * |first value|): the
+        between-prompt noise, with `drift` the shared drift over the evaluations between a and b (a random walk of
+        variance tau^2 per evaluation), each widened by its own exact Student t multiple, and the floor."""
         floor = self.cfg.min_change * abs(self.series[name][0]["value"])
-        noise = noise_multiple(self.cfg.z, self.eval_pairs) ** 2 * (a["se"] ** 2 + b["se"] ** 2)
+        noise = noise_multiple(self.cfg.z, self.eval_pairs) * math.sqrt(a["se"] ** 2 + b["se"] ** 2)
         if self.cfg.drift:
             if shared is None:
                 return math.inf  # too few evaluations to know the drift: nothing is beyond it yet
             index, (tau2, df) = shared
-            noise += t_quantile(upper_tail(self.cfg.z), df) ** 2 * abs(index[id(a)] - index[id(b)]) * tau2
-        return max(math.sqrt(noise), floor)
+            apart = abs(index[id(a)] - index[id(b)])
+            noise = max(noise, t_quantile(upper_tail(self.cfg.z), df) * math.sqrt(apart * tau2))
+        return max(noise, floor)
 
     def _shared(self, name: str):
         """The drift of the series as `_threshold` reads it: ({id(point): evaluation index}, drift(series))."""
@@ -342,8 +354,8 @@ class OverOptimisationWatch:
         drifted = ""
         if shared is not None:
             tau2, df = shared[1]
-            drifted = (f" and {t_quantile(upper_tail(z), df):.2f} x the shared drift (sd {math.sqrt(tau2):.4f} per "
-                       f"evaluation from {df + 1} step-to-step changes, times sqrt(evaluations apart))")
+            drifted = (f", {t_quantile(upper_tail(z), df):.2f} x the shared drift (sd {math.sqrt(tau2):.4f} per "
+                       f"evaluation from {len(self.series[name]) - 1} steps, times sqrt(evaluations apart))")
         rule = (
             f"below max({k:.2f} x noise (z {z:g} widened to Student's t for {n} eval pairs){drifted}, "
             f"{self.cfg.min_change:g} x the first value = "

@@ -21,8 +21,8 @@ def provenance(alarms=(), *, eval_pairs=10, base="bundled:smollm2-135m-instruct@
 
 def test_a_card_names_each_alarm_with_its_values_window_and_noise():
     # a real alarm from the watch, not a hand-written one
-    w = OverOptimisationWatch(OverOptConfig())
-    for i, v in enumerate([1.20, 1.13, 1.06]):  # steady: the shared drift's estimate is 0
+    w = OverOptimisationWatch(OverOptConfig(drift=False))  # the between-prompt rule: an alarm at the third evaluation
+    for i, v in enumerate([1.20, 1.13, 1.06]):
         alarms = w.update(i, {"topk_entropy": {"value": v, "change": v - 1.2, "se": 0.005 if i else 0.0},
                               "topk_mass": {"value": 0.8, "change": 0.0, "se": 0.001 if i else 0.0}}, eval_pairs=10)
     (alarm,) = alarms
