@@ -4,6 +4,7 @@
 - `flow_session()` wraps every command that runs a flow (`run`, `train`): a Prefect API that dies
   with the command (flows/cli/api_server.py), and on the way out Prefect's log and event workers drained
   while the API still answers (otherwise Prefect retries its log shipping against a stopped server for minutes).
+  If that server dies first, the command says so in one line and exits 2 at once (`_watch_server`).
 - Interrupts: the first Ctrl-C or SIGTERM raises in the main thread, where the stage work runs;
   Prefect records the flow run as crashed, finished stage parts stay on disk (they were written
   atomically), and the CLI exits 130 (143 for SIGTERM) saying how to resume. A second Ctrl-C
@@ -19,6 +20,8 @@ import contextlib
 import logging
 import os
 import signal
+import sys
+import threading
 
 from pipeline.errors import BackendError, PrefsynthError, disk_full
 
@@ -28,6 +31,7 @@ class Terminated(BaseException):
 
 
 QUIET = (PrefsynthError, KeyboardInterrupt, Terminated)
+API_POLL_S = 0.5
 
 
 def _user_caused(exc: BaseException | None) -> bool:
@@ -99,14 +103,38 @@ def signals():
             signal.signal(s, h)
 
 
+def _api_lost(url: str, why: str, *, ours: bool = False) -> str:
+    fix = ("rerun the same command to resume (it starts a new one)" if ours else
+           "restart that server (or unset PREFECT_API_URL) and rerun the same command to resume")
+    return f"the Prefect API at {url} stopped answering during the run ({why}); finished stages are kept; fix: {fix}"
+
+
+def _watch_server(server, done: threading.Event) -> None:
+    """Runs beside the command: if the command's own Prefect API server dies under it (killed, out of memory),
+    nothing more of the run can be recorded and Prefect's client would retry every call for minutes, printing
+    tracebacks. Say so in one line and exit 2 at once, as a SIGKILL would stop it: every finished stage and
+    stage part is already on disk (written atomically), so rerunning the same command resumes."""
+    while not done.wait(API_POLL_S):
+        code = server.proc.poll()
+        if code is not None and not done.is_set():
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            why = f"its server exited with status {code}"
+            sys.stderr.write(f"prefsynth: error: {_api_lost(server.api_url, why, ours=True)}\n")
+            sys.stderr.flush()
+            os._exit(2)
+
+
 @contextlib.contextmanager
 def flow_session():
     """Run the block (which calls flows) with a guarded Prefect API and quiet user errors."""
     from flows.cli.api_server import answers, prefect_api
 
     with prefect_api() as server:
+        done = threading.Event()
         if server is not None:
             os.environ["PREFSYNTH_EPHEMERAL_API"] = "1"
+            threading.Thread(target=_watch_server, args=(server, done), daemon=True, name="api-watch").start()
         quiet_prefect_console()
         try:
             yield
@@ -115,10 +143,7 @@ def flow_session():
             if isinstance(exc, PrefsynthError) or not url or answers(url):
                 raise
             # the API died under the run (killed, its machine gone): Prefect's client fails wherever it was
-            raise BackendError(
-                f"the Prefect API at {url} stopped answering during the run ({type(exc).__name__}: {str(exc)[:120]}); "
-                "finished stages are kept; fix: restart that server (or unset PREFECT_API_URL) and rerun the same "
-                "command to resume"
-            ) from None
+            raise BackendError(_api_lost(url, f"{type(exc).__name__}: {str(exc)[:120]}")) from None
         finally:
             _drain_prefect()
+            done.set()  # before prefect_api() stops the server: its exit is expected from here on

@@ -129,3 +129,28 @@ def test_damaged_stage_table_and_meta_are_rebuilt_on_rerun(tiny_run, tmp_path):
     assert "pair: its meta pair.json is unreadable" in proc.stderr
     assert "generate: complete output exists" in proc.stderr
     assert pq.read_table(out / "pairs").to_pylist() == pq.read_table(tiny_run / "pairs").to_pylist()
+
+
+def test_the_runs_own_prefect_api_killed_mid_run_is_one_line_at_once(tmp_path):
+    """The command's own Prefect API server (flows/cli/api_server.py) gets SIGKILL while the run works: the command
+    exits 2 within seconds with one error line saying how to resume, no traceback, its finished stages kept (before:
+    about 290 s of Prefect client retries and their tracebacks)."""
+    out, marker = tmp_path / "run", uuid.uuid4().hex
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", *ARGS, "--out", str(out)], cwd=ROOT,
+                            env={**cli_env(shared_api=False), "PREFSYNTH_TEST_MARKER": marker},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / "tables" / "prompt_filter.parquet").is_file():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its prompt filter finished"
+        time.sleep(0.05)
+    (server,) = [p for p in _alive(marker)
+                 if b"flows.cli.api_server" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    os.kill(server, signal.SIGKILL)
+    killed = time.time()
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and time.time() - killed < 20, stderr[-3000:]
+    assert "Traceback" not in stderr + stdout
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("prefsynth: error: the Prefect API at ") and "rerun the same command to resume" in last
+    assert (out / "tables" / "prompts.parquet").is_file() and (out / "tables" / "prompt_filter.parquet").is_file()
+    assert _gone(marker, 10)
