@@ -81,3 +81,33 @@ def test_sigkill_in_round_two_training_resumes_to_the_same_weights(loop, tmp_pat
     a = load_file(str(loop / "round-1" / "train" / "model" / "model.safetensors"))
     b = load_file(str(out / "round-1" / "train" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+# what a rerun writes again: each round's publish step (shards with the same rows, card, manifest, plots, the
+# round's config) and the loop's rounds table and card; every stage table, prompt file, policy and evaluation stays
+REPUBLISHED = ("README.md", "rounds.parquet", "rounds.png", "/run/README.md", "/run/config.yaml",
+               "/run/manifest.json", "/run/pairs/", "/run/plots/")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_rerunning_a_finished_iterate_redoes_nothing(loop):
+    """Issue 39: a finished `prefsynth iterate` run again reuses every round: no stage table, prompt file, policy
+    or evaluation is written again (the prompts' fingerprint once held round 0's file modification time), and the
+    log says so for each stage, training and evaluation."""
+    before = _files(loop)
+    shards = {p: pq.read_table(p) for p in sorted(loop.glob("round-*/run/pairs/*.parquet"))}
+    proc = run_cli("iterate", *[a for a in ARGS if a != "--quiet"], "--out", str(loop))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    after, log = _files(loop), proc.stdout + proc.stderr
+    rewritten = sorted(k for k in before if after.get(k) != before[k])
+    assert rewritten and all(any(k.endswith(r) or r in k for r in REPUBLISHED) for k in rewritten), rewritten
+    assert all(pq.read_table(p).equals(t) for p, t in shards.items()) and len(shards) == 2
+    for stage in ("prompts", "prompt_filter", "generate", "judge", "pair", "ches", "rationale"):
+        assert log.count(f"prefsynth {stage}: complete output exists") == 2, stage  # both rounds
+    assert log.count("already holds this finished run") == 2 and log.count("already holds") == 5
