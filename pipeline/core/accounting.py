@@ -99,8 +99,10 @@ def recorded(run_dir, stage: str, parts_info: list[dict]) -> list[dict]:
 class Ledger:
     """A stage's meter: reserves before each request (the budget), books each answer (the accounting)."""
 
-    def __init__(self, stage: str, *, prices: dict, budget_usd: float | None, spent: list[dict] | None = None):
-        self.stage, self.prices, self.budget = stage, prices, budget_usd
+    def __init__(self, stage: str, *, prices: dict, budget_usd: float | None, spent: list[dict] | None = None,
+                 budget_key: str = "budget.usd", budget_name: str | None = None):
+        self.stage, self.prices, self.budget, self.budget_key = stage, prices, budget_usd, budget_key
+        self.budget_name = budget_name or budget_key  # where the budget came from, said first in the message
         self.base = spent or []
         self.spent = rows_usd(self.base, prices)
         self.reserved = 0.0
@@ -123,11 +125,11 @@ class Ledger:
                 raise BudgetExceeded(str(self.stopped))
             if self.budget is not None and self.spent + self.reserved + cost > self.budget:
                 self.stopped = BudgetExceeded(
-                    f"budget.usd={self.budget:g} would be passed: spent ${self.spent:.6f} so far (in flight "
+                    f"{self.budget_name}={self.budget:g} would be passed: spent ${self.spent:.6f} so far (in flight "
                     f"${self.reserved:.6f}), and the next {self.stage} request to {backend.model!r} at "
                     f"{endpoint_name(backend.base_url)} could cost up to ${cost:.6f}; finished work is kept; fix: "
-                    f"raise budget.usd (e.g. --set budget.usd={_suggest(self.budget)}) and rerun the same command "
-                    "to continue where this run stopped")
+                    f"raise {self.budget_key} (e.g. --set {self.budget_key}={_suggest(self.budget)}) and rerun the "
+                    "same command to continue where this run stopped")
                 raise self.stopped
             self.reserved += cost
         return (cost, backend, chars)

@@ -18,8 +18,9 @@ Checkpoints (pipeline/train/checkpoint.py) every train.save_every steps hold wei
 step; the sampling seeds are a pure function of the step, so a resumed run draws, labels and trains exactly what the
 uninterrupted one would (tests/pipeline/train/test_online.py kills one with SIGKILL).
 Judge calls (candidates x judges) and served judges' tokens are counted per step in metrics.jsonl and in
-provenance.json (dollars at the run's `prices`); the run's `budget.usd` stops the run before a request would pass it,
-the steps already taken checkpointed (pipeline/core/accounting.py).
+provenance.json (dollars at the run's `prices`); `train.online.budget_usd` (else the run's `budget.usd`) stops the run
+before a request would pass it, the steps already taken checkpointed (pipeline/core/accounting.py); raise it and rerun
+the same command to continue.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ def open_prompts(data) -> tuple[pa.Table, RunConfig, dict | None]:
                              "prompts file")
         prompts = schemas.read_table(table, "prompts")
         run_cfg = RunConfig.model_validate((manifest.get("config") or {}).get("resolved") or {})
+    elif path.is_dir() and (path / "tables").is_dir() and not list(path.glob("*.jsonl")):
+        raise InputError(f"--data {path}: a `prefsynth run` folder without manifest.json, so the run has not "
+                         "finished; fix: rerun that run's command to finish it, then train on it")
     elif path.exists():
         manifest = None
         prompts = load_prompts(InputConfig(path=str(path), shuffle=False))[0]
@@ -94,12 +98,17 @@ class Labeller:
     """The run's judges (or the verifier alone), aggregation and pair rules, built once; `__call__` turns one step's
     candidates into pairs."""
 
-    def __init__(self, run_cfg: RunConfig, prompts: pa.Table, labels: str, *, spent: list[dict] | None = None):
+    def __init__(self, run_cfg: RunConfig, prompts: pa.Table, labels: str, *, spent: list[dict] | None = None,
+                 budget_usd: float | None = None):
         from judges.verifier import VerifierJudge
 
         self.cfg, self.labels = run_cfg, labels
-        # served judges' tokens and dollars, and the run's budget.usd, from what earlier steps spent (a resume)
-        self.ledger = accounting.Ledger("online", prices=run_cfg.prices, budget_usd=run_cfg.budget.usd, spent=spent)
+        # served judges' tokens and dollars against train.online.budget_usd (else the run's budget.usd), from what
+        # earlier steps spent (a resume)
+        name = "online.budget_usd" if budget_usd is not None else "the --data run's budget.usd"
+        self.ledger = accounting.Ledger("online", prices=run_cfg.prices, spent=spent, budget_key="online.budget_usd",
+                                        budget_name=name,
+                                        budget_usd=budget_usd if budget_usd is not None else run_cfg.budget.usd)
         if labels == "verifier" and not wants_verifier("auto", prompts):  # 'auto': some prompt has a spec
             raise InputError("train.online.labels 'verifier': no prompt of --data carries a `verify` spec; fix: give "
                              "prompts with verify specs (see pipeline/verifiable/) or use labels: run")
@@ -186,7 +195,7 @@ def train_online(cfg: TrainConfig, data, out_dir, *, log=print) -> dict:
         log(f"train: resuming the online run from step {step}")
     ckpt.begin(out_dir, run_key, cfg, label, source)
     calls, usage = _spent_so_far(out_dir, step)
-    labeller = Labeller(run_cfg, prompts, on.labels, spent=usage)
+    labeller = Labeller(run_cfg, prompts, on.labels, spent=usage, budget_usd=on.budget_usd)
     mlog = MetricsLog(out_dir, tensorboard=cfg.tensorboard, resume_step=step)
     rows = prompts.to_pylist()
     started = time.time()

@@ -48,6 +48,13 @@ class OnlineConfig(_Section):
         "served, reward models, the verifier where prompts carry a `verify` spec) aggregated and paired as that "
         "run's judge.aggregate and pair.strategy say; 'verifier' the verifier alone (pair strategy 'verified').",
     )
+    budget_usd: float | None = Field(
+        None,
+        gt=0,
+        description="Dollars this online run may spend on served judges' requests (at the --data run's prices), "
+        "counted over every step, a resumed run's included; null: the --data run's budget.usd. Operational: raise it "
+        "and rerun the same command to continue.",
+    )
 
 
 class TrainConfig(_Section):
@@ -142,7 +149,7 @@ class TrainConfig(_Section):
         None,
         description="Online DPO/IPO (`prefsynth train --online`): prompts from --data, answers sampled from the "
         "current policy every step and labelled by the run's judges; null trains offline on --data's pairs. "
-        "Keys: prompts_per_step, k, max_new_tokens, temperature, mixture, labels.",
+        "Keys: prompts_per_step, k, max_new_tokens, temperature, mixture, labels, budget_usd.",
     )
     parallel: Literal["auto", "none", "ddp", "fsdp"] = Field(
         "auto",
@@ -201,6 +208,8 @@ class TrainConfig(_Section):
         if self.online is None:
             ops.add("online")  # offline runs keep the keys they had before the field existed
         fields = self.model_dump(exclude=ops if self.early_stop else ops | {"eval_every", "overopt"})
+        if self.online is not None:
+            fields["online"].pop("budget_usd")  # how much may be spent, not what is trained
         if not self.early_stop and self.eval_fraction > 0:  # it sizes the eval split (data.eval_prompts)
             fields["overopt"] = {"min_eval_pairs": self.overopt.min_eval_pairs}
         return fields

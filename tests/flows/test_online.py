@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.verifiable.instructions import make
-from tests.conftest import ROOT, cli_env, run_cli, write_jsonl
+from tests.conftest import ROOT, TINY, cli_env, run_cli, write_jsonl
+from tests.fake_endpoint import FakeEndpoint
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +116,38 @@ def test_online_dpo_on_a_run_folder_labels_with_the_runs_own_judges(tiny_run, tm
     assert rows and len(rows) == prov["pairs"] <= 2
     assert all(r["pair_strategy"] == "best_vs_worst" and r["chosen_score"] > r["rejected_score"]
                and r["prompt_id"] in run_ids for r in rows)
+
+
+def test_served_judges_spend_counts_against_the_budget_and_a_raised_budget_resumes(tmp_path):
+    """Judges on an OpenAI-compatible server (tests/fake_endpoint.py `canned`: instant verdict log-probs, so the test
+    costs no judge model) at a price: the online run stops with exit 3 before a request would pass the --data run's
+    budget.usd, its finished step kept; `online.budget_usd` raised, the same command resumes and finishes, every
+    step's tokens and dollars in metrics.jsonl and provenance.json."""
+    run, out = tmp_path / "run", tmp_path / "online"
+    with FakeEndpoint("canned") as url:
+        served = [f"{s}.backend=openai" for s in ("generate", "judge")] + [
+            f"{s}.openai.{k}" for s in ("generate", "judge") for k in ("served_model=served", f"base_url={url}")]
+        price = "prices={'bundled:smollm2-135m-instruct': {input: 5000, output: 5000}}"  # USD per million tokens
+        sets = [*served, price, "budget.usd=25", "rationale.enabled=false"]
+        res = run_cli("run", "--config", str(TINY), "--out", str(run), "--quiet",
+                      *[x for kv in sets for x in ("--set", kv)])
+        assert res.returncode == 0, res.stderr[-3000:]
+        online = ["train", "--online", "--data", str(run), "--out", str(out), "--quiet",
+                  *[x for kv in ("steps=2", "save_every=1", "online.k=4", "online.prompts_per_step=2",
+                                 "online.max_new_tokens=8", "tensorboard=false") for x in ("--set", kv)]]
+        stopped = run_cli(*online)
+        assert stopped.returncode == 3, stopped.stderr[-3000:]
+        line = stopped.stderr.strip().splitlines()[-1]
+        assert line.startswith("prefsynth: budget: the --data run's budget.usd=25 would be passed") and \
+            "fix: raise online.budget_usd (e.g. --set online.budget_usd=" in line and "Traceback" not in stopped.stderr
+        assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+        assert (out / "checkpoints" / "step-000001").is_dir() and (out / "pairs" / "step-000001.parquet").is_file()
+        again = run_cli(*online, "--set", "online.budget_usd=60")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming the online run from step 1" in again.stderr + again.stdout
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2] and all(r["usage"][0]["requests"] == 8 for r in recs)
+    prov = json.loads((out / "provenance.json").read_text())["online"]
+    tokens = sum(u["input_tokens"] + u["output_tokens"] for r in recs for u in r["usage"])
+    # both steps' dollars (the stop came from the reservation of a step's requests at their longest answers)
+    assert prov["usd"] == pytest.approx(tokens * 5000 / 1e6, rel=1e-4) and 0 < prov["usd"] <= 60
