@@ -39,8 +39,9 @@ One seeded experiment, end to end, on the bundled SmolLM2-135M-Instruct (CPU is 
 Defaults (seed 0; 100 base tasks, 30 held out; 140 train / 60 held-out prompts; k=4, 64 new tokens; full fine-tuning,
 beta 0.1, lr 3e-5, 1 epoch of ~174 pairs = 22 steps of 8; greedy + 2 sampled answers per held-out prompt), measured
 with ONE torch thread on a 2-core CPU shared with other work: candidates 509 s, reference log-prob pre-pass 194 s,
-training 893 s (~40 s/step), evaluation 169 s (base) + 236 s (trained): ~34 min in all. Two threads: not measured;
-expect well under 30 min. The generation rate is ~75 tokens/s per thread (the model is compute-bound on CPU).
+training 893 s (~40 s/step), evaluation 169 s (base) + 236 s (trained): ~34 min in all. With `--threads 2` on the
+idle 2-core machine: 1069 s in all (candidates 318 s, training with its reference pass 516 s, evaluation 121 + 114 s;
+bench/README.md). The generation rate is ~75 tokens/s per thread (the model is compute-bound on CPU).
 
 Known failure mode (seed 0): the checkers reward gaming, and DPO finds it: "Sure, sure, sure, ..." for "start with
 Sure", "*highlighted section*" repeated, one-word answers to "fewer than 15 words". The report therefore carries
