@@ -16,9 +16,9 @@ al. 2024, "Human Alignment of Large Language Models through Online Preference Op
      log-probs of the fresh pairs are computed in the step. A step whose answers give no pair updates nothing.
 Checkpoints (pipeline/train/checkpoint.py) every train.save_every steps hold weights, optimiser, scheduler and the
 step; the sampling seeds are a pure function of the step, so a resumed run draws, labels and trains exactly what the
-uninterrupted one would (tests/pipeline/train/test_online.py kills one with SIGKILL).
+uninterrupted one would (tests/flows/test_online.py kills one with SIGKILL).
 Judge calls (candidates x judges) and served judges' tokens are counted per step in metrics.jsonl and in
-provenance.json (dollars at the run's `prices`); `train.online.budget_usd` (else the run's `budget.usd`) stops the run
+provenance.json (dollars at the run's `prices`); `online.budget_usd` (else the run's `budget.usd`) stops the run
 before a request would pass it, the steps already taken checkpointed (pipeline/core/accounting.py); raise it and rerun
 the same command to continue.
 """
