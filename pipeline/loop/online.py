@@ -67,7 +67,7 @@ def open_prompts(data) -> tuple[pa.Table, RunConfig, dict | None]:
     """(prompts sorted by prompt_id, the run config whose judges label, the run's manifest) of --data: a `prefsynth
     run` folder (the prompts its prompt filter kept, and its config), or a prompts file/folder as input.path reads it
     (labelled with the default run config's judges)."""
-    from pipeline.core.rundir import load_manifest
+    from pipeline.core.rundir import load_manifest, run_kind
 
     path = Path(data).expanduser()
     if path.is_dir() and (path / "manifest.json").exists():
@@ -81,7 +81,7 @@ def open_prompts(data) -> tuple[pa.Table, RunConfig, dict | None]:
                              "prompts file")
         prompts = schemas.read_table(table, "prompts")
         run_cfg = RunConfig.model_validate((manifest.get("config") or {}).get("resolved") or {})
-    elif path.is_dir() and (path / "tables").is_dir() and not list(path.glob("*.jsonl")):
+    elif path.is_dir() and run_kind(path) is not None:  # stage tables, no manifest yet
         raise InputError(f"--data {path}: a `prefsynth run` folder without manifest.json, so the run has not "
                          "finished; fix: rerun that run's command to finish it, then train on it")
     elif path.exists():

@@ -173,3 +173,15 @@ def test_left_padding_keeps_each_rows_positions():
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert pos[0].tolist() == [0, 1, 2] and pos[1, -1].item() == 0  # the short row's token at position 0
+
+
+def test_data_that_is_an_unfinished_run_folder_is_refused_by_name(tmp_path):
+    from pipeline.errors import InputError
+    from pipeline.loop.online import open_prompts
+
+    (tmp_path / "run" / "tables").mkdir(parents=True)  # a `prefsynth run` stopped before publishing
+    with pytest.raises(InputError, match="without manifest.json, so the run has not finished; fix: rerun"):
+        open_prompts(tmp_path / "run")
+    (tmp_path / "prompts").mkdir()  # a folder of prompt files is still read as prompts
+    (tmp_path / "prompts" / "p.jsonl").write_text(json.dumps({"prompt": "Name a colour."}) + "\n")
+    assert open_prompts(tmp_path / "prompts")[0].num_rows == 1
